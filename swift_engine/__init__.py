@@ -1,0 +1,41 @@
+"""swift_engine: framework-free SWIFT self-speculative decoding (Xia et al., ICLR 2025).
+
+Names are imported lazily so that light modules (profiles, steps) don't pay for torch and
+transformers when used on their own (e.g. by the profile CLI or a worker process).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "SwiftEngine": "engine",
+    "SwiftConfig": "config",
+    "SearchConfig": "config",
+    "TreeConfig": "config",
+    "GenerationResult": "results",
+    "GenerationStats": "results",
+    "StreamChunk": "results",
+    "swift_step": "steps",
+    "current_step": "steps",
+    "ProfileStore": "profiles",
+    "ProfileRecord": "profiles",
+    "SkipSet": "profiles",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import SearchConfig, SwiftConfig, TreeConfig
+    from .engine import SwiftEngine
+    from .profiles import ProfileRecord, ProfileStore, SkipSet
+    from .results import GenerationResult, GenerationStats, StreamChunk
+    from .steps import current_step, swift_step
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swift_engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,85 @@
+"""Engine configuration.
+
+Every knob of the SWIFT algorithm lives here, with the paper's defaults where the paper gives one,
+so that a run can be reproduced from its config alone.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TreeConfig(BaseModel):
+    """How low-confidence draft positions are widened into a token tree.
+
+    SWIFT verifies more than the greedy chain: where the draft was unsure, the runner-up tokens are
+    worth a slot in the verification pass. Lower confidence gets wider branches.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: ``(confidence_below, extra_branches)`` pairs, checked in order; the first match wins.
+    widths: tuple[tuple[float, int], ...] = ((0.3, 3), (0.6, 2), (0.8, 1))
+    #: Hard cap on the number of tokens verified in one pass (root + chain + branches).
+    max_tree_tokens: int = Field(default=32, ge=1, le=512)
+
+    def branches_for(self, confidence: float) -> int:
+        for below, width in self.widths:
+            if confidence < below:
+                return width
+        return 0
+
+
+class SearchConfig(BaseModel):
+    """The optimization phase: on-the-fly search for the set of sublayers to skip."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    #: Search before every ``opt_interval``-th verify step while a step key has not converged.
+    opt_interval: int = Field(default=1, ge=1)
+    #: A Bayesian-optimization proposal every ``bayes_interval`` search iterations (paper: 25).
+    bayes_interval: int = Field(default=25, ge=1)
+    #: Teacher-forced scoring window over already generated tokens (paper: 32-50).
+    context_window: int = Field(default=32, ge=4)
+    #: Stop when the match score passes this (paper: 0.93-0.95).
+    max_score: float = Field(default=0.93, gt=0.0, le=1.0)
+    #: Stop after this many iterations without improvement.
+    max_tolerance_iter: int = Field(default=300, ge=1)
+    #: Stop after this many iterations in total.
+    max_opt_iter: int = Field(default=1000, ge=1)
+    #: Skip ratios the search may choose between (fraction of all sublayers skipped).
+    skip_ratios: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.45)
+    #: Re-probe a step that decodes plainly after this many calls.
+    reprobe_every_calls: int = Field(default=8, ge=1)
+
+
+class SwiftConfig(BaseModel):
+    """Configuration of one :class:`~swift_engine.engine.SwiftEngine`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Starting skip profile: every other layer (never first/last) at this ratio of all sublayers.
+    skip_ratio: float = Field(default=0.45, ge=0.0, lt=1.0)
+    #: Explicit starting skip sets; override ``skip_ratio`` when given.
+    skip_attention: tuple[int, ...] | None = None
+    skip_mlp: tuple[int, ...] | None = None
+    #: Confidence-aware early stop of drafting (paper default 0.8).
+    draft_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    #: Maximum draft length per round (paper: 25).
+    max_draft_len: int = Field(default=25, ge=1, le=256)
+    tree: TreeConfig = TreeConfig()
+    search: SearchConfig = SearchConfig()
+    #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).
+    speculative: bool = True
+    #: Default step key when neither the call nor the context names one.
+    default_step_key: str = "default"
+
+    @field_validator("skip_attention", "skip_mlp")
+    @classmethod
+    def _sorted_unique(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is None:
+            return None
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices must be >= 0")
+        return tuple(sorted(set(v)))

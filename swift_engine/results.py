@@ -1,0 +1,63 @@
+"""Public result types of a generation: what the integrations report upward."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FinishReason = Literal["stop", "length", "eos"]
+
+
+class GenerationStats(BaseModel):
+    """Counters of one generation; the source of the speed-up statistics every integration shows."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    #: Forward passes of the full model after the prefill (each emits >= 1 token).
+    verify_steps: int = 0
+    #: Draft forward passes (layer-skipped model).
+    draft_steps: int = 0
+    drafted_tokens: int = 0
+    accepted_drafted_tokens: int = 0
+    #: accepted_drafted_tokens / drafted_tokens (0 when nothing was drafted).
+    acceptance_rate: float = 0.0
+    #: Tokens emitted per verify step (1.0 is plain decoding).
+    mean_accepted_per_step: float = 0.0
+    prefill_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    #: new_tokens / wall_time_s.
+    tokens_per_s: float = 0.0
+    #: ``"swift"`` when the step drafted with skipped layers, ``"plain"`` otherwise.
+    mode: Literal["swift", "plain"] = "swift"
+    step_key: str = "default"
+    skip_attention: list[int] = Field(default_factory=list)
+    skip_mlp: list[int] = Field(default_factory=list)
+    #: Whether the layer-set search ran during this call, and how many iterations it made.
+    search_ran: bool = False
+    search_iterations: int = 0
+    profile_score: float | None = None
+    peak_memory_bytes: int | None = None
+
+    def finalize(self) -> "GenerationStats":
+        self.acceptance_rate = (
+            self.accepted_drafted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+        )
+        self.mean_accepted_per_step = self.new_tokens / self.verify_steps if self.verify_steps else 0.0
+        self.tokens_per_s = self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+        return self
+
+
+class GenerationResult(BaseModel):
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    stats: GenerationStats
+
+
+class StreamChunk(BaseModel):
+    """One piece of a streamed generation; the last chunk carries ``result``."""
+
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    result: GenerationResult | None = None

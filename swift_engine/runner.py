@@ -1,0 +1,86 @@
+"""One forward pass of the decoder with our cache, our masks and logits only where needed.
+
+The engine calls the decoder stack (``model.get_decoder()``) directly and applies the output head
+itself, so that it can (a) compute logits only at the positions it needs (the head is a large
+share of a step for small models), (b) restrict drafting to a vocabulary subset later, and (c)
+pass explicit position ids and tree masks for every architecture the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from .kv_cache import SwiftKVCache
+from .layer_skip import LayerSkipper, UnsupportedArchitectureError
+from .masks import MaskBuilder
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.skipper = LayerSkipper.for_model(model)  # first: it explains unsupported architectures
+        self.decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self.lm_head = model.get_output_embeddings()
+        if self.lm_head is None:
+            raise UnsupportedArchitectureError(f"{type(model).__name__} has no output embeddings (LM head)")
+        params = inspect.signature(self.decoder.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.softcap = getattr(self.config, "final_logit_softcapping", None)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.masks = MaskBuilder(self.config, self.dtype, self.device)
+        self.num_layers = self.skipper.num_layers
+        self.vocab_size = self.lm_head.weight.shape[0]
+        self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 0) or None
+
+    def new_cache(self) -> SwiftKVCache:
+        return SwiftKVCache()
+
+    @torch.inference_mode()
+    def hidden(
+        self,
+        cache: SwiftKVCache,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        ancestors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states ``[q, H]`` of ``input_ids`` appended after the cache's entries."""
+        past = cache.get_seq_length()
+        mask = self.masks.build(past, positions, ancestors)
+        out = self.decoder(
+            input_ids=input_ids[None],
+            position_ids=positions[None],
+            attention_mask=mask,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        return out.last_hidden_state[0]
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 logits of ``hidden`` over the whole vocabulary or a subset of token ids."""
+        if vocab is None:
+            out = self.lm_head(hidden)
+        else:
+            w = self.lm_head.weight.index_select(0, vocab)
+            b = getattr(self.lm_head, "bias", None)
+            out = torch.nn.functional.linear(hidden, w, None if b is None else b.index_select(0, vocab))
+        out = out.float()
+        if self.softcap:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def forward(
+        self,
+        cache: SwiftKVCache,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        ancestors: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        h = self.hidden(cache, input_ids, positions, ancestors)
+        return self.logits(h[-1:] if last_only else h)

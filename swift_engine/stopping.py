@@ -1,0 +1,87 @@
+"""Stop conditions on text, and streaming text without ever taking back what was sent.
+
+Stop strings can span several tokens and a token can end inside a multi-byte character, so
+streamed text is held back while its tail could still be the start of a stop string or an
+incomplete character; everything released is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class StopStrings:
+    def __init__(self, stop: str | Sequence[str] | None) -> None:
+        if stop is None:
+            stops: list[str] = []
+        elif isinstance(stop, str):
+            stops = [stop]
+        else:
+            stops = list(stop)
+        for s in stops:
+            if not isinstance(s, str) or s == "":
+                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+        self.stops = stops
+
+    def find(self, text: str, start: int = 0) -> int:
+        """Index of the earliest stop string in ``text[start:]`` (absolute), or -1."""
+        best = -1
+        for s in self.stops:
+            i = text.find(s, max(0, start))
+            if i >= 0 and (best < 0 or i < best):
+                best = i
+        return best
+
+    def held_tail(self, text: str) -> int:
+        """How many trailing characters could still begin a stop string."""
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    keep = max(keep, k)
+                    break
+        return keep
+
+    @property
+    def max_len(self) -> int:
+        return max((len(s) for s in self.stops), default=0)
+
+
+class TextStream:
+    """Incremental detokenizer with stop-string trimming."""
+
+    def __init__(self, tokenizer, stops: StopStrings) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.stopped_at: int | None = None
+
+    def push(self, ids: Sequence[int]) -> str:
+        """Add tokens; return the newly releasable text. Sets ``stopped_at`` when a stop string appears."""
+        self.ids.extend(ids)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hit = self.stops.find(self.text, max(0, self.sent - self.stops.max_len))
+        if hit >= 0:
+            self.stopped_at = hit
+            delta = self.text[self.sent:hit]
+            self.sent = max(self.sent, hit)
+            return delta
+        end = len(self.text) - self.stops.held_tail(self.text)
+        while end > self.sent and self.text[end - 1] == "\ufffd":  # incomplete character
+            end -= 1
+        delta = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return delta
+
+    def flush(self) -> str:
+        """Release the rest at the end of generation."""
+        end = self.stopped_at if self.stopped_at is not None else len(self.text)
+        delta = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return delta
+
+    @property
+    def final_text(self) -> str:
+        return self.text[: self.stopped_at] if self.stopped_at is not None else self.text

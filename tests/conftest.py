@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny randomly initialised models of each supported architecture, and the
+embedded SmolLM2 model (loaded once per test session, converted weights cached)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+#: Architectures the engine promises to handle, as tiny configs (no download).
+TINY_ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"]
+
+
+def tiny_config(arch: str, vocab: int = 96, layers: int = 6):
+    import transformers as tf
+
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        return tf.LlamaConfig(**common)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**common)
+    if arch == "qwen3":
+        return tf.Qwen3Config(head_dim=16, **common)
+    if arch == "mistral":
+        return tf.MistralConfig(sliding_window=24, **common)  # window smaller than the test sequences
+    if arch == "phi3":
+        return tf.Phi3Config(**common)
+    if arch == "gemma2":
+        return tf.Gemma2Config(head_dim=16, sliding_window=20, **common)
+    if arch == "gemma3_text":
+        return tf.Gemma3TextConfig(head_dim=16, sliding_window=20, sliding_window_pattern=2, **common)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str, seed: int = 0, vocab: int = 96, layers: int = 6, scale: float = 4.0):
+    """A random tiny model whose distributions are peaked enough for drafts to be accepted.
+
+    Random init gives near-uniform next-token distributions; scaling the output head sharpens them
+    so the tests exercise long accepted drafts as well as rejections.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, vocab=vocab, layers=layers)
+    cfg._attn_implementation = "eager" if arch.startswith("gemma") else "sdpa"
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(scale)
+    return model
+
+
+class CharTokenizer:
+    """A minimal tokenizer for tiny models: one token per character (mod vocab)."""
+
+    chat_template = None
+    eos_token_id = None
+    pad_token_id = None
+
+    def __init__(self, vocab: int = 96) -> None:
+        self.vocab = vocab
+
+    def __call__(self, text: str, add_special_tokens: bool = True):
+        return {"input_ids": [ord(c) % self.vocab for c in text]}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(chr(32 + (i % 90)) for i in ids)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded SmolLM2-135M-Instruct as a SwiftEngine (fp32, CPU)."""
+    from swift_engine import SwiftEngine
+
+    return SwiftEngine.from_pretrained(None, device="cpu", dtype="float32")
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
