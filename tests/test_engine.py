@@ -1,0 +1,136 @@
+"""Engine behaviour on a tiny model: stop conditions, streaming, bad input, threads, cache rewinds."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from swift_engine import SwiftConfig, SwiftEngine, swift_step
+from swift_engine.kv_cache import SwiftKVCache
+
+from .conftest import CharTokenizer, tiny_model
+
+PROMPT = [3, 14, 15, 9, 26, 5, 35]
+
+
+@pytest.fixture(scope="module")
+def engine() -> SwiftEngine:
+    return SwiftEngine(tiny_model("llama", seed=1), CharTokenizer(), SwiftConfig(skip_ratio=0.25))
+
+
+def test_stream_concatenates_to_result(engine: SwiftEngine) -> None:
+    chunks = list(engine.stream(PROMPT, max_new_tokens=30))
+    result = chunks[-1].result
+    assert result is not None and all(c.result is None for c in chunks[:-1])
+    assert "".join(c.text for c in chunks) == result.text
+    assert sum((c.token_ids for c in chunks), []) == result.token_ids
+    assert result == engine.generate(PROMPT, max_new_tokens=30).model_copy(
+        update={"stats": result.stats}
+    )
+
+
+def test_multi_token_stop_string_is_trimmed(engine: SwiftEngine) -> None:
+    full = engine.generate(PROMPT, max_new_tokens=40)
+    stop = full.text[10:13]  # three characters = three tokens
+    first = full.text.find(stop)
+    res = engine.generate(PROMPT, max_new_tokens=40, stop=[stop, "never-there"])
+    assert res.finish_reason == "stop"
+    assert res.text == full.text[:first]
+    streamed = "".join(c.text for c in engine.stream(PROMPT, max_new_tokens=40, stop=stop))
+    assert streamed == res.text
+
+
+def test_eos_ends_generation() -> None:
+    model = tiny_model("llama", seed=1)
+    engine = SwiftEngine(model, CharTokenizer())
+    free = engine.generate(PROMPT, max_new_tokens=30).token_ids
+    eos = free[7]
+    model.generation_config.eos_token_id = eos
+    engine = SwiftEngine(model, CharTokenizer())
+    res = engine.generate(PROMPT, max_new_tokens=30)
+    assert res.finish_reason == "eos"
+    assert res.token_ids == free[: free.index(eos) + 1]
+
+
+@pytest.mark.parametrize(
+    "prompt, kwargs, match",
+    [
+        ("", {}, "empty"),
+        ([], {}, "non-empty"),
+        ([1, 2, 10_000], {}, "out of range"),
+        (PROMPT, {"max_new_tokens": 0}, "max_new_tokens"),
+        (PROMPT, {"temperature": -1.0}, "temperature"),
+        (PROMPT, {"top_p": 0.0}, "top_p"),
+        (PROMPT, {"top_k": -2}, "top_k"),
+        (PROMPT, {"stop": [""]}, "stop"),
+        (PROMPT, {"step_key": "  "}, "step key"),
+        (list(range(90)) * 6, {}, "context"),
+        ([{"role": "user", "content": "hi"}], {}, "chat template"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_engine_survives(engine: SwiftEngine, prompt, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        engine.generate(prompt, **kwargs)
+    assert engine.generate(PROMPT, max_new_tokens=5).stats.new_tokens == 5
+
+
+def test_generation_stops_at_the_context_length(engine: SwiftEngine) -> None:
+    prompt = list(range(1, 90)) * 5 + [1] * 60  # 505 of 512 positions
+    res = engine.generate(prompt, max_new_tokens=50)
+    assert res.finish_reason == "length" and len(res.token_ids) == 512 - len(prompt)
+
+
+def test_threads_get_the_same_results_as_sequential_calls(engine: SwiftEngine) -> None:
+    prompts = [PROMPT, list(range(20, 40)), [5] * 9, list(range(60, 66))]
+    expected = [engine.generate(p, max_new_tokens=25).token_ids for p in prompts]
+    got: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            got[i] = engine.generate(prompts[i % 4], max_new_tokens=25).token_ids
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(got[i] == expected[i % 4] for i in range(8))
+
+
+def test_stats_and_step_key(engine: SwiftEngine) -> None:
+    with swift_step("summarize"):
+        res = engine.generate(PROMPT, max_new_tokens=20)
+    s = res.stats
+    assert s.step_key == "summarize"
+    assert engine.generate(PROMPT, max_new_tokens=5, step_key="qa").stats.step_key == "qa"
+    assert s.prompt_tokens == len(PROMPT) and s.new_tokens == 20
+    assert s.accepted_drafted_tokens <= s.drafted_tokens
+    assert s.mean_accepted_per_step == pytest.approx(20 / s.verify_steps)
+    assert s.skip_attention and s.mode == "swift"
+    plain = engine.generate(PROMPT, max_new_tokens=20, speculative=False)
+    assert plain.token_ids == res.token_ids and plain.stats.drafted_tokens == 0
+    assert plain.stats.verify_steps == 19  # one token from the prefill, then one per step
+
+
+def test_kv_cache_rewind_and_keep() -> None:
+    cache = SwiftKVCache()
+    k = torch.arange(10, dtype=torch.float32).view(1, 1, 10, 1).expand(1, 2, 10, 3).contiguous()
+    cache.update(k, k + 100, 0)
+    assert cache.get_seq_length() == 10
+    cache.truncate(6)
+    cache.update(k[:, :, :2] * 0 - 1, k[:, :, :2] * 0 - 1, 0)
+    assert cache.layers[0].keys[0, 0, :, 0].tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
+    cache.truncate(4)
+    cache.update(k[:, :, 4:9], k[:, :, 4:9] + 100, 0)  # a 5-node tree written at 4
+    cache.keep(4, torch.tensor([0, 2, 4]))
+    assert cache.layers[0].keys[0, 1, :, 0].tolist() == [0, 1, 2, 3, 4, 6, 8]
+    assert cache.layers[0].values[0, 1, :, 0].tolist() == [100, 101, 102, 103, 104, 106, 108]
+    big = torch.zeros(1, 2, 1000, 3)
+    cache.update(big, big, 0)  # grows past the initial capacity, keeps the old entries
+    assert cache.get_seq_length() == 1007 and cache.layers[0].keys[0, 0, 6, 0] == 8
