@@ -68,6 +68,9 @@ class SwiftConfig(BaseModel):
     draft_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
     #: Maximum draft length per round (paper: 25).
     max_draft_len: int = Field(default=25, ge=1, le=256)
+    #: Draft over the context's tokens plus this many lowest token ids (``None``: full vocabulary).
+    #: Verification always uses the full head, so this changes speed, never the output.
+    draft_vocab_size: int | None = Field(default=8192, ge=1)
     tree: TreeConfig = TreeConfig()
     search: SearchConfig = SearchConfig()
     #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).

@@ -19,11 +19,15 @@ from typing import Any
 import torch
 
 from .config import SwiftConfig
-from .drafting import build_tree, draft_chain
+from .costs import CostModel, measure_costs
+from .drafting import DraftHead, build_tree, draft_chain
 from .layer_skip import default_skip_set
+from .optimization import Candidate, LayerSetSearch, SearchState, score_candidate
+from .profiles import ProfileStore
 from .results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 from .runner import ModelRunner
 from .sampling import SamplingParams
+from .step_profiles import StepProfiles
 from .steps import resolve_step_key
 from .stopping import StopStrings, TextStream
 from .tree import TokenTree
@@ -35,6 +39,23 @@ Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
 
 #: Prefill in chunks so the mask of a long prompt stays small.
 _PREFILL_CHUNK = 512
+
+
+@dataclass
+class _CallPlan:
+    """How one call decodes, and the search bookkeeping it carries."""
+
+    choice: "SkipChoice"
+    state: SearchState | None = None
+    searching: bool = False
+    probing: bool = False
+    search: LayerSetSearch | None = None
+    iterations: int = 0
+    extra: dict = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.extra is None:
+            self.extra = {}
 
 
 @dataclass(frozen=True)
@@ -53,7 +74,15 @@ class SwiftEngine:
     layer-skip switches; on CPU two concurrent forwards would only contend for the same cores).
     """
 
-    def __init__(self, model, tokenizer, config: SwiftConfig | None = None, *, model_name: str | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: SwiftConfig | None = None,
+        *,
+        model_name: str | None = None,
+        profile_store: ProfileStore | str | os.PathLike | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or SwiftConfig()
@@ -66,8 +95,40 @@ class SwiftEngine:
         else:
             att, mlp = default_skip_set(n, self.config.skip_ratio)
         self.runner.skipper.validate(att, mlp)
-        self._default_skip = SkipChoice(frozenset(att), frozenset(mlp))
+        self._start = Candidate(frozenset(att), frozenset(mlp))
         self.eos_ids = self._eos_ids()
+        self._store = profile_store if isinstance(profile_store, ProfileStore) else ProfileStore(profile_store)
+        self._profiles: StepProfiles | None = None
+        self._costs: CostModel | None = None
+        self._fingerprint: str | None = None
+
+    # -- per-engine state, created on first use ---------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the weights (not the name): the key of this model's profiles."""
+        if self._fingerprint is None:
+            from .loading import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+    @property
+    def profiles(self) -> StepProfiles:
+        """This model's per-step skip profiles: ``list()``, ``get()``, ``export()``, ``import_()``, ``reset()``."""
+        if self._profiles is None:
+            self._profiles = StepProfiles(
+                self._store, self.fingerprint, self.model_name, self.runner.num_layers, self._start, self.config.search
+            )
+        return self._profiles
+
+    @property
+    def costs(self) -> CostModel:
+        """Measured costs of draft and verification passes on this device (a few seconds, once)."""
+        if self._costs is None:
+            with self._lock:
+                if self._costs is None:
+                    self._costs = measure_costs(self.runner)
+        return self._costs
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -128,11 +189,45 @@ class SwiftEngine:
             raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {ctx}; shorten it")
         return list(ids)
 
-    # -- profiles (the layer-set search plugs in here) -------------------------------------
-    def _choose_skip(self, step_key: str) -> SkipChoice:
-        if not self.config.speculative:
-            return SkipChoice(frozenset(), frozenset(), plain=True)
-        return self._default_skip
+    # -- profiles ---------------------------------------------------------------------------------
+    def _plan(self, step_key: str, speculative: bool | None) -> "_CallPlan":
+        """Decide how this call decodes: which skip set, whether the search runs, or plainly."""
+        if speculative is False or not self.config.speculative:
+            return _CallPlan(choice=SkipChoice(frozenset(), frozenset(), plain=True))
+        search_cfg = self.config.search
+        if not search_cfg.enabled:
+            return _CallPlan(choice=SkipChoice(self._start.attention, self._start.mlp))
+        state, record = self.profiles.checkout(step_key)
+        probing = False
+        if record.plain and state.converged:
+            since = int(record.extra.get("calls_since_probe", 0)) + 1
+            if since < search_cfg.reprobe_every_calls:
+                return _CallPlan(
+                    choice=SkipChoice(frozenset(), frozenset(), plain=True),
+                    state=state,
+                    extra={"calls_since_probe": since},
+                )
+            probing = True  # look again: the content of this step may have changed
+            state.converged = False
+            state.since_improvement = 0
+        searching = not state.converged
+        plain = state.best_speedup < 1.0  # unknown or unprofitable so far: decode plainly
+        return _CallPlan(
+            choice=SkipChoice(state.best.attention, state.best.mlp, plain=plain),
+            state=state,
+            searching=searching,
+            probing=probing,
+            search=LayerSetSearch(
+                self.runner.num_layers,
+                search_cfg,
+                self.costs,
+                self.config.max_draft_len,
+                seed=(state.iterations * 7919 + len(step_key)) % (2**31),
+            )
+            if searching
+            else None,
+            extra={"calls_since_probe": 0},
+        )
 
     # -- public API ---------------------------------------------------------------------------
     def generate(self, prompt: Prompt, **kwargs: Any) -> GenerationResult:
@@ -173,16 +268,8 @@ class SwiftEngine:
             t0 = time.perf_counter()
             if self.runner.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.runner.device)
-            choice = self._choose_skip(key)
-            if speculative is False:
-                choice = SkipChoice(frozenset(), frozenset(), plain=True)
-            stats = GenerationStats(
-                prompt_tokens=len(ids),
-                step_key=key,
-                mode="plain" if choice.plain else "swift",
-                skip_attention=sorted(choice.attention),
-                skip_mlp=sorted(choice.mlp),
-            )
+            plan = self._plan(key, speculative)
+            stats = GenerationStats(prompt_tokens=len(ids), step_key=key)
             ctx = self.runner.context_length
             if ctx is not None:
                 max_new_tokens = min(max_new_tokens, ctx - len(ids))
@@ -193,7 +280,7 @@ class SwiftEngine:
             text = TextStream(self.tokenizer, stops)
             out: list[int] = []
             finish: FinishReason = "length"
-            for new in self._decode(ids, max_new_tokens, params, generator, choice, stats):
+            for new in self._decode(ids, max_new_tokens, params, generator, plan, stats):
                 emit: list[int] = []
                 for tok in new:
                     emit.append(tok)
@@ -212,6 +299,24 @@ class SwiftEngine:
             if tail:
                 yield StreamChunk(text=tail)
             stats.new_tokens = len(out)
+            choice = plan.choice
+            stats.mode = "plain" if choice.plain else "swift"
+            stats.skip_attention, stats.skip_mlp = sorted(choice.attention), sorted(choice.mlp)
+            if plan.state is not None:
+                st = plan.state
+                if plan.probing:
+                    st.converged = True  # one call's look is the probe
+                stats.search_ran = plan.iterations > 0
+                stats.search_iterations = plan.iterations
+                stats.profile_score = st.best_score
+                stats.expected_speedup = st.best_speedup
+                self.profiles.commit(
+                    key,
+                    st,
+                    plain=st.converged and st.best_speedup < 1.0,
+                    tokens=len(out),
+                    extra=plan.extra,
+                )
             stats.wall_time_s = time.perf_counter() - t0
             if self.runner.device.type == "cuda":
                 stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.runner.device))
@@ -227,42 +332,88 @@ class SwiftEngine:
         max_new_tokens: int,
         params: SamplingParams,
         generator: torch.Generator | None,
-        choice: SkipChoice,
+        plan: "_CallPlan",
         stats: GenerationStats,
     ) -> Iterator[list[int]]:
         """Yield committed tokens as they are accepted; the caller decides when to stop."""
-        runner, device = self.runner, self.runner.device
+        runner, device, cfg = self.runner, self.runner.device, self.config
         cache = runner.new_cache()
         tp = time.perf_counter()
         n = len(prompt_ids)
+        window = cfg.search.context_window
         for s in range(0, n, _PREFILL_CHUNK):
             chunk = torch.tensor(prompt_ids[s : s + _PREFILL_CHUNK], device=device)
-            logits = runner.forward(cache, chunk, torch.arange(s, s + chunk.numel(), device=device), last_only=True)
-        root = self._pick(logits[-1], params, generator)
+            hidden = runner.hidden(cache, chunk, torch.arange(s, s + chunk.numel(), device=device))
+        # the full model's argmax after each of the last prompt tokens: the search's first targets
+        tail = hidden[-min(window, hidden.shape[0]) :] if plan.searching else hidden[-1:]
+        tail_logits = runner.logits(tail)
+        root = self._pick(tail_logits[-1], params, generator)
+        committed = list(prompt_ids)  # tokens whose KV is cached (the root is not, yet)
+        ref_start = n - tail_logits.shape[0]
+        ref_next = tail_logits.argmax(dim=-1).tolist()  # ref_next[j - ref_start]: argmax after committed[j]
         stats.prefill_time_s = time.perf_counter() - tp
         yield [root]
-        produced = 1
-        past = n  # cache entries: every committed token except the root
+        head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)
+        produced, past, step = 1, n, 0
         while produced < max_new_tokens:
             remaining = max_new_tokens - produced
+            if plan.searching and step % cfg.search.opt_interval == 0:
+                self._search_step(plan, cache, past, committed + [root], ref_start, ref_next, head)
+            step += 1
+            choice = plan.choice
             if choice.plain or remaining <= 1:
                 tree = TokenTree.with_root(root)
             else:
                 draft = draft_chain(
-                    runner, cache, root, past, choice.attention, choice.mlp, self.config, max_len=remaining - 1
+                    runner, cache, root, past, choice.attention, choice.mlp, cfg, max_len=remaining - 1, head=head
                 )
                 cache.truncate(past)
                 stats.draft_steps += draft.steps
                 stats.drafted_tokens += len(draft.tokens)
-                tree = build_tree(root, draft, self.config)
+                tree = build_tree(root, draft, cfg)
             verdict = verify_tree(runner, cache, tree, past, params, generator)
             stats.verify_steps += 1
             stats.accepted_drafted_tokens += len(verdict.accepted)
             new = verdict.accepted + [verdict.bonus]
+            committed.append(root)
+            committed.extend(verdict.accepted)
+            ref_next.extend(verdict.path_argmax)
+            head.add(new)
             past += len(verdict.path)
             root = verdict.bonus
             produced += len(new)
             yield new
+
+    def _search_step(
+        self,
+        plan: "_CallPlan",
+        cache,
+        past: int,
+        tokens: list[int],
+        ref_start: int,
+        ref_next: list[int],
+        head: DraftHead,
+    ) -> None:
+        """One iteration of the layer-set search, scored on the last committed tokens."""
+        state, search = plan.state, plan.search
+        assert state is not None and search is not None
+        first = max(ref_start, past - self.config.search.context_window)
+        if past - first < 4:
+            return
+        window_tokens = tokens[first:past]
+        targets = ref_next[first - ref_start : past - ref_start]
+        if plan.iterations == 0 and state.iterations == 0:
+            cand = state.best  # score the starting set first
+        else:
+            cand = search.propose(state)
+        head._refresh() if not head.full else None
+        vocab = None if head.full else head.ids
+        score = score_candidate(self.runner, cache, past, window_tokens, targets, cand, vocab)
+        if search.update(state, cand, score) or plan.iterations == 0:
+            plan.choice = SkipChoice(state.best.attention, state.best.mlp, plain=state.best_speedup < 1.0)
+        plan.iterations += 1
+        if state.converged:
+            plan.searching = False
 
     def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
         from .sampling import sample, target_probs

@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -268,6 +269,17 @@ def _write_cache_entry(model: Any, tokenizer: Any, gguf_path: pathlib.Path, targ
         raise
 
 
+def _is_complete_entry(target: pathlib.Path) -> bool:
+    """Whether a cache folder holds a full conversion.
+
+    Entries appear by atomic rename, so a folder is normally all-or-nothing; the file check only
+    guards against someone deleting files by hand. Load errors of complete entries (a bad
+    ``attn_implementation``, say) are left to propagate instead of triggering a 20 s re-conversion.
+    """
+    has_weights = (target / "model.safetensors").is_file() or (target / "model.safetensors.index.json").is_file()
+    return has_weights and (target / "config.json").is_file() and (target / _CACHE_INFO_FILE).is_file()
+
+
 def _load_gguf_cached(
     gguf_path: pathlib.Path,
     cache_dir: pathlib.Path,
@@ -286,37 +298,37 @@ def _load_gguf_cached(
     key = _gguf_cache_key(gguf_path)
     target = models_dir / key
 
-    if target.is_dir():
-        try:
-            model, tokenizer = _load_dense(str(target), dtype, attn_implementation)
-            logger.debug("Loaded %s from the conversion cache %s", gguf_path.name, target)
-            return model, tokenizer, str(target)
-        except Exception as exc:  # noqa: BLE001 - any unreadable entry is rebuilt, never fatal
-            logger.warning("Cached conversion %s is unreadable (%s); converting again.", target, exc)
+    if _is_complete_entry(target):
+        logger.debug("Loading %s from the conversion cache %s", gguf_path.name, target)
+        model, tokenizer = _load_dense(str(target), dtype, attn_implementation)
+        return model, tokenizer, str(target)
 
-    lock = FileLock(str(models_dir / f"{key}.lock"), timeout=_LOCK_TIMEOUT_S)
+    lock = FileLock(str(models_dir / f"{key}.lock"))
     try:
-        with lock:
-            if target.is_dir():
-                # Either another process finished converting while we waited, or the entry is the
-                # unreadable one from above. Try it once more; if it still fails, rebuild it.
-                try:
-                    model, tokenizer = _load_dense(str(target), dtype, attn_implementation)
-                    return model, tokenizer, str(target)
-                except Exception:  # noqa: BLE001 - rebuilt below
-                    shutil.rmtree(target, ignore_errors=True)
-            logger.info(
-                "Converting GGUF %s to a dense model (one-time, ~20 s); caching it in %s", gguf_path, target
-            )
-            start = time.perf_counter()
-            model, tokenizer = _load_gguf_direct(gguf_path, attn_implementation)
-            _write_cache_entry(model, tokenizer, gguf_path, target)
-            logger.info("Converted and cached %s in %.1f s", gguf_path.name, time.perf_counter() - start)
-    except Timeout as exc:
-        raise TimeoutError(
-            f"Timed out after {_LOCK_TIMEOUT_S} s waiting for another process converting {gguf_path} "
-            f"(lock {lock.lock_file}). Delete the lock file if no such process is running."
-        ) from exc
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("Another process is converting %s; waiting for it to finish.", gguf_path.name)
+        try:
+            lock.acquire(timeout=_LOCK_TIMEOUT_S)
+        except Timeout as exc:
+            raise TimeoutError(
+                f"Timed out after {_LOCK_TIMEOUT_S} s waiting for another process converting {gguf_path} "
+                f"(lock {lock.lock_file}). Delete the lock file if no such process is running."
+            ) from exc
+    try:
+        if _is_complete_entry(target):  # another process finished converting while we waited
+            model, tokenizer = _load_dense(str(target), dtype, attn_implementation)
+            return model, tokenizer, str(target)
+        if target.exists():
+            logger.warning("Cached conversion %s is incomplete; converting again.", target)
+            shutil.rmtree(target, ignore_errors=True)
+        logger.info("Converting GGUF %s to a dense model (one-time, ~20 s); caching it in %s", gguf_path, target)
+        start = time.perf_counter()
+        model, tokenizer = _load_gguf_direct(gguf_path, attn_implementation)
+        _write_cache_entry(model, tokenizer, gguf_path, target)
+        logger.info("Converted and cached %s in %.1f s", gguf_path.name, time.perf_counter() - start)
+    finally:
+        lock.release()
     model = model.to(dtype=dtype)
     return model, tokenizer, str(gguf_path)
 
@@ -380,12 +392,15 @@ def load_model(
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    conv_cache = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+
+    # Resolved lazily: only GGUF conversions use it, and plain folders should not touch the cache.
+    def conv_cache() -> pathlib.Path:
+        return pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
 
     def from_gguf(path: pathlib.Path, name: str) -> LoadedModel:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
-        model, tokenizer, source = _load_gguf_cached(path, conv_cache, torch_dtype, attn_implementation)
+        model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation)
         return _finalize(model, tokenizer, torch_device, torch_dtype, name, source)
 
     if model_id is None:
@@ -440,12 +455,12 @@ def _load_from_hub_cache(
     gguf_file: str | None,
     device: torch.device,
     dtype: torch.dtype,
-    conv_cache: pathlib.Path,
+    conv_cache: Callable[[], pathlib.Path],
     attn_implementation: str,
 ) -> LoadedModel:
     """Load a hub id strictly from the local Hugging Face cache (``local_files_only=True``)."""
     from huggingface_hub import constants as hf_constants
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -466,15 +481,19 @@ def _load_from_hub_cache(
             local = pathlib.Path(hf_hub_download(repo_id, gguf_file, local_files_only=True))
         except OSError as exc:  # LocalEntryNotFoundError and friends
             raise FileNotFoundError(f"{not_cached} (looked for {gguf_file!r} in it)") from exc
-        model, tokenizer, source = _load_gguf_cached(local, conv_cache, dtype, attn_implementation)
+        model, tokenizer, source = _load_gguf_cached(local, conv_cache(), dtype, attn_implementation)
         return _finalize(model, tokenizer, device, dtype, pathlib.Path(gguf_file).stem, source)
 
-    # Probe the cache first so that genuine load errors of a cached model (a missing tokenizer, a
-    # corrupt file) are not misreported as "not cached".
-    if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
-        raise FileNotFoundError(not_cached)
-    model, tokenizer = _load_dense(repo_id, dtype, attn_implementation)
-    return _finalize(model, tokenizer, device, dtype, repo_id, repo_id)
+    # Resolve the cached snapshot folder and load from that local path, instead of handing the hub id
+    # to transformers: some of its code paths ignore ``local_files_only`` (with ``peft`` installed,
+    # ``AutoModel*.from_pretrained`` probes the hub for an adapter config), while a local folder
+    # never touches the network.
+    try:
+        snapshot = snapshot_download(repo_id, local_files_only=True)
+    except OSError as exc:  # LocalEntryNotFoundError and friends
+        raise FileNotFoundError(not_cached) from exc
+    model, tokenizer = _load_dense(snapshot, dtype, attn_implementation)
+    return _finalize(model, tokenizer, device, dtype, repo_id, snapshot)
 
 
 # --------------------------------------------------------------------------------------------------

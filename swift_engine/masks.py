@@ -40,12 +40,14 @@ class MaskBuilder:
         past_len: int,
         positions: torch.Tensor,
         ancestors: torch.Tensor | None = None,
+        past_visible: int | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Mask for ``q = len(positions)`` new tokens after ``past_len`` cached ones.
 
         ``positions`` are the new tokens' position ids; cached entries sit at positions
         ``0..past_len-1``. ``ancestors[i, j]`` says new token ``i`` may see new token ``j``
-        (ancestor-or-self in a tree); ``None`` means a causal chunk.
+        (ancestor-or-self in a tree); ``None`` means a causal chunk. ``past_visible`` hides cached
+        entries from that index on (the layer-set search re-feeds tokens that are already cached).
         """
         q = positions.numel()
         if ancestors is None:
@@ -54,7 +56,7 @@ class MaskBuilder:
         by_window: dict[int | None, torch.Tensor] = {}
         for layer_type, window in self.windows.items():
             if window not in by_window:
-                by_window[window] = self._one(past_len, positions, ancestors, window)
+                by_window[window] = self._one(past_len, positions, ancestors, window, past_visible)
             masks[layer_type] = by_window[window]
         if "_all" in masks:
             return masks["_all"]
@@ -62,12 +64,22 @@ class MaskBuilder:
             return next(iter(by_window.values()))
         return masks
 
-    def _one(self, past_len: int, positions: torch.Tensor, ancestors: torch.Tensor, window: int | None) -> torch.Tensor:
+    def _one(
+        self,
+        past_len: int,
+        positions: torch.Tensor,
+        ancestors: torch.Tensor,
+        window: int | None,
+        past_visible: int | None,
+    ) -> torch.Tensor:
         q = positions.numel()
         visible = torch.empty(q, past_len + q, dtype=torch.bool, device=self.device)
         visible[:, past_len:] = ancestors
         visible[:, :past_len] = True
+        if past_visible is not None:
+            visible[:, past_visible:past_len] = False
         if window is not None:
+            # cached entry i sits at position i (the cache is packed in position order)
             key_pos = torch.cat([torch.arange(past_len, device=self.device), positions])
             visible &= (positions[:, None] - key_pos[None, :]) < window
         mask = torch.zeros(q, past_len + q, dtype=self.dtype, device=self.device)

@@ -37,6 +37,8 @@ class GenerationStats(BaseModel):
     search_ran: bool = False
     search_iterations: int = 0
     profile_score: float | None = None
+    #: The search's estimate of this step's speed-up on this hardware (cost model x match score).
+    expected_speedup: float | None = None
     peak_memory_bytes: int | None = None
 
     def finalize(self) -> "GenerationStats":

@@ -47,10 +47,11 @@ class ModelRunner:
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         ancestors: torch.Tensor | None = None,
+        past_visible: int | None = None,
     ) -> torch.Tensor:
         """Final hidden states ``[q, H]`` of ``input_ids`` appended after the cache's entries."""
         past = cache.get_seq_length()
-        mask = self.masks.build(past, positions, ancestors)
+        mask = self.masks.build(past, positions, ancestors, past_visible)
         out = self.decoder(
             input_ids=input_ids[None],
             position_ids=positions[None],

@@ -32,6 +32,8 @@ class Verdict:
     accepted: list[int]
     #: the full model's own next token after the accepted path
     bonus: int
+    #: the full model's argmax after each accepted node (root first): the search's teacher targets
+    path_argmax: list[int]
 
 
 @torch.inference_mode()
@@ -66,6 +68,7 @@ def verify_tree(
             path.append(node)
     else:
         logits = runner.logits(hidden)
+        choices = None
         while True:
             y = sample(target_probs(logits[node], params), generator)
             nxt = children[node].get(y)
@@ -80,4 +83,9 @@ def verify_tree(
             cache.truncate(start + len(path))
         else:
             cache.keep(start, torch.tensor(path, device=device))
-    return Verdict(path=path, accepted=[tree.tokens[i] for i in path[1:]], bonus=bonus)
+    if choices is None:
+        choices = logits[torch.tensor(path, device=device)].argmax(dim=-1).tolist()
+        path_argmax = choices
+    else:
+        path_argmax = [choices[i] for i in path]
+    return Verdict(path=path, accepted=[tree.tokens[i] for i in path[1:]], bonus=bonus, path_argmax=path_argmax)

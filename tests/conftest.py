@@ -89,3 +89,9 @@ def smol():
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # Tests never read or write the user's profiles; converted model weights stay in the user
+    # cache (converting the embedded GGUF once per machine is the point of that cache).
+    if "SWIFT_PROFILE_DIR" not in os.environ or not os.environ.get("SWIFT_TEST_KEEP_PROFILE_DIR"):
+        import tempfile
+
+        os.environ["SWIFT_PROFILE_DIR"] = tempfile.mkdtemp(prefix="swift-test-profiles-")

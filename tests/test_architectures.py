@@ -16,7 +16,7 @@ PROMPTS = [[3, 14, 15, 9, 26, 5, 35], list(range(40, 70)), [7] * 12]
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_greedy_identical_to_generate(arch: str) -> None:
     model = tiny_model(arch)
-    engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25))
+    engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
     drafted = 0
     for prompt in PROMPTS:
         ref = model.generate(
@@ -35,7 +35,7 @@ def test_greedy_identical_to_generate(arch: str) -> None:
 def test_skipping_changes_the_draft_not_the_weights(arch: str) -> None:
     model = tiny_model(arch)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    engine = SwiftEngine(model, CharTokenizer())
+    engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(search={"enabled": False}))
     runner = engine.runner
     ids = torch.tensor([1, 2, 3, 4])
     pos = torch.arange(4)

@@ -17,7 +17,7 @@ PROMPT = [3, 14, 15, 9, 26, 5, 35]
 
 @pytest.fixture(scope="module")
 def engine() -> SwiftEngine:
-    return SwiftEngine(tiny_model("llama", seed=1), CharTokenizer(), SwiftConfig(skip_ratio=0.25))
+    return SwiftEngine(tiny_model("llama", seed=1), CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
 
 
 def test_stream_concatenates_to_result(engine: SwiftEngine) -> None:
@@ -44,11 +44,11 @@ def test_multi_token_stop_string_is_trimmed(engine: SwiftEngine) -> None:
 
 def test_eos_ends_generation() -> None:
     model = tiny_model("llama", seed=1)
-    engine = SwiftEngine(model, CharTokenizer())
+    engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(search={"enabled": False}))
     free = engine.generate(PROMPT, max_new_tokens=30).token_ids
     eos = free[7]
     model.generation_config.eos_token_id = eos
-    engine = SwiftEngine(model, CharTokenizer())
+    engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(search={"enabled": False}))
     res = engine.generate(PROMPT, max_new_tokens=30)
     assert res.finish_reason == "eos"
     assert res.token_ids == free[: free.index(eos) + 1]

@@ -57,7 +57,11 @@ def _chi2_pvalue(counts: np.ndarray, expected_p: np.ndarray) -> float:
 def engine() -> SwiftEngine:
     model = tiny_model("llama", seed=3, vocab=VOCAB, scale=3.0)
     # low draft confidence threshold and wide branches: trees with several children per node
-    cfg = SwiftConfig(skip_ratio=0.25, draft_confidence=0.0, tree={"widths": ((1.01, 3),), "max_tree_tokens": 16})
+    cfg = SwiftConfig(
+        skip_ratio=0.25,
+        draft_confidence=0.0,
+        search={"enabled": False},
+        tree={"widths": ((1.01, 3),), "max_tree_tokens": 16})
     return SwiftEngine(model, CharTokenizer(VOCAB), cfg)
 
 

@@ -1,0 +1,133 @@
+"""What a draft step and a verification pass cost on *this* hardware, and what that implies.
+
+SWIFT's value is a ratio of costs: on a GPU a 7B model verifies 30 tokens for the price of one,
+on 2 CPU cores a 135M model pays ~1.5x for 8. The search's objective (expected speed-up) and the
+draft length are computed from costs measured once per engine, not assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+_VERIFY_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass
+class CostModel:
+    """Seconds per forward pass: verification of ``q`` tokens, and a draft step by skip ratio."""
+
+    verify_s: dict[int, float] = field(default_factory=dict)
+    #: draft step cost at skip ratio 0 and 0.5 (linear in between and beyond)
+    draft_s_at: dict[float, float] = field(default_factory=dict)
+    #: the output head's share of a one-token step (it is never skipped)
+    head_s: float = 0.0
+
+    @property
+    def plain_s(self) -> float:
+        return self.verify_s[1]
+
+    def verify(self, q: int) -> float:
+        sizes = sorted(self.verify_s)
+        if q <= sizes[0]:
+            return self.verify_s[sizes[0]]
+        for a, b in zip(sizes, sizes[1:]):
+            if q <= b:
+                w = (q - a) / (b - a)
+                return self.verify_s[a] * (1 - w) + self.verify_s[b] * w
+        a, b = sizes[-2], sizes[-1]
+        return self.verify_s[b] + (q - b) * (self.verify_s[b] - self.verify_s[a]) / (b - a)
+
+    def draft(self, ratio: float) -> float:
+        c0, c5 = self.draft_s_at[0.0], self.draft_s_at[0.5]
+        return max(self.head_s, c0 + (c5 - c0) * (ratio / 0.5))
+
+    def expected_speedup(self, score: float, ratio: float, max_draft: int) -> tuple[float, int]:
+        """Best expected speed-up over plain decoding for per-token acceptance ``score``, and its draft length.
+
+        A chain of ``L`` drafts accepted token-by-token with probability ``a`` yields
+        ``(1 - a^(L+1)) / (1 - a)`` tokens (the bonus included) for ``L`` draft steps and one
+        verification of ``L + 1`` tokens.
+        """
+        a = min(max(score, 0.0), 0.999)
+        best, best_len = 0.0, 1
+        cd = self.draft(ratio)
+        for length in range(1, max_draft + 1):
+            tokens = (1 - a ** (length + 1)) / (1 - a)
+            cost = length * cd + self.verify(length + 1)
+            s = tokens * self.plain_s / cost
+            if s > best:
+                best, best_len = s, length
+        return best, best_len
+
+    def to_dict(self) -> dict:
+        return {"verify_s": self.verify_s, "draft_s_at": self.draft_s_at, "head_s": self.head_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CostModel":
+        return cls(
+            verify_s={int(k): float(v) for k, v in d["verify_s"].items()},
+            draft_s_at={float(k): float(v) for k, v in d["draft_s_at"].items()},
+            head_s=float(d["head_s"]),
+        )
+
+
+def _time(fn, reps: int) -> float:
+    fn()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    samples = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - t)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+@torch.inference_mode()
+def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 5) -> CostModel:
+    """Time the passes the decoder will make, on a synthetic context (a few seconds, once)."""
+    from .layer_skip import default_skip_set
+
+    t0 = time.perf_counter()
+    device = runner.device
+    ctx = min(context, (runner.context_length or 4096) // 2)
+    ids = torch.randint(0, runner.vocab_size, (ctx + 64,), device=device)
+    cache = runner.new_cache()
+    runner.forward(cache, ids[:ctx], torch.arange(ctx, device=device), last_only=True)
+    model = CostModel()
+
+    def step(q: int):
+        def run():
+            runner.forward(cache, ids[ctx : ctx + q], torch.arange(ctx, ctx + q, device=device))
+            cache.truncate(ctx)
+
+        return run
+
+    for q in _VERIFY_SIZES:
+        model.verify_s[q] = _time(step(q), reps)
+    h = torch.zeros(1, runner.lm_head.weight.shape[1], device=device, dtype=runner.dtype)
+    model.head_s = _time(lambda: runner.logits(h), reps)
+    model.draft_s_at[0.0] = model.verify_s[1]
+    att, mlp = default_skip_set(runner.num_layers, 0.5)
+    with runner.skipper.skipping(frozenset(att), frozenset(mlp)):
+        model.draft_s_at[0.5] = _time(step(1), reps)
+    logger.info(
+        "measured costs in %.1fs: step %.1f ms, verify 8 %.1f ms, draft@0.5 %.1f ms, head %.1f ms",
+        time.perf_counter() - t0,
+        1e3 * model.verify_s[1],
+        1e3 * model.verify_s[8],
+        1e3 * model.draft_s_at[0.5],
+        1e3 * model.head_s,
+    )
+    return model
