@@ -50,6 +50,11 @@ class SearchConfig(BaseModel):
     max_opt_iter: int = Field(default=1000, ge=1)
     #: Skip ratios the search may choose between (fraction of all sublayers skipped).
     skip_ratios: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.45)
+    #: Search time allowed per call, as a fraction of the call's decoding time (bounds the cold-state cost).
+    max_overhead: float = Field(default=0.5, gt=0.0)
+    #: After this many iterations, stop when even an optimistic score (+0.1 over the best seen at
+    #: each skip ratio) could not beat plain decoding on this hardware.
+    hopeless_after: int = Field(default=24, ge=1)
     #: Re-probe a step that decodes plainly after this many calls.
     reprobe_every_calls: int = Field(default=8, ge=1)
 
@@ -73,6 +78,8 @@ class SwiftConfig(BaseModel):
     draft_vocab_size: int | None = Field(default=8192, ge=1)
     tree: TreeConfig = TreeConfig()
     search: SearchConfig = SearchConfig()
+    #: Also draft continuations found earlier in the context (prompt lookup), merged into the tree.
+    context_drafts: bool = True
     #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).
     speculative: bool = True
     #: Default step key when neither the call nor the context names one.

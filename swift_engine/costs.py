@@ -49,7 +49,9 @@ class CostModel:
         c0, c5 = self.draft_s_at[0.0], self.draft_s_at[0.5]
         return max(self.head_s, c0 + (c5 - c0) * (ratio / 0.5))
 
-    def expected_speedup(self, score: float, ratio: float, max_draft: int) -> tuple[float, int]:
+    def expected_speedup(
+        self, score: float, ratio: float, max_draft: int, draft_cost: float | None = None
+    ) -> tuple[float, int]:
         """Best expected speed-up over plain decoding for per-token acceptance ``score``, and its draft length.
 
         A chain of ``L`` drafts accepted token-by-token with probability ``a`` yields
@@ -58,7 +60,7 @@ class CostModel:
         """
         a = min(max(score, 0.0), 0.999)
         best, best_len = 0.0, 1
-        cd = self.draft(ratio)
+        cd = self.draft(ratio) if draft_cost is None else draft_cost
         for length in range(1, max_draft + 1):
             tokens = (1 - a ** (length + 1)) / (1 - a)
             cost = length * cd + self.verify(length + 1)
@@ -90,12 +92,12 @@ def _time(fn, reps: int) -> float:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         samples.append(time.perf_counter() - t)
-    samples.sort()
-    return samples[len(samples) // 2]
+    # the minimum, not the median: other processes on the machine only ever add time
+    return min(samples)
 
 
 @torch.inference_mode()
-def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 5) -> CostModel:
+def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> CostModel:
     """Time the passes the decoder will make, on a synthetic context (a few seconds, once)."""
     from .layer_skip import default_skip_set
 

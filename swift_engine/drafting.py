@@ -15,7 +15,7 @@ import torch
 from .config import SwiftConfig
 from .kv_cache import SwiftKVCache
 from .runner import ModelRunner
-from .tree import TokenTree
+from .tree import SOURCE_CONTEXT, SOURCE_LAYER_SKIP, TokenTree
 
 
 class DraftHead:
@@ -67,6 +67,57 @@ class DraftHead:
 
 
 @dataclass
+class ContextAcceptance:
+    """Running per-token acceptance of context drafts for one step key, and the length it implies.
+
+    Per-token acceptance ``a`` is estimated as hits / (hits + misses), where a miss is a proposed
+    next token the verifier rejected (the maximum-likelihood estimate for geometric acceptance).
+    A prior worth a few observations keeps the first calls from over-reacting; old evidence is
+    decayed so a step whose content changes is re-learned.
+    """
+
+    hits: float = 3.0
+    misses: float = 2.0
+
+    @property
+    def rate(self) -> float:
+        return self.hits / (self.hits + self.misses)
+
+    def draft_length(self, costs, max_len: int, probe: bool = False) -> int:
+        """The context-draft length with the best expected speed-up on this hardware (0: don't)."""
+        speedup, length = costs.expected_speedup(self.rate, 0.0, max_len, draft_cost=0.0)
+        if speedup < 1.0:
+            return 3 if probe else 0
+        return length
+
+    def observe(self, tree, path: list[int], source: int, stats) -> None:
+        hits = sum(1 for node in path[1:] if tree.sources[node] & source)
+        last = path[-1]
+        miss = any(tree.sources[c] & source for c in tree.children()[last].values())
+        self.hits += hits
+        self.misses += 1 if miss else 0
+        total = self.hits + self.misses
+        if total > 400:
+            self.hits *= 400 / total
+            self.misses *= 400 / total
+        proposed = sum(1 for s in tree.sources if s & source)
+        stats.context_drafted_tokens += proposed
+        stats.context_accepted_tokens += hits
+
+    def to_dict(self) -> dict:
+        return {"hits": round(self.hits, 3), "misses": round(self.misses, 3)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ContextAcceptance":
+        if not d:
+            return cls()
+        try:
+            return cls(hits=float(d["hits"]), misses=float(d["misses"]))
+        except (KeyError, TypeError, ValueError):
+            return cls()
+
+
+@dataclass
 class Draft:
     tokens: list[int] = field(default_factory=list)
     #: top-1 probability of each drafted token under the draft model
@@ -87,6 +138,7 @@ def draft_chain(
     config: SwiftConfig,
     max_len: int,
     head: DraftHead | None = None,
+    grammar=None,
 ) -> Draft:
     """Greedy draft after ``root`` (at position ``start``) until the draft is unsure or long enough.
 
@@ -110,42 +162,66 @@ def draft_chain(
             else:
                 logits, vocab = head.logits(hidden)
             draft.steps += 1
+            if grammar is not None:
+                allowed = grammar.allowed(device)
+                logits = logits.masked_fill(~(allowed if vocab is None else allowed[vocab]), float("-inf"))
+                if not torch.isfinite(logits).any():
+                    break  # the grammar allows nothing the draft head can say here
             probs = torch.softmax(logits[0], dim=-1)
             top = torch.topk(probs, min(1 + max_branch, probs.numel()))
             idx = top.indices if vocab is None else vocab[top.indices]
             values, indices = top.values.tolist(), idx.tolist()
+            if grammar is not None:  # runner-ups the grammar forbids are no branches
+                keep = [i for i, v in enumerate(values) if v > 0.0]
+                values, indices = [values[i] for i in keep], [indices[i] for i in keep]
             token, conf = indices[0], values[0]
             draft.tokens.append(token)
             draft.confidences.append(conf)
             draft.alternates.append(indices[1:])
+            if grammar is not None and not grammar.advance(token):
+                draft.tokens.pop()
+                draft.confidences.pop()
+                draft.alternates.pop()
+                break
             if conf < config.draft_confidence:
                 break
+    if grammar is not None:
+        grammar.rollback(len(draft.tokens))  # the grammar only advances along verified tokens
     return draft
 
 
-def build_tree(root: int, draft: Draft, config: SwiftConfig) -> TokenTree:
-    """Root, then the draft chain; low-confidence positions get runner-up leaves beside the chain.
+def build_tree(
+    root: int,
+    draft: Draft | None,
+    context: list[list[int]],
+    config: SwiftConfig,
+    budget: int | None = None,
+) -> TokenTree:
+    """Merge context continuations and the layer-skip draft into one token tree (a trie).
 
-    Chain tokens are added first (they carry most of the expected acceptance); branches are
-    added while the tree stays under ``max_tree_tokens``, most uncertain positions first.
+    Order of claim on the node budget: the best context continuation (free to draft and, when it
+    matches, long), then the layer-skip chain, then the other context continuations, then
+    runner-up branches at the draft's least confident positions. Where sources agree they share
+    nodes, so nothing is verified twice.
     """
+    budget = min(budget or config.tree.max_tree_tokens, config.tree.max_tree_tokens)
     tree = TokenTree.with_root(root)
-    budget = config.tree.max_tree_tokens - 1
+    if context:
+        tree.insert(context[0], SOURCE_CONTEXT, budget)
     chain_nodes: list[int] = []
-    parent = 0
-    for tok in draft.tokens[:budget]:
-        parent = tree.add(tok, parent)
-        chain_nodes.append(parent)
-    budget -= len(chain_nodes)
-    order = sorted(range(len(chain_nodes)), key=lambda i: draft.confidences[i])
-    for i in order:
-        if budget <= 0:
-            break
-        width = config.tree.branches_for(draft.confidences[i])
-        parent = tree.parents[chain_nodes[i]]
-        for tok in draft.alternates[i][:width]:
-            if budget <= 0:
+    if draft is not None and draft.tokens:
+        chain_nodes = tree.insert(draft.tokens, SOURCE_LAYER_SKIP, budget)
+    for seq in context[1:]:
+        tree.insert(seq, SOURCE_CONTEXT, budget)
+    if draft is not None:
+        order = sorted(range(len(chain_nodes)), key=lambda i: draft.confidences[i])
+        for i in order:
+            if len(tree) >= budget:
                 break
-            tree.add(tok, parent)
-            budget -= 1
+            width = config.tree.branches_for(draft.confidences[i])
+            parent = tree.parents[chain_nodes[i]]
+            for tok in draft.alternates[i][:width]:
+                if len(tree) >= budget:
+                    break
+                tree.add(tok, parent, SOURCE_LAYER_SKIP)
     return tree

@@ -19,18 +19,20 @@ from typing import Any
 import torch
 
 from .config import SwiftConfig
+from .constraints import Constraint, GrammarCache, GrammarState
 from .costs import CostModel, measure_costs
-from .drafting import DraftHead, build_tree, draft_chain
+from .drafting import ContextAcceptance, DraftHead, build_tree, draft_chain
+from .lookup import NgramIndex
 from .layer_skip import default_skip_set
 from .optimization import Candidate, LayerSetSearch, SearchState, score_candidate
 from .profiles import ProfileStore
 from .results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 from .runner import ModelRunner
-from .sampling import SamplingParams
+from .sampling import SamplingParams, sample, target_probs
 from .step_profiles import StepProfiles
 from .steps import resolve_step_key
 from .stopping import StopStrings, TextStream
-from .tree import TokenTree
+from .tree import SOURCE_CONTEXT, TokenTree
 from .verification import verify_tree
 
 logger = logging.getLogger(__name__)
@@ -46,16 +48,23 @@ class _CallPlan:
     """How one call decodes, and the search bookkeeping it carries."""
 
     choice: "SkipChoice"
+    #: no drafting at all in this call (speculative=False, or SWIFT disabled)
+    plain_call: bool = False
+    context: "ContextAcceptance" = None  # type: ignore[assignment]
     state: SearchState | None = None
     searching: bool = False
     probing: bool = False
     search: LayerSetSearch | None = None
     iterations: int = 0
+    #: seconds spent searching in this call (bounded by SearchConfig.max_overhead)
+    search_s: float = 0.0
     extra: dict = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.extra is None:
             self.extra = {}
+        if self.context is None:
+            self.context = ContextAcceptance()
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,7 @@ class SwiftEngine:
         self._profiles: StepProfiles | None = None
         self._costs: CostModel | None = None
         self._fingerprint: str | None = None
+        self._grammars: GrammarCache | None = None
 
     # -- per-engine state, created on first use ---------------------------------------------------
     @property
@@ -193,17 +203,19 @@ class SwiftEngine:
     def _plan(self, step_key: str, speculative: bool | None) -> "_CallPlan":
         """Decide how this call decodes: which skip set, whether the search runs, or plainly."""
         if speculative is False or not self.config.speculative:
-            return _CallPlan(choice=SkipChoice(frozenset(), frozenset(), plain=True))
+            return _CallPlan(choice=SkipChoice(frozenset(), frozenset(), plain=True), plain_call=True)
         search_cfg = self.config.search
         if not search_cfg.enabled:
             return _CallPlan(choice=SkipChoice(self._start.attention, self._start.mlp))
         state, record = self.profiles.checkout(step_key)
+        context = ContextAcceptance.from_dict(record.extra.get("context_acceptance"))
         probing = False
         if record.plain and state.converged:
             since = int(record.extra.get("calls_since_probe", 0)) + 1
             if since < search_cfg.reprobe_every_calls:
                 return _CallPlan(
                     choice=SkipChoice(frozenset(), frozenset(), plain=True),
+                    context=context,
                     state=state,
                     extra={"calls_since_probe": since},
                 )
@@ -214,6 +226,7 @@ class SwiftEngine:
         plain = state.best_speedup < 1.0  # unknown or unprofitable so far: decode plainly
         return _CallPlan(
             choice=SkipChoice(state.best.attention, state.best.mlp, plain=plain),
+            context=context,
             state=state,
             searching=searching,
             probing=probing,
@@ -250,10 +263,13 @@ class SwiftEngine:
         step_key: str | None = None,
         seed: int | None = None,
         speculative: bool | None = None,
+        constraint: Constraint | None = None,
     ) -> Iterator[StreamChunk]:
         """Stream chunks (text delta + token ids); the last chunk carries the :class:`GenerationResult`.
 
         ``speculative=False`` decodes plainly through the same loop (the benchmark's own baseline).
+        ``constraint`` (:class:`~swift_engine.constraints.JsonSchemaConstraint` or
+        :class:`~swift_engine.constraints.ToolCallConstraint`) restricts the output to a grammar.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -261,9 +277,16 @@ class SwiftEngine:
         stops = StopStrings(stop)
         key = resolve_step_key(step_key, self.config.default_step_key)
         ids = self.encode_prompt(prompt)
-        return self._stream(ids, max_new_tokens, params, stops, key, seed, speculative)
+        grammar = self.grammars.matcher(constraint) if constraint is not None else None
+        return self._stream(ids, max_new_tokens, params, stops, key, seed, speculative, grammar)
 
-    def _stream(self, ids, max_new_tokens, params, stops, key, seed, speculative) -> Iterator[StreamChunk]:
+    @property
+    def grammars(self) -> GrammarCache:
+        if self._grammars is None:
+            self._grammars = GrammarCache(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids))
+        return self._grammars
+
+    def _stream(self, ids, max_new_tokens, params, stops, key, seed, speculative, grammar=None) -> Iterator[StreamChunk]:
         with self._lock:
             t0 = time.perf_counter()
             if self.runner.device.type == "cuda":
@@ -280,7 +303,7 @@ class SwiftEngine:
             text = TextStream(self.tokenizer, stops)
             out: list[int] = []
             finish: FinishReason = "length"
-            for new in self._decode(ids, max_new_tokens, params, generator, plan, stats):
+            for new in self._decode(ids, max_new_tokens, params, generator, plan, stats, grammar):
                 emit: list[int] = []
                 for tok in new:
                     emit.append(tok)
@@ -315,7 +338,7 @@ class SwiftEngine:
                     st,
                     plain=st.converged and st.best_speedup < 1.0,
                     tokens=len(out),
-                    extra=plan.extra,
+                    extra={**plan.extra, "context_acceptance": plan.context.to_dict()},
                 )
             stats.wall_time_s = time.perf_counter() - t0
             if self.runner.device.type == "cuda":
@@ -334,6 +357,7 @@ class SwiftEngine:
         generator: torch.Generator | None,
         plan: "_CallPlan",
         stats: GenerationStats,
+        grammar: GrammarState | None = None,
     ) -> Iterator[list[int]]:
         """Yield committed tokens as they are accepted; the caller decides when to stop."""
         runner, device, cfg = self.runner, self.runner.device, self.config
@@ -347,38 +371,63 @@ class SwiftEngine:
         # the full model's argmax after each of the last prompt tokens: the search's first targets
         tail = hidden[-min(window, hidden.shape[0]) :] if plan.searching else hidden[-1:]
         tail_logits = runner.logits(tail)
-        root = self._pick(tail_logits[-1], params, generator)
+        root = self._pick(tail_logits[-1], params, generator, grammar)
         committed = list(prompt_ids)  # tokens whose KV is cached (the root is not, yet)
         ref_start = n - tail_logits.shape[0]
         ref_next = tail_logits.argmax(dim=-1).tolist()  # ref_next[j - ref_start]: argmax after committed[j]
         stats.prefill_time_s = time.perf_counter() - tp
         yield [root]
         head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)
+        speculative = not plan.plain_call
+        index = NgramIndex(prompt_ids + [root]) if speculative and cfg.context_drafts else None
+        costs = self.costs if speculative else None
         produced, past, step = 1, n, 0
         while produced < max_new_tokens:
             remaining = max_new_tokens - produced
-            if plan.searching and step % cfg.search.opt_interval == 0:
+            if (
+                plan.searching
+                and step % cfg.search.opt_interval == 0
+                and plan.search_s <= cfg.search.max_overhead * (time.perf_counter() - tp - plan.search_s)
+            ):
+                ts = time.perf_counter()
                 self._search_step(plan, cache, past, committed + [root], ref_start, ref_next, head)
+                plan.search_s += time.perf_counter() - ts
             step += 1
             choice = plan.choice
-            if choice.plain or remaining <= 1:
-                tree = TokenTree.with_root(root)
-            else:
-                draft = draft_chain(
-                    runner, cache, root, past, choice.attention, choice.mlp, cfg, max_len=remaining - 1, head=head
-                )
-                cache.truncate(past)
-                stats.draft_steps += draft.steps
-                stats.drafted_tokens += len(draft.tokens)
-                tree = build_tree(root, draft, cfg)
-            verdict = verify_tree(runner, cache, tree, past, params, generator)
+            context: list[list[int]] = []
+            draft = None
+            if speculative and remaining > 1:
+                if index is not None:
+                    length = plan.context.draft_length(costs, cfg.max_draft_len, probe=step % 16 == 0)
+                    context = index.candidates(min(length, remaining - 1), max_matches=3)
+                if not choice.plain and (not context or len(context[0]) < 2):
+                    draft = draft_chain(
+                        runner,
+                        cache,
+                        root,
+                        past,
+                        choice.attention,
+                        choice.mlp,
+                        cfg,
+                        max_len=remaining - 1,
+                        head=head,
+                        grammar=grammar,
+                    )
+                    cache.truncate(past)
+                    stats.draft_steps += draft.steps
+            tree = build_tree(root, draft, context, cfg, budget=remaining)
+            verdict = verify_tree(runner, cache, tree, past, params, generator, grammar)
             stats.verify_steps += 1
+            stats.drafted_tokens += len(tree) - 1
             stats.accepted_drafted_tokens += len(verdict.accepted)
+            plan.context.observe(tree, verdict.path, SOURCE_CONTEXT, stats)
             new = verdict.accepted + [verdict.bonus]
             committed.append(root)
             committed.extend(verdict.accepted)
             ref_next.extend(verdict.path_argmax)
             head.add(new)
+            if index is not None:
+                index.extend(new)
             past += len(verdict.path)
             root = verdict.bonus
             produced += len(new)
@@ -415,9 +464,10 @@ class SwiftEngine:
         if state.converged:
             plan.searching = False
 
-    def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-        from .sampling import sample, target_probs
-
-        if params.greedy:
-            return int(logits.argmax().item())
-        return sample(target_probs(logits, params), generator)
+    def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, grammar=None) -> int:
+        if grammar is not None:
+            logits = grammar.mask_(logits.clone())
+        tok = int(logits.argmax().item()) if params.greedy else sample(target_probs(logits, params), generator)
+        if grammar is not None:
+            grammar.advance(tok)
+        return tok

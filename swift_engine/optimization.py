@@ -178,6 +178,20 @@ class LayerSetSearch:
         return cand
 
     # -- bookkeeping -------------------------------------------------------------------------
+    def _hopeless(self, state: SearchState) -> bool:
+        """No skip ratio could pay even with a better set than any seen: stop searching."""
+        if state.iterations < self.config.hopeless_after or state.best_speedup >= 1.0:
+            return False
+        best_at: dict[int, float] = {}
+        for obs in state.observations:
+            k = len(obs["attention"]) + len(obs["mlp"])
+            best_at[k] = max(best_at.get(k, 0.0), obs["score"])
+        optimistic = max(
+            self.costs.expected_speedup(min(1.0, sc + 0.1), k / (2 * self.num_layers), self.max_draft)[0]
+            for k, sc in best_at.items()
+        )
+        return optimistic < 1.0
+
     def evaluate(self, cand: Candidate, score: float) -> tuple[float, int]:
         return self.costs.expected_speedup(score, cand.ratio(self.num_layers), self.max_draft)
 
@@ -197,6 +211,7 @@ class LayerSetSearch:
             state.best_score >= c.max_score
             or state.since_improvement >= c.max_tolerance_iter
             or state.iterations >= c.max_opt_iter
+            or self._hopeless(state)
         ):
             state.converged = True
             logger.info(

@@ -18,8 +18,12 @@ class GenerationStats(BaseModel):
     verify_steps: int = 0
     #: Draft forward passes (layer-skipped model).
     draft_steps: int = 0
+    #: Draft tokens the verifier checked (every tree node but the root) and how many it accepted.
     drafted_tokens: int = 0
     accepted_drafted_tokens: int = 0
+    #: The share of those that came from the context (prompt-lookup drafts).
+    context_drafted_tokens: int = 0
+    context_accepted_tokens: int = 0
     #: accepted_drafted_tokens / drafted_tokens (0 when nothing was drafted).
     acceptance_rate: float = 0.0
     #: Tokens emitted per verify step (1.0 is plain decoding).

@@ -13,31 +13,57 @@ from dataclasses import dataclass, field
 import torch
 
 
+#: Where a node's token came from (a bit mask: sources that agree share the node).
+SOURCE_LAYER_SKIP = 1
+SOURCE_CONTEXT = 2
+
+
 @dataclass
 class TokenTree:
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)
+    _kids: list[dict[int, int]] = field(default_factory=list, repr=False)
 
     @classmethod
     def with_root(cls, token: int) -> "TokenTree":
-        return cls(tokens=[token], parents=[-1], depths=[0])
+        return cls(tokens=[token], parents=[-1], depths=[0], sources=[0], _kids=[{}])
 
-    def add(self, token: int, parent: int) -> int:
+    def add(self, token: int, parent: int, source: int = 0) -> int:
+        """Add ``token`` below ``parent``; an existing identical child is reused (trie)."""
+        existing = self._kids[parent].get(token)
+        if existing is not None:
+            self.sources[existing] |= source
+            return existing
         self.tokens.append(token)
         self.parents.append(parent)
         self.depths.append(self.depths[parent] + 1)
-        return len(self.tokens) - 1
+        self.sources.append(source)
+        self._kids.append({})
+        idx = len(self.tokens) - 1
+        self._kids[parent][token] = idx
+        return idx
+
+    def insert(self, seq: list[int], source: int, budget: int, parent: int = 0) -> list[int]:
+        """Insert a chain below ``parent`` while the tree has fewer than ``budget`` nodes; its node ids."""
+        nodes = []
+        for tok in seq:
+            if tok in self._kids[parent]:
+                parent = self.add(tok, parent, source)
+            elif len(self.tokens) < budget:
+                parent = self.add(tok, parent, source)
+            else:
+                break
+            nodes.append(parent)
+        return nodes
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def children(self) -> list[dict[int, int]]:
         """Per node: ``{token: child_index}`` (a token appears at most once below a parent)."""
-        out: list[dict[int, int]] = [dict() for _ in self.tokens]
-        for i in range(1, len(self.tokens)):
-            out[self.parents[i]].setdefault(self.tokens[i], i)
-        return out
+        return self._kids
 
     def ancestors(self, device: torch.device) -> torch.Tensor:
         """``[n, n]`` bool: node i may attend to node j (j is i or one of its ancestors)."""

