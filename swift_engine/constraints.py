@@ -195,7 +195,7 @@ class GrammarState:
         import xgrammar as xgr
 
         self._xgr = xgr
-        self.matcher = xgr.GrammarMatcher(compiled, max_rollback_tokens=512)
+        self.matcher = xgr.GrammarMatcher(compiled)  # rollback depth is unlimited in xgrammar >= 0.2
         self.vocab_size = vocab_size
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
 

@@ -183,6 +183,8 @@ def draft_chain(
                 draft.confidences.pop()
                 draft.alternates.pop()
                 break
+            if grammar is not None and grammar.terminated:
+                break  # the draft closed the grammar (a stop token): nothing can follow
             if conf < config.draft_confidence:
                 break
     if grammar is not None:

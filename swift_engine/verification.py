@@ -67,7 +67,7 @@ def verify_tree(
             choices.append(y)
             grammar.advance(y)
             nxt = children[node].get(y)
-            if nxt is None:
+            if nxt is None or grammar.terminated:  # a stop token ends the walk (and the generation)
                 bonus = y
                 break
             node = nxt

@@ -81,10 +81,10 @@ class CharTokenizer:
 
 @pytest.fixture(scope="session")
 def smol():
-    """The embedded SmolLM2-135M-Instruct as a SwiftEngine (fp32, CPU)."""
-    from swift_engine import SwiftEngine
+    """The embedded SmolLM2-135M-Instruct as a SwiftEngine (fp32, CPU), shared with the adapters' engine cache."""
+    from swift_integrations._shared import get_engine
 
-    return SwiftEngine.from_pretrained(None, device="cpu", dtype="float32")
+    return get_engine(None, None, "cpu", "float32")
 
 
 def pytest_configure(config):

@@ -16,26 +16,45 @@ pytestmark = pytest.mark.slow
 SCHEMAS = {
     "person": {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
         "required": ["name", "age"],
     },
     "nested_enum_array": {
         "type": "object",
         "properties": {
-            "city": {"type": "string"},
+            "city": {"type": "string", "maxLength": 20},
             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            "days": {"type": "array", "items": {"type": "object", "properties": {"day": {"type": "string"}, "high": {"type": "number"}}, "required": ["day", "high"]}, "maxItems": 3},
+            "days": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "day": {"type": "string", "enum": ["mon", "tue", "wed"]},
+                        "high": {"type": "integer", "minimum": -50, "maximum": 60},
+                    },
+                    "required": ["day", "high"],
+                },
+                "minItems": 1,
+                "maxItems": 2,
+            },
         },
         "required": ["city", "unit", "days"],
     },
     "optional_fields": {
         "type": "object",
-        "properties": {"title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}, "draft": {"type": "boolean"}},
+        "properties": {
+            "title": {"type": "string", "maxLength": 40},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+            "draft": {"type": "boolean"},
+        },
         "required": ["title"],
     },
     "unicode": {
         "type": "object",
-        "properties": {"greeting": {"type": "string", "enum": ["héllo", "こんにちは", "привет"]}, "emoji": {"type": "string"}},
+        "properties": {
+            "greeting": {"type": "string", "enum": ["héllo", "こんにちは", "привет"]},
+            "note": {"type": "string", "maxLength": 16},
+        },
         "required": ["greeting"],
     },
 }
@@ -64,7 +83,7 @@ def test_constrained_output_parses_validates_and_matches_plain_constrained_decod
 
     schema = SCHEMAS[name]
     spec = JsonSchemaConstraint(schema)
-    res = engine.generate(_msgs(PROMPTS[name]), max_new_tokens=96, constraint=spec)
+    res = engine.generate(_msgs(PROMPTS[name]), max_new_tokens=128, constraint=spec)
     assert res.finish_reason == "eos", f"{name}: grammar did not complete within budget: {res.text!r}"
     data = json.loads(res.text)
     jsonschema.validate(data, schema)
@@ -72,7 +91,7 @@ def test_constrained_output_parses_validates_and_matches_plain_constrained_decod
     ids = engine.encode_prompt(_msgs(PROMPTS[name]))
     compiled = engine.grammars.compile(spec)
     ref = engine.model.generate(
-        torch.tensor([ids]), max_new_tokens=96, do_sample=False, logits_processor=[LogitsProcessor(compiled)]
+        torch.tensor([ids]), max_new_tokens=128, do_sample=False, logits_processor=[LogitsProcessor(compiled)]
     )[0, len(ids):].tolist()
     assert res.token_ids == ref, f"{name}: constrained SWIFT != constrained plain decoding"
     assert isinstance(xgr.__version__, str)
@@ -89,7 +108,7 @@ def test_constrained_output_parses_validates_and_matches_plain_constrained_decod
 )
 def test_required_tool_call_is_well_formed(engine, prompt) -> None:
     tools = (
-        {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+        {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}},
         {"name": "multiply", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}},
     )
     res = engine.generate(_msgs(prompt), max_new_tokens=64, constraint=ToolCallConstraint(tools=tools))

@@ -1,0 +1,1063 @@
+"""LlamaIndex LLM over a SWIFT engine: :class:`SwiftLlamaIndexLLM`.
+
+A :class:`~llama_index.core.llms.function_calling.FunctionCallingLLM`, so it works anywhere
+LlamaIndex takes an LLM: ``Settings.llm``, query engines and response synthesizers, chat engines,
+and ``FunctionAgent`` / ``AgentWorkflow`` (tool calling).
+
+Construction is cheap: the weights load on first use through the process-level engine cache
+(:func:`swift_integrations._shared.get_engine`), so this LLM and the LangChain classes share one
+engine (weights and learned skip profiles) when they name the same model. ``engine=`` uses an
+engine you built.
+
+Prompts
+-------
+* ``chat`` / ``stream_chat`` / ``achat`` / ``astream_chat``: messages go through the model's chat
+  template (:func:`swift_integrations._shared.render_chat_prompt`; a plain
+  ``System:/User:/Assistant:`` format for models without one). A ``messages_to_prompt=`` you pass
+  replaces the template: its string is tokenized as is.
+* ``complete`` & co.: ``formatted=True`` sends the prompt as is; otherwise a
+  ``completion_to_prompt=`` you pass formats it; otherwise the prompt becomes one user message
+  (after ``system_prompt``, if set) in the chat template. ``completion_to_prompt=lambda s: s``
+  gives plain text continuation.
+
+Step keys (which learned skip profile a call uses), in order of precedence:
+
+1. ``step_key=`` passed to the call (``llm.complete(..., step_key="x")``);
+2. ``with instrument_tags({"swift_step": "x"}):`` (``llama_index.core.instrumentation``);
+3. an enclosing ``with swift_engine.swift_step("x"):`` block;
+4. the LLM's ``step_key`` field;
+5. the prompt template of ``predict``/``stream``/``apredict``/``astream``/``structured_predict``:
+   ``"prompt:<prompt_type>"`` (``prompt:text_qa``, ``prompt:refine``, ``prompt:summary``, ...;
+   custom templates: ``"prompt:custom:<hash of the template>"``);
+6. the active LlamaIndex span: the nearest enclosing non-LLM span, qualified by the nearest
+   named component around it (an agent's ``name``): ``"span:BaseWorkflowAgent.run_agent_step@Agent"``;
+7. a fingerprint of the system prompt (``"system:<hash>"``); else the engine's default.
+
+Responses
+---------
+``raw`` and ``additional_kwargs`` carry the SWIFT statistics
+(:func:`swift_integrations._shared.stats_metadata`: ``step_key``, ``acceptance_rate``,
+``mean_accepted_per_step``, ``search_ran``, ``swift_profile``, ``swift_stats``), the token counts
+(``prompt_tokens``/``completion_tokens``/``total_tokens``; in ``raw["usage"]`` too, where
+LlamaIndex's ``TokenCountingHandler`` reads them) and the ``finish_reason``; ``raw["prompt"]`` is
+the exact prompt text the model received. Streams carry them on their last item.
+
+Tool calling: the Hermes-style format of :mod:`swift_integrations.tool_calls` (shared with the
+LangChain adapter). ``tool_required=True`` / ``tool_choice="required"``/a tool name forces a call
+(staged prefill, :class:`~swift_integrations.tool_calls.ToolCallSteering`); otherwise the model
+may write calls, which are parsed (several calls in one reply are parallel calls). Calls are
+:class:`~llama_index.core.base.llms.types.ToolCallBlock` blocks of the response message.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.dispatcher import active_instrument_tags
+from llama_index.core.instrumentation.span import BaseSpan, active_span_id
+from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
+
+from swift_engine.config import SwiftConfig
+
+from ._shared import (
+    RenderedPrompt,
+    aiter_in_thread,
+    get_engine,
+    merge_stats,
+    render_chat_prompt,
+    stats_metadata,
+    system_prompt_step_key,
+    usage_from_stats,
+    with_system_text,
+)
+from .tool_calls import (
+    TOOL_CALL_CLOSE,
+    InvalidToolCall,
+    ParsedToolCall,
+    ToolCallSteering,
+    ToolCallStreamFilter,
+    format_tool_call,
+    format_tool_result,
+    new_tool_call_id,
+    parse_tool_calls,
+    render_tools_system_prompt,
+    tool_function,
+)
+
+__all__ = ["SwiftLlamaIndexLLM"]
+
+logger = logging.getLogger(__name__)
+
+#: Call-time keyword arguments the LLM reads; others are ignored with a warning.
+_CALL_KWARGS = frozenset(
+    {"temperature", "max_tokens", "top_p", "top_k", "seed", "stop", "step_key", "tools", "tool_choice", "parallel_tool_calls"}
+)
+#: Keyword arguments LlamaIndex itself passes along that mean nothing here (ignored silently).
+_QUIET_KWARGS = frozenset({"formatted", "verbose", "strict", "allow_parallel_tool_calls", "tool_required"})
+
+
+# ====================================================================================== step keys
+
+#: Step key derived from the prompt template of an enclosing ``predict``-style call.
+_PROMPT_STEP_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("swift_llamaindex_prompt_key", default=None)
+
+
+def prompt_step_key(prompt: Any, llm: Any = None) -> str | None:
+    """``"prompt:<prompt_type>"`` of a LlamaIndex prompt template (custom ones: plus a template hash)."""
+    meta = getattr(prompt, "metadata", None) or {}
+    kind = meta.get("prompt_type") if isinstance(meta, dict) else None
+    kind = getattr(kind, "value", kind)
+    if not isinstance(kind, str) or not kind.strip():
+        return None
+    if kind != "custom":
+        return f"prompt:{kind}"
+    try:
+        text = str(prompt.get_template(llm=llm))
+    except Exception:  # noqa: BLE001 - any template we can't read is keyed by its type name
+        text = type(prompt).__name__
+    return "prompt:custom:" + hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()[:10]
+
+
+class _TrackedSpan(BaseSpan):
+    """What step-key resolution needs of an open span."""
+
+    name: str = ""
+    is_llm: bool = False
+    label: str | None = None
+
+
+class _SpanTracker(BaseSpanHandler[_TrackedSpan]):
+    """Keeps the open spans (name, parent, owner) so a call can see which component it runs in.
+
+    Only open spans are held (closed and dropped ones are forgotten at once), so memory stays
+    bounded by the nesting depth times the concurrency.
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SwiftSpanTracker"
+
+    def new_span(self, id_: str, bound_args: Any, instance: Any = None, parent_span_id: str | None = None, tags: Any = None, **kwargs: Any) -> _TrackedSpan:
+        if len(self.open_spans) > 100_000:  # spans that never closed (abandoned generators): start over
+            with self.lock:
+                self.open_spans.clear()
+        try:
+            label = getattr(instance, "name", None) if instance is not None else None
+        except Exception:  # noqa: BLE001 - a property that fails only means no label
+            label = None
+        return _TrackedSpan(
+            id_=id_,
+            parent_id=parent_span_id,
+            name=id_.rsplit("-", 5)[0],  # ids are "<Class>.<method>-<uuid4>"
+            is_llm=isinstance(instance, BaseLLM),
+            label=label if isinstance(label, str) and label.strip() else None,
+        )
+
+    def prepare_to_exit_span(self, id_: str, bound_args: Any, instance: Any = None, result: Any = None, **kwargs: Any) -> _TrackedSpan | None:
+        return self.open_spans.get(id_)
+
+    def prepare_to_drop_span(self, id_: str, bound_args: Any, instance: Any = None, err: BaseException | None = None, **kwargs: Any) -> _TrackedSpan | None:
+        return self.open_spans.get(id_)
+
+
+_TRACKER: _SpanTracker | None = None
+_TRACKER_LOCK = threading.Lock()
+
+
+def _span_tracker() -> _SpanTracker:
+    """The process's span tracker, added to LlamaIndex's root dispatcher on first use."""
+    global _TRACKER
+    if _TRACKER is None:
+        with _TRACKER_LOCK:
+            if _TRACKER is None:
+                tracker = _SpanTracker()
+                get_dispatcher().add_span_handler(tracker)
+                _TRACKER = tracker
+    return _TRACKER
+
+
+def span_step_key() -> str | None:
+    """``"span:<Class.method>[@<name>]"`` of the nearest enclosing non-LLM span, if any."""
+    tracker = _TRACKER
+    if tracker is None:
+        return None
+    sid = active_span_id.get()
+    method: str | None = None
+    label: str | None = None
+    for _ in range(256):  # bounded walk up the parents
+        if not sid:
+            break
+        span = tracker.open_spans.get(sid)
+        if span is None:
+            break
+        if not span.is_llm:
+            method = method or span.name
+            label = label or span.label
+            if label:
+                break
+        sid = span.parent_id
+    if method is None:
+        return None
+    key = f"span:{method}" + (f"@{label}" if label else "")
+    return key[:200]
+
+
+# ====================================================================================== events
+
+
+@dataclass
+class _Start:
+    """A prompt went into the engine."""
+
+    input_tokens: int
+    prompt_text: str
+
+
+@dataclass
+class _Delta:
+    """Content safe to show now, and the tokens generated since the last event."""
+
+    text: str
+    output_tokens: int
+
+
+@dataclass
+class _Final:
+    tail: str  # content not released by deltas
+    content: str  # the whole reply's content
+    calls: list[ParsedToolCall] = field(default_factory=list)
+    invalid: list[InvalidToolCall] = field(default_factory=list)
+    stats: Any = None
+    finish_reason: str = "stop"
+    step_key: str | None = None
+    model_name: str = ""
+    prompt_text: str = ""
+
+    def metadata(self) -> dict[str, Any]:
+        return stats_metadata(self.stats, model_name=self.model_name, finish_reason=self.finish_reason, step_key=self.step_key)
+
+    def usage(self) -> dict[str, int]:
+        u = usage_from_stats(self.stats)
+        return {
+            "prompt_tokens": u["input_tokens"],
+            "completion_tokens": u["output_tokens"],
+            "total_tokens": u["total_tokens"],
+        }
+
+    def raw(self) -> dict[str, Any]:
+        raw = self.metadata()
+        raw["usage"] = self.usage()
+        raw["prompt"] = self.prompt_text
+        raw["text"] = self.content
+        if self.calls:
+            raw["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.calls]
+        if self.invalid:
+            raw["invalid_tool_calls"] = [_invalid_dict(c) for c in self.invalid]
+        return raw
+
+    def additional_kwargs(self) -> dict[str, Any]:
+        return {**self.usage(), **self.metadata()}
+
+
+def _invalid_dict(c: InvalidToolCall) -> dict[str, Any]:
+    return {"id": c.id, "name": c.name, "arguments": c.arguments, "error": c.error}
+
+
+@dataclass
+class _Call:
+    """One prepared generation: everything but the model's work."""
+
+    engine: Any
+    model_name: str
+    step_key: str | None
+    sampling: dict[str, Any]
+    max_new_tokens: int
+    stop: list[str]
+    render: Callable[[str], RenderedPrompt]  # prefill -> prompt
+    tool_names: list[str] | None = None  # parse tool calls from the reply when set
+    steering: ToolCallSteering | None = None
+
+
+def _merge_stops(*groups: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(s for g in groups for s in g))
+
+
+def _engine_stream(call: _Call, rp: RenderedPrompt, max_new_tokens: int, stop: list[str]) -> Iterator[Any]:
+    return call.engine.stream(rp.ids, max_new_tokens=max_new_tokens, stop=stop or None, step_key=call.step_key, **call.sampling)
+
+
+def _events(call: _Call) -> Iterator[_Start | _Delta | _Final]:
+    """The generation as events; closing the iterator stops the engine after its current step."""
+    if call.steering is not None:
+        yield from _steered_events(call)
+        return
+    rp = call.render("")
+    yield _Start(len(rp.ids), rp.text)
+    tool_filter = ToolCallStreamFilter(call.tool_names) if call.tool_names is not None else None
+    released = ""
+    gen = _engine_stream(call, rp, call.max_new_tokens, _merge_stops(call.stop, rp.stop))
+    result = None
+    try:
+        for chunk in gen:
+            if chunk.result is not None:
+                result = chunk.result
+                continue
+            delta = chunk.text
+            if tool_filter is not None:
+                delta = tool_filter.push(delta)
+            released += delta
+            yield _Delta(delta, len(chunk.token_ids))
+    finally:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
+    assert result is not None
+    calls: list[ParsedToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    tail = ""
+    if tool_filter is not None:
+        calls, invalid, tail = tool_filter.finish()
+    content = released + tail
+    if calls or invalid:
+        content = content.strip()
+    yield _Final(
+        tail=tail,
+        content=content,
+        calls=calls,
+        invalid=invalid,
+        stats=result.stats,
+        finish_reason="tool_calls" if calls else result.finish_reason,
+        step_key=call.step_key,
+        model_name=call.model_name,
+        prompt_text=rp.text,
+    )
+
+
+def _steered_events(call: _Call) -> Iterator[_Start | _Delta | _Final]:
+    """A forced tool call, generated in prefilled steps (name, then each required argument)."""
+    steering = call.steering
+    assert steering is not None
+    results = []
+    budget = call.max_new_tokens
+    prompt_text = ""
+    step = steering.start()
+    while step is not None:
+        if budget <= 0:
+            steering.abort()
+            break
+        rp = call.render(step.prefill)
+        prompt_text = prompt_text or rp.text
+        yield _Start(len(rp.ids), rp.text)
+        cap = budget if step.max_tokens is None else min(budget, step.max_tokens)
+        gen = _engine_stream(call, rp, cap, _merge_stops(step.stop, call.stop, rp.stop))
+        result = None
+        try:
+            for chunk in gen:
+                if chunk.result is not None:
+                    result = chunk.result
+                elif chunk.token_ids:
+                    yield _Delta("", len(chunk.token_ids))
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+        assert result is not None
+        results.append(result)
+        budget -= result.stats.new_tokens
+        step = steering.advance(result.text)
+    if not results:  # a tool without required arguments: no model step was needed
+        rp = call.render("")
+        prompt_text = rp.text
+        yield _Start(len(rp.ids), rp.text)
+    stats = merge_stats([r.stats for r in results])
+    calls, invalid, content = parse_tool_calls(steering.text, list(steering.functions))
+    last_reason = results[-1].finish_reason if results else "stop"
+    yield _Final(
+        tail=content,
+        content=content,
+        calls=calls,
+        invalid=invalid,
+        stats=stats,
+        finish_reason="tool_calls" if calls else last_reason,
+        step_key=call.step_key,
+        model_name=call.model_name,
+        prompt_text=prompt_text,
+    )
+
+
+# ====================================================================================== messages
+
+
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+}
+
+
+def _message_text(m: ChatMessage, where: str) -> str:
+    parts: list[str] = []
+    for block in m.blocks:
+        if isinstance(block, TextBlock):
+            parts.append(block.text)
+        elif isinstance(block, (ToolCallBlock, ThinkingBlock)) or getattr(block, "block_type", None) in ("cache", "cache_point"):
+            continue  # tool calls are rendered from the calls; reasoning is not replayed
+        else:
+            raise ValueError(f"SwiftLlamaIndexLLM reads text only; {where} has a {getattr(block, 'block_type', type(block).__name__)!r} block")
+    return "\n".join(parts)
+
+
+def _call_arguments(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+    return {}
+
+
+def _message_tool_calls(m: ChatMessage) -> list[dict[str, Any]]:
+    """Tool calls of an assistant message: ``ToolCallBlock`` blocks, else OpenAI-style ``additional_kwargs["tool_calls"]``."""
+    calls = [
+        {"id": b.tool_call_id, "name": b.tool_name, "arguments": _call_arguments(b.tool_kwargs)}
+        for b in m.blocks
+        if isinstance(b, ToolCallBlock)
+    ]
+    if calls:
+        return calls
+    for tc in m.additional_kwargs.get("tool_calls") or []:
+        if isinstance(tc, dict):
+            fn = tc.get("function") if isinstance(tc.get("function"), dict) else tc
+            name = fn.get("name")
+            args = fn.get("arguments", fn.get("args"))
+            call_id = tc.get("id")
+        else:  # an SDK object (e.g. openai's ChatCompletionMessageToolCall)
+            fn = getattr(tc, "function", tc)
+            name, args, call_id = getattr(fn, "name", None), getattr(fn, "arguments", None), getattr(tc, "id", None)
+        if isinstance(name, str) and name:
+            calls.append({"id": call_id, "name": name, "arguments": _call_arguments(args)})
+    return calls
+
+
+def neutral_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """LlamaIndex messages as the framework-neutral dicts of :func:`~swift_integrations._shared.render_chat_prompt`."""
+    out: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
+    for i, m in enumerate(messages):
+        role = _ROLES.get(m.role)
+        if role is None:
+            raise ValueError(f"unsupported message role {m.role!r} at message {i}")
+        where = f"message {i} ({m.role.value})"
+        msg: dict[str, Any] = {"role": role, "content": _message_text(m, where)}
+        if role == "assistant":
+            calls = _message_tool_calls(m)
+            for c in calls:
+                if c["id"]:
+                    call_names[c["id"]] = c["name"]
+            if calls:
+                msg["tool_calls"] = calls
+        elif role == "tool":
+            kw = m.additional_kwargs
+            call_id = kw.get("tool_call_id")
+            msg["tool_call_id"] = call_id
+            msg["name"] = kw.get("name") or kw.get("tool_name") or call_names.get(call_id or "")
+            msg["is_error"] = bool(kw.get("is_error"))
+        out.append(msg)
+    return out
+
+
+def _as_llama_messages(neutral: Sequence[dict[str, Any]]) -> list[ChatMessage]:
+    """Neutral dicts back to text-only ChatMessages (for a user's ``messages_to_prompt``).
+
+    Past tool calls become ``<tool_call>`` text in the assistant message, tool results
+    ``<tool_response>`` text in a ``tool`` message.
+    """
+    out = []
+    for m in neutral:
+        content = m.get("content") or ""
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls = "\n".join(format_tool_call(c["name"], c.get("arguments") or {}) for c in m["tool_calls"])
+            content = f"{content}\n{calls}" if content else calls
+        if m["role"] == "tool":
+            content = format_tool_result(content, name=m.get("name"), is_error=bool(m.get("is_error")))
+        out.append(ChatMessage(role=MessageRole(m["role"]), content=content))
+    return out
+
+
+def _tool_spec(tool: Any) -> dict[str, Any]:
+    """An OpenAI-format tool dict from a LlamaIndex tool or a dict."""
+    if isinstance(tool, dict):
+        tool_function(tool)  # validates
+        return tool
+    meta = getattr(tool, "metadata", None)
+    if meta is not None and hasattr(meta, "to_openai_tool"):
+        return meta.to_openai_tool(skip_length_check=True)
+    raise TypeError(f"tools must be LlamaIndex tools or OpenAI-format dicts, got {type(tool).__name__}")
+
+
+def _normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
+    """``"auto"``, ``"none"``, ``"any"`` or a tool name."""
+    if choice is None or choice == "auto":
+        return "auto"
+    if choice is False or choice == "none":
+        return "none"
+    if choice is True or choice in ("any", "required"):
+        return "any"
+    if isinstance(choice, dict):
+        fn = choice.get("function") if isinstance(choice.get("function"), dict) else choice
+        choice = fn.get("name")
+    if isinstance(choice, str) and choice in names:
+        return choice
+    raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or one of the tool names {list(names)}; got {choice!r}")
+
+
+def _string_prompt(engine: Any, text: str) -> RenderedPrompt:
+    return RenderedPrompt(text=text, ids=list(engine.encode_prompt(text)))
+
+
+# ====================================================================================== the LLM
+
+
+@dataclass
+class _Spec:
+    """A call as requested (no engine needed): resolved eagerly in the caller's context."""
+
+    kind: str  # "chat" | "complete"
+    step_key: str | None
+    options: dict[str, Any]
+    messages: list[dict[str, Any]] | None = None  # chat
+    prompt: str | None = None  # complete
+    formatted: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "none"
+    parallel: bool = True
+
+
+class SwiftLlamaIndexLLM(FunctionCallingLLM):
+    """A LlamaIndex LLM running a local model with SWIFT self-speculative decoding.
+
+    Example::
+
+        from llama_index.core import Settings
+        Settings.llm = SwiftLlamaIndexLLM(max_tokens=128)      # the embedded SmolLM2-135M-Instruct
+        Settings.llm.complete("Name a colour.").text
+        Settings.llm.chat([ChatMessage(role="user", content="Hi")]).raw["acceptance_rate"]
+    """
+
+    model_id: str | None = Field(
+        default=None, description="Model folder, .gguf file or (locally cached) hub id; None: the embedded SmolLM2-135M-Instruct."
+    )
+    gguf_file: str | None = Field(default=None, description="GGUF file inside model_id (a folder or hub repo).")
+    device: str = Field(default="auto", description="Torch device, or 'auto'.")
+    dtype: str = Field(default="auto", description="Torch dtype, or 'auto'.")
+    swift_config: SwiftConfig | None = Field(default=None, description="Engine configuration; LLMs with equal configs share one engine.")
+    engine: Any = Field(default=None, exclude=True, description="An existing swift_engine.SwiftEngine (overrides model_id/gguf_file/device/dtype).")
+    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature (0: greedy).")
+    max_tokens: int = Field(default=256, ge=1, description="Maximum new tokens per call.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: int | None = Field(default=None, description="Sampling seed (temperature > 0).")
+    stop: list[str] | None = Field(default=None, description="Stop strings (not included in the output).")
+    step_key: str | None = Field(default=None, description="Step key of every call of this LLM (see the module docs for precedence).")
+    context_window: int | None = Field(default=None, ge=1, description="Override of the model's context length (from its config).")
+
+    _engine: Any = PrivateAttr(default=None)
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "model" in kwargs and "model_id" not in kwargs:  # the usual LlamaIndex spelling
+            kwargs["model_id"] = kwargs.pop("model")
+        super().__init__(**kwargs)
+        _span_tracker()
+
+    @field_validator("engine")
+    @classmethod
+    def _check_engine(cls, v: Any) -> Any:
+        if v is not None and not (hasattr(v, "stream") and hasattr(v, "tokenizer")):
+            raise ValueError(f"engine must be a swift_engine.SwiftEngine, got {type(v).__name__}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not isinstance(s, str) or not s for s in v):
+            raise ValueError("stop strings must be non-empty strings")
+        return v or None
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SwiftLlamaIndexLLM"
+
+    # -- engine ---------------------------------------------------------------------------------
+    @property
+    def swift_engine(self) -> Any:
+        """The engine behind this LLM (loaded on first access, shared through the engine cache)."""
+        if self.engine is not None:
+            return self.engine
+        if self._engine is None:
+            self._engine = get_engine(self.model_id, self.gguf_file, self.device, self.dtype, self.swift_config)
+        return self._engine
+
+    def _display_name(self) -> str:
+        if self.model_id:
+            return self.model_id
+        if self.engine is not None:
+            return str(self.engine.model_name)
+        if self._engine is not None:
+            return str(self._engine.model_name)
+        from swift_engine.loading import EMBEDDED_MODEL_NAME
+
+        return EMBEDDED_MODEL_NAME
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """``context_window`` comes from the model's config (this loads the engine on first access)."""
+        return LLMMetadata(
+            context_window=self._context_window(),
+            num_output=self.max_tokens,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=self._display_name(),
+        )
+
+    def _context_window(self) -> int:
+        if self.context_window is not None:
+            return self.context_window
+        engine = self.swift_engine
+        n = getattr(getattr(engine, "runner", None), "context_length", None)
+        if not n:
+            n = getattr(getattr(getattr(engine, "model", None), "config", None), "max_position_embeddings", None)
+        return int(n) if n else 4096
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's token ids of ``text`` (usable as ``Settings.tokenizer`` for exact counting)."""
+        return list(self.swift_engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- prompt handling ---------------------------------------------------------------------------
+    def _custom_messages_to_prompt(self) -> bool:
+        f = self.messages_to_prompt
+        return f is not None and f is not generic_messages_to_prompt
+
+    def _custom_completion_to_prompt(self) -> bool:
+        f = self.completion_to_prompt
+        return f is not None and f is not default_completion_to_prompt
+
+    # -- per-call options and step key (caller's context, no engine) -------------------------------
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(kwargs) - _CALL_KWARGS - _QUIET_KWARGS
+        if unknown:
+            logger.warning("SwiftLlamaIndexLLM ignores unknown keyword arguments %s", sorted(unknown))
+
+        def pick(name: str) -> Any:
+            v = kwargs.get(name)
+            return getattr(self, name) if v is None else v
+
+        stop = kwargs.get("stop")
+        if isinstance(stop, str):
+            stop = [stop]
+        stops = list(stop) if stop else list(self.stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise ValueError("stop strings must be non-empty strings")
+        max_tokens = pick("max_tokens")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        return {
+            "sampling": {
+                "temperature": float(pick("temperature")),
+                "top_p": float(pick("top_p")),
+                "top_k": int(pick("top_k")),
+                "seed": pick("seed"),
+            },
+            "max_new_tokens": max_tokens,
+            "stop": stops,
+        }
+
+    def resolve_step_key(self, explicit: str | None = None, system_text: str | None = None) -> str | None:
+        """The step key a call made here and now would use (see the module docs for the order)."""
+        from swift_engine.steps import current_step
+
+        if isinstance(explicit, str) and explicit.strip():
+            return explicit
+        tag = (active_instrument_tags.get() or {}).get("swift_step")
+        if isinstance(tag, str) and tag.strip():
+            return tag
+        ctx = current_step()
+        if ctx:
+            return ctx
+        if self.step_key:
+            return self.step_key
+        return _PROMPT_STEP_KEY.get() or span_step_key() or system_prompt_step_key(system_text)
+
+    def _chat_spec(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Spec:
+        options = self._options(kwargs)
+        neutral = neutral_messages(messages)
+        if not neutral:
+            raise ValueError("no messages to respond to")
+        tools = [_tool_spec(t) for t in (kwargs.get("tools") or [])]
+        names = [tool_function(t)["name"] for t in tools]
+        choice = _normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
+        system_text = "\n\n".join(m["content"] for m in neutral if m["role"] == "system")
+        return _Spec(
+            kind="chat",
+            step_key=self.resolve_step_key(kwargs.get("step_key"), system_text),
+            options=options,
+            messages=neutral,
+            tools=tools or None,
+            tool_choice=choice,
+            parallel=kwargs.get("parallel_tool_calls") is not False,
+        )
+
+    def _complete_spec(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> _Spec:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        return _Spec(
+            kind="complete",
+            step_key=self.resolve_step_key(kwargs.get("step_key"), self.system_prompt),
+            options=self._options(kwargs),
+            prompt=prompt,
+            formatted=formatted,
+        )
+
+    # -- binding a spec to the engine (may run in a worker thread) ---------------------------------
+    def _bind(self, spec: _Spec) -> _Call:
+        engine = self.swift_engine
+        opts = spec.options
+        stops = list(opts["stop"])
+        steering = None
+        tool_names = None
+        if spec.kind == "complete":
+            assert spec.prompt is not None
+            if spec.formatted or self._custom_completion_to_prompt():
+                text = spec.prompt if spec.formatted else self.completion_to_prompt(spec.prompt)
+
+                def render(prefill: str) -> RenderedPrompt:
+                    return _string_prompt(engine, text + prefill)
+
+            else:
+                neutral = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
+                    {"role": "user", "content": spec.prompt}
+                ]
+
+                def render(prefill: str) -> RenderedPrompt:
+                    return render_chat_prompt(engine.tokenizer, neutral, prefill=prefill)
+
+        else:
+            assert spec.messages is not None
+            tools = spec.tools if spec.tool_choice != "none" else None
+            names = [tool_function(t)["name"] for t in spec.tools or []]
+            if spec.tool_choice == "any" or spec.tool_choice in names:
+                steering = ToolCallSteering(spec.tools or [], None if spec.tool_choice == "any" else spec.tool_choice)
+            elif spec.tool_choice == "auto":
+                tool_names = names
+                if not spec.parallel:
+                    stops.append(TOOL_CALL_CLOSE)  # the reply ends with its first call
+            neutral = spec.messages
+            if self._custom_messages_to_prompt():
+                msgs = with_system_text(neutral, render_tools_system_prompt(tools)) if tools else neutral
+                text = self.messages_to_prompt(_as_llama_messages(msgs))
+
+                def render(prefill: str) -> RenderedPrompt:
+                    return _string_prompt(engine, text + prefill)
+
+            else:
+
+                def render(prefill: str) -> RenderedPrompt:
+                    return render_chat_prompt(engine.tokenizer, neutral, tools=tools, prefill=prefill)
+
+        return _Call(
+            engine=engine,
+            model_name=self._display_name(),
+            step_key=spec.step_key,
+            sampling=opts["sampling"],
+            max_new_tokens=opts["max_new_tokens"],
+            stop=stops,
+            render=render,
+            tool_names=tool_names,
+            steering=steering,
+        )
+
+    def _spec_events(self, spec: _Spec) -> Iterator[_Start | _Delta | _Final]:
+        return _events(self._bind(spec))
+
+    # -- responses ------------------------------------------------------------------------------
+    @staticmethod
+    def _chat_message(content: str, final: _Final | None = None) -> ChatMessage:
+        blocks: list[Any] = [TextBlock(text=content)]
+        kwargs: dict[str, Any] = {}
+        if final is not None:
+            blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in final.calls]
+            if final.invalid:
+                kwargs["invalid_tool_calls"] = [_invalid_dict(c) for c in final.invalid]
+        return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=kwargs)
+
+    def _final_chat(self, final: _Final, delta: str | None = None) -> ChatResponse:
+        return ChatResponse(
+            message=self._chat_message(final.content, final),
+            raw=final.raw(),
+            delta=delta,
+            additional_kwargs=final.additional_kwargs(),
+        )
+
+    @staticmethod
+    def _final_completion(final: _Final, delta: str | None = None) -> CompletionResponse:
+        return CompletionResponse(text=final.content, raw=final.raw(), delta=delta, additional_kwargs=final.additional_kwargs())
+
+    @staticmethod
+    def _last(events: Iterator[_Start | _Delta | _Final]) -> _Final:
+        final = None
+        for ev in events:
+            if isinstance(ev, _Final):
+                final = ev
+        assert final is not None
+        return final
+
+    # -- LlamaIndex: sync ---------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._final_completion(self._last(self._spec_events(self._complete_spec(prompt, formatted, kwargs))))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        events = self._spec_events(self._complete_spec(prompt, formatted, kwargs))
+
+        def gen() -> CompletionResponseGen:
+            text = ""
+            try:
+                for ev in events:
+                    if isinstance(ev, _Delta) and ev.text:
+                        text += ev.text
+                        yield CompletionResponse(text=text, delta=ev.text)
+                    elif isinstance(ev, _Final):
+                        yield self._final_completion(ev, delta=ev.tail)
+            finally:
+                events.close()
+
+        return gen()
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._final_chat(self._last(self._spec_events(self._chat_spec(messages, kwargs))))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        events = self._spec_events(self._chat_spec(messages, kwargs))
+
+        def gen() -> ChatResponseGen:
+            content = ""
+            try:
+                for ev in events:
+                    if isinstance(ev, _Delta) and ev.text:
+                        content += ev.text
+                        yield ChatResponse(message=self._chat_message(content), delta=ev.text)
+                    elif isinstance(ev, _Final):
+                        yield self._final_chat(ev, delta=ev.tail)
+            finally:
+                events.close()
+
+        return gen()
+
+    # -- LlamaIndex: async (the engine works in a thread; cancelling stops it) -------------------------
+    def _athread(self, spec: _Spec, name: str) -> AsyncIterator[_Start | _Delta | _Final]:
+        return aiter_in_thread(lambda: self._spec_events(spec), name=name)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        spec = self._complete_spec(prompt, formatted, kwargs)
+        final = None
+        events = self._athread(spec, "swift-llamaindex-complete")
+        try:
+            async for ev in events:
+                if isinstance(ev, _Final):
+                    final = ev
+        finally:
+            await events.aclose()
+        assert final is not None
+        return self._final_completion(final)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        spec = self._complete_spec(prompt, formatted, kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            text = ""
+            events = self._athread(spec, "swift-llamaindex-stream-complete")
+            try:
+                async for ev in events:
+                    if isinstance(ev, _Delta) and ev.text:
+                        text += ev.text
+                        yield CompletionResponse(text=text, delta=ev.text)
+                    elif isinstance(ev, _Final):
+                        yield self._final_completion(ev, delta=ev.tail)
+            finally:
+                await events.aclose()
+
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        spec = self._chat_spec(messages, kwargs)
+        final = None
+        events = self._athread(spec, "swift-llamaindex-chat")
+        try:
+            async for ev in events:
+                if isinstance(ev, _Final):
+                    final = ev
+        finally:
+            await events.aclose()
+        assert final is not None
+        return self._final_chat(final)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        spec = self._chat_spec(messages, kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            content = ""
+            events = self._athread(spec, "swift-llamaindex-stream-chat")
+            try:
+                async for ev in events:
+                    if isinstance(ev, _Delta) and ev.text:
+                        content += ev.text
+                        yield ChatResponse(message=self._chat_message(content), delta=ev.text)
+                    elif isinstance(ev, _Final):
+                        yield self._final_chat(ev, delta=ev.tail)
+            finally:
+                await events.aclose()
+
+        return gen()
+
+    # -- prompt templates: their type names the step ---------------------------------------------------
+    def predict(self, prompt: Any, **prompt_args: Any) -> str:
+        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
+        try:
+            return super().predict(prompt, **prompt_args)
+        finally:
+            _PROMPT_STEP_KEY.reset(token)
+
+    def stream(self, prompt: Any, **prompt_args: Any) -> Any:
+        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
+        try:
+            return super().stream(prompt, **prompt_args)  # the step key is resolved before this returns
+        finally:
+            _PROMPT_STEP_KEY.reset(token)
+
+    async def apredict(self, prompt: Any, **prompt_args: Any) -> str:
+        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
+        try:
+            return await super().apredict(prompt, **prompt_args)
+        finally:
+            _PROMPT_STEP_KEY.reset(token)
+
+    async def astream(self, prompt: Any, **prompt_args: Any) -> Any:
+        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
+        try:
+            return await super().astream(prompt, **prompt_args)
+        finally:
+            _PROMPT_STEP_KEY.reset(token)
+
+    def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Any:
+        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
+        try:
+            return super().structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
+        finally:
+            _PROMPT_STEP_KEY.reset(token)
+
+    async def astructured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Any:
+        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
+        try:
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
+        finally:
+            _PROMPT_STEP_KEY.reset(token)
+
+    # -- function calling -------------------------------------------------------------------------------
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Chat kwargs for a tool call: the tools as OpenAI dicts, ``tool_choice`` and ``parallel_tool_calls``.
+
+        ``tool_required=True`` forces a call (any tool, or ``tool_choice`` when it names one).
+        """
+        specs = [_tool_spec(t) for t in tools]
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        if tool_required and (tool_choice is None or tool_choice in ("auto", "none")):
+            tool_choice = "required"
+        return {
+            "messages": messages,
+            "tools": specs or None,
+            "tool_choice": tool_choice if specs else None,
+            "parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
+
+    def _validate_chat_with_tools_response(
+        self, response: ChatResponse, tools: Sequence[Any], allow_parallel_tool_calls: bool = False, **kwargs: Any
+    ) -> ChatResponse:
+        """Without parallel calls, only the first call is kept."""
+        if not allow_parallel_tool_calls:
+            blocks, seen = [], False
+            for b in response.message.blocks:
+                if isinstance(b, ToolCallBlock):
+                    if seen:
+                        continue
+                    seen = True
+                blocks.append(b)
+            response.message.blocks = blocks
+        return response
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any) -> list[ToolSelection]:
+        """The calls of a response (several when the model made parallel calls)."""
+        calls = _message_tool_calls(response.message)
+        if not calls:
+            if error_on_no_tool_call:
+                invalid = response.message.additional_kwargs.get("invalid_tool_calls") or []
+                detail = "; ".join(str(c.get("error")) for c in invalid)
+                raise ValueError("Expected at least one tool call, but got 0 tool calls." + (f" Invalid calls: {detail}" if detail else ""))
+            return []
+        return [ToolSelection(tool_id=c["id"] or new_tool_call_id(), tool_name=c["name"], tool_kwargs=c["arguments"]) for c in calls]
