@@ -7,9 +7,13 @@ draft length are computed from costs measured once per engine, not assumed.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -132,4 +136,31 @@ def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> Cos
         1e3 * model.draft_s_at[0.5],
         1e3 * model.head_s,
     )
+    return model
+
+
+def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
+    """Where the measured costs of this model on this device, dtype and thread count are kept."""
+    dev = f"{runner.device.type}{runner.device.index or 0}"
+    dtype = str(runner.dtype).split(".")[-1]
+    return directory / "_costs" / f"{fingerprint}-{dev}-{dtype}-t{torch.get_num_threads()}.json"
+
+
+def load_or_measure(path: Path | None, runner: ModelRunner) -> CostModel:
+    """Costs from ``path`` when measured before on this setup, else measured now and saved there."""
+    if path is not None and path.exists():
+        try:
+            return CostModel.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable cost file %s (%s); measuring again", path, exc)
+    model = measure_costs(runner)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".costs-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(model.to_dict(), f)
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only store must not break generation
+            logger.warning("could not save measured costs to %s: %s", path, exc)
     return model

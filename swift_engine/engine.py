@@ -20,7 +20,7 @@ import torch
 
 from .config import SwiftConfig
 from .constraints import Constraint, GrammarCache, GrammarState
-from .costs import CostModel, measure_costs
+from .costs import CostModel, cost_file, load_or_measure
 from .drafting import ContextAcceptance, DraftHead, build_tree, draft_chain
 from .lookup import NgramIndex
 from .layer_skip import default_skip_set
@@ -131,13 +131,22 @@ class SwiftEngine:
             )
         return self._profiles
 
+    def calibrate(self) -> CostModel:
+        """Measure the draft and verification costs again (e.g. after the machine's load changed) and save them."""
+        with self._lock:
+            path = cost_file(self._store.directory, self.fingerprint, self.runner)
+            path.unlink(missing_ok=True)
+            self._costs = load_or_measure(path, self.runner)
+            return self._costs
+
     @property
     def costs(self) -> CostModel:
         """Measured costs of draft and verification passes on this device (a few seconds, once)."""
         if self._costs is None:
             with self._lock:
                 if self._costs is None:
-                    self._costs = measure_costs(self.runner)
+                    path = cost_file(self._store.directory, self.fingerprint, self.runner)
+                    self._costs = load_or_measure(path, self.runner)
         return self._costs
 
     # -- construction ------------------------------------------------------------------------
