@@ -55,3 +55,16 @@ def test_greedy_is_token_identical(smol, references, name, config) -> None:
         accepted += res.stats.accepted_drafted_tokens
     if name != "default":
         assert accepted > 0, "layer-skip drafts were never accepted"
+
+
+def test_context_drafts_carry_copies(smol) -> None:
+    """A reply that copies its context is drafted from the context: several tokens per verify step."""
+    engine = SwiftEngine(smol.model, smol.tokenizer, SwiftConfig(), model_name=smol.model_name)
+    prompt = [{"role": "user", "content": "Repeat the following text exactly, word for word:\n" + DOC}]
+    ids = smol.encode_prompt(prompt)
+    ref = smol.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)[0, len(ids):].tolist()
+    res = engine.generate(prompt, max_new_tokens=48, step_key="copy")
+    assert res.token_ids == ref
+    s = res.stats
+    assert s.context_accepted_tokens >= 20, s
+    assert s.mean_accepted_per_step > 2.0, s
