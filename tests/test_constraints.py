@@ -78,7 +78,6 @@ def engine(smol) -> SwiftEngine:
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_constrained_output_parses_validates_and_matches_plain_constrained_decoding(engine, name) -> None:
-    import xgrammar as xgr
     from xgrammar.contrib.hf import LogitsProcessor
 
     schema = SCHEMAS[name]
@@ -94,7 +93,6 @@ def test_constrained_output_parses_validates_and_matches_plain_constrained_decod
         torch.tensor([ids]), max_new_tokens=128, do_sample=False, logits_processor=[LogitsProcessor(compiled)]
     )[0, len(ids):].tolist()
     assert res.token_ids == ref, f"{name}: constrained SWIFT != constrained plain decoding"
-    assert isinstance(xgr.__version__, str)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +107,15 @@ def test_constrained_output_parses_validates_and_matches_plain_constrained_decod
 def test_required_tool_call_is_well_formed(engine, prompt) -> None:
     tools = (
         {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}},
-        {"name": "multiply", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}},
+        {
+            "name": "multiply",
+            "parameters": {
+                "type": "object",
+                # bounded: a 135M model can otherwise write digits until max_new_tokens runs out
+                "properties": {"a": {"type": "integer", "minimum": -9999, "maximum": 9999}, "b": {"type": "integer", "minimum": -9999, "maximum": 9999}},
+                "required": ["a", "b"],
+            },
+        },
     )
     res = engine.generate(_msgs(prompt), max_new_tokens=64, constraint=ToolCallConstraint(tools=tools))
     assert res.text.startswith("<tool_call>\n") and res.text.endswith("\n</tool_call>"), res.text
