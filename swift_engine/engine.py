@@ -159,12 +159,13 @@ class SwiftEngine:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         config: SwiftConfig | None = None,
+        profile_store: ProfileStore | str | os.PathLike | None = None,
     ) -> "SwiftEngine":
         """Load a model (``None``: the embedded SmolLM2-135M-Instruct) and wrap it."""
         from .loading import load_model
 
         loaded = load_model(model_id, gguf_file=gguf_file, device=device, dtype=dtype)
-        return cls(loaded.model, loaded.tokenizer, config, model_name=loaded.model_name)
+        return cls(loaded.model, loaded.tokenizer, config, model_name=loaded.model_name, profile_store=profile_store)
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -440,6 +441,7 @@ class SwiftEngine:
             past += len(verdict.path)
             root = verdict.bonus
             produced += len(new)
+            stats.kv_cache_bytes = cache.nbytes()
             yield new
 
     def _search_step(

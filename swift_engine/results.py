@@ -44,6 +44,8 @@ class GenerationStats(BaseModel):
     #: The search's estimate of this step's speed-up on this hardware (cost model x match score).
     expected_speedup: float | None = None
     peak_memory_bytes: int | None = None
+    #: Bytes held by this generation's KV cache (pre-allocated, grown geometrically; never cloned).
+    kv_cache_bytes: int = 0
 
     def finalize(self) -> "GenerationStats":
         self.acceptance_rate = (

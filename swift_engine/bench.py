@@ -1,0 +1,1184 @@
+"""``swift-bench``: SWIFT against plain decoding, on one model, in one process.
+
+Every prompt is decoded greedily by five methods:
+
+* ``hf``: ``transformers``' ``model.generate(do_sample=False)`` on the same token ids;
+* ``hf_lookup``: ``transformers``' prompt-lookup decoding (``prompt_lookup_num_tokens=10``);
+* ``plain``: the engine's own loop with ``speculative=False`` (same code path, no drafting);
+* ``swift_cold``: SWIFT on the first pass over a class's prompts, from a reset profile (the layer-set
+  search runs during these calls);
+* ``swift_warm``: SWIFT after ``--warmup-calls`` more calls per class have refined the profile.
+
+The step key of every SWIFT call is the prompt's class, so each class learns its own skip profile.
+The methods of one prompt run back to back (in an order rotated from prompt to prompt), so machine
+noise hits them alike; speed-ups are ratios of runs of the same prompt in the same round. Every
+method's token ids are compared with ``hf``'s: greedy SWIFT must reproduce them exactly.
+
+The benchmark uses its own temporary profile store: it never reads or resets the user's profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Every method, in report order.
+METHODS = ("hf", "hf_lookup", "plain", "swift_cold", "swift_warm")
+#: What SWIFT's speed-ups are reported against.
+BASELINES = ("hf", "plain", "hf_lookup")
+SWIFT_METHODS = ("swift_cold", "swift_warm")
+#: Methods whose output must equal ``hf``'s (ours); a mismatch of ``hf_lookup`` is only a warning.
+OWN_METHODS = ("plain", "swift_cold", "swift_warm")
+DEFAULT_CLASSES = ("summarization", "context_qa", "code", "chat")
+PROMPT_LOOKUP_TOKENS = 10
+DEFAULT_MAX_NEW_TOKENS = 96
+QUICK_MAX_NEW_TOKENS = 32
+#: Fraction of the final expected speed-up that "tokens to 90%" measures.
+CONVERGENCE_FRACTION = 0.9
+#: Minimum untimed warm-up on a GPU (clock ramp-up).
+WARMUP_SECONDS_GPU = 5.0
+#: Exit status of ``main`` when our output differs from ``hf``'s.
+EXIT_MISMATCH = 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchPrompt:
+    id: str
+    cls: str
+    messages: list[dict[str, str]]
+
+
+def load_prompts(
+    path: str | os.PathLike | None = None,
+    classes: Sequence[str] | None = None,
+    per_class: int | None = None,
+) -> list[BenchPrompt]:
+    """The benchmark prompts (default: the packaged set), grouped by class in the requested order."""
+    if path is None:
+        text = resources.files("swift_engine").joinpath("prompts/bench_prompts.json").read_text("utf-8")
+        source = "the packaged prompt set"
+    else:
+        text = Path(path).read_text("utf-8")
+        source = str(path)
+    data = json.loads(text)
+    items = data["prompts"] if isinstance(data, dict) else data
+    prompts: list[BenchPrompt] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        try:
+            pid, cls, messages = str(item["id"]), str(item["class"]), item["messages"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"prompt #{i} of {source} needs 'id', 'class' and 'messages'") from exc
+        if pid in seen:
+            raise ValueError(f"duplicate prompt id {pid!r} in {source}")
+        if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+            raise ValueError(f"prompt {pid!r} of {source}: 'messages' must be a list of {{role, content}} dicts")
+        seen.add(pid)
+        prompts.append(BenchPrompt(pid, cls, list(messages)))
+    available = list(dict.fromkeys(p.cls for p in prompts))
+    wanted = list(classes) if classes else available
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise ValueError(f"unknown prompt class(es) {unknown}; {source} has {available}")
+    out: list[BenchPrompt] = []
+    for cls in wanted:
+        of_class = [p for p in prompts if p.cls == cls]
+        out.extend(of_class[:per_class] if per_class else of_class)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One timed (or warm-up) generation."""
+
+    phase: str  # "cold" | "warmup" | "warm"
+    round: int
+    prompt_id: str
+    cls: str
+    method: str
+    new_tokens: int
+    wall_time_s: float
+    tokens_per_s: float
+    #: Token ids equal to ``hf``'s reference for this prompt.
+    exact: bool | None = None
+    #: Index of the first differing token (``None`` when exact).
+    first_mismatch: int | None = None
+    #: Bytes held by the KV cache at the end of the generation (allocated buffers).
+    kv_cache_bytes: int | None = None
+    #: ``torch.cuda.max_memory_allocated`` during this generation (CUDA only).
+    cuda_peak_bytes: int | None = None
+    #: The engine's :class:`GenerationStats` (engine methods only).
+    stats: dict[str, Any] | None = None
+    #: Per-iteration expected speed-ups the search scored during this call (SWIFT only).
+    search_speedups: list[float] | None = None
+    #: Whether the step's profile counted as converged after this call (SWIFT only).
+    profile_converged: bool | None = None
+    #: Output token ids, kept only when they differ from the reference.
+    token_ids: list[int] | None = None
+
+
+def _first_mismatch(a: Sequence[int], b: Sequence[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _max_rss_bytes() -> int | None:
+    """Peak resident set size of this process so far."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss) if sys.platform == "darwin" else int(rss) * 1024  # bytes on macOS, KiB elsewhere
+
+
+def _hf_cache_bytes(cache: Any) -> int | None:
+    """Bytes of a transformers cache's keys and values (``None`` if its layout is unknown)."""
+    try:
+        total = 0
+        for layer in cache.layers:
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+    except Exception:  # noqa: BLE001 - best effort: an unknown cache layout just reports nothing
+        return None
+
+
+class _CacheProbe:
+    """Keeps a handle on the KV caches the engine creates, to read their size after a call.
+
+    The engine builds one cache per generation inside ``generate`` and does not report its size;
+    wrapping ``runner.new_cache`` on this instance is the least intrusive way to see it.
+    """
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.caches: list[Any] = []
+        self._orig: Callable[[], Any] | None = None
+
+    def __enter__(self) -> "_CacheProbe":
+        self._orig = self.runner.new_cache
+        orig = self._orig
+
+        def new_cache():
+            cache = orig()
+            self.caches.append(cache)
+            return cache
+
+        self.runner.new_cache = new_cache
+        return self
+
+    def take(self) -> int | None:
+        sizes = []
+        for cache in self.caches:
+            try:
+                sizes.append(int(cache.nbytes()))
+            except Exception:  # noqa: BLE001
+                pass
+        self.caches.clear()
+        return max(sizes) if sizes else None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.caches.clear()
+        try:
+            del self.runner.new_cache  # back to the class's method
+        except AttributeError:  # pragma: no cover
+            pass
+
+
+class Bench:
+    """Runs the methods on one engine and keeps every measurement."""
+
+    def __init__(self, engine: Any, max_new_tokens: int) -> None:
+        from transformers import GenerationConfig
+
+        self.engine = engine
+        self.max_new_tokens = max_new_tokens
+        self.device = engine.runner.device
+        self.cuda = self.device.type == "cuda"
+        tok = engine.tokenizer
+        pad = getattr(tok, "pad_token_id", None)
+        eos = sorted(engine.eos_ids)
+        if pad is None:
+            pad = eos[0] if eos else 0
+        # A clean greedy config. generate() fills the fields we leave unset (None) from the model's own
+        # generation_config, which may carry logits processors the engine does not apply: set the
+        # ones that change greedy output to their neutral values, so that outputs stay comparable.
+        common = dict(
+            do_sample=False,
+            num_beams=1,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_new_tokens=0,  # takes precedence over an inherited min_length
+            suppress_tokens=[],
+            begin_suppress_tokens=[],
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos or None,
+            pad_token_id=pad,
+            return_dict_in_generate=True,
+            use_cache=True,
+        )
+        self._gen_configs = {
+            "hf": GenerationConfig(**common),
+            "hf_lookup": GenerationConfig(prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS, **common),
+        }
+        self.ids: dict[str, list[int]] = {}
+        self.reference: dict[str, list[int]] = {}
+        self.runs: list[Run] = []
+        self.memory: list[dict[str, Any]] = []
+        self._snapshot_at = 0
+
+    # -- primitives ----------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def _reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _peak(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else None
+
+    def generate_hf(
+        self, ids: list[int], method: str, max_new_tokens: int | None = None
+    ) -> tuple[list[int], float, int | None]:
+        cfg = self._gen_configs[method]
+        if max_new_tokens is not None and max_new_tokens != cfg.max_new_tokens:
+            cfg = copy.deepcopy(cfg)
+            cfg.max_new_tokens = max_new_tokens
+        x = torch.tensor([ids], device=self.device)
+        mask = torch.ones_like(x)
+        self._sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.engine.model.generate(input_ids=x, attention_mask=mask, generation_config=cfg)
+        self._sync()
+        wall = time.perf_counter() - t0
+        new = out.sequences[0, len(ids) :].tolist()
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.get("past_key_values") if hasattr(out, "get") else None
+        return new, wall, _hf_cache_bytes(cache) if cache is not None else None
+
+    def generate_engine(
+        self, ids: list[int], step_key: str, speculative: bool | None, max_new_tokens: int | None = None
+    ) -> tuple[Any, float, int | None]:
+        with _CacheProbe(self.engine.runner) as probe:
+            self._sync()
+            t0 = time.perf_counter()
+            result = self.engine.generate(
+                ids,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                temperature=0.0,
+                step_key=step_key,
+                speculative=speculative,
+            )
+            self._sync()
+            wall = time.perf_counter() - t0
+            kv = probe.take()
+        return result, wall, kv
+
+    def measure(self, prompt: BenchPrompt, method: str, phase: str, rnd: int) -> Run:
+        """One timed generation of ``prompt`` with ``method`` (exactness is checked at the end)."""
+        ids = self.ids[prompt.id]
+        self._reset_peak()
+        stats = None
+        speedups = None
+        converged = None
+        if method in ("hf", "hf_lookup"):
+            tokens, wall, kv = self.generate_hf(ids, method)
+        else:
+            speculative = False if method == "plain" else None
+            result, wall, kv = self.generate_engine(ids, prompt.cls, speculative)
+            tokens, stats = result.token_ids, result.stats.model_dump()
+            if speculative is None:
+                speedups, converged = self._search_history(prompt.cls, result.stats.search_iterations)
+        peak = self._peak()
+        if method == "hf" and prompt.id not in self.reference:
+            self.reference[prompt.id] = tokens
+        run = Run(
+            phase=phase,
+            round=rnd,
+            prompt_id=prompt.id,
+            cls=prompt.cls,
+            method=method,
+            new_tokens=len(tokens),
+            wall_time_s=wall,
+            tokens_per_s=len(tokens) / wall if wall > 0 else 0.0,
+            kv_cache_bytes=kv,
+            cuda_peak_bytes=peak,
+            stats=stats,
+            search_speedups=speedups,
+            profile_converged=converged,
+            token_ids=tokens,
+        )
+        self.runs.append(run)
+        return run
+
+    def check_exactness(self) -> None:
+        """Compare every run with the first ``hf`` run of its prompt; keep the ids of mismatches only."""
+        for run in self.runs:
+            ref = self.reference.get(run.prompt_id)
+            tokens = run.token_ids or []
+            if ref is not None:
+                run.first_mismatch = _first_mismatch(tokens, ref)
+                run.exact = run.first_mismatch is None
+            if run.exact is False:
+                log = logger.warning if run.method == "hf_lookup" else logger.error
+                log(
+                    "MISMATCH: %s on prompt %r (%s phase, round %d) differs from hf at token %d (%d vs %d tokens)",
+                    run.method,
+                    run.prompt_id,
+                    run.phase,
+                    run.round,
+                    run.first_mismatch,
+                    len(tokens),
+                    len(ref or ()),
+                )
+            else:
+                run.token_ids = None
+
+    def _search_history(self, step_key: str, iterations: int) -> tuple[list[float] | None, bool | None]:
+        """Expected speed-ups of the candidates the search scored in the last call, and convergence.
+
+        Read from the step's profile record, whose observations are appended one per iteration.
+        """
+        record = self.engine.profiles.get(step_key)
+        if record is None:
+            return None, None
+        if iterations <= 0:
+            return [], record.converged
+        obs = record.observations[-iterations:]
+        if len(obs) < iterations:  # the record keeps a bounded history
+            return None, record.converged
+        return [float(o.get("speedup", 0.0)) for o in obs], record.converged
+
+    def snapshot_memory(self, phase: str) -> None:
+        """Peak memory so far (RSS) and, on CUDA, the largest per-call peak since the last snapshot.
+
+        The engine resets CUDA's peak counter at the start of every call, so a phase's CUDA peak is
+        the maximum of its calls' peaks (the first snapshot reports the memory allocated after loading).
+        """
+        entry: dict[str, Any] = {"phase": phase, "max_rss_bytes": _max_rss_bytes()}
+        if self.cuda:
+            peaks = [r.cuda_peak_bytes for r in self.runs[self._snapshot_at :] if r.cuda_peak_bytes is not None]
+            peaks.append(int(torch.cuda.max_memory_allocated(self.device)))
+            entry["cuda_max_allocated_bytes"] = max(peaks)
+        self._snapshot_at = len(self.runs)
+        self.memory.append(entry)
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark
+# ------------------------------------------------------------------------------------------------
+
+
+def _rotate(seq: Sequence[str], k: int) -> list[str]:
+    k %= len(seq)
+    return list(seq[k:]) + list(seq[:k])
+
+
+def run_benchmark(
+    engine: Any,
+    prompts: Sequence[BenchPrompt],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    repeats: int = 1,
+    warmup_calls: int = 3,
+    hf_lookup: bool = True,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run every method over ``prompts`` and return the full result (what ``--json`` writes).
+
+    This resets ``engine.profiles`` (all step keys of the model) before the cold pass: give it an
+    engine with a scratch :class:`~swift_engine.profiles.ProfileStore`, as :func:`main` does.
+    """
+    from tqdm.auto import tqdm
+
+    if not prompts:
+        raise ValueError("no prompts to benchmark")
+    if repeats < 1 or warmup_calls < 0 or max_new_tokens < 1:
+        raise ValueError("repeats and max_new_tokens must be >= 1, warmup_calls >= 0")
+    bench = Bench(engine, max_new_tokens)
+    classes = list(dict.fromkeys(p.cls for p in prompts))
+    baselines = ["hf"] + (["hf_lookup"] if hf_lookup else []) + ["plain"]
+    methods = [m for m in METHODS if m != "hf_lookup" or hf_lookup]
+    t_start = time.perf_counter()
+
+    for p in prompts:
+        bench.ids[p.id] = engine.encode_prompt(p.messages)
+    bench.snapshot_memory("loaded")
+
+    n_calls = len(prompts) * (len(baselines) + 1) * (1 + repeats) + len(classes) * warmup_calls
+    bar = tqdm(total=n_calls, desc="swift-bench", unit="call", disable=(None if progress is None else not progress))
+
+    # Untimed warm-up of every code path (lazy initialisations, allocator), and the engine's one-time
+    # cost measurement, so that none of it lands in the first timed call. A GPU also needs a few
+    # seconds of load before its clocks are up: without that the first timed prompt runs ~5x slower.
+    t = time.perf_counter()
+    costs = engine.costs
+    first = bench.ids[prompts[0].id]
+    deadline = t + (WARMUP_SECONDS_GPU if bench.cuda else 0.0)
+    while True:
+        for m in baselines:
+            if m == "plain":
+                bench.generate_engine(first, "swift-bench-warmup", False, max_new_tokens=8)
+            else:
+                bench.generate_hf(first, m, max_new_tokens=8)
+        bench.generate_engine(first, "swift-bench-warmup", None, max_new_tokens=8)
+        if time.perf_counter() >= deadline:
+            break
+    setup_s = time.perf_counter() - t
+    bench.snapshot_memory("setup")
+
+    # Cold: fresh profiles, first pass over each class's prompts.
+    engine.profiles.reset()
+    for i, p in enumerate(prompts):
+        bar.set_postfix_str(f"cold {p.id}")
+        for m in _rotate(baselines + ["swift_cold"], i):
+            bench.measure(p, m, "cold", 0)
+            bar.update()
+    bench.snapshot_memory("cold")
+
+    # Warm-up: more SWIFT calls per class (timed, reported separately) so the profiles settle.
+    for cls in classes:
+        of_class = [p for p in prompts if p.cls == cls]
+        for j in range(warmup_calls):
+            p = of_class[j % len(of_class)]
+            bar.set_postfix_str(f"warm-up {cls}")
+            bench.measure(p, "swift_warmup", "warmup", j)
+            bar.update()
+    learned = {cls: _profile_summary(engine, cls) for cls in classes}
+    bench.snapshot_memory("warmup")
+
+    # Warm: the learned profiles, timed again against fresh baseline runs.
+    for r in range(repeats):
+        for i, p in enumerate(prompts):
+            bar.set_postfix_str(f"warm {p.id} ({r + 1}/{repeats})")
+            for m in _rotate(baselines + ["swift_warm"], i + r + 1):
+                bench.measure(p, m, "warm", r)
+                bar.update()
+    bench.snapshot_memory("warm")
+    bar.close()
+    bench.check_exactness()
+
+    final = {cls: _profile_summary(engine, cls) for cls in classes}
+    result = _summarize(bench, prompts, classes, methods, baselines, learned, final)
+    result["meta"] = _meta(engine, costs, max_new_tokens, repeats, warmup_calls, hf_lookup, setup_s)
+    result["meta"]["total_time_s"] = time.perf_counter() - t_start
+    result["memory"] = {"phases": bench.memory, "by_method": _memory_by_method(bench.runs, methods)}
+    result["runs"] = [asdict(r) for r in bench.runs]
+    return result
+
+
+def _profile_summary(engine: Any, cls: str) -> dict[str, Any] | None:
+    record = engine.profiles.get(cls)
+    if record is None:
+        return None
+    n = engine.runner.num_layers
+    skipped = len(record.skip.attention) + len(record.skip.mlp)
+    speedup = record.expected_speedup
+    return {
+        "mode": "plain" if record.plain or speedup is None or speedup < 1.0 else "swift",
+        "skip_attention": list(record.skip.attention),
+        "skip_mlp": list(record.skip.mlp),
+        "skip_ratio": skipped / (2 * n) if n else None,
+        "score": record.score,
+        "expected_speedup": speedup,
+        "iterations": record.iterations,
+        "converged": record.converged,
+        "calls": record.calls,
+        "tokens_seen": record.tokens_seen,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries
+# ------------------------------------------------------------------------------------------------
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def tokens_to_fraction(calls: Sequence[dict[str, Any]], fraction: float = CONVERGENCE_FRACTION) -> dict[str, Any]:
+    """How many generated tokens the search needed to reach ``fraction`` of its final expected speed-up.
+
+    ``calls`` are a class's SWIFT calls in order (cold pass, warm-up, warm rounds), each with ``new_tokens``,
+    ``expected_speedup`` (after the call), ``search_iterations``, ``mean_accepted_per_step`` and
+    ``search_speedups`` (the expected speed-up of each scored candidate, in order).
+
+    * ``tokens_call_bound``: tokens generated up to the end of the first call whose expected
+      speed-up reached the target (exact, but only at call granularity: an upper bound);
+    * ``tokens``: an estimate at search-iteration granularity. The engine does not report when
+      each iteration ran, only how many ran in a call. The search scores at most one candidate
+      before a verify step, so iteration ``j`` of a call whose search converged during it is placed
+      after ``1 + j * mean_accepted_per_step`` tokens (back to back from the start); otherwise the
+      search was throttled (its time budget per call) and its ``k`` iterations are spread evenly
+      over the call's ``verify_steps``.
+    """
+    final = next((c["expected_speedup"] for c in reversed(calls) if c.get("expected_speedup") is not None), None)
+    out: dict[str, Any] = {
+        "fraction": fraction,
+        "final_expected_speedup": final,
+        "target": None,
+        "tokens": None,
+        "iterations": None,
+        "tokens_call_bound": None,
+        "calls": None,
+        "learning_tokens": sum(c["new_tokens"] for c in calls),
+        "learning_iterations": sum(c.get("search_iterations", 0) for c in calls),
+    }
+    if not final or final <= 0:
+        return out
+    target = fraction * final - 1e-9
+    out["target"] = fraction * final
+    cum = 0
+    for k, c in enumerate(calls):
+        cum += c["new_tokens"]
+        if c.get("expected_speedup") is not None and c["expected_speedup"] >= target:
+            out["tokens_call_bound"], out["calls"] = cum, k + 1
+            break
+    cum, best, iters, was_converged = 0, 0.0, 0, False
+    for c in calls:
+        speedups = c.get("search_speedups")
+        converged_here = bool(c.get("converged")) and not was_converged
+        was_converged = bool(c.get("converged"))
+        if speedups is None:  # history not available: fall back to the call's end
+            iters += c.get("search_iterations", 0)
+            if (c.get("expected_speedup") or 0.0) >= target:
+                out["tokens"], out["iterations"] = cum + c["new_tokens"], iters
+                return out
+            cum += c["new_tokens"]
+            continue
+        per_step = c.get("mean_accepted_per_step") or 1.0
+        steps = c.get("verify_steps") or 0
+        spacing = 1.0 if converged_here or not speedups or len(speedups) >= steps else steps / len(speedups)
+        for j, s in enumerate(speedups):
+            iters += 1
+            best = max(best, s)
+            if best >= target:
+                out["tokens"] = cum + min(c["new_tokens"], 1 + round(j * spacing * per_step))
+                out["iterations"] = iters
+                return out
+        cum += c["new_tokens"]
+    return out
+
+
+def _summarize(
+    bench: Bench,
+    prompts: Sequence[BenchPrompt],
+    classes: list[str],
+    methods: list[str],
+    baselines: list[str],
+    learned: dict[str, Any],
+    final: dict[str, Any],
+) -> dict[str, Any]:
+    runs = bench.runs
+
+    def select(
+        prompt_id: str | None = None, method: str | None = None, phase: str | None = None, rnd: int | None = None
+    ) -> list[Run]:
+        return [
+            r
+            for r in runs
+            if (prompt_id is None or r.prompt_id == prompt_id)
+            and (method is None or r.method == method)
+            and (phase is None or r.phase == phase)
+            and (rnd is None or r.round == rnd)
+        ]
+
+    per_prompt: list[dict[str, Any]] = []
+    for p in prompts:
+        row: dict[str, Any] = {
+            "prompt_id": p.id,
+            "class": p.cls,
+            "prompt_tokens": len(bench.ids[p.id]),
+            "new_tokens": len(bench.reference.get(p.id, ())),
+            "tokens_per_s": {},
+            "speedup": {},
+            "exact": {},
+            "first_mismatch": {},
+        }
+        for m in methods:
+            rs = select(p.id, m)
+            row["tokens_per_s"][m] = _median(r.tokens_per_s for r in rs)
+            row["exact"][m] = all(r.exact is True for r in rs) if rs else None
+            bad = [r.first_mismatch for r in rs if r.exact is False]
+            row["first_mismatch"][m] = min(bad) if bad else None
+        for sm, phase in (("swift_cold", "cold"), ("swift_warm", "warm")):
+            for b in baselines:
+                ratios = []
+                for s in select(p.id, sm, phase):
+                    base = select(p.id, b, phase, s.round)
+                    if base and base[0].tokens_per_s > 0:
+                        ratios.append(s.tokens_per_s / base[0].tokens_per_s)
+                row["speedup"][f"{sm}_vs_{b}"] = _median(ratios)
+        for sm in SWIFT_METHODS:
+            rs = select(p.id, sm)
+            row[sm] = {
+                "acceptance_rate": _median(r.stats["acceptance_rate"] for r in rs),
+                "mean_accepted_per_step": _median(r.stats["mean_accepted_per_step"] for r in rs),
+                "search_iterations": sum(r.stats["search_iterations"] for r in rs),
+                "drafted_tokens": sum(r.stats["drafted_tokens"] for r in rs),
+                "accepted_drafted_tokens": sum(r.stats["accepted_drafted_tokens"] for r in rs),
+                # prompt-lookup drafts merged into SWIFT's trees (engines that report them)
+                "context_drafted_tokens": sum(r.stats.get("context_drafted_tokens", 0) for r in rs),
+                "context_accepted_tokens": sum(r.stats.get("context_accepted_tokens", 0) for r in rs),
+                "modes": sorted({r.stats["mode"] for r in rs}),
+                "expected_speedup": rs[-1].stats["expected_speedup"] if rs else None,
+            }
+        per_prompt.append(row)
+
+    per_class: list[dict[str, Any]] = []
+    for cls in classes:
+        rows = [r for r in per_prompt if r["class"] == cls]
+        crow: dict[str, Any] = {
+            "class": cls,
+            "prompts": len(rows),
+            "tokens_per_s": {m: _median(r["tokens_per_s"][m] for r in rows) for m in methods},
+            "speedup": {k: _median(r["speedup"][k] for r in rows) for k in rows[0]["speedup"]},
+            "exact": {m: all(r["exact"][m] is True for r in rows) for m in methods},
+        }
+        for sm in SWIFT_METHODS:
+            accepted = sum(r[sm]["accepted_drafted_tokens"] for r in rows)
+            crow[sm] = {
+                "acceptance_rate": _median(r[sm]["acceptance_rate"] for r in rows),
+                "mean_accepted_per_step": _median(r[sm]["mean_accepted_per_step"] for r in rows),
+                "search_iterations": sum(r[sm]["search_iterations"] for r in rows),
+                "modes": sorted({m for r in rows for m in r[sm]["modes"]}),
+                # share of the accepted draft tokens that came from the context (prompt lookup)
+                "context_share": sum(r[sm]["context_accepted_tokens"] for r in rows) / accepted if accepted else None,
+            }
+        learning = [
+            {
+                "phase": r.phase,
+                "prompt_id": r.prompt_id,
+                "new_tokens": r.new_tokens,
+                "search_iterations": r.stats["search_iterations"],
+                "expected_speedup": r.stats["expected_speedup"],
+                "mean_accepted_per_step": r.stats["mean_accepted_per_step"],
+                "verify_steps": r.stats["verify_steps"],
+                "mode": r.stats["mode"],
+                "converged": r.profile_converged,
+                "search_speedups": r.search_speedups,
+            }
+            for r in runs  # in execution order: cold pass, warm-up calls, warm rounds
+            if r.cls == cls and r.method in (*SWIFT_METHODS, "swift_warmup")
+        ]
+        crow["learning_curve"] = learning
+        crow["tokens_to_90"] = tokens_to_fraction(learning)
+        crow["profile_after_warmup"] = learned.get(cls)
+        crow["profile"] = final.get(cls)
+        warm_iters = crow["swift_warm"]["search_iterations"]
+        crow["warm_search_ran"] = warm_iters > 0
+        if warm_iters:
+            logger.warning(
+                "class %r: the search still ran %d iterations during the warm phase (profile not converged); "
+                "raise --warmup-calls for a pure warm-state measurement",
+                cls,
+                warm_iters,
+            )
+        per_class.append(crow)
+
+    overall = {
+        "tokens_per_s": {m: _median(r["tokens_per_s"][m] for r in per_prompt) for m in methods},
+        "speedup": {k: _median(r["speedup"][k] for r in per_prompt) for k in per_prompt[0]["speedup"]},
+    }
+    warmup_runs = select(method="swift_warmup")
+    mismatches = [
+        {
+            "prompt_id": r.prompt_id,
+            "method": r.method,
+            "phase": r.phase,
+            "round": r.round,
+            "first_mismatch": r.first_mismatch,
+        }
+        for r in runs
+        if r.exact is False
+    ]
+    own_exact = all(r.exact is True for r in runs if r.method in (*OWN_METHODS, "swift_warmup", "hf"))
+    return {
+        "methods": methods,
+        "baselines": baselines,
+        "classes": classes,
+        "per_prompt": per_prompt,
+        "per_class": per_class,
+        "overall": overall,
+        "warmup": {
+            "calls": len(warmup_runs),
+            "tokens_per_s": _median(r.tokens_per_s for r in warmup_runs),
+            "exact": all(r.exact is True for r in warmup_runs),
+        },
+        "exactness": {
+            "swift_exact": all(r.exact is True for r in runs if r.method in (*SWIFT_METHODS, "swift_warmup")),
+            "all_own_exact": own_exact,
+            "hf_lookup_exact": all(r.exact is True for r in runs if r.method == "hf_lookup"),
+            "mismatches": mismatches,
+        },
+        "reference": {
+            p.id: {"token_ids": bench.reference.get(p.id), "text": _decode(bench.engine, bench.reference.get(p.id))}
+            for p in prompts
+        },
+    }
+
+
+def _decode(engine: Any, ids: list[int] | None) -> str | None:
+    if ids is None:
+        return None
+    try:
+        return engine.tokenizer.decode(ids, skip_special_tokens=True)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _memory_by_method(runs: Sequence[Run], methods: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for m in (*methods, "swift_warmup"):
+        rs = [r for r in runs if r.method == m]
+        kv = [r.kv_cache_bytes for r in rs if r.kv_cache_bytes is not None]
+        peak = [r.cuda_peak_bytes for r in rs if r.cuda_peak_bytes is not None]
+        out[m] = {"max_kv_cache_bytes": max(kv) if kv else None, "cuda_peak_bytes": max(peak) if peak else None}
+    return out
+
+
+def _meta(
+    engine: Any, costs: Any, max_new_tokens: int, repeats: int, warmup_calls: int, hf_lookup: bool, setup_s: float
+) -> dict:
+    import transformers
+
+    device = engine.runner.device
+    meta = {
+        "model": engine.model_name,
+        "fingerprint": engine.fingerprint,
+        "num_layers": engine.runner.num_layers,
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine()
+        ),
+        "dtype": str(engine.runner.dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "max_new_tokens": max_new_tokens,
+        "repeats": repeats,
+        "warmup_calls": warmup_calls,
+        "hf_lookup": hf_lookup,
+        "prompt_lookup_num_tokens": PROMPT_LOOKUP_TOKENS,
+        "engine_config": engine.config.model_dump(mode="json"),
+        "costs": costs.to_dict() if hasattr(costs, "to_dict") else None,
+        "setup_time_s": setup_s,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+_SHORT = {"hf": "hf", "hf_lookup": "lookup", "plain": "plain", "swift_cold": "cold", "swift_warm": "warm"}
+
+
+def _fmt(v: Any, spec: str = ".1f", suffix: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, (int, float)):
+        return f"{v:{spec}}{suffix}"
+    return str(v)
+
+
+def _mib(v: int | None) -> str:
+    return "-" if v is None else f"{v / 2**20:.1f} MiB"
+
+
+def _exact_cell(exact: dict[str, bool | None], methods: Sequence[str]) -> str:
+    bad = [_SHORT[m] for m in methods if m != "hf_lookup" and exact.get(m) is False]
+    lookup_bad = exact.get("hf_lookup") is False
+    if not bad and not lookup_bad:
+        return "yes"
+    return "NO: " + ", ".join(bad + (["lookup"] if lookup_bad else []))
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    #: indices of rows to emphasise (class medians)
+    strong: set[int] = field(default_factory=set)
+
+
+def build_tables(result: dict[str, Any]) -> list[Table]:
+    methods = result["methods"]
+    baselines = result["baselines"]
+    per_class = {c["class"]: c for c in result["per_class"]}
+
+    thr = Table(
+        "Throughput (tokens/s; median; class rows are medians over prompts)",
+        ["class", "prompt", "in tok", "out tok", *[_SHORT[m] for m in methods], "exact"],
+    )
+    spd = Table(
+        "SWIFT speed-up (paired with the same round's baseline run; median)",
+        ["class", "prompt", *[f"{s} / {_SHORT[b]}" for s in ("warm", "cold") for b in baselines]],
+    )
+    keys = [f"{s}_vs_{b}" for s in SWIFT_METHODS[::-1] for b in baselines]
+    for cls in result["classes"]:
+        for row in (r for r in result["per_prompt"] if r["class"] == cls):
+            thr.rows.append(
+                [
+                    cls,
+                    row["prompt_id"],
+                    str(row["prompt_tokens"]),
+                    str(row["new_tokens"]),
+                    *[_fmt(row["tokens_per_s"][m]) for m in methods],
+                    _exact_cell(row["exact"], methods),
+                ]
+            )
+            spd.rows.append([cls, row["prompt_id"], *[_fmt(row["speedup"][k], ".2f", "x") for k in keys]])
+        c = per_class[cls]
+        thr.strong.add(len(thr.rows))
+        thr.rows.append(
+            [cls, "median", "", "", *[_fmt(c["tokens_per_s"][m]) for m in methods], _exact_cell(c["exact"], methods)]
+        )
+        spd.strong.add(len(spd.rows))
+        spd.rows.append([cls, "median", *[_fmt(c["speedup"][k], ".2f", "x") for k in keys]])
+    if len(result["classes"]) > 1:
+        o = result["overall"]
+        thr.strong.add(len(thr.rows))
+        thr.rows.append(["all", "median", "", "", *[_fmt(o["tokens_per_s"][m]) for m in methods], ""])
+        spd.strong.add(len(spd.rows))
+        spd.rows.append(["all", "median", *[_fmt(o["speedup"][k], ".2f", "x") for k in keys]])
+
+    sw = Table(
+        "SWIFT per class (mode/skip: the layer-skip profile after the warm phase; w/c = warm/cold medians; "
+        "ctx share: accepted drafts from the context; tokens to 90% of the final expected speed-up: "
+        "~estimate (<= call-level bound))",
+        [
+            "class",
+            "mode",
+            "skip (att/mlp)",
+            "exp. x",
+            "accept w/c",
+            "ctx share",
+            "tok/step w/c",
+            "search it c/w",
+            "tok to 90%",
+            "conv.",
+        ],
+    )
+    for cls in result["classes"]:
+        c = per_class[cls]
+        prof = c["profile"] or {}
+        t90 = c["tokens_to_90"]
+        t90_cell = "-" if t90["tokens"] is None else f"~{t90['tokens']}"
+        if t90["tokens_call_bound"] is not None:
+            t90_cell += f" (<={t90['tokens_call_bound']})"
+        w, cc = c["swift_warm"], c["swift_cold"]
+        ran = "/".join(w["modes"])
+        sw.rows.append(
+            [
+                cls,
+                prof.get("mode", "-") + ("" if w["modes"] in ([], [prof.get("mode")]) else f" (ran {ran})"),
+                f"{_fmt(prof['skip_ratio'], '.2f')} ({len(prof['skip_attention'])}/{len(prof['skip_mlp'])})"
+                if prof
+                else "-",
+                _fmt(prof.get("expected_speedup"), ".2f", "x"),
+                f"{_fmt(w['acceptance_rate'], '.2f')} / {_fmt(cc['acceptance_rate'], '.2f')}",
+                _fmt(w["context_share"], ".2f"),
+                f"{_fmt(w['mean_accepted_per_step'], '.2f')} / {_fmt(cc['mean_accepted_per_step'], '.2f')}",
+                f"{cc['search_iterations']} / {w['search_iterations']}",
+                t90_cell,
+                ("yes" if prof.get("converged") else "no") if prof else "-",
+            ]
+        )
+
+    mem = Table("Memory", ["what", "max RSS", "CUDA peak", "KV cache"])
+    for ph in result["memory"]["phases"]:
+        mem.rows.append(
+            [f"after {ph['phase']}", _mib(ph["max_rss_bytes"]), _mib(ph.get("cuda_max_allocated_bytes")), ""]
+        )
+    for m, v in result["memory"]["by_method"].items():
+        if v["max_kv_cache_bytes"] is None and v["cuda_peak_bytes"] is None:
+            continue
+        mem.rows.append([m, "", _mib(v["cuda_peak_bytes"]), _mib(v["max_kv_cache_bytes"])])
+    return [thr, spd, sw, mem]
+
+
+def _headline(result: dict[str, Any]) -> str:
+    m = result["meta"]
+    return (
+        f"swift-bench: {m['model']} on {m['device']} ({m['device_name']}), {m['dtype']}, "
+        f"{m['torch_threads']} threads; greedy, max_new_tokens={m['max_new_tokens']}, repeats={m['repeats']}, "
+        f"warmup_calls={m['warmup_calls']}; {m['total_time_s']:.0f} s"
+    )
+
+
+_FAILURE = "!!! EXACTNESS FAILURE: greedy output differs from hf's (see MISMATCH lines) !!!"
+
+
+def _exactness_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(line, level)`` pairs, level ``ok``, ``error`` or ``warning``."""
+    ex = result["exactness"]
+    lines = []
+    if ex["all_own_exact"]:
+        lines.append(
+            ("Exactness: SWIFT (cold, warm-up, warm) and plain reproduce hf's greedy tokens on every prompt.", "ok")
+        )
+    else:
+        lines.append((_FAILURE, "error"))
+    for mm in ex["mismatches"]:
+        lines.append(
+            (
+                f"  MISMATCH {mm['method']} on {mm['prompt_id']} ({mm['phase']} round {mm['round']}): "
+                f"first differing token at {mm['first_mismatch']}",
+                "warning" if mm["method"] == "hf_lookup" else "error",
+            )
+        )
+    if not ex["hf_lookup_exact"] and "hf_lookup" in result["methods"]:
+        lines.append(("  (hf_lookup differing from hf is transformers' own numerics, not this engine's.)", "warning"))
+    return lines
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """The report as plain aligned text."""
+    out = [_headline(result), ""]
+    if not result["exactness"]["all_own_exact"]:
+        out += [_FAILURE, ""]
+    for t in build_tables(result):
+        widths = [max(len(c), *(len(r[i]) for r in t.rows)) if t.rows else len(c) for i, c in enumerate(t.columns)]
+        out.append(t.title)
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(t.columns, widths))))
+        out.append("  ".join("-" * w for w in widths))
+        for k, r in enumerate(t.rows):
+            line = "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+            out.append(line + ("  *" if k in t.strong else ""))
+        out.append("")
+    out.extend(line for line, _ in _exactness_lines(result))
+    return "\n".join(out)
+
+
+def print_report(result: dict[str, Any], file=None) -> None:
+    """Print the report (with ``rich`` when it is installed)."""
+    file = file or sys.stdout
+    try:
+        from rich.console import Console
+        from rich.table import Table as RichTable
+    except ImportError:
+        print(render_text(result), file=file)
+        return
+    console = Console(file=file, width=max(160, Console(file=file).width))
+    console.print(_headline(result), highlight=False)
+    if not result["exactness"]["all_own_exact"]:
+        console.print(_FAILURE, style="bold red", highlight=False)
+    for t in build_tables(result):
+        rt = RichTable(title=t.title, title_justify="left", show_lines=False)
+        for i, c in enumerate(t.columns):
+            rt.add_column(c, justify="left" if i < 2 else "right")
+        for k, r in enumerate(t.rows):
+            style = "bold" if k in t.strong else None
+            cells = [f"[red]{v}[/red]" if v.startswith("NO") else v for v in r]
+            rt.add_row(*cells, style=style, end_section=k in t.strong)
+        console.print(rt)
+    styles = {"ok": "green", "error": "bold red", "warning": "yellow"}
+    for line, level in _exactness_lines(result):
+        console.print(line, style=styles[level], highlight=False)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """Per-class medians as a markdown table for the README."""
+    methods, baselines = result["methods"], result["baselines"]
+    m = result["meta"]
+    head = [
+        "class",
+        *[f"{_SHORT[x]} tok/s" for x in methods],
+        *[f"warm vs {_SHORT[b]}" for b in baselines],
+        *[f"cold vs {_SHORT[b]}" for b in baselines],
+        "mode",
+        "skip ratio",
+        "accept",
+        "tok/step",
+        "tokens to 90%",
+        "exact",
+    ]
+    lines = [
+        f"*{m['model']}, {m['device']} ({m['device_name']}), {m['dtype']}, greedy, "
+        f"{m['max_new_tokens']} new tokens, median over prompts; `swift-bench` {time.strftime('%Y-%m-%d')}*",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for c in result["per_class"]:
+        prof = c["profile"] or {}
+        t90 = c["tokens_to_90"]["tokens"]
+        cells = [
+            c["class"],
+            *[_fmt(c["tokens_per_s"][x]) for x in methods],
+            *[_fmt(c["speedup"][f"swift_warm_vs_{b}"], ".2f", "x") for b in baselines],
+            *[_fmt(c["speedup"][f"swift_cold_vs_{b}"], ".2f", "x") for b in baselines],
+            prof.get("mode", "-"),
+            _fmt(prof.get("skip_ratio"), ".2f"),
+            _fmt(c["swift_warm"]["acceptance_rate"], ".2f"),
+            _fmt(c["swift_warm"]["mean_accepted_per_step"], ".2f"),
+            "-" if t90 is None else f"~{t90}",
+            "yes" if all(c["exact"][x] for x in methods if x != "hf_lookup") else "**NO**",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(result["per_class"]) > 1:
+        o = result["overall"]
+        cells = [
+            "**all**",
+            *[_fmt(o["tokens_per_s"][x]) for x in methods],
+            *[_fmt(o["speedup"][f"swift_warm_vs_{b}"], ".2f", "x") for b in baselines],
+            *[_fmt(o["speedup"][f"swift_cold_vs_{b}"], ".2f", "x") for b in baselines],
+            *([""] * 5),
+            "yes" if result["exactness"]["all_own_exact"] else "**NO**",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="swift-bench",
+        description="Benchmark SWIFT self-speculative decoding against transformers' generate, prompt-lookup "
+        "decoding and the engine's plain loop, cold and warm, on a fixed prompt set.",
+    )
+    p.add_argument(
+        "--model", default=None, help="model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M)"
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help=f"prompt classes to run, space- or comma-separated (default: all: {', '.join(DEFAULT_CLASSES)})",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"tokens per generation (default {DEFAULT_MAX_NEW_TOKENS}; {QUICK_MAX_NEW_TOKENS} with --quick)",
+    )
+    p.add_argument("--prompts-file", default=None, help="JSON prompt set (default: the packaged one)")
+    p.add_argument("--repeats", type=int, default=1, help="timed rounds of the warm phase (default 1)")
+    p.add_argument(
+        "--warmup-calls",
+        type=int,
+        default=None,
+        help="extra SWIFT calls per class between the cold and warm phases (default 3; 1 with --quick)",
+    )
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    p.add_argument("--no-hf-lookup", action="store_true", help="skip transformers' prompt-lookup baseline")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: 1 prompt per class, {QUICK_MAX_NEW_TOKENS} tokens, 1 warm-up call",
+    )
+    p.add_argument("--json", metavar="PATH", default=None, help="write every measurement and summary as JSON")
+    p.add_argument(
+        "--markdown", metavar="PATH", default=None, help="write the per-class table as markdown ('-': print it)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the engine's progress")
+    return p
+
+
+def _load_engine(model: str | None, device: str, dtype: str, profile_dir: str):
+    from .engine import SwiftEngine
+    from .loading import load_model
+    from .profiles import ProfileStore
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    return SwiftEngine(
+        loaded.model, loaded.tokenizer, model_name=loaded.model_name, profile_store=ProfileStore(profile_dir)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
+    classes = [c for item in (args.classes or []) for c in item.split(",") if c.strip()] or None
+    max_new = args.max_new_tokens or (QUICK_MAX_NEW_TOKENS if args.quick else DEFAULT_MAX_NEW_TOKENS)
+    warmup_calls = args.warmup_calls if args.warmup_calls is not None else (1 if args.quick else 3)
+    try:
+        prompts = load_prompts(args.prompts_file, classes, per_class=1 if args.quick else None)
+    except (OSError, ValueError) as exc:
+        logging.getLogger("swift-bench").error("%s", exc)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
+        engine = _load_engine(args.model, args.device, args.dtype, profile_dir)
+        result = run_benchmark(
+            engine,
+            prompts,
+            max_new_tokens=max_new,
+            repeats=args.repeats,
+            warmup_calls=warmup_calls,
+            hf_lookup=not args.no_hf_lookup,
+            progress=False if args.no_progress else None,
+        )
+    result["meta"]["argv"] = list(argv) if argv is not None else sys.argv[1:]
+    print_report(result)
+    if args.markdown:
+        md = render_markdown(result)
+        if args.markdown == "-":
+            print("\n" + md)
+        else:
+            Path(args.markdown).write_text(md, "utf-8")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=str) + "\n", "utf-8")
+    return 0 if result["exactness"]["all_own_exact"] else EXIT_MISMATCH
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

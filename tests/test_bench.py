@@ -1,0 +1,91 @@
+"""swift-bench: the packaged prompt set, the learning-curve metric, and a --quick run on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from swift_engine.bench import METHODS, load_prompts, main, render_markdown, render_text, tokens_to_fraction
+
+
+def test_packaged_prompt_set_has_three_prompts_per_class() -> None:
+    prompts = load_prompts()
+    classes = {}
+    for p in prompts:
+        classes.setdefault(p.cls, []).append(p)
+    assert list(classes) == ["summarization", "context_qa", "code", "chat"]
+    assert all(len(ps) == 3 for ps in classes.values())
+    for p in classes["summarization"] + classes["context_qa"]:
+        words = sum(len(m["content"].split()) for m in p.messages)
+        assert 100 <= words <= 450, (p.id, words)
+    assert any("def " in m["content"] for p in classes["code"] for m in p.messages)  # one edits a given function
+    assert [p.id for p in load_prompts(classes=["code"], per_class=1)] == [classes["code"][0].id]
+    with pytest.raises(ValueError, match="unknown prompt class"):
+        load_prompts(classes=["poetry"])
+
+
+def test_tokens_to_fraction_uses_iteration_history_and_call_bound() -> None:
+    calls = [
+        # plain decoding while searching: one token per verify step, one iteration per step
+        {"new_tokens": 10, "search_iterations": 9, "expected_speedup": 0.8, "mean_accepted_per_step": 1.0,
+         "search_speedups": [0.1, 0.5, 0.3, 0.8, 0.2, 0.1, 0.1, 0.1, 0.1]},
+        {"new_tokens": 10, "search_iterations": 3, "expected_speedup": 1.5, "mean_accepted_per_step": 2.0,
+         "search_speedups": [0.9, 1.4, 1.5]},
+        {"new_tokens": 10, "search_iterations": 0, "expected_speedup": 1.5, "mean_accepted_per_step": 3.0,
+         "search_speedups": []},
+    ]
+    out = tokens_to_fraction(calls)
+    assert out["final_expected_speedup"] == 1.5
+    # 90% of 1.5 = 1.35, first reached at iteration 1 of the second call: 10 + 1 + 1 * 2 tokens
+    assert out["tokens"] == 13 and out["iterations"] == 11
+    assert out["tokens_call_bound"] == 20 and out["calls"] == 2
+    # without the per-iteration history the estimate falls back to call granularity
+    for c in calls:
+        c["search_speedups"] = None
+    assert tokens_to_fraction(calls)["tokens"] == 20
+    assert tokens_to_fraction([{"new_tokens": 5, "expected_speedup": None}])["tokens"] is None
+    # a throttled search (not converged in the call) spreads its iterations over the call's verify steps
+    throttled = [{"new_tokens": 12, "verify_steps": 12, "search_iterations": 4, "expected_speedup": 2.0,
+                  "mean_accepted_per_step": 1.0, "converged": False, "search_speedups": [0.5, 1.0, 2.0, 1.0]}]
+    assert tokens_to_fraction(throttled)["tokens"] == 1 + 2 * 3
+    throttled[0]["converged"] = True  # converged in this call: the iterations ran back to back
+    assert tokens_to_fraction(throttled)["tokens"] == 1 + 2
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
+    path = tmp_path / "bench.json"
+    assert main(["--quick", "--classes", "summarization", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+
+    assert result["methods"] == list(METHODS)
+    assert result["classes"] == ["summarization"]
+    (row,) = result["per_prompt"]
+    (cls,) = result["per_class"]
+    assert row["new_tokens"] > 0
+    for m in METHODS:
+        assert row["tokens_per_s"][m] > 0, m
+        assert cls["tokens_per_s"][m] > 0, m
+        assert row["exact"][m] is True, m
+        assert cls["exact"][m] is True, m
+    for swift in ("swift_cold", "swift_warm"):
+        for base in ("hf", "plain", "hf_lookup"):
+            assert row["speedup"][f"{swift}_vs_{base}"] > 0
+            assert cls["speedup"][f"{swift}_vs_{base}"] > 0
+        assert 0.0 <= cls[swift]["acceptance_rate"] <= 1.0
+        assert cls[swift]["mean_accepted_per_step"] >= 1.0
+    assert result["exactness"] == {**result["exactness"], "swift_exact": True, "all_own_exact": True, "mismatches": []}
+    assert cls["swift_cold"]["search_iterations"] > 0  # the cold pass searched
+    assert cls["profile"]["mode"] in ("swift", "plain") and 0.0 <= cls["profile"]["skip_ratio"] < 1.0
+    assert cls["tokens_to_90"]["learning_tokens"] > 0
+    phases = [p["phase"] for p in result["memory"]["phases"]]
+    assert phases == ["loaded", "setup", "cold", "warmup", "warm"]
+    assert all(p["max_rss_bytes"] > 0 for p in result["memory"]["phases"])
+    assert result["memory"]["by_method"]["swift_warm"]["max_kv_cache_bytes"] > 0
+    assert {r["method"] for r in result["runs"]} == {*METHODS, "swift_warmup"}
+
+    # the report writers work on what was written
+    assert "summarization" in render_text(result)
+    md = render_markdown(result)
+    assert md.count("\n| summarization |") == 1 and "warm vs hf" in md
