@@ -26,7 +26,7 @@ class GenerationStats(BaseModel):
     context_accepted_tokens: int = 0
     #: accepted_drafted_tokens / drafted_tokens (0 when nothing was drafted).
     acceptance_rate: float = 0.0
-    #: Tokens emitted per verify step (1.0 is plain decoding).
+    #: Tokens emitted per verify step, the prefill's first token aside (1.0 is plain decoding).
     mean_accepted_per_step: float = 0.0
     prefill_time_s: float = 0.0
     wall_time_s: float = 0.0
@@ -51,7 +51,8 @@ class GenerationStats(BaseModel):
         self.acceptance_rate = (
             self.accepted_drafted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
         )
-        self.mean_accepted_per_step = self.new_tokens / self.verify_steps if self.verify_steps else 0.0
+        # the first token comes from the prefill, every later one from a verify step
+        self.mean_accepted_per_step = (self.new_tokens - 1) / self.verify_steps if self.verify_steps else 0.0
         self.tokens_per_s = self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
         return self
 
