@@ -1,0 +1,32 @@
+"""Framework adapters for the SWIFT engine.
+
+``from swift_integrations import SwiftChatModel, SwiftLLM`` (LangChain; needs ``langchain-core``)
+and ``SwiftLlamaIndexLLM`` (LlamaIndex; needs ``llama-index-core``). Each adapter is imported on
+first access, so LangChain users don't need LlamaIndex installed and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "SwiftChatModel": "langchain",
+    "SwiftLLM": "langchain",
+    "SwiftLlamaIndexLLM": "llamaindex",
+    "get_engine": "_shared",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._shared import get_engine
+    from .langchain import SwiftChatModel, SwiftLLM
+    from .llamaindex import SwiftLlamaIndexLLM
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swift_integrations' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,970 @@
+"""LangChain models over a SWIFT engine: :class:`SwiftChatModel` and :class:`SwiftLLM`.
+
+Construction is cheap: the weights load on the first call, through the process-level engine
+cache (:func:`swift_integrations._shared.get_engine`), so every wrapper of one model shares one
+engine, its weights and its learned skip profiles. Pass ``engine=`` to use an engine you built.
+
+Step keys (which learned skip profile a call uses), in order of precedence:
+
+1. ``step_key`` given explicitly: ``model.bind(step_key=...)`` / ``invoke(..., step_key=...)``;
+2. ``config["metadata"]["swift_step"]``;
+3. an enclosing ``with swift_engine.swift_step("..."):`` block;
+4. the wrapper's ``step_key`` field;
+5. the LangGraph node running the call (``metadata["langgraph_node"]``) → ``"langgraph:<node>"``;
+6. the run name (``model.with_config(run_name=...)`` or ``config["run_name"]``) → ``"run:<name>"``;
+7. the user's tags of the enclosing runnables (``chain.with_config(tags=[...])``; tags propagate
+   to children, run names do not) → ``"tags:<a>+<b>"``;
+8. chat models: a fingerprint of the system prompt → ``"system:<hash>"``; else the engine's default.
+
+Chat message rendering: see :func:`swift_integrations._shared.render_chat_prompt` (templates with
+native tool support get tools natively; otherwise the Hermes format of :mod:`.tool_calls`; models
+without a chat template get the plain ``System:/User:/Assistant:`` format).
+
+Tool calling: ``bind_tools`` with ``tool_choice`` ``"auto"`` (the model may write a call, which is
+parsed), ``"none"`` (tools not shown), ``"any"``/``"required"``/a tool name (a call is forced by
+staged prefill, :class:`~swift_integrations.tool_calls.ToolCallSteering`). ``response_metadata``
+carries ``finish_reason`` (the engine's ``"stop"``/``"length"``/``"eos"``, or ``"tool_calls"``)
+and the SWIFT statistics (see :func:`swift_integrations._shared.stats_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, BaseCallbackHandler, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.llms import BaseLLM
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, GenerationChunk, LLMResult
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+from langchain_core.tracers.context import register_configure_hook
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.json import parse_partial_json
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from swift_engine.config import SwiftConfig
+
+from ._shared import (
+    aiter_in_thread,
+    get_engine,
+    merge_stats,
+    render_chat_prompt,
+    stats_metadata,
+    step_key_from_run_info,
+    system_prompt_step_key,
+    usage_from_stats,
+    with_system_text,
+)
+from .tool_calls import (
+    TOOL_CALL_CLOSE,
+    InvalidToolCall,
+    JsonObjectFilter,
+    JsonSchemaSteering,
+    ParsedToolCall,
+    Steering,
+    ToolCallStreamFilter,
+    ToolCallSteering,
+    parse_tool_calls,
+    tool_function,
+)
+
+__all__ = ["SwiftChatModel", "SwiftLLM"]
+
+#: Call-time keyword arguments the models understand (anything else is a TypeError).
+_CALL_KWARGS = frozenset(
+    {"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream"}
+)
+#: Tokens a steered reply keeps in reserve for each value still to come.
+_STEP_RESERVE = 4
+_LLM_CALL_KWARGS = frozenset({"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "stream"})
+
+
+# ====================================================================================== run names
+#
+# LangChain gives a child runnable its parent's tags and metadata but not its run name, so a chat
+# model inside ``(prompt | llm).with_config(run_name="summarize")`` cannot see "summarize" in its
+# own config. This handler remembers the name and parent of every running chain; a configure hook
+# attaches it to every callback manager in the process once this module is imported. It only
+# records chain starts and ends (dict operations) and runs inline.
+
+_GENERIC_RUN_NAME_RE = re.compile(r"^(Runnable\w*|\w*PromptTemplate|\w*OutputParser|\w*Parser|LangGraph|Pregel|ChannelWrite|ChannelRead|<lambda>|\w*ToolNode)$")
+_MAX_TRACKED_RUNS = 10_000
+
+
+class _RunNames(BaseCallbackHandler):
+    """Names and parents of the chains running right now (for the enclosing-run step key)."""
+
+    run_inline = True
+    ignore_llm = True
+    ignore_chat_model = True
+    ignore_retriever = True
+    ignore_agent = True
+    ignore_retry = True
+    ignore_custom_event = True
+
+    def __init__(self) -> None:
+        self._runs: dict[Any, tuple[str | None, Any]] = {}
+        self._lock = threading.Lock()
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: Any, parent_run_id: Any = None, **kwargs: Any) -> None:
+        name = kwargs.get("name") or (serialized or {}).get("name")
+        with self._lock:
+            if len(self._runs) >= _MAX_TRACKED_RUNS:  # runs abandoned without an end event
+                for key in list(self._runs)[: _MAX_TRACKED_RUNS // 2]:
+                    del self._runs[key]
+            self._runs[run_id] = (name if isinstance(name, str) else None, parent_run_id)
+
+    def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def enclosing_name(self, parent_run_id: Any) -> str | None:
+        """The nearest enclosing chain whose name was given by a user (not a class default)."""
+        seen = 0
+        with self._lock:
+            while parent_run_id is not None and seen < 64:
+                name, parent_run_id = self._runs.get(parent_run_id, (None, None))
+                if name and "<" not in name and not _GENERIC_RUN_NAME_RE.match(name):
+                    return name
+                seen += 1
+        return None
+
+
+_RUN_NAMES = _RunNames()
+_RUN_NAMES_VAR: ContextVar[_RunNames | None] = ContextVar("swift_langchain_run_names", default=_RUN_NAMES)
+register_configure_hook(_RUN_NAMES_VAR, True)
+
+
+def _run_name(config_run_name: str | None, callbacks: Any) -> str | None:
+    if config_run_name:
+        return config_run_name
+    return _RUN_NAMES.enclosing_name(getattr(callbacks, "parent_run_id", None))
+
+
+# ====================================================================================== shared fields
+
+
+class _SwiftFields(BaseModel):
+    """Fields and engine access shared by :class:`SwiftChatModel` and :class:`SwiftLLM`."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+
+    #: Model folder, ``.gguf`` file or (locally cached) hub id; ``None``: the embedded SmolLM2-135M-Instruct.
+    model_id: str | None = Field(default=None, alias="model")
+    #: GGUF file inside ``model_id`` (a folder or hub repo).
+    gguf_file: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    #: Engine configuration; wrappers with equal configs share one engine.
+    swift_config: SwiftConfig | None = None
+    #: An existing :class:`~swift_engine.SwiftEngine`; overrides ``model_id``/``gguf_file``/``device``/``dtype``.
+    engine: Any = Field(default=None, exclude=True)
+    temperature: float = Field(default=0.0, ge=0.0)
+    #: Maximum new tokens per call.
+    max_tokens: int = Field(default=256, ge=1)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    stop: list[str] | None = None
+    seed: int | None = None
+    streaming: bool = False
+    #: Fixed step key for every call of this wrapper (see the module docs for precedence).
+    step_key: str | None = None
+
+    _engine: Any = PrivateAttr(default=None)
+
+    @field_validator("engine")
+    @classmethod
+    def _check_engine(cls, v: Any) -> Any:
+        if v is not None and not (hasattr(v, "stream") and hasattr(v, "tokenizer")):
+            raise ValueError(f"engine must be a swift_engine.SwiftEngine, got {type(v).__name__}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not isinstance(s, str) or not s for s in v):
+            raise ValueError("stop strings must be non-empty strings")
+        return v or None
+
+    # -- engine ------------------------------------------------------------------------------
+    @property
+    def swift_engine(self) -> Any:
+        """The engine behind this wrapper (loaded on first access)."""
+        return self._engine_for(None)
+
+    def _engine_for(self, model_override: str | None) -> Any:
+        if model_override is not None and model_override != self.model_id:
+            return get_engine(model_override, None, self.device, self.dtype, self.swift_config)
+        if self.engine is not None:
+            return self.engine
+        if self._engine is None:
+            self._engine = get_engine(self.model_id, self.gguf_file, self.device, self.dtype, self.swift_config)
+        return self._engine
+
+    def _display_name(self, model_override: str | None = None) -> str:
+        """The model as the user named it; the engine's name for ``engine=`` or the embedded default."""
+        if model_override:
+            return model_override
+        if self.model_id:
+            return self.model_id
+        if self.engine is not None:
+            return str(self.engine.model_name)
+        if self._engine is not None:
+            return str(self._engine.model_name)
+        from swift_engine.loading import EMBEDDED_MODEL_NAME
+
+        return EMBEDDED_MODEL_NAME
+
+    def _swift_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self._display_name(),
+            "model_id": self.model_id,
+            "gguf_file": self.gguf_file,
+            "device": self.device,
+            "dtype": self.dtype,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "stop": self.stop,
+            "seed": self.seed,
+            "step_key": self.step_key,
+            "swift_config": self.swift_config.model_dump(mode="json") if self.swift_config is not None else None,
+        }
+
+    # -- per-call options --------------------------------------------------------------------
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {sorted(unknown)}")
+
+        def pick(name: str) -> Any:
+            v = kwargs.get(name)
+            return getattr(self, name) if v is None else v
+
+        stops = list(stop) if stop else list(self.stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise ValueError("stop strings must be non-empty strings")
+        return {
+            "sampling": {
+                "temperature": float(pick("temperature")),
+                "top_p": float(pick("top_p")),
+                "top_k": int(pick("top_k")),
+                "seed": pick("seed"),
+            },
+            "max_new_tokens": int(pick("max_tokens")),
+            "stop": stops,
+        }
+
+    def _entry_kwargs(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """At a public entry point the run's config is known: resolve the step key there."""
+        if kwargs.get("step_key") is not None:
+            return kwargs
+        cfg = ensure_config(config)
+        run_name = _run_name(cfg.get("run_name"), cfg.get("callbacks"))
+        key = step_key_from_run_info(cfg.get("metadata"), run_name, cfg.get("tags"), fallback=self.step_key)
+        return {**kwargs, "step_key": key} if key else kwargs
+
+    def _runtime_step_key(self, run_manager: Any) -> str | None:
+        """Step key when entered below the public methods (``generate()``, v3 event streaming)."""
+        if run_manager is not None:
+            name = _RUN_NAMES.enclosing_name(getattr(run_manager, "parent_run_id", None))
+            return step_key_from_run_info(getattr(run_manager, "metadata", None), name, getattr(run_manager, "tags", None), fallback=self.step_key)
+        cfg = var_child_runnable_config.get() or {}
+        name = _run_name(cfg.get("run_name"), cfg.get("callbacks"))
+        return step_key_from_run_info(cfg.get("metadata"), name, cfg.get("tags"), fallback=self.step_key)
+
+
+# ====================================================================================== events
+
+
+@dataclass
+class _Start:
+    """A prompt went into the engine (``input_tokens`` of it)."""
+
+    input_tokens: int
+
+
+@dataclass
+class _Delta:
+    """Content safe to show now, and the tokens generated since the last event."""
+
+    text: str
+    output_tokens: int
+
+
+@dataclass
+class _Final:
+    tail: str  # content not released by deltas
+    content: str  # the whole reply's content
+    calls: list[ParsedToolCall] = field(default_factory=list)
+    invalid: list[InvalidToolCall] = field(default_factory=list)
+    stats: Any = None
+    finish_reason: str = "stop"
+    step_key: str | None = None
+    model_name: str = ""
+
+    def metadata(self) -> dict[str, Any]:
+        return stats_metadata(self.stats, model_name=self.model_name, finish_reason=self.finish_reason, step_key=self.step_key)
+
+
+def _usage(input_tokens: int, output_tokens: int) -> UsageMetadata:
+    return UsageMetadata(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens)
+
+
+def _merge_stops(*groups: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(s for g in groups for s in g))
+
+
+def _engine_stream(engine: Any, ids: list[int] | str, max_new_tokens: int, stop: list[str], step_key: str | None, sampling: dict[str, Any]):
+    return engine.stream(ids, max_new_tokens=max_new_tokens, stop=stop or None, step_key=step_key, **sampling)
+
+
+# ====================================================================================== chat model
+
+
+@dataclass
+class _ChatCall:
+    engine: Any
+    model_name: str
+    step_key: str | None
+    sampling: dict[str, Any]
+    max_new_tokens: int
+    stop: list[str]
+    render: Callable[[str], Any]  # prefill -> RenderedPrompt
+    tool_names: list[str] | None = None  # parse tool calls from the reply when set
+    steering: Steering | None = None
+    json_mode: bool = False
+
+
+def _text_of(content: Any, where: str) -> str:
+    """The text of a message's content (a string or content blocks); media is refused."""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content or []:
+        if isinstance(block, str):
+            parts.append(block)
+            continue
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            parts.append(str(block.get("text", "")))
+        elif kind in ("tool_use", "tool_call", "tool_call_chunk", "invalid_tool_call", "thinking", "redacted_thinking", "reasoning", "server_tool_call", "server_tool_result"):
+            continue  # tool calls are rendered from .tool_calls; reasoning is not replayed
+        else:
+            raise ValueError(f"SwiftChatModel reads text only; {where} has a {kind!r} content block")
+    return "\n".join(p for p in parts if p)
+
+
+_ROLE_ALIASES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system", "developer": "system", "tool": "tool", "function": "tool"}
+
+
+def _neutral_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages as the framework-neutral dicts of :func:`render_chat_prompt`."""
+    out: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
+    for i, m in enumerate(messages):
+        where = f"message {i} ({m.type})"
+        if isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": _text_of(m.content, where)})
+        elif isinstance(m, HumanMessage):
+            out.append({"role": "user", "content": _text_of(m.content, where), **({"name": m.name} if m.name else {})})
+        elif isinstance(m, AIMessage):
+            calls = [{"id": tc.get("id"), "name": tc["name"], "arguments": tc.get("args") or {}} for tc in m.tool_calls]
+            for tc in calls:
+                if tc["id"]:
+                    call_names[tc["id"]] = tc["name"]
+            msg: dict[str, Any] = {"role": "assistant", "content": _text_of(m.content, where)}
+            if calls:
+                msg["tool_calls"] = calls
+            out.append(msg)
+        elif isinstance(m, ToolMessage):
+            out.append(
+                {
+                    "role": "tool",
+                    "content": _text_of(m.content, where),
+                    "tool_call_id": m.tool_call_id,
+                    "name": m.name or call_names.get(m.tool_call_id),
+                    "is_error": getattr(m, "status", "success") == "error",
+                }
+            )
+        elif isinstance(m, FunctionMessage):
+            out.append({"role": "tool", "content": _text_of(m.content, where), "name": m.name})
+        elif isinstance(m, ChatMessage):
+            role = _ROLE_ALIASES.get(m.role.lower(), m.role)
+            out.append({"role": role, "content": _text_of(m.content, where)})
+        else:
+            raise ValueError(f"unsupported message type {type(m).__name__} at {where}")
+    return out
+
+
+def _normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
+    """``"auto"``, ``"none"``, ``"any"`` or a tool name."""
+    if choice is None or choice == "auto":
+        return "auto"
+    if choice is False or choice == "none":
+        return "none"
+    if choice is True or choice in ("any", "required"):
+        return "any"
+    if isinstance(choice, dict):
+        fn = choice.get("function") if isinstance(choice.get("function"), dict) else choice
+        choice = fn.get("name")
+    if isinstance(choice, str) and choice in names:
+        return choice
+    raise ValueError(f"tool_choice must be 'auto', 'none', 'any'/'required' or one of the tool names {list(names)}; got {choice!r}")
+
+
+def _as_openai_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for t in tools:
+        if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict):
+            out.append(t)
+        else:
+            out.append(convert_to_openai_tool(t))
+    return out
+
+
+class SwiftChatModel(_SwiftFields, BaseChatModel):
+    """A LangChain chat model running a local model with SWIFT self-speculative decoding.
+
+    Example::
+
+        llm = SwiftChatModel(max_tokens=128)             # the embedded SmolLM2-135M-Instruct
+        llm.invoke([("system", "Be brief."), ("human", "Name a colour.")])
+        llm.bind_tools([get_weather], tool_choice="any").invoke("Weather in Paris?")
+        llm.with_structured_output(Person).invoke("Alice is 30.")
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+
+    @property
+    def _llm_type(self) -> str:
+        return "swift-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._swift_params()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "swift"
+        params["ls_model_name"] = self._display_name(kwargs.get("model"))
+        params["ls_model_type"] = "chat"
+        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
+        params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
+        ls_stop = stop or self.stop
+        if ls_stop:
+            params["ls_stop"] = list(ls_stop)
+        return params
+
+    # -- public entry points: resolve the step key where the run config is known ---------------
+    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        return super().invoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        return await super().ainvoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        return super().stream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        return super().astream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    # -- tools and structured output ----------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, pydantic models, functions, OpenAI dicts).
+
+        ``tool_choice``: ``"auto"``/``None`` (the model decides), ``"none"`` (tools hidden),
+        ``"any"``/``"required"``/``True`` (a call is forced), or a tool name (that tool is forced).
+        ``parallel_tool_calls=False`` ends the reply after its first call. ``strict`` is accepted
+        for compatibility; forced calls always fill every required argument.
+        """
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        names = [tool_function(t)["name"] for t in formatted]
+        extra: dict[str, Any] = {"tool_choice": _normalize_tool_choice(tool_choice, names)}
+        if parallel_tool_calls is not None:
+            extra["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(tools=formatted, **extra, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Replies parsed into ``schema`` (a pydantic model, a TypedDict or a JSON schema dict).
+
+        ``function_calling`` (default): a forced call of a tool shaped like the schema.
+        ``json_schema``: the reply is a JSON object filled key by key for the schema.
+        ``json_mode``: the reply starts with ``{`` and is cut where the object closes; describe
+        the keys in your prompt. ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``.
+        """
+        if kwargs:
+            raise ValueError(f"Received unsupported arguments {kwargs}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        ls_format = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        parser: Runnable
+        if method == "function_calling":
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, strict=strict, ls_structured_output_format=ls_format)
+            parser = PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        elif method in ("json_schema", "json_mode"):
+            if method == "json_schema":
+                js = convert_to_json_schema(schema)
+                fmt = {"type": "json_schema", "json_schema": {"name": js.get("title", "output"), "schema": js}}
+            else:
+                fmt = {"type": "json_object"}
+            llm = self.bind(response_format=fmt, ls_structured_output_format=ls_format)
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}")
+        if include_raw:
+            parser_assign = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+            parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+            return RunnableMap(raw=llm) | parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
+        return llm | parser
+
+    # -- preparing a call ----------------------------------------------------------------------
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> _ChatCall:
+        opts = self._options(stop, kwargs, _CALL_KWARGS)
+        engine = self._engine_for(kwargs.get("model"))
+        neutral = _neutral_messages(messages)
+        if not neutral:
+            raise ValueError("no messages to respond to")
+        system_text = "\n\n".join(m["content"] for m in neutral if m["role"] == "system")
+        step_key = kwargs.get("step_key") or self._runtime_step_key(run_manager) or system_prompt_step_key(system_text)
+
+        tools = _as_openai_tools(kwargs.get("tools") or [])
+        names = [tool_function(t)["name"] for t in tools]
+        choice = _normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
+        response_format = kwargs.get("response_format")
+        stops = list(opts["stop"])
+        steering: Steering | None = None
+        json_mode = False
+        if tools and response_format:
+            raise ValueError("pass either tools or response_format, not both")
+        if choice == "any" or choice in names:
+            steering = ToolCallSteering(tools, None if choice == "any" else choice)
+        elif choice == "auto" and kwargs.get("parallel_tool_calls") is False:
+            stops.append(TOOL_CALL_CLOSE)
+        if response_format:
+            kind = response_format.get("type") if isinstance(response_format, dict) else None
+            if kind == "json_schema":
+                spec = response_format.get("json_schema") or {}
+                schema = spec.get("schema", spec)
+                steering = JsonSchemaSteering(schema)
+                instruction = "Reply with a JSON object that follows this JSON schema: " + json.dumps(schema, ensure_ascii=False)
+                neutral = with_system_text(neutral, instruction)
+            elif kind == "json_object":
+                json_mode = True
+            else:
+                raise ValueError(f"response_format type must be 'json_schema' or 'json_object', got {response_format!r}")
+        shown_tools = tools if choice != "none" else None
+
+        def render(prefill: str) -> Any:
+            return render_chat_prompt(engine.tokenizer, neutral, tools=shown_tools, prefill=prefill)
+
+        return _ChatCall(
+            engine=engine,
+            model_name=self._display_name(kwargs.get("model")) if kwargs.get("model") else (self.model_id or str(engine.model_name)),
+            step_key=step_key,
+            sampling=opts["sampling"],
+            max_new_tokens=opts["max_new_tokens"],
+            stop=stops,
+            render=render,
+            tool_names=names if choice == "auto" else None,
+            steering=steering,
+            json_mode=json_mode,
+        )
+
+    # -- the generation, as events ---------------------------------------------------------------
+    def _events(self, call: _ChatCall) -> Iterator[_Start | _Delta | _Final]:
+        if call.steering is not None:
+            yield from self._steered_events(call)
+            return
+        prefill = "{" if call.json_mode else ""
+        rp = call.render(prefill)
+        yield _Start(len(rp.ids))
+        json_filter = JsonObjectFilter() if call.json_mode else None
+        tool_filter = ToolCallStreamFilter(call.tool_names) if call.tool_names is not None else None
+        released = ""
+        if prefill:
+            released = json_filter.push(prefill) if json_filter else prefill
+            yield _Delta(released, 0)
+        gen = _engine_stream(call.engine, rp.ids, call.max_new_tokens, _merge_stops(call.stop, rp.stop), call.step_key, call.sampling)
+        result = None
+        try:
+            for chunk in gen:
+                if chunk.result is not None:
+                    result = chunk.result
+                    continue
+                delta = chunk.text
+                if json_filter is not None:
+                    delta = json_filter.push(delta)
+                if tool_filter is not None:
+                    delta = tool_filter.push(delta)
+                released += delta
+                yield _Delta(delta, len(chunk.token_ids))
+        finally:
+            gen.close()
+        assert result is not None
+        calls: list[ParsedToolCall] = []
+        invalid: list[InvalidToolCall] = []
+        tail = ""
+        if tool_filter is not None:
+            calls, invalid, tail = tool_filter.finish()
+        content = released + tail
+        if calls or invalid:
+            content = content.strip()
+        yield _Final(
+            tail=tail,
+            content=content,
+            calls=calls,
+            invalid=invalid,
+            stats=result.stats,
+            finish_reason="tool_calls" if calls else result.finish_reason,
+            step_key=call.step_key,
+            model_name=call.model_name,
+        )
+
+    def _steered_events(self, call: _ChatCall) -> Iterator[_Start | _Delta | _Final]:
+        steering = call.steering
+        assert steering is not None
+        results = []
+        budget = call.max_new_tokens
+        step = steering.start()
+        while step is not None:
+            if budget <= 0:
+                steering.abort()
+                break
+            rp = call.render(step.prefill)
+            yield _Start(len(rp.ids))
+            cap = budget if step.max_tokens is None else min(budget, step.max_tokens)
+            cap = max(1, min(cap, budget - _STEP_RESERVE * step.steps_after))  # leave room for later values
+            gen = _engine_stream(call.engine, rp.ids, cap, _merge_stops(step.stop, call.stop, rp.stop), call.step_key, call.sampling)
+            result = None
+            try:
+                for chunk in gen:
+                    if chunk.result is not None:
+                        result = chunk.result
+                    elif chunk.token_ids:
+                        yield _Delta("", len(chunk.token_ids))
+            finally:
+                gen.close()
+            assert result is not None
+            results.append(result)
+            budget -= result.stats.new_tokens
+            step = steering.advance(result.text)
+        stats = merge_stats([r.stats for r in results])
+        text = steering.text
+        last_reason = results[-1].finish_reason if results else "stop"
+        if isinstance(steering, ToolCallSteering):
+            calls, invalid, content = parse_tool_calls(text, list(steering.functions))
+            yield _Final(
+                tail=content,
+                content=content,
+                calls=calls,
+                invalid=invalid,
+                stats=stats,
+                finish_reason="tool_calls" if calls else last_reason,
+                step_key=call.step_key,
+                model_name=call.model_name,
+            )
+        else:
+            yield _Final(tail=text, content=text, stats=stats, finish_reason=last_reason, step_key=call.step_key, model_name=call.model_name)
+
+    # -- LangChain hooks -------------------------------------------------------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        call = self._prepare(messages, stop, run_manager, kwargs)
+        final = None
+        for ev in self._events(call):
+            if isinstance(ev, _Final):
+                final = ev
+        assert final is not None
+        return _chat_result(final)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        final = None
+        events = aiter_in_thread(lambda: self._events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat")
+        try:
+            async for ev in events:
+                if isinstance(ev, _Final):
+                    final = ev
+        finally:
+            await events.aclose()  # on cancellation too: the worker stops generating
+        assert final is not None
+        return _chat_result(final)
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        call = self._prepare(messages, stop, run_manager, kwargs)
+        builder = _ChunkBuilder()
+        events = self._events(call)
+        try:
+            for ev in events:
+                chunk = builder.feed(ev)
+                if chunk is not None:
+                    yield chunk
+        finally:
+            events.close()
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        builder = _ChunkBuilder()
+        events = aiter_in_thread(lambda: self._events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat-stream")
+        try:
+            async for ev in events:
+                chunk = builder.feed(ev)
+                if chunk is not None:
+                    yield chunk
+        finally:
+            await events.aclose()
+
+
+def _lc_tool_calls(final: _Final) -> tuple[list[Any], list[Any]]:
+    calls = [tool_call(name=c.name, args=c.arguments, id=c.id) for c in final.calls]
+    invalid = [invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error) for c in final.invalid]
+    return calls, invalid
+
+
+def _chat_result(final: _Final) -> ChatResult:
+    calls, invalid = _lc_tool_calls(final)
+    message = AIMessage(
+        content=final.content,
+        tool_calls=calls,
+        invalid_tool_calls=invalid,
+        usage_metadata=_usage(**{k: usage_from_stats(final.stats)[k] for k in ("input_tokens", "output_tokens")}),
+        response_metadata=final.metadata(),
+    )
+    return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": final.finish_reason})])
+
+
+class _ChunkBuilder:
+    """Events → message chunks: usage is attached to the next chunk that carries text (or the last)."""
+
+    def __init__(self) -> None:
+        self.pending_in = 0
+        self.pending_out = 0
+
+    def feed(self, ev: _Start | _Delta | _Final) -> ChatGenerationChunk | None:
+        if isinstance(ev, _Start):
+            self.pending_in += ev.input_tokens
+            return None
+        if isinstance(ev, _Delta):
+            self.pending_out += ev.output_tokens
+            if not ev.text:
+                return None
+            msg = AIMessageChunk(content=ev.text, usage_metadata=self._take())
+            return ChatGenerationChunk(message=msg)
+        chunks = [
+            tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i) for i, c in enumerate(ev.calls)
+        ]
+        for j, c in enumerate(ev.invalid, start=len(chunks)):
+            chunks.append(tool_call_chunk(name=c.name, args=_invalid_args_text(c.arguments), id=c.id, index=j))
+        msg = AIMessageChunk(
+            content=ev.tail,
+            tool_call_chunks=chunks,
+            usage_metadata=self._take(),
+            response_metadata=ev.metadata(),
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=msg, generation_info={"finish_reason": ev.finish_reason})
+
+    def _take(self) -> UsageMetadata:
+        u = _usage(self.pending_in, self.pending_out)
+        self.pending_in = self.pending_out = 0
+        return u
+
+
+def _invalid_args_text(raw: str | None) -> str:
+    """Args text of an invalid call in a stream that LangChain's chunk merging can't read as valid."""
+    text = raw or ""
+    try:
+        parsed = parse_partial_json(text) if text else {}
+    except Exception:  # noqa: BLE001 - any failure means it already reads as invalid
+        return text
+    return json.dumps(text) if isinstance(parsed, dict) else text
+
+
+# ====================================================================================== LLM
+
+
+class SwiftLLM(_SwiftFields, BaseLLM):
+    """A LangChain text-completion LLM (prompt string in, continuation out) with SWIFT decoding.
+
+    The prompt is tokenized as is (no chat template). Statistics are in each generation's
+    ``generation_info`` (same keys as :class:`SwiftChatModel`'s ``response_metadata``) and the
+    token usage in ``llm_output["token_usage"]``.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+
+    @property
+    def _llm_type(self) -> str:
+        return "swift-llm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._swift_params()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "swift"
+        params["ls_model_name"] = self._display_name(kwargs.get("model"))
+        params["ls_model_type"] = "llm"
+        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
+        params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
+        ls_stop = stop or self.stop
+        if ls_stop:
+            params["ls_stop"] = list(ls_stop)
+        return params
+
+    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> str:
+        return super().invoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> str:
+        return await super().ainvoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> Iterator[str]:
+        return super().stream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[str]:
+        return super().astream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
+
+    def _llm_events(self, prompt: str, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> Iterator[_Start | _Delta | _Final]:
+        opts = self._options(stop, kwargs, _LLM_CALL_KWARGS)
+        engine = self._engine_for(kwargs.get("model"))
+        step_key = kwargs.get("step_key") or self._runtime_step_key(run_manager)
+        ids = engine.encode_prompt(prompt)
+        yield _Start(len(ids))
+        gen = _engine_stream(engine, ids, opts["max_new_tokens"], opts["stop"], step_key, opts["sampling"])
+        result = None
+        text = ""
+        try:
+            for chunk in gen:
+                if chunk.result is not None:
+                    result = chunk.result
+                    continue
+                text += chunk.text
+                yield _Delta(chunk.text, len(chunk.token_ids))
+        finally:
+            gen.close()
+        assert result is not None
+        name = self._display_name(kwargs.get("model")) if kwargs.get("model") else (self.model_id or str(engine.model_name))
+        yield _Final(tail="", content=text, stats=result.stats, finish_reason=result.finish_reason, step_key=step_key, model_name=name)
+
+    @staticmethod
+    def _generation(final: _Final) -> Generation:
+        info = final.metadata()
+        info["usage"] = usage_from_stats(final.stats)
+        return Generation(text=final.content, generation_info=info)
+
+    @staticmethod
+    def _llm_output(finals: list[_Final]) -> dict[str, Any]:
+        totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        for f in finals:
+            for k, v in usage_from_stats(f.stats).items():
+                totals[k] += v
+        return {"token_usage": totals, "model_name": finals[0].model_name if finals else None}
+
+    def _generate(self, prompts: list[str], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        generations, finals = [], []
+        for prompt in prompts:
+            final = None
+            for ev in self._llm_events(prompt, stop, run_manager, kwargs):
+                if isinstance(ev, _Delta) and ev.text and self.streaming and run_manager is not None:
+                    run_manager.on_llm_new_token(ev.text, chunk=GenerationChunk(text=ev.text))
+                elif isinstance(ev, _Final):
+                    final = ev
+            assert final is not None
+            finals.append(final)
+            generations.append([self._generation(final)])
+        return LLMResult(generations=generations, llm_output=self._llm_output(finals))
+
+    async def _agenerate(self, prompts: list[str], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        generations, finals = [], []
+        for prompt in prompts:
+            final = None
+            events = aiter_in_thread(lambda p=prompt: self._llm_events(p, stop, run_manager, kwargs), name="swift-llm")
+            try:
+                async for ev in events:
+                    if isinstance(ev, _Delta) and ev.text and self.streaming and run_manager is not None:
+                        await run_manager.on_llm_new_token(ev.text, chunk=GenerationChunk(text=ev.text))
+                    elif isinstance(ev, _Final):
+                        final = ev
+            finally:
+                await events.aclose()
+            assert final is not None
+            finals.append(final)
+            generations.append([self._generation(final)])
+        return LLMResult(generations=generations, llm_output=self._llm_output(finals))
+
+    def _stream(self, prompt: str, stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+        events = self._llm_events(prompt, stop, run_manager, kwargs)
+        try:
+            for ev in events:
+                chunk = self._chunk(ev)
+                if chunk is None:
+                    continue
+                if run_manager is not None and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            events.close()
+
+    async def _astream(self, prompt: str, stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+        events = aiter_in_thread(lambda: self._llm_events(prompt, stop, run_manager, kwargs), name="swift-llm-stream")
+        try:
+            async for ev in events:
+                chunk = self._chunk(ev)
+                if chunk is None:
+                    continue
+                if run_manager is not None and chunk.text:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            await events.aclose()
+
+    def _chunk(self, ev: _Start | _Delta | _Final) -> GenerationChunk | None:
+        if isinstance(ev, _Delta):
+            return GenerationChunk(text=ev.text) if ev.text else None
+        if isinstance(ev, _Final):
+            info = ev.metadata()
+            info["usage"] = usage_from_stats(ev.stats)
+            return GenerationChunk(text="", generation_info=info)
+        return None
