@@ -273,7 +273,7 @@ class Bench:
         return int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else None
 
     def generate_hf(
-        self, ids: list[int], method: str, max_new_tokens: int | None = None
+        self, ids: list[int], method: str, max_new_tokens: int | None = None, logits_processor: list[Any] | None = None
     ) -> tuple[list[int], float, int | None]:
         cfg = self._gen_configs[method]
         if max_new_tokens is not None and max_new_tokens != cfg.max_new_tokens:
@@ -284,7 +284,9 @@ class Bench:
         self._sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.engine.model.generate(input_ids=x, attention_mask=mask, generation_config=cfg)
+            out = self.engine.model.generate(
+                input_ids=x, attention_mask=mask, generation_config=cfg, logits_processor=logits_processor
+            )
         self._sync()
         wall = time.perf_counter() - t0
         new = out.sequences[0, len(ids) :].tolist()
@@ -1124,6 +1126,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--markdown", metavar="PATH", default=None, help="write the per-class table as markdown ('-': print it)"
     )
+    p.add_argument(
+        "--constrained",
+        action="store_true",
+        help="also run the structured-output cases (JSON schemas, forced tool calls): parse rates with and "
+        "without a grammar, SWIFT+grammar against transformers+grammar",
+    )
+    p.add_argument("--constrained-only", action="store_true", help="run only the structured-output cases")
+    p.add_argument(
+        "--constrained-max-new-tokens", type=int, default=96, help="token budget of a structured reply (default 96)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log the engine's progress")
     return p
@@ -1156,19 +1168,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
         engine = _load_engine(args.model, args.device, args.dtype, profile_dir)
-        result = run_benchmark(
-            engine,
-            prompts,
-            max_new_tokens=max_new,
-            repeats=args.repeats,
-            warmup_calls=warmup_calls,
-            hf_lookup=not args.no_hf_lookup,
-            progress=False if args.no_progress else None,
-        )
+        if args.constrained_only:
+            result = {"meta": _meta(engine, engine.costs, max_new, 0, 0, False, 0.0)}
+        else:
+            result = run_benchmark(
+                engine,
+                prompts,
+                max_new_tokens=max_new,
+                repeats=args.repeats,
+                warmup_calls=warmup_calls,
+                hf_lookup=not args.no_hf_lookup,
+                progress=False if args.no_progress else None,
+            )
+        if args.constrained or args.constrained_only:
+            result["constrained"] = _run_constrained(engine, args.constrained_max_new_tokens, not args.no_progress)
     result["meta"]["argv"] = list(argv) if argv is not None else sys.argv[1:]
-    print_report(result)
+    if "overall" in result:
+        print_report(result)
+    if "constrained" in result:
+        from .bench_constrained import render_constrained_markdown
+
+        print("\nStructured output (grammar-constrained):\n" + render_constrained_markdown(result["constrained"]))
     if args.markdown:
-        md = render_markdown(result)
+        md = render_markdown(result) if "overall" in result else ""
+        if "constrained" in result:
+            from .bench_constrained import render_constrained_markdown
+
+            md += "\n" + render_constrained_markdown(result["constrained"])
         if args.markdown == "-":
             print("\n" + md)
         else:
@@ -1177,7 +1203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1, default=str) + "\n", "utf-8")
-    return 0 if result["exactness"]["all_own_exact"] else EXIT_MISMATCH
+    exact = result.get("exactness", {}).get("all_own_exact", True)
+    if "constrained" in result:
+        exact = exact and result["constrained"]["summary"]["all"]["exact"]
+    return 0 if exact else EXIT_MISMATCH
+
+
+def _run_constrained(engine: Any, max_new_tokens: int, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from .bench_constrained import load_cases, run_constrained_benchmark
+
+    cases = load_cases()
+    with tqdm(total=2 * len(cases), desc="swift-bench constrained", unit="case", disable=not progress) as bar:
+        return run_constrained_benchmark(Bench(engine, max_new_tokens), cases, max_new_tokens, progress=bar)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -115,6 +116,41 @@ def _call_schema(fn: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+CALL_BEGIN = "<tool_call>\n"
+CALL_END = "\n</tool_call>"
+
+
+def call_head(name: str) -> str:
+    """The text of a call to ``name`` up to its arguments (what a forced single-tool reply prefills)."""
+    return CALL_BEGIN + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": '
+
+
+def _literal(xgr, text: str):
+    return xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text)}")
+
+
+def _required_call_grammar(xgr, fns: list[dict[str, Any]], prefilled: str):
+    """Exactly one call to one of ``fns``, minus the ``prefilled`` text the prompt already holds.
+
+    ``prefilled`` may be a prefix of ``<tool_call>\n``, or (one tool) a prefix of its whole
+    :func:`call_head`: then only the arguments and the closing text are left to generate.
+    """
+    parts = []
+    if CALL_BEGIN.startswith(prefilled):
+        calls = xgr.Grammar.union(*[xgr.Grammar.from_json_schema(json.dumps(_call_schema(f)), any_whitespace=False) for f in fns])
+        rest = CALL_BEGIN[len(prefilled) :]
+        tail = CALL_END
+    elif len(fns) == 1 and call_head(fns[0]["name"]).startswith(prefilled):
+        calls = xgr.Grammar.from_json_schema(json.dumps(fns[0]["parameters"]), any_whitespace=False)
+        rest = call_head(fns[0]["name"])[len(prefilled) :]
+        tail = "}" + CALL_END
+    else:
+        raise GrammarError(f"prefilled text {prefilled!r} does not start a call to {[f['name'] for f in fns]}")
+    if rest:
+        parts.append(_literal(xgr, rest))
+    return xgr.Grammar.concat(*parts, calls, _literal(xgr, tail))
+
+
 class GrammarCache:
     """Per-engine compiler and compiled grammars (the tokenizer's vocabulary is analysed once)."""
 
@@ -125,6 +161,7 @@ class GrammarCache:
         self.capacity = capacity
         self._compiler = None
         self._compiled: OrderedDict[str, Any] = OrderedDict()
+        self._closing: ClosingVocab | None = None
         self._lock = threading.Lock()
 
     def _get_compiler(self):
@@ -157,21 +194,10 @@ class GrammarCache:
                     if not fns:
                         raise GrammarError("a tool-call constraint needs at least one tool")
                     if spec.mode == "required":
-                        calls = xgr.Grammar.union(
-                            *[xgr.Grammar.from_json_schema(json.dumps(_call_schema(f)), any_whitespace=False) for f in fns]
-                        )
-                        begin = "<tool_call>\n"
-                        if not begin.startswith(spec.prefilled):
-                            raise GrammarError(f"prefilled text {spec.prefilled!r} is not a prefix of {begin!r}")
-                        parts = []
-                        rest = begin[len(spec.prefilled) :]
-                        if rest:
-                            parts.append(xgr.Grammar.from_ebnf(f"root ::= {json.dumps(rest)}"))
-                        parts += [calls, xgr.Grammar.from_ebnf('root ::= "\\n</tool_call>"')]
-                        compiled = compiler.compile_grammar(xgr.Grammar.concat(*parts))
+                        compiled = compiler.compile_grammar(_required_call_grammar(xgr, fns, spec.prefilled))
                     else:
                         tags = [
-                            xgr.StructuralTagItem(begin="<tool_call>\n", schema=_call_schema(f), end="\n</tool_call>")
+                            xgr.StructuralTagItem(begin=CALL_BEGIN, schema=_call_schema(f), end=CALL_END)
                             for f in fns
                         ]
                         compiled = compiler.compile_structural_tag(tags, ["<tool_call>"])
@@ -186,6 +212,40 @@ class GrammarCache:
 
     def matcher(self, spec: Constraint) -> "GrammarState":
         return GrammarState(self.compile(spec), self.vocab_size)
+
+    def closing_vocab(self) -> "ClosingVocab":
+        """What :meth:`GrammarState.close` picks from (built once, on the first truncated reply)."""
+        with self._lock:
+            if self._closing is None:
+                self._closing = ClosingVocab.build(self.tokenizer, self.vocab_size, self.stop_ids)
+            return self._closing
+
+
+#: Texts that close or shortly complete a JSON value, most closing first; tried before anything else.
+_CLOSERS = ('"}}', '"}', '"]', '"', "}}", "}", "]}", "]", ",", "0", "false", "null", "[]", "{}")
+
+
+@dataclass(frozen=True)
+class ClosingVocab:
+    """Token choices for closing a truncated constrained reply: preferred closers, then the longest token."""
+
+    preferred: tuple[int, ...]
+    lengths: torch.Tensor  # [V] characters of each token (0: special or unused ids)
+    stop_ids: tuple[int, ...]
+
+    @classmethod
+    def build(cls, tokenizer, vocab_size: int, stop_ids: list[int]) -> "ClosingVocab":
+        preferred = []
+        for text in _CLOSERS:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and ids[0] < vocab_size:
+                preferred.append(int(ids[0]))
+        lengths = torch.zeros(vocab_size, dtype=torch.long)
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))):
+            if tok is not None and i not in special:
+                lengths[i] = len(tok)
+        return cls(tuple(dict.fromkeys(preferred)), lengths, tuple(stop_ids))
 
 
 class GrammarState:
@@ -226,3 +286,31 @@ class GrammarState:
     @property
     def terminated(self) -> bool:
         return bool(self.matcher.is_terminated())
+
+    def close(self, vocab: ClosingVocab, max_tokens: int = 64) -> list[int]:
+        """Tokens that take the grammar from here to a point where it may end ([] if none found).
+
+        For a reply that ``max_new_tokens`` cut short: closing the open strings, adding the
+        required keys with minimal values and the closing brackets makes it parse and validate.
+        Greedy, not the shortest possible completion: at each step the first allowed closer of
+        :data:`_CLOSERS`, else the longest allowed token (forced text such as a required key
+        advances fastest that way). The state advances by the returned tokens.
+        """
+        out: list[int] = []
+        for _ in range(max_tokens + 1):
+            allowed = self.allowed(torch.device("cpu"))
+            if self.terminated or any(allowed[s] for s in vocab.stop_ids if s < allowed.numel()):
+                return out
+            if len(out) == max_tokens:
+                break
+            tok = next((t for t in vocab.preferred if allowed[t]), None)
+            if tok is None:
+                lengths = torch.where(allowed, vocab.lengths, -1)
+                tok = int(lengths.argmax())
+                if lengths[tok] <= 0:
+                    break
+            if not self.advance(tok):
+                break
+            out.append(tok)
+        self.rollback(len(out))
+        return []

@@ -32,7 +32,7 @@ from .sampling import SamplingParams, sample, target_probs
 from .step_profiles import StepProfiles
 from .steps import resolve_step_key
 from .stopping import StopStrings, TextStream
-from .tree import SOURCE_CONTEXT, TokenTree
+from .tree import SOURCE_CONTEXT
 from .verification import verify_tree
 
 logger = logging.getLogger(__name__)
@@ -328,6 +328,13 @@ class SwiftEngine:
                     yield StreamChunk(text=delta, token_ids=emit)
                 if finish != "length" or len(out) >= max_new_tokens:
                     break
+            if grammar is not None and finish == "length":
+                closing = grammar.close(self.grammars.closing_vocab())
+                if closing:
+                    out.extend(closing)
+                    stats.grammar_closing_tokens = len(closing)
+                    delta = text.push(closing)
+                    yield StreamChunk(text=delta, token_ids=closing)
             tail = text.flush()
             if tail:
                 yield StreamChunk(text=tail)

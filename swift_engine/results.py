@@ -46,6 +46,9 @@ class GenerationStats(BaseModel):
     peak_memory_bytes: int | None = None
     #: Bytes held by this generation's KV cache (pre-allocated, grown geometrically; never cloned).
     kv_cache_bytes: int = 0
+    #: Tokens appended after ``max_new_tokens`` cut a grammar-constrained reply short, so that it
+    #: still parses (see :meth:`swift_engine.constraints.GrammarState.close`); included in new_tokens.
+    grammar_closing_tokens: int = 0
 
     def finalize(self) -> "GenerationStats":
         self.acceptance_rate = (

@@ -101,10 +101,9 @@ def verify_tree(
             cache.truncate(start + len(path))
         else:
             cache.keep(start, torch.tensor(path, device=device))
-    if grammar is not None:
-        pass
-    elif choices is None:
-        path_argmax = logits[torch.tensor(path, device=device)].argmax(dim=-1).tolist()
-    else:
-        path_argmax = [choices[i] for i in path]
+    if grammar is None:  # (with a grammar, path_argmax is the masked choices made above)
+        if choices is None:
+            path_argmax = logits[torch.tensor(path, device=device)].argmax(dim=-1).tolist()
+        else:
+            path_argmax = [choices[i] for i in path]
     return Verdict(path=path, accepted=[tree.tokens[i] for i in path[1:]], bonus=bonus, path_argmax=path_argmax)

@@ -20,9 +20,11 @@ Chat message rendering: see :func:`swift_integrations._shared.render_chat_prompt
 native tool support get tools natively; otherwise the Hermes format of :mod:`.tool_calls`; models
 without a chat template get the plain ``System:/User:/Assistant:`` format).
 
-Tool calling: ``bind_tools`` with ``tool_choice`` ``"auto"`` (the model may write a call, which is
-parsed), ``"none"`` (tools not shown), ``"any"``/``"required"``/a tool name (a call is forced by
-staged prefill, :class:`~swift_integrations.tool_calls.ToolCallSteering`). ``response_metadata``
+Tool calling: ``bind_tools`` with ``tool_choice`` ``"auto"`` (the model may write a call; once it
+opens one, the call is grammar-constrained and parsed), ``"none"`` (tools not shown),
+``"any"``/``"required"``/a tool name (exactly one call, constrained by the tools' JSON schemas).
+``with_structured_output`` constrains the reply to the schema too (see
+:mod:`swift_integrations._generation` and :mod:`swift_engine.constraints`). ``response_metadata``
 carries ``finish_reason`` (the engine's ``"stop"``/``"length"``/``"eos"``, or ``"tool_calls"``)
 and the SWIFT statistics (see :func:`swift_integrations._shared.stats_metadata`).
 """
@@ -34,7 +36,6 @@ import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -66,29 +67,18 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from swift_engine.config import SwiftConfig
 
+from ._generation import Delta, Final, GenerationCall, Start, generation_events, normalize_tool_choice, output_constraint
 from ._shared import (
+    RenderedPrompt,
     aiter_in_thread,
     get_engine,
-    merge_stats,
     render_chat_prompt,
-    stats_metadata,
     step_key_from_run_info,
     system_prompt_step_key,
     usage_from_stats,
     with_system_text,
 )
-from .tool_calls import (
-    TOOL_CALL_CLOSE,
-    InvalidToolCall,
-    JsonObjectFilter,
-    JsonSchemaSteering,
-    ParsedToolCall,
-    Steering,
-    ToolCallStreamFilter,
-    ToolCallSteering,
-    parse_tool_calls,
-    tool_function,
-)
+from .tool_calls import tool_function
 
 __all__ = ["SwiftChatModel", "SwiftLLM"]
 
@@ -96,8 +86,6 @@ __all__ = ["SwiftChatModel", "SwiftLLM"]
 _CALL_KWARGS = frozenset(
     {"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream"}
 )
-#: Tokens a steered reply keeps in reserve for each value still to come.
-_STEP_RESERVE = 4
 _LLM_CALL_KWARGS = frozenset({"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "stream"})
 
 
@@ -304,63 +292,11 @@ class _SwiftFields(BaseModel):
 # ====================================================================================== events
 
 
-@dataclass
-class _Start:
-    """A prompt went into the engine (``input_tokens`` of it)."""
-
-    input_tokens: int
-
-
-@dataclass
-class _Delta:
-    """Content safe to show now, and the tokens generated since the last event."""
-
-    text: str
-    output_tokens: int
-
-
-@dataclass
-class _Final:
-    tail: str  # content not released by deltas
-    content: str  # the whole reply's content
-    calls: list[ParsedToolCall] = field(default_factory=list)
-    invalid: list[InvalidToolCall] = field(default_factory=list)
-    stats: Any = None
-    finish_reason: str = "stop"
-    step_key: str | None = None
-    model_name: str = ""
-
-    def metadata(self) -> dict[str, Any]:
-        return stats_metadata(self.stats, model_name=self.model_name, finish_reason=self.finish_reason, step_key=self.step_key)
-
-
 def _usage(input_tokens: int, output_tokens: int) -> UsageMetadata:
     return UsageMetadata(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens)
 
 
-def _merge_stops(*groups: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(s for g in groups for s in g))
-
-
-def _engine_stream(engine: Any, ids: list[int] | str, max_new_tokens: int, stop: list[str], step_key: str | None, sampling: dict[str, Any]):
-    return engine.stream(ids, max_new_tokens=max_new_tokens, stop=stop or None, step_key=step_key, **sampling)
-
-
 # ====================================================================================== chat model
-
-
-@dataclass
-class _ChatCall:
-    engine: Any
-    model_name: str
-    step_key: str | None
-    sampling: dict[str, Any]
-    max_new_tokens: int
-    stop: list[str]
-    render: Callable[[str], Any]  # prefill -> RenderedPrompt
-    tool_names: list[str] | None = None  # parse tool calls from the reply when set
-    steering: Steering | None = None
-    json_mode: bool = False
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -424,20 +360,21 @@ def _neutral_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def _normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
-    """``"auto"``, ``"none"``, ``"any"`` or a tool name."""
-    if choice is None or choice == "auto":
-        return "auto"
-    if choice is False or choice == "none":
-        return "none"
-    if choice is True or choice in ("any", "required"):
-        return "any"
-    if isinstance(choice, dict):
-        fn = choice.get("function") if isinstance(choice.get("function"), dict) else choice
-        choice = fn.get("name")
-    if isinstance(choice, str) and choice in names:
-        return choice
-    raise ValueError(f"tool_choice must be 'auto', 'none', 'any'/'required' or one of the tool names {list(names)}; got {choice!r}")
+def _response_schema(response_format: Any) -> tuple[dict[str, Any] | bool, str]:
+    """``(schema, system instruction)`` of an OpenAI-style ``response_format``.
+
+    ``json_schema``: that schema, described to the model. ``json_object``: any JSON object, or the
+    schema under the ``"schema"`` key that :meth:`SwiftChatModel.with_structured_output` adds in
+    JSON mode; the prompt is left to describe the keys, as in OpenAI's JSON mode.
+    """
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema", spec)
+        return schema, "Reply with a JSON object that follows this JSON schema: " + json.dumps(schema, ensure_ascii=False)
+    if kind == "json_object":
+        return response_format.get("schema") or {"type": "object"}, ""
+    raise ValueError(f"response_format type must be 'json_schema' or 'json_object', got {response_format!r}")
 
 
 def _as_openai_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
@@ -515,7 +452,7 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         """
         formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
         names = [tool_function(t)["name"] for t in formatted]
-        extra: dict[str, Any] = {"tool_choice": _normalize_tool_choice(tool_choice, names)}
+        extra: dict[str, Any] = {"tool_choice": normalize_tool_choice(tool_choice, names)}
         if parallel_tool_calls is not None:
             extra["parallel_tool_calls"] = parallel_tool_calls
         return super().bind(tools=formatted, **extra, **kwargs)
@@ -531,10 +468,13 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
     ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
         """Replies parsed into ``schema`` (a pydantic model, a TypedDict or a JSON schema dict).
 
+        Every method constrains the reply with a grammar built from the schema, so it always
+        parses and validates (unless ``max_tokens`` cuts it short).
         ``function_calling`` (default): a forced call of a tool shaped like the schema.
-        ``json_schema``: the reply is a JSON object filled key by key for the schema.
-        ``json_mode``: the reply starts with ``{`` and is cut where the object closes; describe
-        the keys in your prompt. ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``.
+        ``json_schema``: the reply is a JSON object for the schema, which the prompt describes.
+        ``json_mode``: the same grammar, but the schema is not added to the prompt (describe the
+        keys yourself, as with OpenAI's JSON mode). ``include_raw=True`` returns
+        ``{"raw", "parsed", "parsing_error"}``.
         """
         if kwargs:
             raise ValueError(f"Received unsupported arguments {kwargs}")
@@ -550,7 +490,7 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
                 js = convert_to_json_schema(schema)
                 fmt = {"type": "json_schema", "json_schema": {"name": js.get("title", "output"), "schema": js}}
             else:
-                fmt = {"type": "json_object"}
+                fmt = {"type": "json_object", "schema": convert_to_json_schema(schema)}
             llm = self.bind(response_format=fmt, ls_structured_output_format=ls_format)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
         else:
@@ -562,7 +502,7 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         return llm | parser
 
     # -- preparing a call ----------------------------------------------------------------------
-    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> _ChatCall:
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> GenerationCall:
         opts = self._options(stop, kwargs, _CALL_KWARGS)
         engine = self._engine_for(kwargs.get("model"))
         neutral = _neutral_messages(messages)
@@ -573,159 +513,42 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
 
         tools = _as_openai_tools(kwargs.get("tools") or [])
         names = [tool_function(t)["name"] for t in tools]
-        choice = _normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
+        choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
+        schema: dict[str, Any] | bool | None = None
         response_format = kwargs.get("response_format")
-        stops = list(opts["stop"])
-        steering: Steering | None = None
-        json_mode = False
-        if tools and response_format:
-            raise ValueError("pass either tools or response_format, not both")
-        if choice == "any" or choice in names:
-            steering = ToolCallSteering(tools, None if choice == "any" else choice)
-        elif choice == "auto" and kwargs.get("parallel_tool_calls") is False:
-            stops.append(TOOL_CALL_CLOSE)
         if response_format:
-            kind = response_format.get("type") if isinstance(response_format, dict) else None
-            if kind == "json_schema":
-                spec = response_format.get("json_schema") or {}
-                schema = spec.get("schema", spec)
-                steering = JsonSchemaSteering(schema)
-                instruction = "Reply with a JSON object that follows this JSON schema: " + json.dumps(schema, ensure_ascii=False)
+            schema, instruction = _response_schema(response_format)
+            if instruction:
                 neutral = with_system_text(neutral, instruction)
-            elif kind == "json_object":
-                json_mode = True
-            else:
-                raise ValueError(f"response_format type must be 'json_schema' or 'json_object', got {response_format!r}")
-        shown_tools = tools if choice != "none" else None
-
-        def render(prefill: str) -> Any:
-            return render_chat_prompt(engine.tokenizer, neutral, tools=shown_tools, prefill=prefill)
-
-        return _ChatCall(
+        plan = output_constraint(tools, choice, parallel_tool_calls=kwargs.get("parallel_tool_calls") is not False, json_schema=schema)
+        prompt = render_chat_prompt(engine.tokenizer, neutral, tools=tools if plan.show_tools else None, prefill=plan.prefill)
+        return GenerationCall(
             engine=engine,
             model_name=self._display_name(kwargs.get("model")) if kwargs.get("model") else (self.model_id or str(engine.model_name)),
             step_key=step_key,
             sampling=opts["sampling"],
             max_new_tokens=opts["max_new_tokens"],
-            stop=stops,
-            render=render,
-            tool_names=names if choice == "auto" else None,
-            steering=steering,
-            json_mode=json_mode,
+            stop=list(opts["stop"]),
+            prompt=prompt,
+            plan=plan,
         )
-
-    # -- the generation, as events ---------------------------------------------------------------
-    def _events(self, call: _ChatCall) -> Iterator[_Start | _Delta | _Final]:
-        if call.steering is not None:
-            yield from self._steered_events(call)
-            return
-        prefill = "{" if call.json_mode else ""
-        rp = call.render(prefill)
-        yield _Start(len(rp.ids))
-        json_filter = JsonObjectFilter() if call.json_mode else None
-        tool_filter = ToolCallStreamFilter(call.tool_names) if call.tool_names is not None else None
-        released = ""
-        if prefill:
-            released = json_filter.push(prefill) if json_filter else prefill
-            yield _Delta(released, 0)
-        gen = _engine_stream(call.engine, rp.ids, call.max_new_tokens, _merge_stops(call.stop, rp.stop), call.step_key, call.sampling)
-        result = None
-        try:
-            for chunk in gen:
-                if chunk.result is not None:
-                    result = chunk.result
-                    continue
-                delta = chunk.text
-                if json_filter is not None:
-                    delta = json_filter.push(delta)
-                if tool_filter is not None:
-                    delta = tool_filter.push(delta)
-                released += delta
-                yield _Delta(delta, len(chunk.token_ids))
-        finally:
-            gen.close()
-        assert result is not None
-        calls: list[ParsedToolCall] = []
-        invalid: list[InvalidToolCall] = []
-        tail = ""
-        if tool_filter is not None:
-            calls, invalid, tail = tool_filter.finish()
-        content = released + tail
-        if calls or invalid:
-            content = content.strip()
-        yield _Final(
-            tail=tail,
-            content=content,
-            calls=calls,
-            invalid=invalid,
-            stats=result.stats,
-            finish_reason="tool_calls" if calls else result.finish_reason,
-            step_key=call.step_key,
-            model_name=call.model_name,
-        )
-
-    def _steered_events(self, call: _ChatCall) -> Iterator[_Start | _Delta | _Final]:
-        steering = call.steering
-        assert steering is not None
-        results = []
-        budget = call.max_new_tokens
-        step = steering.start()
-        while step is not None:
-            if budget <= 0:
-                steering.abort()
-                break
-            rp = call.render(step.prefill)
-            yield _Start(len(rp.ids))
-            cap = budget if step.max_tokens is None else min(budget, step.max_tokens)
-            cap = max(1, min(cap, budget - _STEP_RESERVE * step.steps_after))  # leave room for later values
-            gen = _engine_stream(call.engine, rp.ids, cap, _merge_stops(step.stop, call.stop, rp.stop), call.step_key, call.sampling)
-            result = None
-            try:
-                for chunk in gen:
-                    if chunk.result is not None:
-                        result = chunk.result
-                    elif chunk.token_ids:
-                        yield _Delta("", len(chunk.token_ids))
-            finally:
-                gen.close()
-            assert result is not None
-            results.append(result)
-            budget -= result.stats.new_tokens
-            step = steering.advance(result.text)
-        stats = merge_stats([r.stats for r in results])
-        text = steering.text
-        last_reason = results[-1].finish_reason if results else "stop"
-        if isinstance(steering, ToolCallSteering):
-            calls, invalid, content = parse_tool_calls(text, list(steering.functions))
-            yield _Final(
-                tail=content,
-                content=content,
-                calls=calls,
-                invalid=invalid,
-                stats=stats,
-                finish_reason="tool_calls" if calls else last_reason,
-                step_key=call.step_key,
-                model_name=call.model_name,
-            )
-        else:
-            yield _Final(tail=text, content=text, stats=stats, finish_reason=last_reason, step_key=call.step_key, model_name=call.model_name)
 
     # -- LangChain hooks -------------------------------------------------------------------------
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         call = self._prepare(messages, stop, run_manager, kwargs)
         final = None
-        for ev in self._events(call):
-            if isinstance(ev, _Final):
+        for ev in generation_events(call):
+            if isinstance(ev, Final):
                 final = ev
         assert final is not None
         return _chat_result(final)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         final = None
-        events = aiter_in_thread(lambda: self._events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat")
+        events = aiter_in_thread(lambda: generation_events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat")
         try:
             async for ev in events:
-                if isinstance(ev, _Final):
+                if isinstance(ev, Final):
                     final = ev
         finally:
             await events.aclose()  # on cancellation too: the worker stops generating
@@ -735,7 +558,7 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, run_manager, kwargs)
         builder = _ChunkBuilder()
-        events = self._events(call)
+        events = generation_events(call)
         try:
             for ev in events:
                 chunk = builder.feed(ev)
@@ -746,7 +569,7 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         builder = _ChunkBuilder()
-        events = aiter_in_thread(lambda: self._events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat-stream")
+        events = aiter_in_thread(lambda: generation_events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat-stream")
         try:
             async for ev in events:
                 chunk = builder.feed(ev)
@@ -756,13 +579,13 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
             await events.aclose()
 
 
-def _lc_tool_calls(final: _Final) -> tuple[list[Any], list[Any]]:
+def _lc_tool_calls(final: Final) -> tuple[list[Any], list[Any]]:
     calls = [tool_call(name=c.name, args=c.arguments, id=c.id) for c in final.calls]
     invalid = [invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error) for c in final.invalid]
     return calls, invalid
 
 
-def _chat_result(final: _Final) -> ChatResult:
+def _chat_result(final: Final) -> ChatResult:
     calls, invalid = _lc_tool_calls(final)
     message = AIMessage(
         content=final.content,
@@ -781,11 +604,11 @@ class _ChunkBuilder:
         self.pending_in = 0
         self.pending_out = 0
 
-    def feed(self, ev: _Start | _Delta | _Final) -> ChatGenerationChunk | None:
-        if isinstance(ev, _Start):
+    def feed(self, ev: Start | Delta | Final) -> ChatGenerationChunk | None:
+        if isinstance(ev, Start):
             self.pending_in += ev.input_tokens
             return None
-        if isinstance(ev, _Delta):
+        if isinstance(ev, Delta):
             self.pending_out += ev.output_tokens
             if not ev.text:
                 return None
@@ -866,36 +689,28 @@ class SwiftLLM(_SwiftFields, BaseLLM):
     def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[str]:
         return super().astream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    def _llm_events(self, prompt: str, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> Iterator[_Start | _Delta | _Final]:
+    def _llm_events(self, prompt: str, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> Iterator[Start | Delta | Final]:
         opts = self._options(stop, kwargs, _LLM_CALL_KWARGS)
         engine = self._engine_for(kwargs.get("model"))
-        step_key = kwargs.get("step_key") or self._runtime_step_key(run_manager)
-        ids = engine.encode_prompt(prompt)
-        yield _Start(len(ids))
-        gen = _engine_stream(engine, ids, opts["max_new_tokens"], opts["stop"], step_key, opts["sampling"])
-        result = None
-        text = ""
-        try:
-            for chunk in gen:
-                if chunk.result is not None:
-                    result = chunk.result
-                    continue
-                text += chunk.text
-                yield _Delta(chunk.text, len(chunk.token_ids))
-        finally:
-            gen.close()
-        assert result is not None
-        name = self._display_name(kwargs.get("model")) if kwargs.get("model") else (self.model_id or str(engine.model_name))
-        yield _Final(tail="", content=text, stats=result.stats, finish_reason=result.finish_reason, step_key=step_key, model_name=name)
+        call = GenerationCall(
+            engine=engine,
+            model_name=self._display_name(kwargs.get("model")) if kwargs.get("model") else (self.model_id or str(engine.model_name)),
+            step_key=kwargs.get("step_key") or self._runtime_step_key(run_manager),
+            sampling=opts["sampling"],
+            max_new_tokens=opts["max_new_tokens"],
+            stop=list(opts["stop"]),
+            prompt=RenderedPrompt(text=prompt, ids=list(engine.encode_prompt(prompt))),
+        )
+        return generation_events(call)
 
     @staticmethod
-    def _generation(final: _Final) -> Generation:
+    def _generation(final: Final) -> Generation:
         info = final.metadata()
         info["usage"] = usage_from_stats(final.stats)
         return Generation(text=final.content, generation_info=info)
 
     @staticmethod
-    def _llm_output(finals: list[_Final]) -> dict[str, Any]:
+    def _llm_output(finals: list[Final]) -> dict[str, Any]:
         totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         for f in finals:
             for k, v in usage_from_stats(f.stats).items():
@@ -907,9 +722,9 @@ class SwiftLLM(_SwiftFields, BaseLLM):
         for prompt in prompts:
             final = None
             for ev in self._llm_events(prompt, stop, run_manager, kwargs):
-                if isinstance(ev, _Delta) and ev.text and self.streaming and run_manager is not None:
+                if isinstance(ev, Delta) and ev.text and self.streaming and run_manager is not None:
                     run_manager.on_llm_new_token(ev.text, chunk=GenerationChunk(text=ev.text))
-                elif isinstance(ev, _Final):
+                elif isinstance(ev, Final):
                     final = ev
             assert final is not None
             finals.append(final)
@@ -923,9 +738,9 @@ class SwiftLLM(_SwiftFields, BaseLLM):
             events = aiter_in_thread(lambda p=prompt: self._llm_events(p, stop, run_manager, kwargs), name="swift-llm")
             try:
                 async for ev in events:
-                    if isinstance(ev, _Delta) and ev.text and self.streaming and run_manager is not None:
+                    if isinstance(ev, Delta) and ev.text and self.streaming and run_manager is not None:
                         await run_manager.on_llm_new_token(ev.text, chunk=GenerationChunk(text=ev.text))
-                    elif isinstance(ev, _Final):
+                    elif isinstance(ev, Final):
                         final = ev
             finally:
                 await events.aclose()
@@ -960,10 +775,10 @@ class SwiftLLM(_SwiftFields, BaseLLM):
         finally:
             await events.aclose()
 
-    def _chunk(self, ev: _Start | _Delta | _Final) -> GenerationChunk | None:
-        if isinstance(ev, _Delta):
+    def _chunk(self, ev: Start | Delta | Final) -> GenerationChunk | None:
+        if isinstance(ev, Delta):
             return GenerationChunk(text=ev.text) if ev.text else None
-        if isinstance(ev, _Final):
+        if isinstance(ev, Final):
             info = ev.metadata()
             info["usage"] = usage_from_stats(ev.stats)
             return GenerationChunk(text="", generation_info=info)

@@ -43,9 +43,10 @@ LlamaIndex's ``TokenCountingHandler`` reads them) and the ``finish_reason``; ``r
 the exact prompt text the model received. Streams carry them on their last item.
 
 Tool calling: the Hermes-style format of :mod:`swift_integrations.tool_calls` (shared with the
-LangChain adapter). ``tool_required=True`` / ``tool_choice="required"``/a tool name forces a call
-(staged prefill, :class:`~swift_integrations.tool_calls.ToolCallSteering`); otherwise the model
-may write calls, which are parsed (several calls in one reply are parallel calls). Calls are
+LangChain adapter). ``tool_required=True`` / ``tool_choice="required"``/a tool name forces exactly
+one call, grammar-constrained by the tools' JSON schemas (so ``structured_predict``, which goes
+through a forced call, always parses); otherwise the model may write calls (several in one reply
+are parallel calls), and each call it opens is constrained the same way. Calls are
 :class:`~llama_index.core.base.llms.types.ToolCallBlock` blocks of the response message.
 """
 
@@ -56,8 +57,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llama_index.core.base.llms.base import BaseLLM
@@ -87,27 +88,21 @@ from llama_index.core.llms.llm import ToolSelection, default_completion_to_promp
 
 from swift_engine.config import SwiftConfig
 
+from ._generation import Delta, Final, GenerationCall, OutputPlan, Start, generation_events, normalize_tool_choice, output_constraint
 from ._shared import (
     RenderedPrompt,
     aiter_in_thread,
     get_engine,
-    merge_stats,
     render_chat_prompt,
-    stats_metadata,
     system_prompt_step_key,
     usage_from_stats,
     with_system_text,
 )
 from .tool_calls import (
-    TOOL_CALL_CLOSE,
     InvalidToolCall,
-    ParsedToolCall,
-    ToolCallSteering,
-    ToolCallStreamFilter,
     format_tool_call,
     format_tool_result,
     new_tool_call_id,
-    parse_tool_calls,
     render_tools_system_prompt,
     tool_function,
 )
@@ -233,184 +228,30 @@ def span_step_key() -> str | None:
 # ====================================================================================== events
 
 
-@dataclass
-class _Start:
-    """A prompt went into the engine."""
-
-    input_tokens: int
-    prompt_text: str
+def _usage(final: Final) -> dict[str, int]:
+    u = usage_from_stats(final.stats)
+    return {"prompt_tokens": u["input_tokens"], "completion_tokens": u["output_tokens"], "total_tokens": u["total_tokens"]}
 
 
-@dataclass
-class _Delta:
-    """Content safe to show now, and the tokens generated since the last event."""
+def _raw(final: Final) -> dict[str, Any]:
+    """A response's ``raw``: the SWIFT statistics, usage, the prompt as the model saw it, the calls."""
+    raw = final.metadata()
+    raw["usage"] = _usage(final)
+    raw["prompt"] = final.prompt_text
+    raw["text"] = final.content
+    if final.calls:
+        raw["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in final.calls]
+    if final.invalid:
+        raw["invalid_tool_calls"] = [_invalid_dict(c) for c in final.invalid]
+    return raw
 
-    text: str
-    output_tokens: int
 
-
-@dataclass
-class _Final:
-    tail: str  # content not released by deltas
-    content: str  # the whole reply's content
-    calls: list[ParsedToolCall] = field(default_factory=list)
-    invalid: list[InvalidToolCall] = field(default_factory=list)
-    stats: Any = None
-    finish_reason: str = "stop"
-    step_key: str | None = None
-    model_name: str = ""
-    prompt_text: str = ""
-
-    def metadata(self) -> dict[str, Any]:
-        return stats_metadata(self.stats, model_name=self.model_name, finish_reason=self.finish_reason, step_key=self.step_key)
-
-    def usage(self) -> dict[str, int]:
-        u = usage_from_stats(self.stats)
-        return {
-            "prompt_tokens": u["input_tokens"],
-            "completion_tokens": u["output_tokens"],
-            "total_tokens": u["total_tokens"],
-        }
-
-    def raw(self) -> dict[str, Any]:
-        raw = self.metadata()
-        raw["usage"] = self.usage()
-        raw["prompt"] = self.prompt_text
-        raw["text"] = self.content
-        if self.calls:
-            raw["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.calls]
-        if self.invalid:
-            raw["invalid_tool_calls"] = [_invalid_dict(c) for c in self.invalid]
-        return raw
-
-    def additional_kwargs(self) -> dict[str, Any]:
-        return {**self.usage(), **self.metadata()}
+def _additional_kwargs(final: Final) -> dict[str, Any]:
+    return {**_usage(final), **final.metadata()}
 
 
 def _invalid_dict(c: InvalidToolCall) -> dict[str, Any]:
     return {"id": c.id, "name": c.name, "arguments": c.arguments, "error": c.error}
-
-
-@dataclass
-class _Call:
-    """One prepared generation: everything but the model's work."""
-
-    engine: Any
-    model_name: str
-    step_key: str | None
-    sampling: dict[str, Any]
-    max_new_tokens: int
-    stop: list[str]
-    render: Callable[[str], RenderedPrompt]  # prefill -> prompt
-    tool_names: list[str] | None = None  # parse tool calls from the reply when set
-    steering: ToolCallSteering | None = None
-
-
-def _merge_stops(*groups: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(s for g in groups for s in g))
-
-
-def _engine_stream(call: _Call, rp: RenderedPrompt, max_new_tokens: int, stop: list[str]) -> Iterator[Any]:
-    return call.engine.stream(rp.ids, max_new_tokens=max_new_tokens, stop=stop or None, step_key=call.step_key, **call.sampling)
-
-
-def _events(call: _Call) -> Iterator[_Start | _Delta | _Final]:
-    """The generation as events; closing the iterator stops the engine after its current step."""
-    if call.steering is not None:
-        yield from _steered_events(call)
-        return
-    rp = call.render("")
-    yield _Start(len(rp.ids), rp.text)
-    tool_filter = ToolCallStreamFilter(call.tool_names) if call.tool_names is not None else None
-    released = ""
-    gen = _engine_stream(call, rp, call.max_new_tokens, _merge_stops(call.stop, rp.stop))
-    result = None
-    try:
-        for chunk in gen:
-            if chunk.result is not None:
-                result = chunk.result
-                continue
-            delta = chunk.text
-            if tool_filter is not None:
-                delta = tool_filter.push(delta)
-            released += delta
-            yield _Delta(delta, len(chunk.token_ids))
-    finally:
-        close = getattr(gen, "close", None)
-        if close is not None:
-            close()
-    assert result is not None
-    calls: list[ParsedToolCall] = []
-    invalid: list[InvalidToolCall] = []
-    tail = ""
-    if tool_filter is not None:
-        calls, invalid, tail = tool_filter.finish()
-    content = released + tail
-    if calls or invalid:
-        content = content.strip()
-    yield _Final(
-        tail=tail,
-        content=content,
-        calls=calls,
-        invalid=invalid,
-        stats=result.stats,
-        finish_reason="tool_calls" if calls else result.finish_reason,
-        step_key=call.step_key,
-        model_name=call.model_name,
-        prompt_text=rp.text,
-    )
-
-
-def _steered_events(call: _Call) -> Iterator[_Start | _Delta | _Final]:
-    """A forced tool call, generated in prefilled steps (name, then each required argument)."""
-    steering = call.steering
-    assert steering is not None
-    results = []
-    budget = call.max_new_tokens
-    prompt_text = ""
-    step = steering.start()
-    while step is not None:
-        if budget <= 0:
-            steering.abort()
-            break
-        rp = call.render(step.prefill)
-        prompt_text = prompt_text or rp.text
-        yield _Start(len(rp.ids), rp.text)
-        cap = budget if step.max_tokens is None else min(budget, step.max_tokens)
-        gen = _engine_stream(call, rp, cap, _merge_stops(step.stop, call.stop, rp.stop))
-        result = None
-        try:
-            for chunk in gen:
-                if chunk.result is not None:
-                    result = chunk.result
-                elif chunk.token_ids:
-                    yield _Delta("", len(chunk.token_ids))
-        finally:
-            close = getattr(gen, "close", None)
-            if close is not None:
-                close()
-        assert result is not None
-        results.append(result)
-        budget -= result.stats.new_tokens
-        step = steering.advance(result.text)
-    if not results:  # a tool without required arguments: no model step was needed
-        rp = call.render("")
-        prompt_text = rp.text
-        yield _Start(len(rp.ids), rp.text)
-    stats = merge_stats([r.stats for r in results])
-    calls, invalid, content = parse_tool_calls(steering.text, list(steering.functions))
-    last_reason = results[-1].finish_reason if results else "stop"
-    yield _Final(
-        tail=content,
-        content=content,
-        calls=calls,
-        invalid=invalid,
-        stats=stats,
-        finish_reason="tool_calls" if calls else last_reason,
-        step_key=call.step_key,
-        model_name=call.model_name,
-        prompt_text=prompt_text,
-    )
 
 
 # ====================================================================================== messages
@@ -529,22 +370,6 @@ def _tool_spec(tool: Any) -> dict[str, Any]:
     if meta is not None and hasattr(meta, "to_openai_tool"):
         return meta.to_openai_tool(skip_length_check=True)
     raise TypeError(f"tools must be LlamaIndex tools or OpenAI-format dicts, got {type(tool).__name__}")
-
-
-def _normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
-    """``"auto"``, ``"none"``, ``"any"`` or a tool name."""
-    if choice is None or choice == "auto":
-        return "auto"
-    if choice is False or choice == "none":
-        return "none"
-    if choice is True or choice in ("any", "required"):
-        return "any"
-    if isinstance(choice, dict):
-        fn = choice.get("function") if isinstance(choice.get("function"), dict) else choice
-        choice = fn.get("name")
-    if isinstance(choice, str) and choice in names:
-        return choice
-    raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or one of the tool names {list(names)}; got {choice!r}")
 
 
 def _string_prompt(engine: Any, text: str) -> RenderedPrompt:
@@ -730,7 +555,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             raise ValueError("no messages to respond to")
         tools = [_tool_spec(t) for t in (kwargs.get("tools") or [])]
         names = [tool_function(t)["name"] for t in tools]
-        choice = _normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
+        choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
         system_text = "\n\n".join(m["content"] for m in neutral if m["role"] == "system")
         return _Spec(
             kind="chat",
@@ -754,69 +579,46 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         )
 
     # -- binding a spec to the engine (may run in a worker thread) ---------------------------------
-    def _bind(self, spec: _Spec) -> _Call:
+    def _bind(self, spec: _Spec) -> GenerationCall:
         engine = self.swift_engine
         opts = spec.options
-        stops = list(opts["stop"])
-        steering = None
-        tool_names = None
         if spec.kind == "complete":
             assert spec.prompt is not None
+            plan = OutputPlan()
             if spec.formatted or self._custom_completion_to_prompt():
-                text = spec.prompt if spec.formatted else self.completion_to_prompt(spec.prompt)
-
-                def render(prefill: str) -> RenderedPrompt:
-                    return _string_prompt(engine, text + prefill)
-
+                prompt = _string_prompt(engine, spec.prompt if spec.formatted else self.completion_to_prompt(spec.prompt))
             else:
                 neutral = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
                     {"role": "user", "content": spec.prompt}
                 ]
-
-                def render(prefill: str) -> RenderedPrompt:
-                    return render_chat_prompt(engine.tokenizer, neutral, prefill=prefill)
-
+                prompt = render_chat_prompt(engine.tokenizer, neutral)
         else:
             assert spec.messages is not None
-            tools = spec.tools if spec.tool_choice != "none" else None
-            names = [tool_function(t)["name"] for t in spec.tools or []]
-            if spec.tool_choice == "any" or spec.tool_choice in names:
-                steering = ToolCallSteering(spec.tools or [], None if spec.tool_choice == "any" else spec.tool_choice)
-            elif spec.tool_choice == "auto":
-                tool_names = names
-                if not spec.parallel:
-                    stops.append(TOOL_CALL_CLOSE)  # the reply ends with its first call
+            plan = output_constraint(spec.tools, spec.tool_choice, parallel_tool_calls=spec.parallel)
+            tools = spec.tools if plan.show_tools else None
             neutral = spec.messages
             if self._custom_messages_to_prompt():
                 msgs = with_system_text(neutral, render_tools_system_prompt(tools)) if tools else neutral
-                text = self.messages_to_prompt(_as_llama_messages(msgs))
-
-                def render(prefill: str) -> RenderedPrompt:
-                    return _string_prompt(engine, text + prefill)
-
+                prompt = _string_prompt(engine, self.messages_to_prompt(_as_llama_messages(msgs)) + plan.prefill)
             else:
-
-                def render(prefill: str) -> RenderedPrompt:
-                    return render_chat_prompt(engine.tokenizer, neutral, tools=tools, prefill=prefill)
-
-        return _Call(
+                prompt = render_chat_prompt(engine.tokenizer, neutral, tools=tools, prefill=plan.prefill)
+        return GenerationCall(
             engine=engine,
             model_name=self._display_name(),
             step_key=spec.step_key,
             sampling=opts["sampling"],
             max_new_tokens=opts["max_new_tokens"],
-            stop=stops,
-            render=render,
-            tool_names=tool_names,
-            steering=steering,
+            stop=list(opts["stop"]),
+            prompt=prompt,
+            plan=plan,
         )
 
-    def _spec_events(self, spec: _Spec) -> Iterator[_Start | _Delta | _Final]:
-        return _events(self._bind(spec))
+    def _spec_events(self, spec: _Spec) -> Iterator[Start | Delta | Final]:
+        return generation_events(self._bind(spec))
 
     # -- responses ------------------------------------------------------------------------------
     @staticmethod
-    def _chat_message(content: str, final: _Final | None = None) -> ChatMessage:
+    def _chat_message(content: str, final: Final | None = None) -> ChatMessage:
         blocks: list[Any] = [TextBlock(text=content)]
         kwargs: dict[str, Any] = {}
         if final is not None:
@@ -825,23 +627,23 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
                 kwargs["invalid_tool_calls"] = [_invalid_dict(c) for c in final.invalid]
         return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=kwargs)
 
-    def _final_chat(self, final: _Final, delta: str | None = None) -> ChatResponse:
+    def _final_chat(self, final: Final, delta: str | None = None) -> ChatResponse:
         return ChatResponse(
             message=self._chat_message(final.content, final),
-            raw=final.raw(),
+            raw=_raw(final),
             delta=delta,
-            additional_kwargs=final.additional_kwargs(),
+            additional_kwargs=_additional_kwargs(final),
         )
 
     @staticmethod
-    def _final_completion(final: _Final, delta: str | None = None) -> CompletionResponse:
-        return CompletionResponse(text=final.content, raw=final.raw(), delta=delta, additional_kwargs=final.additional_kwargs())
+    def _final_completion(final: Final, delta: str | None = None) -> CompletionResponse:
+        return CompletionResponse(text=final.content, raw=_raw(final), delta=delta, additional_kwargs=_additional_kwargs(final))
 
     @staticmethod
-    def _last(events: Iterator[_Start | _Delta | _Final]) -> _Final:
+    def _last(events: Iterator[Start | Delta | Final]) -> Final:
         final = None
         for ev in events:
-            if isinstance(ev, _Final):
+            if isinstance(ev, Final):
                 final = ev
         assert final is not None
         return final
@@ -859,10 +661,10 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             text = ""
             try:
                 for ev in events:
-                    if isinstance(ev, _Delta) and ev.text:
+                    if isinstance(ev, Delta) and ev.text:
                         text += ev.text
                         yield CompletionResponse(text=text, delta=ev.text)
-                    elif isinstance(ev, _Final):
+                    elif isinstance(ev, Final):
                         yield self._final_completion(ev, delta=ev.tail)
             finally:
                 events.close()
@@ -881,10 +683,10 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             content = ""
             try:
                 for ev in events:
-                    if isinstance(ev, _Delta) and ev.text:
+                    if isinstance(ev, Delta) and ev.text:
                         content += ev.text
                         yield ChatResponse(message=self._chat_message(content), delta=ev.text)
-                    elif isinstance(ev, _Final):
+                    elif isinstance(ev, Final):
                         yield self._final_chat(ev, delta=ev.tail)
             finally:
                 events.close()
@@ -892,7 +694,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         return gen()
 
     # -- LlamaIndex: async (the engine works in a thread; cancelling stops it) -------------------------
-    def _athread(self, spec: _Spec, name: str) -> AsyncIterator[_Start | _Delta | _Final]:
+    def _athread(self, spec: _Spec, name: str) -> AsyncIterator[Start | Delta | Final]:
         return aiter_in_thread(lambda: self._spec_events(spec), name=name)
 
     @llm_completion_callback()
@@ -902,7 +704,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         events = self._athread(spec, "swift-llamaindex-complete")
         try:
             async for ev in events:
-                if isinstance(ev, _Final):
+                if isinstance(ev, Final):
                     final = ev
         finally:
             await events.aclose()
@@ -918,10 +720,10 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             events = self._athread(spec, "swift-llamaindex-stream-complete")
             try:
                 async for ev in events:
-                    if isinstance(ev, _Delta) and ev.text:
+                    if isinstance(ev, Delta) and ev.text:
                         text += ev.text
                         yield CompletionResponse(text=text, delta=ev.text)
-                    elif isinstance(ev, _Final):
+                    elif isinstance(ev, Final):
                         yield self._final_completion(ev, delta=ev.tail)
             finally:
                 await events.aclose()
@@ -935,7 +737,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         events = self._athread(spec, "swift-llamaindex-chat")
         try:
             async for ev in events:
-                if isinstance(ev, _Final):
+                if isinstance(ev, Final):
                     final = ev
         finally:
             await events.aclose()
@@ -951,10 +753,10 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             events = self._athread(spec, "swift-llamaindex-stream-chat")
             try:
                 async for ev in events:
-                    if isinstance(ev, _Delta) and ev.text:
+                    if isinstance(ev, Delta) and ev.text:
                         content += ev.text
                         yield ChatResponse(message=self._chat_message(content), delta=ev.text)
-                    elif isinstance(ev, _Final):
+                    elif isinstance(ev, Final):
                         yield self._final_chat(ev, delta=ev.tail)
             finally:
                 await events.aclose()

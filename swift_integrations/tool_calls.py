@@ -17,16 +17,11 @@ The format (Hermes-style, what Qwen/Hermes chat templates use natively)
   a ```json fence around it). Anything unparsable becomes an :class:`InvalidToolCall` with the
   error text, never an exception.
 
-Steering small models into a call
----------------------------------
-``tool_choice`` "any"/"required"/<name> must produce a call even from a 135M model that was never
-trained on tools. :func:`tool_call_prefill` is the minimal form (start the assistant turn inside a
-call). :class:`ToolCallSteering` and :class:`JsonSchemaSteering` go further with a *staged
-prefill*: the name, then each required argument value, is generated in its own short step that
-stops at the end of that JSON value, and the adapter re-prefills the next step with the text so
-far. Both implement the :class:`Steering` protocol, which is the plug-in point for a
-grammar-constrained decoder later: an implementation that constrains tokens would simply answer
-:meth:`Steering.start` with a single step and :meth:`Steering.advance` with ``None``.
+Constraining calls
+------------------
+Forced calls and calls the model opens on its own are grammar-constrained to this format and the
+tools' JSON schemas (:mod:`swift_integrations._generation`, :mod:`swift_engine.constraints`), so
+the parser's lenient paths matter only for unconstrained text (e.g. replayed history).
 """
 
 from __future__ import annotations
@@ -37,26 +32,20 @@ import re
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 __all__ = [
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "InvalidToolCall",
-    "JsonObjectFilter",
-    "JsonSchemaSteering",
     "ParsedToolCall",
-    "SteerStep",
-    "Steering",
     "ToolCallStreamFilter",
-    "ToolCallSteering",
     "format_tool_call",
     "format_tool_result",
     "new_tool_call_id",
     "parse_tool_calls",
     "render_tools_system_prompt",
     "resolve_tool_name",
-    "tool_call_prefill",
     "tool_function",
 ]
 
@@ -162,18 +151,6 @@ def format_tool_result(
     return f"{TOOL_RESPONSE_OPEN}\n{json.dumps(body, ensure_ascii=False)}\n{TOOL_RESPONSE_CLOSE}"
 
 
-def tool_call_prefill(forced_name: str | None = None) -> str:
-    """Text that starts the assistant turn inside a tool call.
-
-    ``None``: the model still picks the tool (``'<tool_call>\\n{"name": "'``); a name: the call is
-    to that tool and the model continues with its arguments
-    (``'<tool_call>\\n{"name": "NAME", "arguments": '``). :class:`ToolCallSteering` builds on this.
-    """
-    if forced_name is None:
-        return f'{TOOL_CALL_OPEN}\n{{"name": "'
-    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(forced_name, ensure_ascii=False)}, "arguments": '
-
-
 # --------------------------------------------------------------------------------------- parsing
 
 
@@ -257,8 +234,12 @@ def _split_tagged(
             call = InvalidToolCall(new_tool_call_id(), None, stripped[:end], "tool call JSON has no 'name'")
         calls.append(call)
         if close < 0:
-            # Unclosed block: the call ends with its JSON; whatever follows is content again.
+            # Unclosed block: the call ends with its JSON; whatever follows is content again,
+            # except a closing tag cut short by the token budget.
             block_end = body_start + (len(body) - len(stripped)) + end
+            rest = text[block_end:]
+            if rest.strip() and TOOL_CALL_CLOSE.startswith(rest.strip()):
+                block_end = len(text)
         pos = block_end
     return calls, segments
 
@@ -365,256 +346,3 @@ class ToolCallStreamFilter:
         invalid = [c for c in calls if isinstance(c, InvalidToolCall)]
         self.released = len(self.text)
         return valid, invalid, rest
-
-
-class JsonObjectFilter:
-    """Streams a JSON object and drops whatever the model writes after it closes (JSON mode).
-
-    String-aware brace counting; ``done`` turns true when the top-level value is complete.
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.in_string = False
-        self.escape = False
-        self.started = False
-        self.done = False
-
-    def push(self, delta: str) -> str:
-        if self.done:
-            return ""
-        out = []
-        for ch in delta:
-            out.append(ch)
-            if self.in_string:
-                if self.escape:
-                    self.escape = False
-                elif ch == "\\":
-                    self.escape = True
-                elif ch == '"':
-                    self.in_string = False
-            elif ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-                self.started = True
-            elif ch in "}]":
-                self.depth -= 1
-                if self.started and self.depth <= 0:
-                    self.done = True
-                    break
-        return "".join(out)
-
-
-# --------------------------------------------------------------------------------------- steering
-
-
-@dataclass(frozen=True)
-class SteerStep:
-    """One generation of a steered reply.
-
-    ``prefill`` is the whole assistant text so far (the turn starts with it); generate at most
-    ``max_tokens`` (``None``: the caller's remaining budget) and stop at any of ``stop`` (the stop
-    string itself is not part of the result). ``steps_after`` is how many steps at least will
-    follow, so a caller can keep some of its token budget for them.
-    """
-
-    prefill: str
-    stop: tuple[str, ...]
-    max_tokens: int | None = None
-    steps_after: int = 0
-
-
-class Steering(Protocol):
-    """A reply produced in prefilled steps; the plug-in point for constrained decoding.
-
-    The adapter loop::
-
-        step = steering.start()
-        while step is not None:
-            generated = run_model(prompt + step.prefill, stop=step.stop, max_tokens=...)
-            step = steering.advance(generated)
-        text = steering.text   # the whole reply, e.g. a tool call block; then parse it
-
-    ``abort()`` ends early (budget spent); ``text`` then holds the incomplete reply, which parses
-    into an invalid call rather than raising.
-    """
-
-    def start(self) -> SteerStep | None: ...
-
-    def advance(self, generated: str) -> SteerStep | None: ...
-
-    def abort(self) -> None: ...
-
-    @property
-    def text(self) -> str: ...
-
-
-def _schema_type(schema: dict[str, Any]) -> str:
-    """The JSON type a value of ``schema`` most likely has (``"any"`` when unclear)."""
-    t = schema.get("type")
-    if isinstance(t, list):
-        t = next((x for x in t if x != "null"), None)
-    if isinstance(t, str):
-        return t
-    for key in ("anyOf", "oneOf"):
-        options = schema.get(key)
-        if isinstance(options, list):
-            kinds = [_schema_type(o) for o in options if isinstance(o, dict) and o.get("type") != "null"]
-            if len(kinds) == 1:
-                return kinds[0]
-            if "string" in kinds:
-                return "string"
-    if "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
-        return "string"
-    if "properties" in schema:
-        return "object"
-    return "any"
-
-
-_VALUE_STOPS: dict[str, tuple[str, ...]] = {
-    "string": ('"', "\n"),
-    "integer": (",", "}", "\n"),
-    "number": (",", "}", "\n"),
-    "boolean": (",", "}", "\n"),
-    "null": (",", "}", "\n"),
-}
-
-
-def _parse_value(kind: str, generated: str) -> tuple[bool, Any]:
-    """Decode one generated JSON value of type ``kind`` (its opening quote was prefilled for strings)."""
-    if kind == "string":
-        try:
-            return True, json.loads(f'"{generated}"')
-        except json.JSONDecodeError:
-            return True, generated  # unescaped characters: the raw text is the best reading
-    text = generated.strip().rstrip(",").strip()
-    if not text:
-        return False, None
-    try:
-        value, _ = _DECODER.raw_decode(text)
-    except json.JSONDecodeError:
-        return False, None
-    if kind in ("integer", "number") and isinstance(value, str):
-        try:
-            value = int(value) if kind == "integer" else float(value)
-        except ValueError:
-            return False, None
-    return True, value
-
-
-class _ObjectFiller:
-    """Fills a JSON object's required properties one value per step."""
-
-    def __init__(self, schema: dict[str, Any] | None, head: str, tail: str) -> None:
-        schema = schema or {}
-        props = schema.get("properties") or {}
-        self.props: dict[str, dict[str, Any]] = {k: (v if isinstance(v, dict) else {}) for k, v in props.items()}
-        required = [k for k in (schema.get("required") or []) if k in self.props]
-        self.keys = [k for k in self.props if k in required]  # schema order
-        self.head = head  # text before the object's first key, ending with "{"
-        self.tail = tail  # text after the object's closing "}"
-        self.values: dict[str, Any] = {}
-        self.current: str | None = None
-        self.prefix = ""
-        self.text = ""
-        self.failed = False
-
-    def _body(self) -> str:
-        return ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in self.values.items())
-
-    def next_step(self) -> SteerStep | None:
-        pending = [k for k in self.keys if k not in self.values]
-        if not pending:
-            self.text = self.head + self._body() + "}" + self.tail
-            return None
-        key = pending[0]
-        self.current = key
-        kind = _schema_type(self.props[key])
-        body = self._body()
-        self.prefix = self.head + body + (", " if body else "") + json.dumps(key, ensure_ascii=False) + ": "
-        if kind == "string":
-            self.prefix += '"'
-        return SteerStep(self.prefix, _VALUE_STOPS.get(kind, ("\n",)), steps_after=len(pending) - 1)
-
-    def advance(self, generated: str) -> SteerStep | None:
-        assert self.current is not None
-        kind = _schema_type(self.props[self.current])
-        ok, value = _parse_value(kind, generated)
-        if not ok:
-            self.failed = True
-            self.text = self.prefix + generated  # incomplete: parses as an invalid call / bad JSON
-            return None
-        self.values[self.current] = value
-        return self.next_step()
-
-    def abort(self) -> None:
-        self.failed = True
-        self.text = self.prefix
-
-
-class ToolCallSteering:
-    """Staged prefill of a forced tool call (``tool_choice`` any/required/<name>).
-
-    Steps: the tool's name (only when the choice is open among several tools; the generated name is
-    mapped onto a real one with :func:`resolve_tool_name`), then each required argument's value,
-    each stopping where that JSON value ends. A tool without required arguments needs no model
-    step at all. :attr:`text` is a ``<tool_call>`` block for :func:`parse_tool_calls`.
-    """
-
-    def __init__(self, tools: Sequence[dict[str, Any]], forced_name: str | None = None) -> None:
-        self.functions = {fn["name"]: fn for fn in (tool_function(t) for t in tools)}
-        if not self.functions:
-            raise ValueError("a forced tool call needs at least one tool")
-        if forced_name is not None and forced_name not in self.functions:
-            raise ValueError(f"tool_choice names {forced_name!r}, which is not among the tools {sorted(self.functions)}")
-        self.name = forced_name if forced_name is not None else (next(iter(self.functions)) if len(self.functions) == 1 else None)
-        self._filler: _ObjectFiller | None = None
-        self._text = ""
-
-    def start(self) -> SteerStep | None:
-        if self.name is None:
-            self._text = tool_call_prefill(None)
-            return SteerStep(self._text, ('"', "\n"), max_tokens=24)
-        return self._begin_arguments()
-
-    def _begin_arguments(self) -> SteerStep | None:
-        assert self.name is not None
-        head = tool_call_prefill(self.name) + "{"
-        self._filler = _ObjectFiller(self.functions[self.name].get("parameters"), head, f"}}\n{TOOL_CALL_CLOSE}")
-        return self._filler.next_step()
-
-    def advance(self, generated: str) -> SteerStep | None:
-        if self._filler is None:
-            self.name = resolve_tool_name(generated, list(self.functions))
-            return self._begin_arguments()
-        return self._filler.advance(generated)
-
-    def abort(self) -> None:
-        if self._filler is not None:
-            self._filler.abort()
-
-    @property
-    def text(self) -> str:
-        return self._filler.text if self._filler is not None else self._text
-
-
-class JsonSchemaSteering:
-    """Staged prefill of a JSON object for a JSON schema (structured output, ``json_schema`` method)."""
-
-    def __init__(self, schema: dict[str, Any]) -> None:
-        self._filler = _ObjectFiller(schema, "{", "")
-
-    def start(self) -> SteerStep | None:
-        return self._filler.next_step()
-
-    def advance(self, generated: str) -> SteerStep | None:
-        return self._filler.advance(generated)
-
-    def abort(self) -> None:
-        self._filler.abort()
-
-    @property
-    def text(self) -> str:
-        return self._filler.text
-

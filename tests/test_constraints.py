@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.constraints import GrammarError, JsonSchemaConstraint, ToolCallConstraint
+from swift_engine.constraints import CALL_BEGIN, CALL_END, GrammarError, JsonSchemaConstraint, ToolCallConstraint, call_head
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +123,50 @@ def test_required_tool_call_is_well_formed(engine, prompt) -> None:
     spec = {t["name"]: t["parameters"] for t in tools}
     assert call["name"] in spec
     jsonschema.validate(call["arguments"], spec[call["name"]])
+
+
+def test_single_tool_call_prefilled_up_to_its_arguments_is_exact(engine) -> None:
+    """What the adapters do for a forced single tool: the prompt holds the call's head."""
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "integer", "minimum": 1, "maximum": 7}}, "required": ["city", "days"]}
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Forecast.", "parameters": params}}
+    head = call_head("get_weather")
+    text = engine.tokenizer.apply_chat_template(_msgs("Weather in Oslo for 3 days?"), tokenize=False, add_generation_prompt=True) + head
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    spec = ToolCallConstraint(tools=(tool,), prefilled=head)
+    res = engine.generate(ids, max_new_tokens=48, constraint=spec)
+    assert res.text.endswith("}" + CALL_END), res.text
+    call = json.loads((head + res.text)[len(CALL_BEGIN) : -len(CALL_END)])
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["arguments"], params)
+    ref = engine.model.generate(
+        torch.tensor([ids]), max_new_tokens=48, do_sample=False, logits_processor=[LogitsProcessor(engine.grammars.compile(spec))]
+    )[0, len(ids) :].tolist()
+    assert res.token_ids == ref[: len(res.token_ids)] and len(ref) - len(res.token_ids) <= 1  # HF also emits the EOS
+    with pytest.raises(GrammarError, match="does not start a call"):
+        engine.generate(ids, max_new_tokens=4, constraint=ToolCallConstraint(tools=(tool, tool), prefilled=head))
+
+
+def test_a_reply_cut_by_the_budget_is_closed_so_it_still_validates(engine) -> None:
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    schema = {
+        "type": "object",
+        "properties": {"story": {"type": "string"}, "rating": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["story", "rating", "tags"],
+    }
+    spec = JsonSchemaConstraint(schema)
+    msgs = _msgs("Tell me a long story about a dragon, as JSON.")
+    res = engine.generate(msgs, max_new_tokens=12, constraint=spec)
+    assert res.finish_reason == "length" and res.stats.grammar_closing_tokens > 0
+    jsonschema.validate(json.loads(res.text), schema)
+    assert res.stats.new_tokens == len(res.token_ids) == 12 + res.stats.grammar_closing_tokens
+    ids = engine.encode_prompt(msgs)
+    ref = engine.model.generate(
+        torch.tensor([ids]), max_new_tokens=12, do_sample=False, logits_processor=[LogitsProcessor(engine.grammars.compile(spec))]
+    )[0, len(ids) :].tolist()
+    assert res.token_ids[:12] == ref  # the model's part is constrained plain decoding's
 
 
 def test_auto_mode_allows_text(engine) -> None:

@@ -85,13 +85,6 @@ class TestSwiftChatModelIntegration(ChatModelIntegrationTests):
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
 
-    @pytest.mark.xfail(
-        reason="135M model limitation: free JSON mode (no schema to steer by) makes SmolLM2-135M write nested, "
-        "schema-less JSON for the joke prompt; the json_schema and function_calling methods steer it and pass"
-    )
-    def test_json_mode(self, model: BaseChatModel) -> None:
-        super().test_json_mode(model)
-
 
 #: Standard tests that take over 30 s on two CPU cores (several multi-step structured replies each).
 _SLOW = {"test_structured_output", "test_structured_output_async", "test_structured_output_pydantic_2_v1", "test_structured_output_optional_param"}

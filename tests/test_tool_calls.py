@@ -1,4 +1,4 @@
-"""The framework-neutral tool-call format: rendering, parsing, stream filtering and steering (no model)."""
+"""The framework-neutral tool-call format: rendering, parsing, stream filtering, output plans (no model)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from swift_integrations.tool_calls import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
     InvalidToolCall,
-    JsonObjectFilter,
-    JsonSchemaSteering,
     ParsedToolCall,
     ToolCallStreamFilter,
-    ToolCallSteering,
     format_tool_call,
     format_tool_result,
     parse_tool_calls,
     render_tools_system_prompt,
     resolve_tool_name,
-    tool_call_prefill,
 )
+from swift_engine.constraints import JsonSchemaConstraint, ToolCallConstraint
+from swift_integrations._generation import FORCED_CALL_PREFILL, normalize_tool_choice, output_constraint
 
 WEATHER = {
     "type": "function",
@@ -33,18 +31,6 @@ WEATHER = {
 }
 NOARGS = {"type": "function", "function": {"name": "ping", "description": "Ping.", "parameters": {"type": "object", "properties": {}}}}
 ADD = {"name": "add", "description": "Add.", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}
-
-
-def run_steering(steering, outputs):
-    """Drive a Steering with scripted model outputs; return (text, prefills seen)."""
-    outputs = list(outputs)
-    prefills = []
-    step = steering.start()
-    while step is not None:
-        prefills.append(step)
-        step = steering.advance(outputs.pop(0))
-    assert not outputs, "steering finished before using every scripted output"
-    return steering.text, prefills
 
 
 # --------------------------------------------------------------------------------------- rendering
@@ -74,11 +60,6 @@ def test_tool_result_format():
     assert json.loads(text.splitlines()[1]) == {"name": "get_weather", "content": "It's sunny."}
     err = format_tool_result("boom", is_error=True)
     assert json.loads(err.splitlines()[1]) == {"content": "boom", "status": "error"}
-
-
-def test_prefill_forms():
-    assert tool_call_prefill() == '<tool_call>\n{"name": "'
-    assert tool_call_prefill("get_weather") == '<tool_call>\n{"name": "get_weather", "arguments": '
 
 
 # --------------------------------------------------------------------------------------- parsing
@@ -194,74 +175,52 @@ def test_stream_filter_plain_text_and_bare_json():
     assert filt.finish() == ([], [], '{"x": 1} is JSON')
 
 
-def test_json_object_filter_cuts_after_the_object():
-    f = JsonObjectFilter()
-    assert feed(f, '{"a": "}{", "b": [1, {"c": "\\""}]} and then chatter', size=4) == '{"a": "}{", "b": [1, {"c": "\\""}]}'
-    assert f.done
+# --------------------------------------------------------------------------------------- output plans
 
 
-# --------------------------------------------------------------------------------------- steering
+def test_tool_choice_spellings():
+    names = ["get_weather", "add"]
+    assert normalize_tool_choice(None, names) == normalize_tool_choice("auto", names) == "auto"
+    assert normalize_tool_choice(False, names) == normalize_tool_choice("none", names) == "none"
+    assert normalize_tool_choice(True, names) == normalize_tool_choice("required", names) == normalize_tool_choice("any", names) == "any"
+    assert normalize_tool_choice({"type": "function", "function": {"name": "add"}}, names) == "add"
+    with pytest.raises(ValueError, match="tool_choice"):
+        normalize_tool_choice("nope", names)
 
 
-def test_forced_call_fills_required_arguments_one_value_per_step():
-    steering = ToolCallSteering([WEATHER], "get_weather")
-    text, steps = run_steering(steering, ["Paris", "3"])
-    assert steps[0].prefill == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "'
-    assert steps[0].stop[0] == '"'
-    assert steps[1].prefill.endswith('{"city": "Paris", "days": ')
-    calls, invalid, content = parse_tool_calls(text, ["get_weather"])
-    assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris", "days": 3})]
-    assert invalid == [] and content == ""
+def test_forced_choices_constrain_to_exactly_one_call_of_the_allowed_tools():
+    plan = output_constraint([WEATHER, ADD], "any")
+    assert isinstance(plan.constraint, ToolCallConstraint) and plan.constraint.mode == "required"
+    assert [t.get("function", t)["name"] for t in plan.constraint.tools] == ["get_weather", "add"]
+    assert plan.prefill == FORCED_CALL_PREFILL == plan.constraint.prefilled and plan.stops == (TOOL_CALL_CLOSE,)
+    named = output_constraint([WEATHER, ADD], "add")
+    assert [t["name"] for t in named.constraint.tools] == ["add"] and named.tool_names == ("get_weather", "add")
+    assert named.prefill == named.constraint.prefilled == '<tool_call>\n{"name": "add", "arguments": '  # one tool: prefilled up to its arguments
+    with pytest.raises(ValueError, match="names none of the tools"):
+        output_constraint([WEATHER], "add")
 
 
-def test_open_choice_generates_the_name_first():
-    steering = ToolCallSteering([WEATHER, ADD], None)
-    text, steps = run_steering(steering, ["add_numbers", "1", "2.5"])
-    assert steps[0].prefill == tool_call_prefill(None) and steps[0].max_tokens is not None
-    assert json.loads(text.split("\n")[1]) == {"name": "add", "arguments": {"a": 1, "b": 2.5}}
+def test_auto_constrains_only_calls_and_none_hides_tools():
+    auto = output_constraint([WEATHER], "auto", parallel_tool_calls=False)
+    assert auto.constraint.mode == "auto" and auto.prefill == "" and auto.show_tools
+    assert auto.stops == (TOOL_CALL_CLOSE,)  # the reply ends with its first call
+    assert output_constraint([WEATHER], "auto").stops == ()
+    none = output_constraint([WEATHER], "none")
+    assert none.constraint is None and not none.show_tools and none.tool_names is None
 
 
-def test_single_tool_any_and_no_argument_tool_need_no_name_step():
-    text, steps = run_steering(ToolCallSteering([NOARGS], None), [])
-    assert steps == []
-    calls, _, _ = parse_tool_calls(text, ["ping"])
-    assert [(c.name, c.arguments) for c in calls] == [("ping", {})]
-
-
-def test_values_are_decoded_and_coerced():
-    text, _ = run_steering(ToolCallSteering([WEATHER], "get_weather"), ['Q\\"uote', '"4"'])
-    calls, _, _ = parse_tool_calls(text)
-    assert calls[0].arguments == {"city": 'Q"uote', "days": 4}
-
-
-def test_unparsable_value_or_spent_budget_gives_an_invalid_call():
-    text, _ = run_steering(ToolCallSteering([WEATHER], "get_weather"), ["Paris", "many"])
-    calls, invalid, _ = parse_tool_calls(text, ["get_weather"])
-    assert calls == [] and invalid[0].name == "get_weather"
-    steering = ToolCallSteering([WEATHER], "get_weather")
-    steering.start()
-    steering.abort()
-    calls, invalid, _ = parse_tool_calls(steering.text, ["get_weather"])
-    assert calls == [] and len(invalid) == 1
-
-
-def test_forcing_an_unknown_tool_is_a_usage_error():
-    with pytest.raises(ValueError, match="not among the tools"):
-        ToolCallSteering([WEATHER], "nope")
-
-
-def test_json_schema_steering_with_optional_and_nullable_fields():
-    schema = {
-        "title": "Joke",
-        "type": "object",
-        "properties": {
-            "setup": {"type": "string"},
-            "rating": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
-            "punchline": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
-        },
-        "required": ["setup", "rating"],
-    }
-    text, steps = run_steering(JsonSchemaSteering(schema), ["Why?", "7"])
-    assert steps[0].prefill == '{"setup": "'
-    assert json.loads(text) == {"setup": "Why?", "rating": 7}
+def test_json_schema_plans_and_the_unconstrained_variant():
+    plan = output_constraint(json_schema={"type": "object"})
+    assert isinstance(plan.constraint, JsonSchemaConstraint) and plan.constraint.schema_ == {"type": "object"}
+    loose = output_constraint([WEATHER, ADD], "any", constrain=False)
+    assert loose.constraint is None and loose.prefill == FORCED_CALL_PREFILL
+    with pytest.raises(ValueError, match="either tools or a response format"):
+        output_constraint([WEATHER], "any", json_schema={"type": "object"})
     assert isinstance(ParsedToolCall("x", "y", {}), ParsedToolCall)
+
+
+def test_a_closing_tag_cut_by_the_budget_is_not_content():
+    calls, invalid, content = parse_tool_calls('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_c', ["add"])
+    assert [c.name for c in calls] == ["add"] and invalid == [] and content == ""
+    calls, _, content = parse_tool_calls('<tool_call>\n{"name": "add", "arguments": {}}\nSo: done.', ["add"])
+    assert len(calls) == 1 and content.strip() == "So: done."
