@@ -66,55 +66,68 @@ class DraftHead:
         return out, self.ids
 
 
+#: Prior (hits, misses) of a context draft by the length of its n-gram match: worth a few
+#: observations, optimistic enough that every order gets tried, lower for weak single-token matches.
+_CONTEXT_PRIOR = {1: (1.0, 2.0), 2: (2.0, 2.0), 3: (3.0, 2.0), 4: (3.0, 2.0)}
+_CONTEXT_MEMORY = 400.0
+
+
 @dataclass
 class ContextAcceptance:
-    """Running per-token acceptance of context drafts for one step key, and the length it implies.
+    """Running per-token acceptance of context drafts for one step key, by n-gram match length.
 
     Per-token acceptance ``a`` is estimated as hits / (hits + misses), where a miss is a proposed
     next token the verifier rejected (the maximum-likelihood estimate for geometric acceptance).
-    A prior worth a few observations keeps the first calls from over-reacting; old evidence is
-    decayed so a step whose content changes is re-learned.
+    It is kept separately for each match length (a continuation found after a 4-token match is
+    far likelier than one after a single token), so weak matches stop being drafted where they
+    don't pay while strong ones still are. Old evidence is decayed so a step whose content
+    changes is re-learned.
     """
 
-    hits: float = 3.0
-    misses: float = 2.0
+    counts: dict[int, list[float]] = field(default_factory=lambda: {n: list(v) for n, v in _CONTEXT_PRIOR.items()})
 
-    @property
-    def rate(self) -> float:
-        return self.hits / (self.hits + self.misses)
+    def rate(self, order: int) -> float:
+        hits, misses = self.counts.get(order) or _CONTEXT_PRIOR.get(order, (1.0, 2.0))
+        return hits / (hits + misses)
 
-    def draft_length(self, costs, max_len: int, probe: bool = False) -> int:
-        """The context-draft length with the best expected speed-up on this hardware (0: don't)."""
-        speedup, length = costs.expected_speedup(self.rate, 0.0, max_len, draft_cost=0.0)
+    def draft_length(self, costs, max_len: int, order: int, probe: bool = False) -> int:
+        """The draft length with the best expected speed-up on this hardware for a match of ``order`` (0: don't)."""
+        if max_len <= 0 or order <= 0:
+            return 0
+        speedup, length = costs.expected_speedup(self.rate(order), 0.0, max_len, draft_cost=0.0)
         if speedup < 1.0:
-            return 3 if probe else 0
+            return min(3, max_len) if probe else 0
         return length
 
-    def observe(self, tree, path: list[int], source: int, stats) -> None:
+    def observe(self, tree, path: list[int], source: int, stats, order: int = 0) -> None:
         hits = sum(1 for node in path[1:] if tree.sources[node] & source)
         last = path[-1]
         miss = any(tree.sources[c] & source for c in tree.children()[last].values())
-        self.hits += hits
-        self.misses += 1 if miss else 0
-        total = self.hits + self.misses
-        if total > 400:
-            self.hits *= 400 / total
-            self.misses *= 400 / total
         proposed = sum(1 for s in tree.sources if s & source)
         stats.context_drafted_tokens += proposed
         stats.context_accepted_tokens += hits
+        if order <= 0 or not proposed:
+            return
+        c = self.counts.setdefault(order, list(_CONTEXT_PRIOR.get(order, (1.0, 2.0))))
+        c[0] += hits
+        c[1] += 1 if miss else 0
+        total = c[0] + c[1]
+        if total > _CONTEXT_MEMORY:
+            c[0] *= _CONTEXT_MEMORY / total
+            c[1] *= _CONTEXT_MEMORY / total
 
     def to_dict(self) -> dict:
-        return {"hits": round(self.hits, 3), "misses": round(self.misses, 3)}
+        return {"by_order": {str(n): [round(h, 3), round(m, 3)] for n, (h, m) in sorted(self.counts.items())}}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ContextAcceptance":
-        if not d:
-            return cls()
+        """From a stored profile; a malformed or older entry starts again from the prior."""
         try:
-            return cls(hits=float(d["hits"]), misses=float(d["misses"]))
-        except (KeyError, TypeError, ValueError):
-            return cls()
+            if d and "by_order" in d:
+                return cls(counts={int(n): [float(v[0]), float(v[1])] for n, v in d["by_order"].items()})
+        except (TypeError, ValueError, IndexError, AttributeError):
+            pass
+        return cls()
 
 
 @dataclass

@@ -412,11 +412,13 @@ class SwiftEngine:
             step += 1
             choice = plan.choice
             context: list[list[int]] = []
+            order = 0  # n-gram match length of the context draft
             draft = None
             if speculative and remaining > 1:
                 if index is not None:
-                    length = plan.context.draft_length(costs, cfg.max_draft_len, probe=step % 16 == 0)
-                    context = index.candidates(min(length, remaining - 1), max_matches=3)
+                    cont, order = index.best(min(cfg.max_draft_len, remaining - 1))
+                    length = plan.context.draft_length(costs, len(cont), order, probe=step % 16 == 0)
+                    context = [cont[:length]] if length else []
                 if not choice.plain and (not context or len(context[0]) < 2):
                     draft = draft_chain(
                         runner,
@@ -437,7 +439,7 @@ class SwiftEngine:
             stats.verify_steps += 1
             stats.drafted_tokens += len(tree) - 1
             stats.accepted_drafted_tokens += len(verdict.accepted)
-            plan.context.observe(tree, verdict.path, SOURCE_CONTEXT, stats)
+            plan.context.observe(tree, verdict.path, SOURCE_CONTEXT, stats, order if context else 0)
             new = verdict.accepted + [verdict.bonus]
             committed.append(root)
             committed.extend(verdict.accepted)

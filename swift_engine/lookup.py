@@ -29,35 +29,19 @@ class NgramIndex:
                 if end >= n:
                     self._ends[tuple(self.tokens[end - n : end])].append(end)
 
-    def candidates(self, max_len: int, max_matches: int = 3) -> list[list[int]]:
-        """Continuations of the sequence's latest tokens found earlier, longest match first.
+    def best(self, max_len: int) -> tuple[list[int], int]:
+        """The most likely continuation and the length of the n-gram it matched (0: none).
 
-        Returns up to ``max_matches`` distinct continuations of at most ``max_len`` tokens each.
-        Matches of the longest available n-gram are preferred (more context agreeing means a
-        likelier copy); among them, the most recent first.
+        The match length is the evidence: a continuation after a 4-token match is accepted far
+        more often than one after a single token, so the caller sizes the draft by it.
         """
         if max_len <= 0:
-            return []
-        out: list[list[int]] = []
-        seen: set[tuple[int, ...]] = set()
-        cur_end = len(self.tokens)  # the suffix's own occurrence is not a match
+            return [], 0
+        cur_end = len(self.tokens)
         for n in range(min(self.n_max, cur_end - 1), self.n_min - 1, -1):
-            ends = self._ends.get(tuple(self.tokens[-n:]))
-            if not ends:
-                continue
-            for end in reversed(ends):
-                if end == cur_end:
-                    continue
-                cont = self.tokens[end : end + max_len]
-                if not cont:
-                    continue
-                key = tuple(cont[:4])
-                if key in seen:
-                    continue
-                seen.add(key)
-                out.append(cont)
-                if len(out) >= max_matches:
-                    return out
-            if out:
-                return out
-        return out
+            for end in reversed(self._ends.get(tuple(self.tokens[-n:]), ())):
+                if end != cur_end:
+                    cont = self.tokens[end : end + max_len]
+                    if cont:
+                        return cont, n
+        return [], 0

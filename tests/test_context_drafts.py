@@ -1,0 +1,55 @@
+"""Context drafts: n-gram lookup, acceptance by match length, and the hardware cost model (no model)."""
+
+from __future__ import annotations
+
+from swift_engine.costs import CostModel
+from swift_engine.drafting import ContextAcceptance
+from swift_engine.lookup import NgramIndex
+from swift_engine.results import GenerationStats
+from swift_engine.tree import SOURCE_CONTEXT, TokenTree
+
+#: 2-core CPU costs of SmolLM2-135M (seconds), with the noise seen in practice: 2 tokens slower than 4
+COSTS = {"verify_s": {"1": 0.056, "2": 0.093, "4": 0.085, "8": 0.079, "16": 0.112, "32": 0.125}, "draft_s_at": {"0.0": 0.056, "0.5": 0.045}, "head_s": 0.012}
+
+
+def test_the_longest_match_wins_and_reports_its_length():
+    idx = NgramIndex([1, 2, 3, 4, 5, 9, 3, 4, 7, 1, 2, 3, 4])
+    cont, order = idx.best(3)
+    assert (cont, order) == ([5, 9, 3], 4)  # "1 2 3 4" matched: what followed it
+    idx.extend([8])
+    assert idx.best(3) == ([], 0)  # "8" never occurred before
+    idx = NgramIndex([5, 6, 7, 5])
+    assert idx.best(10) == ([6, 7, 5], 1)
+    assert idx.best(0) == ([], 0)
+
+
+def test_costs_are_made_monotone_in_the_number_of_tokens():
+    costs = CostModel.from_dict(COSTS)
+    assert costs.verify_s[2] == costs.verify_s[4] == costs.verify_s[8] == 0.079
+    sizes = sorted(costs.verify_s)
+    assert all(costs.verify_s[a] <= costs.verify_s[b] for a, b in zip(sizes, sizes[1:]))
+
+
+def _observe(acc: ContextAcceptance, order: int, accepted: int, proposed: int) -> None:
+    """One verify step whose context chain of ``proposed`` tokens had ``accepted`` accepted."""
+    tree = TokenTree.with_root(0)
+    nodes = tree.insert(list(range(1, proposed + 1)), SOURCE_CONTEXT, 64)
+    path = [0] + nodes[:accepted]
+    acc.observe(tree, path, SOURCE_CONTEXT, GenerationStats(prompt_tokens=1), order)
+
+
+def test_weak_matches_stop_being_drafted_while_strong_ones_continue():
+    costs = CostModel.from_dict(COSTS)
+    acc = ContextAcceptance()
+    for _ in range(30):
+        _observe(acc, 1, 0, 3)  # single-token matches: always wrong
+        _observe(acc, 4, 6, 8)  # 4-token matches: long copies
+    assert acc.rate(1) < 0.1 < 0.7 < acc.rate(4)
+    assert acc.draft_length(costs, 20, 1) == 0
+    assert acc.draft_length(costs, 20, 1, probe=True) == 3  # re-probed now and then
+    assert acc.draft_length(costs, 20, 4) >= 4
+    assert acc.draft_length(costs, 20, 0) == 0  # no match, no draft
+    restored = ContextAcceptance.from_dict(acc.to_dict())
+    assert restored.rate(1) == acc.rate(1) and restored.rate(4) == acc.rate(4)
+    assert ContextAcceptance.from_dict({"hits": 3, "misses": 2}).rate(4) == ContextAcceptance().rate(4)  # older format: prior
+    assert ContextAcceptance.from_dict({"by_order": "garbage"}).rate(2) == ContextAcceptance().rate(2)
