@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .constraints import CALL_BEGIN, CALL_END, Constraint, JsonSchemaConstraint, ToolCallConstraint
+from .constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ def load_cases(path: str | Path | None = None) -> list[ConstrainedCase]:
 def validate_reply(case: ConstrainedCase, text: str) -> tuple[bool, bool, str | None]:
     """``(parses, valid, error)`` of a reply (``text`` without the prefill).
 
-    JSON cases: the whole reply is one JSON value that validates against the schema. Tool cases:
-    ``<tool_call>`` + one JSON object ``{"name", "arguments"}`` (closing tag optional), a known
+    Lenient the way the adapters' parser is (prose or a code fence around the value, text after
+    it, a missing closing tag are forgiven): JSON cases need a JSON object that validates against
+    the schema; tool cases a ``<tool_call>`` followed by ``{"name", "arguments"}`` naming a known
     tool, arguments valid against its parameters.
     """
     import jsonschema
@@ -78,15 +79,13 @@ def validate_reply(case: ConstrainedCase, text: str) -> tuple[bool, bool, str | 
     full = case.prefill + text
     try:
         if case.kind == "json":
-            data = json.loads(full.strip())
+            data = _first_json(full)
             schema = case.schema
         else:
-            body = full.strip()
-            if not body.startswith(CALL_BEGIN.strip()):
+            start = full.find(CALL_BEGIN.strip())
+            if start < 0:
                 return False, False, "no <tool_call> block"
-            body = body[len(CALL_BEGIN.strip()) :]
-            body = body[: body.index(CALL_END.strip())] if CALL_END.strip() in body else body
-            call = json.loads(body.strip())
+            call = _first_json(full[start + len(CALL_BEGIN.strip()) :])
             if not isinstance(call, dict) or "name" not in call:
                 return True, False, "call without a name"
             specs = {t["name"]: t["parameters"] for t in case.tools or []}
@@ -100,6 +99,14 @@ def validate_reply(case: ConstrainedCase, text: str) -> tuple[bool, bool, str | 
     except jsonschema.ValidationError as exc:
         return True, False, f"schema: {exc.message}"[:200]
     return True, True, None
+
+
+def _first_json(text: str) -> Any:
+    """The first JSON object in ``text`` (what follows it is ignored)."""
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON object")
+    return json.JSONDecoder().raw_decode(text[start:])[0]
 
 
 @dataclass
@@ -171,9 +178,11 @@ def run_constrained_benchmark(
             "acceptance_rate": out.stats.acceptance_rate,
             "mean_accepted_per_step": out.stats.mean_accepted_per_step,
             "mode": out.stats.mode,
+            "grammar_closing_tokens": out.stats.grammar_closing_tokens,
             "text": out.text,
         }
-        res.exact = _strip_eos(engine, list(out.token_ids)) == hf_tokens
+        model_part = list(out.token_ids)[: n - out.stats.grammar_closing_tokens]  # closing tokens are not the model's
+        res.exact = _strip_eos(engine, model_part) == hf_tokens
         if not res.exact:
             logger.error("constrained SWIFT differs from constrained transformers decoding on %s", case.id)
         if res.hf["tokens_per_s"]:

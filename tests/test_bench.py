@@ -89,3 +89,27 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     assert "summarization" in render_text(result)
     md = render_markdown(result)
     assert md.count("\n| summarization |") == 1 and "warm vs hf" in md
+
+
+def test_constrained_cases_and_the_reply_validator() -> None:
+    from swift_engine.bench_constrained import load_cases, validate_reply
+
+    cases = load_cases()
+    assert {c.kind for c in cases} == {"json", "tools"} and len(cases) == 8
+    person, weather = cases[0], next(c for c in cases if c.kind == "tools")
+    assert validate_reply(person, 'Sure:\n```json\n{"name": "Marie Curie", "age": 66}\n```') == (True, True, None)
+    assert validate_reply(person, '{"name": "Marie", "age": "x"}')[:2] == (True, False)
+    assert validate_reply(person, "Marie Curie, 66")[:2] == (False, False)
+    assert weather.prefill == "<tool_call>\n"
+    assert validate_reply(weather, '{"name": "get_weather", "arguments": {"city": "Lisbon"}}\n</tool_call>') == (True, True, None)
+    assert validate_reply(weather, '{"name": "fly", "arguments": {}}')[:2] == (True, False)
+
+
+@pytest.mark.slow
+def test_constrained_only_run_is_exact_and_always_valid(tmp_path) -> None:
+    path = tmp_path / "constrained.json"
+    assert main(["--constrained-only", "--constrained-max-new-tokens", "32", "--no-progress", "--json", str(path)]) == 0
+    summary = json.loads(path.read_text())["constrained"]["summary"]
+    assert summary["all"]["cases"] == 8 and summary["all"]["exact"] is True
+    assert summary["all"]["constrained_valid_rate"] == 1.0  # budget-cut replies are closed by the grammar
+    assert summary["all"]["median_speedup_vs_hf"] > 0
