@@ -55,6 +55,13 @@ class DraftHead:
             self.bias = None if bias is None else bias.index_select(0, self.ids)
             self._dirty = False
 
+    def vocab(self) -> torch.Tensor | None:
+        """The subset's token ids, up to date (``None``: the full vocabulary)."""
+        if self.full:
+            return None
+        self._refresh()
+        return self.ids
+
     def logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits over the subset, and the subset's token ids (``None``: the full vocabulary)."""
         if self.full:

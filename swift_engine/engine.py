@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,7 +50,7 @@ class _CallPlan:
     choice: "SkipChoice"
     #: no drafting at all in this call (speculative=False, or SWIFT disabled)
     plain_call: bool = False
-    context: "ContextAcceptance" = None  # type: ignore[assignment]
+    context: ContextAcceptance = field(default_factory=ContextAcceptance)
     state: SearchState | None = None
     searching: bool = False
     probing: bool = False
@@ -58,13 +58,7 @@ class _CallPlan:
     iterations: int = 0
     #: seconds spent searching in this call (bounded by SearchConfig.max_overhead)
     search_s: float = 0.0
-    extra: dict = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.extra is None:
-            self.extra = {}
-        if self.context is None:
-            self.context = ContextAcceptance()
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -407,7 +401,7 @@ class SwiftEngine:
                 and plan.search_s <= cfg.search.max_overhead * (time.perf_counter() - tp - plan.search_s)
             ):
                 ts = time.perf_counter()
-                self._search_step(plan, cache, past, committed + [root], ref_start, ref_next, head)
+                self._search_step(plan, cache, past, committed, ref_start, ref_next, head)
                 plan.search_s += time.perf_counter() - ts
             step += 1
             choice = plan.choice
@@ -475,9 +469,7 @@ class SwiftEngine:
             cand = state.best  # score the starting set first
         else:
             cand = search.propose(state)
-        head._refresh() if not head.full else None
-        vocab = None if head.full else head.ids
-        score = score_candidate(self.runner, cache, past, window_tokens, targets, cand, vocab)
+        score = score_candidate(self.runner, cache, past, window_tokens, targets, cand, head.vocab())
         if search.update(state, cand, score) or plan.iterations == 0:
             plan.choice = SkipChoice(state.best.attention, state.best.mlp, plain=state.best_speedup < 1.0)
         plan.iterations += 1

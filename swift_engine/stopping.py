@@ -48,7 +48,14 @@ class StopStrings:
 
 
 class TextStream:
-    """Incremental detokenizer with stop-string trimming."""
+    """Incremental detokenizer with stop-string trimming.
+
+    Each push decodes only the last few tokens (from ``_prefix`` on), not the whole sequence: the
+    text of ``ids[_prefix:_read]`` is known, so what the new tokens add is the difference. Decoding
+    from a token before the new ones keeps tokenizers that render a token differently at the start
+    of a string (SentencePiece's leading space) right; an incomplete UTF-8 character is left
+    pending until the token that completes it arrives.
+    """
 
     def __init__(self, tokenizer, stops: StopStrings) -> None:
         self.tokenizer = tokenizer
@@ -57,11 +64,20 @@ class TextStream:
         self.text = ""
         self.sent = 0
         self.stopped_at: int | None = None
+        self._prefix = 0  # ids[_prefix:_read] were decoded into the end of self.text
+        self._read = 0
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def push(self, ids: Sequence[int]) -> str:
         """Add tokens; return the newly releasable text. Sets ``stopped_at`` when a stop string appears."""
         self.ids.extend(ids)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        known = self._decode(self.ids[self._prefix : self._read])
+        fresh = self._decode(self.ids[self._prefix :])
+        if len(fresh) > len(known) and not fresh.endswith("\ufffd"):
+            self.text += fresh[len(known) :]
+            self._prefix, self._read = self._read, len(self.ids)
         hit = self.stops.find(self.text, max(0, self.sent - self.stops.max_len))
         if hit >= 0:
             self.stopped_at = hit
@@ -69,14 +85,16 @@ class TextStream:
             self.sent = max(self.sent, hit)
             return delta
         end = len(self.text) - self.stops.held_tail(self.text)
-        while end > self.sent and self.text[end - 1] == "\ufffd":  # incomplete character
-            end -= 1
         delta = self.text[self.sent:end] if end > self.sent else ""
         self.sent = max(self.sent, end)
         return delta
 
     def flush(self) -> str:
-        """Release the rest at the end of generation."""
+        """Release the rest at the end of generation (a character left incomplete included)."""
+        if self._read < len(self.ids) and self.stopped_at is None:
+            known = self._decode(self.ids[self._prefix : self._read])
+            self.text += self._decode(self.ids[self._prefix :])[len(known) :]
+            self._prefix = self._read = len(self.ids)
         end = self.stopped_at if self.stopped_at is not None else len(self.text)
         delta = self.text[self.sent:end] if end > self.sent else ""
         self.sent = max(self.sent, end)
