@@ -33,6 +33,8 @@ class CostModel:
     draft_s_at: dict[float, float] = field(default_factory=dict)
     #: the output head's share of a one-token step (it is never skipped)
     head_s: float = 0.0
+    #: real verification passes seen by this engine: size bucket -> (mean seconds, count); not persisted
+    observed: dict[int, tuple[float, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.verify_s = _monotone(self.verify_s)
@@ -42,6 +44,22 @@ class CostModel:
         return self.verify_s[1]
 
     def verify(self, q: int) -> float:
+        """Seconds to verify ``q`` tokens.
+
+        The synthetic measurement (a short context, a causal mask) is corrected by what real
+        verification passes cost relative to real one-token steps, once both were seen a few times:
+        at a real context length, with a tree mask, small batches can cost nearly what 16 tokens do.
+        """
+        base = self._measured(q)
+        if q > 1 and self.observed:
+            b = min((s for s in _VERIFY_SIZES if s >= q), default=_VERIFY_SIZES[-1])
+            one, nb = self.observed.get(1, (0.0, 0)), self.observed.get(b, (0.0, 0))
+            if one[1] >= 4 and nb[1] >= 2 and one[0] > 0:
+                seen = nb[0] / one[0]  # observed cost of this size, in one-token steps
+                return max(base, self.verify_s[1] * seen)
+        return base
+
+    def _measured(self, q: int) -> float:
         sizes = sorted(self.verify_s)
         if q <= sizes[0]:
             return self.verify_s[sizes[0]]
@@ -75,6 +93,28 @@ class CostModel:
             if s > best:
                 best, best_len = s, length
         return best, best_len
+
+    def best_copy_length(self, first: float, cont: float, max_len: int) -> tuple[float, int]:
+        """Best expected speed-up of a free (context) draft, and its length.
+
+        ``first``: probability that the first drafted token is accepted; ``cont``: that each later
+        one is, given the ones before were. ``L`` drafted tokens then yield
+        ``1 + first * (1 - cont^L) / (1 - cont)`` tokens for one verification of ``L + 1``.
+        """
+        a = min(max(cont, 0.0), 0.999)
+        best, best_len = 0.0, 1
+        for length in range(1, max_len + 1):
+            tokens = 1 + first * (1 - a**length) / (1 - a)
+            s = tokens * self.plain_s / self.verify(length + 1)
+            if s > best:
+                best, best_len = s, length
+        return best, best_len
+
+    def observe_verify(self, q: int, seconds: float) -> None:
+        """Learn from a real verification pass of ``q`` tokens (see :meth:`verify`)."""
+        b = min((s for s in _VERIFY_SIZES if s >= q), default=_VERIFY_SIZES[-1])
+        mean, n = self.observed.get(b, (seconds, 0))
+        self.observed[b] = (mean + (seconds - mean) / min(n + 1, 20), n + 1)  # running mean, then a slow EMA
 
     def to_dict(self) -> dict:
         return {"verify_s": self.verify_s, "draft_s_at": self.draft_s_at, "head_s": self.head_s}

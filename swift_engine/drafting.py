@@ -73,35 +73,44 @@ class DraftHead:
         return out, self.ids
 
 
-#: Prior (hits, misses) of a context draft by the length of its n-gram match: worth a few
-#: observations, optimistic enough that every order gets tried, lower for weak single-token matches.
-_CONTEXT_PRIOR = {1: (1.0, 2.0), 2: (2.0, 2.0), 3: (3.0, 2.0), 4: (3.0, 2.0)}
-_CONTEXT_MEMORY = 400.0
+#: Prior counts ``[attempts, first-token hits, later hits, later misses]`` of a context draft by the
+#: length of its n-gram match: worth a few observations, optimistic enough that every order gets
+#: tried, lower for weak single-token matches.
+_CONTEXT_PRIOR = {1: (4.0, 1.0, 3.0, 1.0), 2: (4.0, 2.0, 3.0, 1.0), 3: (4.0, 2.0, 3.0, 1.0), 4: (4.0, 2.0, 3.0, 1.0)}
+_CONTEXT_MEMORY = 200.0
 
 
 @dataclass
 class ContextAcceptance:
-    """Running per-token acceptance of context drafts for one step key, by n-gram match length.
+    """How often context drafts are accepted, for one step key, by n-gram match length.
 
-    Per-token acceptance ``a`` is estimated as hits / (hits + misses), where a miss is a proposed
-    next token the verifier rejected (the maximum-likelihood estimate for geometric acceptance).
-    It is kept separately for each match length (a continuation found after a 4-token match is
-    far likelier than one after a single token), so weak matches stop being drafted where they
-    don't pay while strong ones still are. Old evidence is decayed so a step whose content
-    changes is re-learned.
+    Copies are bursty: a continuation is either wrong from its first token or right for a
+    stretch. So two rates are kept per match length (a continuation found after a 4-token match is
+    far likelier than one after a single token): ``p1``, that the first drafted token is accepted,
+    and ``a``, that each later one is, given the ones before were. The expected number of accepted
+    tokens of a draft of length ``L`` is then ``p1 * (1 - a^L) / (1 - a)``, which the cost model
+    weighs against the measured cost of verifying ``L + 1`` tokens. Old evidence is decayed so a
+    step whose content changes is re-learned.
     """
 
     counts: dict[int, list[float]] = field(default_factory=lambda: {n: list(v) for n, v in _CONTEXT_PRIOR.items()})
 
-    def rate(self, order: int) -> float:
-        hits, misses = self.counts.get(order) or _CONTEXT_PRIOR.get(order, (1.0, 2.0))
+    def _c(self, order: int) -> list[float]:
+        return self.counts.get(order) or list(_CONTEXT_PRIOR.get(order, _CONTEXT_PRIOR[1]))
+
+    def first_rate(self, order: int) -> float:
+        attempts, first, _, _ = self._c(order)
+        return first / attempts
+
+    def continue_rate(self, order: int) -> float:
+        _, _, hits, misses = self._c(order)
         return hits / (hits + misses)
 
     def draft_length(self, costs, max_len: int, order: int, probe: bool = False) -> int:
         """The draft length with the best expected speed-up on this hardware for a match of ``order`` (0: don't)."""
         if max_len <= 0 or order <= 0:
             return 0
-        speedup, length = costs.expected_speedup(self.rate(order), 0.0, max_len, draft_cost=0.0)
+        speedup, length = costs.best_copy_length(self.first_rate(order), self.continue_rate(order), max_len)
         if speedup < 1.0:
             return min(3, max_len) if probe else 0
         return length
@@ -115,24 +124,29 @@ class ContextAcceptance:
         stats.context_accepted_tokens += hits
         if order <= 0 or not proposed:
             return
-        c = self.counts.setdefault(order, list(_CONTEXT_PRIOR.get(order, (1.0, 2.0))))
-        c[0] += hits
-        c[1] += 1 if miss else 0
-        total = c[0] + c[1]
-        if total > _CONTEXT_MEMORY:
-            c[0] *= _CONTEXT_MEMORY / total
-            c[1] *= _CONTEXT_MEMORY / total
+        c = self.counts.setdefault(order, list(_CONTEXT_PRIOR.get(order, _CONTEXT_PRIOR[1])))
+        c[0] += 1
+        if hits:
+            c[1] += 1
+            c[2] += hits - 1
+            c[3] += 1 if miss else 0
+        if c[0] > _CONTEXT_MEMORY:
+            scale = _CONTEXT_MEMORY / c[0]
+            for i in range(4):
+                c[i] *= scale
 
     def to_dict(self) -> dict:
-        return {"by_order": {str(n): [round(h, 3), round(m, 3)] for n, (h, m) in sorted(self.counts.items())}}
+        return {"by_order_v2": {str(n): [round(x, 3) for x in v] for n, v in sorted(self.counts.items())}}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ContextAcceptance":
         """From a stored profile; a malformed or older entry starts again from the prior."""
         try:
-            if d and "by_order" in d:
-                return cls(counts={int(n): [float(v[0]), float(v[1])] for n, v in d["by_order"].items()})
-        except (TypeError, ValueError, IndexError, AttributeError):
+            if d and "by_order_v2" in d:
+                counts = {int(n): [float(x) for x in v] for n, v in d["by_order_v2"].items()}
+                if all(len(v) == 4 and v[0] > 0 and v[2] + v[3] > 0 for v in counts.values()):
+                    return cls(counts=counts)
+        except (TypeError, ValueError, AttributeError):
             pass
         return cls()
 

@@ -429,7 +429,10 @@ class SwiftEngine:
                     cache.truncate(past)
                     stats.draft_steps += draft.steps
             tree = build_tree(root, draft, context, cfg, budget=remaining)
+            tv = time.perf_counter()
             verdict = verify_tree(runner, cache, tree, past, params, generator, grammar)
+            if costs is not None:
+                costs.observe_verify(len(tree), time.perf_counter() - tv)
             stats.verify_steps += 1
             stats.drafted_tokens += len(tree) - 1
             stats.accepted_drafted_tokens += len(verdict.accepted)

@@ -44,12 +44,32 @@ def test_weak_matches_stop_being_drafted_while_strong_ones_continue():
     for _ in range(30):
         _observe(acc, 1, 0, 3)  # single-token matches: always wrong
         _observe(acc, 4, 6, 8)  # 4-token matches: long copies
-    assert acc.rate(1) < 0.1 < 0.7 < acc.rate(4)
+        _observe(acc, 2, 0, 8)  # 2-token matches: bursty, wrong 4 times in 5 ...
+        _observe(acc, 2, 0, 8)
+        _observe(acc, 2, 0, 8)
+        _observe(acc, 2, 0, 8)
+        _observe(acc, 2, 8, 8)  # ... and right all along the fifth time
+    assert acc.first_rate(1) < 0.1 and acc.first_rate(4) > 0.9 and acc.continue_rate(4) > 0.8
+    assert 0.15 < acc.first_rate(2) < 0.25 and acc.continue_rate(2) > 0.9  # not one blended per-token rate
     assert acc.draft_length(costs, 20, 1) == 0
     assert acc.draft_length(costs, 20, 1, probe=True) == 3  # re-probed now and then
     assert acc.draft_length(costs, 20, 4) >= 4
     assert acc.draft_length(costs, 20, 0) == 0  # no match, no draft
     restored = ContextAcceptance.from_dict(acc.to_dict())
-    assert restored.rate(1) == acc.rate(1) and restored.rate(4) == acc.rate(4)
-    assert ContextAcceptance.from_dict({"hits": 3, "misses": 2}).rate(4) == ContextAcceptance().rate(4)  # older format: prior
-    assert ContextAcceptance.from_dict({"by_order": "garbage"}).rate(2) == ContextAcceptance().rate(2)
+    assert restored.first_rate(1) == acc.first_rate(1) and restored.continue_rate(4) == acc.continue_rate(4)
+    assert ContextAcceptance.from_dict({"hits": 3, "misses": 2}).first_rate(4) == ContextAcceptance().first_rate(4)  # older format: prior
+    assert ContextAcceptance.from_dict({"by_order_v2": "garbage"}).first_rate(2) == ContextAcceptance().first_rate(2)
+
+
+def test_real_verification_costs_correct_the_synthetic_ones():
+    costs = CostModel.from_dict(COSTS)
+    synthetic = costs.verify(4)
+    costs.observe_verify(4, 0.2)  # one sample of a size is not enough, and nothing without one-token steps
+    costs.observe_verify(3, 0.2)
+    assert costs.verify(4) == synthetic
+    for _ in range(4):
+        costs.observe_verify(1, 0.07)
+    # real 4-token passes cost 0.2 / 0.07 one-token steps: scaled onto the measured one-token time
+    assert abs(costs.verify(4) - 0.056 * 0.2 / 0.07) < 1e-9
+    assert costs.verify(16) == costs._measured(16)  # sizes never seen keep the measurement
+    assert costs.verify(1) == 0.056
