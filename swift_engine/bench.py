@@ -184,14 +184,14 @@ class _CacheProbe:
     def __init__(self, runner: Any) -> None:
         self.runner = runner
         self.caches: list[Any] = []
-        self._orig: Callable[[], Any] | None = None
+        self._orig: Callable[..., Any] | None = None
 
     def __enter__(self) -> "_CacheProbe":
         self._orig = self.runner.new_cache
         orig = self._orig
 
-        def new_cache():
-            cache = orig()
+        def new_cache(*args: Any, **kwargs: Any):
+            cache = orig(*args, **kwargs)
             self.caches.append(cache)
             return cache
 

@@ -372,7 +372,8 @@ class SwiftEngine:
     ) -> Iterator[list[int]]:
         """Yield committed tokens as they are accepted; the caller decides when to stop."""
         runner, device, cfg = self.runner, self.runner.device, self.config
-        cache = runner.new_cache()
+        # the furthest a generation writes: prompt, reply, and one draft tree past the reply's end
+        cache = runner.new_cache(capacity=len(prompt_ids) + max_new_tokens + cfg.tree.max_tree_tokens + 1)
         tp = time.perf_counter()
         n = len(prompt_ids)
         window = cfg.search.context_window

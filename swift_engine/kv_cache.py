@@ -10,6 +10,8 @@ tree is one gather of the tree's own entries. Sliding windows are enforced by th
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -20,8 +22,10 @@ class SwiftKVLayer(CacheLayerMixin):
     is_compileable = False
     is_sliding = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, capacity: int | None = None, **kwargs) -> None:
         super().__init__()
+        #: entries to allocate up front (the generation's known maximum); None: grow from the first write
+        self.capacity = capacity
         self.length = 0
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
@@ -29,7 +33,8 @@ class SwiftKVLayer(CacheLayerMixin):
     # -- CacheLayerMixin -------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        cap = max(256, 2 * key_states.shape[-2])
+        n = key_states.shape[-2]
+        cap = max(self.capacity, n) if self.capacity else max(256, 2 * n)
         self._k = key_states.new_empty((*key_states.shape[:-2], cap, key_states.shape[-1]))
         self._v = value_states.new_empty((*value_states.shape[:-2], cap, value_states.shape[-1]))
         self.is_initialized = True
@@ -109,8 +114,9 @@ class SwiftKVLayer(CacheLayerMixin):
 class SwiftKVCache(Cache):
     """The engine's per-generation cache; layers appear lazily as the model writes them."""
 
-    def __init__(self) -> None:
-        super().__init__(layer_class_to_replicate=SwiftKVLayer)
+    def __init__(self, capacity: int | None = None) -> None:
+        # one allocation of the size the generation can reach, instead of doubling past it
+        super().__init__(layer_class_to_replicate=partial(SwiftKVLayer, capacity=capacity))
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         if layer_idx >= len(self.layers):

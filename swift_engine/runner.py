@@ -37,8 +37,8 @@ class ModelRunner:
         self.vocab_size = self.lm_head.weight.shape[0]
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 0) or None
 
-    def new_cache(self) -> SwiftKVCache:
-        return SwiftKVCache()
+    def new_cache(self, capacity: int | None = None) -> SwiftKVCache:
+        return SwiftKVCache(capacity)
 
     @torch.inference_mode()
     def hidden(
