@@ -179,9 +179,17 @@ class LayerSetSearch:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _hopeless(self, state: SearchState) -> bool:
-        """No skip ratio could pay even with a better set than any seen: stop searching."""
+        """Stop searching: nothing seen pays, and either nothing could or the search has stalled.
+
+        "Could": at every skip ratio tried, even a set scoring 0.1 better than the best seen would
+        not beat plain decoding. "Stalled": ``hopeless_after`` iterations without improvement while
+        still below break-even; the search would otherwise keep costing time in every call of the
+        step for up to ``max_tolerance_iter`` iterations.
+        """
         if state.iterations < self.config.hopeless_after or state.best_speedup >= 1.0:
             return False
+        if state.since_improvement >= self.config.hopeless_after:
+            return True  # below break-even and no progress for as long again: decode plainly, re-probe later
         best_at: dict[int, float] = {}
         for obs in state.observations:
             k = len(obs["attention"]) + len(obs["mlp"])

@@ -73,3 +73,24 @@ def test_real_verification_costs_correct_the_synthetic_ones():
     assert abs(costs.verify(4) - 0.056 * 0.2 / 0.07) < 1e-9
     assert costs.verify(16) == costs._measured(16)  # sizes never seen keep the measurement
     assert costs.verify(1) == 0.056
+
+
+def test_a_search_stalled_below_break_even_stops():
+    from swift_engine.config import SearchConfig
+    from swift_engine.optimization import Candidate, LayerSetSearch, SearchState
+
+    # cheap drafts: a 20-sublayer set at score 0.65 gives 0.97x, one scoring 0.1 better would pay
+    costs = CostModel.from_dict({"verify_s": {"1": 0.05, "2": 0.055, "4": 0.06, "8": 0.07, "16": 0.09, "32": 0.12}, "draft_s_at": {"0.0": 0.05, "0.5": 0.02}, "head_s": 0.005})
+    search = LayerSetSearch(30, SearchConfig(hopeless_after=5), costs, max_draft=8)
+
+    def cand(i: int) -> Candidate:
+        return Candidate(frozenset(range(1 + i, 11 + i)), frozenset(range(2, 12)))
+
+    state = SearchState(best=cand(0))
+    search.update(state, cand(0), 0.65)
+    for i in range(1, 5):
+        search.update(state, cand(i), 0.60)
+        assert not state.converged  # not hopeless: a better set could still pay
+    assert 0.9 < state.best_speedup < 1.0
+    search.update(state, cand(5), 0.60)
+    assert state.converged  # 5 iterations without progress below break-even: plain, re-probed later
