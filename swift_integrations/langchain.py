@@ -69,6 +69,8 @@ from swift_engine.config import SwiftConfig
 
 from ._generation import Delta, Final, GenerationCall, Start, generation_events, normalize_tool_choice, output_constraint
 from ._shared import (
+    check_engine,
+    check_stop_strings,
     RenderedPrompt,
     aiter_in_thread,
     get_engine,
@@ -189,16 +191,24 @@ class _SwiftFields(BaseModel):
     @field_validator("engine")
     @classmethod
     def _check_engine(cls, v: Any) -> Any:
-        if v is not None and not (hasattr(v, "stream") and hasattr(v, "tokenizer")):
-            raise ValueError(f"engine must be a swift_engine.SwiftEngine, got {type(v).__name__}")
-        return v
+        return check_engine(v)
 
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and any(not isinstance(s, str) or not s for s in v):
-            raise ValueError("stop strings must be non-empty strings")
-        return v or None
+        return check_stop_strings(v) or None
+
+    def _swift_ls_params(self, params: Any, model_type: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Any:
+        """LangSmith's invocation parameters for this wrapper (``model_type``: "chat" or "llm")."""
+        params["ls_provider"] = "swift"
+        params["ls_model_name"] = self._display_name(kwargs.get("model"))
+        params["ls_model_type"] = model_type
+        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
+        params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
+        ls_stop = stop or self.stop
+        if ls_stop:
+            params["ls_stop"] = list(ls_stop)
+        return params
 
     # -- engine ------------------------------------------------------------------------------
     @property
@@ -256,9 +266,7 @@ class _SwiftFields(BaseModel):
             v = kwargs.get(name)
             return getattr(self, name) if v is None else v
 
-        stops = list(stop) if stop else list(self.stop or [])
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError("stop strings must be non-empty strings")
+        stops = check_stop_strings(stop if stop else self.stop)
         return {
             "sampling": {
                 "temperature": float(pick("temperature")),
@@ -409,16 +417,7 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         return self._swift_params()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "swift"
-        params["ls_model_name"] = self._display_name(kwargs.get("model"))
-        params["ls_model_type"] = "chat"
-        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
-        params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
-        ls_stop = stop or self.stop
-        if ls_stop:
-            params["ls_stop"] = list(ls_stop)
-        return params
+        return self._swift_ls_params(super()._get_ls_params(stop=stop, **kwargs), "chat", stop, kwargs)
 
     # -- public entry points: resolve the step key where the run config is known ---------------
     def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
@@ -666,16 +665,7 @@ class SwiftLLM(_SwiftFields, BaseLLM):
         return self._swift_params()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "swift"
-        params["ls_model_name"] = self._display_name(kwargs.get("model"))
-        params["ls_model_type"] = "llm"
-        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
-        params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
-        ls_stop = stop or self.stop
-        if ls_stop:
-            params["ls_stop"] = list(ls_stop)
-        return params
+        return self._swift_ls_params(super()._get_ls_params(stop=stop, **kwargs), "llm", stop, kwargs)
 
     def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> str:
         return super().invoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))

@@ -90,6 +90,8 @@ from swift_engine.config import SwiftConfig
 
 from ._generation import Delta, Final, GenerationCall, OutputPlan, Start, generation_events, normalize_tool_choice, output_constraint
 from ._shared import (
+    check_engine,
+    check_stop_strings,
     RenderedPrompt,
     aiter_in_thread,
     get_engine,
@@ -433,16 +435,12 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
     @field_validator("engine")
     @classmethod
     def _check_engine(cls, v: Any) -> Any:
-        if v is not None and not (hasattr(v, "stream") and hasattr(v, "tokenizer")):
-            raise ValueError(f"engine must be a swift_engine.SwiftEngine, got {type(v).__name__}")
-        return v
+        return check_engine(v)
 
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and any(not isinstance(s, str) or not s for s in v):
-            raise ValueError("stop strings must be non-empty strings")
-        return v or None
+        return check_stop_strings(v) or None
 
     @classmethod
     def class_name(cls) -> str:
@@ -515,9 +513,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         stop = kwargs.get("stop")
         if isinstance(stop, str):
             stop = [stop]
-        stops = list(stop) if stop else list(self.stop or [])
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError("stop strings must be non-empty strings")
+        stops = check_stop_strings(stop if stop else self.stop)
         max_tokens = pick("max_tokens")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
