@@ -6,6 +6,8 @@ so that a run can be reproduced from its config alone.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -76,6 +78,10 @@ class SwiftConfig(BaseModel):
     #: Draft over the context's tokens plus this many lowest token ids (``None``: full vocabulary).
     #: Verification always uses the full head, so this changes speed, never the output.
     draft_vocab_size: int | None = Field(default=8192, ge=1)
+    #: Dense layers of the engine's own passes on CPU: ``"auto"`` (oneDNN for float32, ~1.3-1.9x
+    #: faster there), ``"onednn"`` (any dtype), ``"torch"`` (PyTorch's stock path). Outputs are the
+    #: same up to float rounding; other users of the model object always get the stock path.
+    cpu_kernels: Literal["auto", "onednn", "torch"] = "auto"
     tree: TreeConfig = TreeConfig()
     search: SearchConfig = SearchConfig()
     #: Also draft continuations found earlier in the context (prompt lookup), merged into the tree.

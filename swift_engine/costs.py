@@ -201,7 +201,8 @@ def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
     """Where the measured costs of this model on this device, dtype and thread count are kept."""
     dev = f"{runner.device.type}{runner.device.index or 0}"
     dtype = str(runner.dtype).split(".")[-1]
-    return directory / "_costs" / f"{fingerprint}-{dev}-{dtype}-t{torch.get_num_threads()}.json"
+    kernels = "-onednn" if runner.onednn else ""
+    return directory / "_costs" / f"{fingerprint}-{dev}-{dtype}{kernels}-t{torch.get_num_threads()}.json"
 
 
 def load_or_measure(path: Path | None, runner: ModelRunner) -> CostModel:

@@ -67,7 +67,7 @@ class DraftHead:
         if self.full:
             return self.runner.logits(hidden), None
         self._refresh()
-        out = torch.nn.functional.linear(hidden, self.weight, self.bias).float()
+        out = self.runner.linear(hidden, self.weight, self.bias).float()
         if self.runner.softcap:
             out = torch.tanh(out / self.runner.softcap) * self.runner.softcap
         return out, self.ids

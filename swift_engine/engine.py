@@ -90,7 +90,7 @@ class SwiftEngine:
         self.tokenizer = tokenizer
         self.config = config or SwiftConfig()
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        self.runner = ModelRunner(model)
+        self.runner = ModelRunner(model, self.config.cpu_kernels)
         self._lock = threading.RLock()
         n = self.runner.num_layers
         if self.config.skip_attention is not None or self.config.skip_mlp is not None:

@@ -8,18 +8,20 @@ pass explicit position ids and tree masks for every architecture the same way.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
 from torch import nn
 
+from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, use_onednn
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper, UnsupportedArchitectureError
 from .masks import MaskBuilder
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, kernels: KernelMode = "auto") -> None:
         self.model = model
         self.config = model.config
         self.skipper = LayerSkipper.for_model(model)  # first: it explains unsupported architectures
@@ -36,6 +38,18 @@ class ModelRunner:
         self.num_layers = self.skipper.num_layers
         self.vocab_size = self.lm_head.weight.shape[0]
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 0) or None
+        #: the engine's passes run their linears through oneDNN (CPU); see cpu_kernels.py
+        self.onednn = use_onednn(kernels, self.device, self.dtype)
+        self._kernels = LinearKernels.for_model(model) if self.onednn else None
+
+    def _linears(self):
+        return self._kernels.active() if self._kernels is not None else contextlib.nullcontext()
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """A dense product with this runner's kernel choice (for heads over vocabulary subsets)."""
+        if self.onednn:
+            return onednn_linear(x, weight, bias)
+        return torch.nn.functional.linear(x, weight, bias)
 
     def new_cache(self, capacity: int | None = None) -> SwiftKVCache:
         return SwiftKVCache(capacity)
@@ -52,24 +66,26 @@ class ModelRunner:
         """Final hidden states ``[q, H]`` of ``input_ids`` appended after the cache's entries."""
         past = cache.get_seq_length()
         mask = self.masks.build(past, positions, ancestors, past_visible)
-        out = self.decoder(
-            input_ids=input_ids[None],
-            position_ids=positions[None],
-            attention_mask=mask,
-            use_cache=True,
-            **{self._cache_kw: cache},
-        )
+        with self._linears():
+            out = self.decoder(
+                input_ids=input_ids[None],
+                position_ids=positions[None],
+                attention_mask=mask,
+                use_cache=True,
+                **{self._cache_kw: cache},
+            )
         return out.last_hidden_state[0]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits of ``hidden`` over the whole vocabulary or a subset of token ids."""
         if vocab is None:
-            out = self.lm_head(hidden)
+            with self._linears():
+                out = self.lm_head(hidden)
         else:
             w = self.lm_head.weight.index_select(0, vocab)
             b = getattr(self.lm_head, "bias", None)
-            out = torch.nn.functional.linear(hidden, w, None if b is None else b.index_select(0, vocab))
+            out = self.linear(hidden, w, None if b is None else b.index_select(0, vocab))
         out = out.float()
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
