@@ -58,6 +58,8 @@ class _CallPlan:
     iterations: int = 0
     #: seconds spent searching in this call (bounded by SearchConfig.max_overhead)
     search_s: float = 0.0
+    #: seconds the last search iteration took (the estimate for the next one)
+    last_iteration_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -387,7 +389,8 @@ class SwiftEngine:
         committed = list(prompt_ids)  # tokens whose KV is cached (the root is not, yet)
         ref_start = n - tail_logits.shape[0]
         ref_next = tail_logits.argmax(dim=-1).tolist()  # ref_next[j - ref_start]: argmax after committed[j]
-        stats.prefill_time_s = time.perf_counter() - tp
+        td = time.perf_counter()
+        stats.prefill_time_s = td - tp
         yield [root]
         head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)
         speculative = not plan.plain_call
@@ -396,14 +399,11 @@ class SwiftEngine:
         produced, past, step = 1, n, 0
         while produced < max_new_tokens:
             remaining = max_new_tokens - produced
-            if (
-                plan.searching
-                and step % cfg.search.opt_interval == 0
-                and plan.search_s <= cfg.search.max_overhead * (time.perf_counter() - tp - plan.search_s)
-            ):
+            if plan.searching and step % cfg.search.opt_interval == 0 and self._search_affordable(plan, td):
                 ts = time.perf_counter()
                 self._search_step(plan, cache, past, committed, ref_start, ref_next, head)
-                plan.search_s += time.perf_counter() - ts
+                plan.last_iteration_s = time.perf_counter() - ts
+                plan.search_s += plan.last_iteration_s
             step += 1
             choice = plan.choice
             context: list[list[int]] = []
@@ -450,6 +450,18 @@ class SwiftEngine:
             produced += len(new)
             stats.kv_cache_bytes = cache.nbytes()
             yield new
+
+    def _search_affordable(self, plan: "_CallPlan", decode_start: float) -> bool:
+        """Whether one more search iteration keeps this call within its overhead budget.
+
+        The budget is ``max_overhead`` times the call's decoding time so far (the prefill is not
+        decoding: a long prompt must not buy a search that its short reply then pays for), and the
+        next iteration counts before it runs, so a reply too short to carry an iteration never
+        starts one.
+        """
+        decoding = time.perf_counter() - decode_start - plan.search_s
+        next_s = plan.last_iteration_s or self.costs.verify(self.config.search.context_window)
+        return plan.search_s + next_s <= self.config.search.max_overhead * decoding
 
     def _search_step(
         self,
