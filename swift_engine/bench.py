@@ -513,6 +513,7 @@ def _profile_summary(engine: Any, cls: str) -> dict[str, Any] | None:
     n = engine.runner.num_layers
     skipped = len(record.skip.attention) + len(record.skip.mlp)
     speedup = record.expected_speedup
+    ceiling = skip_ceiling(engine, record.observations)
     return {
         "mode": "plain" if record.plain or speedup is None or speedup < 1.0 else "swift",
         "skip_attention": list(record.skip.attention),
@@ -524,7 +525,49 @@ def _profile_summary(engine: Any, cls: str) -> dict[str, Any] | None:
         "converged": record.converged,
         "calls": record.calls,
         "tokens_seen": record.tokens_seen,
+        "skip_ceiling": ceiling["speedup"] if ceiling else None,
+        "skip_ceiling_at": ceiling,
     }
+
+
+def _ceiling_reached(crow: dict[str, Any]) -> dict[str, Any]:
+    """The layer-skip ceiling of a class and how much of it the warm state reached.
+
+    The target is the better of layer skipping's ceiling and plain decoding (1.0): where skipping
+    cannot pay, decoding plainly *is* the optimum. Reached = warm speed-up over the engine's own
+    plain loop (same kernels, so the ratio isolates drafting) divided by that target.
+    """
+    ceiling = (crow.get("profile") or {}).get("skip_ceiling")
+    warm = crow["speedup"].get("swift_warm_vs_plain")
+    target = max(1.0, ceiling) if ceiling is not None else 1.0
+    return {
+        "skip_ceiling": ceiling,
+        "target": target,
+        "warm_vs_plain": warm,
+        "reached": warm / target if warm is not None else None,
+    }
+
+
+def skip_ceiling(engine: Any, observations: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best speed-up layer skipping can give for this step on this hardware (the ceiling).
+
+    Every skip set the search scored, re-evaluated with the engine's costs as they stand after
+    the run (measured at start-up, corrected by the verification passes seen since): the expected
+    speed-up over plain decoding of drafting with that set at its measured match score, at the
+    best draft length. A ceiling below 1.0 means no set the search found can beat plain decoding
+    here, and the step's best policy is plain decoding (plus context drafts).
+    """
+    if not observations:
+        return None
+    n = engine.runner.num_layers
+    costs, max_draft = engine.costs, engine.config.max_draft_len
+    best: dict[str, Any] | None = None
+    for obs in observations:
+        k = len(obs.get("attention", [])) + len(obs.get("mlp", []))
+        sp, length = costs.expected_speedup(float(obs["score"]), k / (2 * n), max_draft)
+        if best is None or sp > best["speedup"]:
+            best = {"speedup": sp, "score": float(obs["score"]), "skip_ratio": k / (2 * n), "draft_len": length}
+    return best
 
 
 # ------------------------------------------------------------------------------------------------
@@ -706,6 +749,7 @@ def _summarize(
         crow["tokens_to_90"] = tokens_to_fraction(learning)
         crow["profile_after_warmup"] = learned.get(cls)
         crow["profile"] = final.get(cls)
+        crow["ceiling"] = _ceiling_reached(crow)
         warm_iters = crow["swift_warm"]["search_iterations"]
         crow["warm_search_ran"] = warm_iters > 0
         if warm_iters:
@@ -895,7 +939,8 @@ def build_tables(result: dict[str, Any]) -> list[Table]:
     sw = Table(
         "SWIFT per class (mode/skip: the layer-skip profile after the warm phase; w/c = warm/cold medians; "
         "ctx share: accepted drafts from the context; tokens to 90% of the final expected speed-up: "
-        "~estimate (<= call-level bound))",
+        "~estimate (<= call-level bound); ceiling: best expected layer-skip speed-up of any set the search "
+        "scored, from the measured costs; reached: warm vs plain / max(1, ceiling))",
         [
             "class",
             "mode",
@@ -906,6 +951,8 @@ def build_tables(result: dict[str, Any]) -> list[Table]:
             "tok/step w/c",
             "search it c/w",
             "tok to 90%",
+            "ceiling",
+            "reached",
             "conv.",
         ],
     )
@@ -931,6 +978,8 @@ def build_tables(result: dict[str, Any]) -> list[Table]:
                 f"{_fmt(w['mean_accepted_per_step'], '.2f')} / {_fmt(cc['mean_accepted_per_step'], '.2f')}",
                 f"{cc['search_iterations']} / {w['search_iterations']}",
                 t90_cell,
+                _fmt(c["ceiling"]["skip_ceiling"], ".2f", "x"),
+                _fmt(None if c["ceiling"]["reached"] is None else 100 * c["ceiling"]["reached"], ".0f", "%"),
                 ("yes" if prof.get("converged") else "no") if prof else "-",
             ]
         )
@@ -1041,6 +1090,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "accept",
         "tok/step",
         "tokens to 90%",
+        "skip ceiling",
+        "of ceiling",
         "exact",
     ]
     lines = [
@@ -1063,6 +1114,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             _fmt(c["swift_warm"]["acceptance_rate"], ".2f"),
             _fmt(c["swift_warm"]["mean_accepted_per_step"], ".2f"),
             "-" if t90 is None else f"~{t90}",
+            _fmt(c["ceiling"]["skip_ceiling"], ".2f", "x"),
+            _fmt(None if c["ceiling"]["reached"] is None else 100 * c["ceiling"]["reached"], ".0f", "%"),
             "yes" if all(c["exact"][x] for x in methods if x != "hf_lookup") else "**NO**",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -1073,7 +1126,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             *[_fmt(o["tokens_per_s"][x]) for x in methods],
             *[_fmt(o["speedup"][f"swift_warm_vs_{b}"], ".2f", "x") for b in baselines],
             *[_fmt(o["speedup"][f"swift_cold_vs_{b}"], ".2f", "x") for b in baselines],
-            *([""] * 5),
+            *([""] * 7),
             "yes" if result["exactness"]["all_own_exact"] else "**NO**",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -79,6 +79,11 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     assert cls["swift_cold"]["search_iterations"] > 0  # the cold pass searched
     assert cls["profile"]["mode"] in ("swift", "plain") and 0.0 <= cls["profile"]["skip_ratio"] < 1.0
     assert cls["tokens_to_90"]["learning_tokens"] > 0
+    # the layer-skip ceiling: the best expected speed-up of the scored sets, and the share reached
+    ceiling = cls["ceiling"]
+    assert ceiling["skip_ceiling"] == cls["profile"]["skip_ceiling"] > 0
+    assert ceiling["target"] == max(1.0, ceiling["skip_ceiling"])
+    assert ceiling["reached"] == cls["speedup"]["swift_warm_vs_plain"] / ceiling["target"]
     phases = [p["phase"] for p in result["memory"]["phases"]]
     assert phases == ["loaded", "setup", "cold", "warmup", "warm"]
     assert all(p["max_rss_bytes"] > 0 for p in result["memory"]["phases"])
@@ -88,7 +93,7 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     # the report writers work on what was written
     assert "summarization" in render_text(result)
     md = render_markdown(result)
-    assert md.count("\n| summarization |") == 1 and "warm vs hf" in md
+    assert md.count("\n| summarization |") == 1 and "warm vs hf" in md and "of ceiling" in md
 
 
 def test_constrained_cases_and_the_reply_validator() -> None:
