@@ -78,10 +78,12 @@ class SwiftConfig(BaseModel):
     #: Draft over the context's tokens plus this many lowest token ids (``None``: full vocabulary).
     #: Verification always uses the full head, so this changes speed, never the output.
     draft_vocab_size: int | None = Field(default=8192, ge=1)
-    #: Dense layers of the engine's own passes on CPU: ``"auto"`` (oneDNN for float32, ~1.3-1.9x
-    #: faster there), ``"onednn"`` (any dtype), ``"torch"`` (PyTorch's stock path). Outputs are the
-    #: same up to float rounding; other users of the model object always get the stock path.
-    cpu_kernels: Literal["auto", "onednn", "torch"] = "auto"
+    #: Dense layers of the engine's own passes on CPU (see ``cpu_kernels.py``): ``"packed"``
+    #: (oneDNN on weights re-laid out once: verifying 8 tokens costs ~1 step; a second copy of the
+    #: weights), ``"onednn"`` (no copy; ~1.3-1.9x faster than stock), ``"torch"`` (stock), or
+    #: ``"auto"``: for float32, packed when the copy fits in a quarter of the available memory, else
+    #: onednn. Outputs are the same up to float rounding; other users of the model get the stock path.
+    cpu_kernels: Literal["auto", "packed", "onednn", "torch"] = "auto"
     tree: TreeConfig = TreeConfig()
     search: SearchConfig = SearchConfig()
     #: Also draft continuations found earlier in the context (prompt lookup), merged into the tree.

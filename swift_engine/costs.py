@@ -201,7 +201,7 @@ def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
     """Where the measured costs of this model on this device, dtype and thread count are kept."""
     dev = f"{runner.device.type}{runner.device.index or 0}"
     dtype = str(runner.dtype).split(".")[-1]
-    kernels = "-onednn" if runner.onednn else ""
+    kernels = "" if runner.kernels == "torch" else f"-{runner.kernels}"
     return directory / "_costs" / f"{fingerprint}-{dev}-{dtype}{kernels}-t{torch.get_num_threads()}.json"
 
 

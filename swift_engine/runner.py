@@ -14,7 +14,7 @@ import inspect
 import torch
 from torch import nn
 
-from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, use_onednn
+from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper, UnsupportedArchitectureError
 from .masks import MaskBuilder
@@ -41,6 +41,15 @@ class ModelRunner:
         #: the engine's passes run their linears through oneDNN (CPU); see cpu_kernels.py
         self.onednn = use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if self.onednn else None
+        if self._kernels is not None and should_pack(kernels, model):
+            self._kernels.pack()
+
+    @property
+    def kernels(self) -> str:
+        """Which dense kernels the engine's passes use: ``packed``, ``onednn`` or ``torch``."""
+        if self._kernels is None:
+            return "torch"
+        return "packed" if self._kernels.packed else "onednn"
 
     def _linears(self):
         return self._kernels.active() if self._kernels is not None else contextlib.nullcontext()

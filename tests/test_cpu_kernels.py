@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.cpu_kernels import LinearKernels, onednn_available, use_onednn
+from swift_engine.cpu_kernels import (
+    PACK_MEMORY_SHARE,
+    LinearKernels,
+    available_memory_bytes,
+    linear_weight_bytes,
+    onednn_available,
+    should_pack,
+    use_onednn,
+)
 
 from .conftest import CharTokenizer, tiny_model
 
@@ -27,17 +35,31 @@ def test_mode_choice() -> None:
 def test_same_tokens_and_close_logits_as_stock_linears() -> None:
     prompt = list(range(10, 40))
     results = {}
-    for mode in ("onednn", "torch"):
+    for mode in ("packed", "onednn", "torch"):
         model = tiny_model("llama", seed=3)
         engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(cpu_kernels=mode, search={"enabled": False}))
-        assert engine.runner.onednn == (mode == "onednn")
+        assert engine.runner.kernels == mode
         cache = engine.runner.new_cache()
         logits = engine.runner.forward(cache, torch.tensor(prompt), torch.arange(len(prompt)))
         res = engine.generate(prompt, max_new_tokens=40)
         results[mode] = (logits, res.token_ids)
-    (fast_logits, fast_ids), (ref_logits, ref_ids) = results["onednn"], results["torch"]
-    assert torch.allclose(fast_logits, ref_logits, atol=1e-4, rtol=1e-4)
-    assert fast_ids == ref_ids
+    ref_logits, ref_ids = results["torch"]
+    for mode in ("packed", "onednn"):
+        logits, ids = results[mode]
+        assert torch.allclose(logits, ref_logits, atol=1e-4, rtol=1e-4), mode
+        assert ids == ref_ids, mode
+
+
+@needs_onednn
+def test_auto_packs_when_the_copy_fits_in_memory() -> None:
+    model = tiny_model("llama", seed=3)
+    assert should_pack("packed", model) and not should_pack("onednn", model) and not should_pack("torch", model)
+    free = available_memory_bytes()
+    assert should_pack("auto", model) == (free is not None and linear_weight_bytes(model) <= PACK_MEMORY_SHARE * free)
+    # the copy is the wrapped layers' weights, and a tiny model's always fits
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    assert linear_weight_bytes(model) == sum(m.weight.numel() * 4 for m in linears)
+    assert SwiftEngine(model, CharTokenizer(), SwiftConfig(search={"enabled": False})).runner.kernels == "packed"
 
 
 @needs_onednn

@@ -134,3 +134,19 @@ def test_kv_cache_rewind_and_keep() -> None:
     big = torch.zeros(1, 2, 1000, 3)
     cache.update(big, big, 0)  # grows past the initial capacity, keeps the old entries
     assert cache.get_seq_length() == 1007 and cache.layers[0].keys[0, 0, 6, 0] == 8
+
+
+def test_search_budget_counts_decoding_not_the_prefill(tmp_path) -> None:
+    """A long prompt with a two-token reply: no search iteration (the reply could not carry it);
+    a long reply over the same prompt searches within the same budget."""
+    engine = SwiftEngine(
+        tiny_model("llama", seed=2),
+        CharTokenizer(),
+        SwiftConfig(search={"max_overhead": 0.5, "context_window": 32}),
+        profile_store=tmp_path,
+    )
+    prompt = [(7 * i) % 90 for i in range(400)]
+    short = engine.generate(prompt, max_new_tokens=2, step_key="short")
+    assert short.stats.search_iterations == 0 and short.stats.prefill_time_s > 0
+    long = engine.generate(prompt, max_new_tokens=120, step_key="long")
+    assert long.stats.search_iterations > 0
