@@ -38,6 +38,13 @@ class DraftHead:
             self._dirty = True
             self.add(context)
 
+    @staticmethod
+    def expected_share(vocab_size: int, base_size: int | None, context_tokens: int = 1024) -> float:
+        """The share of the full head a draft step computes, for the cost model (before any context is seen)."""
+        if base_size is None or base_size >= vocab_size:
+            return 1.0
+        return min(1.0, (base_size + context_tokens) / vocab_size)
+
     def add(self, tokens: list[int]) -> None:
         if self.full or not tokens:
             return

@@ -132,8 +132,12 @@ class SwiftEngine:
         with self._lock:
             path = cost_file(self._store.directory, self.fingerprint, self.runner)
             path.unlink(missing_ok=True)
-            self._costs = load_or_measure(path, self.runner)
+            self._costs = self._with_draft_head(load_or_measure(path, self.runner))
             return self._costs
+
+    def _with_draft_head(self, costs: CostModel) -> CostModel:
+        costs.draft_head_share = DraftHead.expected_share(self.runner.vocab_size, self.config.draft_vocab_size)
+        return costs
 
     @property
     def costs(self) -> CostModel:
@@ -142,7 +146,7 @@ class SwiftEngine:
             with self._lock:
                 if self._costs is None:
                     path = cost_file(self._store.directory, self.fingerprint, self.runner)
-                    self._costs = load_or_measure(path, self.runner)
+                    self._costs = self._with_draft_head(load_or_measure(path, self.runner))
         return self._costs
 
     # -- construction ------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from swift_engine.costs import CostModel
-from swift_engine.drafting import ContextAcceptance
+from swift_engine.drafting import ContextAcceptance, DraftHead
 from swift_engine.lookup import NgramIndex
 from swift_engine.results import GenerationStats
 from swift_engine.tree import SOURCE_CONTEXT, TokenTree
@@ -21,6 +21,18 @@ def test_the_longest_match_wins_and_reports_its_length():
     idx = NgramIndex([5, 6, 7, 5])
     assert idx.best(10) == ([6, 7, 5], 1)
     assert idx.best(0) == ([], 0)
+
+
+def test_draft_cost_counts_only_the_draft_heads_vocabulary_subset():
+    costs = CostModel.from_dict(COSTS)
+    full = costs.draft(0.5)
+    assert abs(full - 0.045) < 1e-12 and abs(costs.draft(0.0) - 0.056) < 1e-12
+    costs.draft_head_share = DraftHead.expected_share(49152, 8192)  # SmolLM2: 9216 of 49152 rows
+    assert abs(costs.draft_head_share - 9216 / 49152) < 1e-12
+    saved = 0.012 * (1 - costs.draft_head_share)
+    assert abs(costs.draft(0.5) - (0.045 - saved)) < 1e-12
+    assert costs.expected_speedup(0.8, 0.5, 8)[0] > CostModel.from_dict(COSTS).expected_speedup(0.8, 0.5, 8)[0]
+    assert DraftHead.expected_share(49152, None) == 1.0 == DraftHead.expected_share(1000, 8192)
 
 
 def test_costs_are_made_monotone_in_the_number_of_tokens():
