@@ -839,6 +839,7 @@ def _meta(
             else platform.processor() or platform.machine()
         ),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
+        "kernels": engine.runner.kernels,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -1000,6 +1001,7 @@ def _headline(result: dict[str, Any]) -> str:
     m = result["meta"]
     return (
         f"swift-bench: {m['model']} on {m['device']} ({m['device_name']}), {m['dtype']}, "
+        f"kernels {m.get('kernels', 'torch')}, "
         f"{m['torch_threads']} threads; greedy, max_new_tokens={m['max_new_tokens']}, repeats={m['repeats']}, "
         f"warmup_calls={m['warmup_calls']}; {m['total_time_s']:.0f} s"
     )
@@ -1095,7 +1097,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "exact",
     ]
     lines = [
-        f"*{m['model']}, {m['device']} ({m['device_name']}), {m['dtype']}, greedy, "
+        f"*{m['model']}, {m['device']} ({m['device_name']}), {m['dtype']}, swift kernels {m.get('kernels', 'torch')}, greedy, "
         f"{m['max_new_tokens']} new tokens, median over prompts; `swift-bench` {time.strftime('%Y-%m-%d')}*",
         "",
         "| " + " | ".join(head) + " |",
