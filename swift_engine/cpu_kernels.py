@@ -93,7 +93,18 @@ def use_onednn(mode: KernelMode, device: torch.device, dtype: torch.dtype) -> bo
 
 
 def available_memory_bytes() -> int | None:
-    """Memory available to new allocations now (Linux/macOS sysconf), ``None`` where unknown."""
+    """Memory available to new allocations now, ``None`` where unknown.
+
+    Linux's ``MemAvailable`` counts reclaimable page cache (free pages alone are often small on a
+    machine that has read model files); elsewhere, free pages from ``sysconf``.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -159,8 +170,22 @@ class LinearKernels:
         for module in self._modules:
             w = module.weight.detach()
             packed[id(module)] = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_BATCH)
+        if self._modules and not self._packed_agrees(self._modules[0], packed[id(self._modules[0])]):
+            logger.warning("oneDNN's packed weights disagree with F.linear here; using them unpacked")
+            return
         self._packed = packed
         logger.info("packed %d linear weights for oneDNN in %.1fs", len(packed), time.perf_counter() - t0)
+
+    @staticmethod
+    def _packed_agrees(module: nn.Linear, packed: torch.Tensor) -> bool:
+        try:
+            x = torch.randn(3, module.in_features, generator=torch.Generator().manual_seed(0)).to(module.weight.dtype)
+            ref = nn.functional.linear(x, module.weight, module.bias).float()
+            got = onednn_linear(x, packed, module.bias).float()
+        except RuntimeError:
+            return False
+        tol = 1e-3 if module.weight.dtype == torch.float32 else 5e-2
+        return bool(((got - ref).abs() <= tol * (1 + ref.abs())).all())
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "LinearKernels":
