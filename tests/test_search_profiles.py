@@ -26,7 +26,7 @@ TASKS = {
     "code": [{"role": "user", "content": "Write a Python function that checks whether a string is a palindrome."}],
 }
 # small budgets so the search converges within a couple of calls in CI
-SEARCH = {"max_opt_iter": 40, "max_tolerance_iter": 25, "bayes_interval": 10, "max_overhead": 10.0}
+SEARCH = {"max_opt_iter": 24, "max_tolerance_iter": 16, "bayes_interval": 8, "max_overhead": 10.0}
 
 
 @pytest.fixture(scope="module")
