@@ -1097,7 +1097,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "exact",
     ]
     lines = [
-        f"*{m['model']}, {m['device']} ({m['device_name']}), {m['dtype']}, swift kernels {m.get('kernels', 'torch')}, greedy, "
+        f"*{m['model']}, {m['device']} ({m['device_name']}), {m['dtype']}, swift kernels {m.get('kernels', 'torch')}, "
+        f"{'' if m.get('engine_config', {}).get('context_drafts', True) else 'layer-skip drafts only, '}greedy, "
         f"{m['max_new_tokens']} new tokens, median over prompts; `swift-bench` {time.strftime('%Y-%m-%d')}*",
         "",
         "| " + " | ".join(head) + " |",
@@ -1191,19 +1192,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--constrained-max-new-tokens", type=int, default=96, help="token budget of a structured reply (default 96)"
     )
+    p.add_argument(
+        "--kernels",
+        choices=["auto", "packed", "onednn", "torch"],
+        default="auto",
+        help="dense kernels of the engine's passes on CPU (SwiftConfig.cpu_kernels; default auto)",
+    )
+    p.add_argument(
+        "--no-context-drafts",
+        action="store_true",
+        help="layer-skip drafts only (the paper's algorithm alone): measures layer skipping against its ceiling",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log the engine's progress")
     return p
 
 
-def _load_engine(model: str | None, device: str, dtype: str, profile_dir: str):
+def _load_engine(model: str | None, device: str, dtype: str, profile_dir: str, config: Any = None):
     from .engine import SwiftEngine
     from .loading import load_model
     from .profiles import ProfileStore
 
     loaded = load_model(model, device=device, dtype=dtype)
     return SwiftEngine(
-        loaded.model, loaded.tokenizer, model_name=loaded.model_name, profile_store=ProfileStore(profile_dir)
+        loaded.model, loaded.tokenizer, config, model_name=loaded.model_name, profile_store=ProfileStore(profile_dir)
     )
 
 
@@ -1222,7 +1234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("swift-bench").error("%s", exc)
         return 1
     with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
-        engine = _load_engine(args.model, args.device, args.dtype, profile_dir)
+        from .config import SwiftConfig
+
+        config = SwiftConfig(cpu_kernels=args.kernels, context_drafts=not args.no_context_drafts)
+        engine = _load_engine(args.model, args.device, args.dtype, profile_dir, config)
         if args.constrained_only:
             result = {"meta": _meta(engine, engine.costs, max_new, 0, 0, False, 0.0)}
         else:

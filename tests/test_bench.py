@@ -118,3 +118,19 @@ def test_constrained_only_run_is_exact_and_always_valid(tmp_path) -> None:
     assert summary["all"]["cases"] == 8 and summary["all"]["exact"] is True
     assert summary["all"]["constrained_valid_rate"] == 1.0  # budget-cut replies are closed by the grammar
     assert summary["all"]["median_speedup_vs_hf"] > 0
+
+
+def test_engine_options_reach_the_engine(tmp_path) -> None:
+    """``--kernels`` and ``--no-context-drafts`` configure the benchmarked engine (and are recorded)."""
+    path = tmp_path / "bench.json"
+    argv = ["--quick", "--classes", "summarization", "--max-new-tokens", "12", "--warmup-calls", "0"]
+    argv += ["--no-hf-lookup", "--kernels", "torch", "--no-context-drafts", "--json", str(path)]
+    assert main(argv) == 0
+    result = json.loads(path.read_text())
+    meta = result["meta"]
+    assert meta["kernels"] == "torch" and meta["engine_config"]["cpu_kernels"] == "torch"
+    assert meta["engine_config"]["context_drafts"] is False
+    swift_runs = [r for r in result["runs"] if r["method"].startswith("swift")]
+    assert swift_runs and all(r["stats"]["context_drafted_tokens"] == 0 for r in swift_runs)
+    assert result["exactness"]["swift_exact"] is True
+    assert "layer-skip drafts only" in render_markdown(result)
