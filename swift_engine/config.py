@@ -52,7 +52,8 @@ class SearchConfig(BaseModel):
     max_opt_iter: int = Field(default=1000, ge=1)
     #: Skip ratios the search may choose between (fraction of all sublayers skipped).
     skip_ratios: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.45)
-    #: Search time allowed per call, as a fraction of the call's decoding time (bounds the cold-state cost).
+    #: Search time allowed per call, as a fraction of the call's decoding time (bounds the cold-state
+    #: cost); shrinks as the search stagnates (see ``SwiftEngine._search_affordable``).
     max_overhead: float = Field(default=0.5, gt=0.0)
     #: After this many iterations, stop when even an optimistic score (+0.1 over the best seen at
     #: each skip ratio) could not beat plain decoding on this hardware.

@@ -461,11 +461,17 @@ class SwiftEngine:
         The budget is ``max_overhead`` times the call's decoding time so far (the prefill is not
         decoding: a long prompt must not buy a search that its short reply then pays for), and the
         next iteration counts before it runs, so a reply too short to carry an iteration never
-        starts one.
+        starts one. The share shrinks as the search stagnates (halved after ``hopeless_after``
+        iterations without improvement, a third after twice that, ...): the paper's stopping rule
+        (``max_tolerance_iter`` stagnant iterations) can take many calls, and each further
+        iteration is less likely to pay for itself.
         """
+        cfg = self.config.search
+        stagnation = plan.state.since_improvement if plan.state is not None else 0
+        share = cfg.max_overhead * cfg.hopeless_after / (cfg.hopeless_after + stagnation)
         decoding = time.perf_counter() - decode_start - plan.search_s
-        next_s = plan.last_iteration_s or self.costs.verify(self.config.search.context_window)
-        return plan.search_s + next_s <= self.config.search.max_overhead * decoding
+        next_s = plan.last_iteration_s or self.costs.verify(cfg.context_window)
+        return plan.search_s + next_s <= share * decoding
 
     def _search_step(
         self,

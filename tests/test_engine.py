@@ -150,3 +150,19 @@ def test_search_budget_counts_decoding_not_the_prefill(tmp_path) -> None:
     assert short.stats.search_iterations == 0 and short.stats.prefill_time_s > 0
     long = engine.generate(prompt, max_new_tokens=120, step_key="long")
     assert long.stats.search_iterations > 0
+
+
+def test_search_budget_shrinks_as_the_search_stagnates(tmp_path) -> None:
+    """Half of the decoding time for a fresh search, a third of that after 2 x hopeless_after stagnant iterations."""
+    import time as _time
+
+    from swift_engine.engine import SkipChoice, _CallPlan
+    from swift_engine.optimization import Candidate, SearchState
+
+    engine = SwiftEngine(tiny_model("llama", seed=2), CharTokenizer(), SwiftConfig(), profile_store=tmp_path)
+    hopeless = engine.config.search.hopeless_after
+    start = Candidate(frozenset({1}), frozenset())
+    for stagnant, affordable in ((0, True), (2 * hopeless, False)):
+        plan = _CallPlan(choice=SkipChoice(frozenset(), frozenset()), state=SearchState(best=start, since_improvement=stagnant))
+        plan.last_iteration_s = 0.3  # next iteration: 0.3 s after 1 s of decoding
+        assert engine._search_affordable(plan, _time.perf_counter() - 1.0) is affordable
