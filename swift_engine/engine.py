@@ -314,16 +314,20 @@ class SwiftEngine:
             out: list[int] = []
             finish: FinishReason = "length"
             for new in self._decode(ids, max_new_tokens, params, generator, plan, stats, grammar):
+                # token by token, so the reply ends at the token that completed a stop string or EOS
+                # however many tokens the verification step accepted at once (plain decoding's cut)
                 emit: list[int] = []
+                delta = ""
                 for tok in new:
                     emit.append(tok)
                     if tok in self.eos_ids:
                         finish = "eos"
                         break
+                    delta += text.push([tok])
+                    if text.stopped_at is not None:
+                        finish = "stop"
+                        break
                 out.extend(emit)
-                delta = text.push([t for t in emit if t not in self.eos_ids])
-                if text.stopped_at is not None:
-                    finish = "stop"
                 if delta or emit:
                     yield StreamChunk(text=delta, token_ids=emit)
                 if finish != "length" or len(out) >= max_new_tokens:

@@ -40,6 +40,12 @@ def test_multi_token_stop_string_is_trimmed(engine: SwiftEngine) -> None:
     assert res.text == full.text[:first]
     streamed = "".join(c.text for c in engine.stream(PROMPT, max_new_tokens=40, stop=stop))
     assert streamed == res.text
+    # the reply ends at the token that completed the stop string, as plain decoding's does, even
+    # when that token was accepted together with later ones in one verification step
+    plain = engine.generate(PROMPT, max_new_tokens=40, stop=stop, speculative=False)
+    assert res.stats.mean_accepted_per_step > 1.0
+    assert res.token_ids == plain.token_ids and res.stats.new_tokens == plain.stats.new_tokens
+    assert res.token_ids == full.token_ids[: len(res.token_ids)]
 
 
 def test_eos_ends_generation() -> None:
