@@ -33,6 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .attach import attached
+
 logger = logging.getLogger(__name__)
 
 KernelMode = Literal["auto", "packed", "onednn", "torch"]
@@ -59,20 +61,25 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _agrees(dtype: torch.dtype) -> bool:
-    """oneDNN's result matches ``F.linear`` here (a broken build must not change outputs)."""
+def _agrees(weight: torch.Tensor, bias: torch.Tensor | None, onednn_weight: torch.Tensor | None = None) -> bool:
+    """oneDNN's linear (on ``onednn_weight``, default ``weight``) matches ``F.linear`` here.
+
+    A broken build or layout must not change outputs; agreement is to float rounding.
+    """
     try:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(3, 64, generator=g).to(dtype)
-        w = torch.randn(48, 64, generator=g).to(dtype)
-        b = torch.randn(48, generator=g).to(dtype)
+        x = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
         with torch.inference_mode():
-            ref = nn.functional.linear(x, w, b).float()
-            got = onednn_linear(x, w, b).float()
-        tol = 1e-3 if dtype == torch.float32 else 5e-2
-        return got.shape == ref.shape and bool(((got - ref).abs() <= tol * (1 + ref.abs())).all())
+            ref = nn.functional.linear(x, weight, bias).float()
+            got = onednn_linear(x, weight if onednn_weight is None else onednn_weight, bias).float()
     except RuntimeError:
         return False
+    tol = 1e-3 if weight.dtype == torch.float32 else 5e-2
+    return got.shape == ref.shape and bool(((got - ref).abs() <= tol * (1 + ref.abs())).all())
+
+
+def _probe(dtype: torch.dtype) -> bool:
+    g = torch.Generator().manual_seed(0)
+    return _agrees(torch.randn(48, 64, generator=g).to(dtype), torch.randn(48, generator=g).to(dtype))
 
 
 def use_onednn(mode: KernelMode, device: torch.device, dtype: torch.dtype) -> bool:
@@ -86,7 +93,7 @@ def use_onednn(mode: KernelMode, device: torch.device, dtype: torch.dtype) -> bo
         return False
     if mode == "auto" and dtype != torch.float32:
         return False
-    if not onednn_available() or not _agrees(dtype):
+    if not onednn_available() or not _probe(dtype):
         logger.info("oneDNN linear unavailable or inconsistent for %s here; using PyTorch's linear", dtype)
         return False
     return True
@@ -170,31 +177,17 @@ class LinearKernels:
         for module in self._modules:
             w = module.weight.detach()
             packed[id(module)] = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_BATCH)
-        if self._modules and not self._packed_agrees(self._modules[0], packed[id(self._modules[0])]):
+        first = self._modules[0] if self._modules else None
+        if first is not None and not _agrees(first.weight.detach(), first.bias, packed[id(first)]):
             logger.warning("oneDNN's packed weights disagree with F.linear here; using them unpacked")
             return
         self._packed = packed
         logger.info("packed %d linear weights for oneDNN in %.1fs", len(packed), time.perf_counter() - t0)
 
-    @staticmethod
-    def _packed_agrees(module: nn.Linear, packed: torch.Tensor) -> bool:
-        try:
-            x = torch.randn(3, module.in_features, generator=torch.Generator().manual_seed(0)).to(module.weight.dtype)
-            ref = nn.functional.linear(x, module.weight, module.bias).float()
-            got = onednn_linear(x, packed, module.bias).float()
-        except RuntimeError:
-            return False
-        tol = 1e-3 if module.weight.dtype == torch.float32 else 5e-2
-        return bool(((got - ref).abs() <= tol * (1 + ref.abs())).all())
-
     @classmethod
     def for_model(cls, model: nn.Module) -> "LinearKernels":
         """One set of wrappers per model object, shared by the engines over it."""
-        existing = model.__dict__.get(_ATTR)
-        if existing is None:
-            existing = cls(model)
-            model.__dict__[_ATTR] = existing  # plain attribute: not a submodule, not in state_dict
-        return existing
+        return attached(model, _ATTR, cls)
 
     def _wrap(self, module: nn.Linear) -> None:
         original = module.forward

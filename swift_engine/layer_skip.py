@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attach import attached
+
 #: model_type values whose decoder layers are known to follow the pre-norm residual pattern with
 #: ``self_attn`` / ``mlp`` sublayers and whose attention returns ``(output, weights)``.
 SUPPORTED_MODEL_TYPES = frozenset(
@@ -71,11 +73,7 @@ class LayerSkipper:
     @classmethod
     def for_model(cls, model: nn.Module) -> "LayerSkipper":
         """One skipper per model object: engines sharing a model share its wrappers."""
-        existing = model.__dict__.get(_ATTR)
-        if existing is None:
-            existing = cls(model)
-            model.__dict__[_ATTR] = existing  # plain attribute: not a submodule, not in state_dict
-        return existing
+        return attached(model, _ATTR, cls)
 
     @property
     def skippable(self) -> list[int]:
