@@ -51,7 +51,8 @@ class ModelRunner:
             return "torch"
         return "packed" if self._kernels.packed else "onednn"
 
-    def _linears(self):
+    def _linears(self) -> contextlib.AbstractContextManager[None]:
+        """The engine's kernel choice for the passes inside this block (stock outside it)."""
         return self._kernels.active() if self._kernels is not None else contextlib.nullcontext()
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
