@@ -83,9 +83,7 @@ class CostModel:
         head = self.head_s * self.draft_head_share
         return max(head, c0 + (c5 - c0) * (ratio / 0.5) - (self.head_s - head))
 
-    def expected_speedup(
-        self, score: float, ratio: float, max_draft: int, draft_cost: float | None = None
-    ) -> tuple[float, int]:
+    def expected_speedup(self, score: float, ratio: float, max_draft: int) -> tuple[float, int]:
         """Best expected speed-up over plain decoding for per-token acceptance ``score``, and its draft length.
 
         A chain of ``L`` drafts accepted token-by-token with probability ``a`` yields
@@ -94,7 +92,7 @@ class CostModel:
         """
         a = min(max(score, 0.0), 0.999)
         best, best_len = 0.0, 1
-        cd = self.draft(ratio) if draft_cost is None else draft_cost
+        cd = self.draft(ratio)
         for length in range(1, max_draft + 1):
             tokens = (1 - a ** (length + 1)) / (1 - a)
             cost = length * cd + self.verify(length + 1)

@@ -201,10 +201,10 @@ class LinearKernels:
         module.forward = forward  # instance attribute shadows the class method
 
     @contextlib.contextmanager
-    def active(self, on: bool = True) -> Iterator[None]:
-        """Run the model's linears through oneDNN (``on``) inside this block; callers serialize model use."""
+    def active(self) -> Iterator[None]:
+        """Run the model's linears through oneDNN inside this block; callers serialize model use."""
         prev = self._on
-        self._on = on
+        self._on = True
         try:
             yield
         finally:
