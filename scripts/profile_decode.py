@@ -62,7 +62,7 @@ def main() -> None:
     from swift_engine.bench import load_prompts
     from swift_engine.engine import SwiftEngine
     from swift_engine.loading import load_model
-    from swift_engine.profiles import ProfileStore
+    from swift_engine.profile_store import ProfileStore
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     with tempfile.TemporaryDirectory() as d:

@@ -17,11 +17,11 @@ _EXPORTS = {
     "GenerationResult": "results",
     "GenerationStats": "results",
     "StreamChunk": "results",
-    "swift_step": "steps",
-    "current_step": "steps",
-    "ProfileStore": "profiles",
-    "ProfileRecord": "profiles",
-    "SkipSet": "profiles",
+    "swift_step": "step_context",
+    "current_step": "step_context",
+    "ProfileStore": "profile_store",
+    "ProfileRecord": "profile_store",
+    "SkipSet": "profile_store",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -29,9 +29,9 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .config import SearchConfig, SwiftConfig, TreeConfig
     from .engine import SwiftEngine
-    from .profiles import ProfileRecord, ProfileStore, SkipSet
+    from .profile_store import ProfileRecord, ProfileStore, SkipSet
     from .results import GenerationResult, GenerationStats, StreamChunk
-    from .steps import current_step, swift_step
+    from .step_context import current_step, swift_step
 
 
 def __getattr__(name: str) -> Any:

@@ -426,7 +426,7 @@ def run_benchmark(
     """Run every method over ``prompts`` and return the full result (what ``--json`` writes).
 
     This resets ``engine.profiles`` (all step keys of the model) before the cold pass: give it an
-    engine with a scratch :class:`~swift_engine.profiles.ProfileStore`, as :func:`main` does.
+    engine with a scratch :class:`~swift_engine.profile_store.ProfileStore`, as :func:`main` does.
     """
     from tqdm.auto import tqdm
 
@@ -1211,7 +1211,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load_engine(model: str | None, device: str, dtype: str, profile_dir: str, config: Any = None):
     from .engine import SwiftEngine
     from .loading import load_model
-    from .profiles import ProfileStore
+    from .profile_store import ProfileStore
 
     loaded = load_model(model, device=device, dtype=dtype)
     return SwiftEngine(

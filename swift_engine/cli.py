@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .profiles import ProfileRecord, ProfileStore, validate_step_key
+from .profile_store import ProfileRecord, ProfileStore, validate_step_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import SwiftEngine

@@ -24,13 +24,13 @@ from .costs import CostModel, cost_file, load_or_measure
 from .drafting import ContextAcceptance, DraftHead, build_tree, draft_chain
 from .lookup import NgramIndex
 from .layer_skip import default_skip_set
-from .optimization import Candidate, LayerSetSearch, SearchState, score_candidate
-from .profiles import ProfileStore
+from .search import Candidate, LayerSetSearch, SearchState, score_candidate
+from .profile_store import ProfileStore
 from .results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 from .runner import ModelRunner
 from .sampling import SamplingParams, sample, target_probs
 from .step_profiles import StepProfiles
-from .steps import resolve_step_key
+from .step_context import resolve_step_key
 from .stopping import StopStrings, TextStream
 from .tree import SOURCE_CONTEXT
 from .verification import verify_tree

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from .config import SearchConfig
-from .optimization import Candidate, SearchState
-from .profiles import ProfileRecord, ProfileStore, SkipSet
+from .search import Candidate, SearchState
+from .profile_store import ProfileRecord, ProfileStore, SkipSet
 
 logger = logging.getLogger(__name__)
 

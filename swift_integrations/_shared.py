@@ -163,7 +163,7 @@ def step_key_from_run_info(
 
     ``None`` when none applies (the caller then fingerprints the system prompt).
     """
-    from swift_engine.steps import current_step
+    from swift_engine.step_context import current_step
 
     md = metadata or {}
     explicit = md.get("swift_step")

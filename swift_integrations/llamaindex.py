@@ -530,7 +530,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
 
     def resolve_step_key(self, explicit: str | None = None, system_text: str | None = None) -> str | None:
         """The step key a call made here and now would use (see the module docs for the order)."""
-        from swift_engine.steps import current_step
+        from swift_engine.step_context import current_step
 
         if isinstance(explicit, str) and explicit.strip():
             return explicit

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import swift_engine.costs as costs_module
 import swift_engine.loading as loading
 from swift_engine.cli import app
-from swift_engine.profiles import ProfileRecord, ProfileStore, SkipSet
+from swift_engine.profile_store import ProfileRecord, ProfileStore, SkipSet
 
 FP_A = "aaaa000011112222"
 FP_B = "bbbb333344445555"

@@ -89,7 +89,7 @@ def test_real_verification_costs_correct_the_synthetic_ones():
 
 def test_a_search_stalled_below_break_even_stops():
     from swift_engine.config import SearchConfig
-    from swift_engine.optimization import Candidate, LayerSetSearch, SearchState
+    from swift_engine.search import Candidate, LayerSetSearch, SearchState
 
     # cheap drafts: a 20-sublayer set at score 0.65 gives 0.97x, one scoring 0.1 better would pay
     costs = CostModel.from_dict({"verify_s": {"1": 0.05, "2": 0.055, "4": 0.06, "8": 0.07, "16": 0.09, "32": 0.12}, "draft_s_at": {"0.0": 0.05, "0.5": 0.02}, "head_s": 0.005})

@@ -163,7 +163,7 @@ def test_search_budget_shrinks_as_the_search_stagnates(tmp_path) -> None:
     import time as _time
 
     from swift_engine.engine import SkipChoice, _CallPlan
-    from swift_engine.optimization import Candidate, SearchState
+    from swift_engine.search import Candidate, SearchState
 
     engine = SwiftEngine(tiny_model("llama", seed=2), CharTokenizer(), SwiftConfig(), profile_store=tmp_path)
     hopeless = engine.config.search.hopeless_after

@@ -1,4 +1,4 @@
-"""Tests for swift_engine.profiles: real files, real processes, no mocks.
+"""Tests for swift_engine.profile_store: real files, real processes, no mocks.
 
 The store is the one place where concurrent pipeline workers meet, so besides the
 round trips these tests hammer it from several processes and threads and feed it
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from swift_engine.profiles import (
+from swift_engine.profile_store import (
     SCHEMA_VERSION,
     ProfileRecord,
     ProfileStore,
@@ -39,11 +39,11 @@ def _record(step_key: str, fingerprint: str = FP, **kwargs: object) -> ProfileRe
     return ProfileRecord(model_fingerprint=fingerprint, step_key=step_key, **kwargs)  # type: ignore[arg-type]
 
 
-PROFILES_SOURCE = REPO_ROOT / "swift_engine" / "profiles.py"
+PROFILES_SOURCE = REPO_ROOT / "swift_engine" / "profile_store.py"
 
-# Child interpreters load profiles.py straight from its file instead of importing the
+# Child interpreters load profile_store.py straight from its file instead of importing the
 # swift_engine package: the package __init__ pulls in torch/transformers (seconds per
-# process), while profiles.py is self-contained. It is the same source file under test.
+# process), while profile_store.py is self-contained. It is the same source file under test.
 _CHILD_PRELUDE = f"""
 import importlib.util, sys
 _spec = importlib.util.spec_from_file_location("swift_profiles_child", {str(PROFILES_SOURCE)!r})
@@ -364,7 +364,7 @@ def _corrupt_files(directory: Path) -> list[str]:
 
 
 def test_corrupt_and_foreign_files_are_set_aside(store: ProfileStore, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="swift_engine.profiles")
+    caplog.set_level(logging.WARNING, logger="swift_engine.profile_store")
     store.put(_record("good"))
 
     garbage_path = store.path_for(FP, "summarize")
@@ -405,7 +405,7 @@ def test_corrupt_and_foreign_files_are_set_aside(store: ProfileStore, caplog: py
 
 
 def test_update_over_corrupt_file_starts_fresh(store: ProfileStore, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="swift_engine.profiles")
+    caplog.set_level(logging.WARNING, logger="swift_engine.profile_store")
     path = store.path_for(FP, "summarize")
     path.parent.mkdir(parents=True)
     path.write_text("{truncated")
