@@ -1,8 +1,10 @@
 """The public engine: prompt in, SWIFT-accelerated tokens out, with statistics.
 
-The decode loop (``_decode``) is the whole acceleration phase in a few lines: draft with skipped
-layers from the last token, widen the draft into a tree, verify the tree with the full model,
-keep the accepted path. Everything around it is prompt handling, stop conditions and reporting.
+The decode loop (``_decode``) is the whole acceleration phase in a few lines: ask the drafters
+(:mod:`swift_engine.drafters`) for proposals after the last token, merge them into a token tree,
+verify the tree with the full model in one pass, keep the accepted path. The layer-set search runs
+between steps inside its own session object (:class:`~swift_engine.search.SearchSession`).
+Everything around it is prompt handling, stop conditions and reporting.
 """
 
 from __future__ import annotations
@@ -13,27 +15,27 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from .config import SwiftConfig
 from .constraints import Constraint, GrammarCache, GrammarState
 from .costs import CostModel, cost_file, load_or_measure
-from .drafting import ContextAcceptance, DraftHead, build_tree, draft_chain
-from .lookup import NgramIndex
+from .drafters import DraftHead, Drafter, Proposal, drafters_for_call, propose
+from .kv_cache import SwiftKVCache
 from .layer_skip import default_skip_set
-from .search import Candidate, LayerSetSearch, SearchState, score_candidate
 from .profile_store import ProfileStore
+from .request import GenerationRequest
 from .results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 from .runner import ModelRunner
 from .sampling import SamplingParams, sample, target_probs
-from .step_profiles import StepProfiles
+from .search import Candidate, SearchSession
 from .step_context import resolve_step_key
+from .step_profiles import StepProfiles
 from .stopping import StopStrings, TextStream
-from .tree import SOURCE_CONTEXT
-from .verification import verify_tree
+from .tree import SOURCE_CONTEXT, TokenTree, build_tree
+from .verification import Verdict, verify_tree
 
 logger = logging.getLogger(__name__)
 
@@ -41,35 +43,6 @@ Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
 
 #: Prefill in chunks so the mask of a long prompt stays small.
 _PREFILL_CHUNK = 512
-
-
-@dataclass
-class _CallPlan:
-    """How one call decodes, and the search bookkeeping it carries."""
-
-    choice: "SkipChoice"
-    #: no drafting at all in this call (speculative=False, or SWIFT disabled)
-    plain_call: bool = False
-    context: ContextAcceptance = field(default_factory=ContextAcceptance)
-    state: SearchState | None = None
-    searching: bool = False
-    probing: bool = False
-    search: LayerSetSearch | None = None
-    iterations: int = 0
-    #: seconds spent searching in this call (bounded by SearchConfig.max_overhead)
-    search_s: float = 0.0
-    #: seconds the last search iteration took (the estimate for the next one)
-    last_iteration_s: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SkipChoice:
-    """What one generation drafts with: the skipped sublayers, or plain decoding."""
-
-    attention: frozenset[int]
-    mlp: frozenset[int]
-    plain: bool = False
 
 
 class SwiftEngine:
@@ -190,10 +163,11 @@ class SwiftEngine:
                     "this tokenizer has no chat template; pass a string prompt (the integrations render "
                     "messages in a plain documented format for such models)"
                 )
-            for m in prompt:
+            messages = cast(Sequence[dict[str, Any]], prompt)
+            for m in messages:
                 if "role" not in m or "content" not in m:
                     raise ValueError(f"chat messages need 'role' and 'content', got keys {sorted(m)}")
-            text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         elif isinstance(prompt, Sequence) and len(prompt) > 0 and all(isinstance(t, int) for t in prompt):
             ids = list(prompt)
@@ -209,47 +183,15 @@ class SwiftEngine:
             raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {ctx}; shorten it")
         return list(ids)
 
-    # -- profiles ---------------------------------------------------------------------------------
-    def _plan(self, step_key: str, speculative: bool | None) -> "_CallPlan":
-        """Decide how this call decodes: which skip set, whether the search runs, or plainly."""
+    # -- the call's plan ----------------------------------------------------------------------
+    def _session(self, step_key: str, speculative: bool | None) -> SearchSession:
+        """How this call decodes: plainly, with the fixed starting set, or with the step's search."""
         if speculative is False or not self.config.speculative:
-            return _CallPlan(choice=SkipChoice(frozenset(), frozenset(), plain=True), plain_call=True)
-        search_cfg = self.config.search
-        if not search_cfg.enabled:
-            return _CallPlan(choice=SkipChoice(self._start.attention, self._start.mlp))
-        state, record = self.profiles.checkout(step_key)
-        context = ContextAcceptance.from_dict(record.extra.get("context_acceptance"))
-        probing = False
-        if record.plain and state.converged:
-            since = int(record.extra.get("calls_since_probe", 0)) + 1
-            if since < search_cfg.reprobe_every_calls:
-                return _CallPlan(
-                    choice=SkipChoice(frozenset(), frozenset(), plain=True),
-                    context=context,
-                    state=state,
-                    extra={"calls_since_probe": since},
-                )
-            probing = True  # look again: the content of this step may have changed
-            state.converged = False
-            state.since_improvement = 0
-        searching = not state.converged
-        plain = state.best_speedup < 1.0  # unknown or unprofitable so far: decode plainly
-        return _CallPlan(
-            choice=SkipChoice(state.best.attention, state.best.mlp, plain=plain),
-            context=context,
-            state=state,
-            searching=searching,
-            probing=probing,
-            search=LayerSetSearch(
-                self.runner.num_layers,
-                search_cfg,
-                self.costs,
-                self.config.max_draft_len,
-                seed=(state.iterations * 7919 + len(step_key)) % (2**31),
-            )
-            if searching
-            else None,
-            extra={"calls_since_probe": 0},
+            return SearchSession.plain_call()
+        if not self.config.search.enabled:
+            return SearchSession.fixed(self._start)
+        return SearchSession.open(
+            self.profiles, step_key, self.config.search, self.costs, self.runner.num_layers, self.config.max_draft_len
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -288,7 +230,8 @@ class SwiftEngine:
         key = resolve_step_key(step_key, self.config.default_step_key)
         ids = self.encode_prompt(prompt)
         grammar = self.grammars.matcher(constraint) if constraint is not None else None
-        return self._stream(ids, max_new_tokens, params, stops, key, seed, speculative, grammar)
+        request = GenerationRequest(ids, max_new_tokens, params, stops, key, seed, speculative, grammar)
+        return self._stream(request)
 
     @property
     def grammars(self) -> GrammarCache:
@@ -296,24 +239,29 @@ class SwiftEngine:
             self._grammars = GrammarCache(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids))
         return self._grammars
 
-    def _stream(self, ids, max_new_tokens, params, stops, key, seed, speculative, grammar=None) -> Iterator[StreamChunk]:
+    def _stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
+        """Run one request under the engine's lock: decode, cut at EOS / stop strings, report."""
         with self._lock:
-            t0 = time.perf_counter()
+            call_start = time.perf_counter()
             if self.runner.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.runner.device)
-            plan = self._plan(key, speculative)
-            stats = GenerationStats(prompt_tokens=len(ids), step_key=key)
+            session = self._session(request.step_key, request.speculative)
+            stats = GenerationStats(prompt_tokens=len(request.prompt_ids), step_key=request.step_key)
+            max_new_tokens = request.max_new_tokens
             ctx = self.runner.context_length
             if ctx is not None:
-                max_new_tokens = min(max_new_tokens, ctx - len(ids))
+                max_new_tokens = min(max_new_tokens, ctx - len(request.prompt_ids))
             generator = None
-            if not params.greedy:
+            if not request.sampling.greedy:
                 generator = torch.Generator(device=self.runner.device)
-                generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
-            text = TextStream(self.tokenizer, stops)
+                seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
+                generator.manual_seed(seed)
+            grammar = request.grammar
+            text = TextStream(self.tokenizer, request.stops)
             out: list[int] = []
             finish: FinishReason = "length"
-            for new in self._decode(ids, max_new_tokens, params, generator, plan, stats, grammar):
+            drafters: list[Drafter] = []
+            for new in self._decode(request, max_new_tokens, generator, session, drafters, stats):
                 # token by token, so the reply ends at the token that completed a stop string or EOS
                 # however many tokens the verification step accepted at once (plain decoding's cut)
                 emit: list[int] = []
@@ -337,31 +285,14 @@ class SwiftEngine:
                 if closing:
                     out.extend(closing)
                     stats.grammar_closing_tokens = len(closing)
-                    delta = text.push(closing)
-                    yield StreamChunk(text=delta, token_ids=closing)
+                    yield StreamChunk(text=text.push(closing), token_ids=closing)
             tail = text.flush()
             if tail:
                 yield StreamChunk(text=tail)
             stats.new_tokens = len(out)
-            choice = plan.choice
-            stats.mode = "plain" if choice.plain else "swift"
-            stats.skip_attention, stats.skip_mlp = sorted(choice.attention), sorted(choice.mlp)
-            if plan.state is not None:
-                st = plan.state
-                if plan.probing:
-                    st.converged = True  # one call's look is the probe
-                stats.search_ran = plan.iterations > 0
-                stats.search_iterations = plan.iterations
-                stats.profile_score = st.best_score
-                stats.expected_speedup = st.best_speedup
-                self.profiles.commit(
-                    key,
-                    st,
-                    plain=st.converged and st.best_speedup < 1.0,
-                    tokens=len(out),
-                    extra={**plan.extra, "context_acceptance": plan.context.to_dict()},
-                )
-            stats.wall_time_s = time.perf_counter() - t0
+            kept = {d.profile_key: d.profile_state() for d in drafters if d.profile_key is not None}
+            session.close(self._profiles, request.step_key, stats, len(out), kept)
+            stats.wall_time_s = time.perf_counter() - call_start
             if self.runner.device.type == "cuda":
                 stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.runner.device))
             result = GenerationResult(
@@ -372,144 +303,98 @@ class SwiftEngine:
     # -- the decode loop --------------------------------------------------------------------
     def _decode(
         self,
-        prompt_ids: list[int],
+        request: GenerationRequest,
         max_new_tokens: int,
-        params: SamplingParams,
         generator: torch.Generator | None,
-        plan: "_CallPlan",
+        session: SearchSession,
+        drafters: list[Drafter],
         stats: GenerationStats,
-        grammar: GrammarState | None = None,
     ) -> Iterator[list[int]]:
-        """Yield committed tokens as they are accepted; the caller decides when to stop."""
-        runner, device, cfg = self.runner, self.runner.device, self.config
+        """Yield committed tokens as they are accepted; the caller decides when to stop.
+
+        Prefill, then per step: (search) -> draft -> tree -> verify -> commit. ``drafters`` is
+        filled here (the caller reads their per-step state once the call ends).
+        """
+        runner, cfg, prompt_ids, grammar = self.runner, self.config, request.prompt_ids, request.grammar
         # the furthest a generation writes: prompt, reply, and one draft tree past the reply's end
         cache = runner.new_cache(capacity=len(prompt_ids) + max_new_tokens + cfg.tree.max_tree_tokens + 1)
-        tp = time.perf_counter()
-        n = len(prompt_ids)
-        window = cfg.search.context_window
-        for s in range(0, n, _PREFILL_CHUNK):
-            chunk = torch.tensor(prompt_ids[s : s + _PREFILL_CHUNK], device=device)
-            hidden = runner.hidden(cache, chunk, torch.arange(s, s + chunk.numel(), device=device))
-        # the full model's argmax after each of the last prompt tokens: the search's first targets
-        tail = hidden[-min(window, hidden.shape[0]) :] if plan.searching else hidden[-1:]
-        tail_logits = runner.logits(tail)
-        root = self._pick(tail_logits[-1], params, generator, grammar)
-        committed = list(prompt_ids)  # tokens whose KV is cached (the root is not, yet)
-        ref_start = n - tail_logits.shape[0]
-        ref_next = tail_logits.argmax(dim=-1).tolist()  # ref_next[j - ref_start]: argmax after committed[j]
-        td = time.perf_counter()
-        stats.prefill_time_s = td - tp
+        prefill_start = time.perf_counter()
+        tail_logits = self._prefill(cache, prompt_ids, session.teacher_window)
+        root = self._pick(tail_logits[-1], request.sampling, generator, grammar)
+        session.start(prompt_ids, tail_logits.argmax(dim=-1).tolist())
+        decode_start = time.perf_counter()
+        stats.prefill_time_s = decode_start - prefill_start
         yield [root]
-        head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)
-        speculative = not plan.plain_call
-        index = NgramIndex(prompt_ids + [root]) if speculative and cfg.context_drafts else None
-        costs = self.costs if speculative else None
-        produced, past, step = 1, n, 0
+        head = None
+        if session.speculative:  # the draft head scores layer-skip drafts and the search's candidates
+            head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)
+            drafters += drafters_for_call(
+                runner, cache, cfg, self.costs, head, prompt_ids + [root], lambda: session.choice, session.profile, grammar
+            )
+        produced, past = 1, len(prompt_ids)
         while produced < max_new_tokens:
             remaining = max_new_tokens - produced
-            if plan.searching and step % cfg.search.opt_interval == 0 and self._search_affordable(plan, td):
-                ts = time.perf_counter()
-                self._search_step(plan, cache, past, committed, ref_start, ref_next, head)
-                plan.last_iteration_s = time.perf_counter() - ts
-                plan.search_s += plan.last_iteration_s
-            step += 1
-            choice = plan.choice
-            context: list[list[int]] = []
-            order = 0  # n-gram match length of the context draft
-            draft = None
-            if speculative and remaining > 1:
-                if index is not None:
-                    cont, order = index.best(min(cfg.max_draft_len, remaining - 1))
-                    length = plan.context.draft_length(costs, len(cont), order, probe=step % 16 == 0)
-                    context = [cont[:length]] if length else []
-                if not choice.plain and (not context or len(context[0]) < 2):
-                    draft = draft_chain(
-                        runner,
-                        cache,
-                        root,
-                        past,
-                        choice.attention,
-                        choice.mlp,
-                        cfg,
-                        max_len=remaining - 1,
-                        head=head,
-                        grammar=grammar,
-                    )
-                    cache.truncate(past)
-                    stats.draft_steps += draft.steps
-            tree = build_tree(root, draft, context, cfg, budget=remaining)
-            tv = time.perf_counter()
-            verdict = verify_tree(runner, cache, tree, past, params, generator, grammar)
-            if costs is not None:
-                costs.observe_verify(len(tree), time.perf_counter() - tv)
-            stats.verify_steps += 1
-            stats.drafted_tokens += len(tree) - 1
-            stats.accepted_drafted_tokens += len(verdict.accepted)
-            plan.context.observe(tree, verdict.path, SOURCE_CONTEXT, stats, order if context else 0)
+            session.maybe_search(runner, cache, past, decode_start, head)
+            proposals = propose(drafters, root, past, remaining - 1) if remaining > 1 else []
+            tree = build_tree(root, proposals, cfg.tree, budget=remaining)
+            verdict = self._verify(cache, tree, past, request, generator, timed=session.speculative)
             new = verdict.accepted + [verdict.bonus]
-            committed.append(root)
-            committed.extend(verdict.accepted)
-            ref_next.extend(verdict.path_argmax)
-            head.add(new)
-            if index is not None:
-                index.extend(new)
+            for drafter in drafters:
+                drafter.observe(tree, verdict, new)
+            session.observe(root, verdict)
+            _count_step(stats, tree, verdict, proposals, cache)
             past += len(verdict.path)
             root = verdict.bonus
             produced += len(new)
-            stats.kv_cache_bytes = cache.nbytes()
             yield new
 
-    def _search_affordable(self, plan: "_CallPlan", decode_start: float) -> bool:
-        """Whether one more search iteration keeps this call within its overhead budget.
+    def _prefill(self, cache: SwiftKVCache, prompt_ids: list[int], tail: int) -> torch.Tensor:
+        """Cache the prompt; the full model's logits after its last ``tail`` tokens."""
+        device = self.runner.device
+        for s in range(0, len(prompt_ids), _PREFILL_CHUNK):
+            chunk = torch.tensor(prompt_ids[s : s + _PREFILL_CHUNK], device=device)
+            hidden = self.runner.hidden(cache, chunk, torch.arange(s, s + chunk.numel(), device=device))
+        return self.runner.logits(hidden[-min(tail, hidden.shape[0]) :])
 
-        The budget is ``max_overhead`` times the call's decoding time so far (the prefill is not
-        decoding: a long prompt must not buy a search that its short reply then pays for), and the
-        next iteration counts before it runs, so a reply too short to carry an iteration never
-        starts one. The share shrinks as the search stagnates (halved after ``hopeless_after``
-        iterations without improvement, a third after twice that, ...): the paper's stopping rule
-        (``max_tolerance_iter`` stagnant iterations) can take many calls, and each further
-        iteration is less likely to pay for itself.
-        """
-        cfg = self.config.search
-        stagnation = plan.state.since_improvement if plan.state is not None else 0
-        share = cfg.max_overhead * cfg.hopeless_after / (cfg.hopeless_after + stagnation)
-        decoding = time.perf_counter() - decode_start - plan.search_s
-        next_s = plan.last_iteration_s or self.costs.verify(cfg.context_window)
-        return plan.search_s + next_s <= share * decoding
-
-    def _search_step(
+    def _verify(
         self,
-        plan: "_CallPlan",
-        cache,
+        cache: SwiftKVCache,
+        tree: TokenTree,
         past: int,
-        tokens: list[int],
-        ref_start: int,
-        ref_next: list[int],
-        head: DraftHead,
-    ) -> None:
-        """One iteration of the layer-set search, scored on the last committed tokens."""
-        state, search = plan.state, plan.search
-        assert state is not None and search is not None
-        first = max(ref_start, past - self.config.search.context_window)
-        if past - first < 4:
-            return
-        window_tokens = tokens[first:past]
-        targets = ref_next[first - ref_start : past - ref_start]
-        if plan.iterations == 0 and state.iterations == 0:
-            cand = state.best  # score the starting set first
-        else:
-            cand = search.propose(state)
-        score = score_candidate(self.runner, cache, past, window_tokens, targets, cand, head.vocab())
-        if search.update(state, cand, score) or plan.iterations == 0:
-            plan.choice = SkipChoice(state.best.attention, state.best.mlp, plain=state.best_speedup < 1.0)
-        plan.iterations += 1
-        if state.converged:
-            plan.searching = False
+        request: GenerationRequest,
+        generator: torch.Generator | None,
+        timed: bool,
+    ) -> Verdict:
+        """One full-model pass over the tree; its time corrects the cost model (``timed``)."""
+        verify_start = time.perf_counter()
+        verdict = verify_tree(self.runner, cache, tree, past, request.sampling, generator, request.grammar)
+        if timed:
+            self.costs.observe_verify(len(tree), time.perf_counter() - verify_start)
+        return verdict
 
-    def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, grammar=None) -> int:
+    def _pick(
+        self,
+        logits: torch.Tensor,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        grammar: GrammarState | None = None,
+    ) -> int:
         if grammar is not None:
             logits = grammar.mask_(logits.clone())
         tok = int(logits.argmax().item()) if params.greedy else sample(target_probs(logits, params), generator)
         if grammar is not None:
             grammar.advance(tok)
         return tok
+
+
+def _count_step(
+    stats: GenerationStats, tree: TokenTree, verdict: Verdict, proposals: list[Proposal], cache: SwiftKVCache
+) -> None:
+    """Fold one verification step into the call's counters."""
+    stats.verify_steps += 1
+    stats.draft_steps += sum(p.steps for p in proposals)
+    stats.drafted_tokens += len(tree) - 1
+    stats.accepted_drafted_tokens += len(verdict.accepted)
+    stats.context_drafted_tokens += sum(1 for s in tree.sources if s & SOURCE_CONTEXT)
+    stats.context_accepted_tokens += sum(1 for n in verdict.path[1:] if tree.sources[n] & SOURCE_CONTEXT)
+    stats.kv_cache_bytes = cache.nbytes()

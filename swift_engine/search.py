@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +22,12 @@ from .config import SearchConfig
 from .costs import CostModel
 from .kv_cache import SwiftKVCache
 from .runner import ModelRunner
+
+if TYPE_CHECKING:
+    from .drafters.layer_skip import DraftHead
+    from .results import GenerationStats
+    from .step_profiles import StepProfiles
+    from .verification import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,26 @@ class Candidate:
 
     def ratio(self, num_layers: int) -> float:
         return (len(self.attention) + len(self.mlp)) / (2 * num_layers)
+
+    def key(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return tuple(sorted(self.attention)), tuple(sorted(self.mlp))
+
+
+@dataclass(frozen=True)
+class SkipChoice:
+    """What the layer-skip drafter drafts with: the skipped sublayers, or nothing (``plain``)."""
+
+    attention: frozenset[int]
+    mlp: frozenset[int]
+    plain: bool = False
+
+    @classmethod
+    def of(cls, cand: Candidate, plain: bool = False) -> SkipChoice:
+        return cls(cand.attention, cand.mlp, plain)
+
+
+#: No layer-skip drafts.
+PLAIN = SkipChoice(frozenset(), frozenset(), plain=True)
 
 
 @dataclass
@@ -51,7 +79,7 @@ class SearchState:
     seen: set[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=set)
 
     def record(self, cand: Candidate, score: float, speedup: float) -> None:
-        key = (tuple(sorted(cand.attention)), tuple(sorted(cand.mlp)))
+        key = cand.key()
         self.seen.add(key)
         self.observations.append(
             {"attention": list(key[0]), "mlp": list(key[1]), "score": round(score, 4), "speedup": round(speedup, 4)}
@@ -141,8 +169,11 @@ class LayerSetSearch:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         names = [f"a{i}" for i in self.skippable] + [f"m{i}" for i in self.skippable]
         ratios = self.config.skip_ratios
-        dists = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names}
+        dists: dict[str, optuna.distributions.BaseDistribution] = {
+            n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names
+        }
         dists["ratio"] = optuna.distributions.FloatDistribution(min(ratios), max(ratios))
+        sampler: optuna.samplers.BaseSampler
         try:
             sampler = optuna.samplers.GPSampler(seed=self.rng.randrange(2**31), n_startup_trials=5)
         except Exception:  # pragma: no cover - older optuna
@@ -164,16 +195,16 @@ class LayerSetSearch:
 
     def propose(self, state: SearchState) -> Candidate:
         if state.iterations > 0 and state.iterations % self.config.bayes_interval == 0 and len(state.observations) >= 5:
-            cand = self._bayes(state)
-            if cand is not None:
-                return cand
+            proposed = self._bayes(state)
+            if proposed is not None:
+                return proposed
+        cand = state.best
         for _ in range(20):
             if self.rng.random() < 0.5 and state.iterations > 0:
                 cand = self._mutate(state.best)
             else:
                 cand = self._random(self.rng.choice(self.config.skip_ratios))
-            key = (tuple(sorted(cand.attention)), tuple(sorted(cand.mlp)))
-            if key not in state.seen and (cand.attention or cand.mlp):
+            if cand.key() not in state.seen and (cand.attention or cand.mlp):
                 return cand
         return cand
 
@@ -229,3 +260,208 @@ class LayerSetSearch:
                 state.best_speedup,
             )
         return improved
+
+
+class SearchSession:
+    """One call's part in its step's layer-set search, and the skip choice it drafts with.
+
+    Opened at the start of a call from the step's profile (:meth:`open`), it answers what the
+    layer-skip drafter uses now (:attr:`choice`), runs search iterations between verification
+    steps while the call's overhead budget allows (:meth:`maybe_search`), keeps the teacher targets
+    those iterations score against (the full model's argmax after each committed token, fed by
+    :meth:`observe`), and writes what was learned back to the profile (:meth:`close`).
+    """
+
+    def __init__(
+        self,
+        choice: SkipChoice,
+        *,
+        speculative: bool = True,
+        state: SearchState | None = None,
+        search: LayerSetSearch | None = None,
+        probing: bool = False,
+        profile: dict[str, Any] | None = None,
+        bookkeeping: dict[str, Any] | None = None,
+        costs: CostModel | None = None,
+        config: SearchConfig | None = None,
+    ) -> None:
+        self.choice = choice
+        #: False: this call decodes plainly, with no drafter at all
+        self.speculative = speculative
+        #: the step's search state (``None``: nothing is learned or kept, e.g. search disabled)
+        self.state = state
+        self.search = search
+        self.probing = probing
+        #: the step's stored extras (drafters' per-step state), as read at the start of the call
+        self.profile = profile or {}
+        self.bookkeeping = bookkeeping or {}
+        self.costs = costs
+        self.config = config or SearchConfig()
+        self.iterations = 0
+        #: seconds spent searching in this call (bounded by ``SearchConfig.max_overhead``)
+        self.search_s = 0.0
+        #: seconds the last iteration took (the estimate for the next one)
+        self.last_iteration_s = 0.0
+        self._step = 0
+        # teacher-forcing material: committed tokens, and the full model's argmax after each of
+        # them from position ``_targets_start`` on
+        self._tokens: list[int] = []
+        self._targets_start = 0
+        self._targets: list[int] = []
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def plain_call(cls) -> SearchSession:
+        """A call that does not speculate (``speculative=False``, or SWIFT disabled)."""
+        return cls(PLAIN, speculative=False)
+
+    @classmethod
+    def fixed(cls, start: Candidate) -> SearchSession:
+        """Search disabled: draft with the configured starting set, learn nothing."""
+        return cls(SkipChoice.of(start))
+
+    @classmethod
+    def open(
+        cls,
+        profiles: StepProfiles,
+        step_key: str,
+        config: SearchConfig,
+        costs: CostModel,
+        num_layers: int,
+        max_draft_len: int,
+    ) -> SearchSession:
+        """The step's session: its best set so far, and a search if it has not converged.
+
+        A step that converged to plain decoding stays plain, but every ``reprobe_every_calls``-th
+        call looks again (the step's content may have changed).
+        """
+        state, record = profiles.checkout(step_key)
+        probing = False
+        if record.plain and state.converged:
+            since = int(record.extra.get("calls_since_probe", 0)) + 1
+            if since < config.reprobe_every_calls:
+                return cls(
+                    PLAIN,
+                    state=state,
+                    profile=dict(record.extra),
+                    bookkeeping={"calls_since_probe": since},
+                    costs=costs,
+                    config=config,
+                )
+            probing = True
+            state.converged = False
+            state.since_improvement = 0
+        search = None
+        if not state.converged:
+            seed = (state.iterations * 7919 + len(step_key)) % (2**31)
+            search = LayerSetSearch(num_layers, config, costs, max_draft_len, seed=seed)
+        return cls(
+            # unknown or unprofitable so far: decode plainly
+            SkipChoice.of(state.best, plain=state.best_speedup < 1.0),
+            state=state,
+            search=search,
+            probing=probing,
+            profile=dict(record.extra),
+            bookkeeping={"calls_since_probe": 0},
+            costs=costs,
+            config=config,
+        )
+
+    @property
+    def searching(self) -> bool:
+        return self.search is not None and self.state is not None and not self.state.converged
+
+    @property
+    def teacher_window(self) -> int:
+        """How many of the prompt's last positions need the full model's argmax (targets of the first iterations)."""
+        return self.config.context_window if self.searching else 1
+
+    # -- during the call ----------------------------------------------------------------------
+    def start(self, prompt_ids: list[int], tail_argmax: list[int]) -> None:
+        """The prompt is cached; ``tail_argmax``: the full model's argmax after its last tokens."""
+        self._tokens = list(prompt_ids)
+        self._targets_start = len(prompt_ids) - len(tail_argmax)
+        self._targets = list(tail_argmax)
+
+    def observe(self, root: int, verdict: Verdict) -> None:
+        """``root`` and the accepted tokens are now cached, with the full model's argmax after each."""
+        self._tokens.append(root)
+        self._tokens.extend(verdict.accepted)
+        self._targets.extend(verdict.path_argmax)
+
+    def maybe_search(
+        self, runner: ModelRunner, cache: SwiftKVCache, past: int, decode_start: float, head: DraftHead | None
+    ) -> None:
+        """One search iteration before every ``opt_interval``-th verification step, when affordable.
+
+        Candidates are scored through the layer-skip drafter's ``head`` (its vocabulary subset), as
+        they would draft.
+        """
+        due = self._step % self.config.opt_interval == 0
+        self._step += 1
+        if not (self.searching and due and self.affordable(decode_start)):
+            return
+        iteration_start = time.perf_counter()
+        self._iterate(runner, cache, past, head.vocab() if head is not None else None)
+        self.last_iteration_s = time.perf_counter() - iteration_start
+        self.search_s += self.last_iteration_s
+
+    def affordable(self, decode_start: float) -> bool:
+        """Whether one more search iteration keeps this call within its overhead budget.
+
+        The budget is ``max_overhead`` times the call's decoding time so far (the prefill is not
+        decoding: a long prompt must not buy a search that its short reply then pays for), and the
+        next iteration counts before it runs, so a reply too short to carry an iteration never
+        starts one. The share shrinks as the search stagnates (halved after ``hopeless_after``
+        iterations without improvement, a third after twice that, ...): the paper's stopping rule
+        (``max_tolerance_iter`` stagnant iterations) can take many calls, and each further
+        iteration is less likely to pay for itself.
+        """
+        cfg = self.config
+        stagnation = self.state.since_improvement if self.state is not None else 0
+        share = cfg.max_overhead * cfg.hopeless_after / (cfg.hopeless_after + stagnation)
+        decoding = time.perf_counter() - decode_start - self.search_s
+        assert self.costs is not None
+        next_s = self.last_iteration_s or self.costs.verify(cfg.context_window)
+        return self.search_s + next_s <= share * decoding
+
+    def _iterate(self, runner: ModelRunner, cache: SwiftKVCache, past: int, vocab: torch.Tensor | None) -> None:
+        """One iteration: score a candidate on the last committed tokens, keep it if it is the best."""
+        state, search = self.state, self.search
+        assert state is not None and search is not None
+        first = max(self._targets_start, past - self.config.context_window)
+        if past - first < 4:
+            return
+        window = self._tokens[first:past]
+        targets = self._targets[first - self._targets_start : past - self._targets_start]
+        # the starting set is scored first
+        cand = state.best if self.iterations == 0 and state.iterations == 0 else search.propose(state)
+        score = score_candidate(runner, cache, past, window, targets, cand, vocab)
+        if search.update(state, cand, score) or self.iterations == 0:
+            self.choice = SkipChoice.of(state.best, plain=state.best_speedup < 1.0)
+        self.iterations += 1
+
+    # -- closing ------------------------------------------------------------------------------
+    def close(
+        self, profiles: StepProfiles | None, step_key: str, stats: GenerationStats, tokens: int, extra: dict[str, Any]
+    ) -> None:
+        """Report the call's choice and search in ``stats``; write the step's state back (``extra``: drafters' state)."""
+        choice = self.choice
+        stats.mode = "plain" if choice.plain else "swift"
+        stats.skip_attention, stats.skip_mlp = sorted(choice.attention), sorted(choice.mlp)
+        st = self.state
+        if st is None or profiles is None:
+            return
+        if self.probing:
+            st.converged = True  # one call's look is the probe
+        stats.search_ran = self.iterations > 0
+        stats.search_iterations = self.iterations
+        stats.profile_score = st.best_score
+        stats.expected_speedup = st.best_speedup
+        profiles.commit(
+            step_key,
+            st,
+            plain=st.converged and st.best_speedup < 1.0,
+            tokens=tokens,
+            extra={**self.bookkeeping, **extra},
+        )

@@ -8,9 +8,16 @@ wrong guess where the draft was unsure can still be rescued in the same pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+from .config import TreeConfig
+
+if TYPE_CHECKING:
+    from .drafters.base import Proposal
 
 
 #: Where a node's token came from (a bit mask: sources that agree share the node).
@@ -78,3 +85,27 @@ class TokenTree:
 
     def positions(self, start: int, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.depths, dtype=torch.long, device=device) + start
+
+
+def build_tree(root: int, proposals: Sequence[Proposal], config: TreeConfig, budget: int | None = None) -> TokenTree:
+    """Merge the drafters' proposals into one token tree (a trie) of at most ``budget`` nodes.
+
+    Proposals claim nodes in priority order (the policy's), chains first: where drafters agree
+    they share nodes, so nothing is verified twice. What budget is left goes to runner-up
+    branches, at each proposal's least confident positions first.
+    """
+    budget = min(budget or config.max_tree_tokens, config.max_tree_tokens)
+    tree = TokenTree.with_root(root)
+    chains = [tree.insert(p.tokens, p.source, budget) for p in proposals]
+    for proposal, nodes in zip(proposals, chains):
+        if not proposal.alternates:
+            continue
+        for i in sorted(range(len(nodes)), key=lambda i: proposal.confidences[i]):
+            if len(tree) >= budget:
+                break
+            parent = tree.parents[nodes[i]]
+            for tok in proposal.alternates[i][: config.branches_for(proposal.confidences[i])]:
+                if len(tree) >= budget:
+                    break
+                tree.add(tok, parent, proposal.source)
+    return tree

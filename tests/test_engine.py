@@ -162,13 +162,13 @@ def test_search_budget_shrinks_as_the_search_stagnates(tmp_path) -> None:
     """Half of the decoding time for a fresh search, a third of that after 2 x hopeless_after stagnant iterations."""
     import time as _time
 
-    from swift_engine.engine import SkipChoice, _CallPlan
-    from swift_engine.search import Candidate, SearchState
+    from swift_engine.search import PLAIN, Candidate, SearchSession, SearchState
 
     engine = SwiftEngine(tiny_model("llama", seed=2), CharTokenizer(), SwiftConfig(), profile_store=tmp_path)
     hopeless = engine.config.search.hopeless_after
     start = Candidate(frozenset({1}), frozenset())
     for stagnant, affordable in ((0, True), (2 * hopeless, False)):
-        plan = _CallPlan(choice=SkipChoice(frozenset(), frozenset()), state=SearchState(best=start, since_improvement=stagnant))
-        plan.last_iteration_s = 0.3  # next iteration: 0.3 s after 1 s of decoding
-        assert engine._search_affordable(plan, _time.perf_counter() - 1.0) is affordable
+        state = SearchState(best=start, since_improvement=stagnant)
+        session = SearchSession(PLAIN, state=state, costs=engine.costs, config=engine.config.search)
+        session.last_iteration_s = 0.3  # next iteration: 0.3 s after 1 s of decoding
+        assert session.affordable(_time.perf_counter() - 1.0) is affordable

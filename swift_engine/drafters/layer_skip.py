@@ -1,21 +1,30 @@
-"""Confidence-aware drafting with the layer-skipped model, and the tree built from the draft.
+"""Layer-skip drafts: SWIFT's own drafter, the target model with some sublayers skipped.
 
-The draft runs the *same* model with some sublayers skipped, writing KV entries only in the
-layers it runs, at positions right after the committed context. Nothing is cloned: after the
-draft the engine rewinds the cache (a length change), and the verification pass overwrites those
-positions with the full model's entries.
+The draft runs the *same* model with the step's skip set, writing KV entries only in the layers it
+runs, at positions right after the committed context. Nothing is cloned: after the draft this
+drafter rewinds the cache (a length change), and the verification pass overwrites those positions
+with the full model's entries. Which sublayers to skip is the layer-set search's choice
+(:mod:`swift_engine.search`), read at every proposal because the search may improve it mid-call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .config import SwiftConfig
-from .kv_cache import SwiftKVCache
-from .runner import ModelRunner
-from .tree import SOURCE_CONTEXT, SOURCE_LAYER_SKIP, TokenTree
+from ..config import SwiftConfig
+from ..kv_cache import SwiftKVCache
+from ..runner import ModelRunner
+from ..tree import SOURCE_LAYER_SKIP, TokenTree
+from ..verification import Verdict
+from .base import Proposal
+
+if TYPE_CHECKING:
+    from ..constraints import GrammarState
+    from ..search import SkipChoice
 
 
 class DraftHead:
@@ -33,8 +42,8 @@ class DraftHead:
         v = runner.vocab_size
         self.full = base_size is None or base_size >= v
         self._member = torch.zeros(v, dtype=torch.bool)
-        if not self.full:
-            self._member[: int(base_size)] = True
+        if base_size is not None and not self.full:
+            self._member[:base_size] = True
             self._dirty = True
             self.add(context)
 
@@ -80,84 +89,6 @@ class DraftHead:
         return out, self.ids
 
 
-#: Prior counts ``[attempts, first-token hits, later hits, later misses]`` of a context draft by the
-#: length of its n-gram match: worth a few observations, optimistic enough that every order gets
-#: tried, lower for weak single-token matches.
-_CONTEXT_PRIOR = {1: (4.0, 1.0, 3.0, 1.0), 2: (4.0, 2.0, 3.0, 1.0), 3: (4.0, 2.0, 3.0, 1.0), 4: (4.0, 2.0, 3.0, 1.0)}
-_CONTEXT_MEMORY = 200.0
-
-
-@dataclass
-class ContextAcceptance:
-    """How often context drafts are accepted, for one step key, by n-gram match length.
-
-    Copies are bursty: a continuation is either wrong from its first token or right for a
-    stretch. So two rates are kept per match length (a continuation found after a 4-token match is
-    far likelier than one after a single token): ``p1``, that the first drafted token is accepted,
-    and ``a``, that each later one is, given the ones before were. The expected number of accepted
-    tokens of a draft of length ``L`` is then ``p1 * (1 - a^L) / (1 - a)``, which the cost model
-    weighs against the measured cost of verifying ``L + 1`` tokens. Old evidence is decayed so a
-    step whose content changes is re-learned.
-    """
-
-    counts: dict[int, list[float]] = field(default_factory=lambda: {n: list(v) for n, v in _CONTEXT_PRIOR.items()})
-
-    def _c(self, order: int) -> list[float]:
-        return self.counts.get(order) or list(_CONTEXT_PRIOR.get(order, _CONTEXT_PRIOR[1]))
-
-    def first_rate(self, order: int) -> float:
-        attempts, first, _, _ = self._c(order)
-        return first / attempts
-
-    def continue_rate(self, order: int) -> float:
-        _, _, hits, misses = self._c(order)
-        return hits / (hits + misses)
-
-    def draft_length(self, costs, max_len: int, order: int, probe: bool = False) -> int:
-        """The draft length with the best expected speed-up on this hardware for a match of ``order`` (0: don't)."""
-        if max_len <= 0 or order <= 0:
-            return 0
-        speedup, length = costs.best_copy_length(self.first_rate(order), self.continue_rate(order), max_len)
-        if speedup < 1.0:
-            return min(3, max_len) if probe else 0
-        return length
-
-    def observe(self, tree, path: list[int], source: int, stats, order: int = 0) -> None:
-        hits = sum(1 for node in path[1:] if tree.sources[node] & source)
-        last = path[-1]
-        miss = any(tree.sources[c] & source for c in tree.children()[last].values())
-        proposed = sum(1 for s in tree.sources if s & source)
-        stats.context_drafted_tokens += proposed
-        stats.context_accepted_tokens += hits
-        if order <= 0 or not proposed:
-            return
-        c = self.counts.setdefault(order, list(_CONTEXT_PRIOR.get(order, _CONTEXT_PRIOR[1])))
-        c[0] += 1
-        if hits:
-            c[1] += 1
-            c[2] += hits - 1
-            c[3] += 1 if miss else 0
-        if c[0] > _CONTEXT_MEMORY:
-            scale = _CONTEXT_MEMORY / c[0]
-            for i in range(4):
-                c[i] *= scale
-
-    def to_dict(self) -> dict:
-        return {"by_order_v2": {str(n): [round(x, 3) for x in v] for n, v in sorted(self.counts.items())}}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "ContextAcceptance":
-        """From a stored profile; a malformed or older entry starts again from the prior."""
-        try:
-            if d and "by_order_v2" in d:
-                counts = {int(n): [float(x) for x in v] for n, v in d["by_order_v2"].items()}
-                if all(len(v) == 4 and v[0] > 0 and v[2] + v[3] > 0 for v in counts.values()):
-                    return cls(counts=counts)
-        except (TypeError, ValueError, AttributeError):
-            pass
-        return cls()
-
-
 @dataclass
 class Draft:
     tokens: list[int] = field(default_factory=list)
@@ -179,7 +110,7 @@ def draft_chain(
     config: SwiftConfig,
     max_len: int,
     head: DraftHead | None = None,
-    grammar=None,
+    grammar: GrammarState | None = None,
 ) -> Draft:
     """Greedy draft after ``root`` (at position ``start``) until the draft is unsure or long enough.
 
@@ -233,38 +164,48 @@ def draft_chain(
     return draft
 
 
-def build_tree(
-    root: int,
-    draft: Draft | None,
-    context: list[list[int]],
-    config: SwiftConfig,
-    budget: int | None = None,
-) -> TokenTree:
-    """Merge context continuations and the layer-skip draft into one token tree (a trie).
+class LayerSkipDrafter:
+    """Drafts a confidence-bounded chain (and runner-up branches) with the step's skip set."""
 
-    Order of claim on the node budget: the best context continuation (free to draft and, when it
-    matches, long), then the layer-skip chain, then the other context continuations, then
-    runner-up branches at the draft's least confident positions. Where sources agree they share
-    nodes, so nothing is verified twice.
-    """
-    budget = min(budget or config.tree.max_tree_tokens, config.tree.max_tree_tokens)
-    tree = TokenTree.with_root(root)
-    if context:
-        tree.insert(context[0], SOURCE_CONTEXT, budget)
-    chain_nodes: list[int] = []
-    if draft is not None and draft.tokens:
-        chain_nodes = tree.insert(draft.tokens, SOURCE_LAYER_SKIP, budget)
-    for seq in context[1:]:
-        tree.insert(seq, SOURCE_CONTEXT, budget)
-    if draft is not None:
-        order = sorted(range(len(chain_nodes)), key=lambda i: draft.confidences[i])
-        for i in order:
-            if len(tree) >= budget:
-                break
-            width = config.tree.branches_for(draft.confidences[i])
-            parent = tree.parents[chain_nodes[i]]
-            for tok in draft.alternates[i][:width]:
-                if len(tree) >= budget:
-                    break
-                tree.add(tok, parent, SOURCE_LAYER_SKIP)
-    return tree
+    source: ClassVar[int] = SOURCE_LAYER_SKIP
+    runs_model: ClassVar[bool] = True
+    profile_key: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        cache: SwiftKVCache,
+        config: SwiftConfig,
+        head: DraftHead,
+        skip: Callable[[], SkipChoice],
+        grammar: GrammarState | None = None,
+    ) -> None:
+        self.runner, self.cache, self.config = runner, cache, config
+        self.head = head
+        self.skip = skip
+        self.grammar = grammar
+
+    def propose(self, root: int, past: int, budget: int) -> Proposal | None:
+        choice = self.skip()
+        if choice.plain:
+            return None
+        draft = draft_chain(
+            self.runner,
+            self.cache,
+            root,
+            past,
+            choice.attention,
+            choice.mlp,
+            self.config,
+            max_len=budget,
+            head=self.head,
+            grammar=self.grammar,
+        )
+        self.cache.truncate(past)
+        return Proposal(draft.tokens, SOURCE_LAYER_SKIP, draft.confidences, draft.alternates, draft.steps)
+
+    def observe(self, tree: TokenTree, verdict: Verdict, new_tokens: list[int]) -> None:
+        self.head.add(new_tokens)
+
+    def profile_state(self) -> dict[str, Any] | None:
+        return None

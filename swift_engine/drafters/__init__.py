@@ -1,0 +1,29 @@
+"""Drafters: what proposes tokens for the full model to verify.
+
+A drafter is one small object behind one protocol (:class:`~swift_engine.drafters.base.Drafter`):
+``propose`` a continuation of the committed sequence, ``observe`` what verification kept. Each
+lives in its own module with its own test; :mod:`~swift_engine.drafters.policy` is the one place
+that decides which drafters a call uses and when each runs. Adding a drafter is its module, its
+test and one line there.
+"""
+
+from __future__ import annotations
+
+from .base import Drafter, Proposal
+from .context import ContextAcceptance, ContextDrafter, ContextIndex
+from .layer_skip import Draft, DraftHead, LayerSkipDrafter, draft_chain
+from .policy import drafters_for_call, propose
+
+__all__ = [
+    "ContextAcceptance",
+    "ContextDrafter",
+    "ContextIndex",
+    "Draft",
+    "DraftHead",
+    "Drafter",
+    "LayerSkipDrafter",
+    "Proposal",
+    "draft_chain",
+    "drafters_for_call",
+    "propose",
+]
