@@ -17,10 +17,15 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from xgrammar import CompiledGrammar, Grammar, GrammarCompiler
 
 #: JSON-schema keywords xgrammar ignores or can't express; rejected up front with the construct named.
 _UNSUPPORTED_KEYWORDS = {
@@ -65,7 +70,8 @@ class ToolCallConstraint(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     kind: Literal["tool_call"] = "tool_call"
-    #: OpenAI-format function specs: ``{"name", "description", "parameters"}`` (or ``{"type": "function", "function": {...}}``)
+    #: OpenAI-format function specs: ``{"name", "description", "parameters"}``
+    #: (or ``{"type": "function", "function": {...}}``)
     tools: tuple[dict[str, Any], ...]
     mode: Literal["required", "auto"] = "required"
     #: Text that the prompt already put at the start of the reply (e.g. a prefilled ``<tool_call>\n``).
@@ -125,19 +131,21 @@ def call_head(name: str) -> str:
     return CALL_BEGIN + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": '
 
 
-def _literal(xgr, text: str):
+def _literal(xgr: ModuleType, text: str) -> Grammar:
     return xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text)}")
 
 
-def _required_call_grammar(xgr, fns: list[dict[str, Any]], prefilled: str):
+def _required_call_grammar(xgr: ModuleType, fns: list[dict[str, Any]], prefilled: str) -> Grammar:
     """Exactly one call to one of ``fns``, minus the ``prefilled`` text the prompt already holds.
 
     ``prefilled`` may be a prefix of ``<tool_call>\n``, or (one tool) a prefix of its whole
     :func:`call_head`: then only the arguments and the closing text are left to generate.
     """
-    parts = []
+    parts: list[Grammar] = []
     if CALL_BEGIN.startswith(prefilled):
-        calls = xgr.Grammar.union(*[xgr.Grammar.from_json_schema(json.dumps(_call_schema(f)), any_whitespace=False) for f in fns])
+        calls = xgr.Grammar.union(
+            *[xgr.Grammar.from_json_schema(json.dumps(_call_schema(f)), any_whitespace=False) for f in fns]
+        )
         rest = CALL_BEGIN[len(prefilled) :]
         tail = CALL_END
     elif len(fns) == 1 and call_head(fns[0]["name"]).startswith(prefilled):
@@ -154,17 +162,19 @@ def _required_call_grammar(xgr, fns: list[dict[str, Any]], prefilled: str):
 class GrammarCache:
     """Per-engine compiler and compiled grammars (the tokenizer's vocabulary is analysed once)."""
 
-    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], capacity: int = 64) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int], capacity: int = 64
+    ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.stop_ids = stop_ids
         self.capacity = capacity
-        self._compiler = None
-        self._compiled: OrderedDict[str, Any] = OrderedDict()
+        self._compiler: GrammarCompiler | None = None
+        self._compiled: OrderedDict[str, CompiledGrammar] = OrderedDict()
         self._closing: ClosingVocab | None = None
         self._lock = threading.Lock()
 
-    def _get_compiler(self):
+    def _get_compiler(self) -> GrammarCompiler:
         if self._compiler is None:
             try:
                 import xgrammar as xgr
@@ -176,7 +186,7 @@ class GrammarCache:
             self._compiler = xgr.GrammarCompiler(info)
         return self._compiler
 
-    def compile(self, spec: Constraint):
+    def compile(self, spec: Constraint) -> CompiledGrammar:
         import xgrammar as xgr
 
         key = spec.key()
@@ -234,7 +244,7 @@ class ClosingVocab:
     stop_ids: tuple[int, ...]
 
     @classmethod
-    def build(cls, tokenizer, vocab_size: int, stop_ids: list[int]) -> "ClosingVocab":
+    def build(cls, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int]) -> "ClosingVocab":
         preferred = []
         for text in _CLOSERS:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -251,7 +261,7 @@ class ClosingVocab:
 class GrammarState:
     """The grammar's state during one generation, with the masking the decode loop needs."""
 
-    def __init__(self, compiled, vocab_size: int) -> None:
+    def __init__(self, compiled: CompiledGrammar, vocab_size: int) -> None:
         import xgrammar as xgr
 
         self._xgr = xgr

@@ -12,8 +12,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,11 +125,11 @@ class CostModel:
         mean, n = self.observed.get(b, (seconds, 0))
         self.observed[b] = (mean + (seconds - mean) / min(n + 1, 20), n + 1)  # running mean, then a slow EMA
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"verify_s": self.verify_s, "draft_s_at": self.draft_s_at, "head_s": self.head_s}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CostModel":
+    def from_dict(cls, d: dict[str, Any]) -> "CostModel":
         return cls(
             verify_s={int(k): float(v) for k, v in d["verify_s"].items()},
             draft_s_at={float(k): float(v) for k, v in d["draft_s_at"].items()},
@@ -149,7 +151,7 @@ def _monotone(verify_s: dict[int, float]) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
-def _time(fn, reps: int) -> float:
+def _time(fn: Callable[[], object], reps: int) -> float:
     fn()  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -177,8 +179,8 @@ def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> Cos
     runner.forward(cache, ids[:ctx], torch.arange(ctx, device=device), last_only=True)
     model = CostModel()
 
-    def step(q: int):
-        def run():
+    def step(q: int) -> Callable[[], None]:
+        def run() -> None:
             runner.forward(cache, ids[ctx : ctx + q], torch.arange(ctx, ctx + q, device=device))
             cache.truncate(ctx)
 

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -142,7 +142,7 @@ def should_pack(mode: KernelMode, model: nn.Module) -> bool:
     return True
 
 
-def _eligible(module: nn.Module) -> bool:
+def _eligible(module: nn.Module) -> TypeGuard[nn.Linear]:
     # exactly nn.Linear with dense weights: quantized or hooked (offloaded) layers keep their forward
     return type(module) is nn.Linear and not hasattr(module, "_hf_hook") and module.weight.layout == torch.strided
 
@@ -173,7 +173,7 @@ class LinearKernels:
         if self._packed:
             return
         t0 = time.perf_counter()
-        packed = {}
+        packed: dict[int, torch.Tensor] = {}
         for module in self._modules:
             w = module.weight.detach()
             packed[id(module)] = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_BATCH)
@@ -198,7 +198,8 @@ class LinearKernels:
                 return onednn_linear(x, kernels._packed.get(id(module), module.weight), module.bias)
             return original(x, *args, **kwargs)
 
-        module.forward = forward  # instance attribute shadows the class method
+        # instance attribute shadows the class method (nn.Module declares forward as a settable callable)
+        cast(nn.Module, module).forward = forward
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

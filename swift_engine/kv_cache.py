@@ -11,6 +11,7 @@ tree is one gather of the tree's own entries. Sliding windows are enforced by th
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, cast
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -22,7 +23,7 @@ class SwiftKVLayer(CacheLayerMixin):
     is_compileable = False
     is_sliding = False
 
-    def __init__(self, capacity: int | None = None, **kwargs) -> None:
+    def __init__(self, capacity: int | None = None, **kwargs: Any) -> None:
         super().__init__()
         #: entries to allocate up front (the generation's known maximum); None: grow from the first write
         self.capacity = capacity
@@ -51,22 +52,27 @@ class SwiftKVLayer(CacheLayerMixin):
             new[..., : self.length, :] = old[..., : self.length, :]
             setattr(self, name, new)
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         self._ensure_capacity(self.length + n)
+        assert self._k is not None and self._v is not None  # allocated by lazy_initialization
         self._k[..., self.length : self.length + n, :] = key_states
         self._v[..., self.length : self.length + n, :] = value_states
         self.length += n
-        return self.keys, self.values
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None
+        return keys, values
 
     @property  # type: ignore[override]
     def keys(self) -> torch.Tensor | None:
         return None if self._k is None else self._k[..., : self.length, :]
 
     @keys.setter
-    def keys(self, value) -> None:  # the base __init__ assigns None
+    def keys(self, value: torch.Tensor | None) -> None:  # the base __init__ assigns None
         if value is not None:
             raise AttributeError("SwiftKVLayer.keys is read-only; use update()")
 
@@ -75,7 +81,7 @@ class SwiftKVLayer(CacheLayerMixin):
         return None if self._v is None else self._v[..., : self.length, :]
 
     @values.setter
-    def values(self, value) -> None:
+    def values(self, value: torch.Tensor | None) -> None:
         if value is not None:
             raise AttributeError("SwiftKVLayer.values is read-only; use update()")
 
@@ -99,6 +105,7 @@ class SwiftKVLayer(CacheLayerMixin):
         """Keep entries ``start + offsets`` (ascending) packed from ``start``; drop the rest."""
         if self._k is None:
             return
+        assert self._v is not None  # allocated together with _k
         src = offsets + start
         k = self._k.index_select(-2, src)
         v = self._v.index_select(-2, src)
@@ -108,7 +115,10 @@ class SwiftKVLayer(CacheLayerMixin):
         self.length = start + n
 
     def nbytes(self) -> int:
-        return 0 if self._k is None else self._k.nbytes + self._v.nbytes
+        if self._k is None:
+            return 0
+        assert self._v is not None  # allocated together with _k
+        return self._k.nbytes + self._v.nbytes
 
 
 class SwiftKVCache(Cache):
@@ -116,23 +126,31 @@ class SwiftKVCache(Cache):
 
     def __init__(self, capacity: int | None = None) -> None:
         # one allocation of the size the generation can reach, instead of doubling past it
-        super().__init__(layer_class_to_replicate=partial(SwiftKVLayer, capacity=capacity))
+        # transformers types this as a layer class, but only ever calls it with no arguments: a factory works
+        super().__init__(
+            layer_class_to_replicate=partial(SwiftKVLayer, capacity=capacity)  # type: ignore[arg-type]
+        )
+
+    @property
+    def _swift_layers(self) -> list[SwiftKVLayer]:
+        # every layer comes from the factory above
+        return cast("list[SwiftKVLayer]", self.layers)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         if layer_idx >= len(self.layers):
             return 0
-        return self.layers[layer_idx].get_seq_length()
+        return self._swift_layers[layer_idx].get_seq_length()
 
     def truncate(self, length: int) -> None:
         """Rewind every layer to ``length`` entries (layers skipped by a draft may already be shorter)."""
-        for layer in self.layers:
+        for layer in self._swift_layers:
             layer.truncate(length)
 
     def keep(self, start: int, offsets: torch.Tensor) -> None:
         """After verifying a tree written at ``start``, keep only the accepted nodes' entries."""
-        for layer in self.layers:
+        for layer in self._swift_layers:
             if layer.length > start:
                 layer.keep(start, offsets)
 
     def nbytes(self) -> int:
-        return sum(layer.nbytes() for layer in self.layers)
+        return sum(layer.nbytes() for layer in self._swift_layers)

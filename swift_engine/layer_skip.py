@@ -12,8 +12,8 @@ skipped is read from the :class:`LayerSkipper` that owns the wrappers, set only 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,12 @@ class UnsupportedArchitectureError(ValueError):
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's list of layers, wherever the architecture keeps it."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    # nn.Module.__getattr__ types attributes as Tensor | Module; get_decoder is transformers' method
+    decoder = (
+        cast(Callable[[], nn.Module], model.get_decoder)()
+        if hasattr(model, "get_decoder")
+        else getattr(model, "model", None)
+    )
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise UnsupportedArchitectureError(
@@ -67,8 +72,9 @@ class LayerSkipper:
         self._attention: frozenset[int] = frozenset()
         self._mlp: frozenset[int] = frozenset()
         for i, layer in enumerate(self.layers):
-            self._wrap(layer.self_attn, i, attention=True)
-            self._wrap(layer.mlp, i, attention=False)
+            # both checked to be nn.Module above
+            self._wrap(cast(nn.Module, layer.self_attn), i, attention=True)
+            self._wrap(cast(nn.Module, layer.mlp), i, attention=False)
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "LayerSkipper":

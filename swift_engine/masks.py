@@ -7,14 +7,19 @@ enforced here rather than by cache eviction (which a rejected draft could not un
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .layer_skip import UnsupportedArchitectureError
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 _KNOWN_LAYER_TYPES = {"full_attention", "sliding_attention"}
 
 
-def layer_windows(config) -> dict[str, int | None]:
+def layer_windows(config: PretrainedConfig) -> dict[str, int | None]:
     """Map each attention layer type of the model to its window (``None``: full attention)."""
     sliding = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
@@ -29,7 +34,7 @@ def layer_windows(config) -> dict[str, int | None]:
 class MaskBuilder:
     """Builds the mask argument for one model: a tensor, or a dict per layer type when they differ."""
 
-    def __init__(self, config, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, config: PretrainedConfig, dtype: torch.dtype, device: torch.device) -> None:
         self.windows = layer_windows(config)
         self.dtype = dtype
         self.device = device

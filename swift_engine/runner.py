@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -19,16 +21,26 @@ from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper, UnsupportedArchitectureError
 from .masks import MaskBuilder
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 
 class ModelRunner:
     def __init__(self, model: nn.Module, kernels: KernelMode = "auto") -> None:
         self.model = model
-        self.config = model.config
+        # nn.Module.__getattr__ types every attribute as Tensor | Module; these are transformers' config and methods
+        self.config = cast("PretrainedConfig", model.config)
         self.skipper = LayerSkipper.for_model(model)  # first: it explains unsupported architectures
-        self.decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        self.lm_head = model.get_output_embeddings()
-        if self.lm_head is None:
+        self.decoder: nn.Module = (
+            cast(Callable[[], nn.Module], model.get_decoder)()
+            if hasattr(model, "get_decoder")
+            else cast(nn.Module, model.model)
+        )
+        # the output head of every supported architecture is an nn.Linear (weight [V, H])
+        lm_head = cast(Callable[[], "nn.Linear | None"], model.get_output_embeddings)()
+        if lm_head is None:
             raise UnsupportedArchitectureError(f"{type(model).__name__} has no output embeddings (LM head)")
+        self.lm_head: nn.Linear = lm_head
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.softcap = getattr(self.config, "final_logit_softcapping", None)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from .config import SearchConfig
-from .search import Candidate, SearchState
 from .profile_store import ProfileRecord, ProfileStore, SkipSet
+from .search import Candidate, SearchState
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ class StepProfiles:
         self._records[step_key] = record
         return state, record
 
-    def commit(self, step_key: str, state: SearchState, *, plain: bool, tokens: int, extra: dict) -> ProfileRecord | None:
+    def commit(
+        self, step_key: str, state: SearchState, *, plain: bool, tokens: int, extra: dict[str, Any]
+    ) -> ProfileRecord | None:
         """Write the step's state back; counters from other processes are kept and added to."""
 
         def merge(current: ProfileRecord | None) -> ProfileRecord:
@@ -64,7 +67,7 @@ class StepProfiles:
             ours_better = current is None or state.iterations >= current.iterations or (
                 state.best_speedup > (current.expected_speedup or 0.0)
             )
-            update: dict = {
+            update: dict[str, Any] = {
                 "calls": base.calls + 1,
                 "tokens_seen": base.tokens_seen + tokens,
                 "extra": {**base.extra, **extra},
@@ -109,7 +112,7 @@ class StepProfiles:
             self._states.pop(step_key, None)
         return self.store.reset(self.fingerprint, step_key)
 
-    def export(self, path: str | os.PathLike, format: str = "swift") -> int:
+    def export(self, path: str | os.PathLike[str], format: str = "swift") -> int:
         """Write this model's profiles: ``"swift"`` (everything) or ``"reference"`` (SWIFT's skip_layers.json)."""
         if format == "swift":
             return self.store.export_json(path, self.fingerprint)
@@ -117,7 +120,7 @@ class StepProfiles:
             return self.store.export_reference(path, self.fingerprint)
         raise ValueError(f"unknown export format {format!r}; use 'swift' or 'reference'")
 
-    def import_(self, path: str | os.PathLike, format: str = "swift") -> int:
+    def import_(self, path: str | os.PathLike[str], format: str = "swift") -> int:
         """Load profiles; imported sets count as converged (the paper's cached configuration)."""
         if not Path(path).exists():
             raise FileNotFoundError(f"no profile file at {path}")

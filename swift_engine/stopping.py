@@ -8,6 +8,10 @@ incomplete character; everything released is final.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class StopStrings:
@@ -57,7 +61,7 @@ class TextStream:
     pending until the token that completes it arrives.
     """
 
-    def __init__(self, tokenizer, stops: StopStrings) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: StopStrings) -> None:
         self.tokenizer = tokenizer
         self.stops = stops
         self.ids: list[int] = []
@@ -67,8 +71,9 @@ class TextStream:
         self._prefix = 0  # ids[_prefix:_read] were decoded into the end of self.text
         self._read = 0
 
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def _decode(self, ids: list[int]) -> str:
+        # one flat list of ids decodes to one string (the stub's union also covers batches)
+        return cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def push(self, ids: Sequence[int]) -> str:
         """Add tokens; return the newly releasable text. Sets ``stopped_at`` when a stop string appears."""

@@ -15,6 +15,7 @@ output distribution is exactly the full model's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from .kv_cache import SwiftKVCache
 from .runner import ModelRunner
 from .sampling import SamplingParams, sample, target_probs
 from .tree import TokenTree
+
+if TYPE_CHECKING:
+    from .constraints import GrammarState
 
 
 @dataclass
@@ -44,7 +48,7 @@ def verify_tree(
     start: int,
     params: SamplingParams,
     generator: torch.Generator | None,
-    grammar=None,
+    grammar: GrammarState | None = None,
 ) -> Verdict:
     """Run the full model over the whole tree at once; keep only the accepted path's KV entries."""
     device = runner.device
