@@ -20,10 +20,10 @@ from pathlib import Path
 #: (label, file suffix, function name) of the functions whose cumulative time is reported
 BUCKETS = [
     ("verify (full model over the tree)", "verification.py", "verify_tree"),
-    ("draft (layer-skipped chain)", "drafting.py", "draft_chain"),
-    ("layer-set search", "engine.py", "_search_step"),
-    ("tree building", "drafting.py", "build_tree"),
-    ("context lookup", "lookup.py", "best"),
+    ("draft (layer-skipped chain)", "drafters/layer_skip.py", "draft_chain"),
+    ("layer-set search", "search.py", "_iterate"),
+    ("tree building", "tree.py", "build_tree"),
+    ("context drafts", "drafters/context.py", "best"),
     ("text / stop strings", "stopping.py", "push"),
 ]
 
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from swift_engine.bench import load_prompts
+    from swift_engine.tools.bench import load_prompts
     from swift_engine.engine import SwiftEngine
     from swift_engine.loading import load_model
     from swift_engine.profile_store import ProfileStore

@@ -65,6 +65,8 @@ class SwiftEngine:
         self.tokenizer = tokenizer
         self.config = config or SwiftConfig()
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        #: where the weights were read from (a folder, a ``.gguf`` file, a hub snapshot); set by from_pretrained
+        self.source: str | None = None
         self.runner = ModelRunner(model, self.config.cpu_kernels)
         self._lock = threading.RLock()
         n = self.runner.num_layers
@@ -138,7 +140,9 @@ class SwiftEngine:
         from .loading import load_model
 
         loaded = load_model(model_id, gguf_file=gguf_file, device=device, dtype=dtype)
-        return cls(loaded.model, loaded.tokenizer, config, model_name=loaded.model_name, profile_store=profile_store)
+        engine = cls(loaded.model, loaded.tokenizer, config, model_name=loaded.model_name, profile_store=profile_store)
+        engine.source = loaded.source
+        return engine
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import swift_engine.costs as costs_module
 import swift_engine.loading as loading
-from swift_engine.cli import app
+from swift_engine.tools.cli import app
 from swift_engine.profile_store import ProfileRecord, ProfileStore, SkipSet
 
 FP_A = "aaaa000011112222"
@@ -169,17 +169,20 @@ def test_profiles_export_reset_import_round_trip(runner: CliRunner, store: Profi
     assert len(store.list()) == 3  # a failed import writes nothing
 
 
-def test_bench_forwards_its_arguments(runner: CliRunner) -> None:
+def test_bench_is_the_swift_bench_command(runner: CliRunner) -> None:
     result = _invoke(runner, "bench", "--help")
     assert result.exit_code == 0 and "swift-bench" in result.output and "--quick" in result.output
     result = _invoke(runner, "bench", "--classes", "poetry", "--no-progress")  # fails before loading a model
     assert result.exit_code == 1
+    result = _invoke(runner, "bench", "--no-such-option")  # a usage error of the command itself
+    assert result.exit_code == 2 and "--no-such-option" in result.output
+    assert _invoke(runner, "bench", "stray").exit_code == 2  # extra words only continue --classes
 
 
 def test_models_without_a_chat_template_get_a_plain_transcript() -> None:
     from types import SimpleNamespace
 
-    from swift_engine.cli import _render
+    from swift_engine.tools.cli import _render
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     prompt, stop = _render(SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)), messages)

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint
+from ..constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ConstrainedCase:
 def load_cases(path: str | Path | None = None) -> list[ConstrainedCase]:
     """The structured-output cases (default: the packaged set)."""
     if path is None:
-        text = resources.files("swift_engine").joinpath("prompts/constrained_prompts.json").read_text("utf-8")
+        text = resources.files("swift_engine.tools").joinpath("prompts/constrained_prompts.json").read_text("utf-8")
     else:
         text = Path(path).read_text("utf-8")
     cases = []
@@ -134,7 +134,7 @@ def _strip_eos(engine: Any, ids: list[int]) -> list[int]:
 def run_constrained_benchmark(
     bench: Any, cases: Sequence[ConstrainedCase], max_new_tokens: int = 96, progress: Any = None
 ) -> dict[str, Any]:
-    """Measure every case (see the module docs); ``bench`` is the :class:`swift_engine.bench.Bench`."""
+    """Measure every case (see the module docs); ``bench`` is the :class:`swift_engine.tools.bench.Bench`."""
     from xgrammar.contrib.hf import LogitsProcessor
 
     engine = bench.engine

@@ -15,11 +15,14 @@ noise hits them alike; speed-ups are ratios of runs of the same prompt in the sa
 method's token ids are compared with ``hf``'s: greedy SWIFT must reproduce them exactly.
 
 The benchmark uses its own temporary profile store: it never reads or resets the user's profiles.
+
+The command line is the typer command :func:`bench`, run both by ``swift-bench`` and by
+``swift bench``. ``torch`` is imported inside the functions that use it: ``swift`` registers the
+command at start-up, and ``swift --help`` or ``swift profiles list`` must not pay for torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -29,13 +32,18 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import torch
+import typer
+from typer.core import TyperCommand
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SwiftEngine
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +85,7 @@ def load_prompts(
 ) -> list[BenchPrompt]:
     """The benchmark prompts (default: the packaged set), grouped by class in the requested order."""
     if path is None:
-        text = resources.files("swift_engine").joinpath("prompts/bench_prompts.json").read_text("utf-8")
+        text = resources.files("swift_engine.tools").joinpath("prompts/bench_prompts.json").read_text("utf-8")
         source = "the packaged prompt set"
     else:
         text = Path(path).read_text("utf-8")
@@ -163,6 +171,8 @@ def _max_rss_bytes() -> int | None:
 
 def _hf_cache_bytes(cache: Any) -> int | None:
     """Bytes of a transformers cache's keys and values (``None`` if its layout is unknown)."""
+    import torch
+
     try:
         total = 0
         for layer in cache.layers:
@@ -172,48 +182,6 @@ def _hf_cache_bytes(cache: Any) -> int | None:
         return total
     except Exception:  # noqa: BLE001 - best effort: an unknown cache layout just reports nothing
         return None
-
-
-class _CacheProbe:
-    """Keeps a handle on the KV caches the engine creates, to read their size after a call.
-
-    The engine builds one cache per generation inside ``generate`` and does not report its size;
-    wrapping ``runner.new_cache`` on this instance is the least intrusive way to see it.
-    """
-
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-        self.caches: list[Any] = []
-        self._orig: Callable[..., Any] | None = None
-
-    def __enter__(self) -> "_CacheProbe":
-        self._orig = self.runner.new_cache
-        orig = self._orig
-
-        def new_cache(*args: Any, **kwargs: Any):
-            cache = orig(*args, **kwargs)
-            self.caches.append(cache)
-            return cache
-
-        self.runner.new_cache = new_cache
-        return self
-
-    def take(self) -> int | None:
-        sizes = []
-        for cache in self.caches:
-            try:
-                sizes.append(int(cache.nbytes()))
-            except Exception:  # noqa: BLE001
-                pass
-        self.caches.clear()
-        return max(sizes) if sizes else None
-
-    def __exit__(self, *exc: Any) -> None:
-        self.caches.clear()
-        try:
-            del self.runner.new_cache  # back to the class's method
-        except AttributeError:  # pragma: no cover
-            pass
 
 
 class Bench:
@@ -260,21 +228,29 @@ class Bench:
 
     # -- primitives ----------------------------------------------------------------------------
     def _sync(self) -> None:
+        import torch
+
         if self.cuda:
             torch.cuda.synchronize(self.device)
         elif self.device.type == "mps":
             torch.mps.synchronize()
 
     def _reset_peak(self) -> None:
+        import torch
+
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def _peak(self) -> int | None:
+        import torch
+
         return int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else None
 
     def generate_hf(
         self, ids: list[int], method: str, max_new_tokens: int | None = None, logits_processor: list[Any] | None = None
     ) -> tuple[list[int], float, int | None]:
+        import torch
+
         cfg = self._gen_configs[method]
         if max_new_tokens is not None and max_new_tokens != cfg.max_new_tokens:
             cfg = copy.deepcopy(cfg)
@@ -298,20 +274,24 @@ class Bench:
     def generate_engine(
         self, ids: list[int], step_key: str, speculative: bool | None, max_new_tokens: int | None = None
     ) -> tuple[Any, float, int | None]:
-        with _CacheProbe(self.engine.runner) as probe:
-            self._sync()
-            t0 = time.perf_counter()
-            result = self.engine.generate(
-                ids,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
-                temperature=0.0,
-                step_key=step_key,
-                speculative=speculative,
-            )
-            self._sync()
-            wall = time.perf_counter() - t0
-            kv = probe.take()
-        return result, wall, kv
+        """One engine generation: its result, wall time, and the bytes its KV cache held.
+
+        The cache size is the engine's own ``stats.kv_cache_bytes`` (its pre-allocated buffers);
+        0 means the call ended before a decode step reported it, shown as unknown (``None``) like a
+        transformers cache of unknown layout, rather than as an empty cache.
+        """
+        self._sync()
+        t0 = time.perf_counter()
+        result = self.engine.generate(
+            ids,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            temperature=0.0,
+            step_key=step_key,
+            speculative=speculative,
+        )
+        self._sync()
+        wall = time.perf_counter() - t0
+        return result, wall, result.stats.kv_cache_bytes or None
 
     def measure(self, prompt: BenchPrompt, method: str, phase: str, rnd: int) -> Run:
         """One timed generation of ``prompt`` with ``method`` (exactness is checked at the end)."""
@@ -394,6 +374,8 @@ class Bench:
         The engine resets CUDA's peak counter at the start of every call, so a phase's CUDA peak is
         the maximum of its calls' peaks (the first snapshot reports the memory allocated after loading).
         """
+        import torch
+
         entry: dict[str, Any] = {"phase": phase, "max_rss_bytes": _max_rss_bytes()}
         if self.cuda:
             peaks = [r.cuda_peak_bytes for r in self.runs[self._snapshot_at :] if r.cuda_peak_bytes is not None]
@@ -825,6 +807,7 @@ def _memory_by_method(runs: Sequence[Run], methods: Sequence[str]) -> dict[str, 
 def _meta(
     engine: Any, costs: Any, max_new_tokens: int, repeats: int, warmup_calls: int, hf_lookup: bool, setup_s: float
 ) -> dict:
+    import torch
     import transformers
 
     device = engine.runner.device
@@ -1137,146 +1120,245 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# CLI
+# CLI: one typer command, run by ``swift-bench`` (``app`` below) and ``swift bench`` (tools/cli.py)
 # ------------------------------------------------------------------------------------------------
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="swift-bench",
-        description="Benchmark SWIFT self-speculative decoding against transformers' generate, prompt-lookup "
-        "decoding and the engine's plain loop, cold and warm, on a fixed prompt set.",
-    )
-    p.add_argument(
-        "--model", default=None, help="model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M)"
-    )
-    p.add_argument(
-        "--classes",
-        nargs="+",
-        default=None,
-        help=f"prompt classes to run, space- or comma-separated (default: all: {', '.join(DEFAULT_CLASSES)})",
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help=f"tokens per generation (default {DEFAULT_MAX_NEW_TOKENS}; {QUICK_MAX_NEW_TOKENS} with --quick)",
-    )
-    p.add_argument("--prompts-file", default=None, help="JSON prompt set (default: the packaged one)")
-    p.add_argument("--repeats", type=int, default=1, help="timed rounds of the warm phase (default 1)")
-    p.add_argument(
-        "--warmup-calls",
-        type=int,
-        default=None,
-        help="extra SWIFT calls per class between the cold and warm phases (default 3; 1 with --quick)",
-    )
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
-    p.add_argument("--no-hf-lookup", action="store_true", help="skip transformers' prompt-lookup baseline")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"smoke test: 1 prompt per class, {QUICK_MAX_NEW_TOKENS} tokens, 1 warm-up call",
-    )
-    p.add_argument("--json", metavar="PATH", default=None, help="write every measurement and summary as JSON")
-    p.add_argument(
-        "--markdown", metavar="PATH", default=None, help="write the per-class table as markdown ('-': print it)"
-    )
-    p.add_argument(
-        "--constrained",
-        action="store_true",
-        help="also run the structured-output cases (JSON schemas, forced tool calls): parse rates with and "
-        "without a grammar, SWIFT+grammar against transformers+grammar",
-    )
-    p.add_argument("--constrained-only", action="store_true", help="run only the structured-output cases")
-    p.add_argument(
-        "--constrained-max-new-tokens", type=int, default=96, help="token budget of a structured reply (default 96)"
-    )
-    p.add_argument(
-        "--kernels",
-        choices=["auto", "packed", "onednn", "torch"],
-        default="auto",
-        help="dense kernels of the engine's passes on CPU (SwiftConfig.cpu_kernels; default auto)",
-    )
-    p.add_argument(
-        "--no-context-drafts",
-        action="store_true",
-        help="layer-skip drafts only (the paper's algorithm alone): measures layer skipping against its ceiling",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="log the engine's progress")
-    return p
+#: Where :class:`BenchCommand` leaves the raw arguments, in the click context's shared ``meta``.
+_ARGV_KEY = "swift_engine.tools.bench.argv"
 
 
-def _load_engine(model: str | None, device: str, dtype: str, profile_dir: str, config: Any = None):
-    from .engine import SwiftEngine
-    from .loading import load_model
-    from .profile_store import ProfileStore
+class BenchCommand(TyperCommand):
+    """The benchmark's click command; it keeps the raw arguments it parses (``meta.argv`` of the result).
 
-    loaded = load_model(model, device=device, dtype=dtype)
-    return SwiftEngine(
-        loaded.model, loaded.tokenizer, config, model_name=loaded.model_name, profile_store=ProfileStore(profile_dir)
-    )
+    Click hands the command only the parsed values, but the JSON records the command line as
+    typed, so that a result can be rerun as it was made, whether it came from ``swift-bench``,
+    ``swift bench`` or :func:`main`.
+    """
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV_KEY] = list(args)
+        rest = super().parse_args(ctx, args)
+        # words after the options only continue a space-separated --classes list; checked here, while
+        # parsing, so that a stray word is a usage error (status 2) wherever the command runs
+        extra = ctx.params.get("more_classes")
+        if extra and not ctx.params.get("classes"):
+            ctx.fail(f"Got unexpected extra argument{'s' if len(extra) > 1 else ''} ({' '.join(extra)})")
+        return rest
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        # click lists hidden arguments in the usage line too; the rest of --classes is no usage of its own
+        return [self.options_metavar or "[OPTIONS]"] + [
+            piece for p in self.get_params(ctx) if not getattr(p, "hidden", False) for piece in p.get_usage_pieces(ctx)
+        ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+class Kernels(str, Enum):
+    """``--kernels``: the values of :attr:`~swift_engine.config.SwiftConfig.cpu_kernels`."""
+
+    auto = "auto"
+    packed = "packed"
+    onednn = "onednn"
+    torch = "torch"
+
+
+def bench(
+    ctx: typer.Context,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            help="Model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M).",
+            show_default=False,
+        ),
+    ] = None,
+    classes: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--classes",
+            help=f"Prompt classes to run, space- or comma-separated (default: all: {', '.join(DEFAULT_CLASSES)}).",
+            show_default=False,
+        ),
+    ] = None,
+    more_classes: Annotated[
+        Optional[list[str]],
+        # the rest of a space-separated --classes list (click options take one value each)
+        typer.Argument(hidden=True, show_default=False),
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-new-tokens",
+            help=f"Tokens per generation (default {DEFAULT_MAX_NEW_TOKENS}; {QUICK_MAX_NEW_TOKENS} with --quick).",
+            show_default=False,
+        ),
+    ] = None,
+    prompts_file: Annotated[
+        Optional[str],
+        typer.Option("--prompts-file", help="JSON prompt set (default: the packaged one).", show_default=False),
+    ] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds of the warm phase.")] = 1,
+    warmup_calls: Annotated[
+        Optional[int],
+        typer.Option(
+            "--warmup-calls",
+            help="Extra SWIFT calls per class between the cold and warm phases (default 3; 1 with --quick).",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    no_hf_lookup: Annotated[
+        bool, typer.Option("--no-hf-lookup", help="Skip transformers' prompt-lookup baseline.")
+    ] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help=f"Smoke test: 1 prompt per class, {QUICK_MAX_NEW_TOKENS} tokens, 1 warm-up call."
+        ),
+    ] = False,
+    json_path: Annotated[
+        Optional[str],
+        typer.Option(
+            "--json", metavar="PATH", help="Write every measurement and summary as JSON.", show_default=False
+        ),
+    ] = None,
+    markdown: Annotated[
+        Optional[str],
+        typer.Option(
+            "--markdown",
+            metavar="PATH",
+            help="Write the per-class table as markdown ('-': print it).",
+            show_default=False,
+        ),
+    ] = None,
+    constrained: Annotated[
+        bool,
+        typer.Option(
+            "--constrained",
+            help="Also run the structured-output cases (JSON schemas, forced tool calls): parse rates with and "
+            "without a grammar, SWIFT+grammar against transformers+grammar.",
+        ),
+    ] = False,
+    constrained_only: Annotated[
+        bool, typer.Option("--constrained-only", help="Run only the structured-output cases.")
+    ] = False,
+    constrained_max_new_tokens: Annotated[
+        int, typer.Option("--constrained-max-new-tokens", help="Token budget of a structured reply.")
+    ] = 96,
+    kernels: Annotated[
+        Kernels,
+        typer.Option("--kernels", help="Dense kernels of the engine's passes on CPU (SwiftConfig.cpu_kernels)."),
+    ] = Kernels.auto,
+    no_context_drafts: Annotated[
+        bool,
+        typer.Option(
+            "--no-context-drafts",
+            help="Layer-skip drafts only (the paper's algorithm alone): measures layer skipping against its ceiling.",
+        ),
+    ] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the engine's progress.")] = False,
+) -> None:
+    """Benchmark SWIFT against transformers' generate, prompt lookup and plain decoding, cold and warm.
+
+    Exit status 2 when greedy SWIFT or the plain loop does not reproduce transformers' tokens exactly.
+
+    swift bench and swift-bench are the same command.
+    \f
+    The help shows the paragraphs above as typed (rich markup keeps line breaks): keep each on one line.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+            level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
-    classes = [c for item in (args.classes or []) for c in item.split(",") if c.strip()] or None
-    max_new = args.max_new_tokens or (QUICK_MAX_NEW_TOKENS if args.quick else DEFAULT_MAX_NEW_TOKENS)
-    warmup_calls = args.warmup_calls if args.warmup_calls is not None else (1 if args.quick else 3)
+    wanted = [c for item in [*(classes or []), *(more_classes or [])] for c in item.split(",") if c.strip()] or None
+    max_new = max_new_tokens or (QUICK_MAX_NEW_TOKENS if quick else DEFAULT_MAX_NEW_TOKENS)
+    warmup = warmup_calls if warmup_calls is not None else (1 if quick else 3)
     try:
-        prompts = load_prompts(args.prompts_file, classes, per_class=1 if args.quick else None)
+        prompts = load_prompts(prompts_file, wanted, per_class=1 if quick else None)
     except (OSError, ValueError) as exc:
         logging.getLogger("swift-bench").error("%s", exc)
-        return 1
+        raise typer.Exit(1) from None
     with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
-        from .config import SwiftConfig
+        from ..config import SwiftConfig
 
-        config = SwiftConfig(cpu_kernels=args.kernels, context_drafts=not args.no_context_drafts)
-        engine = _load_engine(args.model, args.device, args.dtype, profile_dir, config)
-        if args.constrained_only:
+        config = SwiftConfig(cpu_kernels=kernels.value, context_drafts=not no_context_drafts)
+        engine = _load_engine(model, device, dtype, profile_dir, config)
+        if constrained_only:
             result = {"meta": _meta(engine, engine.costs, max_new, 0, 0, False, 0.0)}
         else:
             result = run_benchmark(
                 engine,
                 prompts,
                 max_new_tokens=max_new,
-                repeats=args.repeats,
-                warmup_calls=warmup_calls,
-                hf_lookup=not args.no_hf_lookup,
-                progress=False if args.no_progress else None,
+                repeats=repeats,
+                warmup_calls=warmup,
+                hf_lookup=not no_hf_lookup,
+                progress=False if no_progress else None,
             )
-        if args.constrained or args.constrained_only:
-            result["constrained"] = _run_constrained(engine, args.constrained_max_new_tokens, not args.no_progress)
-    result["meta"]["argv"] = list(argv) if argv is not None else sys.argv[1:]
+        if constrained or constrained_only:
+            result["constrained"] = _run_constrained(engine, constrained_max_new_tokens, not no_progress)
+    result["meta"]["argv"] = list(ctx.meta.get(_ARGV_KEY, sys.argv[1:]))
     if "overall" in result:
         print_report(result)
     if "constrained" in result:
         from .bench_constrained import render_constrained_markdown
 
         print("\nStructured output (grammar-constrained):\n" + render_constrained_markdown(result["constrained"]))
-    if args.markdown:
+    if markdown:
         md = render_markdown(result) if "overall" in result else ""
         if "constrained" in result:
             from .bench_constrained import render_constrained_markdown
 
             md += "\n" + render_constrained_markdown(result["constrained"])
-        if args.markdown == "-":
+        if markdown == "-":
             print("\n" + md)
         else:
-            Path(args.markdown).write_text(md, "utf-8")
-    if args.json:
-        path = Path(args.json)
+            Path(markdown).write_text(md, "utf-8")
+    if json_path:
+        path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1, default=str) + "\n", "utf-8")
     exact = result.get("exactness", {}).get("all_own_exact", True)
     if "constrained" in result:
         exact = exact and result["constrained"]["summary"]["all"]["exact"]
-    return 0 if exact else EXIT_MISMATCH
+    if not exact:
+        raise typer.Exit(EXIT_MISMATCH)
+
+
+#: ``swift-bench``: an app whose single command is :func:`bench` (``swift bench`` registers the same one).
+app = typer.Typer(
+    name="swift-bench",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command(cls=BenchCommand)(bench)
+
+
+def _load_engine(model: str | None, device: str, dtype: str, profile_dir: str, config: Any = None) -> "SwiftEngine":
+    """The engine to benchmark, on the run's scratch profile store (the user's profiles stay untouched)."""
+    from ..engine import SwiftEngine
+    from ..profile_store import ProfileStore
+
+    return SwiftEngine.from_pretrained(
+        model, device=device, dtype=dtype, config=config, profile_store=ProfileStore(profile_dir)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``swift-bench`` with ``argv`` (default ``sys.argv[1:]``) and return its exit status.
+
+    0 when every own method reproduced ``hf``'s greedy tokens, :data:`EXIT_MISMATCH` when one did
+    not, 1 when the prompt set cannot be read, 2 for a usage error (click's status, as argparse's
+    was). Other errors, a model that cannot be loaded say, propagate as exceptions.
+    """
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="swift-bench")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 def _run_constrained(engine: Any, max_new_tokens: int, progress: bool) -> dict[str, Any]:

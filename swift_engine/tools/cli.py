@@ -10,13 +10,14 @@ Heavy imports (torch, transformers) happen only in the commands that load a mode
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,11 +30,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .profile_store import ProfileRecord, ProfileStore, validate_step_key
+from ..profile_store import ProfileRecord, ProfileStore, validate_step_key
+from .bench import BenchCommand
+from .bench import bench as _bench_command
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import SwiftEngine
-    from .results import GenerationResult, GenerationStats
+    from ..engine import SwiftEngine
+    from ..results import GenerationResult, GenerationStats
 
 __all__ = ["app", "main"]
 
@@ -242,19 +245,24 @@ def _load_engine(
     """Load a model (never downloading anything) and wrap it in an engine on the given store."""
     from transformers.utils import logging as hf_logging
 
-    from .engine import SwiftEngine
-    from .loading import load_model
+    from ..engine import SwiftEngine
 
     t0 = time.perf_counter()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our spinner says the same, without fighting it for the line
     try:
-        loaded = load_model(model, gguf_file=gguf_file, device=device, dtype=dtype)
+        engine = SwiftEngine.from_pretrained(
+            model, gguf_file=gguf_file, device=device, dtype=dtype, profile_store=_store(profile_dir)
+        )
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    engine = SwiftEngine(loaded.model, loaded.tokenizer, model_name=loaded.model_name, profile_store=_store(profile_dir))
-    return _Loaded(engine, loaded.source, time.perf_counter() - t0)
+    return _Loaded(engine, _source(engine), time.perf_counter() - t0)
+
+
+def _source(engine: "SwiftEngine") -> str:
+    """Where the weights were read from (as ``from_pretrained`` recorded it)."""
+    return str(engine.source or getattr(engine.model.config, "_name_or_path", "") or engine.model_name)
 
 
 def _load(
@@ -546,20 +554,24 @@ def _speedup(value: float | None) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-def bench(ctx: typer.Context) -> None:
-    """Benchmark SWIFT against plain decoding (the options of swift-bench; see swift bench --help)."""
-    with _guard(ctx):
-        from .bench import main as bench_main
+def _guarded(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with its errors reported like every ``swift`` command's (one red line, or ``--debug``).
 
-        try:
-            code = bench_main(list(ctx.args))
-        except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        raise typer.Exit(code)
+    For commands defined outside this module (``swift-bench``'s), which also run standalone; the
+    wrapper keeps their signature, so typer sees the same options. ``command`` must take the
+    context as ``ctx`` (typer passes it by keyword).
+    """
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> None:
+        with _guard(kwargs["ctx"]):
+            command(**kwargs)
+
+    return run
+
+
+#: ``swift bench``: the command of ``swift-bench`` (tools/bench.py), same options, same exit status.
+bench = app.command("bench", cls=BenchCommand)(_guarded(_bench_command))
 
 
 # ------------------------------------------------------------------------------------------------
