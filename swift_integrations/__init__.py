@@ -14,13 +14,13 @@ _EXPORTS = {
     "SwiftChatModel": "langchain",
     "SwiftLLM": "langchain",
     "SwiftLlamaIndexLLM": "llamaindex",
-    "get_engine": "_shared",
+    "get_engine": "engine_cache",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._shared import get_engine
+    from .engine_cache import get_engine
     from .langchain import SwiftChatModel, SwiftLLM
     from .llamaindex import SwiftLlamaIndexLLM
 

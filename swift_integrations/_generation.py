@@ -4,7 +4,8 @@ The adapters differ in their message and response types, not in how a reply is p
 a call into a :class:`GenerationCall` (engine, rendered prompt, sampling, stops, step key, and the
 grammar the reply must follow) and read :func:`generation_events`: one :class:`Start`, then
 :class:`Delta` s of content that is safe to show, then one :class:`Final` with the parsed tool
-calls and the SWIFT statistics. Framework-free, like :mod:`swift_integrations._shared`.
+calls and the SWIFT statistics. Framework-free, like the prompt it is given
+(:mod:`swift_engine.prompting`).
 
 How ``tool_choice`` and structured output become grammars (:func:`output_constraint`)
 -------------------------------------------------------------------------------------
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swift_engine.constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint, call_head
+from swift_engine.prompting import RenderedPrompt
 
-from ._shared import RenderedPrompt, stats_metadata
+from .stats import stats_metadata
 from .tool_calls import TOOL_CALL_CLOSE, InvalidToolCall, ParsedToolCall, ToolCallStreamFilter, tool_function
 
 __all__ = [
@@ -80,7 +82,9 @@ class Final:
 
     def metadata(self) -> dict[str, Any]:
         """The SWIFT statistics, finish reason, step key and model name, as the adapters report them."""
-        return stats_metadata(self.stats, model_name=self.model_name, finish_reason=self.finish_reason, step_key=self.step_key)
+        return stats_metadata(
+            self.stats, model_name=self.model_name, finish_reason=self.finish_reason, step_key=self.step_key
+        )
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,9 @@ def normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
         choice = fn.get("name")
     if isinstance(choice, str) and choice in names:
         return choice
-    raise ValueError(f"tool_choice must be 'auto', 'none', 'any'/'required' or one of the tool names {list(names)}; got {choice!r}")
+    raise ValueError(
+        f"tool_choice must be 'auto', 'none', 'any'/'required' or one of the tool names {list(names)}; got {choice!r}"
+    )
 
 
 def output_constraint(

@@ -1,10 +1,11 @@
 """LangChain models over a SWIFT engine: :class:`SwiftChatModel` and :class:`SwiftLLM`.
 
 Construction is cheap: the weights load on the first call, through the process-level engine
-cache (:func:`swift_integrations._shared.get_engine`), so every wrapper of one model shares one
+cache (:func:`swift_integrations.engine_cache.get_engine`), so every wrapper of one model shares one
 engine, its weights and its learned skip profiles. Pass ``engine=`` to use an engine you built.
 
-Step keys (which learned skip profile a call uses), in order of precedence:
+Step keys (which learned skip profile a call uses; resolved in :mod:`.langchain_steps`), in order
+of precedence:
 
 1. ``step_key`` given explicitly: ``model.bind(step_key=...)`` / ``invoke(..., step_key=...)``;
 2. ``config["metadata"]["swift_step"]``;
@@ -16,9 +17,11 @@ Step keys (which learned skip profile a call uses), in order of precedence:
    to children, run names do not) → ``"tags:<a>+<b>"``;
 8. chat models: a fingerprint of the system prompt → ``"system:<hash>"``; else the engine's default.
 
-Chat message rendering: see :func:`swift_integrations._shared.render_chat_prompt` (templates with
-native tool support get tools natively; otherwise the Hermes format of :mod:`.tool_calls`; models
-without a chat template get the plain ``System:/User:/Assistant:`` format).
+Chat message rendering: see :func:`swift_engine.prompting.render_chat_prompt` (templates with
+native tool support get tools natively; otherwise the Hermes format of
+:mod:`swift_engine.tool_format`; models without a chat template get the plain
+``System:/User:/Assistant:`` format). This module only translates LangChain's messages, tools and
+outputs to and from the framework-neutral forms.
 
 Tool calling: ``bind_tools`` with ``tool_choice`` ``"auto"`` (the model may write a call; once it
 opens one, the call is grammar-constrained and parsed), ``"none"`` (tools not shown),
@@ -26,20 +29,17 @@ opens one, the call is grammar-constrained and parsed), ``"none"`` (tools not sh
 ``with_structured_output`` constrains the reply to the schema too (see
 :mod:`swift_integrations._generation` and :mod:`swift_engine.constraints`). ``response_metadata``
 carries ``finish_reason`` (the engine's ``"stop"``/``"length"``/``"eos"``, or ``"tool_calls"``)
-and the SWIFT statistics (see :func:`swift_integrations._shared.stats_metadata`).
+and the SWIFT statistics (see :func:`swift_integrations.stats.stats_metadata`).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextvars import ContextVar
 from operator import itemgetter
 from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, BaseCallbackHandler, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.llms import BaseLLM
 from langchain_core.messages import (
@@ -56,105 +56,60 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, GenerationChunk, LLMResult
+from langchain_core.outputs import (
+    ChatGeneration,
+    ChatGenerationChunk,
+    ChatResult,
+    Generation,
+    GenerationChunk,
+    LLMResult,
+)
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
-from langchain_core.runnables.config import ensure_config, var_child_runnable_config
-from langchain_core.tracers.context import register_configure_hook
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.json import parse_partial_json
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from swift_engine.config import SwiftConfig
+from swift_engine.prompting import RenderedPrompt, render_chat_prompt, with_system_text
 
-from ._generation import Delta, Final, GenerationCall, Start, generation_events, normalize_tool_choice, output_constraint
-from ._shared import (
-    check_engine,
-    check_stop_strings,
-    RenderedPrompt,
-    aiter_in_thread,
-    get_engine,
-    render_chat_prompt,
-    step_key_from_run_info,
-    system_prompt_step_key,
-    usage_from_stats,
-    with_system_text,
+from ._generation import (
+    Delta,
+    Final,
+    GenerationCall,
+    Start,
+    generation_events,
+    normalize_tool_choice,
+    output_constraint,
 )
+from .async_bridge import aiter_in_thread
+from .engine_cache import get_engine
+from .langchain_steps import config_step_key, runtime_step_key
+from .stats import usage_from_stats
+from .step_keys import system_prompt_step_key
 from .tool_calls import tool_function
+from .validation import check_engine, check_stop_strings
 
 __all__ = ["SwiftChatModel", "SwiftLLM"]
 
 #: Call-time keyword arguments the models understand (anything else is a TypeError).
 _CALL_KWARGS = frozenset(
-    {"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream"}
+    {
+        "temperature",
+        "max_tokens",
+        "top_p",
+        "top_k",
+        "seed",
+        "step_key",
+        "model",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "stream",
+    }
 )
 _LLM_CALL_KWARGS = frozenset({"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "stream"})
-
-
-# ====================================================================================== run names
-#
-# LangChain gives a child runnable its parent's tags and metadata but not its run name, so a chat
-# model inside ``(prompt | llm).with_config(run_name="summarize")`` cannot see "summarize" in its
-# own config. This handler remembers the name and parent of every running chain; a configure hook
-# attaches it to every callback manager in the process once this module is imported. It only
-# records chain starts and ends (dict operations) and runs inline.
-
-_GENERIC_RUN_NAME_RE = re.compile(r"^(Runnable\w*|\w*PromptTemplate|\w*OutputParser|\w*Parser|LangGraph|Pregel|ChannelWrite|ChannelRead|<lambda>|\w*ToolNode)$")
-_MAX_TRACKED_RUNS = 10_000
-
-
-class _RunNames(BaseCallbackHandler):
-    """Names and parents of the chains running right now (for the enclosing-run step key)."""
-
-    run_inline = True
-    ignore_llm = True
-    ignore_chat_model = True
-    ignore_retriever = True
-    ignore_agent = True
-    ignore_retry = True
-    ignore_custom_event = True
-
-    def __init__(self) -> None:
-        self._runs: dict[Any, tuple[str | None, Any]] = {}
-        self._lock = threading.Lock()
-
-    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: Any, parent_run_id: Any = None, **kwargs: Any) -> None:
-        name = kwargs.get("name") or (serialized or {}).get("name")
-        with self._lock:
-            if len(self._runs) >= _MAX_TRACKED_RUNS:  # runs abandoned without an end event
-                for key in list(self._runs)[: _MAX_TRACKED_RUNS // 2]:
-                    del self._runs[key]
-            self._runs[run_id] = (name if isinstance(name, str) else None, parent_run_id)
-
-    def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
-        with self._lock:
-            self._runs.pop(run_id, None)
-
-    def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-        with self._lock:
-            self._runs.pop(run_id, None)
-
-    def enclosing_name(self, parent_run_id: Any) -> str | None:
-        """The nearest enclosing chain whose name was given by a user (not a class default)."""
-        seen = 0
-        with self._lock:
-            while parent_run_id is not None and seen < 64:
-                name, parent_run_id = self._runs.get(parent_run_id, (None, None))
-                if name and "<" not in name and not _GENERIC_RUN_NAME_RE.match(name):
-                    return name
-                seen += 1
-        return None
-
-
-_RUN_NAMES = _RunNames()
-_RUN_NAMES_VAR: ContextVar[_RunNames | None] = ContextVar("swift_langchain_run_names", default=_RUN_NAMES)
-register_configure_hook(_RUN_NAMES_VAR, True)
-
-
-def _run_name(config_run_name: str | None, callbacks: Any) -> str | None:
-    if config_run_name:
-        return config_run_name
-    return _RUN_NAMES.enclosing_name(getattr(callbacks, "parent_run_id", None))
 
 
 # ====================================================================================== shared fields
@@ -163,7 +118,9 @@ def _run_name(config_run_name: str | None, callbacks: Any) -> str | None:
 class _SwiftFields(BaseModel):
     """Fields and engine access shared by :class:`SwiftChatModel` and :class:`SwiftLLM`."""
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
+    )
 
     #: Model folder, ``.gguf`` file or (locally cached) hub id; ``None``: the embedded SmolLM2-135M-Instruct.
     model_id: str | None = Field(default=None, alias="model")
@@ -282,26 +239,21 @@ class _SwiftFields(BaseModel):
         """At a public entry point the run's config is known: resolve the step key there."""
         if kwargs.get("step_key") is not None:
             return kwargs
-        cfg = ensure_config(config)
-        run_name = _run_name(cfg.get("run_name"), cfg.get("callbacks"))
-        key = step_key_from_run_info(cfg.get("metadata"), run_name, cfg.get("tags"), fallback=self.step_key)
+        key = config_step_key(config, fallback=self.step_key)
         return {**kwargs, "step_key": key} if key else kwargs
 
     def _runtime_step_key(self, run_manager: Any) -> str | None:
         """Step key when entered below the public methods (``generate()``, v3 event streaming)."""
-        if run_manager is not None:
-            name = _RUN_NAMES.enclosing_name(getattr(run_manager, "parent_run_id", None))
-            return step_key_from_run_info(getattr(run_manager, "metadata", None), name, getattr(run_manager, "tags", None), fallback=self.step_key)
-        cfg = var_child_runnable_config.get() or {}
-        name = _run_name(cfg.get("run_name"), cfg.get("callbacks"))
-        return step_key_from_run_info(cfg.get("metadata"), name, cfg.get("tags"), fallback=self.step_key)
+        return runtime_step_key(run_manager, fallback=self.step_key)
 
 
 # ====================================================================================== events
 
 
 def _usage(input_tokens: int, output_tokens: int) -> UsageMetadata:
-    return UsageMetadata(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens)
+    return UsageMetadata(
+        input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
+    )
 
 
 # ====================================================================================== chat model
@@ -319,14 +271,33 @@ def _text_of(content: Any, where: str) -> str:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             parts.append(str(block.get("text", "")))
-        elif kind in ("tool_use", "tool_call", "tool_call_chunk", "invalid_tool_call", "thinking", "redacted_thinking", "reasoning", "server_tool_call", "server_tool_result"):
+        elif kind in (
+            "tool_use",
+            "tool_call",
+            "tool_call_chunk",
+            "invalid_tool_call",
+            "thinking",
+            "redacted_thinking",
+            "reasoning",
+            "server_tool_call",
+            "server_tool_result",
+        ):
             continue  # tool calls are rendered from .tool_calls; reasoning is not replayed
         else:
             raise ValueError(f"SwiftChatModel reads text only; {where} has a {kind!r} content block")
     return "\n".join(p for p in parts if p)
 
 
-_ROLE_ALIASES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system", "developer": "system", "tool": "tool", "function": "tool"}
+_ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "developer": "system",
+    "tool": "tool",
+    "function": "tool",
+}
 
 
 def _neutral_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -379,7 +350,9 @@ def _response_schema(response_format: Any) -> tuple[dict[str, Any] | bool, str]:
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}
         schema = spec.get("schema", spec)
-        return schema, "Reply with a JSON object that follows this JSON schema: " + json.dumps(schema, ensure_ascii=False)
+        return schema, "Reply with a JSON object that follows this JSON schema: " + json.dumps(
+            schema, ensure_ascii=False
+        )
     if kind == "json_object":
         return response_format.get("schema") or {"type": "object"}, ""
     raise ValueError(f"response_format type must be 'json_schema' or 'json_object', got {response_format!r}")
@@ -406,7 +379,9 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         llm.with_structured_output(Person).invoke("Alice is 30.")
     """
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
+    )
 
     @property
     def _llm_type(self) -> str:
@@ -420,16 +395,44 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         return self._swift_ls_params(super()._get_ls_params(stop=stop, **kwargs), "chat", stop, kwargs)
 
     # -- public entry points: resolve the step key where the run config is known ---------------
-    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
         return super().invoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
         return await super().ainvoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
         return super().stream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
         return super().astream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
     # -- tools and structured output ----------------------------------------------------------
@@ -483,7 +486,11 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         if method == "function_calling":
             name = convert_to_openai_tool(schema)["function"]["name"]
             llm = self.bind_tools([schema], tool_choice=name, strict=strict, ls_structured_output_format=ls_format)
-            parser = PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
         elif method in ("json_schema", "json_mode"):
             if method == "json_schema":
                 js = convert_to_json_schema(schema)
@@ -501,7 +508,9 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         return llm | parser
 
     # -- preparing a call ----------------------------------------------------------------------
-    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> GenerationCall:
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> GenerationCall:
         opts = self._options(stop, kwargs, _CALL_KWARGS)
         engine = self._engine_for(kwargs.get("model"))
         neutral = _neutral_messages(messages)
@@ -519,11 +528,17 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
             schema, instruction = _response_schema(response_format)
             if instruction:
                 neutral = with_system_text(neutral, instruction)
-        plan = output_constraint(tools, choice, parallel_tool_calls=kwargs.get("parallel_tool_calls") is not False, json_schema=schema)
-        prompt = render_chat_prompt(engine.tokenizer, neutral, tools=tools if plan.show_tools else None, prefill=plan.prefill)
+        plan = output_constraint(
+            tools, choice, parallel_tool_calls=kwargs.get("parallel_tool_calls") is not False, json_schema=schema
+        )
+        prompt = render_chat_prompt(
+            engine.tokenizer, neutral, tools=tools if plan.show_tools else None, prefill=plan.prefill
+        )
         return GenerationCall(
             engine=engine,
-            model_name=self._display_name(kwargs.get("model")) if kwargs.get("model") else (self.model_id or str(engine.model_name)),
+            model_name=self._display_name(kwargs.get("model"))
+            if kwargs.get("model")
+            else (self.model_id or str(engine.model_name)),
             step_key=step_key,
             sampling=opts["sampling"],
             max_new_tokens=opts["max_new_tokens"],
@@ -533,7 +548,13 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         )
 
     # -- LangChain hooks -------------------------------------------------------------------------
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         call = self._prepare(messages, stop, run_manager, kwargs)
         final = None
         for ev in generation_events(call):
@@ -542,9 +563,17 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         assert final is not None
         return _chat_result(final)
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         final = None
-        events = aiter_in_thread(lambda: generation_events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat")
+        events = aiter_in_thread(
+            lambda: generation_events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat"
+        )
         try:
             async for ev in events:
                 if isinstance(ev, Final):
@@ -554,7 +583,13 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         assert final is not None
         return _chat_result(final)
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, run_manager, kwargs)
         builder = _ChunkBuilder()
         events = generation_events(call)
@@ -566,9 +601,17 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         finally:
             events.close()
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         builder = _ChunkBuilder()
-        events = aiter_in_thread(lambda: generation_events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat-stream")
+        events = aiter_in_thread(
+            lambda: generation_events(self._prepare(messages, stop, run_manager, kwargs)), name="swift-chat-stream"
+        )
         try:
             async for ev in events:
                 chunk = builder.feed(ev)
@@ -593,7 +636,9 @@ def _chat_result(final: Final) -> ChatResult:
         usage_metadata=_usage(**{k: usage_from_stats(final.stats)[k] for k in ("input_tokens", "output_tokens")}),
         response_metadata=final.metadata(),
     )
-    return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": final.finish_reason})])
+    return ChatResult(
+        generations=[ChatGeneration(message=message, generation_info={"finish_reason": final.finish_reason})]
+    )
 
 
 class _ChunkBuilder:
@@ -614,7 +659,8 @@ class _ChunkBuilder:
             msg = AIMessageChunk(content=ev.text, usage_metadata=self._take())
             return ChatGenerationChunk(message=msg)
         chunks = [
-            tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i) for i, c in enumerate(ev.calls)
+            tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i)
+            for i, c in enumerate(ev.calls)
         ]
         for j, c in enumerate(ev.invalid, start=len(chunks)):
             chunks.append(tool_call_chunk(name=c.name, args=_invalid_args_text(c.arguments), id=c.id, index=j))
@@ -654,7 +700,9 @@ class SwiftLLM(_SwiftFields, BaseLLM):
     token usage in ``llm_output["token_usage"]``.
     """
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
+    )
 
     @property
     def _llm_type(self) -> str:
@@ -667,24 +715,56 @@ class SwiftLLM(_SwiftFields, BaseLLM):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         return self._swift_ls_params(super()._get_ls_params(stop=stop, **kwargs), "llm", stop, kwargs)
 
-    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> str:
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> str:
         return super().invoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> str:
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> str:
         return await super().ainvoke(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> Iterator[str]:
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[str]:
         return super().stream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[str]:
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
         return super().astream(input, config, stop=stop, **self._entry_kwargs(config, kwargs))
 
-    def _llm_events(self, prompt: str, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> Iterator[Start | Delta | Final]:
+    def _llm_events(
+        self, prompt: str, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> Iterator[Start | Delta | Final]:
         opts = self._options(stop, kwargs, _LLM_CALL_KWARGS)
         engine = self._engine_for(kwargs.get("model"))
         call = GenerationCall(
             engine=engine,
-            model_name=self._display_name(kwargs.get("model")) if kwargs.get("model") else (self.model_id or str(engine.model_name)),
+            model_name=self._display_name(kwargs.get("model"))
+            if kwargs.get("model")
+            else (self.model_id or str(engine.model_name)),
             step_key=kwargs.get("step_key") or self._runtime_step_key(run_manager),
             sampling=opts["sampling"],
             max_new_tokens=opts["max_new_tokens"],
@@ -707,7 +787,13 @@ class SwiftLLM(_SwiftFields, BaseLLM):
                 totals[k] += v
         return {"token_usage": totals, "model_name": finals[0].model_name if finals else None}
 
-    def _generate(self, prompts: list[str], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
         generations, finals = [], []
         for prompt in prompts:
             final = None
@@ -721,7 +807,13 @@ class SwiftLLM(_SwiftFields, BaseLLM):
             generations.append([self._generation(final)])
         return LLMResult(generations=generations, llm_output=self._llm_output(finals))
 
-    async def _agenerate(self, prompts: list[str], stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
         generations, finals = [], []
         for prompt in prompts:
             final = None
@@ -739,7 +831,13 @@ class SwiftLLM(_SwiftFields, BaseLLM):
             generations.append([self._generation(final)])
         return LLMResult(generations=generations, llm_output=self._llm_output(finals))
 
-    def _stream(self, prompt: str, stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
         events = self._llm_events(prompt, stop, run_manager, kwargs)
         try:
             for ev in events:
@@ -752,7 +850,13 @@ class SwiftLLM(_SwiftFields, BaseLLM):
         finally:
             events.close()
 
-    async def _astream(self, prompt: str, stop: list[str] | None = None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
         events = aiter_in_thread(lambda: self._llm_events(prompt, stop, run_manager, kwargs), name="swift-llm-stream")
         try:
             async for ev in events:

@@ -5,14 +5,14 @@ LlamaIndex takes an LLM: ``Settings.llm``, query engines and response synthesize
 and ``FunctionAgent`` / ``AgentWorkflow`` (tool calling).
 
 Construction is cheap: the weights load on first use through the process-level engine cache
-(:func:`swift_integrations._shared.get_engine`), so this LLM and the LangChain classes share one
+(:func:`swift_integrations.engine_cache.get_engine`), so this LLM and the LangChain classes share one
 engine (weights and learned skip profiles) when they name the same model. ``engine=`` uses an
 engine you built.
 
 Prompts
 -------
 * ``chat`` / ``stream_chat`` / ``achat`` / ``astream_chat``: messages go through the model's chat
-  template (:func:`swift_integrations._shared.render_chat_prompt`; a plain
+  template (:func:`swift_engine.prompting.render_chat_prompt`; a plain
   ``System:/User:/Assistant:`` format for models without one). A ``messages_to_prompt=`` you pass
   replaces the template: its string is tokenized as is.
 * ``complete`` & co.: ``formatted=True`` sends the prompt as is; otherwise a
@@ -20,7 +20,8 @@ Prompts
   (after ``system_prompt``, if set) in the chat template. ``completion_to_prompt=lambda s: s``
   gives plain text continuation.
 
-Step keys (which learned skip profile a call uses), in order of precedence:
+Step keys (which learned skip profile a call uses; resolved in :mod:`.llamaindex_steps`), in
+order of precedence:
 
 1. ``step_key=`` passed to the call (``llm.complete(..., step_key="x")``);
 2. ``with instrument_tags({"swift_step": "x"}):`` (``llama_index.core.instrumentation``);
@@ -36,7 +37,7 @@ Step keys (which learned skip profile a call uses), in order of precedence:
 Responses
 ---------
 ``raw`` and ``additional_kwargs`` carry the SWIFT statistics
-(:func:`swift_integrations._shared.stats_metadata`: ``step_key``, ``acceptance_rate``,
+(:func:`swift_integrations.stats.stats_metadata`: ``step_key``, ``acceptance_rate``,
 ``mean_accepted_per_step``, ``search_ran``, ``swift_profile``, ``swift_stats``), the token counts
 (``prompt_tokens``/``completion_tokens``/``total_tokens``; in ``raw["usage"]`` too, where
 LlamaIndex's ``TokenCountingHandler`` reads them) and the ``finish_reason``; ``raw["prompt"]`` is
@@ -52,16 +53,12 @@ are parallel calls), and each call it opens is constrained the same way. Calls a
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -78,36 +75,29 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.dispatcher import active_instrument_tags
-from llama_index.core.instrumentation.span import BaseSpan, active_span_id
-from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 
 from swift_engine.config import SwiftConfig
+from swift_engine.prompting import RenderedPrompt, message_text, render_chat_prompt, with_system_text
 
-from ._generation import Delta, Final, GenerationCall, OutputPlan, Start, generation_events, normalize_tool_choice, output_constraint
-from ._shared import (
-    check_engine,
-    check_stop_strings,
-    RenderedPrompt,
-    aiter_in_thread,
-    get_engine,
-    render_chat_prompt,
-    system_prompt_step_key,
-    usage_from_stats,
-    with_system_text,
+from ._generation import (
+    Delta,
+    Final,
+    GenerationCall,
+    OutputPlan,
+    Start,
+    generation_events,
+    normalize_tool_choice,
+    output_constraint,
 )
-from .tool_calls import (
-    InvalidToolCall,
-    format_tool_call,
-    format_tool_result,
-    new_tool_call_id,
-    render_tools_system_prompt,
-    tool_function,
-)
+from .async_bridge import aiter_in_thread
+from .engine_cache import get_engine
+from .llamaindex_steps import ensure_span_tracker, prompt_step, step_key_for_call
+from .stats import usage_from_stats
+from .tool_calls import InvalidToolCall, new_tool_call_id, render_tools_system_prompt, tool_function
+from .validation import check_engine, check_stop_strings
 
 __all__ = ["SwiftLlamaIndexLLM"]
 
@@ -115,116 +105,21 @@ logger = logging.getLogger(__name__)
 
 #: Call-time keyword arguments the LLM reads; others are ignored with a warning.
 _CALL_KWARGS = frozenset(
-    {"temperature", "max_tokens", "top_p", "top_k", "seed", "stop", "step_key", "tools", "tool_choice", "parallel_tool_calls"}
+    {
+        "temperature",
+        "max_tokens",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "step_key",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
 )
 #: Keyword arguments LlamaIndex itself passes along that mean nothing here (ignored silently).
 _QUIET_KWARGS = frozenset({"formatted", "verbose", "strict", "allow_parallel_tool_calls", "tool_required"})
-
-
-# ====================================================================================== step keys
-
-#: Step key derived from the prompt template of an enclosing ``predict``-style call.
-_PROMPT_STEP_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("swift_llamaindex_prompt_key", default=None)
-
-
-def prompt_step_key(prompt: Any, llm: Any = None) -> str | None:
-    """``"prompt:<prompt_type>"`` of a LlamaIndex prompt template (custom ones: plus a template hash)."""
-    meta = getattr(prompt, "metadata", None) or {}
-    kind = meta.get("prompt_type") if isinstance(meta, dict) else None
-    kind = getattr(kind, "value", kind)
-    if not isinstance(kind, str) or not kind.strip():
-        return None
-    if kind != "custom":
-        return f"prompt:{kind}"
-    try:
-        text = str(prompt.get_template(llm=llm))
-    except Exception:  # noqa: BLE001 - any template we can't read is keyed by its type name
-        text = type(prompt).__name__
-    return "prompt:custom:" + hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()[:10]
-
-
-class _TrackedSpan(BaseSpan):
-    """What step-key resolution needs of an open span."""
-
-    name: str = ""
-    is_llm: bool = False
-    label: str | None = None
-
-
-class _SpanTracker(BaseSpanHandler[_TrackedSpan]):
-    """Keeps the open spans (name, parent, owner) so a call can see which component it runs in.
-
-    Only open spans are held (closed and dropped ones are forgotten at once), so memory stays
-    bounded by the nesting depth times the concurrency.
-    """
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "SwiftSpanTracker"
-
-    def new_span(self, id_: str, bound_args: Any, instance: Any = None, parent_span_id: str | None = None, tags: Any = None, **kwargs: Any) -> _TrackedSpan:
-        if len(self.open_spans) > 100_000:  # spans that never closed (abandoned generators): start over
-            with self.lock:
-                self.open_spans.clear()
-        try:
-            label = getattr(instance, "name", None) if instance is not None else None
-        except Exception:  # noqa: BLE001 - a property that fails only means no label
-            label = None
-        return _TrackedSpan(
-            id_=id_,
-            parent_id=parent_span_id,
-            name=id_.rsplit("-", 5)[0],  # ids are "<Class>.<method>-<uuid4>"
-            is_llm=isinstance(instance, BaseLLM),
-            label=label if isinstance(label, str) and label.strip() else None,
-        )
-
-    def prepare_to_exit_span(self, id_: str, bound_args: Any, instance: Any = None, result: Any = None, **kwargs: Any) -> _TrackedSpan | None:
-        return self.open_spans.get(id_)
-
-    def prepare_to_drop_span(self, id_: str, bound_args: Any, instance: Any = None, err: BaseException | None = None, **kwargs: Any) -> _TrackedSpan | None:
-        return self.open_spans.get(id_)
-
-
-_TRACKER: _SpanTracker | None = None
-_TRACKER_LOCK = threading.Lock()
-
-
-def _span_tracker() -> _SpanTracker:
-    """The process's span tracker, added to LlamaIndex's root dispatcher on first use."""
-    global _TRACKER
-    if _TRACKER is None:
-        with _TRACKER_LOCK:
-            if _TRACKER is None:
-                tracker = _SpanTracker()
-                get_dispatcher().add_span_handler(tracker)
-                _TRACKER = tracker
-    return _TRACKER
-
-
-def span_step_key() -> str | None:
-    """``"span:<Class.method>[@<name>]"`` of the nearest enclosing non-LLM span, if any."""
-    tracker = _TRACKER
-    if tracker is None:
-        return None
-    sid = active_span_id.get()
-    method: str | None = None
-    label: str | None = None
-    for _ in range(256):  # bounded walk up the parents
-        if not sid:
-            break
-        span = tracker.open_spans.get(sid)
-        if span is None:
-            break
-        if not span.is_llm:
-            method = method or span.name
-            label = label or span.label
-            if label:
-                break
-        sid = span.parent_id
-    if method is None:
-        return None
-    key = f"span:{method}" + (f"@{label}" if label else "")
-    return key[:200]
 
 
 # ====================================================================================== events
@@ -232,7 +127,11 @@ def span_step_key() -> str | None:
 
 def _usage(final: Final) -> dict[str, int]:
     u = usage_from_stats(final.stats)
-    return {"prompt_tokens": u["input_tokens"], "completion_tokens": u["output_tokens"], "total_tokens": u["total_tokens"]}
+    return {
+        "prompt_tokens": u["input_tokens"],
+        "completion_tokens": u["output_tokens"],
+        "total_tokens": u["total_tokens"],
+    }
 
 
 def _raw(final: Final) -> dict[str, Any]:
@@ -276,10 +175,16 @@ def _message_text(m: ChatMessage, where: str) -> str:
     for block in m.blocks:
         if isinstance(block, TextBlock):
             parts.append(block.text)
-        elif isinstance(block, (ToolCallBlock, ThinkingBlock)) or getattr(block, "block_type", None) in ("cache", "cache_point"):
+        elif isinstance(block, (ToolCallBlock, ThinkingBlock)) or getattr(block, "block_type", None) in (
+            "cache",
+            "cache_point",
+        ):
             continue  # tool calls are rendered from the calls; reasoning is not replayed
         else:
-            raise ValueError(f"SwiftLlamaIndexLLM reads text only; {where} has a {getattr(block, 'block_type', type(block).__name__)!r} block")
+            raise ValueError(
+                f"SwiftLlamaIndexLLM reads text only; {where} has a "
+                f"{getattr(block, 'block_type', type(block).__name__)!r} block"
+            )
     return "\n".join(parts)
 
 
@@ -296,7 +201,7 @@ def _call_arguments(raw: Any) -> dict[str, Any]:
 
 
 def _message_tool_calls(m: ChatMessage) -> list[dict[str, Any]]:
-    """Tool calls of an assistant message: ``ToolCallBlock`` blocks, else OpenAI-style ``additional_kwargs["tool_calls"]``."""
+    """Tool calls of an assistant message: ``ToolCallBlock`` blocks, else OpenAI-style ``additional_kwargs``."""
     calls = [
         {"id": b.tool_call_id, "name": b.tool_name, "arguments": _call_arguments(b.tool_kwargs)}
         for b in m.blocks
@@ -319,7 +224,7 @@ def _message_tool_calls(m: ChatMessage) -> list[dict[str, Any]]:
 
 
 def neutral_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """LlamaIndex messages as the framework-neutral dicts of :func:`~swift_integrations._shared.render_chat_prompt`."""
+    """LlamaIndex messages as the framework-neutral dicts of :func:`~swift_engine.prompting.render_chat_prompt`."""
     out: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
     for i, m in enumerate(messages):
@@ -351,16 +256,7 @@ def _as_llama_messages(neutral: Sequence[dict[str, Any]]) -> list[ChatMessage]:
     Past tool calls become ``<tool_call>`` text in the assistant message, tool results
     ``<tool_response>`` text in a ``tool`` message.
     """
-    out = []
-    for m in neutral:
-        content = m.get("content") or ""
-        if m["role"] == "assistant" and m.get("tool_calls"):
-            calls = "\n".join(format_tool_call(c["name"], c.get("arguments") or {}) for c in m["tool_calls"])
-            content = f"{content}\n{calls}" if content else calls
-        if m["role"] == "tool":
-            content = format_tool_result(content, name=m.get("name"), is_error=bool(m.get("is_error")))
-        out.append(ChatMessage(role=MessageRole(m["role"]), content=content))
-    return out
+    return [ChatMessage(role=MessageRole(m["role"]), content=message_text(m)) for m in neutral]
 
 
 def _tool_spec(tool: Any) -> dict[str, Any]:
@@ -408,21 +304,32 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
     """
 
     model_id: str | None = Field(
-        default=None, description="Model folder, .gguf file or (locally cached) hub id; None: the embedded SmolLM2-135M-Instruct."
+        default=None,
+        description="Model folder, .gguf file or (locally cached) hub id; None: the embedded SmolLM2-135M-Instruct.",
     )
     gguf_file: str | None = Field(default=None, description="GGUF file inside model_id (a folder or hub repo).")
     device: str = Field(default="auto", description="Torch device, or 'auto'.")
     dtype: str = Field(default="auto", description="Torch dtype, or 'auto'.")
-    swift_config: SwiftConfig | None = Field(default=None, description="Engine configuration; LLMs with equal configs share one engine.")
-    engine: Any = Field(default=None, exclude=True, description="An existing swift_engine.SwiftEngine (overrides model_id/gguf_file/device/dtype).")
+    swift_config: SwiftConfig | None = Field(
+        default=None, description="Engine configuration; LLMs with equal configs share one engine."
+    )
+    engine: Any = Field(
+        default=None,
+        exclude=True,
+        description="An existing swift_engine.SwiftEngine (overrides model_id/gguf_file/device/dtype).",
+    )
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature (0: greedy).")
     max_tokens: int = Field(default=256, ge=1, description="Maximum new tokens per call.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     seed: int | None = Field(default=None, description="Sampling seed (temperature > 0).")
     stop: list[str] | None = Field(default=None, description="Stop strings (not included in the output).")
-    step_key: str | None = Field(default=None, description="Step key of every call of this LLM (see the module docs for precedence).")
-    context_window: int | None = Field(default=None, ge=1, description="Override of the model's context length (from its config).")
+    step_key: str | None = Field(
+        default=None, description="Step key of every call of this LLM (see the module docs for precedence)."
+    )
+    context_window: int | None = Field(
+        default=None, ge=1, description="Override of the model's context length (from its config)."
+    )
 
     _engine: Any = PrivateAttr(default=None)
 
@@ -430,7 +337,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         if "model" in kwargs and "model_id" not in kwargs:  # the usual LlamaIndex spelling
             kwargs["model_id"] = kwargs.pop("model")
         super().__init__(**kwargs)
-        _span_tracker()
+        ensure_span_tracker()
 
     @field_validator("engine")
     @classmethod
@@ -530,19 +437,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
 
     def resolve_step_key(self, explicit: str | None = None, system_text: str | None = None) -> str | None:
         """The step key a call made here and now would use (see the module docs for the order)."""
-        from swift_engine.step_context import current_step
-
-        if isinstance(explicit, str) and explicit.strip():
-            return explicit
-        tag = (active_instrument_tags.get() or {}).get("swift_step")
-        if isinstance(tag, str) and tag.strip():
-            return tag
-        ctx = current_step()
-        if ctx:
-            return ctx
-        if self.step_key:
-            return self.step_key
-        return _PROMPT_STEP_KEY.get() or span_step_key() or system_prompt_step_key(system_text)
+        return step_key_for_call(explicit, system_text, fallback=self.step_key)
 
     def _chat_spec(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Spec:
         options = self._options(kwargs)
@@ -582,7 +477,9 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             assert spec.prompt is not None
             plan = OutputPlan()
             if spec.formatted or self._custom_completion_to_prompt():
-                prompt = _string_prompt(engine, spec.prompt if spec.formatted else self.completion_to_prompt(spec.prompt))
+                prompt = _string_prompt(
+                    engine, spec.prompt if spec.formatted else self.completion_to_prompt(spec.prompt)
+                )
             else:
                 neutral = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
                     {"role": "user", "content": spec.prompt}
@@ -633,7 +530,9 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
 
     @staticmethod
     def _final_completion(final: Final, delta: str | None = None) -> CompletionResponse:
-        return CompletionResponse(text=final.content, raw=_raw(final), delta=delta, additional_kwargs=_additional_kwargs(final))
+        return CompletionResponse(
+            text=final.content, raw=_raw(final), delta=delta, additional_kwargs=_additional_kwargs(final)
+        )
 
     @staticmethod
     def _last(events: Iterator[Start | Delta | Final]) -> Final:
@@ -761,46 +660,32 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
 
     # -- prompt templates: their type names the step ---------------------------------------------------
     def predict(self, prompt: Any, **prompt_args: Any) -> str:
-        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
-        try:
+        with prompt_step(prompt, self):
             return super().predict(prompt, **prompt_args)
-        finally:
-            _PROMPT_STEP_KEY.reset(token)
 
     def stream(self, prompt: Any, **prompt_args: Any) -> Any:
-        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
-        try:
+        with prompt_step(prompt, self):
             return super().stream(prompt, **prompt_args)  # the step key is resolved before this returns
-        finally:
-            _PROMPT_STEP_KEY.reset(token)
 
     async def apredict(self, prompt: Any, **prompt_args: Any) -> str:
-        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
-        try:
+        with prompt_step(prompt, self):
             return await super().apredict(prompt, **prompt_args)
-        finally:
-            _PROMPT_STEP_KEY.reset(token)
 
     async def astream(self, prompt: Any, **prompt_args: Any) -> Any:
-        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
-        try:
+        with prompt_step(prompt, self):
             return await super().astream(prompt, **prompt_args)
-        finally:
-            _PROMPT_STEP_KEY.reset(token)
 
-    def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Any:
-        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
-        try:
+    def structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        with prompt_step(prompt, self):
             return super().structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-        finally:
-            _PROMPT_STEP_KEY.reset(token)
 
-    async def astructured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Any:
-        token = _PROMPT_STEP_KEY.set(prompt_step_key(prompt, self))
-        try:
+    async def astructured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        with prompt_step(prompt, self):
             return await super().astructured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-        finally:
-            _PROMPT_STEP_KEY.reset(token)
 
     # -- function calling -------------------------------------------------------------------------------
     def _prepare_chat_with_tools(
@@ -849,13 +734,21 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             response.message.blocks = blocks
         return response
 
-    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any) -> list[ToolSelection]:
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
         """The calls of a response (several when the model made parallel calls)."""
         calls = _message_tool_calls(response.message)
         if not calls:
             if error_on_no_tool_call:
                 invalid = response.message.additional_kwargs.get("invalid_tool_calls") or []
                 detail = "; ".join(str(c.get("error")) for c in invalid)
-                raise ValueError("Expected at least one tool call, but got 0 tool calls." + (f" Invalid calls: {detail}" if detail else ""))
+                raise ValueError(
+                    "Expected at least one tool call, but got 0 tool calls."
+                    + (f" Invalid calls: {detail}" if detail else "")
+                )
             return []
-        return [ToolSelection(tool_id=c["id"] or new_tool_call_id(), tool_name=c["name"], tool_kwargs=c["arguments"]) for c in calls]
+        return [
+            ToolSelection(tool_id=c["id"] or new_tool_call_id(), tool_name=c["name"], tool_kwargs=c["arguments"])
+            for c in calls
+        ]

@@ -82,7 +82,7 @@ class CharTokenizer:
 @pytest.fixture(scope="session")
 def smol():
     """The embedded SmolLM2-135M-Instruct as a SwiftEngine (fp32, CPU), shared with the adapters' engine cache."""
-    from swift_integrations._shared import get_engine
+    from swift_integrations.engine_cache import get_engine
 
     return get_engine(None, None, "cpu", "float32")
 

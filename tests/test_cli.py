@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import swift_engine.costs as costs_module
 import swift_engine.loading as loading
-from swift_engine.tools.cli import app
 from swift_engine.profile_store import ProfileRecord, ProfileStore, SkipSet
+from swift_engine.tools.cli import app
 
 FP_A = "aaaa000011112222"
 FP_B = "bbbb333344445555"
@@ -79,7 +79,18 @@ def store(tmp_path: Path) -> ProfileStore:
             tokens_seen=640,
         )
     )
-    s.put(_record(FP_A, "agent:plan", skip=SkipSet(attention=[2], mlp=[]), score=0.2, expected_speedup=0.8, plain=True, converged=True, calls=2))
+    s.put(
+        _record(
+            FP_A,
+            "agent:plan",
+            skip=SkipSet(attention=[2], mlp=[]),
+            score=0.2,
+            expected_speedup=0.8,
+            plain=True,
+            converged=True,
+            calls=2,
+        )
+    )
     s.put(_record(FP_B, "summarize", skip=SkipSet(attention=[5], mlp=[6]), iterations=3, calls=1))
     return s
 
@@ -112,13 +123,28 @@ def test_help_lists_the_commands(runner: CliRunner) -> None:
         assert command in result.output
 
 
-def test_profiles_list_and_show_read_the_store_without_a_model(runner: CliRunner, store: ProfileStore, monkeypatch) -> None:
+def test_profiles_list_and_show_read_the_store_without_a_model(
+    runner: CliRunner, store: ProfileStore, monkeypatch
+) -> None:
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("listing must not load a model"))
     d = str(store.directory)
     result = _invoke(runner, "profiles", "list", "--profile-dir", d)
     assert result.exit_code == 0, result.output
     out = result.output
-    for text in (FP_A, FP_B, "model-aaaa", "model-bbbb", "summarize", "agent:plan", "1-3 7", "0.912", "1.37x", "converged", "plain", "searching"):
+    for text in (
+        FP_A,
+        FP_B,
+        "model-aaaa",
+        "model-bbbb",
+        "summarize",
+        "agent:plan",
+        "1-3 7",
+        "0.912",
+        "1.37x",
+        "converged",
+        "plain",
+        "searching",
+    ):
         assert text in out, text
     assert "3 profile(s) of 2 model(s)" in out
 
@@ -127,7 +153,9 @@ def test_profiles_list_and_show_read_the_store_without_a_model(runner: CliRunner
     assert FP_A in result.output and FP_B in result.output  # the step of both models
     assert "4: 1-3 7" in result.output and "42" in result.output and "640" in result.output
 
-    assert "no profile for step key 'nope'" in _one_error_line(_invoke(runner, "profiles", "show", "nope", "--profile-dir", d))
+    assert "no profile for step key 'nope'" in _one_error_line(
+        _invoke(runner, "profiles", "show", "nope", "--profile-dir", d)
+    )
     assert "bad step key" in _one_error_line(_invoke(runner, "profiles", "show", " ", "--profile-dir", d))
 
     empty = _invoke(runner, "profiles", "list", "--profile-dir", str(store.directory.parent / "empty"))
@@ -165,7 +193,9 @@ def test_profiles_export_reset_import_round_trip(runner: CliRunner, store: Profi
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"schema": "swift-profiles", "version": 1, "profiles": [{"step_key": 3}')
     assert "not valid JSON" in _one_error_line(_invoke(runner, "profiles", "import", str(corrupt), "--profile-dir", d))
-    assert "no profile file" in _one_error_line(_invoke(runner, "profiles", "import", str(tmp_path / "missing.json"), "--profile-dir", d))
+    assert "no profile file" in _one_error_line(
+        _invoke(runner, "profiles", "import", str(tmp_path / "missing.json"), "--profile-dir", d)
+    )
     assert len(store.list()) == 3  # a failed import writes nothing
 
 
@@ -182,11 +212,12 @@ def test_bench_is_the_swift_bench_command(runner: CliRunner) -> None:
 def test_models_without_a_chat_template_get_a_plain_transcript() -> None:
     from types import SimpleNamespace
 
-    from swift_engine.tools.cli import _render
+    from swift_engine.prompting import PLAIN_STOPS
+    from swift_engine.prompting import engine_chat_prompt as _render
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     prompt, stop = _render(SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)), messages)
-    assert prompt == "System: Be brief.\n\nUser: Hi\n\nAssistant:" and "\nUser:" in stop
+    assert prompt == "System: Be brief.\n\nUser: Hi\n\nAssistant:" and stop == PLAIN_STOPS  # "\nTool:" too
     prompt, stop = _render(SimpleNamespace(tokenizer=SimpleNamespace(chat_template="{{ x }}")), messages)
     assert prompt == messages and stop is None
 
@@ -195,7 +226,9 @@ def test_unknown_model_is_one_red_line(runner: CliRunner, tmp_path: Path) -> Non
     args = ["info", "--model", "nobody/no-such-model", "--profile-dir", str(tmp_path)]
     line = _one_error_line(_invoke(runner, *args))
     assert "nobody/no-such-model" in line and "not in the local cache" in line
-    assert "Model path does not exist" in _one_error_line(_invoke(runner, "chat", "--model", "./no/such/dir", "--prompt", "hi"))
+    assert "Model path does not exist" in _one_error_line(
+        _invoke(runner, "chat", "--model", "./no/such/dir", "--prompt", "hi")
+    )
     # --debug: the exception itself instead of the line
     result = _invoke(runner, "--debug", *args)
     assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError)
@@ -271,7 +304,9 @@ def test_reference_import_needs_the_model(runner: CliRunner, cached_loads, tmp_p
     assert result.exit_code == 0 and record.model_fingerprint in result.output and "cached" in result.output
 
     ref.write_text(json.dumps({"SmolLM2-135M-Instruct_code": {"attention": [99], "mlp": []}}))
-    line = _one_error_line(_invoke(runner, "profiles", "import", str(ref), "--format", "reference", *CPU, "--profile-dir", d))
+    line = _one_error_line(
+        _invoke(runner, "profiles", "import", str(ref), "--format", "reference", *CPU, "--profile-dir", d)
+    )
     assert "out of range" in line and "30 layers" in line
     result = _invoke(runner, "profiles", "reset", "summarize", "--yes", "--model", "embedded", *CPU, "--profile-dir", d)
     assert result.exit_code == 0 and "Removed 1 profile(s)" in result.output

@@ -15,7 +15,7 @@ from langchain_core.tools import tool
 
 from swift_engine import SearchConfig, SwiftConfig
 from swift_integrations import SwiftChatModel
-from swift_integrations._shared import get_engine
+from swift_integrations.engine_cache import get_engine
 
 CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))
 CALLS: list[dict[str, Any]] = []
@@ -82,7 +82,9 @@ def test_react_agent_async_and_streamed(engine):
         tokens = 0
         final: dict[str, Any] = {}
         async for mode, payload in app.astream(
-            {"messages": [HumanMessage("What is the weather in Paris?")]}, {"recursion_limit": 6}, stream_mode=["messages", "values"]
+            {"messages": [HumanMessage("What is the weather in Paris?")]},
+            {"recursion_limit": 6},
+            stream_mode=["messages", "values"],
         ):
             if mode == "messages":
                 tokens += 1

@@ -22,10 +22,11 @@ from pydantic import BaseModel, Field
 from typing_extensions import Annotated, TypedDict
 
 from swift_engine import SearchConfig, SwiftConfig, SwiftEngine, swift_step
+from swift_engine.prompting import PLAIN_STOPS, render_chat_prompt
 from swift_integrations import SwiftChatModel, SwiftLLM
-from swift_integrations._shared import PLAIN_STOPS, get_engine, render_chat_prompt
 from swift_integrations._generation import Final
-from swift_integrations.langchain import _ChunkBuilder, _chat_result, _neutral_messages
+from swift_integrations.engine_cache import get_engine
+from swift_integrations.langchain import _chat_result, _ChunkBuilder, _neutral_messages
 from swift_integrations.tool_calls import InvalidToolCall, ParsedToolCall
 
 #: The search converges after a few iterations per step key, so tests stay fast but profiles exist.
@@ -254,7 +255,10 @@ def test_tool_histories_and_non_human_last_messages_render_and_run(engine):
     m = make(max_tokens=8)
     assert isinstance(m.invoke(history), AIMessage)  # last message is a ToolMessage
     assert isinstance(m.invoke([HumanMessage("Hi"), AIMessage("Hello!")]), AIMessage)  # last message is AI
-    blocks = AIMessage(content=[{"type": "text", "text": "Let me add."}, {"type": "tool_use", "id": "c1", "name": "add", "input": {}}], tool_calls=history[2].tool_calls)
+    blocks = AIMessage(
+        content=[{"type": "text", "text": "Let me add."}, {"type": "tool_use", "id": "c1", "name": "add", "input": {}}],
+        tool_calls=history[2].tool_calls,
+    )
     assert _neutral_messages([blocks])[0]["content"] == "Let me add."
     with pytest.raises(ValueError, match="text only"):
         m.invoke([HumanMessage(content=[{"type": "image", "base64": "AAAA", "mime_type": "image/png"}])])
@@ -263,19 +267,27 @@ def test_tool_histories_and_non_human_last_messages_render_and_run(engine):
 NATIVE_TEMPLATE = (
     "{% if tools %}TOOLS:{{ tools | tojson }}\n{% endif %}"
     "{% for m in messages %}[{{ m.role }}]"
-    "{% if m.tool_calls %}{% for c in m.tool_calls %}CALL {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}{% endif %}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}"
+    "CALL {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}{% endif %}"
     "{% if m.role == 'tool' %}RESULT {{ m.tool_call_id }} {% endif %}{{ m.content }}\n{% endfor %}"
     "{% if add_generation_prompt %}[assistant]{% endif %}"
 )
 STRICT_TEMPLATE = (
-    "{% for m in messages %}{% if m.role == 'system' and not loop.first %}{{ raise_exception('system must be first') }}{% endif %}"
-    "{% if loop.index0 > 0 and m.role == messages[loop.index0 - 1].role %}{{ raise_exception('roles must alternate') }}{% endif %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'system' and not loop.first %}{{ raise_exception('system must be first') }}{% endif %}"
+    "{% if loop.index0 > 0 and m.role == messages[loop.index0 - 1].role %}"
+    "{{ raise_exception('roles must alternate') }}{% endif %}"
     "<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 )
 
 
 def test_templates_with_native_tool_support_get_tools_natively(engine):
-    tools = [{"type": "function", "function": {"name": "add", "description": "Add.", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "add", "description": "Add.", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
     msgs = _neutral_messages(
         [
             HumanMessage("1+2?"),
@@ -291,7 +303,16 @@ def test_templates_with_native_tool_support_get_tools_natively(engine):
 
 
 def test_strict_templates_get_a_normalised_conversation(engine):
-    msgs = _neutral_messages([SystemMessage("a"), SystemMessage("b"), HumanMessage("x"), HumanMessage("y"), AIMessage("z"), ToolMessage("r", tool_call_id="t")])
+    msgs = _neutral_messages(
+        [
+            SystemMessage("a"),
+            SystemMessage("b"),
+            HumanMessage("x"),
+            HumanMessage("y"),
+            AIMessage("z"),
+            ToolMessage("r", tool_call_id="t"),
+        ]
+    )
     text = render_chat_prompt(engine.tokenizer, msgs, chat_template=STRICT_TEMPLATE).text
     assert text.startswith("<system>a\n\nb</system><user>x\n\ny</user><assistant>z</assistant><user><tool_response>")
 
@@ -299,12 +320,16 @@ def test_strict_templates_get_a_normalised_conversation(engine):
 def test_models_without_a_chat_template_use_the_plain_format(engine):
     plain_tok = copy.copy(engine.tokenizer)
     plain_tok.chat_template = None
-    msgs = _neutral_messages([SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello."), HumanMessage("Name a colour.")])
+    msgs = _neutral_messages(
+        [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello."), HumanMessage("Name a colour.")]
+    )
     rp = render_chat_prompt(plain_tok, msgs)
     assert rp.text == "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello.\n\nUser: Name a colour.\n\nAssistant:"
     assert rp.stop == PLAIN_STOPS
     plain_engine = SwiftEngine(engine.model, plain_tok, SwiftConfig(speculative=False), model_name="plain")
-    msg = SwiftChatModel(engine=plain_engine, max_tokens=16).invoke([SystemMessage("Be brief."), HumanMessage("Name a colour.")])
+    msg = SwiftChatModel(engine=plain_engine, max_tokens=16).invoke(
+        [SystemMessage("Be brief."), HumanMessage("Name a colour.")]
+    )
     assert isinstance(msg, AIMessage) and "User:" not in msg.content
     assert msg.response_metadata["model_name"] == "plain"
 
@@ -328,7 +353,10 @@ def test_explicit_step_keys_in_order_of_precedence():
     assert key(m.with_config(run_name="named")) == "run:named"
     assert key(m, config={"tags": ["b", "seq:step:1", "a"]}) == "tags:a+b"
     sys_key = m.invoke([SystemMessage("You summarize."), HumanMessage("Hi")]).response_metadata["step_key"]
-    assert sys_key.startswith("system:") and sys_key == m.invoke([SystemMessage("You  summarize. "), HumanMessage("Yo")]).response_metadata["step_key"]
+    assert (
+        sys_key.startswith("system:")
+        and sys_key == m.invoke([SystemMessage("You  summarize. "), HumanMessage("Yo")]).response_metadata["step_key"]
+    )
     assert m.invoke("Hi").response_metadata["step_key"] == "default"
 
 
@@ -339,10 +367,23 @@ def _profile_keys(engine) -> set[str] | None:
 
 def test_two_stage_lcel_chain_gets_two_step_keys_and_stable_reruns(engine):
     llm = make(max_tokens=12)
-    summarize = ChatPromptTemplate.from_messages([("system", "Summarize the text in one sentence."), ("human", "{text}")]) | llm
-    answer = ChatPromptTemplate.from_messages([("system", "Answer the question using the summary."), ("human", "Summary: {summary}\nQuestion: {question}")]) | llm
-    named = RunnablePassthrough.assign(summary=summarize.with_config(run_name="summarize")) | RunnablePassthrough.assign(
-        answer=RunnableLambda(lambda d: {"summary": d["summary"].content, "question": d["question"]}) | answer.with_config(tags=["answer"])
+    summarize = (
+        ChatPromptTemplate.from_messages([("system", "Summarize the text in one sentence."), ("human", "{text}")]) | llm
+    )
+    answer = (
+        ChatPromptTemplate.from_messages(
+            [
+                ("system", "Answer the question using the summary."),
+                ("human", "Summary: {summary}\nQuestion: {question}"),
+            ]
+        )
+        | llm
+    )
+    named = RunnablePassthrough.assign(
+        summary=summarize.with_config(run_name="summarize")
+    ) | RunnablePassthrough.assign(
+        answer=RunnableLambda(lambda d: {"summary": d["summary"].content, "question": d["question"]})
+        | answer.with_config(tags=["answer"])
     )
     unnamed = RunnablePassthrough.assign(summary=summarize) | RunnablePassthrough.assign(
         answer=RunnableLambda(lambda d: {"summary": d["summary"].content, "question": d["question"]}) | answer
@@ -392,7 +433,9 @@ def test_langgraph_nodes_get_their_own_step_keys_in_invoke_and_stream_paths(engi
     app.invoke({"messages": [HumanMessage("Cats sleep a lot.")]})
     assert seen == [("summarize", "langgraph:summarize"), ("answer", "langgraph:answer")]
     seen.clear()
-    streamed = [(m, md) for m, md in app.stream({"messages": [HumanMessage("Cats sleep a lot.")]}, stream_mode="messages")]
+    streamed = [
+        (m, md) for m, md in app.stream({"messages": [HumanMessage("Cats sleep a lot.")]}, stream_mode="messages")
+    ]
     assert seen == [("summarize", "langgraph:summarize"), ("answer", "langgraph:answer")]
     assert streamed and {md["langgraph_node"] for _, md in streamed} == {"summarize", "answer"}
     stored = _profile_keys(engine)
@@ -422,7 +465,11 @@ def divide(numerator: int, denominator: int) -> float:
 
 OPENAI_TOOL = {
     "type": "function",
-    "function": {"name": "lookup", "description": "Look a word up.", "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}},
+    "function": {
+        "name": "lookup",
+        "description": "Look a word up.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},
+    },
 }
 
 
@@ -480,13 +527,19 @@ def test_invalid_calls_stay_invalid_in_messages_and_streams():
         tail="",
         content="",
         calls=[ParsedToolCall("call_1", "add", {"a": 1, "b": 2})],
-        invalid=[InvalidToolCall("call_2", "nope", '{"a": 1}', "unknown tool 'nope'"), InvalidToolCall("call_3", "add", '{"a": 1', "invalid JSON")],
+        invalid=[
+            InvalidToolCall("call_2", "nope", '{"a": 1}', "unknown tool 'nope'"),
+            InvalidToolCall("call_3", "add", '{"a": 1', "invalid JSON"),
+        ],
         finish_reason="tool_calls",
         model_name="m",
     )
     msg = _chat_result(final).generations[0].message
     assert [t["name"] for t in msg.tool_calls] == ["add"]
-    assert [(t["name"], t["error"]) for t in msg.invalid_tool_calls] == [("nope", "unknown tool 'nope'"), ("add", "invalid JSON")]
+    assert [(t["name"], t["error"]) for t in msg.invalid_tool_calls] == [
+        ("nope", "unknown tool 'nope'"),
+        ("add", "invalid JSON"),
+    ]
     chunk = _ChunkBuilder().feed(final).message
     full = AIMessageChunk(content="") + chunk
     assert [t["name"] for t in full.tool_calls] == ["add"]
@@ -535,6 +588,10 @@ def test_structured_output_json_mode_and_include_raw():
     assert isinstance(out, dict)
     raw = m.with_structured_output(Person, include_raw=True).invoke(PROMPT)
     assert set(raw) == {"raw", "parsed", "parsing_error"}
-    assert isinstance(raw["raw"], AIMessage) and raw["parsed"] == Person(name="Alice", age=30) and raw["parsing_error"] is None
+    assert (
+        isinstance(raw["raw"], AIMessage)
+        and raw["parsed"] == Person(name="Alice", age=30)
+        and raw["parsing_error"] is None
+    )
     with pytest.raises(ValueError):
         m.with_structured_output(Person, method="xml")

@@ -12,7 +12,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from swift_engine import SearchConfig, SwiftConfig, swift_step
 from swift_integrations import SwiftLLM
-from swift_integrations._shared import get_engine
+from swift_integrations.engine_cache import get_engine
 
 CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))
 PROMPT = "The three primary colours are"
@@ -60,7 +60,11 @@ def test_generate_reports_usage_and_statistics(engine, ref):
     info = gen.generation_info
     stats = info["swift_stats"]
     assert info["model_name"] == "SmolLM2-135M-Instruct" and info["finish_reason"] in ("length", "eos")
-    assert info["usage"] == {"input_tokens": stats["prompt_tokens"], "output_tokens": stats["new_tokens"], "total_tokens": stats["prompt_tokens"] + stats["new_tokens"]}
+    assert info["usage"] == {
+        "input_tokens": stats["prompt_tokens"],
+        "output_tokens": stats["new_tokens"],
+        "total_tokens": stats["prompt_tokens"] + stats["new_tokens"],
+    }
     assert res.llm_output["token_usage"] == info["usage"]
     assert stats["prompt_tokens"] == len(engine.encode_prompt(PROMPT))
     assert {"acceptance_rate", "mean_accepted_per_step", "search_ran", "swift_profile", "step_key"} <= set(info)
@@ -108,7 +112,9 @@ def test_batch_matches_single_calls(ref):
     assert asyncio.run(llm.abatch([PROMPT, other])) == singles
     res = llm.generate([PROMPT, other])
     assert [g[0].text for g in res.generations] == singles
-    assert res.llm_output["token_usage"]["output_tokens"] == sum(g[0].generation_info["usage"]["output_tokens"] for g in res.generations)
+    assert res.llm_output["token_usage"]["output_tokens"] == sum(
+        g[0].generation_info["usage"]["output_tokens"] for g in res.generations
+    )
 
 
 def test_async_stays_off_the_loop_and_cancellation_stops(engine):
@@ -164,4 +170,7 @@ def test_step_keys(ref):
     assert key(make(max_tokens=2, step_key="field")) == "field"
     with swift_step("ctx"):
         assert key(llm) == "ctx"
-    assert llm.generate([PROMPT], metadata={"langgraph_node": "n"}).generations[0][0].generation_info["step_key"] == "langgraph:n"
+    assert (
+        llm.generate([PROMPT], metadata={"langgraph_node": "n"}).generations[0][0].generation_info["step_key"]
+        == "langgraph:n"
+    )

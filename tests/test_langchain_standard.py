@@ -15,7 +15,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from swift_engine import SearchConfig, SwiftConfig
 from swift_integrations import SwiftChatModel
-from swift_integrations._shared import get_engine
+from swift_integrations.engine_cache import get_engine
 
 #: Same config as the other LangChain tests, so the whole session shares one engine.
 CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))
@@ -87,7 +87,12 @@ class TestSwiftChatModelIntegration(ChatModelIntegrationTests):
 
 
 #: Standard tests that take over 30 s on two CPU cores (several multi-step structured replies each).
-_SLOW = {"test_structured_output", "test_structured_output_async", "test_structured_output_pydantic_2_v1", "test_structured_output_optional_param"}
+_SLOW = {
+    "test_structured_output",
+    "test_structured_output_async",
+    "test_structured_output_pydantic_2_v1",
+    "test_structured_output_optional_param",
+}
 
 # langchain-tests doesn't mark its async tests, this project runs pytest-asyncio in strict mode, and
 # standard tests may not be overridden (test_no_overrides_DO_NOT_OVERRIDE): so the marks go on the

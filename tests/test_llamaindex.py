@@ -24,7 +24,8 @@ from llama_index.core.tools import FunctionTool  # noqa: E402
 
 from swift_engine import GenerationResult, GenerationStats, StreamChunk, swift_step  # noqa: E402
 from swift_integrations import SwiftLlamaIndexLLM  # noqa: E402
-from swift_integrations._shared import get_engine, system_prompt_step_key  # noqa: E402
+from swift_integrations.engine_cache import get_engine  # noqa: E402
+from swift_integrations.step_keys import system_prompt_step_key  # noqa: E402
 from swift_integrations.tool_calls import format_tool_call  # noqa: E402
 
 dispatcher = get_dispatcher(__name__)
@@ -55,7 +56,11 @@ class ScriptedEngine:
         return self._real.encode_prompt(prompt)
 
     def stream(self, prompt: Any, **kwargs: Any):
-        ids = list(prompt) if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) else self.encode_prompt(prompt)
+        ids = (
+            list(prompt)
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+            else self.encode_prompt(prompt)
+        )
         self.calls.append({"prompt": self.tokenizer.decode(ids, skip_special_tokens=False), "ids": ids, **kwargs})
         reply = self.replies.pop(0) if self.replies else "ok"
         return self._gen(ids, reply, kwargs)
@@ -78,10 +83,17 @@ class ScriptedEngine:
                 yield StreamChunk(text=p, token_ids=[1])
             n = len(pieces)
             stats = GenerationStats(
-                prompt_tokens=len(ids), new_tokens=n, verify_steps=max(1, n // 2), drafted_tokens=n, accepted_drafted_tokens=n // 2,
-                step_key=kw.get("step_key") or "default", wall_time_s=0.01,
+                prompt_tokens=len(ids),
+                new_tokens=n,
+                verify_steps=max(1, n // 2),
+                drafted_tokens=n,
+                accepted_drafted_tokens=n // 2,
+                step_key=kw.get("step_key") or "default",
+                wall_time_s=0.01,
             ).finalize()
-            yield StreamChunk(result=GenerationResult(text="".join(pieces), token_ids=[1] * n, finish_reason=finish, stats=stats))
+            yield StreamChunk(
+                result=GenerationResult(text="".join(pieces), token_ids=[1] * n, finish_reason=finish, stats=stats)
+            )
         finally:
             self.closed += 1
 
@@ -155,7 +167,11 @@ def test_chat_goes_through_the_chat_template_with_stats_and_usage(scripted) -> N
     assert resp.message.role == MessageRole.ASSISTANT and resp.message.content == "Paris is the capital."
     raw, kw = resp.raw, resp.additional_kwargs
     assert raw["prompt"] == sent and raw["text"] == resp.message.content
-    assert raw["usage"] == {"prompt_tokens": len(eng.calls[0]["ids"]), "completion_tokens": 7, "total_tokens": len(eng.calls[0]["ids"]) + 7}
+    assert raw["usage"] == {
+        "prompt_tokens": len(eng.calls[0]["ids"]),
+        "completion_tokens": 7,
+        "total_tokens": len(eng.calls[0]["ids"]) + 7,
+    }
     assert kw["prompt_tokens"] == raw["usage"]["prompt_tokens"] and kw["completion_tokens"] == 7
     for d in (raw, kw):
         assert d["finish_reason"] == "eos" and d["model_name"] == "SmolLM2-135M-Instruct"
@@ -167,7 +183,10 @@ def test_complete_uses_the_template_unless_formatted_or_overridden(scripted) -> 
     eng = scripted()
     llm = SwiftLlamaIndexLLM(engine=eng, system_prompt="You are terse.")
     llm.complete("Name a colour.")
-    assert "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>" in eng.calls[-1]["prompt"]
+    assert (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>"
+        in eng.calls[-1]["prompt"]
+    )
     llm.complete("Once upon a time", formatted=True)
     assert eng.calls[-1]["prompt"] == "Once upon a time"
     raw = SwiftLlamaIndexLLM(engine=eng, completion_to_prompt=lambda s: s)
@@ -201,11 +220,15 @@ def _all_paths(llm: SwiftLlamaIndexLLM, kind: str) -> None:
 
 def test_messages_to_prompt_is_honoured_everywhere(scripted) -> None:
     eng = scripted()
-    llm = SwiftLlamaIndexLLM(engine=eng, messages_to_prompt=lambda ms: "".join(f"[{m.role.value}] {m.content}\n" for m in ms) + "[assistant]")
+    llm = SwiftLlamaIndexLLM(
+        engine=eng, messages_to_prompt=lambda ms: "".join(f"[{m.role.value}] {m.content}\n" for m in ms) + "[assistant]"
+    )
     _all_paths(llm, "chat")
     llm.predict(PromptTemplate("Say {x}."), x="hello")  # predict goes through chat (a chat model)
     list(llm.stream(PromptTemplate("Say {x}."), x="hello"))
-    assert [c["prompt"] for c in eng.calls] == ["[user] hello\n[assistant]"] * 4 + ["[user] Say hello.\n[assistant]"] * 2
+    assert [c["prompt"] for c in eng.calls] == ["[user] hello\n[assistant]"] * 4 + [
+        "[user] Say hello.\n[assistant]"
+    ] * 2
 
 
 def test_completion_to_prompt_is_honoured_everywhere(scripted) -> None:
@@ -220,7 +243,14 @@ def test_options_reach_the_engine(scripted) -> None:
     llm = SwiftLlamaIndexLLM(engine=eng, temperature=0.7, max_tokens=9, top_p=0.9, top_k=40, seed=3, stop=["never"])
     llm.complete("x")
     c = eng.calls[-1]
-    assert (c["temperature"], c["max_new_tokens"], c["top_p"], c["top_k"], c["seed"], c["stop"]) == (0.7, 9, 0.9, 40, 3, ["never"])
+    assert (c["temperature"], c["max_new_tokens"], c["top_p"], c["top_k"], c["seed"], c["stop"]) == (
+        0.7,
+        9,
+        0.9,
+        40,
+        3,
+        ["never"],
+    )
     resp = llm.complete("x", temperature=0.0, max_tokens=2, stop=["."], seed=5)
     c = eng.calls[-1]
     assert (c["temperature"], c["max_new_tokens"], c["seed"], c["stop"]) == (0.0, 2, 5, ["."])
@@ -389,7 +419,12 @@ def _tools() -> list[FunctionTool]:
 
 
 def test_parallel_tool_calls_are_parsed(scripted) -> None:
-    reply = "Let me compute.\n" + format_tool_call("multiply", {"a": 6, "b": 7}) + "\n" + format_tool_call("add", {"a": 1, "b": 2})
+    reply = (
+        "Let me compute.\n"
+        + format_tool_call("multiply", {"a": 6, "b": 7})
+        + "\n"
+        + format_tool_call("add", {"a": 1, "b": 2})
+    )
     eng = scripted(reply, reply, reply)
     llm = SwiftLlamaIndexLLM(engine=eng)
     resp = llm.chat_with_tools(_tools(), user_msg="6*7 and 1+2?", allow_parallel_tool_calls=True)
@@ -410,7 +445,9 @@ def test_parallel_tool_calls_are_parsed(scripted) -> None:
 
 
 def test_no_tool_call(scripted) -> None:
-    llm = SwiftLlamaIndexLLM(engine=scripted("I don't need tools.", '<tool_call>\n{"name": "multiply", "arguments": {"a": 6,'))
+    llm = SwiftLlamaIndexLLM(
+        engine=scripted("I don't need tools.", '<tool_call>\n{"name": "multiply", "arguments": {"a": 6,')
+    )
     resp = llm.chat_with_tools(_tools(), user_msg="hi")
     assert llm.get_tool_calls_from_response(resp, error_on_no_tool_call=False) == []
     with pytest.raises(ValueError, match="0 tool calls"):
@@ -422,11 +459,15 @@ def test_no_tool_call(scripted) -> None:
 
 def test_tool_required_forces_one_grammar_constrained_call(real) -> None:
     llm = SwiftLlamaIndexLLM(engine=real, max_tokens=48)
-    resp = llm.chat_with_tools([FunctionTool.from_defaults(multiply)], user_msg="What is 6 times 7?", tool_required=True)
+    resp = llm.chat_with_tools(
+        [FunctionTool.from_defaults(multiply)], user_msg="What is 6 times 7?", tool_required=True
+    )
     (call,) = llm.get_tool_calls_from_response(resp)
     assert call.tool_name == "multiply" and set(call.tool_kwargs) == {"a", "b"}
     assert all(isinstance(v, int) for v in call.tool_kwargs.values())  # the schema's types, enforced
-    assert resp.raw["prompt"].endswith('<tool_call>\n{"name": "multiply", "arguments": ')  # one tool: prefilled up to its arguments
+    assert resp.raw["prompt"].endswith(
+        '<tool_call>\n{"name": "multiply", "arguments": '
+    )  # one tool: prefilled up to its arguments
     assert resp.raw["finish_reason"] == "tool_calls" and resp.raw["swift_stats"]["new_tokens"] > 0
 
     resp = llm.chat_with_tools(_tools(), user_msg="6 times 7", tool_choice="add")  # a name forces that tool
@@ -444,7 +485,9 @@ def test_structured_predict_always_validates(real) -> None:
         languages: list[str]
 
     llm = SwiftLlamaIndexLLM(engine=real, max_tokens=64)
-    person = llm.structured_predict(Person, PromptTemplate("Extract the person: {text}"), text="Alice is 30 and speaks Dutch.")
+    person = llm.structured_predict(
+        Person, PromptTemplate("Extract the person: {text}"), text="Alice is 30 and speaks Dutch."
+    )
     assert isinstance(person, Person) and isinstance(person.age, int)
 
 
@@ -453,12 +496,18 @@ def test_tool_history_is_rendered_for_the_model(scripted) -> None:
     llm = SwiftLlamaIndexLLM(engine=eng)
     history = [
         user("What is 6 times 7?"),
-        ChatMessage(role="assistant", blocks=[ToolCallBlock(tool_call_id="call_1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})]),
+        ChatMessage(
+            role="assistant",
+            blocks=[ToolCallBlock(tool_call_id="call_1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})],
+        ),
         ChatMessage(role="tool", content="42", additional_kwargs={"tool_call_id": "call_1"}),
     ]
     resp = llm.chat_with_tools(_tools(), chat_history=history)
     sent = eng.calls[-1]["prompt"]
-    assert '<|im_start|>assistant\n<tool_call>\n{"name": "multiply", "arguments": {"a": 6, "b": 7}}\n</tool_call><|im_end|>' in sent
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "multiply", "arguments": {"a": 6, "b": 7}}\n'
+        "</tool_call><|im_end|>" in sent
+    )
     assert '<tool_response>\n{"name": "multiply", "content": "42"}\n</tool_response>' in sent
     assert resp.message.content == "The answer is 42."
     assert llm.get_tool_calls_from_response(resp, error_on_no_tool_call=False) == []
@@ -468,7 +517,9 @@ def test_tool_history_is_rendered_for_the_model(scripted) -> None:
 def test_function_agent_loop_scripted(scripted) -> None:
     from llama_index.core.agent.workflow import FunctionAgent
 
-    eng = scripted('{"a": 6, "b": 7}}\n</tool_call>', "6 times 7 is 42.")  # the forced call continues after its prefilled head
+    eng = scripted(
+        '{"a": 6, "b": 7}}\n</tool_call>', "6 times 7 is 42."
+    )  # the forced call continues after its prefilled head
     agent = FunctionAgent(tools=_tools(), llm=SwiftLlamaIndexLLM(engine=eng), initial_tool_choice="multiply")
 
     async def go() -> Any:
@@ -491,7 +542,11 @@ def test_real_generation_sync_stream_and_async(real) -> None:
     resp = llm.complete("What is the capital of France?")
     assert resp.text.strip()
     st = resp.raw["swift_stats"]
-    assert st["new_tokens"] > 0 and st["verify_steps"] > 0 and st["prompt_tokens"] == resp.additional_kwargs["prompt_tokens"]
+    assert (
+        st["new_tokens"] > 0
+        and st["verify_steps"] > 0
+        and st["prompt_tokens"] == resp.additional_kwargs["prompt_tokens"]
+    )
     assert resp.raw["step_key"] == "default"
     assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in resp.raw["prompt"]
 

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from swift_engine.constraints import JsonSchemaConstraint, ToolCallConstraint
+from swift_integrations._generation import FORCED_CALL_PREFILL, normalize_tool_choice, output_constraint
 from swift_integrations.tool_calls import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
@@ -18,19 +20,32 @@ from swift_integrations.tool_calls import (
     render_tools_system_prompt,
     resolve_tool_name,
 )
-from swift_engine.constraints import JsonSchemaConstraint, ToolCallConstraint
-from swift_integrations._generation import FORCED_CALL_PREFILL, normalize_tool_choice, output_constraint
 
 WEATHER = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "Weather at a place.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
     },
 }
-NOARGS = {"type": "function", "function": {"name": "ping", "description": "Ping.", "parameters": {"type": "object", "properties": {}}}}
-ADD = {"name": "add", "description": "Add.", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}
+NOARGS = {
+    "type": "function",
+    "function": {"name": "ping", "description": "Ping.", "parameters": {"type": "object", "properties": {}}},
+}
+ADD = {
+    "name": "add",
+    "description": "Add.",
+    "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+        "required": ["a", "b"],
+    },
+}
 
 
 # --------------------------------------------------------------------------------------- rendering
@@ -66,7 +81,10 @@ def test_tool_result_format():
 
 
 def test_several_calls_and_text_between_them():
-    text = f'A {TOOL_CALL_OPEN}{{"name": "add", "arguments": {{"a": 1, "b": 2}}}}{TOOL_CALL_CLOSE} B {TOOL_CALL_OPEN}\n{{"name": "ping"}}\n{TOOL_CALL_CLOSE} C'
+    text = (
+        f'A {TOOL_CALL_OPEN}{{"name": "add", "arguments": {{"a": 1, "b": 2}}}}{TOOL_CALL_CLOSE} '
+        f'B {TOOL_CALL_OPEN}\n{{"name": "ping"}}\n{TOOL_CALL_CLOSE} C'
+    )
     calls, invalid, content = parse_tool_calls(text, ["add", "ping"])
     assert [(c.name, c.arguments) for c in calls] == [("add", {"a": 1, "b": 2}), ("ping", {})]
     assert len({c.id for c in calls}) == 2
@@ -74,7 +92,9 @@ def test_several_calls_and_text_between_them():
 
 
 def test_unclosed_block_ends_with_its_json():
-    calls, invalid, content = parse_tool_calls(f'{TOOL_CALL_OPEN}\n{{"name": "add", "arguments": {{"a": 1, "b": 2}}}}\nThe sum is coming.')
+    calls, invalid, content = parse_tool_calls(
+        f'{TOOL_CALL_OPEN}\n{{"name": "add", "arguments": {{"a": 1, "b": 2}}}}\nThe sum is coming.'
+    )
     assert [c.name for c in calls] == ["add"] and invalid == []
     assert content == "The sum is coming."
 
@@ -182,7 +202,12 @@ def test_tool_choice_spellings():
     names = ["get_weather", "add"]
     assert normalize_tool_choice(None, names) == normalize_tool_choice("auto", names) == "auto"
     assert normalize_tool_choice(False, names) == normalize_tool_choice("none", names) == "none"
-    assert normalize_tool_choice(True, names) == normalize_tool_choice("required", names) == normalize_tool_choice("any", names) == "any"
+    assert (
+        normalize_tool_choice(True, names)
+        == normalize_tool_choice("required", names)
+        == normalize_tool_choice("any", names)
+        == "any"
+    )
     assert normalize_tool_choice({"type": "function", "function": {"name": "add"}}, names) == "add"
     with pytest.raises(ValueError, match="tool_choice"):
         normalize_tool_choice("nope", names)
@@ -195,7 +220,9 @@ def test_forced_choices_constrain_to_exactly_one_call_of_the_allowed_tools():
     assert plan.prefill == FORCED_CALL_PREFILL == plan.constraint.prefilled and plan.stops == (TOOL_CALL_CLOSE,)
     named = output_constraint([WEATHER, ADD], "add")
     assert [t["name"] for t in named.constraint.tools] == ["add"] and named.tool_names == ("get_weather", "add")
-    assert named.prefill == named.constraint.prefilled == '<tool_call>\n{"name": "add", "arguments": '  # one tool: prefilled up to its arguments
+    assert (
+        named.prefill == named.constraint.prefilled == '<tool_call>\n{"name": "add", "arguments": '
+    )  # one tool: prefilled up to its arguments
     with pytest.raises(ValueError, match="names none of the tools"):
         output_constraint([WEATHER], "add")
 
@@ -220,7 +247,9 @@ def test_json_schema_plans_and_the_unconstrained_variant():
 
 
 def test_a_closing_tag_cut_by_the_budget_is_not_content():
-    calls, invalid, content = parse_tool_calls('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_c', ["add"])
+    calls, invalid, content = parse_tool_calls(
+        '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_c', ["add"]
+    )
     assert [c.name for c in calls] == ["add"] and invalid == [] and content == ""
     calls, _, content = parse_tool_calls('<tool_call>\n{"name": "add", "arguments": {}}\nSo: done.', ["add"])
     assert len(calls) == 1 and content.strip() == "So: done."

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..profile_store import ProfileRecord, ProfileStore, validate_step_key
+from ..prompting import engine_chat_prompt
 from .bench import BenchCommand
 from .bench import bench as _bench_command
 
@@ -46,7 +47,6 @@ _EMBEDDED_ALIAS = "embedded"
 #: Marks the logging handler this CLI installs, so a second invocation in one process replaces it.
 _HANDLER_MARK = "_swift_cli_handler"
 #: Stop strings of the plain "Role: text" transcript used for models without a chat template.
-_PLAIN_STOPS = ["\nUser:", "\nSystem:"]
 _CHAT_HELP = "/exit or Ctrl-D quits, /reset clears the history, /help lists the commands"
 
 
@@ -231,7 +231,9 @@ ProfileDirOpt = Annotated[
 ]
 FormatOpt = Annotated[
     ProfileFormat,
-    typer.Option("--format", "-f", help="swift: everything, search state included; reference: SWIFT's skip_layers.json."),
+    typer.Option(
+        "--format", "-f", help="swift: everything, search state included; reference: SWIFT's skip_layers.json."
+    ),
 ]
 
 
@@ -347,7 +349,9 @@ def chat(
     ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Maximum new tokens per reply.")] = 512,
     temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="0 decodes greedily.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).")] = 1.0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).")
+    ] = 1.0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed.", show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.", show_default=False)] = None,
     prompt: Annotated[
@@ -360,7 +364,9 @@ def chat(
             show_default=False,
         ),
     ] = None,
-    no_swift: Annotated[bool, typer.Option("--no-swift", help="Decode plainly, without SWIFT (for comparison).")] = False,
+    no_swift: Annotated[
+        bool, typer.Option("--no-swift", help="Decode plainly, without SWIFT (for comparison).")
+    ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     profile_dir: ProfileDirOpt = None,
@@ -426,15 +432,6 @@ def _interactive(state: _State, engine: "SwiftEngine", base: list[dict[str, str]
         out.print(_status_line(result.stats), highlight=False, soft_wrap=True)
 
 
-def _render(engine: "SwiftEngine", messages: list[dict[str, str]]) -> tuple[Any, list[str] | None]:
-    """The prompt for ``engine.stream``: the messages (chat template), or a plain transcript."""
-    if getattr(engine.tokenizer, "chat_template", None):
-        return messages, None
-    roles = {"system": "System", "user": "User", "assistant": "Assistant"}
-    blocks = [f"{roles.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
-    return "\n\n".join([*blocks, "Assistant:"]), list(_PLAIN_STOPS)
-
-
 def _fit(engine: "SwiftEngine", messages: list[dict[str, str]], state: _State) -> list[dict[str, str]]:
     """Drop the oldest exchanges while the conversation is too long for the context window."""
     ctx = engine.runner.context_length
@@ -443,7 +440,7 @@ def _fit(engine: "SwiftEngine", messages: list[dict[str, str]], state: _State) -
     kept = list(messages)
     dropped = 0
     while True:
-        prompt, _ = _render(engine, kept)
+        prompt, _ = engine_chat_prompt(engine, kept)
         try:
             engine.encode_prompt(prompt)
             break
@@ -471,7 +468,7 @@ def _reply(
     iterations); the prefix is printed only then, since stopping the spinner clears its line.
     """
     messages = _fit(engine, messages, state)
-    prompt, stop = _render(engine, messages)
+    prompt, stop = engine_chat_prompt(engine, messages)
     stream = engine.stream(
         prompt,
         max_new_tokens=opts.max_tokens,
@@ -610,7 +607,9 @@ def info(
             "context_window": runner.context_length,
             "chat_template": bool(getattr(engine.tokenizer, "chat_template", None)),
             "device": str(runner.device),
-            "device_name": torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(runner.device)
+            if runner.device.type == "cuda"
+            else platform.processor() or platform.machine(),
             "dtype": _dtype_name(runner.dtype),
             "kernels": runner.kernels,
             "profile_store": str(store.directory),
@@ -854,7 +853,9 @@ def profiles_export(
         else:
             engine = _load(state, model, gguf_file, device, dtype, profile_dir).engine
             count = engine.profiles.export(path, format=format.value)
-        state.out.print(f"Exported {count} profile(s) to {path} ({format.value} format).", highlight=False, soft_wrap=True)
+        state.out.print(
+            f"Exported {count} profile(s) to {path} ({format.value} format).", highlight=False, soft_wrap=True
+        )
 
 
 @profiles_app.command("import")
@@ -891,7 +892,9 @@ def profiles_import(
         else:
             engine = _load(state, model, gguf_file, device, dtype, profile_dir).engine
             count = engine.profiles.import_(path, format="reference")
-        state.out.print(f"Imported {count} profile(s) from {path} into {store.directory}.", highlight=False, soft_wrap=True)
+        state.out.print(
+            f"Imported {count} profile(s) from {path} into {store.directory}.", highlight=False, soft_wrap=True
+        )
 
 
 @profiles_app.command("reset")
@@ -920,7 +923,9 @@ def profiles_reset(
         doomed = [r for r in records if key is None or r.step_key == key]
         if not doomed:
             what = f"step key {key!r}" if key is not None else "any step"
-            state.out.print(Text(f"No profiles for {what} in {store.directory}; nothing to reset.", style="dim"), soft_wrap=True)
+            state.out.print(
+                Text(f"No profiles for {what} in {store.directory}; nothing to reset.", style="dim"), soft_wrap=True
+            )
             return
         if not yes:
             what = f"the profile of step {key!r}" if key is not None else "every profile"
