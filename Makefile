@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup bench
+.PHONY: demo test setup bench lint
 
 setup:
 	@bash scripts/setup.sh
@@ -11,9 +11,14 @@ setup:
 demo: setup
 	@$(PY) examples/demo.py
 
-## The whole test suite (what CI runs).
+## The whole test suite (what CI runs, after `make lint`).
 test: setup
 	@$(PY) -m pytest -q
 
 bench: setup
 	@$(VENV)/bin/swift-bench
+
+## Lint (ruff: pyflakes, isort, line length) and types (mypy on swift_engine/); configured in pyproject.toml.
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy

@@ -16,7 +16,6 @@ import logging
 import time
 
 import torch
-from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from swift_integrations import SwiftChatModel
@@ -68,9 +67,11 @@ def main() -> None:
         msgs = [{"role": _role(m.type), "content": m.content} for m in prompt_value.to_messages()]
         ids = engine.encode_prompt(msgs)
         t = time.perf_counter()
-        ref = engine.model.generate(torch.tensor([ids], device=engine.runner.device), max_new_tokens=MAX_TOKENS, do_sample=False)
+        ref = engine.model.generate(
+            torch.tensor([ids], device=engine.runner.device), max_new_tokens=MAX_TOKENS, do_sample=False
+        )
         hf_s = time.perf_counter() - t
-        ref_ids = ref[0, len(ids):].tolist()
+        ref_ids = ref[0, len(ids) :].tolist()
         hf_tps = len(ref_ids) / hf_s
         # the engine's own loop without drafting: same kernels, so SWIFT's share of the speed-up shows
         own_tps = engine.generate(ids, max_new_tokens=MAX_TOKENS, speculative=False).stats.tokens_per_s
@@ -79,12 +80,16 @@ def main() -> None:
         print(f"== step {name!r} (step key {final.response_metadata['step_key']!r})")
         print(final.content.strip(), "\n")
         print(f"   plain transformers: {hf_tps:6.1f} tok/s")
-        print(f"   swift, no drafts:   {own_tps:6.1f} tok/s  (the engine's loop and CPU kernels alone: x{own_tps / hf_tps:4.2f})")
+        print(
+            f"   swift, no drafts:   {own_tps:6.1f} tok/s"
+            f"  (the engine's loop and CPU kernels alone: x{own_tps / hf_tps:4.2f})"
+        )
         ref_text = engine.tokenizer.decode(ref_ids, skip_special_tokens=True).strip()
         for phase, msg, st in rows:
             same = msg.content.strip() == ref_text
             print(
-                f"   SWIFT {phase:4s}:        {st['tokens_per_s']:6.1f} tok/s  speed-up x{st['tokens_per_s'] / hf_tps:4.2f}"
+                f"   SWIFT {phase:4s}:        {st['tokens_per_s']:6.1f} tok/s"
+                f"  speed-up x{st['tokens_per_s'] / hf_tps:4.2f}"
                 f" (x{st['tokens_per_s'] / own_tps:4.2f} over no drafts)"
                 f"  acceptance {st['acceptance_rate']:.2f}  tokens/step {st['mean_accepted_per_step']:.2f}"
                 f"  search iters {st['search_iterations']:3d}  mode {st['mode']}"

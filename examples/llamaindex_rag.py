@@ -64,7 +64,9 @@ def build_nodes(chunk_size: int = 128) -> list[BaseNode]:
     return SentenceSplitter(chunk_size=chunk_size, chunk_overlap=0).get_nodes_from_documents(stdlib_documents())
 
 
-def build_query_engine(llm: SwiftLlamaIndexLLM, nodes: list[BaseNode] | None = None, top_k: int = 2) -> RetrieverQueryEngine:
+def build_query_engine(
+    llm: SwiftLlamaIndexLLM, nodes: list[BaseNode] | None = None, top_k: int = 2
+) -> RetrieverQueryEngine:
     """BM25 over the stdlib corpus, answers synthesized by ``llm`` in refine mode."""
     retriever = BM25Retriever.from_defaults(nodes=nodes if nodes is not None else build_nodes(), similarity_top_k=top_k)
     return RetrieverQueryEngine.from_args(retriever, llm=llm, response_mode="refine")
@@ -122,7 +124,9 @@ def plain_baseline(llm: SwiftLlamaIndexLLM, raws: list[dict[str, Any]]) -> dict[
         n = stats["new_tokens"]
         t = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False
+            )
         plain_s += time.perf_counter() - t
         # the engine's own loop without drafts (same CPU kernels): what drafting adds on top
         own_s += engine.generate(ids[0].tolist(), max_new_tokens=n, speculative=False).stats.wall_time_s
@@ -156,12 +160,16 @@ def main(questions: list[str]) -> None:
                 warm.extend(rec.raws)
             print(f"\nQ: {q}\nA: {str(response).strip()}")
             for sn in response.source_nodes:
-                print(f"   source [{sn.node.metadata.get('module')}] score={sn.score:.2f}: {sn.node.get_content()[:70]!r}...")
+                print(
+                    f"   source [{sn.node.metadata.get('module')}] score={sn.score:.2f}: "
+                    f"{sn.node.get_content()[:70]!r}..."
+                )
             for r in rec.raws:
                 s = r.get("swift_stats", {})
                 print(
-                    f"   llm call step_key={r.get('step_key')!r}: {s.get('prompt_tokens')} prompt + {s.get('new_tokens')} new tokens, "
-                    f"{s.get('tokens_per_s', 0):.1f} tok/s, mode={s.get('mode')}, acceptance={r.get('acceptance_rate', 0):.2f}, "
+                    f"   llm call step_key={r.get('step_key')!r}: {s.get('prompt_tokens')} prompt + "
+                    f"{s.get('new_tokens')} new tokens, {s.get('tokens_per_s', 0):.1f} tok/s, mode={s.get('mode')}, "
+                    f"acceptance={r.get('acceptance_rate', 0):.2f}, "
                     f"search_ran={r.get('search_ran')}"
                 )
     b = plain_baseline(llm, warm)

@@ -385,7 +385,7 @@ MAX_TOKENS = 32
 QUESTIONS = ["What does heapq.heappush do?", "What does csv.reader return?"]
 nodes = example.build_nodes()
 print(f"{len(nodes)} chunks from modules {sorted({n.metadata['module'] for n in nodes})}")
-calls = []  # (framework, step key, stats) of every LLM call, for the summary at the end"""
+calls = []  # (framework, step key, stats) of every LLM call, for the summary at the end""",
     ),
     md(
         """
@@ -744,7 +744,7 @@ BENCH = [
             fig.savefig(path, dpi=120, bbox_inches="tight")
             print(f"saved {path}")
             plt.show()
-        """
+        """,
     ),
     md("## Tokens/s per prompt class and method\n\nMedians over the class's prompts (warm phase for the baselines)."),
     code(

@@ -37,9 +37,15 @@ def profile_one(engine, messages, key: str, max_new_tokens: int) -> dict:
     prof.disable()
     st = pstats.Stats(prof)
     total = res.stats.wall_time_s
-    out = {"wall_s": total, "new_tokens": res.stats.new_tokens, "verify_steps": res.stats.verify_steps,
-           "tokens_per_step": res.stats.mean_accepted_per_step, "mode": res.stats.mode, "prefill_s": res.stats.prefill_time_s,
-           "shares": {}}
+    out = {
+        "wall_s": total,
+        "new_tokens": res.stats.new_tokens,
+        "verify_steps": res.stats.verify_steps,
+        "tokens_per_step": res.stats.mean_accepted_per_step,
+        "mode": res.stats.mode,
+        "prefill_s": res.stats.prefill_time_s,
+        "shares": {},
+    }
     for label, suffix, name in BUCKETS:
         cum = sum(v[3] for (f, _, fn), v in st.stats.items() if f.endswith(suffix) and fn == name)
         out["shares"][label] = cum / total
@@ -59,19 +65,24 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from swift_engine.tools.bench import load_prompts
     from swift_engine.engine import SwiftEngine
     from swift_engine.loading import load_model
     from swift_engine.profile_store import ProfileStore
+    from swift_engine.tools.bench import load_prompts
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     with tempfile.TemporaryDirectory() as d:
-        engine = SwiftEngine(loaded.model, loaded.tokenizer, model_name=loaded.model_name, profile_store=ProfileStore(d))
+        engine = SwiftEngine(
+            loaded.model, loaded.tokenizer, model_name=loaded.model_name, profile_store=ProfileStore(d)
+        )
         report = {}
         for p in load_prompts(per_class=1):
             report[p.cls] = profile_one(engine, p.messages, p.cls, args.max_new_tokens)
             r = report[p.cls]
-            print(f"\n{p.cls}: {r['new_tokens']} tokens in {r['wall_s']:.2f}s, {r['tokens_per_step']:.2f} tokens/step, mode {r['mode']}")
+            print(
+                f"\n{p.cls}: {r['new_tokens']} tokens in {r['wall_s']:.2f}s, "
+                f"{r['tokens_per_step']:.2f} tokens/step, mode {r['mode']}"
+            )
             for label, share in r["shares"].items():
                 print(f"  {share:6.1%}  {label}")
     if args.json:

@@ -207,8 +207,7 @@ class GrammarCache:
                         compiled = compiler.compile_grammar(_required_call_grammar(xgr, fns, spec.prefilled))
                     else:
                         tags = [
-                            xgr.StructuralTagItem(begin=CALL_BEGIN, schema=_call_schema(f), end=CALL_END)
-                            for f in fns
+                            xgr.StructuralTagItem(begin=CALL_BEGIN, schema=_call_schema(f), end=CALL_END) for f in fns
                         ]
                         compiled = compiler.compile_structural_tag(tags, ["<tool_call>"])
             except GrammarError:

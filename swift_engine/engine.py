@@ -14,15 +14,15 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from .config import SwiftConfig
 from .constraints import Constraint, GrammarCache, GrammarState
 from .costs import CostModel, cost_file, load_or_measure
-from .drafters import DraftHead, Drafter, Proposal, drafters_for_call, propose
+from .drafters import Drafter, DraftHead, Proposal, drafters_for_call, propose
 from .kv_cache import SwiftKVCache
 from .layer_skip import default_skip_set
 from .profile_store import ProfileStore
@@ -36,6 +36,9 @@ from .step_profiles import StepProfiles
 from .stopping import StopStrings, TextStream
 from .tree import SOURCE_CONTEXT, TokenTree, build_tree
 from .verification import Verdict, verify_tree
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,8 @@ class SwiftEngine:
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         config: SwiftConfig | None = None,
         *,
         model_name: str | None = None,
@@ -220,7 +223,7 @@ class SwiftEngine:
         seed: int | None = None,
         speculative: bool | None = None,
         constraint: Constraint | None = None,
-    ) -> Iterator[StreamChunk]:
+    ) -> Generator[StreamChunk, None, None]:
         """Stream chunks (text delta + token ids); the last chunk carries the :class:`GenerationResult`.
 
         ``speculative=False`` decodes plainly through the same loop (the benchmark's own baseline).
@@ -243,7 +246,7 @@ class SwiftEngine:
             self._grammars = GrammarCache(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids))
         return self._grammars
 
-    def _stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
+    def _stream(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
         """Run one request under the engine's lock: decode, cut at EOS / stop strings, report."""
         with self._lock:
             call_start = time.perf_counter()
@@ -299,9 +302,7 @@ class SwiftEngine:
             stats.wall_time_s = time.perf_counter() - call_start
             if self.runner.device.type == "cuda":
                 stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.runner.device))
-            result = GenerationResult(
-                text=text.final_text, token_ids=out, finish_reason=finish, stats=stats.finalize()
-            )
+            result = GenerationResult(text=text.final_text, token_ids=out, finish_reason=finish, stats=stats.finalize())
             yield StreamChunk(result=result)
 
     # -- the decode loop --------------------------------------------------------------------
@@ -333,7 +334,15 @@ class SwiftEngine:
         if session.speculative:  # the draft head scores layer-skip drafts and the search's candidates
             head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)
             drafters += drafters_for_call(
-                runner, cache, cfg, self.costs, head, prompt_ids + [root], lambda: session.choice, session.profile, grammar
+                runner,
+                cache,
+                cfg,
+                self.costs,
+                head,
+                prompt_ids + [root],
+                lambda: session.choice,
+                session.profile,
+                grammar,
             )
         produced, past = 1, len(prompt_ids)
         while produced < max_new_tokens:

@@ -112,9 +112,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         try:
             resolved = torch.device(text)
         except (RuntimeError, ValueError) as exc:
-            raise ValueError(
-                f"Unknown device {device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
-            ) from exc
+            raise ValueError(f"Unknown device {device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.") from exc
     else:
         raise ValueError(f"device must be a string or torch.device, got {type(device).__name__}")
 
@@ -122,9 +120,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"Device {device!r} requested but CUDA is not available.")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"Device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist."
-            )
+            raise ValueError(f"Device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist.")
     elif resolved.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise ValueError(f"Device {device!r} requested but MPS is not available.")
@@ -154,9 +150,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     try:
         return _DTYPE_ALIASES[text]
     except KeyError:
-        raise ValueError(
-            f"Unknown dtype {dtype!r}; accepted values: {', '.join(_ACCEPTED_DTYPES)}"
-        ) from None
+        raise ValueError(f"Unknown dtype {dtype!r}; accepted values: {', '.join(_ACCEPTED_DTYPES)}") from None
 
 
 def _default_cache_dir() -> pathlib.Path:
@@ -187,9 +181,7 @@ def _gguf_cache_key(gguf_path: pathlib.Path) -> str:
     would cost more than the cache saves, and a replaced file changes size or mtime anyway.
     """
     stat = gguf_path.stat()
-    ident = json.dumps(
-        [_CACHE_FORMAT_VERSION, str(gguf_path.resolve()), stat.st_size, stat.st_mtime_ns]
-    ).encode()
+    ident = json.dumps([_CACHE_FORMAT_VERSION, str(gguf_path.resolve()), stat.st_size, stat.st_mtime_ns]).encode()
     digest = hashlib.sha256(ident).hexdigest()[:16]
     return f"{_slug(gguf_path.stem)}-{digest}"
 
@@ -413,9 +405,7 @@ def load_model(
 
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ValueError(
-                f"{path} is a file but not a .gguf file; pass a .gguf file, a model folder or a hub id."
-            )
+            raise ValueError(f"{path} is a file but not a .gguf file; pass a .gguf file, a model folder or a hub id.")
         if gguf_file is not None:
             raise ValueError("gguf_file cannot be combined with a model_id that is already a .gguf file.")
         return from_gguf(path, path.stem)

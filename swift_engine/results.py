@@ -51,9 +51,7 @@ class GenerationStats(BaseModel):
     grammar_closing_tokens: int = 0
 
     def finalize(self) -> "GenerationStats":
-        self.acceptance_rate = (
-            self.accepted_drafted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
-        )
+        self.acceptance_rate = self.accepted_drafted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
         # the first token comes from the prefill, every later one from a verify step
         self.mean_accepted_per_step = (self.new_tokens - 1) / self.verify_steps if self.verify_steps else 0.0
         self.tokens_per_s = self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0

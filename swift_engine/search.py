@@ -445,7 +445,10 @@ class SearchSession:
     def close(
         self, profiles: StepProfiles | None, step_key: str, stats: GenerationStats, tokens: int, extra: dict[str, Any]
     ) -> None:
-        """Report the call's choice and search in ``stats``; write the step's state back (``extra``: drafters' state)."""
+        """Report the call's choice and search in ``stats``; write the step's state back.
+
+        ``extra``: the drafters' per-step state, stored with the profile.
+        """
         choice = self.choice
         stats.mode = "plain" if choice.plain else "swift"
         stats.skip_attention, stats.skip_mlp = sorted(choice.attention), sorted(choice.mlp)

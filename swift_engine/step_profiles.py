@@ -64,8 +64,10 @@ class StepProfiles:
             base = current or ProfileRecord(
                 model_fingerprint=self.fingerprint, model_name=self.model_name, step_key=step_key
             )
-            ours_better = current is None or state.iterations >= current.iterations or (
-                state.best_speedup > (current.expected_speedup or 0.0)
+            ours_better = (
+                current is None
+                or state.iterations >= current.iterations
+                or (state.best_speedup > (current.expected_speedup or 0.0))
             )
             update: dict[str, Any] = {
                 "calls": base.calls + 1,
@@ -83,9 +85,7 @@ class StepProfiles:
                     plain=plain,
                     observations=state.observations,
                 )
-                update["extra"].update(
-                    since_improvement=state.since_improvement, best_draft_len=state.best_draft_len
-                )
+                update["extra"].update(since_improvement=state.since_improvement, best_draft_len=state.best_draft_len)
             return base.model_copy(update=update)
 
         try:
@@ -152,4 +152,3 @@ def _state_from_record(record: ProfileRecord, start: Candidate) -> SearchState:
         # imported cached configuration: trust it without a score
         state.best_speedup = float("inf")
     return state
-

@@ -86,11 +86,11 @@ class TextStream:
         hit = self.stops.find(self.text, max(0, self.sent - self.stops.max_len))
         if hit >= 0:
             self.stopped_at = hit
-            delta = self.text[self.sent:hit]
+            delta = self.text[self.sent : hit]
             self.sent = max(self.sent, hit)
             return delta
         end = len(self.text) - self.stops.held_tail(self.text)
-        delta = self.text[self.sent:end] if end > self.sent else ""
+        delta = self.text[self.sent : end] if end > self.sent else ""
         self.sent = max(self.sent, end)
         return delta
 
@@ -101,7 +101,7 @@ class TextStream:
             self.text += self._decode(self.ids[self._prefix :])[len(known) :]
             self._prefix = self._read = len(self.ids)
         end = self.stopped_at if self.stopped_at is not None else len(self.text)
-        delta = self.text[self.sent:end] if end > self.sent else ""
+        delta = self.text[self.sent : end] if end > self.sent else ""
         self.sent = max(self.sent, end)
         return delta
 

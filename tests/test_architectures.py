@@ -19,9 +19,9 @@ def test_greedy_identical_to_generate(arch: str) -> None:
     engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
     drafted = 0
     for prompt in PROMPTS:
-        ref = model.generate(
-            torch.tensor([prompt]), max_new_tokens=48, min_new_tokens=48, do_sample=False
-        )[0, len(prompt):].tolist()
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=48, min_new_tokens=48, do_sample=False)[
+            0, len(prompt) :
+        ].tolist()
         res = engine.generate(prompt, max_new_tokens=48)
         assert res.token_ids == ref, f"{arch}: SWIFT diverged from greedy decoding on {prompt[:5]}..."
         assert res.finish_reason == "length"

@@ -28,12 +28,27 @@ def test_packaged_prompt_set_has_three_prompts_per_class() -> None:
 def test_tokens_to_fraction_uses_iteration_history_and_call_bound() -> None:
     calls = [
         # plain decoding while searching: one token per verify step, one iteration per step
-        {"new_tokens": 10, "search_iterations": 9, "expected_speedup": 0.8, "mean_accepted_per_step": 1.0,
-         "search_speedups": [0.1, 0.5, 0.3, 0.8, 0.2, 0.1, 0.1, 0.1, 0.1]},
-        {"new_tokens": 10, "search_iterations": 3, "expected_speedup": 1.5, "mean_accepted_per_step": 2.0,
-         "search_speedups": [0.9, 1.4, 1.5]},
-        {"new_tokens": 10, "search_iterations": 0, "expected_speedup": 1.5, "mean_accepted_per_step": 3.0,
-         "search_speedups": []},
+        {
+            "new_tokens": 10,
+            "search_iterations": 9,
+            "expected_speedup": 0.8,
+            "mean_accepted_per_step": 1.0,
+            "search_speedups": [0.1, 0.5, 0.3, 0.8, 0.2, 0.1, 0.1, 0.1, 0.1],
+        },
+        {
+            "new_tokens": 10,
+            "search_iterations": 3,
+            "expected_speedup": 1.5,
+            "mean_accepted_per_step": 2.0,
+            "search_speedups": [0.9, 1.4, 1.5],
+        },
+        {
+            "new_tokens": 10,
+            "search_iterations": 0,
+            "expected_speedup": 1.5,
+            "mean_accepted_per_step": 3.0,
+            "search_speedups": [],
+        },
     ]
     out = tokens_to_fraction(calls)
     assert out["final_expected_speedup"] == 1.5
@@ -46,8 +61,17 @@ def test_tokens_to_fraction_uses_iteration_history_and_call_bound() -> None:
     assert tokens_to_fraction(calls)["tokens"] == 20
     assert tokens_to_fraction([{"new_tokens": 5, "expected_speedup": None}])["tokens"] is None
     # a throttled search (not converged in the call) spreads its iterations over the call's verify steps
-    throttled = [{"new_tokens": 12, "verify_steps": 12, "search_iterations": 4, "expected_speedup": 2.0,
-                  "mean_accepted_per_step": 1.0, "converged": False, "search_speedups": [0.5, 1.0, 2.0, 1.0]}]
+    throttled = [
+        {
+            "new_tokens": 12,
+            "verify_steps": 12,
+            "search_iterations": 4,
+            "expected_speedup": 2.0,
+            "mean_accepted_per_step": 1.0,
+            "converged": False,
+            "search_speedups": [0.5, 1.0, 2.0, 1.0],
+        }
+    ]
     assert tokens_to_fraction(throttled)["tokens"] == 1 + 2 * 3
     throttled[0]["converged"] = True  # converged in this call: the iterations ran back to back
     assert tokens_to_fraction(throttled)["tokens"] == 1 + 2
@@ -106,7 +130,11 @@ def test_constrained_cases_and_the_reply_validator() -> None:
     assert validate_reply(person, '{"name": "Marie", "age": "x"}')[:2] == (True, False)
     assert validate_reply(person, "Marie Curie, 66")[:2] == (False, False)
     assert weather.prefill == "<tool_call>\n"
-    assert validate_reply(weather, '{"name": "get_weather", "arguments": {"city": "Lisbon"}}\n</tool_call>') == (True, True, None)
+    assert validate_reply(weather, '{"name": "get_weather", "arguments": {"city": "Lisbon"}}\n</tool_call>') == (
+        True,
+        True,
+        None,
+    )
     assert validate_reply(weather, '{"name": "fly", "arguments": {}}')[:2] == (True, False)
 
 

@@ -9,14 +9,24 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.constraints import CALL_BEGIN, CALL_END, GrammarError, JsonSchemaConstraint, ToolCallConstraint, call_head
+from swift_engine.constraints import (
+    CALL_BEGIN,
+    CALL_END,
+    GrammarError,
+    JsonSchemaConstraint,
+    ToolCallConstraint,
+    call_head,
+)
 
 pytestmark = pytest.mark.slow
 
 SCHEMAS = {
     "person": {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+        "properties": {
+            "name": {"type": "string", "maxLength": 24},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        },
         "required": ["name", "age"],
     },
     "nested_enum_array": {
@@ -73,7 +83,9 @@ def _msgs(text: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def engine(smol) -> SwiftEngine:
     # layer-skip drafts forced on, so the constraint is exercised inside drafting and trees too
-    return SwiftEngine(smol.model, smol.tokenizer, SwiftConfig(skip_ratio=0.2, search={"enabled": False}), model_name=smol.model_name)
+    return SwiftEngine(
+        smol.model, smol.tokenizer, SwiftConfig(skip_ratio=0.2, search={"enabled": False}), model_name=smol.model_name
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
@@ -91,7 +103,7 @@ def test_constrained_output_parses_validates_and_matches_plain_constrained_decod
     compiled = engine.grammars.compile(spec)
     ref = engine.model.generate(
         torch.tensor([ids]), max_new_tokens=128, do_sample=False, logits_processor=[LogitsProcessor(compiled)]
-    )[0, len(ids):].tolist()
+    )[0, len(ids) :].tolist()
     assert res.token_ids == ref, f"{name}: constrained SWIFT != constrained plain decoding"
 
 
@@ -106,13 +118,23 @@ def test_constrained_output_parses_validates_and_matches_plain_constrained_decod
 )
 def test_required_tool_call_is_well_formed(engine, prompt) -> None:
     tools = (
-        {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}},
+        {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"],
+            },
+        },
         {
             "name": "multiply",
             "parameters": {
                 "type": "object",
                 # bounded: a 135M model can otherwise write digits until max_new_tokens runs out
-                "properties": {"a": {"type": "integer", "minimum": -9999, "maximum": 9999}, "b": {"type": "integer", "minimum": -9999, "maximum": 9999}},
+                "properties": {
+                    "a": {"type": "integer", "minimum": -9999, "maximum": 9999},
+                    "b": {"type": "integer", "minimum": -9999, "maximum": 9999},
+                },
                 "required": ["a", "b"],
             },
         },
@@ -129,10 +151,22 @@ def test_single_tool_call_prefilled_up_to_its_arguments_is_exact(engine) -> None
     """What the adapters do for a forced single tool: the prompt holds the call's head."""
     from xgrammar.contrib.hf import LogitsProcessor
 
-    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "integer", "minimum": 1, "maximum": 7}}, "required": ["city", "days"]}
+    params = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        },
+        "required": ["city", "days"],
+    }
     tool = {"type": "function", "function": {"name": "get_weather", "description": "Forecast.", "parameters": params}}
     head = call_head("get_weather")
-    text = engine.tokenizer.apply_chat_template(_msgs("Weather in Oslo for 3 days?"), tokenize=False, add_generation_prompt=True) + head
+    text = (
+        engine.tokenizer.apply_chat_template(
+            _msgs("Weather in Oslo for 3 days?"), tokenize=False, add_generation_prompt=True
+        )
+        + head
+    )
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     spec = ToolCallConstraint(tools=(tool,), prefilled=head)
     res = engine.generate(ids, max_new_tokens=48, constraint=spec)
@@ -141,7 +175,10 @@ def test_single_tool_call_prefilled_up_to_its_arguments_is_exact(engine) -> None
     assert call["name"] == "get_weather"
     jsonschema.validate(call["arguments"], params)
     ref = engine.model.generate(
-        torch.tensor([ids]), max_new_tokens=48, do_sample=False, logits_processor=[LogitsProcessor(engine.grammars.compile(spec))]
+        torch.tensor([ids]),
+        max_new_tokens=48,
+        do_sample=False,
+        logits_processor=[LogitsProcessor(engine.grammars.compile(spec))],
     )[0, len(ids) :].tolist()
     assert res.token_ids == ref[: len(res.token_ids)] and len(ref) - len(res.token_ids) <= 1  # HF also emits the EOS
     with pytest.raises(GrammarError, match="does not start a call"):
@@ -153,7 +190,11 @@ def test_a_reply_cut_by_the_budget_is_closed_so_it_still_validates(engine) -> No
 
     schema = {
         "type": "object",
-        "properties": {"story": {"type": "string"}, "rating": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "story": {"type": "string"},
+            "rating": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
         "required": ["story", "rating", "tags"],
     }
     spec = JsonSchemaConstraint(schema)
@@ -164,14 +205,19 @@ def test_a_reply_cut_by_the_budget_is_closed_so_it_still_validates(engine) -> No
     assert res.stats.new_tokens == len(res.token_ids) == 12 + res.stats.grammar_closing_tokens
     ids = engine.encode_prompt(msgs)
     ref = engine.model.generate(
-        torch.tensor([ids]), max_new_tokens=12, do_sample=False, logits_processor=[LogitsProcessor(engine.grammars.compile(spec))]
+        torch.tensor([ids]),
+        max_new_tokens=12,
+        do_sample=False,
+        logits_processor=[LogitsProcessor(engine.grammars.compile(spec))],
     )[0, len(ids) :].tolist()
     assert res.token_ids[:12] == ref  # the model's part is constrained plain decoding's
 
 
 def test_auto_mode_allows_text(engine) -> None:
     tools = ({"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},)
-    res = engine.generate(_msgs("Say hello."), max_new_tokens=16, constraint=ToolCallConstraint(tools=tools, mode="auto"))
+    res = engine.generate(
+        _msgs("Say hello."), max_new_tokens=16, constraint=ToolCallConstraint(tools=tools, mode="auto")
+    )
     assert res.stats.new_tokens > 0
 
 

@@ -6,7 +6,11 @@ from swift_engine.costs import CostModel
 from swift_engine.drafters import DraftHead
 
 #: 2-core CPU costs of SmolLM2-135M (seconds), with the noise seen in practice: 2 tokens slower than 4
-COSTS = {"verify_s": {"1": 0.056, "2": 0.093, "4": 0.085, "8": 0.079, "16": 0.112, "32": 0.125}, "draft_s_at": {"0.0": 0.056, "0.5": 0.045}, "head_s": 0.012}
+COSTS = {
+    "verify_s": {"1": 0.056, "2": 0.093, "4": 0.085, "8": 0.079, "16": 0.112, "32": 0.125},
+    "draft_s_at": {"0.0": 0.056, "0.5": 0.045},
+    "head_s": 0.012,
+}
 
 
 def test_draft_cost_counts_only_the_draft_heads_vocabulary_subset():

@@ -9,7 +9,11 @@ from swift_engine.tree import SOURCE_CONTEXT, TokenTree, build_tree
 from swift_engine.verification import Verdict
 
 #: 2-core CPU costs of SmolLM2-135M (seconds), with the noise seen in practice: 2 tokens slower than 4
-COSTS = {"verify_s": {"1": 0.056, "2": 0.093, "4": 0.085, "8": 0.079, "16": 0.112, "32": 0.125}, "draft_s_at": {"0.0": 0.056, "0.5": 0.045}, "head_s": 0.012}
+COSTS = {
+    "verify_s": {"1": 0.056, "2": 0.093, "4": 0.085, "8": 0.079, "16": 0.112, "32": 0.125},
+    "draft_s_at": {"0.0": 0.056, "0.5": 0.045},
+    "head_s": 0.012,
+}
 
 
 def test_the_longest_match_wins_and_reports_its_length():
@@ -50,7 +54,9 @@ def test_weak_matches_stop_being_drafted_while_strong_ones_continue():
     assert acc.draft_length(costs, 20, 0) == 0  # no match, no draft
     restored = ContextAcceptance.from_dict(acc.to_dict())
     assert restored.first_rate(1) == acc.first_rate(1) and restored.continue_rate(4) == acc.continue_rate(4)
-    assert ContextAcceptance.from_dict({"hits": 3, "misses": 2}).first_rate(4) == ContextAcceptance().first_rate(4)  # older format: prior
+    assert ContextAcceptance.from_dict({"hits": 3, "misses": 2}).first_rate(4) == ContextAcceptance().first_rate(
+        4
+    )  # older format: prior
     assert ContextAcceptance.from_dict({"by_order_v2": "garbage"}).first_rate(2) == ContextAcceptance().first_rate(2)
 
 
@@ -68,7 +74,7 @@ def _verify_greedy(tree: TokenTree, truth: list[int]) -> Verdict:
 
 
 def test_context_drafter_proposes_copies_and_learns_from_verification():
-    """A sentence that repeats: the drafter copies it, learns that 4-token matches pay, and keeps that in the profile."""
+    """A repeated sentence: the drafter copies it, learns that 4-token matches pay, keeps that in the profile."""
     costs = CostModel.from_dict(COSTS)
     sentence = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
     seq = sentence + [1, 2] + sentence[:4]  # the reply starts repeating the sentence

@@ -18,7 +18,10 @@ PROMPTS = [
     [{"role": "user", "content": "Summarize this text in one sentence:\n" + DOC}],
     [{"role": "user", "content": f"Context: {DOC}\n\nQuestion: Where is the Great Barrier Reef located?"}],
     [{"role": "user", "content": "Write a Python function `fib(n)` that returns the n-th Fibonacci number."}],
-    [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": "Name three primary colors."}],
+    [
+        {"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": "Name three primary colors."},
+    ],
     [{"role": "user", "content": "Translate to French: The cat sleeps on the warm windowsill."}],
     "def quicksort(arr):\n    ",
 ]
@@ -30,7 +33,7 @@ def references(smol) -> list[list[int]]:
     for p in PROMPTS:
         ids = smol.encode_prompt(p)
         out = smol.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)
-        refs.append(out[0, len(ids):].tolist())
+        refs.append(out[0, len(ids) :].tolist())
     return refs
 
 
@@ -62,7 +65,7 @@ def test_context_drafts_carry_copies(smol) -> None:
     engine = SwiftEngine(smol.model, smol.tokenizer, SwiftConfig(), model_name=smol.model_name)
     prompt = [{"role": "user", "content": "Repeat the following text exactly, word for word:\n" + DOC}]
     ids = smol.encode_prompt(prompt)
-    ref = smol.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)[0, len(ids):].tolist()
+    ref = smol.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)[0, len(ids) :].tolist()
     res = engine.generate(prompt, max_new_tokens=48, step_key="copy")
     assert res.token_ids == ref
     s = res.stats

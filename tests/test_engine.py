@@ -17,7 +17,9 @@ PROMPT = [3, 14, 15, 9, 26, 5, 35]
 
 @pytest.fixture(scope="module")
 def engine() -> SwiftEngine:
-    return SwiftEngine(tiny_model("llama", seed=1), CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
+    return SwiftEngine(
+        tiny_model("llama", seed=1), CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False})
+    )
 
 
 def test_stream_concatenates_to_result(engine: SwiftEngine) -> None:
@@ -26,9 +28,7 @@ def test_stream_concatenates_to_result(engine: SwiftEngine) -> None:
     assert result is not None and all(c.result is None for c in chunks[:-1])
     assert "".join(c.text for c in chunks) == result.text
     assert sum((c.token_ids for c in chunks), []) == result.token_ids
-    assert result == engine.generate(PROMPT, max_new_tokens=30).model_copy(
-        update={"stats": result.stats}
-    )
+    assert result == engine.generate(PROMPT, max_new_tokens=30).model_copy(update={"stats": result.stats})
 
 
 def test_multi_token_stop_string_is_trimmed(engine: SwiftEngine) -> None:

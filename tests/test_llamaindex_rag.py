@@ -82,7 +82,10 @@ def _check_rag_calls(rec, response) -> list[str]:
     for raw, source in zip(raws, response.source_nodes):
         assert source.node.get_content(metadata_mode=MetadataMode.LLM) in raw["prompt"]  # the context reached the model
         assert QUESTION in raw["prompt"]
-        assert raw["swift_stats"]["new_tokens"] > 0 and raw["usage"]["completion_tokens"] == raw["swift_stats"]["new_tokens"]
+        assert (
+            raw["swift_stats"]["new_tokens"] > 0
+            and raw["usage"]["completion_tokens"] == raw["swift_stats"]["new_tokens"]
+        )
     assert raws[0]["text"].strip() in raws[1]["prompt"]  # refine saw the first answer
     assert str(response).strip() == raws[-1]["text"].strip()
     return keys

@@ -51,7 +51,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 class EmbeddedLoads:
     """The two loads of the embedded model that the slow tests share."""
 
-    def __init__(self, cache_dir: pathlib.Path, first: LoadedModel, first_s: float, second: LoadedModel, second_s: float):
+    def __init__(
+        self, cache_dir: pathlib.Path, first: LoadedModel, first_s: float, second: LoadedModel, second_s: float
+    ):
         self.cache_dir = cache_dir
         self.first = first
         self.first_s = first_s

@@ -61,7 +61,8 @@ def engine() -> SwiftEngine:
         skip_ratio=0.25,
         draft_confidence=0.0,
         search={"enabled": False},
-        tree={"widths": ((1.01, 3),), "max_tree_tokens": 16})
+        tree={"widths": ((1.01, 3),), "max_tree_tokens": 16},
+    )
     return SwiftEngine(model, CharTokenizer(VOCAB), cfg)
 
 

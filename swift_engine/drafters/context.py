@@ -157,9 +157,7 @@ class ContextDrafter:
     def propose(self, root: int, past: int, budget: int) -> Proposal | None:
         self._proposals += 1
         cont, order = self.index.best(min(self.max_draft_len, budget))
-        length = self.acceptance.draft_length(
-            self.costs, len(cont), order, probe=self._proposals % _PROBE_EVERY == 0
-        )
+        length = self.acceptance.draft_length(self.costs, len(cont), order, probe=self._proposals % _PROBE_EVERY == 0)
         self._order = order if length else 0
         return Proposal(cont[:length], SOURCE_CONTEXT) if length else None
 

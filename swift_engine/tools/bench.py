@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
 
 import typer
 from typer.core import TyperCommand
@@ -390,6 +390,12 @@ class Bench:
 # ------------------------------------------------------------------------------------------------
 
 
+def _engine_stats(run: Run) -> dict[str, Any]:
+    """The engine's statistics of one of its own runs (hf runs have none)."""
+    assert run.stats is not None, f"{run.method} run without engine statistics"
+    return run.stats
+
+
 def _rotate(seq: Sequence[str], k: int) -> list[str]:
     k %= len(seq)
     return list(seq[k:]) + list(seq[:k])
@@ -665,7 +671,7 @@ def _summarize(
             rs = select(p.id, m)
             row["tokens_per_s"][m] = _median(r.tokens_per_s for r in rs)
             row["exact"][m] = all(r.exact is True for r in rs) if rs else None
-            bad = [r.first_mismatch for r in rs if r.exact is False]
+            bad = [r.first_mismatch for r in rs if r.exact is False and r.first_mismatch is not None]
             row["first_mismatch"][m] = min(bad) if bad else None
         for sm, phase in (("swift_cold", "cold"), ("swift_warm", "warm")):
             for b in baselines:
@@ -677,17 +683,18 @@ def _summarize(
                 row["speedup"][f"{sm}_vs_{b}"] = _median(ratios)
         for sm in SWIFT_METHODS:
             rs = select(p.id, sm)
+            engine_stats = [_engine_stats(r) for r in rs]
             row[sm] = {
-                "acceptance_rate": _median(r.stats["acceptance_rate"] for r in rs),
-                "mean_accepted_per_step": _median(r.stats["mean_accepted_per_step"] for r in rs),
-                "search_iterations": sum(r.stats["search_iterations"] for r in rs),
-                "drafted_tokens": sum(r.stats["drafted_tokens"] for r in rs),
-                "accepted_drafted_tokens": sum(r.stats["accepted_drafted_tokens"] for r in rs),
+                "acceptance_rate": _median(r["acceptance_rate"] for r in engine_stats),
+                "mean_accepted_per_step": _median(r["mean_accepted_per_step"] for r in engine_stats),
+                "search_iterations": sum(r["search_iterations"] for r in engine_stats),
+                "drafted_tokens": sum(r["drafted_tokens"] for r in engine_stats),
+                "accepted_drafted_tokens": sum(r["accepted_drafted_tokens"] for r in engine_stats),
                 # prompt-lookup drafts merged into SWIFT's trees (engines that report them)
-                "context_drafted_tokens": sum(r.stats.get("context_drafted_tokens", 0) for r in rs),
-                "context_accepted_tokens": sum(r.stats.get("context_accepted_tokens", 0) for r in rs),
-                "modes": sorted({r.stats["mode"] for r in rs}),
-                "expected_speedup": rs[-1].stats["expected_speedup"] if rs else None,
+                "context_drafted_tokens": sum(r.get("context_drafted_tokens", 0) for r in engine_stats),
+                "context_accepted_tokens": sum(r.get("context_accepted_tokens", 0) for r in engine_stats),
+                "modes": sorted({r["mode"] for r in engine_stats}),
+                "expected_speedup": engine_stats[-1]["expected_speedup"] if engine_stats else None,
             }
         per_prompt.append(row)
 
@@ -716,11 +723,11 @@ def _summarize(
                 "phase": r.phase,
                 "prompt_id": r.prompt_id,
                 "new_tokens": r.new_tokens,
-                "search_iterations": r.stats["search_iterations"],
-                "expected_speedup": r.stats["expected_speedup"],
-                "mean_accepted_per_step": r.stats["mean_accepted_per_step"],
-                "verify_steps": r.stats["verify_steps"],
-                "mode": r.stats["mode"],
+                "search_iterations": _engine_stats(r)["search_iterations"],
+                "expected_speedup": _engine_stats(r)["expected_speedup"],
+                "mean_accepted_per_step": _engine_stats(r)["mean_accepted_per_step"],
+                "verify_steps": _engine_stats(r)["verify_steps"],
+                "mode": _engine_stats(r)["mode"],
                 "converged": r.profile_converged,
                 "search_speedups": r.search_speedups,
             }
@@ -817,9 +824,7 @@ def _meta(
         "num_layers": engine.runner.num_layers,
         "device": str(device),
         "device_name": (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or platform.machine()
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
         ),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "kernels": engine.runner.kernels,
@@ -1034,7 +1039,7 @@ def render_text(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def print_report(result: dict[str, Any], file=None) -> None:
+def print_report(result: dict[str, Any], file: TextIO | None = None) -> None:
     """Print the report (with ``rich`` when it is installed)."""
     file = file or sys.stdout
     try:
@@ -1135,7 +1140,7 @@ class BenchCommand(TyperCommand):
     ``swift bench`` or :func:`main`.
     """
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]  # click's Context
         ctx.meta[_ARGV_KEY] = list(args)
         rest = super().parse_args(ctx, args)
         # words after the options only continue a space-separated --classes list; checked here, while
@@ -1145,7 +1150,7 @@ class BenchCommand(TyperCommand):
             ctx.fail(f"Got unexpected extra argument{'s' if len(extra) > 1 else ''} ({' '.join(extra)})")
         return rest
 
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]  # click's Context
         # click lists hidden arguments in the usage line too; the rest of --classes is no usage of its own
         return [self.options_metavar or "[OPTIONS]"] + [
             piece for p in self.get_params(ctx) if not getattr(p, "hidden", False) for piece in p.get_usage_pieces(ctx)
@@ -1212,15 +1217,11 @@ def bench(
     ] = False,
     quick: Annotated[
         bool,
-        typer.Option(
-            "--quick", help=f"Smoke test: 1 prompt per class, {QUICK_MAX_NEW_TOKENS} tokens, 1 warm-up call."
-        ),
+        typer.Option("--quick", help=f"Smoke test: 1 prompt per class, {QUICK_MAX_NEW_TOKENS} tokens, 1 warm-up call."),
     ] = False,
     json_path: Annotated[
         Optional[str],
-        typer.Option(
-            "--json", metavar="PATH", help="Write every measurement and summary as JSON.", show_default=False
-        ),
+        typer.Option("--json", metavar="PATH", help="Write every measurement and summary as JSON.", show_default=False),
     ] = None,
     markdown: Annotated[
         Optional[str],

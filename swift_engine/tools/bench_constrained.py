@@ -30,7 +30,13 @@ from ..constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCall
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConstrainedCase", "load_cases", "run_constrained_benchmark", "render_constrained_markdown", "validate_reply"]
+__all__ = [
+    "ConstrainedCase",
+    "load_cases",
+    "run_constrained_benchmark",
+    "render_constrained_markdown",
+    "validate_reply",
+]
 
 
 @dataclass(frozen=True)
@@ -153,12 +159,22 @@ def run_constrained_benchmark(
         res = CaseResult(case.id, case.kind, len(ids))
         free = engine.generate(ids, max_new_tokens=max_new_tokens, step_key=f"free:{case.kind}")
         ok, valid, err = validate_reply(case, free.text)
-        res.free = {"parses": ok, "valid": valid, "error": err, "new_tokens": free.stats.new_tokens, "finish_reason": free.finish_reason}
+        res.free = {
+            "parses": ok,
+            "valid": valid,
+            "error": err,
+            "new_tokens": free.stats.new_tokens,
+            "finish_reason": free.finish_reason,
+        }
 
         processor = LogitsProcessor(engine.grammars.compile(spec))
         tokens, wall, _ = bench.generate_hf(ids, "hf", max_new_tokens, logits_processor=[processor])
         hf_tokens = _strip_eos(engine, tokens)
-        res.hf = {"new_tokens": len(tokens), "wall_time_s": wall, "tokens_per_s": len(tokens) / wall if wall > 0 else 0.0}
+        res.hf = {
+            "new_tokens": len(tokens),
+            "wall_time_s": wall,
+            "tokens_per_s": len(tokens) / wall if wall > 0 else 0.0,
+        }
 
         bench._sync()
         t0 = time.perf_counter()
@@ -219,7 +235,9 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, Any]:
             "hf_tokens_per_s": statistics.median(r.hf["tokens_per_s"] for r in rows),
             "swift_tokens_per_s": statistics.median(r.swift["tokens_per_s"] for r in rows),
             "median_speedup_vs_hf": statistics.median(speedups) if speedups else None,
-            "total_speedup_vs_hf": _throughput(rows, "swift") / _throughput(rows, "hf") if _throughput(rows, "hf") else None,
+            "total_speedup_vs_hf": _throughput(rows, "swift") / _throughput(rows, "hf")
+            if _throughput(rows, "hf")
+            else None,
         }
     return {"cases": [asdict(r) for r in results], "summary": summary}
 
@@ -227,21 +245,25 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, Any]:
 def render_constrained_markdown(data: dict[str, Any]) -> str:
     """The per-case table and the summary lines, as markdown."""
     lines = [
-        "| case | kind | parses (free) | valid (free) | parses (grammar) | valid (grammar) | hf+grammar tok/s | SWIFT+grammar tok/s | speed-up | exact |",
+        "| case | kind | parses (free) | valid (free) | parses (grammar) | valid (grammar) "
+        "| hf+grammar tok/s | SWIFT+grammar tok/s | speed-up | exact |",
         "|---|---|:-:|:-:|:-:|:-:|---:|---:|---:|:-:|",
     ]
     yn = {True: "yes", False: "no", None: "-"}
     for r in data["cases"]:
         lines.append(
-            f"| {r['id']} | {r['kind']} | {yn[r['free']['parses']]} | {yn[r['free']['valid']]} | {yn[r['swift']['parses']]} | "
+            f"| {r['id']} | {r['kind']} | {yn[r['free']['parses']]} | {yn[r['free']['valid']]} | "
+            f"{yn[r['swift']['parses']]} | "
             f"{yn[r['swift']['valid']]} | {r['hf']['tokens_per_s']:.1f} | {r['swift']['tokens_per_s']:.1f} | "
             f"{(r['speedup'] or 0):.2f}x | {yn[r['exact']]} |"
         )
     lines.append("")
     for kind, s in data["summary"].items():
         lines.append(
-            f"- **{kind}** ({s['cases']} cases): valid without grammar {s['free_valid_rate']:.0%} (parses {s['free_parse_rate']:.0%}), "
+            f"- **{kind}** ({s['cases']} cases): valid without grammar {s['free_valid_rate']:.0%} "
+            f"(parses {s['free_parse_rate']:.0%}), "
             f"with grammar {s['constrained_valid_rate']:.0%}; SWIFT+grammar vs transformers+grammar: median "
-            f"{(s['median_speedup_vs_hf'] or 0):.2f}x, overall {(s['total_speedup_vs_hf'] or 0):.2f}x; token-identical: {yn[s['exact']]}"
+            f"{(s['median_speedup_vs_hf'] or 0):.2f}x, overall {(s['total_speedup_vs_hf'] or 0):.2f}x; "
+            f"token-identical: {yn[s['exact']]}"
         )
     return "\n".join(lines) + "\n"
