@@ -53,7 +53,7 @@ class SearchConfig(BaseModel):
     #: Skip ratios the search may choose between (fraction of all sublayers skipped).
     skip_ratios: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.45)
     #: Search time allowed per call, as a fraction of the call's decoding time (bounds the cold-state
-    #: cost); shrinks as the search stagnates (see ``SwiftEngine._search_affordable``).
+    #: cost); shrinks as the search stagnates (see ``SearchSession.affordable`` in search.py).
     max_overhead: float = Field(default=0.5, gt=0.0)
     #: After this many iterations, stop when even an optimistic score (+0.1 over the best seen at
     #: each skip ratio) could not beat plain decoding on this hardware.
