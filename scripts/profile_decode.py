@@ -66,15 +66,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from swift_engine.engine import SwiftEngine
-    from swift_engine.loading import load_model
-    from swift_engine.profile_store import ProfileStore
     from swift_engine.tools.bench import load_prompts
 
-    loaded = load_model(args.model, device="cpu", dtype="float32")
     with tempfile.TemporaryDirectory() as d:
-        engine = SwiftEngine(
-            loaded.model, loaded.tokenizer, model_name=loaded.model_name, profile_store=ProfileStore(d)
-        )
+        engine = SwiftEngine.from_pretrained(args.model, device="cpu", dtype="float32", profile_store=d)
         report = {}
         for p in load_prompts(per_class=1):
             report[p.cls] = profile_one(engine, p.messages, p.cls, args.max_new_tokens)
