@@ -29,6 +29,7 @@ the parser's lenient paths matter only for unconstrained text (e.g. replayed his
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -49,6 +50,7 @@ from swift_engine.tool_format import (
 __all__ = [
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
+    "MAX_TOOL_CALLS",
     "InvalidToolCall",
     "ParsedToolCall",
     "ToolCallStreamFilter",
@@ -62,6 +64,11 @@ __all__ = [
 ]
 
 _DECODER = json.JSONDecoder()
+#: At most this many calls are read from one reply; what follows is reported as one invalid call.
+MAX_TOOL_CALLS = 64
+#: A model-chosen call id longer than this (or not a plain token) is replaced by a fresh one.
+_MAX_ID_LENGTH = 64
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _FENCE_RE = re.compile(r"^```(?:json|JSON)?\s*\n?(.*?)\n?```$", re.DOTALL)
 
 
@@ -98,13 +105,40 @@ def new_tool_call_id() -> str:
 # --------------------------------------------------------------------------------------- parsing
 
 
+def _raw_decode(text: str) -> tuple[Any, int]:
+    """``JSONDecoder.raw_decode`` that fails only with ``JSONDecodeError``.
+
+    Model output is untrusted: deeply nested JSON (``"[" * 100_000``) makes the decoder recurse
+    past Python's limit, which must read as invalid JSON, not crash the caller.
+    """
+    try:
+        return _DECODER.raw_decode(text)
+    except RecursionError:
+        raise json.JSONDecodeError("JSON nested too deeply", text, 0) from None
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that fails only with ``JSONDecodeError`` (see :func:`_raw_decode`)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("JSON nested too deeply", text, 0) from None
+
+
+def _model_id(value: Any) -> str:
+    """The model's own call id when it is a short plain token, else a fresh one."""
+    if isinstance(value, str) and 0 < len(value) <= _MAX_ID_LENGTH and _ID_RE.match(value):
+        return value
+    return new_tool_call_id()
+
+
 def _call_from_obj(obj: Any, tool_names: Collection[str] | None) -> ParsedToolCall | InvalidToolCall | None:
     """Interpret a decoded JSON value as a call; ``None`` if it doesn't look like one at all."""
     if not isinstance(obj, dict) or "name" not in obj:
         return None
     name = obj.get("name")
     raw_args = obj.get("arguments", obj.get("parameters", {}))
-    call_id = obj.get("id") if isinstance(obj.get("id"), str) and obj.get("id") else new_tool_call_id()
+    call_id = _model_id(obj.get("id"))
     raw_text = raw_args if isinstance(raw_args, str) else json.dumps(raw_args, ensure_ascii=False)
     if not isinstance(name, str) or not name:
         return InvalidToolCall(call_id, None, raw_text, f"tool call has no valid name: {obj.get('name')!r}")
@@ -115,7 +149,7 @@ def _call_from_obj(obj: Any, tool_names: Collection[str] | None) -> ParsedToolCa
     args = raw_args
     if isinstance(args, str):  # OpenAI style: arguments as a JSON string
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = _loads(args) if args.strip() else {}
         except json.JSONDecodeError as exc:
             return InvalidToolCall(call_id, name, raw_text, f"arguments are not valid JSON: {exc}")
     if args is None:
@@ -134,12 +168,14 @@ def _bare_calls(text: str, tool_names: Collection[str] | None) -> list[ParsedToo
     if not body.startswith(("{", "[")):
         return None
     try:
-        obj, end = _DECODER.raw_decode(body)
+        obj, end = _raw_decode(body)
     except json.JSONDecodeError:
         return None
     if body[end:].strip():
         return None
     items = obj if isinstance(obj, list) else [obj]
+    if len(items) > MAX_TOOL_CALLS:
+        return None  # a long JSON list is content, not a batch of calls
     calls = [_call_from_obj(item, tool_names) for item in items]
     if not calls or any(c is None for c in calls):
         return None
@@ -162,13 +198,21 @@ def _split_tagged(
             segments.append(text[pos:])
             break
         segments.append(text[pos:start])
+        if len(calls) >= MAX_TOOL_CALLS:
+            rest = text[start:]
+            calls.append(
+                InvalidToolCall(
+                    new_tool_call_id(), None, rest[:200], f"more than {MAX_TOOL_CALLS} tool calls; the rest is not read"
+                )
+            )
+            break
         body_start = start + len(TOOL_CALL_OPEN)
         close = text.find(TOOL_CALL_CLOSE, body_start)
         block_end = len(text) if close < 0 else close + len(TOOL_CALL_CLOSE)
         body = text[body_start : block_end if close < 0 else close]
         stripped = body.lstrip()
         try:
-            obj, end = _DECODER.raw_decode(stripped)
+            obj, end = _raw_decode(stripped)
         except json.JSONDecodeError as exc:
             calls.append(
                 InvalidToolCall(
@@ -215,10 +259,23 @@ def parse_tool_calls(
         bare = _bare_calls(text, tool_names)
         if bare is not None:
             calls, segments = bare, []
+    calls = _with_unique_ids(calls)
     valid = [c for c in calls if isinstance(c, ParsedToolCall)]
     invalid = [c for c in calls if isinstance(c, InvalidToolCall)]
     content = "".join(segments).strip() if calls else text.strip()
     return valid, invalid, content
+
+
+def _with_unique_ids(calls: Sequence[ParsedToolCall | InvalidToolCall]) -> list[ParsedToolCall | InvalidToolCall]:
+    """A repeated model-chosen id would pair two results with one call: later repeats get fresh ids."""
+    seen: set[str] = set()
+    out: list[ParsedToolCall | InvalidToolCall] = []
+    for call in calls:
+        if call.id in seen:
+            call = dataclasses.replace(call, id=new_tool_call_id())
+        seen.add(call.id)
+        out.append(call)
+    return out
 
 
 def resolve_tool_name(generated: str, names: Sequence[str]) -> str:
