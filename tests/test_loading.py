@@ -1,18 +1,28 @@
 """Tests for swift_engine.loading, against the real embedded model and real tiny checkpoints.
 
 The embedded GGUF conversion costs ~20 s, so it happens exactly once per session (module-scoped
-fixture); every other embedded-model test reuses that conversion cache. Network access is blocked
-for every test, which is how "never downloads" is checked.
+fixture); every other embedded-model test reuses that conversion cache. The conversion cache's
+failure modes (damaged entries, unwritable or full disks, concurrent writers) are tested on a tiny
+GGUF written by the tests themselves, which converts in well under a second. Network access is
+blocked for every test, which is how "never downloads" is checked.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import importlib.util
 import json
+import logging
+import os
 import pathlib
+import shutil
 import socket
+import stat
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -267,9 +277,6 @@ def test_fingerprint_distinguishes_weights_not_names(tmp_path: pathlib.Path) -> 
 
 
 def test_fingerprint_is_deterministic_across_processes(tmp_path: pathlib.Path) -> None:
-    import subprocess
-    import sys
-
     _save_tiny(tmp_path / "m", seed=3)
     code = (
         "import sys; from swift_engine.loading import load_model, model_fingerprint; "
@@ -414,3 +421,376 @@ def test_resolve_device_rejects(bad: str) -> None:
 def test_resolve_device_cuda_unavailable() -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+# --------------------------------------------------------------------------------------------------
+# GGUF conversion cache robustness, on a tiny GGUF written here (converts in well under a second)
+# --------------------------------------------------------------------------------------------------
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's byte -> printable character table: the base vocabulary of a byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b if b in printable else next(extra)) for b in range(256)]
+
+
+def _write_tiny_gguf(path: pathlib.Path, seed: int) -> pathlib.Path:
+    """A 2-layer llama GGUF with a byte-level BPE tokenizer (~150 kB), F32 tensors.
+
+    Every seed gives a file of the same size (same metadata and shapes), which is what the
+    "same size and mtime, different content" test needs.
+    """
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    hidden, ffn, layers, heads, kv_heads = 32, 64, 2, 4, 2
+    tokens = ["<unk>", "<s>", "</s>", *_byte_level_alphabet(), "Ġt", "he", "Ġthe"]
+    vocab = len(tokens)
+
+    def weight(*shape: int) -> Any:
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny")
+    writer.add_block_count(layers)
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * (vocab - 3))
+    writer.add_token_merges(["Ġ t", "h e", "Ġt he"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(False)
+    writer.add_tensor("token_embd.weight", weight(vocab, hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    writer.add_tensor("output.weight", weight(vocab, hidden))
+    kv_dim = kv_heads * (hidden // heads)
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(hidden, hidden))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(kv_dim, hidden))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(kv_dim, hidden))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(hidden, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(ffn, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(ffn, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(hidden, ffn))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+class TinyCache:
+    """A tiny GGUF and a pristine conversion cache holding its one entry (never modified by tests)."""
+
+    def __init__(self, gguf: pathlib.Path, cache_dir: pathlib.Path, entry: pathlib.Path, loaded: LoadedModel):
+        self.gguf = gguf
+        self.cache_dir = cache_dir
+        self.entry = entry
+        self.loaded = loaded
+
+    def copy_cache(self, dest: pathlib.Path) -> pathlib.Path:
+        """A private copy of the pristine cache for a test to damage; returns the copied entry."""
+        shutil.copytree(self.cache_dir, dest)
+        return dest / "models" / self.entry.name
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyCache:
+    root = tmp_path_factory.mktemp("tiny-gguf")
+    gguf = _write_tiny_gguf(root / "src" / "tiny.gguf", seed=0)
+    cache_dir = root / "pristine-cache"
+    loaded = load_model(gguf, cache_dir=cache_dir, device="cpu")
+    assert loaded.source == str(gguf)
+    (entry,) = _cache_entries(cache_dir)
+    return TinyCache(gguf, cache_dir, entry, loaded)
+
+
+def _hidden_dirs(cache_dir: pathlib.Path) -> list[str]:
+    """Temp/trash folders left in the models folder (they are hidden)."""
+    models = cache_dir / "models"
+    return sorted(p.name for p in models.iterdir() if p.is_dir() and p.name.startswith(".")) if models.exists() else []
+
+
+def _cache_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == loading.__name__ and r.levelno == logging.WARNING]
+
+
+def _tiny_logits(loaded: LoadedModel) -> torch.Tensor:
+    ids = torch.tensor([[3, 80, 120, 260, 261]])
+    with torch.no_grad():
+        return loaded.model(ids).logits.float()
+
+
+def test_tiny_gguf_entry_records_digest_and_sizes(tiny: TinyCache) -> None:
+    info = json.loads((tiny.entry / "swift_cache_info.json").read_text())
+    digest = hashlib.sha256(tiny.gguf.read_bytes()).hexdigest()
+    assert info["gguf_sha256"] == digest
+    assert info["files"]["model.safetensors"] == (tiny.entry / "model.safetensors").stat().st_size
+    assert {"config.json", "tokenizer.json"} <= set(info["files"])
+    assert _hidden_dirs(tiny.cache_dir) == []
+    hit = load_model(tiny.gguf, cache_dir=tiny.cache_dir, device="cpu")
+    assert hit.source == str(tiny.entry)
+    assert torch.allclose(_tiny_logits(hit), _tiny_logits(tiny.loaded), atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores file modes")
+@pytest.mark.parametrize("read_only", ["models_dir", "cache_dir"])
+def test_read_only_cache_dir_still_loads(
+    tiny: TinyCache, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, read_only: str
+) -> None:
+    cache_dir = tmp_path / "cache"
+    (cache_dir / "models").mkdir(parents=True)
+    locked = cache_dir / "models" if read_only == "models_dir" else cache_dir
+    if read_only == "cache_dir":
+        (cache_dir / "models").rmdir()
+    locked.chmod(0o555)
+    try:
+        loaded = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    finally:
+        locked.chmod(0o755)
+    assert loaded.source == str(tiny.gguf)
+    assert torch.allclose(_tiny_logits(loaded), _tiny_logits(tiny.loaded), atol=1e-6)
+    assert any("Could not save the conversion" in m for m in _cache_warnings(caplog))
+    assert not (cache_dir / "models").exists() or list((cache_dir / "models").iterdir()) == []
+
+
+def test_read_only_filesystem_still_loads(
+    tiny: TinyCache, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EROFS stops root too, so this variant runs everywhere: no folder can be created in the cache."""
+    models = tmp_path / "cache" / "models"
+    models.mkdir(parents=True)
+    real_mkdir = os.mkdir
+
+    def read_only_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if pathlib.Path(path).parent == models:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    loaded = load_model(tiny.gguf, cache_dir=tmp_path / "cache", device="cpu")
+    assert loaded.source == str(tiny.gguf)
+    assert torch.allclose(_tiny_logits(loaded), _tiny_logits(tiny.loaded), atol=1e-6)
+    assert any("Read-only file system" in m for m in _cache_warnings(caplog))
+    assert _cache_entries(tmp_path / "cache") == [] and _hidden_dirs(tmp_path / "cache") == []
+
+
+def _disk_full_oserror() -> Exception:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def _disk_full_safetensors() -> Exception:
+    from safetensors import SafetensorError
+
+    return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("make_error", [_disk_full_oserror, _disk_full_safetensors], ids=["OSError", "SafetensorError"])
+def test_disk_full_during_cache_write_still_loads(
+    tiny: TinyCache,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    make_error: Callable[[], Exception],
+) -> None:
+    """The weights writer fails half-way (as safetensors does on ENOSPC): no partial entry or temp folder stays."""
+    import transformers.modeling_utils
+
+    def disk_full(tensors: Any, filename: str, metadata: Any = None) -> None:
+        pathlib.Path(filename).write_bytes(b"\0" * 1024)  # what made it to disk before the disk filled up
+        raise make_error()
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    cache_dir = tmp_path / "cache"
+    loaded = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    assert loaded.source == str(tiny.gguf)
+    assert torch.allclose(_tiny_logits(loaded), _tiny_logits(tiny.loaded), atol=1e-6)
+    assert any("No space left on device" in m for m in _cache_warnings(caplog))
+    assert [p for p in (cache_dir / "models").iterdir() if p.is_dir()] == []
+
+
+def _truncate_weights(entry: pathlib.Path) -> None:
+    weights = entry / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _wrong_digest(entry: pathlib.Path) -> None:
+    info_path = entry / "swift_cache_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info["gguf_sha256"] = "0" * 64
+    info_path.write_text(json.dumps(info))
+
+
+def _no_info_file(entry: pathlib.Path) -> None:
+    (entry / "swift_cache_info.json").unlink(missing_ok=True)
+
+
+def _no_tokenizer(entry: pathlib.Path) -> None:
+    (entry / "tokenizer.json").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate_weights, _wrong_digest, _no_info_file, _no_tokenizer])
+def test_damaged_entry_is_reconverted_not_trusted(
+    tiny: TinyCache, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, damage: Callable[[pathlib.Path], None]
+) -> None:
+    cache_dir = tmp_path / "cache"
+    entry = tiny.copy_cache(cache_dir)
+    damage(entry)
+    loaded = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    assert loaded.source == str(tiny.gguf)  # converted again, not loaded from the damaged entry
+    assert torch.allclose(_tiny_logits(loaded), _tiny_logits(tiny.loaded), atol=1e-6)
+    assert any("Ignoring the cached conversion" in m for m in _cache_warnings(caplog))
+    # The damaged entry was replaced by a good one, which the next load uses.
+    assert _cache_entries(cache_dir) == [entry] and _hidden_dirs(cache_dir) == []
+    assert load_model(tiny.gguf, cache_dir=cache_dir, device="cpu").source == str(entry)
+
+
+def test_cache_key_is_content_not_path_or_mtime(tiny: TinyCache, tmp_path: pathlib.Path) -> None:
+    cache_dir = tmp_path / "cache"
+    entry = tiny.copy_cache(cache_dir)
+    copy = tmp_path / "elsewhere" / "renamed.gguf"
+    copy.parent.mkdir()
+    shutil.copyfile(tiny.gguf, copy)  # same bytes, another path and mtime
+    assert load_model(copy, cache_dir=cache_dir, device="cpu").source == str(entry)
+    later = copy.stat().st_mtime_ns + 3_600 * 10**9
+    os.utime(copy, ns=(later, later))  # touched, content unchanged
+    assert load_model(copy, cache_dir=cache_dir, device="cpu").source == str(entry)
+    assert _cache_entries(cache_dir) == [entry]
+
+
+def test_different_content_with_same_size_and_mtime_is_a_miss(tmp_path: pathlib.Path) -> None:
+    gguf = _write_tiny_gguf(tmp_path / "model.gguf", seed=0)
+    cache_dir = tmp_path / "cache"
+    first = load_model(gguf, cache_dir=cache_dir, device="cpu")
+    assert first.source == str(gguf)
+    before = gguf.stat()
+    _write_tiny_gguf(gguf, seed=1)  # other weights, same path, same size ...
+    os.utime(gguf, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and the old mtime (cp -p, rsync -t)
+    assert gguf.stat().st_size == before.st_size and gguf.stat().st_mtime_ns == before.st_mtime_ns
+    second = load_model(gguf, cache_dir=cache_dir, device="cpu")
+    assert second.source == str(gguf)  # converted, not served the old weights
+    assert not torch.allclose(_tiny_logits(first), _tiny_logits(second))
+    assert len(_cache_entries(cache_dir)) == 2
+
+
+def test_losing_the_rename_race_keeps_the_winners_entry(
+    tiny: TinyCache, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer publishes the same conversion while this process converts: ours is dropped, the load succeeds."""
+    cache_dir = tmp_path / "cache"
+    models = cache_dir / "models"
+    models.mkdir(parents=True)
+    winner = models / tiny.entry.name
+    real_convert = loading._load_gguf_direct
+
+    def convert_while_a_peer_publishes(path: pathlib.Path, attn_implementation: str) -> tuple[Any, Any]:
+        result = real_convert(path, attn_implementation)
+        shutil.copytree(tiny.entry, winner)
+        return result
+
+    monkeypatch.setattr(loading, "_load_gguf_direct", convert_while_a_peer_publishes)
+    loaded = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    assert loaded.source == str(tiny.gguf)
+    assert torch.allclose(_tiny_logits(loaded), _tiny_logits(tiny.loaded), atol=1e-6)
+    assert _cache_entries(cache_dir) == [winner] and _hidden_dirs(cache_dir) == []
+    # The winner's entry is untouched (not replaced by ours) and valid.
+    assert (winner / "swift_cache_info.json").read_text() == (tiny.entry / "swift_cache_info.json").read_text()
+    assert load_model(tiny.gguf, cache_dir=cache_dir, device="cpu").source == str(winner)
+
+
+_RACE_SCRIPT = """
+import pathlib, sys, time
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # imported before the start signal
+from swift_engine.loading import load_model
+
+gguf, cache_dir, ready, go = sys.argv[1:5]
+pathlib.Path(ready).touch()
+deadline = time.monotonic() + 300
+while not pathlib.Path(go).exists():
+    if time.monotonic() > deadline:
+        sys.exit("no start signal")
+    time.sleep(0.005)
+print("SOURCE", load_model(gguf, cache_dir=cache_dir, device="cpu").source)
+"""
+
+
+def test_two_processes_converting_at_once(tiny: TinyCache, tmp_path: pathlib.Path) -> None:
+    """Both succeed and leave exactly one complete entry and no temp folder.
+
+    The second process reaches the GGUF through a copy in another folder: the same weights must
+    still end up in one entry.
+    """
+    copy = tmp_path / "copy" / "tiny-copy.gguf"
+    copy.parent.mkdir()
+    shutil.copyfile(tiny.gguf, copy)
+    cache_dir = tmp_path / "cache"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    go = tmp_path / "go"
+    procs = []
+    for i, gguf in enumerate([tiny.gguf, copy]):
+        args = [sys.executable, "-c", _RACE_SCRIPT, str(gguf), str(cache_dir), str(tmp_path / f"ready{i}"), str(go)]
+        procs.append(subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 300
+        while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() < deadline, "subprocesses did not start"
+            time.sleep(0.05)
+        go.touch()
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        assert "SOURCE" in out
+    (entry,) = _cache_entries(cache_dir)
+    assert loading._is_complete_entry(entry, loading._gguf_digest(tiny.gguf))
+    assert _hidden_dirs(cache_dir) == []
+
+
+def test_stale_temp_folders_are_removed(tiny: TinyCache, tmp_path: pathlib.Path) -> None:
+    models = tmp_path / "cache" / "models"
+    stale = models / f".{tiny.entry.name}.tmp-999999-deadbeef"
+    fresh = models / f".{tiny.entry.name}.tmp-999998-cafef00d"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    old = time.time() - 2 * 3600
+    for path in (stale / "model.safetensors", stale):
+        os.utime(path, (old, old))
+    load_model(tiny.gguf, cache_dir=tmp_path / "cache", device="cpu")
+    assert not stale.exists()  # left by a killed process
+    assert fresh.exists()  # may belong to a live writer
+    assert len(_cache_entries(tmp_path / "cache")) == 1
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_cache_files_honour_the_umask(tiny: TinyCache, tmp_path: pathlib.Path) -> None:
+    """A cache shared through SWIFT_CACHE_DIR must be readable by others when the umask says so."""
+    previous = os.umask(0o022)
+    try:
+        load_model(tiny.gguf, cache_dir=tmp_path / "cache", device="cpu")
+    finally:
+        os.umask(previous)
+    (entry,) = _cache_entries(tmp_path / "cache")
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in entry.iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes
