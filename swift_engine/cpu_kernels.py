@@ -16,16 +16,18 @@ that copy fits comfortably in the memory available. Outputs change only by float
 logit difference ~2e-5, checked at start-up), never by which token the full model verifies.
 
 The wrappers are installed per ``nn.Linear`` *instance* and are only active inside
-:meth:`LinearKernels.active`, which the engine's runner enters for its own passes; anything else
-using the same model object (``model.generate``, the benchmark's transformers baseline) runs
-PyTorch's stock path.
+:meth:`LinearKernels.active`, which the engine's runner enters for its own passes; the switch is a
+context variable, so anything else using the same model object at the same time, in another thread
+(``model.generate``, the benchmark's transformers baseline), runs PyTorch's stock path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Literal, TypeGuard, cast
@@ -151,7 +153,9 @@ class LinearKernels:
     """Switches the ``nn.Linear`` layers of one model to oneDNN while an engine pass runs."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._on = False
+        #: whether the calling thread / task is inside :meth:`active`
+        self._on: contextvars.ContextVar[bool] = contextvars.ContextVar(f"swift_onednn_{id(model):x}", default=False)
+        self._pack_lock = threading.Lock()
         self._modules: list[nn.Linear] = [m for m in model.modules() if _eligible(m)]
         #: id(module) -> its weight in oneDNN's blocked layout (filled by :meth:`pack`)
         self._packed: dict[int, torch.Tensor] = {}
@@ -170,8 +174,11 @@ class LinearKernels:
         Like the profiles (keyed by a fingerprint of the weights taken once), the copy assumes the
         weights are frozen while engines use the model: build a new engine after changing them.
         """
-        if self._packed:
-            return
+        with self._pack_lock:  # two engines built at once over one model pack it once
+            if not self._packed:
+                self._pack()
+
+    def _pack(self) -> None:
         t0 = time.perf_counter()
         packed: dict[int, torch.Tensor] = {}
         for module in self._modules:
@@ -194,7 +201,7 @@ class LinearKernels:
         kernels = self
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if kernels._on and not args and not kwargs:
+            if kernels._on.get() and not args and not kwargs:
                 return onednn_linear(x, kernels._packed.get(id(module), module.weight), module.bias)
             return original(x, *args, **kwargs)
 
@@ -203,10 +210,9 @@ class LinearKernels:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        """Run the model's linears through oneDNN inside this block; callers serialize model use."""
-        prev = self._on
-        self._on = True
+        """Run the model's linears through oneDNN inside this block, in this thread / task only."""
+        token = self._on.set(True)
         try:
             yield
         finally:
-            self._on = prev
+            self._on.reset(token)

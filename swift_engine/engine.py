@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from .attach import model_lock
 from .config import SwiftConfig
 from .constraints import Constraint, GrammarCache, GrammarState
 from .costs import CostModel, cost_file, load_or_measure
@@ -26,6 +26,7 @@ from .drafters import Drafter, DraftHead, Proposal, drafters_for_call, propose
 from .kv_cache import SwiftKVCache
 from .layer_skip import default_skip_set
 from .profile_store import ProfileStore
+from .prompting import template_ids
 from .request import GenerationRequest
 from .results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 from .runner import ModelRunner
@@ -51,8 +52,12 @@ _PREFILL_CHUNK = 512
 class SwiftEngine:
     """SWIFT self-speculative decoding over a Hugging Face causal LM.
 
-    Thread-safe: generations on one engine are serialized by a lock (they share the model's
-    layer-skip switches; on CPU two concurrent forwards would only contend for the same cores).
+    Thread-safe, and safe next to anything else using the same model object: engines over one
+    model take turns through the model's lock (:func:`~swift_engine.attach.model_lock`), one
+    decode step at a time, and which layers a pass skips is private to that pass (a context
+    variable, see :mod:`~swift_engine.layer_skip`). A stream holds the lock only while it computes
+    its next chunk, never while the caller holds it: a stream left unread blocks nobody, and
+    streams read in turn (even of one step key, in one thread) each decode exactly as alone.
     """
 
     def __init__(
@@ -71,7 +76,8 @@ class SwiftEngine:
         #: where the weights were read from (a folder, a ``.gguf`` file, a hub snapshot); set by from_pretrained
         self.source: str | None = None
         self.runner = ModelRunner(model, self.config.cpu_kernels)
-        self._lock = threading.RLock()
+        #: shared by every engine over this model (see the class docstring)
+        self._lock = model_lock(model)
         n = self.runner.num_layers
         if self.config.skip_attention is not None or self.config.skip_mlp is not None:
             att, mlp = list(self.config.skip_attention or ()), list(self.config.skip_mlp or ())
@@ -159,7 +165,13 @@ class SwiftEngine:
 
     # -- prompts -------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of a string, a list of chat messages (chat template applied), or ids."""
+        """Token ids of a string, a list of chat messages (chat template applied), or ids.
+
+        A string is the model's input verbatim, special-token spellings included (a prompt already
+        rendered by its owner). Messages are rendered by the chat template, and only the template
+        makes special tokens: content that spells ``<|im_end|>`` stays text
+        (:func:`~swift_engine.prompting.template_ids`). Untrusted text belongs in messages.
+        """
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty")
@@ -174,8 +186,13 @@ class SwiftEngine:
             for m in messages:
                 if "role" not in m or "content" not in m:
                     raise ValueError(f"chat messages need 'role' and 'content', got keys {sorted(m)}")
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            tokenizer = self.tokenizer
+
+            def render(msgs: list[dict[str, Any]]) -> str:
+                return str(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+
+            # special tokens come from the template only, never from a message's content
+            _, ids = template_ids(tokenizer, list(messages), render)
         elif isinstance(prompt, Sequence) and len(prompt) > 0 and all(isinstance(t, int) for t in prompt):
             ids = list(prompt)
             bad = [t for t in ids if not 0 <= t < self.runner.vocab_size]
@@ -247,63 +264,80 @@ class SwiftEngine:
         return self._grammars
 
     def _stream(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
-        """Run one request under the engine's lock: decode, cut at EOS / stop strings, report."""
-        with self._lock:
-            call_start = time.perf_counter()
-            if self.runner.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.runner.device)
-            session = self._session(request.step_key, request.speculative)
-            stats = GenerationStats(prompt_tokens=len(request.prompt_ids), step_key=request.step_key)
-            max_new_tokens = request.max_new_tokens
-            ctx = self.runner.context_length
-            if ctx is not None:
-                max_new_tokens = min(max_new_tokens, ctx - len(request.prompt_ids))
-            generator = None
-            if not request.sampling.greedy:
-                generator = torch.Generator(device=self.runner.device)
-                seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
-                generator.manual_seed(seed)
-            grammar = request.grammar
-            text = TextStream(self.tokenizer, request.stops)
-            out: list[int] = []
-            finish: FinishReason = "length"
-            drafters: list[Drafter] = []
-            for new in self._decode(request, max_new_tokens, generator, session, drafters, stats):
-                # token by token, so the reply ends at the token that completed a stop string or EOS
-                # however many tokens the verification step accepted at once (plain decoding's cut)
-                emit: list[int] = []
-                delta = ""
-                for tok in new:
-                    emit.append(tok)
-                    if tok in self.eos_ids:
-                        finish = "eos"
-                        break
-                    delta += text.push([tok])
-                    if text.stopped_at is not None:
-                        finish = "stop"
-                        break
-                out.extend(emit)
-                if delta or emit:
-                    yield StreamChunk(text=delta, token_ids=emit)
-                if finish != "length" or len(out) >= max_new_tokens:
+        """Run one request, holding the model's lock while each chunk is computed and only then.
+
+        A caller that stops reading (or drops the stream) keeps nothing locked; closing the stream
+        ends the call without writing its profile.
+        """
+        work = self._run(request)
+        try:
+            while True:
+                with self._lock:
+                    chunk = next(work, None)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            with self._lock:
+                work.close()
+
+    def _run(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
+        """One request: decode, cut at EOS / stop strings, report (callers hold the lock per chunk)."""
+        call_start = time.perf_counter()
+        if self.runner.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.runner.device)
+        session = self._session(request.step_key, request.speculative)
+        stats = GenerationStats(prompt_tokens=len(request.prompt_ids), step_key=request.step_key)
+        max_new_tokens = request.max_new_tokens
+        ctx = self.runner.context_length
+        if ctx is not None:
+            max_new_tokens = min(max_new_tokens, ctx - len(request.prompt_ids))
+        generator = None
+        if not request.sampling.greedy:
+            generator = torch.Generator(device=self.runner.device)
+            seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
+            generator.manual_seed(seed)
+        grammar = request.grammar
+        text = TextStream(self.tokenizer, request.stops)
+        out: list[int] = []
+        finish: FinishReason = "length"
+        drafters: list[Drafter] = []
+        for new in self._decode(request, max_new_tokens, generator, session, drafters, stats):
+            # token by token, so the reply ends at the token that completed a stop string or EOS
+            # however many tokens the verification step accepted at once (plain decoding's cut)
+            emit: list[int] = []
+            delta = ""
+            for tok in new:
+                emit.append(tok)
+                if tok in self.eos_ids:
+                    finish = "eos"
                     break
-            if grammar is not None and finish == "length":
-                closing = grammar.close(self.grammars.closing_vocab())
-                if closing:
-                    out.extend(closing)
-                    stats.grammar_closing_tokens = len(closing)
-                    yield StreamChunk(text=text.push(closing), token_ids=closing)
-            tail = text.flush()
-            if tail:
-                yield StreamChunk(text=tail)
-            stats.new_tokens = len(out)
-            kept = {d.profile_key: d.profile_state() for d in drafters if d.profile_key is not None}
-            session.close(self._profiles, request.step_key, stats, len(out), kept)
-            stats.wall_time_s = time.perf_counter() - call_start
-            if self.runner.device.type == "cuda":
-                stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.runner.device))
-            result = GenerationResult(text=text.final_text, token_ids=out, finish_reason=finish, stats=stats.finalize())
-            yield StreamChunk(result=result)
+                delta += text.push([tok])
+                if text.stopped_at is not None:
+                    finish = "stop"
+                    break
+            out.extend(emit)
+            if delta or emit:
+                yield StreamChunk(text=delta, token_ids=emit)
+            if finish != "length" or len(out) >= max_new_tokens:
+                break
+        if grammar is not None and finish == "length":
+            closing = grammar.close(self.grammars.closing_vocab())
+            if closing:
+                out.extend(closing)
+                stats.grammar_closing_tokens = len(closing)
+                yield StreamChunk(text=text.push(closing), token_ids=closing)
+        tail = text.flush()
+        if tail:
+            yield StreamChunk(text=tail)
+        stats.new_tokens = len(out)
+        kept = {d.profile_key: d.profile_state() for d in drafters if d.profile_key is not None}
+        session.close(self._profiles, request.step_key, stats, len(out), kept)
+        stats.wall_time_s = time.perf_counter() - call_start
+        if self.runner.device.type == "cuda":
+            stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.runner.device))
+        result = GenerationResult(text=text.final_text, token_ids=out, finish_reason=finish, stats=stats.finalize())
+        yield StreamChunk(result=result)
 
     # -- the decode loop --------------------------------------------------------------------
     def _decode(

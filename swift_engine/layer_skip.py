@@ -4,14 +4,18 @@ SWIFT's draft model is the target model with some sublayers turned into the iden
 residual block ``h = h + f(norm(h))``, the identity is ``f(.) = 0``; post-norms applied to ``f``'s
 output (Gemma2/3) map zero to zero, so returning zeros is exact for every architecture supported
 here. We wrap the ``forward`` of each sublayer *instance* (not the class), so nothing changes for
-other models in the process and the weights' ``state_dict`` keys stay the same. Which sublayers are
-skipped is read from the :class:`LayerSkipper` that owns the wrappers, set only inside
-:meth:`LayerSkipper.skipping`.
+other models in the process and the weights' ``state_dict`` keys stay the same.
+
+Which sublayers are skipped is *per-call context*, not a switch on the shared model: it lives in a
+context variable set only inside :meth:`LayerSkipper.skipping`, so it is private to the thread (and
+asyncio task) that set it. Another engine, or ``model.generate`` in another thread, running the
+same model at the same moment computes with every layer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -69,8 +73,10 @@ class LayerSkipper:
                     raise UnsupportedArchitectureError(
                         f"{model_type}: decoder layer {i} has no `{attr}` sublayer to skip"
                     )
-        self._attention: frozenset[int] = frozenset()
-        self._mlp: frozenset[int] = frozenset()
+        #: (skipped attention, skipped MLP) of the calling context; empty outside :meth:`skipping`
+        self._active: contextvars.ContextVar[tuple[frozenset[int], frozenset[int]]] = contextvars.ContextVar(
+            f"swift_skip_{id(model):x}", default=(frozenset(), frozenset())
+        )
         for i, layer in enumerate(self.layers):
             # both checked to be nn.Module above
             self._wrap(cast(nn.Module, layer.self_attn), i, attention=True)
@@ -101,7 +107,7 @@ class LayerSkipper:
         skipper = self
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            skipped = skipper._attention if attention else skipper._mlp
+            skipped = skipper._active.get()[0 if attention else 1]
             if index in skipped:
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
                 zeros = torch.zeros_like(hidden)
@@ -112,13 +118,16 @@ class LayerSkipper:
 
     @contextlib.contextmanager
     def skipping(self, attention: frozenset[int] | set[int], mlp: frozenset[int] | set[int]) -> Iterator[None]:
-        """Run the model with these sublayers skipped. Callers serialize model use (engine lock)."""
-        prev = (self._attention, self._mlp)
-        self._attention, self._mlp = frozenset(attention), frozenset(mlp)
+        """Run the model with these sublayers skipped, in this thread / task only.
+
+        Must not span a ``yield`` to code outside the engine: the setting belongs to the context
+        that entered the block.
+        """
+        token = self._active.set((frozenset(attention), frozenset(mlp)))
         try:
             yield
         finally:
-            self._attention, self._mlp = prev
+            self._active.reset(token)
 
 
 def default_skip_set(num_layers: int, ratio: float) -> tuple[list[int], list[int]]:

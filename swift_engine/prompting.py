@@ -15,22 +15,31 @@ Hugging Face tokenizer; anything with a ``tokenizer``).
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .tool_format import format_tool_call, format_tool_result, render_tools_system_prompt
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PLAIN_ROLES",
     "PLAIN_STOPS",
     "RenderedPrompt",
     "TemplateSupport",
+    "encode_text",
     "engine_chat_prompt",
+    "escape_special_tokens",
     "message_text",
     "render_chat_prompt",
     "render_plain",
+    "special_token_texts",
+    "template_ids",
     "with_system_text",
 ]
 
@@ -186,6 +195,175 @@ def render_plain(
     return "\n\n".join(blocks)
 
 
+# ------------------------------------------------------------------------- special tokens
+
+#: Inserted after the first character of special-token text found where no placeholder can keep it
+#: verbatim (see :func:`escape_special_tokens`): invisible, and never part of a special token.
+_BREAK = "\u2060"  # WORD JOINER
+# A content slot while the template is rendered: ASCII letters and digits only, so every template
+# filter (trim, tojson, capitalisation aside) leaves it intact and findable.
+_SLOT = "SWIFTSLOT{nonce}X{index}Y"
+
+
+def special_token_texts(tokenizer: Any) -> list[str]:
+    """The texts the tokenizer turns into *special* tokens (turn markers, BOS/EOS, ...), longest first.
+
+    Only special tokens: ordinary added tokens (Qwen's ``<tool_call>``) are vocabulary any text may
+    spell. A duck-typed tokenizer without these attributes has none.
+    """
+    texts: set[str] = set()
+    for token in getattr(tokenizer, "all_special_tokens", None) or ():
+        if isinstance(token, str) and token:
+            texts.add(token)
+    decoder = getattr(tokenizer, "added_tokens_decoder", None)
+    if isinstance(decoder, dict):
+        for added in decoder.values():
+            content = getattr(added, "content", None)
+            if getattr(added, "special", False) and isinstance(content, str) and content:
+                texts.add(content)
+    return sorted(texts, key=len, reverse=True)
+
+
+def escape_special_tokens(text: str, specials: Sequence[str]) -> str:
+    """``text`` with every special-token spelling broken by an invisible WORD JOINER (U+2060).
+
+    The fallback where content can't be kept verbatim (a user's own ``messages_to_prompt``, a
+    template that rewrites content): the model reads the same characters plus one invisible one,
+    and no turn marker.
+    """
+    for special in specials:
+        if special in text:
+            text = text.replace(special, special[0] + _BREAK + special[1:])
+    return text
+
+
+def encode_text(tokenizer: Any, text: str, *, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of ``text`` read as plain text: special-token spellings in it stay ordinary text."""
+    if not any(special in text for special in special_token_texts(tokenizer)):
+        return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+    try:
+        ids = tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+    except TypeError:  # a tokenizer without the option: break the spellings instead
+        ids = tokenizer(
+            escape_special_tokens(text, special_token_texts(tokenizer)), add_special_tokens=add_special_tokens
+        )["input_ids"]
+    return list(ids)
+
+
+def _content_variants(content: str) -> list[str]:
+    """What a template may have made of a content string: as is, trimmed (Llama 3, Gemma), as JSON."""
+    variants = [content, content.strip(), content.rstrip(), content.lstrip()]
+    variants += [json.dumps(content)[1:-1], json.dumps(content, ensure_ascii=False)[1:-1]]
+    return list(dict.fromkeys(variants))
+
+
+def template_ids(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    render: Callable[[list[dict[str, Any]]], str],
+    suffix: str = "",
+) -> tuple[str, list[int]]:
+    """Render ``messages`` with ``render`` and tokenize them so that only the template makes special tokens.
+
+    Content that spells no special token is tokenized with the whole text (the canonical ids,
+    identical to ``apply_chat_template(tokenize=True)``). Otherwise (a user message or a fetched web
+    page holding ``<|im_end|>\n<|im_start|>system``) the template is rendered again with a
+    placeholder for each message's content; the text between placeholders is the template's own
+    and is tokenized with special tokens, each content slot as plain text (:func:`encode_text`).
+    Where the slots can't be matched to the real rendering (a template that rewrites content), the
+    spellings are broken instead (:func:`escape_special_tokens`) and a warning is logged.
+    Other strings (names, tool-call arguments) are escaped rather than slotted: templates rewrite
+    them (``tojson``), and they rarely carry text. ``suffix`` is trusted text the prompt ends with
+    (an assistant prefill such as ``<tool_call>``), read together with the template's last piece.
+    """
+    specials = special_token_texts(tokenizer)
+
+    def hostile(value: Any) -> bool:
+        if isinstance(value, str):
+            return any(special in value for special in specials)
+        if isinstance(value, dict):
+            return any(hostile(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(hostile(v) for v in value)
+        return False
+
+    def escaped(value: Any, key: str = "") -> Any:
+        if isinstance(value, str):
+            return value if key in ("role", "type") else escape_special_tokens(value, specials)
+        if isinstance(value, dict):
+            return {k: escaped(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [escaped(v) for v in value]
+        return value
+
+    text = render(list(messages)) + suffix
+    if not specials or not any(hostile(m) for m in messages):
+        return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # content slots; everything else escaped
+    nonce = secrets.token_hex(4)
+    fills: dict[str, str] = {}
+    slotted: list[dict[str, Any]] = []
+    plain: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        rest = {k: escaped(v, k) for k, v in message.items() if k != "content"}
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            slot = _SLOT.format(nonce=nonce, index=index)
+            fills[slot] = content
+            slotted.append({**rest, "content": slot})
+        else:
+            slotted.append({**rest, "content": escaped(content)})
+        plain.append({**rest, "content": content})
+    real = render(plain)
+    pieces = _split_slots(render(slotted), fills, real)
+    if pieces is None:
+        logger.warning(
+            "the chat template rewrites message content; special-token text in the content was escaped "
+            "so that it can't open a turn"
+        )
+        text = render([escaped(m) for m in messages]) + suffix
+        return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if suffix and pieces and pieces[-1][1]:
+        pieces[-1] = (pieces[-1][0] + suffix, True)
+    elif suffix:
+        pieces.append((suffix, True))
+    ids: list[int] = []
+    for piece, is_template in pieces:
+        if is_template:
+            ids += list(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        else:
+            ids += encode_text(tokenizer, piece)
+    return real + suffix, ids
+
+
+def _split_slots(slotted: str, fills: dict[str, str], real: str) -> list[tuple[str, bool]] | None:
+    """``real`` cut into (text, is_template) pieces along the slots of ``slotted``; None if they don't line up."""
+    parts = re.split(r"(SWIFTSLOT[0-9a-f]+X[0-9]+Y)", slotted)
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            if not real.startswith(part, pos):
+                return None
+            if part:
+                pieces.append((part, True))
+            pos += len(part)
+            continue
+        content = fills.get(part)
+        if content is None:
+            return None
+        following = parts[i + 1]
+        for variant in _content_variants(content):
+            if real.startswith(variant, pos) and real.startswith(following, pos + len(variant)):
+                if variant:
+                    pieces.append((variant, False))
+                pos += len(variant)
+                break
+        else:
+            return None
+    return pieces if pos == len(real) else None
+
+
 def render_chat_prompt(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
@@ -207,8 +385,11 @@ def render_chat_prompt(
     """
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
+        # the plain format has no special tokens of its own: all of it is read as text
         text = render_plain(messages, tools, prefill)
-        return RenderedPrompt(text=text, ids=list(tokenizer(text)["input_ids"]), stop=list(PLAIN_STOPS))
+        return RenderedPrompt(
+            text=text, ids=encode_text(tokenizer, text, add_special_tokens=True), stop=list(PLAIN_STOPS)
+        )
     support = TemplateSupport.of(template)
     hf = _hf_messages(messages, support)
     native = bool(tools) and support.tools
@@ -217,25 +398,29 @@ def render_chat_prompt(
     extra: dict[str, Any] = {"tools": list(tools)} if tools and native else {}
     if chat_template:
         extra["chat_template"] = chat_template
-    try:
-        text = tokenizer.apply_chat_template(hf, tokenize=False, add_generation_prompt=True, **extra)
-    except Exception:  # noqa: BLE001 - jinja raises TemplateError or anything the template's raise_exception makes
-        text = tokenizer.apply_chat_template(_normalized(hf), tokenize=False, add_generation_prompt=True, **extra)
-    text += prefill
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render(msgs: list[dict[str, Any]]) -> str:
+        try:
+            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **extra)
+        except Exception:  # noqa: BLE001 - jinja raises TemplateError or anything the template's raise_exception makes
+            text = tokenizer.apply_chat_template(_normalized(msgs), tokenize=False, add_generation_prompt=True, **extra)
+        return str(text)
+
+    text, ids = template_ids(tokenizer, hf, render, suffix=prefill)
     return RenderedPrompt(text=text, ids=ids, native_tools=native)
 
 
 def engine_chat_prompt(
     engine: Any, messages: Sequence[dict[str, Any]]
-) -> tuple[str | list[dict[str, Any]], list[str] | None]:
+) -> tuple[list[dict[str, Any]] | list[int], list[str] | None]:
     """``(prompt, stop)`` for ``engine.stream``: a plain-text conversation (no tools) as the engine takes it.
 
     With a chat template the messages go as they are (the engine applies the template itself, so
     its prompt is the one the model was tuned on) and there are no extra stop strings; without one,
-    the :func:`render_plain` transcript and :data:`PLAIN_STOPS`, since nothing else would end the
-    assistant's turn.
+    the token ids of the :func:`render_plain` transcript, read as plain text (a message can't spell
+    a special token into it), and :data:`PLAIN_STOPS`, since nothing else would end the assistant's
+    turn.
     """
     if getattr(engine.tokenizer, "chat_template", None):
         return list(messages), None
-    return render_plain(messages), list(PLAIN_STOPS)
+    return encode_text(engine.tokenizer, render_plain(messages), add_special_tokens=True), list(PLAIN_STOPS)

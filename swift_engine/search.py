@@ -10,6 +10,7 @@ ratios (and sometimes not at all: then the step decodes plainly).
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -335,7 +336,10 @@ class SearchSession:
         A step that converged to plain decoding stays plain, but every ``reprobe_every_calls``-th
         call looks again (the step's content may have changed).
         """
-        state, record = profiles.checkout(step_key)
+        shared, record = profiles.checkout(step_key)
+        # the call searches on its own copy: two calls of one step may run interleaved (two
+        # streams read in turn), and each commits what it learned through the store's merge
+        state = copy.deepcopy(shared)
         probing = False
         if record.plain and state.converged:
             since = int(record.extra.get("calls_since_probe", 0)) + 1

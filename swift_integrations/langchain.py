@@ -71,7 +71,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from swift_engine.config import SwiftConfig
-from swift_engine.prompting import RenderedPrompt, render_chat_prompt, with_system_text
+from swift_engine.prompting import RenderedPrompt, encode_text, render_chat_prompt, with_system_text
 
 from ._generation import (
     Delta,
@@ -695,14 +695,22 @@ def _invalid_args_text(raw: str | None) -> str:
 class SwiftLLM(_SwiftFields, BaseLLM):
     """A LangChain text-completion LLM (prompt string in, continuation out) with SWIFT decoding.
 
-    The prompt is tokenized as is (no chat template). Statistics are in each generation's
+    The prompt is tokenized as text (no chat template). Statistics are in each generation's
     ``generation_info`` (same keys as :class:`SwiftChatModel`'s ``response_metadata``) and the
     token usage in ``llm_output["token_usage"]``.
+
+    A prompt string is usually a template filled with text from elsewhere (retrieved documents,
+    tool output), so special-token spellings in it stay text by default: a fetched page holding
+    ``<|im_end|>`` can't end a turn. Set ``parse_special_tokens=True`` when your prompts are chat
+    prompts you rendered yourself and their special tokens are meant.
     """
 
     model_config = ConfigDict(
         populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
     )
+
+    parse_special_tokens: bool = False
+    """Read special-token spellings in the prompt as special tokens (only for prompts you trust)."""
 
     @property
     def _llm_type(self) -> str:
@@ -769,9 +777,16 @@ class SwiftLLM(_SwiftFields, BaseLLM):
             sampling=opts["sampling"],
             max_new_tokens=opts["max_new_tokens"],
             stop=list(opts["stop"]),
-            prompt=RenderedPrompt(text=prompt, ids=list(engine.encode_prompt(prompt))),
+            prompt=RenderedPrompt(text=prompt, ids=self._prompt_ids(engine, prompt)),
         )
         return generation_events(call)
+
+    def _prompt_ids(self, engine: Any, prompt: str) -> list[int]:
+        if self.parse_special_tokens:
+            return list(engine.encode_prompt(prompt))
+        ids = encode_text(engine.tokenizer, prompt, add_special_tokens=True)
+        engine.encode_prompt(ids)  # the engine's checks: not empty, fits the context
+        return ids
 
     @staticmethod
     def _generation(final: Final) -> Generation:

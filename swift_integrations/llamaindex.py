@@ -80,7 +80,14 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 
 from swift_engine.config import SwiftConfig
-from swift_engine.prompting import RenderedPrompt, message_text, render_chat_prompt, with_system_text
+from swift_engine.prompting import (
+    RenderedPrompt,
+    escape_special_tokens,
+    message_text,
+    render_chat_prompt,
+    special_token_texts,
+    with_system_text,
+)
 
 from ._generation import (
     Delta,
@@ -250,13 +257,18 @@ def neutral_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def _as_llama_messages(neutral: Sequence[dict[str, Any]]) -> list[ChatMessage]:
+def _as_llama_messages(neutral: Sequence[dict[str, Any]], specials: Sequence[str]) -> list[ChatMessage]:
     """Neutral dicts back to text-only ChatMessages (for a user's ``messages_to_prompt``).
 
     Past tool calls become ``<tool_call>`` text in the assistant message, tool results
-    ``<tool_response>`` text in a ``tool`` message.
+    ``<tool_response>`` text in a ``tool`` message. The user's function writes the turn markers and
+    we read its text with special tokens, so special-token spellings inside the messages are broken
+    first (:func:`~swift_engine.prompting.escape_special_tokens`): content can't open a turn.
     """
-    return [ChatMessage(role=MessageRole(m["role"]), content=message_text(m)) for m in neutral]
+    return [
+        ChatMessage(role=MessageRole(m["role"]), content=escape_special_tokens(message_text(m), specials))
+        for m in neutral
+    ]
 
 
 def _tool_spec(tool: Any) -> dict[str, Any]:
@@ -477,9 +489,16 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             assert spec.prompt is not None
             plan = OutputPlan()
             if spec.formatted or self._custom_completion_to_prompt():
-                prompt = _string_prompt(
-                    engine, spec.prompt if spec.formatted else self.completion_to_prompt(spec.prompt)
+                # ``formatted=True``: the caller's finished prompt, read as is; otherwise the user's
+                # function wraps our prompt in its markers, and the prompt must not add any
+                text = (
+                    spec.prompt
+                    if spec.formatted
+                    else self.completion_to_prompt(
+                        escape_special_tokens(spec.prompt, special_token_texts(engine.tokenizer))
+                    )
                 )
+                prompt = _string_prompt(engine, text)
             else:
                 neutral = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
                     {"role": "user", "content": spec.prompt}
@@ -492,7 +511,8 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             neutral = spec.messages
             if self._custom_messages_to_prompt():
                 msgs = with_system_text(neutral, render_tools_system_prompt(tools)) if tools else neutral
-                prompt = _string_prompt(engine, self.messages_to_prompt(_as_llama_messages(msgs)) + plan.prefill)
+                llama_msgs = _as_llama_messages(msgs, special_token_texts(engine.tokenizer))
+                prompt = _string_prompt(engine, self.messages_to_prompt(llama_msgs) + plan.prefill)
             else:
                 prompt = render_chat_prompt(engine.tokenizer, neutral, tools=tools, prefill=plan.prefill)
         return GenerationCall(

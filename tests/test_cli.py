@@ -216,8 +216,12 @@ def test_models_without_a_chat_template_get_a_plain_transcript() -> None:
     from swift_engine.prompting import engine_chat_prompt as _render
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    prompt, stop = _render(SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)), messages)
-    assert prompt == "System: Be brief.\n\nUser: Hi\n\nAssistant:" and stop == PLAIN_STOPS  # "\nTool:" too
+    from .conftest import CharTokenizer
+
+    tok = CharTokenizer()
+    prompt, stop = _render(SimpleNamespace(tokenizer=tok), messages)
+    # the transcript's token ids, read as plain text (tests/test_prompt_injection.py: no special tokens)
+    assert prompt == tok("System: Be brief.\n\nUser: Hi\n\nAssistant:")["input_ids"] and stop == PLAIN_STOPS
     prompt, stop = _render(SimpleNamespace(tokenizer=SimpleNamespace(chat_template="{{ x }}")), messages)
     assert prompt == messages and stop is None
 

@@ -72,7 +72,7 @@ def test_active_only_inside_engine_passes() -> None:
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     assert kernels.wrapped == len(linears) > 0
     seen: list[bool] = []
-    handle = linears[0].register_forward_hook(lambda *_: seen.append(kernels._on))
+    handle = linears[0].register_forward_hook(lambda *_: seen.append(kernels._on.get()))
     try:
         engine.generate([5, 6, 7, 8], max_new_tokens=6)
         engine_states = list(seen)
