@@ -20,8 +20,8 @@ _EXPORTS = {
     "swift_step": "step_context",
     "current_step": "step_context",
     "ProfileStore": "profile_store",
-    "ProfileRecord": "profile_store",
-    "SkipSet": "profile_store",
+    "ProfileRecord": "profile_records",
+    "SkipSet": "profile_records",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -29,7 +29,8 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .config import SearchConfig, SwiftConfig, TreeConfig
     from .engine import SwiftEngine
-    from .profile_store import ProfileRecord, ProfileStore, SkipSet
+    from .profile_records import ProfileRecord, SkipSet
+    from .profile_store import ProfileStore
     from .results import GenerationResult, GenerationStats, StreamChunk
     from .step_context import current_step, swift_step
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .profile_records import validate_fingerprint
 from .runner import ModelRunner
+from .safe_files import loads_strict_json, read_regular_file, write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +131,57 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CostModel":
-        return cls(
-            verify_s={int(k): float(v) for k, v in d["verify_s"].items()},
-            draft_s_at={float(k): float(v) for k, v in d["draft_s_at"].items()},
-            head_s=float(d["head_s"]),
-        )
+        """Costs from their saved form, validated: a cost file is read from disk, so it is untrusted.
+
+        Raises:
+            ValueError: if a cost is missing, not a positive finite number, or not usable by
+                :meth:`verify` and :meth:`draft` (see :class:`_CostFile`).
+        """
+        try:
+            data = _CostFile.model_validate(d)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if not errors:
+                raise ValueError(f"invalid cost file content: {exc}") from None
+            where = ".".join(str(part) for part in errors[0]["loc"]) or "<root>"
+            raise ValueError(f"invalid cost file content: {where}: {errors[0]['msg']}") from None
+        return cls(verify_s=dict(data.verify_s), draft_s_at=dict(data.draft_s_at), head_s=data.head_s)
+
+
+#: Seconds of one measured pass: positive and finite (a zero or infinite cost breaks every ratio).
+_Seconds = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+#: Largest verification size a cost file may name (a verification tree is at most 512 tokens).
+_MAX_VERIFY_SIZE = 4096
+#: Largest cost file read; a real one is a few hundred bytes.
+_MAX_COST_FILE_BYTES = 64 * 1024
+
+
+class _CostFile(BaseModel):
+    """What a cost file must hold for :class:`CostModel` to work on it mid-generation.
+
+    ``verify_s`` interpolates and extrapolates between sizes, so it needs the one-token cost and at
+    least one more size; ``draft`` interpolates between skip ratios 0 and 0.5.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    verify_s: dict[Annotated[int, Field(ge=1, le=_MAX_VERIFY_SIZE)], _Seconds] = Field(max_length=64)
+    draft_s_at: dict[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)], _Seconds] = Field(max_length=64)
+    head_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+    @field_validator("verify_s")
+    @classmethod
+    def _verify_sizes(cls, value: dict[int, float]) -> dict[int, float]:
+        if 1 not in value or len(value) < 2:
+            raise ValueError(f"needs the cost of 1 token and of at least one more size, got sizes {sorted(value)}")
+        return value
+
+    @field_validator("draft_s_at")
+    @classmethod
+    def _draft_ratios(cls, value: dict[float, float]) -> dict[float, float]:
+        if 0.0 not in value or 0.5 not in value:
+            raise ValueError(f"needs the draft cost at skip ratios 0.0 and 0.5, got {sorted(value)}")
+        return value
 
 
 def _monotone(verify_s: dict[int, float]) -> dict[int, float]:
@@ -208,6 +255,7 @@ def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> Cos
 
 def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
     """Where the measured costs of this model on this device, dtype and thread count are kept."""
+    validate_fingerprint(fingerprint)  # it becomes part of a file name
     dev = f"{runner.device.type}{runner.device.index or 0}"
     dtype = str(runner.dtype).split(".")[-1]
     kernels = "" if runner.kernels == "torch" else f"-{runner.kernels}"
@@ -215,20 +263,31 @@ def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
 
 
 def load_or_measure(path: Path | None, runner: ModelRunner) -> CostModel:
-    """Costs from ``path`` when measured before on this setup, else measured now and saved there."""
-    if path is not None and path.exists():
+    """Costs from ``path`` when measured before on this setup, else measured now and saved there.
+
+    The file is read like a profile record (no symbolic link followed, never blocking on a FIFO, at
+    most 64 KiB) and validated; one that is unusable is measured again and overwritten, because a
+    bad cost file must cost a measurement, never a generation call.
+    """
+    if path is not None:
         try:
-            return CostModel.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring unreadable cost file %s (%s); measuring again", path, exc)
+            return CostModel.from_dict(_loads_cost_file(read_regular_file(path, _MAX_COST_FILE_BYTES)))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unusable cost file %s (%s); measuring again", path, exc)
     model = measure_costs(runner)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".costs-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(model.to_dict(), f)
-            os.replace(tmp, path)
+            # the cost folder lives inside the profile store, whose links are never followed
+            write_file_atomic(path, json.dumps(model.to_dict()).encode("utf-8"), follow_parent_symlink=False)
         except OSError as exc:  # a read-only store must not break generation
             logger.warning("could not save measured costs to %s: %s", path, exc)
     return model
+
+
+def _loads_cost_file(raw: bytes) -> dict[str, Any]:
+    data = loads_strict_json(raw)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    return data

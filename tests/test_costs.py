@@ -44,3 +44,29 @@ def test_real_verification_costs_correct_the_synthetic_ones():
     assert abs(costs.verify(4) - 0.056 * 0.2 / 0.07) < 1e-9
     assert costs.verify(16) == costs._measured(16)  # sizes never seen keep the measurement
     assert costs.verify(1) == 0.056
+
+
+def test_cost_files_that_would_fail_mid_generation_are_rejected_when_loaded():
+    import math
+
+    import pytest
+
+    bad = [
+        {**COSTS, "verify_s": {}},  # _measured() would index an empty list
+        {**COSTS, "verify_s": {"1": 0.05}},  # extrapolation needs two sizes
+        {**COSTS, "verify_s": {"2": 0.05, "4": 0.06}},  # plain_s is verify_s[1]
+        {**COSTS, "verify_s": {**COSTS["verify_s"], "8": math.nan}},
+        {**COSTS, "verify_s": {**COSTS["verify_s"], "8": math.inf}},
+        {**COSTS, "verify_s": {**COSTS["verify_s"], "1": 0.0}},  # a zero cost divides by zero
+        {**COSTS, "verify_s": {**COSTS["verify_s"], "x": 0.1}},
+        {**COSTS, "draft_s_at": {"0.0": 0.056}},  # draft() interpolates to 0.5
+        {**COSTS, "draft_s_at": {"0.0": 0.056, "0.5": -0.01}},
+        {**COSTS, "head_s": -0.001},
+        {**COSTS, "head_s": "fast"},
+        {"verify_s": COSTS["verify_s"], "draft_s_at": COSTS["draft_s_at"]},
+    ]
+    for d in bad:
+        with pytest.raises(ValueError):
+            CostModel.from_dict(d)
+    ok = CostModel.from_dict({**COSTS, "verify_s": {"1": 0.05, "4": 0.07}})
+    assert ok.verify(2) > 0 and ok.verify(64) > 0

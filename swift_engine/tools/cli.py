@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..profile_store import ProfileRecord, ProfileStore, validate_step_key
+from ..profile_records import ProfileRecord, escape_nonprintable, validate_step_key
+from ..profile_store import ProfileStore
 from ..prompting import engine_chat_prompt
 from .bench import BenchCommand
 from .bench import bench as _bench_command
@@ -715,6 +716,16 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _shown(text: str) -> Text:
+    """Text read from a profile, for a terminal: invisible characters escaped, never rich markup.
+
+    Step keys and model names come from files anyone with access to the store may have written:
+    raw escape sequences or bidi overrides could rewrite what the user sees, and a plain string
+    cell would be parsed as rich markup (``[red]``) - so both are neutralised here.
+    """
+    return Text(escape_nonprintable(text))
+
+
 def _profiles_tables(records: list[ProfileRecord]) -> list[Table]:
     """One table per model: each step's skipped sublayers, score, speed-up and search state."""
     from rich import box
@@ -726,7 +737,7 @@ def _profiles_tables(records: list[ProfileRecord]) -> list[Table]:
     for fingerprint, group in by_model.items():
         name = next((r.model_name for r in group if r.model_name), "") or "unknown model"
         table = Table(
-            title=Text.assemble((name, "bold"), "  ", (f"fingerprint {fingerprint}", "dim")),
+            title=Text.assemble((escape_nonprintable(name), "bold"), "  ", (f"fingerprint {fingerprint}", "dim")),
             title_justify="left",
             box=box.SIMPLE_HEAD,
             padding=(0, 1),
@@ -741,7 +752,7 @@ def _profiles_tables(records: list[ProfileRecord]) -> list[Table]:
         table.add_column("Calls", justify="right", no_wrap=True)
         for r in group:
             table.add_row(
-                r.step_key,
+                _shown(r.step_key),
                 _layers(r.skip.attention),
                 _layers(r.skip.mlp),
                 _score(r.score),
@@ -803,8 +814,8 @@ def profiles_show(
             table.add_column(style="bold cyan", no_wrap=True)
             table.add_column(overflow="fold")
             rows: list[tuple[str, Any]] = [
-                ("Step key", r.step_key),
-                ("Model", r.model_name or "unknown"),
+                ("Step key", _shown(r.step_key)),
+                ("Model", _shown(r.model_name or "unknown")),
                 ("Fingerprint", r.model_fingerprint),
                 ("State", _state_of(r)),
                 ("Skip attention", f"{len(r.skip.attention)}: {_layers(r.skip.attention)}"),
@@ -820,9 +831,9 @@ def profiles_show(
                 ("File", str(store.path_for(r.model_fingerprint, r.step_key))),
             ]
             for name, value in sorted(r.extra.items()):
-                rows.append((f"extra.{name}", _compact(value)))
+                rows.append((f"extra.{escape_nonprintable(name)}", _compact(value)))
             for label, value in rows:
-                table.add_row(label, value if isinstance(value, Text) else Text(str(value)))
+                table.add_row(Text(label), value if isinstance(value, Text) else Text(str(value)))
             state.out.print(table)
             if r is not found[-1]:
                 state.out.print()
