@@ -278,8 +278,9 @@ class SwiftEngine:
                     return
                 yield chunk
         finally:
-            with self._lock:
-                work.close()
+            # no lock: a suspended call holds nothing shared, and closing it runs no code of ours
+            # (this may run in a garbage collector's thread, which must never wait on the model)
+            work.close()
 
     def _run(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
         """One request: decode, cut at EOS / stop strings, report (callers hold the lock per chunk)."""
