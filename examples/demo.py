@@ -52,7 +52,10 @@ def main() -> None:
     ).with_config(run_name="summarize")
 
     engine = llm.swift_engine
-    print(f"model: {engine.model_name} on {engine.runner.device} ({engine.runner.dtype})\n")
+    choice = engine.kernel_choice  # cpu_kernels="auto": measured on this machine (once; saved)
+    print(f"model: {engine.model_name} on {engine.runner.device} ({engine.runner.dtype})")
+    print(f"dense kernels: {engine.runner.kernels}" + (f"  (measured: {choice.summary()})" if choice else ""))
+    print()
     for name, chain, inputs, prompt in [
         ("answer", answer, {"document": DOCUMENT, "question": QUESTION}, None),
         ("summarize", summarize, {"document": DOCUMENT}, None),

@@ -80,10 +80,12 @@ class SwiftConfig(BaseModel):
     #: Verification always uses the full head, so this changes speed, never the output.
     draft_vocab_size: int | None = Field(default=8192, ge=1)
     #: Dense layers of the engine's own passes on CPU (see ``cpu_kernels.py``): ``"packed"``
-    #: (oneDNN on weights re-laid out once: verifying 8 tokens costs ~1 step; a second copy of the
-    #: weights), ``"onednn"`` (no copy; ~1.3-1.9x faster than stock), ``"torch"`` (stock), or
-    #: ``"auto"``: for float32, packed when the copy fits in a quarter of the available memory, else
-    #: onednn. Outputs are the same up to float rounding; other users of the model get the stock path.
+    #: (oneDNN on weights re-laid out once; a second copy of the weights), ``"onednn"`` (no copy),
+    #: ``"torch"`` (stock), or ``"auto"``: each of them (packed only when the copy fits in a quarter
+    #: of the available memory) timed on this machine for a one-token step and a verification pass,
+    #: the fastest kept per shape and saved with the costs (``kernel_choice.py``). Which wins differs
+    #: between machines. Outputs are the same up to float rounding; other users of the model get the
+    #: stock path.
     cpu_kernels: Literal["auto", "packed", "onednn", "torch"] = "auto"
     tree: TreeConfig = TreeConfig()
     search: SearchConfig = SearchConfig()

@@ -11,9 +11,15 @@ Qwen2.5-0.5B's output head (151,936 x 896), in ms for 1 / 2 / 8 rows:
 Whole model, one-token step and 8-token verification: 144 and 277 ms stock, 75 and 151 ms through
 oneDNN, 83 and 90 ms packed. Packing is what makes speculation pay on a CPU: verifying 8 tokens
 then costs about one step (1.1x instead of 1.9x), as on a GPU. Its price is a second copy of the
-linear weights (the model object keeps its own for everyone else), so ``auto`` packs only when
-that copy fits comfortably in the memory available. Outputs change only by float rounding (max
-logit difference ~2e-5, checked at start-up), never by which token the full model verifies.
+linear weights (the model object keeps its own for everyone else), so ``auto`` considers packing
+only when that copy fits comfortably in the memory available. Outputs change only by float
+rounding (max logit difference ~2e-5, checked at start-up), never by which token the full model
+verifies.
+
+Those figures are one machine's. On a second 2-vCPU Xeon (AVX-512 and AMX flags) packed and
+plain oneDNN made the one-token step *slower* than stock (13.7 against 18.8 tok/s). So ``auto``
+does not assume: :mod:`swift_engine.kernel_choice` times the candidates on the machine and keeps
+the fastest per pass shape.
 
 The wrappers are installed per ``nn.Linear`` *instance* and are only active inside
 :meth:`LinearKernels.active`, which the engine's runner enters for its own passes; the switch is a
@@ -87,9 +93,9 @@ def _probe(dtype: torch.dtype) -> bool:
 def use_onednn(mode: KernelMode, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether an engine in ``mode`` should run its linears through oneDNN on this device and dtype.
 
-    ``auto`` takes oneDNN on CPU for float32 (measured faster for every model tried); ``packed``
-    and ``onednn`` also for other dtypes; all fall back to PyTorch, with a log line, where oneDNN
-    is missing or disagrees with ``F.linear``.
+    ``auto`` considers oneDNN on CPU for float32 (whether it is used is measured, see
+    :mod:`~swift_engine.kernel_choice`); ``packed`` and ``onednn`` also for other dtypes; all fall
+    back to PyTorch, with a log line, where oneDNN is missing or disagrees with ``F.linear``.
     """
     if mode == "torch" or device.type != "cpu":
         return False
@@ -150,12 +156,20 @@ def _eligible(module: nn.Module) -> TypeGuard[nn.Linear]:
 
 
 class LinearKernels:
-    """Switches the ``nn.Linear`` layers of one model to oneDNN while an engine pass runs."""
+    """Switches the ``nn.Linear`` layers of one model to oneDNN while an engine pass runs.
+
+    Which kernel a pass uses is per pass (:meth:`active`, a context variable); the packed weight
+    copy is shared by the engines over the model that use it, and freed when the last one lets go
+    (:meth:`pack` / :meth:`unpack` count them).
+    """
 
     def __init__(self, model: nn.Module) -> None:
-        #: whether the calling thread / task is inside :meth:`active`
-        self._on: contextvars.ContextVar[bool] = contextvars.ContextVar(f"swift_onednn_{id(model):x}", default=False)
+        #: the calling thread's / task's kernel inside :meth:`active`: "onednn", "packed" or None (stock)
+        self._mode: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+            f"swift_onednn_{id(model):x}", default=None
+        )
         self._pack_lock = threading.Lock()
+        self._pack_users = 0
         self._modules: list[nn.Linear] = [m for m in model.modules() if _eligible(m)]
         #: id(module) -> its weight in oneDNN's blocked layout (filled by :meth:`pack`)
         self._packed: dict[int, torch.Tensor] = {}
@@ -167,16 +181,32 @@ class LinearKernels:
     def packed(self) -> bool:
         return bool(self._packed)
 
+    def current(self) -> str | None:
+        """The kernel of the calling context's pass (None: PyTorch's stock path)."""
+        return self._mode.get()
+
     @torch.inference_mode()
-    def pack(self) -> None:
+    def pack(self) -> bool:
         """Re-lay out every wrapped weight once for oneDNN (a copy; the module keeps its own).
 
+        Returns whether the packed copy is in use (it is not where oneDNN's packed product
+        disagrees with ``F.linear``). Each successful call must be paired with :meth:`unpack`.
         Like the profiles (keyed by a fingerprint of the weights taken once), the copy assumes the
         weights are frozen while engines use the model: build a new engine after changing them.
         """
         with self._pack_lock:  # two engines built at once over one model pack it once
             if not self._packed:
                 self._pack()
+            if self._packed:
+                self._pack_users += 1
+            return bool(self._packed)
+
+    def unpack(self) -> None:
+        """One user fewer of the packed copy; the last one frees it."""
+        with self._pack_lock:
+            self._pack_users = max(0, self._pack_users - 1)
+            if self._pack_users == 0:
+                self._packed = {}
 
     def _pack(self) -> None:
         t0 = time.perf_counter()
@@ -201,18 +231,20 @@ class LinearKernels:
         kernels = self
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if kernels._on.get() and not args and not kwargs:
-                return onednn_linear(x, kernels._packed.get(id(module), module.weight), module.bias)
+            mode = kernels._mode.get()
+            if mode is not None and not args and not kwargs:
+                weight = kernels._packed.get(id(module), module.weight) if mode == "packed" else module.weight
+                return onednn_linear(x, weight, module.bias)
             return original(x, *args, **kwargs)
 
         # instance attribute shadows the class method (nn.Module declares forward as a settable callable)
         cast(nn.Module, module).forward = forward
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Run the model's linears through oneDNN inside this block, in this thread / task only."""
-        token = self._on.set(True)
+    def active(self, mode: str = "onednn") -> Iterator[None]:
+        """Run the model's linears through oneDNN (``"onednn"`` or ``"packed"``) in this block, this thread only."""
+        token = self._mode.set(mode)
         try:
             yield
         finally:
-            self._on.reset(token)
+            self._mode.reset(token)

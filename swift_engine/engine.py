@@ -23,6 +23,7 @@ from .config import SwiftConfig
 from .constraints import Constraint, GrammarCache, GrammarState
 from .costs import CostModel, cost_file, load_or_measure
 from .drafters import Drafter, DraftHead, Proposal, drafters_for_call, propose
+from .kernel_choice import KernelChoice, choose_kernels, kernel_file
 from .kv_cache import SwiftKVCache
 from .layer_skip import default_skip_set
 from .profile_store import ProfileStore
@@ -89,6 +90,7 @@ class SwiftEngine:
         self._store = profile_store if isinstance(profile_store, ProfileStore) else ProfileStore(profile_store)
         self._profiles: StepProfiles | None = None
         self._costs: CostModel | None = None
+        self._kernel_choice: KernelChoice | None = None
         self._fingerprint: str | None = None
         self._grammars: GrammarCache | None = None
 
@@ -111,9 +113,28 @@ class SwiftEngine:
             )
         return self._profiles
 
+    @property
+    def kernel_choice(self) -> KernelChoice | None:
+        """The dense kernels ``cpu_kernels="auto"`` chose on this machine, and the timings (None: not auto)."""
+        self._ensure_kernels()
+        return self._kernel_choice
+
+    def _ensure_kernels(self) -> None:
+        """Decide ``auto``'s kernels by measurement (or from this machine's saved choice), once."""
+        if self._kernel_choice is None and self.runner.needs_kernel_choice:
+            with self._lock:
+                if self._kernel_choice is None:
+                    path = kernel_file(self._store.directory, self.fingerprint, self.runner)
+                    self._kernel_choice = choose_kernels(self.runner, path)
+
     def calibrate(self) -> CostModel:
-        """Measure the draft and verification costs again (e.g. after the machine's load changed) and save them."""
+        """Measure the kernels, then the draft and verification costs, again (e.g. after the machine changed)."""
         with self._lock:
+            if self.runner.needs_kernel_choice:
+                kernels = kernel_file(self._store.directory, self.fingerprint, self.runner)
+                kernels.unlink(missing_ok=True)
+                self._kernel_choice = None
+                self._ensure_kernels()
             path = cost_file(self._store.directory, self.fingerprint, self.runner)
             path.unlink(missing_ok=True)
             self._costs = self._with_draft_head(load_or_measure(path, self.runner))
@@ -127,6 +148,7 @@ class SwiftEngine:
     def costs(self) -> CostModel:
         """Measured costs of draft and verification passes on this device (a few seconds, once)."""
         if self._costs is None:
+            self._ensure_kernels()  # the costs are those of the chosen kernels
             with self._lock:
                 if self._costs is None:
                     path = cost_file(self._store.directory, self.fingerprint, self.runner)
@@ -284,11 +306,14 @@ class SwiftEngine:
 
     def _run(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
         """One request: decode, cut at EOS / stop strings, report (callers hold the lock per chunk)."""
+        self._ensure_kernels()
         call_start = time.perf_counter()
         if self.runner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.runner.device)
         session = self._session(request.step_key, request.speculative)
-        stats = GenerationStats(prompt_tokens=len(request.prompt_ids), step_key=request.step_key)
+        stats = GenerationStats(
+            prompt_tokens=len(request.prompt_ids), step_key=request.step_key, kernels=self.runner.kernels
+        )
         max_new_tokens = request.max_new_tokens
         ctx = self.runner.context_length
         if ctx is not None:

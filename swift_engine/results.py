@@ -49,6 +49,9 @@ class GenerationStats(BaseModel):
     #: Tokens appended after ``max_new_tokens`` cut a grammar-constrained reply short, so that it
     #: still parses (see :meth:`swift_engine.constraints.GrammarState.close`); included in new_tokens.
     grammar_closing_tokens: int = 0
+    #: Dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed`` or ``<step>+<verify>``
+    #: (``cpu_kernels="auto"`` measures them on the machine; see ``engine.kernel_choice``).
+    kernels: str = "torch"
 
     def finalize(self) -> "GenerationStats":
         self.acceptance_rate = self.accepted_drafted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -23,6 +23,13 @@ from .masks import MaskBuilder
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
+
+
+class KernelPlan(NamedTuple):
+    """Dense kernel per pass shape: ``step`` for one-token passes, ``verify`` for the rest."""
+
+    step: str
+    verify: str
 
 
 class ModelRunner:
@@ -50,26 +57,75 @@ class ModelRunner:
         self.num_layers = self.skipper.num_layers
         self.vocab_size = self.lm_head.weight.shape[0]
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 0) or None
-        #: the engine's passes run their linears through oneDNN (CPU); see cpu_kernels.py
-        self.onednn = use_onednn(kernels, self.device, self.dtype)
-        self._kernels = LinearKernels.for_model(model) if self.onednn else None
-        if self._kernels is not None and should_pack(kernels, model):
-            self._kernels.pack()
+        # Dense kernels of the engine's passes (see cpu_kernels.py): one for one-token steps (plain
+        # decoding, drafts) and one for multi-token passes (verification, prefill). ``auto`` starts
+        # on PyTorch's own and is decided by measurement on this machine (kernel_choice.py).
+        self.requested_kernels = kernels
+        onednn = use_onednn(kernels, self.device, self.dtype)
+        self._kernels = LinearKernels.for_model(model) if onednn else None
+        #: the kernels ``auto`` chooses among, here
+        self.candidates: list[str] = ["torch"]
+        self.plan = KernelPlan("torch", "torch")
+        if self._kernels is not None:
+            if kernels == "auto":
+                self.candidates = ["torch", "onednn"] + (["packed"] if should_pack("auto", model) else [])
+            else:
+                self.set_plan(KernelPlan(kernels, kernels))
+
+    @property
+    def needs_kernel_choice(self) -> bool:
+        """``auto`` with more than one candidate: the plan is measured before the first call."""
+        return self.requested_kernels == "auto" and len(self.candidates) > 1
+
+    def set_plan(self, plan: KernelPlan) -> None:
+        """Use ``plan`` for this runner's passes (holding the model's packed weights while it needs them)."""
+        kernels = self._kernels
+        if kernels is None:
+            self.plan = KernelPlan("torch", "torch")
+            return
+        if "packed" in plan and "packed" not in self.plan and not kernels.pack():
+            plan = KernelPlan(*("onednn" if k == "packed" else k for k in plan))  # packing disagreed here
+        if "packed" in self.plan and "packed" not in plan:
+            kernels.unpack()
+        self.plan = plan
 
     @property
     def kernels(self) -> str:
-        """Which dense kernels the engine's passes use: ``packed``, ``onednn`` or ``torch``."""
-        if self._kernels is None:
-            return "torch"
-        return "packed" if self._kernels.packed else "onednn"
+        """The dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed``, or ``<step>+<verify>``."""
+        step, verify = self.plan
+        return step if step == verify else f"{step}+{verify}"
 
-    def _linears(self) -> contextlib.AbstractContextManager[None]:
-        """The engine's kernel choice for the passes inside this block (stock outside it)."""
-        return self._kernels.active() if self._kernels is not None else contextlib.nullcontext()
+    def kernel_for(self, rows: int) -> str:
+        return self.plan.step if rows == 1 else self.plan.verify
+
+    def _linears(self, rows: int) -> contextlib.AbstractContextManager[None]:
+        """This runner's kernel for a pass of ``rows`` tokens, inside this block (stock outside it)."""
+        mode = self.kernel_for(rows)
+        if self._kernels is None or mode == "torch":
+            return contextlib.nullcontext()
+        return self._kernels.active(mode)
+
+    @contextlib.contextmanager
+    def trying(self, kernel: str) -> Iterator[None]:
+        """Run this block's passes with ``kernel`` for every shape (measurement; packed weights must be held)."""
+        saved = self.plan
+        self.plan = KernelPlan(kernel, kernel)
+        try:
+            yield
+        finally:
+            self.plan = saved
+
+    def hold_packed(self) -> bool:
+        """Take a reference to the packed weights (for measuring them); pair with :meth:`release_packed`."""
+        return self._kernels is not None and self._kernels.pack()
+
+    def release_packed(self) -> None:
+        if self._kernels is not None:
+            self._kernels.unpack()
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """A dense product with this runner's kernel choice (for heads over vocabulary subsets)."""
-        if self.onednn:
+        if self._kernels is not None and self.kernel_for(x.shape[0] if x.dim() > 1 else 1) != "torch":
             return onednn_linear(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
 
@@ -88,7 +144,7 @@ class ModelRunner:
         """Final hidden states ``[q, H]`` of ``input_ids`` appended after the cache's entries."""
         past = cache.get_seq_length()
         mask = self.masks.build(past, positions, ancestors, past_visible)
-        with self._linears():
+        with self._linears(input_ids.numel()):
             out = self.decoder(
                 input_ids=input_ids[None],
                 position_ids=positions[None],
@@ -102,7 +158,7 @@ class ModelRunner:
     def logits(self, hidden: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits of ``hidden`` over the whole vocabulary or a subset of token ids."""
         if vocab is None:
-            with self._linears():
+            with self._linears(hidden.shape[0] if hidden.dim() > 1 else 1):
                 out = self.lm_head(hidden)
         else:
             w = self.lm_head.weight.index_select(0, vocab)

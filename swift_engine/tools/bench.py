@@ -818,6 +818,7 @@ def _meta(
     import transformers
 
     device = engine.runner.device
+    choice = engine.kernel_choice  # auto's kernels, measured on this machine (before "kernels" is read)
     meta = {
         "model": engine.model_name,
         "fingerprint": engine.fingerprint,
@@ -828,6 +829,7 @@ def _meta(
         ),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "kernels": engine.runner.kernels,
+        "kernel_timings_ms": choice.timings_ms if choice is not None else None,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

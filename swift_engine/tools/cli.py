@@ -597,6 +597,7 @@ def info(
         import transformers
 
         cuda = torch.version.cuda if torch.cuda.is_available() else None
+        choice = engine.kernel_choice  # cpu_kernels="auto": measured now unless saved for this machine
         data: dict[str, Any] = {
             "model": engine.model_name,
             "source": loaded.source,
@@ -613,6 +614,7 @@ def info(
             else platform.processor() or platform.machine(),
             "dtype": _dtype_name(runner.dtype),
             "kernels": runner.kernels,
+            "kernels_measured": choice.summary() if choice is not None else None,
             "profile_store": str(store.directory),
             "profiles": len(engine.profiles.list()),
             "load_seconds": round(loaded.seconds, 2),
@@ -638,6 +640,7 @@ def info(
             "device_name": "Device name",
             "dtype": "Dtype",
             "kernels": "Dense kernels",
+            "kernels_measured": "Kernel timings",
             "profile_store": "Profile store",
             "profiles": "Stored profiles",
             "load_seconds": "Load time",
@@ -652,6 +655,8 @@ def info(
         shown["chat_template"] = "yes" if data["chat_template"] else "no (plain transcript)"
         shown["profiles"] = f"{data['profiles']} for this model"
         shown["load_seconds"] = f"{loaded.seconds:.1f} s"
+        if data["kernels_measured"] is None:
+            shown["kernels_measured"] = f"not measured (cpu_kernels={engine.config.cpu_kernels!r})"
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column(overflow="fold")

@@ -1,0 +1,194 @@
+"""Which dense kernels the engine's passes use on this machine: measured, not assumed.
+
+The kernel that wins depends on the CPU, its flags, the thread count, the dtype, the model's
+shapes and the PyTorch build. Measured: on one 2-vCPU Xeon oneDNN's packed weights made a
+one-token step 1.7x faster than PyTorch's stock linear; on another (same flags list, AMX) they
+made it 1.3x *slower* than stock, and the plain loop lost to ``transformers``. So
+``cpu_kernels="auto"`` times every candidate (:attr:`ModelRunner.candidates`: stock PyTorch,
+oneDNN, oneDNN on packed weights when the copy fits in memory) on this machine, for a one-token
+step and for a tree-sized verification pass, and keeps the fastest for each shape. Stock PyTorch
+is always a candidate, so the engine's own loop is never slower than the model's ``forward``.
+
+The choice is saved beside the measured costs, in a file keyed by the model fingerprint and a
+signature of the machine (CPU model and flags, thread count, PyTorch version, device and dtype):
+when any of them changes, the file name changes and the kernels are measured again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .profile_records import validate_fingerprint
+from .runner import KernelPlan, ModelRunner
+from .safe_files import loads_strict_json, read_regular_file, write_file_atomic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KernelChoice", "choose_kernels", "kernel_file", "machine_signature", "measure_kernels"]
+
+Kernel = Literal["torch", "onednn", "packed"]
+Shape = Literal["step", "verify"]
+_Ms = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+
+#: Tokens of the measured verification pass: a typical tree on a CPU (see ``TreeConfig``).
+VERIFY_ROWS = 8
+#: Cached tokens before the measured passes (attention cost is small at this length either way).
+CONTEXT = 64
+_REPS = 5
+_MAX_FILE_BYTES = 64 * 1024
+_VERSION = 1
+
+
+class KernelChoice(BaseModel):
+    """The kernels chosen per pass shape, and the timings they were chosen by (ms, best of several)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = _VERSION
+    machine: str = ""
+    step: Kernel
+    verify: Kernel
+    timings_ms: dict[Kernel, dict[Shape, _Ms]] = Field(default_factory=dict)
+
+    @property
+    def plan(self) -> KernelPlan:
+        return KernelPlan(self.step, self.verify)
+
+    def summary(self) -> str:
+        """One line for logs, ``swift info`` and the benchmark: the choice and what it beat."""
+        parts = []
+        for shape in ("step", "verify"):
+            times = ", ".join(f"{k} {t[shape]:.1f}" for k, t in self.timings_ms.items() if shape in t)
+            parts.append(f"{shape}: {getattr(self, shape)} ({times} ms)")
+        return "; ".join(parts)
+
+
+def _cpu_identity() -> tuple[str, str]:
+    """CPU model name and a digest of its flags (Linux ``/proc/cpuinfo``; ``platform`` elsewhere)."""
+    name, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and not name:
+                    name = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine(), hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+def machine_signature(runner: ModelRunner) -> tuple[str, str]:
+    """(description, short key) of what the kernel timings depend on besides the model."""
+    name, flags = _cpu_identity()
+    threads = torch.get_num_threads()
+    dtype = str(runner.dtype).split(".")[-1]
+    description = (
+        f"{name}; flags {flags}; {threads} threads; torch {torch.__version__}; {runner.device.type} {dtype}; "
+        f"candidates {'/'.join(runner.candidates)}"
+    )
+    return description, hashlib.sha256(description.encode()).hexdigest()[:16]
+
+
+def kernel_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
+    """Where this model's kernel choice on this machine is kept (beside the cost files)."""
+    validate_fingerprint(fingerprint)
+    return directory / "_costs" / f"kernels-{fingerprint}-{machine_signature(runner)[1]}.json"
+
+
+def _seconds(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+@torch.inference_mode()
+def measure_kernels(runner: ModelRunner, reps: int = _REPS) -> KernelChoice:
+    """Time each candidate kernel for a one-token step and a verification pass; keep the fastest of each.
+
+    Candidates are interleaved within each repetition, so a burst of load from elsewhere on the
+    machine hits them alike; the best of ``reps`` is kept (other processes only ever add time).
+    """
+    t0 = time.perf_counter()
+    device = runner.device
+    ctx = min(CONTEXT, max(1, (runner.context_length or 4096) // 4))
+    ids = torch.randint(0, runner.vocab_size, (ctx + VERIFY_ROWS,), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    cache = runner.new_cache()
+    runner.forward(cache, ids[:ctx], torch.arange(ctx, device=device), last_only=True)
+
+    def pass_of(rows: int) -> Callable[[], None]:
+        def run() -> None:
+            runner.forward(cache, ids[ctx : ctx + rows], torch.arange(ctx, ctx + rows, device=device))
+            cache.truncate(ctx)
+
+        return run
+
+    holding = "packed" in runner.candidates and runner.hold_packed()
+    candidates = [k for k in runner.candidates if k != "packed" or holding]
+    timings: dict[str, dict[str, float]] = {k: {"step": float("inf"), "verify": float("inf")} for k in candidates}
+    try:
+        for kernel in candidates:  # warm-up: first calls allocate and JIT oneDNN primitives
+            with runner.trying(kernel):
+                pass_of(1)()
+                pass_of(VERIFY_ROWS)()
+        for _ in range(reps):
+            for kernel in candidates:
+                with runner.trying(kernel):
+                    timings[kernel]["step"] = min(timings[kernel]["step"], _seconds(pass_of(1)))
+                    timings[kernel]["verify"] = min(timings[kernel]["verify"], _seconds(pass_of(VERIFY_ROWS)))
+    finally:
+        if holding:
+            runner.release_packed()
+    step = min(candidates, key=lambda k: timings[k]["step"])
+    verify = min(candidates, key=lambda k: timings[k]["verify"])
+    choice = KernelChoice.model_validate(
+        {
+            "machine": machine_signature(runner)[0],
+            "step": step,
+            "verify": verify,
+            "timings_ms": {k: {shape: 1e3 * v for shape, v in t.items()} for k, t in timings.items()},
+        }
+    )
+    logger.info("chose dense kernels in %.1fs: %s", time.perf_counter() - t0, choice.summary())
+    return choice
+
+
+def choose_kernels(runner: ModelRunner, path: Path | None) -> KernelChoice:
+    """Set ``runner``'s kernels from ``path`` when measured before on this machine, else measure and save.
+
+    A file that is unreadable or invalid (validated like every file the store reads) is measured
+    again and overwritten; one that can't be written is a warning.
+    """
+    choice = None
+    if path is not None:
+        try:
+            choice = KernelChoice.model_validate(loads_strict_json(read_regular_file(path, _MAX_FILE_BYTES)))
+            if {choice.step, choice.verify} - set(runner.candidates):
+                choice = None  # e.g. packing no longer fits in memory
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, ValidationError) as exc:
+            logger.warning("ignoring unusable kernel choice file %s (%s); measuring again", path, exc)
+    if choice is None:
+        choice = measure_kernels(runner)
+        if path is not None:
+            try:
+                data = json.dumps(choice.model_dump(mode="json"), indent=2).encode()
+                write_file_atomic(path, data, follow_parent_symlink=False)
+            except OSError as exc:
+                logger.warning("could not save the kernel choice to %s: %s", path, exc)
+    runner.set_plan(choice.plan)
+    return choice

@@ -1,0 +1,98 @@
+"""``cpu_kernels="auto"``: kernels chosen by measurement on this machine, saved, re-measured when it changes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from swift_engine import SwiftConfig, SwiftEngine
+from swift_engine import kernel_choice as kc
+from swift_engine.cpu_kernels import onednn_available
+from swift_engine.runner import KernelPlan
+
+from .conftest import CharTokenizer, tiny_model
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="only PyTorch's kernels here: nothing to choose")
+
+PROMPT = [3, 14, 15, 9, 26, 5, 35]
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return tiny_model("qwen2", seed=2)
+
+
+def _engine(model, store, **config) -> SwiftEngine:
+    return SwiftEngine(model, CharTokenizer(), SwiftConfig(search={"enabled": False}, **config), profile_store=store)
+
+
+def test_auto_keeps_the_fastest_measured_kernel_per_shape(model, tmp_path) -> None:
+    engine = _engine(model, tmp_path)
+    assert engine.runner.needs_kernel_choice and "torch" in engine.runner.candidates
+    res = engine.generate(PROMPT, max_new_tokens=12)
+    choice = engine.kernel_choice
+    assert choice is not None and set(choice.timings_ms) == set(engine.runner.candidates)
+    for shape in ("step", "verify"):
+        fastest = min(choice.timings_ms, key=lambda k: choice.timings_ms[k][shape])
+        assert getattr(choice, shape) == fastest
+    assert engine.runner.plan == KernelPlan(choice.step, choice.verify)
+    assert res.stats.kernels == engine.runner.kernels
+    assert choice.machine and "threads" in choice.machine
+
+
+def test_the_choice_is_saved_and_reused_until_the_machine_changes(model, tmp_path, monkeypatch) -> None:
+    first = _engine(model, tmp_path)
+    chosen = first.kernel_choice
+    path = kc.kernel_file(tmp_path, first.fingerprint, first.runner)
+    assert json.loads(path.read_text())["step"] == chosen.step
+
+    def no_measuring(runner):
+        raise AssertionError("measured again although this machine's choice is saved")
+
+    monkeypatch.setattr(kc, "measure_kernels", no_measuring)
+    assert _engine(model, tmp_path).kernel_choice == chosen
+    # another thread count is another machine as far as kernels go: a new key, measured again
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        assert kc.kernel_file(tmp_path, first.fingerprint, first.runner) != path
+        with pytest.raises(AssertionError, match="measured again"):
+            _engine(model, tmp_path).kernel_choice
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_bad_choice_file_is_measured_again(model, tmp_path, caplog) -> None:
+    engine = _engine(model, tmp_path)
+    path = kc.kernel_file(tmp_path, engine.fingerprint, engine.runner)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"step": "turbo", "verify": "torch"}))
+    with caplog.at_level(logging.WARNING, logger="swift_engine.kernel_choice"):
+        choice = engine.kernel_choice
+    assert "measuring again" in caplog.text
+    assert choice.step in engine.runner.candidates
+    assert json.loads(path.read_text())["step"] == choice.step
+
+
+def test_fixed_kernels_are_not_measured(model, tmp_path) -> None:
+    for mode in ("torch", "onednn", "packed"):
+        engine = _engine(model, tmp_path, cpu_kernels=mode)
+        assert engine.kernel_choice is None and engine.runner.kernels == mode
+
+
+@pytest.mark.parametrize(
+    "plan", [KernelPlan("torch", "packed"), KernelPlan("packed", "torch"), KernelPlan("onednn", "torch")]
+)
+def test_every_plan_decodes_the_same_tokens(model, tmp_path, plan: KernelPlan) -> None:
+    """Mixed plans (a kernel per shape) keep greedy SWIFT output equal to plain greedy decoding."""
+    reference = model.generate(torch.tensor([PROMPT]), max_new_tokens=30, min_new_tokens=30, do_sample=False)
+    engine = _engine(model, tmp_path, cpu_kernels="onednn", skip_ratio=0.25)
+    engine.runner.set_plan(plan)
+    assert engine.runner.kernels == f"{plan.step}+{plan.verify}"
+    res = engine.generate(PROMPT, max_new_tokens=30)
+    assert res.token_ids == reference[0, len(PROMPT) :].tolist()
+    assert res.stats.kernels == engine.runner.kernels
+    engine.runner.set_plan(KernelPlan("torch", "torch"))  # lets go of the packed copy
