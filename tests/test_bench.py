@@ -83,12 +83,13 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     assert main(["--quick", "--classes", "summarization", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
 
-    assert result["methods"] == list(METHODS)
+    methods = [m for m in METHODS if m != "llama_cpp"]  # llama.cpp runs only when asked for (never in CI)
+    assert result["methods"] == methods
     assert result["classes"] == ["summarization"]
     (row,) = result["per_prompt"]
     (cls,) = result["per_class"]
     assert row["new_tokens"] > 0
-    for m in METHODS:
+    for m in methods:
         assert row["tokens_per_s"][m] > 0, m
         assert cls["tokens_per_s"][m] > 0, m
         assert row["exact"][m] is True, m
@@ -112,10 +113,15 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     assert phases == ["loaded", "setup", "cold", "warmup", "warm"]
     assert all(p["max_rss_bytes"] > 0 for p in result["memory"]["phases"])
     assert result["memory"]["by_method"]["swift_warm"]["max_kv_cache_bytes"] > 0
-    assert {r["method"] for r in result["runs"]} == {*METHODS, "swift_warmup"}
+    assert {r["method"] for r in result["runs"]} == {*methods, "swift_warmup"}
+    # per request: seconds for every method, the prefill / decode split where the method reports it
+    timing = cls["timing"]
+    assert all(timing[m]["seconds"] > 0 for m in methods)
+    assert timing["plain"]["prefill_tokens_per_s"] > 0 and timing["swift_warm"]["decode_tokens_per_s"] > 0
+    assert timing["hf"]["prefill_tokens_per_s"] is None
 
     # the report writers work on what was written
-    assert "summarization" in render_text(result)
+    assert "summarization" in render_text(result) and "Per request" in render_text(result)
     md = render_markdown(result)
     assert md.count("\n| summarization |") == 1 and "warm vs hf" in md and "of ceiling" in md
 
@@ -162,3 +168,13 @@ def test_engine_options_reach_the_engine(tmp_path) -> None:
     assert swift_runs and all(r["stats"]["context_drafted_tokens"] == 0 for r in swift_runs)
     assert result["exactness"]["swift_exact"] is True
     assert "layer-skip drafts only" in render_markdown(result)
+
+
+def test_llama_cpp_baseline_is_one_clear_error_when_missing(tmp_path, caplog) -> None:
+    """llama.cpp is never a dependency: asking for it without it says how to get it, before any work."""
+    missing = str(tmp_path / "no-python")
+    assert main(["--quick", "--baseline", "llama.cpp", "--llama-cpp-python", missing, "--gguf", missing]) == 1
+    assert "llama.cpp baseline" in caplog.text and "no GGUF file" in caplog.text
+    caplog.clear()
+    assert main(["--quick", "--baseline", "vllm"]) == 1
+    assert "unknown --baseline vllm" in caplog.text

@@ -23,6 +23,7 @@ command at start-up, and ``swift --help`` or ``swift profiles list`` must not pa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -48,9 +49,12 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 #: Every method, in report order.
-METHODS = ("hf", "hf_lookup", "plain", "swift_cold", "swift_warm")
+METHODS = ("hf", "hf_lookup", "llama_cpp", "plain", "swift_cold", "swift_warm")
 #: What SWIFT's speed-ups are reported against.
-BASELINES = ("hf", "plain", "hf_lookup")
+BASELINES = ("hf", "plain", "hf_lookup", "llama_cpp")
+#: Baselines whose tokens may differ from hf's without it being this engine's fault: transformers'
+#: prompt lookup (its own numerics) and llama.cpp (the GGUF file's own precision).
+INEXACT_BASELINES = ("hf_lookup", "llama_cpp")
 SWIFT_METHODS = ("swift_cold", "swift_warm")
 #: Methods whose output must equal ``hf``'s (ours); a mismatch of ``hf_lookup`` is only a warning.
 OWN_METHODS = ("plain", "swift_cold", "swift_warm")
@@ -187,10 +191,12 @@ def _hf_cache_bytes(cache: Any) -> int | None:
 class Bench:
     """Runs the methods on one engine and keeps every measurement."""
 
-    def __init__(self, engine: Any, max_new_tokens: int) -> None:
+    def __init__(self, engine: Any, max_new_tokens: int, llama_cpp: Any = None) -> None:
         from transformers import GenerationConfig
 
         self.engine = engine
+        #: a :class:`~swift_engine.tools.llama_cpp_baseline.LlamaCppBaseline`, when that baseline runs
+        self.llama_cpp = llama_cpp
         self.max_new_tokens = max_new_tokens
         self.device = engine.runner.device
         self.cuda = self.device.type == "cuda"
@@ -293,6 +299,18 @@ class Bench:
         wall = time.perf_counter() - t0
         return result, wall, result.stats.kv_cache_bytes or None
 
+    def generate_llama_cpp(self, ids: list[int], max_new_tokens: int | None = None) -> tuple[list[int], float, dict]:
+        """llama.cpp on the same GGUF and prompt tokens: tokens, seconds (inside its process), prefill/decode split."""
+        reply = self.llama_cpp.generate(ids, max_new_tokens or self.max_new_tokens, sorted(self.engine.eos_ids))
+        stats = {
+            "prompt_tokens": len(ids),
+            "new_tokens": len(reply.tokens),
+            "prefill_time_s": reply.prefill_s,
+            "decode_time_s": reply.decode_s,
+            "max_rss_bytes": reply.max_rss_bytes,
+        }
+        return reply.tokens, reply.wall_s, stats
+
     def measure(self, prompt: BenchPrompt, method: str, phase: str, rnd: int) -> Run:
         """One timed generation of ``prompt`` with ``method`` (exactness is checked at the end)."""
         ids = self.ids[prompt.id]
@@ -302,6 +320,9 @@ class Bench:
         converged = None
         if method in ("hf", "hf_lookup"):
             tokens, wall, kv = self.generate_hf(ids, method)
+        elif method == "llama_cpp":
+            tokens, wall, stats = self.generate_llama_cpp(ids)
+            kv = None
         else:
             speculative = False if method == "plain" else None
             result, wall, kv = self.generate_engine(ids, prompt.cls, speculative)
@@ -339,7 +360,7 @@ class Bench:
                 run.first_mismatch = _first_mismatch(tokens, ref)
                 run.exact = run.first_mismatch is None
             if run.exact is False:
-                log = logger.warning if run.method == "hf_lookup" else logger.error
+                log = logger.warning if run.method in INEXACT_BASELINES else logger.error
                 log(
                     "MISMATCH: %s on prompt %r (%s phase, round %d) differs from hf at token %d (%d vs %d tokens)",
                     run.method,
@@ -410,6 +431,7 @@ def run_benchmark(
     warmup_calls: int = 3,
     hf_lookup: bool = True,
     progress: bool | None = None,
+    llama_cpp: Any = None,
 ) -> dict[str, Any]:
     """Run every method over ``prompts`` and return the full result (what ``--json`` writes).
 
@@ -422,10 +444,10 @@ def run_benchmark(
         raise ValueError("no prompts to benchmark")
     if repeats < 1 or warmup_calls < 0 or max_new_tokens < 1:
         raise ValueError("repeats and max_new_tokens must be >= 1, warmup_calls >= 0")
-    bench = Bench(engine, max_new_tokens)
+    bench = Bench(engine, max_new_tokens, llama_cpp)
     classes = list(dict.fromkeys(p.cls for p in prompts))
-    baselines = ["hf"] + (["hf_lookup"] if hf_lookup else []) + ["plain"]
-    methods = [m for m in METHODS if m != "hf_lookup" or hf_lookup]
+    baselines = ["hf"] + (["hf_lookup"] if hf_lookup else []) + (["llama_cpp"] if llama_cpp else []) + ["plain"]
+    methods = [m for m in METHODS if (m != "hf_lookup" or hf_lookup) and (m != "llama_cpp" or llama_cpp)]
     t_start = time.perf_counter()
 
     for p in prompts:
@@ -446,6 +468,8 @@ def run_benchmark(
         for m in baselines:
             if m == "plain":
                 bench.generate_engine(first, "swift-bench-warmup", False, max_new_tokens=8)
+            elif m == "llama_cpp":
+                bench.generate_llama_cpp(first, max_new_tokens=8)
             else:
                 bench.generate_hf(first, m, max_new_tokens=8)
         bench.generate_engine(first, "swift-bench-warmup", None, max_new_tokens=8)
@@ -735,6 +759,7 @@ def _summarize(
             if r.cls == cls and r.method in (*SWIFT_METHODS, "swift_warmup")
         ]
         crow["learning_curve"] = learning
+        crow["timing"] = {m: _timing(select(method=m), cls) for m in methods}
         crow["tokens_to_90"] = tokens_to_fraction(learning)
         crow["profile_after_warmup"] = learned.get(cls)
         crow["profile"] = final.get(cls)
@@ -783,12 +808,37 @@ def _summarize(
             "swift_exact": all(r.exact is True for r in runs if r.method in (*SWIFT_METHODS, "swift_warmup")),
             "all_own_exact": own_exact,
             "hf_lookup_exact": all(r.exact is True for r in runs if r.method == "hf_lookup"),
+            "llama_cpp_exact": all(r.exact is True for r in runs if r.method == "llama_cpp"),
             "mismatches": mismatches,
         },
         "reference": {
             p.id: {"token_ids": bench.reference.get(p.id), "text": _decode(bench.engine, bench.reference.get(p.id))}
             for p in prompts
         },
+    }
+
+
+def _timing(runs: Sequence[Run], cls: str) -> dict[str, float | None]:
+    """Medians of one method's runs of a class: seconds per request, prefill and decode tokens/s.
+
+    Prefill and decode are split where the method reports its prefill time (the engine's own
+    methods, llama.cpp); ``transformers``' ``generate`` does not, so it has seconds only.
+    """
+    rs = [r for r in runs if r.cls == cls]
+    prefill, decode = [], []
+    for r in rs:
+        st = r.stats or {}
+        pre = st.get("prefill_time_s")
+        if not pre or not st.get("prompt_tokens"):
+            continue
+        prefill.append(st["prompt_tokens"] / pre)
+        dec_s = st.get("decode_time_s", r.wall_time_s - pre)
+        if r.new_tokens > 1 and dec_s > 0:
+            decode.append((r.new_tokens - 1) / dec_s)
+    return {
+        "seconds": _median(r.wall_time_s for r in rs),
+        "prefill_tokens_per_s": _median(prefill),
+        "decode_tokens_per_s": _median(decode),
     }
 
 
@@ -852,7 +902,14 @@ def _meta(
 # Report
 # ------------------------------------------------------------------------------------------------
 
-_SHORT = {"hf": "hf", "hf_lookup": "lookup", "plain": "plain", "swift_cold": "cold", "swift_warm": "warm"}
+_SHORT = {
+    "hf": "hf",
+    "hf_lookup": "lookup",
+    "llama_cpp": "llama.cpp",
+    "plain": "plain",
+    "swift_cold": "cold",
+    "swift_warm": "warm",
+}
 
 
 def _fmt(v: Any, spec: str = ".1f", suffix: str = "") -> str:
@@ -870,11 +927,13 @@ def _mib(v: int | None) -> str:
 
 
 def _exact_cell(exact: dict[str, bool | None], methods: Sequence[str]) -> str:
-    bad = [_SHORT[m] for m in methods if m != "hf_lookup" and exact.get(m) is False]
-    lookup_bad = exact.get("hf_lookup") is False
-    if not bad and not lookup_bad:
+    bad = [_SHORT[m] for m in methods if m not in INEXACT_BASELINES and exact.get(m) is False]
+    differ = [_SHORT[m] for m in INEXACT_BASELINES if exact.get(m) is False]
+    if not bad and not differ:
         return "yes"
-    return "NO: " + ", ".join(bad + (["lookup"] if lookup_bad else []))
+    if not bad:  # only baselines that may differ (their own numerics or precision): not a failure
+        return "yes (differ: " + ", ".join(differ) + ")"
+    return "NO: " + ", ".join(bad + differ)
 
 
 @dataclass
@@ -975,6 +1034,21 @@ def build_tables(result: dict[str, Any]) -> list[Table]:
             ]
         )
 
+    per_request = Table(
+        "Per request (medians of each class's runs): seconds end to end / prefill tok/s / decode tok/s "
+        "(prefill and decode where the method reports its prefill time)",
+        ["class", "what", *[_SHORT[m] for m in methods]],
+    )
+    for cls in result["classes"]:
+        timing = per_class[cls].get("timing") or {}
+        for what, key, spec in (
+            ("seconds", "seconds", ".2f"),
+            ("prefill tok/s", "prefill_tokens_per_s", ".0f"),
+            ("decode tok/s", "decode_tokens_per_s", ".1f"),
+        ):
+            per_request.rows.append([cls, what, *[_fmt((timing.get(m) or {}).get(key), spec) for m in methods]])
+        per_request.strong.add(len(per_request.rows) - 1)
+
     mem = Table("Memory", ["what", "max RSS", "CUDA peak", "KV cache"])
     for ph in result["memory"]["phases"]:
         mem.rows.append(
@@ -984,7 +1058,12 @@ def build_tables(result: dict[str, Any]) -> list[Table]:
         if v["max_kv_cache_bytes"] is None and v["cuda_peak_bytes"] is None:
             continue
         mem.rows.append([m, "", _mib(v["cuda_peak_bytes"]), _mib(v["max_kv_cache_bytes"])])
-    return [thr, spd, sw, mem]
+    llama_rss = [
+        (r.get("stats") or {}).get("max_rss_bytes") for r in result.get("runs", ()) if r.get("method") == "llama_cpp"
+    ]
+    if any(llama_rss):
+        mem.rows.append(["llama.cpp process", _mib(max(x for x in llama_rss if x)), "", ""])
+    return [thr, spd, sw, per_request, mem]
 
 
 def _headline(result: dict[str, Any]) -> str:
@@ -1015,11 +1094,13 @@ def _exactness_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 f"  MISMATCH {mm['method']} on {mm['prompt_id']} ({mm['phase']} round {mm['round']}): "
                 f"first differing token at {mm['first_mismatch']}",
-                "warning" if mm["method"] == "hf_lookup" else "error",
+                "warning" if mm["method"] in INEXACT_BASELINES else "error",
             )
         )
     if not ex["hf_lookup_exact"] and "hf_lookup" in result["methods"]:
         lines.append(("  (hf_lookup differing from hf is transformers' own numerics, not this engine's.)", "warning"))
+    if not ex.get("llama_cpp_exact", True) and "llama_cpp" in result["methods"]:
+        lines.append(("  (llama.cpp differing from hf is the GGUF file's precision, not this engine's.)", "warning"))
     return lines
 
 
@@ -1109,7 +1190,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "-" if t90 is None else f"~{t90}",
             _fmt(c["ceiling"]["skip_ceiling"], ".2f", "x"),
             _fmt(None if c["ceiling"]["reached"] is None else 100 * c["ceiling"]["reached"], ".0f", "%"),
-            "yes" if all(c["exact"][x] for x in methods if x != "hf_lookup") else "**NO**",
+            "yes" if all(c["exact"][x] for x in methods if x not in INEXACT_BASELINES) else "**NO**",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if len(result["per_class"]) > 1:
@@ -1259,6 +1340,32 @@ def bench(
             help="Layer-skip drafts only (the paper's algorithm alone): measures layer skipping against its ceiling.",
         ),
     ] = False,
+    baseline: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--baseline",
+            help="Extra baseline: 'llama.cpp' (llama-cpp-python on the same GGUF file and prompt tokens, in its own "
+            "environment; build it with ../shared/tools/get-llama-cpp.sh).",
+            show_default=False,
+        ),
+    ] = None,
+    llama_cpp_python: Annotated[
+        Optional[str],
+        typer.Option(
+            "--llama-cpp-python",
+            help="Python of the llama-cpp-python environment (default: $SWIFT_LLAMA_CPP_PYTHON, else "
+            "~/.cache/swift-llama-cpp/venv/bin/python).",
+            show_default=False,
+        ),
+    ] = None,
+    gguf: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gguf",
+            help="GGUF file llama.cpp runs (default: the one --model names, or the embedded model's).",
+            show_default=False,
+        ),
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the engine's progress.")] = False,
 ) -> None:
@@ -1282,11 +1389,23 @@ def bench(
     except (OSError, ValueError) as exc:
         logging.getLogger("swift-bench").error("%s", exc)
         raise typer.Exit(1) from None
-    with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
+    unknown = sorted(set(baseline or ()) - {"llama.cpp"})
+    if unknown:
+        logging.getLogger("swift-bench").error("unknown --baseline %s (known: llama.cpp)", ", ".join(unknown))
+        raise typer.Exit(1)
+    with contextlib.ExitStack() as stack:
+        profile_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="swift-bench-profiles-"))
         from ..config import SwiftConfig
 
         config = SwiftConfig(cpu_kernels=kernels.value, context_drafts=not no_context_drafts)
         engine = _load_engine(model, device, dtype, profile_dir, config)
+        llama = None
+        if baseline and not constrained_only:
+            try:
+                llama = stack.enter_context(_llama_cpp_baseline(llama_cpp_python, gguf, model))
+            except (OSError, RuntimeError) as exc:
+                logging.getLogger("swift-bench").error("%s", exc)
+                raise typer.Exit(1) from None
         if constrained_only:
             result = {"meta": _meta(engine, engine.costs, max_new, 0, 0, False, 0.0)}
         else:
@@ -1298,7 +1417,10 @@ def bench(
                 warmup_calls=warmup,
                 hf_lookup=not no_hf_lookup,
                 progress=False if no_progress else None,
+                llama_cpp=llama,
             )
+            if llama is not None:
+                result["meta"]["llama_cpp"] = {"version": llama.version, "gguf": llama.gguf, "threads": llama.threads}
         if constrained or constrained_only:
             result["constrained"] = _run_constrained(engine, constrained_max_new_tokens, not no_progress)
     result["meta"]["argv"] = list(ctx.meta.get(_ARGV_KEY, sys.argv[1:]))
@@ -1338,6 +1460,29 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command(cls=BenchCommand)(bench)
+
+
+def _llama_cpp_baseline(python: str | None, gguf: str | None, model: str | None) -> Any:
+    """The llama.cpp worker for ``--baseline llama.cpp``, on the GGUF the engine's weights came from."""
+    import torch
+
+    from ..loading import embedded_model_path
+    from .llama_cpp_baseline import LlamaCppBaseline, default_llama_cpp_python
+
+    python = python or default_llama_cpp_python()
+    if python is None:
+        raise RuntimeError(
+            "--baseline llama.cpp needs llama-cpp-python in its own environment: run ../shared/tools/get-llama-cpp.sh "
+            "and pass the python it prints with --llama-cpp-python (or $SWIFT_LLAMA_CPP_PYTHON)"
+        )
+    if gguf is None:
+        if model is None:
+            gguf = str(embedded_model_path())
+        elif model.endswith(".gguf"):
+            gguf = model
+        else:
+            raise RuntimeError("--baseline llama.cpp: pass the model's GGUF file with --gguf")
+    return LlamaCppBaseline(python, gguf, threads=torch.get_num_threads())
 
 
 def _load_engine(model: str | None, device: str, dtype: str, profile_dir: str, config: Any = None) -> "SwiftEngine":

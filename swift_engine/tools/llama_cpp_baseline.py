@@ -1,0 +1,154 @@
+"""llama.cpp as a benchmark baseline: the same GGUF file and the same prompt tokens, in its own Python.
+
+What a CPU user runs instead of this package is llama.cpp (or Ollama over it), so the benchmark
+reports it beside ``transformers``. llama-cpp-python is never a dependency of this package and
+never runs in CI: ``../shared/tools/get-llama-cpp.sh`` builds it once into its own virtual
+environment, and the benchmark talks to a small worker script run by that environment's Python
+over JSON lines (one request, one reply), so neither environment imports the other's packages.
+
+The worker decodes greedily itself (``llama_eval`` of the prompt, then argmax and one ``eval`` per
+token) and times the prefill and the decode separately inside the process; the reply carries the
+token ids, so the benchmark counts the same tokens it counts for every other method. llama.cpp
+runs at the file's own precision (e.g. Q4_1), so its tokens may differ from the fp32 reference:
+that is reported, not treated as an exactness failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LlamaCppBaseline", "LlamaCppReply", "default_llama_cpp_python"]
+
+#: Where ``get-llama-cpp.sh`` puts its environment by default, and the variable that overrides it.
+DEFAULT_VENV = Path("~/.cache/swift-llama-cpp/venv").expanduser()
+ENV_PYTHON = "SWIFT_LLAMA_CPP_PYTHON"
+
+_WORKER = r"""
+import json, resource, sys, time
+import numpy as np
+import llama_cpp
+
+cfg = json.loads(sys.stdin.readline())
+llm = llama_cpp.Llama(
+    model_path=cfg["gguf"], n_ctx=cfg["n_ctx"], n_threads=cfg["threads"], n_threads_batch=cfg["threads"],
+    n_batch=512, logits_all=False, verbose=False,
+)
+n_vocab = llm.n_vocab()
+print(json.dumps({"ready": True, "version": llama_cpp.__version__}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    ids, budget, eos = req["ids"], req["max_new_tokens"], set(req["eos"])
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    t1 = time.perf_counter()
+    out = []
+    while True:
+        # the last position's logits (Llama.scores is only filled with logits_all=True)
+        tok = int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))))
+        out.append(tok)
+        if tok in eos or len(out) >= budget:
+            break
+        llm.eval([tok])
+    t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"tokens": out, "prefill_s": t1 - t0, "decode_s": t2 - t1, "max_rss_bytes": rss}), flush=True)
+"""
+
+
+def default_llama_cpp_python() -> str | None:
+    """``$SWIFT_LLAMA_CPP_PYTHON``, else the environment ``get-llama-cpp.sh`` builds by default, if present."""
+    override = os.environ.get(ENV_PYTHON)
+    if override:
+        return override
+    python = DEFAULT_VENV / "bin" / "python"
+    return str(python) if python.exists() else None
+
+
+@dataclass
+class LlamaCppReply:
+    tokens: list[int]
+    prefill_s: float
+    decode_s: float
+    max_rss_bytes: int | None = None
+
+    @property
+    def wall_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+class LlamaCppBaseline:
+    """A llama.cpp worker process over one GGUF file (start it once; call :meth:`generate` per request)."""
+
+    def __init__(self, python: str, gguf: str | os.PathLike[str], *, threads: int, n_ctx: int = 4096) -> None:
+        self.python = python
+        self.gguf = str(Path(gguf).expanduser().resolve())
+        self.threads = threads
+        if not Path(self.gguf).is_file():
+            raise FileNotFoundError(f"llama.cpp baseline: no GGUF file at {self.gguf}")
+        try:
+            self._proc = subprocess.Popen(
+                [python, "-c", _WORKER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
+        except OSError as exc:
+            raise RuntimeError(
+                f"llama.cpp baseline: cannot run {python!r} ({exc}); build it with ../shared/tools/get-llama-cpp.sh "
+                f"and pass its python with --llama-cpp-python or ${ENV_PYTHON}"
+            ) from exc
+        hello = self._ask({"gguf": self.gguf, "n_ctx": n_ctx, "threads": threads})
+        self.version = str(hello.get("version", "?"))
+        logger.info("llama.cpp baseline: llama-cpp-python %s on %s, %d threads", self.version, self.gguf, threads)
+
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            err = proc.stderr.read() if proc.stderr is not None and proc.poll() is not None else ""
+            tail = " | ".join(err.strip().splitlines()[-3:]) or f"exit code {proc.poll()}"
+            raise RuntimeError(f"llama.cpp baseline worker failed: {tail}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def generate(self, ids: list[int], max_new_tokens: int, eos: list[int]) -> LlamaCppReply:
+        """Greedy decoding of ``ids`` (the same token ids the other methods get), timed inside the worker."""
+        reply = self._ask({"ids": list(ids), "max_new_tokens": max_new_tokens, "eos": list(eos)})
+        return LlamaCppReply(
+            tokens=[int(t) for t in reply["tokens"]],
+            prefill_s=float(reply["prefill_s"]),
+            decode_s=float(reply["decode_s"]),
+            max_rss_bytes=reply.get("max_rss_bytes"),
+        )
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+    def __enter__(self) -> LlamaCppBaseline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
