@@ -728,8 +728,8 @@ BENCH = [
                   f"{m['max_new_tokens']} new tokens, warm-up calls {m['warmup_calls']}, repeats {m['repeats']}, "
                   f"all exact: {r['exactness']['all_own_exact']}")
 
-        METHOD_LABELS = {"hf": "transformers", "hf_lookup": "prompt lookup", "plain": "plain (engine)",
-                         "swift_cold": "SWIFT cold", "swift_warm": "SWIFT warm"}
+        METHOD_LABELS = {"hf": "transformers", "hf_lookup": "prompt lookup", "llama_cpp": "llama.cpp",
+                         "plain": "plain (engine)", "swift_cold": "SWIFT cold", "swift_warm": "SWIFT warm"}
 
 
         def panels(title, height=3.6):
@@ -783,7 +783,7 @@ BENCH = [
             ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
             ax.legend(fontsize=8)
             ax.set_xticks(range(1, len(keys) + 1),
-                          [k.replace("swift_", "").replace("_vs_", "\\nvs ").replace("hf_lookup", "lookup") for k in keys], fontsize=8)
+                          [k.replace("swift_", "").replace("_vs_", "\\nvs ").replace("hf_lookup", "lookup").replace("llama_cpp", "llama.cpp") for k in keys], fontsize=8)
             ax.set_ylabel("speed-up (x)")
             ax.set_title(label, fontsize=9)
         save(fig, "bench_speedup.png")
