@@ -95,3 +95,27 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["SWIFT_PROFILE_DIR"] = tempfile.mkdtemp(prefix="swift-test-profiles-")
+
+
+def finishes_in_time(fn, timeout: float = 10.0):
+    """Run ``fn`` in a thread and return its value; fail (instead of hanging the suite) if it blocks.
+
+    For calls that must never block (a FIFO in the profile store, a paused stream elsewhere).
+    """
+    import threading
+
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the test's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the call blocked"
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result.get("value")

@@ -27,7 +27,7 @@ import torch
 
 from swift_engine import ProfileRecord, ProfileStore, SwiftConfig, SwiftEngine
 
-from .conftest import CharTokenizer, tiny_model
+from .conftest import CharTokenizer, finishes_in_time, tiny_model
 
 PROMPT = [3, 14, 15, 9, 26, 5, 35]
 N_NEW = 20
@@ -80,22 +80,8 @@ def _outside(tmp_path: Path) -> Path:
 
 
 def _generate_in_time(engine: SwiftEngine, timeout: float = 120.0, **kwargs) -> list[int]:
-    """Generate in a thread, so a call that would block (a FIFO read) fails the test instead of hanging it."""
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["ids"] = engine.generate(PROMPT, max_new_tokens=N_NEW, **kwargs).token_ids
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            box["error"] = exc
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "generation blocked"
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["ids"]  # type: ignore[return-value]
+    """Generate; a call that would block (a FIFO read) fails the test instead of hanging it."""
+    return finishes_in_time(lambda: engine.generate(PROMPT, max_new_tokens=N_NEW, **kwargs).token_ids, timeout)
 
 
 # ------------------------------------------------------------------------------ kill -9 mid-write

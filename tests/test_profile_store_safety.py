@@ -38,6 +38,8 @@ from swift_engine.profile_store import (
 from swift_engine.search import Candidate, LayerSetSearch, SearchSession
 from swift_engine.step_profiles import IMPORTED_SPEEDUP, MAX_CACHED_STEPS, StepProfiles
 
+from .conftest import finishes_in_time
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FP = "0123456789abcdef"
 FP2 = "fedcba9876543210"
@@ -88,25 +90,6 @@ def _ours(directory: Path) -> list[str]:
         for p in directory.rglob("*")
         if profile_store._RECORD_NAME_RE.fullmatch(p.name) or profile_store._is_our_auxiliary(p.name)
     )
-
-
-def _finishes(fn, timeout: float = 10.0):
-    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it blocks."""
-    result: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test below
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the call blocked"
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result.get("value")
 
 
 @pytest.fixture
@@ -221,13 +204,13 @@ def test_fifo_device_directory_and_loop_records_neither_block_nor_raise(store: P
     paths["loop"].symlink_to(paths["loop"].name)  # ELOOP when followed
 
     for key in keys.values():
-        assert _finishes(lambda key=key: store.get(FP, key)) is None
-    assert _finishes(store.list) == []
+        assert finishes_in_time(lambda key=key: store.get(FP, key)) is None
+    assert finishes_in_time(store.list) == []
     profiles = _profiles(store)
     for key in keys.values():
-        state, record = _finishes(lambda key=key: profiles.checkout(key))
+        state, record = finishes_in_time(lambda key=key: profiles.checkout(key))
         assert state.best == START and record.calls == 0
-        assert _finishes(lambda: profiles.commit(key, state, plain=False, tokens=1, extra={})) is None
+        assert finishes_in_time(lambda: profiles.commit(key, state, plain=False, tokens=1, extra={})) is None
     assert paths["zero"].is_symlink() and paths["dir"].is_dir() and paths["loop"].is_symlink()
     assert not [name for name in os.listdir(store.directory / FP) if "corrupt" in name]
 
@@ -451,7 +434,7 @@ def test_cost_file_that_would_fail_mid_generation_is_measured_again(tmp_path: Pa
     if hasattr(os, "mkfifo"):
         path.unlink()
         os.mkfifo(path)  # a FIFO in its place must not block the engine
-        assert _finishes(lambda: load_or_measure(path, runner)).verify(2) > 0
+        assert finishes_in_time(lambda: load_or_measure(path, runner)).verify(2) > 0
         assert path.is_file()  # replaced by a measurement
 
 
