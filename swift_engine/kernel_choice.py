@@ -34,7 +34,7 @@ from .safe_files import loads_strict_json, read_regular_file, write_file_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KernelChoice", "choose_kernels", "kernel_file", "machine_signature", "measure_kernels"]
+__all__ = ["KernelChoice", "choose_kernels", "cpu_name", "kernel_file", "machine_signature", "measure_kernels"]
 
 Kernel = Literal["torch", "onednn", "packed"]
 Shape = Literal["step", "verify"]
@@ -88,6 +88,11 @@ def _cpu_identity() -> tuple[str, str]:
     except OSError:
         pass
     return name or platform.processor() or platform.machine(), hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for reports that must name the machine."""
+    return _cpu_identity()[0]
 
 
 def machine_signature(runner: ModelRunner) -> tuple[str, str]:

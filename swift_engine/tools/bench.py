@@ -867,6 +867,8 @@ def _meta(
     import torch
     import transformers
 
+    from ..kernel_choice import cpu_name
+
     device = engine.runner.device
     choice = engine.kernel_choice  # auto's kernels, measured on this machine (before "kernels" is read)
     meta = {
@@ -874,9 +876,7 @@ def _meta(
         "fingerprint": engine.fingerprint,
         "num_layers": engine.runner.num_layers,
         "device": str(device),
-        "device_name": (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-        ),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "kernels": engine.runner.kernels,
         "kernel_timings_ms": choice.timings_ms if choice is not None else None,

@@ -596,6 +596,8 @@ def info(
         import torch
         import transformers
 
+        from ..kernel_choice import cpu_name
+
         cuda = torch.version.cuda if torch.cuda.is_available() else None
         choice = engine.kernel_choice  # cpu_kernels="auto": measured now unless saved for this machine
         data: dict[str, Any] = {
@@ -609,9 +611,7 @@ def info(
             "context_window": runner.context_length,
             "chat_template": bool(getattr(engine.tokenizer, "chat_template", None)),
             "device": str(runner.device),
-            "device_name": torch.cuda.get_device_name(runner.device)
-            if runner.device.type == "cuda"
-            else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else cpu_name(),
             "dtype": _dtype_name(runner.dtype),
             "kernels": runner.kernels,
             "kernels_measured": choice.summary() if choice is not None else None,
