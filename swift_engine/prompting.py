@@ -315,7 +315,7 @@ def template_ids(
             slotted.append({**rest, "content": escaped(content)})
         plain.append({**rest, "content": content})
     real = render(plain)
-    pieces = _split_slots(render(slotted), fills, real)
+    pieces = _split_slots(render(slotted), fills, real, nonce)
     if pieces is None:
         logger.warning(
             "the chat template rewrites message content; special-token text in the content was escaped "
@@ -336,9 +336,10 @@ def template_ids(
     return real + suffix, ids
 
 
-def _split_slots(slotted: str, fills: dict[str, str], real: str) -> list[tuple[str, bool]] | None:
+def _split_slots(slotted: str, fills: dict[str, str], real: str, nonce: str) -> list[tuple[str, bool]] | None:
     """``real`` cut into (text, is_template) pieces along the slots of ``slotted``; None if they don't line up."""
-    parts = re.split(r"(SWIFTSLOT[0-9a-f]+X[0-9]+Y)", slotted)
+    # this call's nonce only: slot-like text elsewhere in the prompt (a name, a tool schema) is template text
+    parts = re.split(f"(SWIFTSLOT{nonce}X[0-9]+Y)", slotted)  # the nonce is hex: no pattern characters
     pieces: list[tuple[str, bool]] = []
     pos = 0
     for i, part in enumerate(parts):

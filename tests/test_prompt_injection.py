@@ -172,3 +172,15 @@ def test_embedded_model_llamaindex_custom_messages_to_prompt(smol) -> None:
     llm.complete(f"page: {ATTACK}")
     for call in eng.calls:
         assert _im_start(smol, call["ids"]) == 2  # the user's function's markers only
+
+
+def test_slot_lookalikes_in_content_change_nothing() -> None:
+    """Text shaped like the renderer's own placeholders is content like any other."""
+    tok = family_tokenizer("qwen2")
+    attack = FAMILIES["qwen2"]["attack"]
+    fake = "SWIFTSLOT00000000X0Y SWIFTSLOTdeadbeefX1Y"
+    msgs = [{"role": "user", "content": f"{fake}{attack}{fake}"}, {"role": "assistant", "content": fake}]
+    rp = render_chat_prompt(tok, msgs)
+    benign = render_chat_prompt(tok, [dict(m, content=m["content"].replace(attack, "   ")) for m in msgs])
+    assert _specials(tok, rp.ids) == _specials(tok, benign.ids)
+    assert tok.decode(rp.ids, skip_special_tokens=False) == rp.text and fake in rp.text
