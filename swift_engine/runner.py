@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, cast
 
@@ -66,6 +67,7 @@ class ModelRunner:
         #: the kernels ``auto`` chooses among, here
         self.candidates: list[str] = ["torch"]
         self.plan = KernelPlan("torch", "torch")
+        self._packed_ref: weakref.finalize | None = None
         if self._kernels is not None:
             if kernels == "auto":
                 self.candidates = ["torch", "onednn"] + (["packed"] if should_pack("auto", model) else [])
@@ -83,10 +85,15 @@ class ModelRunner:
         if kernels is None:
             self.plan = KernelPlan("torch", "torch")
             return
-        if "packed" in plan and "packed" not in self.plan and not kernels.pack():
-            plan = KernelPlan(*("onednn" if k == "packed" else k for k in plan))  # packing disagreed here
-        if "packed" in self.plan and "packed" not in plan:
-            kernels.unpack()
+        if "packed" in plan and "packed" not in self.plan:
+            if kernels.pack():
+                # let go of the copy when this runner is dropped, too (engines come and go over one model)
+                self._packed_ref = weakref.finalize(self, kernels.unpack)
+            else:
+                plan = KernelPlan(*("onednn" if k == "packed" else k for k in plan))  # packing disagreed here
+        if "packed" in self.plan and "packed" not in plan and self._packed_ref is not None:
+            self._packed_ref()  # unpacks once
+            self._packed_ref = None
         self.plan = plan
 
     @property

@@ -96,3 +96,21 @@ def test_every_plan_decodes_the_same_tokens(model, tmp_path, plan: KernelPlan) -
     assert res.token_ids == reference[0, len(PROMPT) :].tolist()
     assert res.stats.kernels == engine.runner.kernels
     engine.runner.set_plan(KernelPlan("torch", "torch"))  # lets go of the packed copy
+
+
+def test_a_dropped_engine_lets_go_of_the_packed_weights(tmp_path) -> None:
+    import gc
+
+    model = tiny_model("llama", seed=4)
+    engine = _engine(model, tmp_path, cpu_kernels="packed")
+    kernels = model.__dict__["_swift_linear_kernels"]
+    assert kernels.packed
+    del engine
+    gc.collect()
+    assert not kernels.packed  # its only user is gone: the copy is freed
+    first, second = _engine(model, tmp_path, cpu_kernels="packed"), _engine(model, tmp_path, cpu_kernels="packed")
+    del first
+    gc.collect()
+    assert kernels.packed  # the second engine still uses it
+    second.runner.set_plan(KernelPlan("torch", "torch"))
+    assert not kernels.packed
