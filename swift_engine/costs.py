@@ -213,6 +213,28 @@ def _time(fn: Callable[[], object], reps: int) -> float:
     return min(samples)
 
 
+def synthetic_passes(runner: ModelRunner, context: int, max_rows: int) -> Callable[[int], Callable[[], None]]:
+    """``pass_of(q)``: a forward pass of ``q`` tokens after a cached random ``context``-token prompt.
+
+    The prompt is cached once; each pass is rewound, so every timed pass sees the same context.
+    What :func:`measure_costs` and the kernel measurement (``kernel_choice.py``) time.
+    """
+    device = runner.device
+    ids = torch.randint(0, runner.vocab_size, (context + max_rows,), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    cache = runner.new_cache()
+    runner.forward(cache, ids[:context], torch.arange(context, device=device), last_only=True)
+
+    def pass_of(rows: int) -> Callable[[], None]:
+        def run() -> None:
+            runner.forward(cache, ids[context : context + rows], torch.arange(context, context + rows, device=device))
+            cache.truncate(context)
+
+        return run
+
+    return pass_of
+
+
 @torch.inference_mode()
 def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> CostModel:
     """Time the passes the decoder will make, on a synthetic context (a few seconds, once)."""
@@ -220,18 +242,8 @@ def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> Cos
 
     t0 = time.perf_counter()
     device = runner.device
-    ctx = min(context, (runner.context_length or 4096) // 2)
-    ids = torch.randint(0, runner.vocab_size, (ctx + 64,), device=device)
-    cache = runner.new_cache()
-    runner.forward(cache, ids[:ctx], torch.arange(ctx, device=device), last_only=True)
+    step = synthetic_passes(runner, min(context, (runner.context_length or 4096) // 2), max(_VERIFY_SIZES))
     model = CostModel()
-
-    def step(q: int) -> Callable[[], None]:
-        def run() -> None:
-            runner.forward(cache, ids[ctx : ctx + q], torch.arange(ctx, ctx + q, device=device))
-            cache.truncate(ctx)
-
-        return run
 
     for q in _VERIFY_SIZES:
         model.verify_s[q] = _time(step(q), reps)

@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .costs import synthetic_passes
 from .profile_records import validate_fingerprint
 from .runner import KernelPlan, ModelRunner
 from .safe_files import loads_strict_json, read_regular_file, write_file_atomic
@@ -127,19 +128,7 @@ def measure_kernels(runner: ModelRunner, reps: int = _REPS) -> KernelChoice:
     machine hits them alike; the best of ``reps`` is kept (other processes only ever add time).
     """
     t0 = time.perf_counter()
-    device = runner.device
-    ctx = min(CONTEXT, max(1, (runner.context_length or 4096) // 4))
-    ids = torch.randint(0, runner.vocab_size, (ctx + VERIFY_ROWS,), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(device)
-    cache = runner.new_cache()
-    runner.forward(cache, ids[:ctx], torch.arange(ctx, device=device), last_only=True)
-
-    def pass_of(rows: int) -> Callable[[], None]:
-        def run() -> None:
-            runner.forward(cache, ids[ctx : ctx + rows], torch.arange(ctx, ctx + rows, device=device))
-            cache.truncate(ctx)
-
-        return run
+    pass_of = synthetic_passes(runner, min(CONTEXT, max(1, (runner.context_length or 4096) // 4)), VERIFY_ROWS)
 
     holding = "packed" in runner.candidates and runner.hold_packed()
     candidates = [k for k in runner.candidates if k != "packed" or holding]
