@@ -181,6 +181,12 @@ class LinearKernels:
     def packed(self) -> bool:
         return bool(self._packed)
 
+    @property
+    def packed_bytes(self) -> int:
+        """Memory the packed copy holds now, beside the model's own weights (0 when not packed)."""
+        packed = self._packed  # one read: another thread may free it meanwhile
+        return sum(t.numel() * t.element_size() for t in packed.values())
+
     def current(self) -> str | None:
         """The kernel of the calling context's pass (None: PyTorch's stock path)."""
         return self._mode.get()

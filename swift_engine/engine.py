@@ -312,7 +312,10 @@ class SwiftEngine:
             torch.cuda.reset_peak_memory_stats(self.runner.device)
         session = self._session(request.step_key, request.speculative)
         stats = GenerationStats(
-            prompt_tokens=len(request.prompt_ids), step_key=request.step_key, kernels=self.runner.kernels
+            prompt_tokens=len(request.prompt_ids),
+            step_key=request.step_key,
+            kernels=self.runner.kernels,
+            kernel_memory_bytes=self.runner.packed_bytes,
         )
         max_new_tokens = request.max_new_tokens
         ctx = self.runner.context_length

@@ -60,6 +60,13 @@ class KernelChoice(BaseModel):
     step: Kernel
     verify: Kernel
     timings_ms: dict[Kernel, dict[Shape, _Ms]] = Field(default_factory=dict)
+    #: memory a kernel needs beside the model's weights (the packed copy), as measured
+    extra_bytes: dict[Kernel, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+
+    @property
+    def extra_memory_bytes(self) -> int:
+        """Memory the chosen kernels hold beside the model (the packed copy when either shape uses it)."""
+        return max((self.extra_bytes.get(k, 0) for k in {self.step, self.verify}), default=0)
 
     @property
     def plan(self) -> KernelPlan:
@@ -71,6 +78,8 @@ class KernelChoice(BaseModel):
         for shape in ("step", "verify"):
             times = ", ".join(f"{k} {t[shape]:.1f}" for k, t in self.timings_ms.items() if shape in t)
             parts.append(f"{shape}: {getattr(self, shape)} ({times} ms)")
+        if self.extra_memory_bytes:
+            parts.append(f"packed weight copy {self.extra_memory_bytes / 2**20:.0f} MiB")
         return "; ".join(parts)
 
 
@@ -132,6 +141,7 @@ def measure_kernels(runner: ModelRunner, reps: int = _REPS) -> KernelChoice:
 
     holding = "packed" in runner.candidates and runner.hold_packed()
     candidates = [k for k in runner.candidates if k != "packed" or holding]
+    extra = {k: (runner.packed_bytes if k == "packed" else 0) for k in candidates}
     timings: dict[str, dict[str, float]] = {k: {"step": float("inf"), "verify": float("inf")} for k in candidates}
     try:
         for kernel in candidates:  # warm-up: first calls allocate and JIT oneDNN primitives
@@ -154,6 +164,7 @@ def measure_kernels(runner: ModelRunner, reps: int = _REPS) -> KernelChoice:
             "step": step,
             "verify": verify,
             "timings_ms": {k: {shape: 1e3 * v for shape, v in t.items()} for k, t in timings.items()},
+            "extra_bytes": extra,
         }
     )
     logger.info("chose dense kernels in %.1fs: %s", time.perf_counter() - t0, choice.summary())

@@ -52,6 +52,9 @@ class GenerationStats(BaseModel):
     #: Dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed`` or ``<step>+<verify>``
     #: (``cpu_kernels="auto"`` measures them on the machine; see ``engine.kernel_choice``).
     kernels: str = "torch"
+    #: Memory the kernels held beside the model's weights during the call (oneDNN's packed weight
+    #: copy, shared by the engines over one model; 0 for stock kernels).
+    kernel_memory_bytes: int = 0
 
     def finalize(self) -> "GenerationStats":
         self.acceptance_rate = self.accepted_drafted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0

@@ -126,6 +126,11 @@ class ModelRunner:
         """Take a reference to the packed weights (for measuring them); pair with :meth:`release_packed`."""
         return self._kernels is not None and self._kernels.pack()
 
+    @property
+    def packed_bytes(self) -> int:
+        """Memory of the packed weight copy this model holds now (shared by its engines; 0: none)."""
+        return self._kernels.packed_bytes if self._kernels is not None else 0
+
     def release_packed(self) -> None:
         if self._kernels is not None:
             self._kernels.unpack()

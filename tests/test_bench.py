@@ -113,6 +113,9 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     assert phases == ["loaded", "setup", "cold", "warmup", "warm"]
     assert all(p["max_rss_bytes"] > 0 for p in result["memory"]["phases"])
     assert result["memory"]["by_method"]["swift_warm"]["max_kv_cache_bytes"] > 0
+    # the packed weight copy is memory of its own: reported whenever the chosen kernels hold one
+    assert (result["meta"]["kernel_memory_bytes"] > 0) == ("packed" in result["meta"]["kernels"])
+    assert ("packed weight copy" in render_text(result)) == ("packed" in result["meta"]["kernels"])
     assert {r["method"] for r in result["runs"]} == {*methods, "swift_warmup"}
     # per request: seconds for every method, the prefill / decode split where the method reports it
     timing = cls["timing"]
@@ -163,6 +166,7 @@ def test_engine_options_reach_the_engine(tmp_path) -> None:
     result = json.loads(path.read_text())
     meta = result["meta"]
     assert meta["kernels"] == "torch" and meta["engine_config"]["cpu_kernels"] == "torch"
+    assert meta["kernel_memory_bytes"] == 0
     assert meta["engine_config"]["context_drafts"] is False
     swift_runs = [r for r in result["runs"] if r["method"].startswith("swift")]
     assert swift_runs and all(r["stats"]["context_drafted_tokens"] == 0 for r in swift_runs)

@@ -114,3 +114,23 @@ def test_a_dropped_engine_lets_go_of_the_packed_weights(tmp_path) -> None:
     assert kernels.packed  # the second engine still uses it
     second.runner.set_plan(KernelPlan("torch", "torch"))
     assert not kernels.packed
+
+
+def test_the_packed_copy_is_measured_and_reported(tmp_path) -> None:
+    """``auto`` records what packing costs in memory; the stats say what a call's kernels held."""
+    from swift_engine.cpu_kernels import linear_weight_bytes
+
+    model = tiny_model("llama", seed=5)
+    weights = linear_weight_bytes(model)
+    engine = _engine(model, tmp_path)
+    choice = engine.kernel_choice
+    if "packed" not in choice.timings_ms:
+        pytest.skip("oneDNN's packed weights disagree with F.linear here: not a candidate")
+    # the blocked layout may pad, never shrink
+    assert choice.extra_bytes["packed"] >= weights and choice.extra_bytes["torch"] == 0
+    assert choice.extra_memory_bytes == (choice.extra_bytes["packed"] if "packed" in choice.plan else 0)
+    engine.runner.set_plan(KernelPlan("packed", "packed"))
+    packed = engine.generate(PROMPT, max_new_tokens=4).stats.kernel_memory_bytes
+    assert packed == engine.runner.packed_bytes >= weights
+    engine.runner.set_plan(KernelPlan("torch", "torch"))
+    assert engine.generate(PROMPT, max_new_tokens=4).stats.kernel_memory_bytes == 0

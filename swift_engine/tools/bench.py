@@ -880,6 +880,7 @@ def _meta(
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "kernels": engine.runner.kernels,
         "kernel_timings_ms": choice.timings_ms if choice is not None else None,
+        "kernel_memory_bytes": engine.runner.packed_bytes,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -1058,6 +1059,8 @@ def build_tables(result: dict[str, Any]) -> list[Table]:
         if v["max_kv_cache_bytes"] is None and v["cuda_peak_bytes"] is None:
             continue
         mem.rows.append([m, "", _mib(v["cuda_peak_bytes"]), _mib(v["max_kv_cache_bytes"])])
+    if m_bytes := result["meta"].get("kernel_memory_bytes"):
+        mem.rows.append([f"of which packed weight copy ({result['meta'].get('kernels')})", _mib(m_bytes), "", ""])
     llama_rss = [
         (r.get("stats") or {}).get("max_rss_bytes") for r in result.get("runs", ()) if r.get("method") == "llama_cpp"
     ]
