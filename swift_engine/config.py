@@ -91,10 +91,26 @@ class SwiftConfig(BaseModel):
     search: SearchConfig = SearchConfig()
     #: Also draft continuations found earlier in the context (prompt lookup), merged into the tree.
     context_drafts: bool = True
+    #: Keep prompts' keys and values across calls, so a call prefills only what no earlier prompt
+    #: began with (an agent's system prompt, tools and history; a chain's instructions). ``True``:
+    #: up to a tenth of the memory available at start (64 MiB to 2 GiB); an int: that many bytes;
+    #: ``False`` (or 0): off. Outputs are the same either way (see ``prefix_cache.py``).
+    prefix_cache: bool | int = True
+    #: Prompts are prefilled in passes of this many tokens at fixed positions, cache or not, so a
+    #: cached prefix is bitwise what a fresh prefill computes. Smaller: finer reuse, but each pass
+    #: reads every weight, so a cold prefill costs more (measured in ``docs/bench``).
+    prefill_block: int = Field(default=128, ge=1, le=8192)
     #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).
     speculative: bool = True
     #: Default step key when neither the call nor the context names one.
     default_step_key: str = "default"
+
+    @field_validator("prefix_cache")
+    @classmethod
+    def _budget(cls, v: bool | int) -> bool | int:
+        if not isinstance(v, bool) and v < 0:
+            raise ValueError(f"prefix_cache must be True, False or a size in bytes >= 0, got {v}")
+        return v
 
     @field_validator("skip_attention", "skip_mlp")
     @classmethod

@@ -26,6 +26,7 @@ from .drafters import Drafter, DraftHead, Proposal, drafters_for_call, propose
 from .kernel_choice import KernelChoice, choose_kernels, kernel_file
 from .kv_cache import SwiftKVCache
 from .layer_skip import default_skip_set
+from .prefix_cache import CachedBlock, PrefixCache, default_budget_bytes
 from .profile_store import ProfileStore
 from .prompting import template_ids
 from .request import GenerationRequest
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
-
-#: Prefill in chunks so the mask of a long prompt stays small.
-_PREFILL_CHUNK = 512
 
 
 class SwiftEngine:
@@ -93,6 +91,11 @@ class SwiftEngine:
         self._kernel_choice: KernelChoice | None = None
         self._fingerprint: str | None = None
         self._grammars: GrammarCache | None = None
+        budget = self.config.prefix_cache
+        if budget is True:
+            budget = default_budget_bytes(self.runner.device)
+        #: prompts' keys and values kept across calls (None: ``prefix_cache=False``)
+        self.prefix_cache: PrefixCache | None = PrefixCache(int(budget), self.config.prefill_block) if budget else None
 
     # -- per-engine state, created on first use ---------------------------------------------------
     @property
@@ -387,7 +390,8 @@ class SwiftEngine:
         # the furthest a generation writes: prompt, reply, and one draft tree past the reply's end
         cache = runner.new_cache(capacity=len(prompt_ids) + max_new_tokens + cfg.tree.max_tree_tokens + 1)
         prefill_start = time.perf_counter()
-        tail_logits = self._prefill(cache, prompt_ids, session.teacher_window)
+        tail_logits, stats.cached_prompt_tokens = self._prefill(cache, prompt_ids, session.teacher_window)
+        stats.prefix_cache_bytes = self.prefix_cache.nbytes if self.prefix_cache is not None else 0
         root = self._pick(tail_logits[-1], request.sampling, generator, grammar)
         session.start(prompt_ids, tail_logits.argmax(dim=-1).tolist())
         decode_start = time.perf_counter()
@@ -424,13 +428,47 @@ class SwiftEngine:
             produced += len(new)
             yield new
 
-    def _prefill(self, cache: SwiftKVCache, prompt_ids: list[int], tail: int) -> torch.Tensor:
-        """Cache the prompt; the full model's logits after its last ``tail`` tokens."""
-        device = self.runner.device
-        for s in range(0, len(prompt_ids), _PREFILL_CHUNK):
-            chunk = torch.tensor(prompt_ids[s : s + _PREFILL_CHUNK], device=device)
-            hidden = self.runner.hidden(cache, chunk, torch.arange(s, s + chunk.numel(), device=device))
-        return self.runner.logits(hidden[-min(tail, hidden.shape[0]) :])
+    def _prefill(self, cache: SwiftKVCache, prompt_ids: list[int], tail: int) -> tuple[torch.Tensor, int]:
+        """Cache the prompt; the full model's logits after its last ``tail`` tokens, and how many came cached.
+
+        One pass per ``prefill_block`` tokens at fixed positions, so every block is computed
+        the same way whether or not an earlier call's block is reused (see ``prefix_cache.py``).
+        """
+        runner, block, store = self.runner, self.config.prefill_block, self.prefix_cache
+        tag = runner.kernels
+        chain = store.lookup(prompt_ids, tag) if store is not None else []
+        hidden: list[torch.Tensor] = [b.hidden for b in chain]
+        if chain:
+            cache.load(
+                [
+                    (torch.cat([b.kv[i][0] for b in chain], -2), torch.cat([b.kv[i][1] for b in chain], -2))
+                    for i in range(len(chain[0].kv))
+                ]
+            )
+        start = cached = len(chain) * block
+        new: list[CachedBlock] = []
+        device = runner.device
+        while start < len(prompt_ids):
+            end = min(start + block, len(prompt_ids))
+            ids = prompt_ids[start:end]
+            hidden.append(
+                runner.hidden(cache, torch.tensor(ids, device=device), torch.arange(start, end, device=device))
+            )
+            if store is not None and end - start == block:
+                new.append(CachedBlock(tuple(ids), cache.entries(start, end), hidden[-1].clone()))
+            start = end
+        if store is not None:
+            store.insert(chain, new, tag)
+        # the same rows in one call whatever came from the cache: the logits are bitwise the same too
+        need = max(1, min(tail, len(prompt_ids)))
+        last: list[torch.Tensor] = []
+        for h in reversed(hidden):
+            take = min(need, h.shape[0])
+            last.insert(0, h[h.shape[0] - take :])
+            need -= take
+            if need == 0:
+                break
+        return runner.logits(torch.cat(last) if len(last) > 1 else last[0]), cached
 
     def _verify(
         self,

@@ -154,3 +154,19 @@ class SwiftKVCache(Cache):
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self._swift_layers)
+
+    def load(self, per_layer: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Start an empty cache from stored entries: ``(keys, values)`` per layer (a cached prefix)."""
+        if self.get_seq_length() or any(layer.length for layer in self._swift_layers):
+            raise RuntimeError("load() starts an empty cache")
+        for idx, (keys, values) in enumerate(per_layer):
+            self.update(keys, values, idx)
+
+    def entries(self, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of every layer's entries ``[start, end)`` (to keep them beyond this generation)."""
+        out = []
+        for layer in self._swift_layers:
+            keys, values = layer.keys, layer.values
+            assert keys is not None and values is not None and layer.length >= end
+            out.append((keys[..., start:end, :].clone(), values[..., start:end, :].clone()))
+        return out

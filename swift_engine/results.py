@@ -55,6 +55,10 @@ class GenerationStats(BaseModel):
     #: Memory the kernels held beside the model's weights during the call (oneDNN's packed weight
     #: copy, shared by the engines over one model; 0 for stock kernels).
     kernel_memory_bytes: int = 0
+    #: Prompt tokens whose keys and values came from the prefix cache (not prefilled by this call).
+    cached_prompt_tokens: int = 0
+    #: Memory of the engine's prefix cache after this call's prompt was added (0: off).
+    prefix_cache_bytes: int = 0
 
     def finalize(self) -> "GenerationStats":
         self.acceptance_rate = self.accepted_drafted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
