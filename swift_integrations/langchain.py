@@ -250,10 +250,18 @@ class _SwiftFields(BaseModel):
 # ====================================================================================== events
 
 
-def _usage(input_tokens: int, output_tokens: int) -> UsageMetadata:
-    return UsageMetadata(
+def _usage(input_tokens: int, output_tokens: int, cache_read: int = 0) -> UsageMetadata:
+    """LangChain's usage record; ``cache_read``: prompt tokens the engine's prefix cache supplied."""
+    usage = UsageMetadata(
         input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
     )
+    if cache_read:
+        usage["input_token_details"] = {"cache_read": cache_read}
+    return usage
+
+
+def _cache_read(stats: Any) -> int:
+    return int(getattr(stats, "cached_prompt_tokens", 0) or 0)
 
 
 # ====================================================================================== chat model
@@ -633,7 +641,10 @@ def _chat_result(final: Final) -> ChatResult:
         content=final.content,
         tool_calls=calls,
         invalid_tool_calls=invalid,
-        usage_metadata=_usage(**{k: usage_from_stats(final.stats)[k] for k in ("input_tokens", "output_tokens")}),
+        usage_metadata=_usage(
+            **{k: usage_from_stats(final.stats)[k] for k in ("input_tokens", "output_tokens")},
+            cache_read=_cache_read(final.stats),
+        ),
         response_metadata=final.metadata(),
     )
     return ChatResult(
@@ -667,14 +678,14 @@ class _ChunkBuilder:
         msg = AIMessageChunk(
             content=ev.tail,
             tool_call_chunks=chunks,
-            usage_metadata=self._take(),
+            usage_metadata=self._take(cache_read=_cache_read(ev.stats)),
             response_metadata=ev.metadata(),
             chunk_position="last",
         )
         return ChatGenerationChunk(message=msg, generation_info={"finish_reason": ev.finish_reason})
 
-    def _take(self) -> UsageMetadata:
-        u = _usage(self.pending_in, self.pending_out)
+    def _take(self, cache_read: int = 0) -> UsageMetadata:
+        u = _usage(self.pending_in, self.pending_out, cache_read)
         self.pending_in = self.pending_out = 0
         return u
 

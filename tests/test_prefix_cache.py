@@ -173,3 +173,22 @@ def test_embedded_model_chat_turns_reuse_the_prefix_exactly(smol) -> None:
         cached.append(warm.stats.cached_prompt_tokens)
         messages.append({"role": "assistant", "content": warm.text})
     assert cached[1] >= smol.config.prefill_block and cached[2] >= cached[1]
+
+
+def test_langchain_usage_reports_the_cached_prompt_tokens(smol) -> None:
+    """``usage_metadata.input_token_details.cache_read``, as LangChain's providers report prompt caching."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from swift_integrations import SwiftChatModel
+
+    chat = SwiftChatModel(device="cpu", dtype="float32", max_tokens=6, step_key="prefix-cache-usage")
+    system = SystemMessage("You answer questions about a library's rules. " * 20)
+    chat.invoke([system, HumanMessage("Can I eat in the reading room?")])
+    second = chat.invoke([system, HumanMessage("Until when is it open?")])
+    assert second.usage_metadata["input_token_details"]["cache_read"] >= 128
+    assert second.response_metadata["swift_stats"]["cached_prompt_tokens"] >= 128
+    streamed = None
+    for chunk in chat.stream([system, HumanMessage("Where are the toilets?")]):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed.usage_metadata["input_token_details"]["cache_read"] >= 128
+    assert streamed.usage_metadata["input_tokens"] > streamed.usage_metadata["input_token_details"]["cache_read"]
