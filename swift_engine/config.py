@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .profile_records import MAX_DRAFT_MEMORY_TOKENS
+
 
 class TreeConfig(BaseModel):
     """How low-confidence draft positions are widened into a token tree.
@@ -91,6 +93,9 @@ class SwiftConfig(BaseModel):
     search: SearchConfig = SearchConfig()
     #: Also draft continuations found earlier in the context (prompt lookup), merged into the tree.
     context_drafts: bool = True
+    #: Also draft continuations of this step's earlier outputs (its draft memory, kept in the step's
+    #: profile): up to this many tokens of recent outputs per step; 0 turns it off (and stores none).
+    draft_memory: int = Field(default=4096, ge=0, le=MAX_DRAFT_MEMORY_TOKENS)
     #: Keep prompts' keys and values across calls, so a call prefills only what no earlier prompt
     #: began with (an agent's system prompt, tools and history; a chain's instructions). ``True``:
     #: up to a tenth of the memory available at start (64 MiB to 2 GiB); an int: that many bytes;

@@ -37,7 +37,7 @@ from .search import Candidate, SearchSession
 from .step_context import resolve_step_key
 from .step_profiles import StepProfiles
 from .stopping import StopStrings, TextStream
-from .tree import SOURCE_CONTEXT, TokenTree, build_tree
+from .tree import SOURCE_CONTEXT, SOURCE_MEMORY, TokenTree, build_tree
 from .verification import Verdict, verify_tree
 
 if TYPE_CHECKING:
@@ -511,4 +511,6 @@ def _count_step(
     stats.accepted_drafted_tokens += len(verdict.accepted)
     stats.context_drafted_tokens += sum(1 for s in tree.sources if s & SOURCE_CONTEXT)
     stats.context_accepted_tokens += sum(1 for n in verdict.path[1:] if tree.sources[n] & SOURCE_CONTEXT)
+    stats.memory_drafted_tokens += sum(1 for s in tree.sources if s & SOURCE_MEMORY)
+    stats.memory_accepted_tokens += sum(1 for n in verdict.path[1:] if tree.sources[n] & SOURCE_MEMORY)
     stats.kv_cache_bytes = cache.nbytes()

@@ -28,7 +28,9 @@ __all__ = [
     "ENV_PROFILE_DIR",
     "EXPORT_SCHEMA",
     "EXPORT_VERSION",
+    "DRAFT_MEMORY_VERSION",
     "MAX_DRAFT_LEN",
+    "MAX_DRAFT_MEMORY_TOKENS",
     "MAX_IMPORT_BYTES",
     "MAX_LAYERS",
     "MAX_MODEL_NAME_LENGTH",
@@ -37,6 +39,7 @@ __all__ = [
     "MAX_SPEEDUP",
     "MAX_STEP_KEY_LENGTH",
     "SCHEMA_VERSION",
+    "DraftMemory",
     "ProfileRecord",
     "SkipSet",
     "default_profile_dir",
@@ -173,6 +176,11 @@ def default_profile_dir() -> Path:
 # --------------------------------------------------------------------------- models
 
 #: A layer index as stored: a real integer (not a bool, float or string) in range.
+#: Format of a step's draft memory (``extra["draft_memory"]``); other versions are left alone.
+DRAFT_MEMORY_VERSION = 1
+#: Most tokens a step's draft memory may hold (its JSON stays far below MAX_RECORD_BYTES).
+MAX_DRAFT_MEMORY_TOKENS = 16384
+
 _LayerIndex = Annotated[int, Strict(), Field(ge=0, lt=MAX_LAYERS)]
 _Count = Annotated[int, Strict(), Field(ge=0, le=2**31)]
 
@@ -242,13 +250,76 @@ class _Observation(BaseModel):
     speedup: Annotated[float, Strict(), Field(allow_inf_nan=False, ge=0.0, le=MAX_SPEEDUP)] = 0.0
 
 
+_TokenId = Annotated[int, Strict(), Field(ge=0, lt=2**31)]
+
+
+class DraftMemory(BaseModel):
+    """A step's earlier outputs (token ids), newest last: what the memory drafter copies from.
+
+    Kept in the step's profile record, so it shares the record's validation, atomic writes and
+    bounds. A call stores only what it added (``outputs``: its own reply) and :meth:`merged`
+    folds that into what the store holds, so concurrent calls of one step all keep their
+    outputs. Bounded by ``max_tokens`` (the oldest outputs go first).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: Annotated[int, Strict(), Field(ge=1)] = DRAFT_MEMORY_VERSION
+    max_tokens: Annotated[int, Strict(), Field(ge=0, le=MAX_DRAFT_MEMORY_TOKENS)] = 4096
+    outputs: list[list[_TokenId]] = Field(default_factory=list, max_length=MAX_DRAFT_MEMORY_TOKENS)
+    #: the memory drafter's acceptance statistics (drafters/memory.py re-validates them)
+    acceptance: dict[str, Any] | None = None
+
+    @field_validator("outputs")
+    @classmethod
+    def _bounded(cls, value: list[list[int]]) -> list[list[int]]:
+        if sum(len(o) for o in value) > MAX_DRAFT_MEMORY_TOKENS:
+            raise ValueError(f"more than {MAX_DRAFT_MEMORY_TOKENS} tokens")
+        return value
+
+    def trimmed(self) -> DraftMemory:
+        """The newest outputs that fit in ``max_tokens``."""
+        kept: list[list[int]] = []
+        total = 0
+        for out in reversed(self.outputs):
+            if total + len(out) > self.max_tokens:
+                break
+            kept.insert(0, out)
+            total += len(out)
+        return self.model_copy(update={"outputs": kept})
+
+    @staticmethod
+    def merged(stored: Any, added: DraftMemory) -> dict[str, Any]:
+        """``stored`` (the record's value, possibly absent or of another version) with ``added`` folded in.
+
+        An output seen before moves to the newest end instead of being kept twice. A stored memory
+        of a newer version is left as it is (a newer release wrote it).
+        """
+        base = None
+        if isinstance(stored, dict):
+            try:
+                base = DraftMemory.model_validate(stored)
+            except ValidationError:
+                base = None
+        if base is not None and base.version > added.version:
+            return dict(stored)
+        outputs = [o for o in (base.outputs if base is not None and base.version == added.version else [])]
+        for out in added.outputs:
+            if out in outputs:
+                outputs.remove(out)
+            outputs.append(out)
+        merged = added.model_copy(update={"outputs": outputs}).trimmed()
+        return merged.model_dump()
+
+
 class _KnownExtra(BaseModel):
     """The ``extra`` keys this package writes, typed; other keys pass through untouched.
 
     ``since_improvement`` and ``best_draft_len`` are the search's (step_profiles.py),
     ``calls_since_probe`` the plain-decoding re-probe counter (search.py) and
     ``context_acceptance`` the context drafter's statistics (drafters/context.py, which
-    re-validates its own content). Absent keys are fine; ``null`` or a wrong type is not.
+    re-validates its own content), ``draft_memory`` the memory drafter's earlier outputs.
+    Absent keys are fine; ``null`` or a wrong type is not.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -257,6 +328,7 @@ class _KnownExtra(BaseModel):
     best_draft_len: Annotated[int, Strict(), Field(ge=1, le=MAX_DRAFT_LEN)] = 4
     calls_since_probe: _Count = 0
     context_acceptance: dict[str, Any] | None = None
+    draft_memory: DraftMemory | None = None
 
 
 def _validation_summary(error: ValidationError) -> str:

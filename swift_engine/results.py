@@ -24,6 +24,9 @@ class GenerationStats(BaseModel):
     #: The share of those that came from the context (prompt-lookup drafts).
     context_drafted_tokens: int = 0
     context_accepted_tokens: int = 0
+    #: Draft tokens copied from this step's earlier outputs (its draft memory), and those accepted.
+    memory_drafted_tokens: int = 0
+    memory_accepted_tokens: int = 0
     #: accepted_drafted_tokens / drafted_tokens (0 when nothing was drafted).
     acceptance_rate: float = 0.0
     #: Tokens emitted per verify step, the prefill's first token aside (1.0 is plain decoding).

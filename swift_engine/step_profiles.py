@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import SearchConfig
-from .profile_records import ProfileRecord, SkipSet
+from .profile_records import DraftMemory, ProfileRecord, SkipSet
 from .profile_store import ProfileStore
 from .search import MAX_OBSERVATIONS, Candidate, SearchState
 
@@ -113,7 +113,7 @@ class StepProfiles:
             update: dict[str, Any] = {
                 "calls": base.calls + 1,
                 "tokens_seen": base.tokens_seen + tokens,
-                "extra": {**base.extra, **extra},
+                "extra": _merge_extra(base.extra, extra),
                 "model_name": self.model_name,
             }
             if ours_better:
@@ -245,3 +245,12 @@ def _extra_int(record: ProfileRecord, key: str, *, default: int, low: int) -> in
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         return default
     return value
+
+
+def _merge_extra(stored: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The record's extras with this call's: ours win, except the draft memory, which accumulates."""
+    merged = {**stored, **ours}
+    if ours.get("draft_memory") is not None:  # this call's additions (drafters/memory.py)
+        added = DraftMemory.model_validate(ours["draft_memory"])
+        merged["draft_memory"] = DraftMemory.merged(stored.get("draft_memory"), added)
+    return merged

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 #: Where a node's token came from (a bit mask: sources that agree share the node).
 SOURCE_LAYER_SKIP = 1
 SOURCE_CONTEXT = 2
+SOURCE_MEMORY = 4
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 from .base import Drafter, Proposal
 from .context import ContextAcceptance, ContextDrafter, ContextIndex
 from .layer_skip import Draft, DraftHead, LayerSkipDrafter, draft_chain
+from .memory import MemoryDrafter, MemoryIndex
 from .policy import drafters_for_call, propose
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "DraftHead",
     "Drafter",
     "LayerSkipDrafter",
+    "MemoryDrafter",
+    "MemoryIndex",
     "Proposal",
     "draft_chain",
     "drafters_for_call",

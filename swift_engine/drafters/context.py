@@ -104,13 +104,16 @@ class ContextAcceptance:
             return min(3, max_len) if probe else 0
         return length
 
-    def observe(self, tree: TokenTree, path: list[int], order: int) -> None:
-        """Fold in one verification of a context draft found after an ``order``-token match (0: none proposed)."""
-        proposed = sum(1 for s in tree.sources if s & SOURCE_CONTEXT)
+    def observe(self, tree: TokenTree, path: list[int], order: int, source: int = SOURCE_CONTEXT) -> None:
+        """Fold in one verification of a copy found after an ``order``-token match (0: none proposed).
+
+        ``source``: the tree-node bit of the drafter whose copies these statistics are about.
+        """
+        proposed = sum(1 for s in tree.sources if s & source)
         if order <= 0 or not proposed:
             return
-        hits = sum(1 for node in path[1:] if tree.sources[node] & SOURCE_CONTEXT)
-        miss = any(tree.sources[c] & SOURCE_CONTEXT for c in tree.children()[path[-1]].values())
+        hits = sum(1 for node in path[1:] if tree.sources[node] & source)
+        miss = any(tree.sources[c] & source for c in tree.children()[path[-1]].values())
         c = self.counts.setdefault(order, list(_CONTEXT_PRIOR.get(order, _CONTEXT_PRIOR[1])))
         c[0] += 1
         if hits:

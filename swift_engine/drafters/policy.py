@@ -18,6 +18,7 @@ from ..runner import ModelRunner
 from .base import Drafter, Proposal
 from .context import ContextDrafter
 from .layer_skip import DraftHead, LayerSkipDrafter
+from .memory import MemoryDrafter
 
 if TYPE_CHECKING:
     from ..constraints import GrammarState
@@ -42,6 +43,11 @@ def drafters_for_call(
     drafters: list[Drafter] = []
     if config.context_drafts:
         drafters.append(ContextDrafter(tokens, costs, config.max_draft_len, profile.get(ContextDrafter.profile_key)))
+    if config.draft_memory:
+        memory = profile.get(MemoryDrafter.profile_key)
+        drafters.append(
+            MemoryDrafter(tokens, costs, config.max_draft_len, config.draft_memory, runner.vocab_size, memory)
+        )
     drafters.append(LayerSkipDrafter(runner, cache, config, head, skip, grammar))
     return drafters
 
