@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -91,6 +91,8 @@ class SwiftEngine:
         self._kernel_choice: KernelChoice | None = None
         self._fingerprint: str | None = None
         self._grammars: GrammarCache | None = None
+        #: called with every finished call's result (see :meth:`add_result_listener`)
+        self._listeners: list[Callable[[GenerationResult], None]] = []
         budget = self.config.prefix_cache
         if budget is True:
             budget = default_budget_bytes(self.runner.device)
@@ -244,6 +246,17 @@ class SwiftEngine:
         )
 
     # -- public API ---------------------------------------------------------------------------
+    def add_result_listener(self, listener: Callable[[GenerationResult], None]) -> None:
+        """Call ``listener(result)`` when any call of this engine finishes (metrics, benchmarks, logs).
+
+        It runs in the calling thread before the call's last chunk is returned; an exception in it
+        is logged, never raised into the call.
+        """
+        self._listeners.append(listener)
+
+    def remove_result_listener(self, listener: Callable[[GenerationResult], None]) -> None:
+        self._listeners.remove(listener)
+
     def generate(self, prompt: Prompt, **kwargs: Any) -> GenerationResult:
         """Generate a completion; see :meth:`stream` for the arguments."""
         result = None
@@ -369,6 +382,11 @@ class SwiftEngine:
         if self.runner.device.type == "cuda":
             stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.runner.device))
         result = GenerationResult(text=text.final_text, token_ids=out, finish_reason=finish, stats=stats.finalize())
+        for listener in list(self._listeners):
+            try:
+                listener(result)
+            except Exception:  # a broken metrics hook must not fail the generation
+                logger.exception("result listener %r failed", listener)
         yield StreamChunk(result=result)
 
     # -- the decode loop --------------------------------------------------------------------

@@ -172,3 +172,23 @@ def test_search_budget_shrinks_as_the_search_stagnates(tmp_path) -> None:
         session = SearchSession(PLAIN, state=state, costs=engine.costs, config=engine.config.search)
         session.last_iteration_s = 0.3  # next iteration: 0.3 s after 1 s of decoding
         assert session.affordable(_time.perf_counter() - 1.0) is affordable
+
+
+def test_result_listeners_see_every_finished_call_and_never_break_one(engine: SwiftEngine, caplog) -> None:
+    seen: list = []
+
+    def broken(result) -> None:
+        raise RuntimeError("a metrics hook with a bug")
+
+    engine.add_result_listener(seen.append)
+    engine.add_result_listener(broken)
+    try:
+        res = engine.generate([1, 2, 3, 4], max_new_tokens=5)
+        streamed = "".join(c.text for c in engine.stream([1, 2, 3], max_new_tokens=4))
+    finally:
+        engine.remove_result_listener(seen.append)
+        engine.remove_result_listener(broken)
+    assert [r.token_ids for r in seen] == [res.token_ids, seen[1].token_ids] and seen[1].text == streamed
+    assert "a metrics hook with a bug" in caplog.text  # logged, not raised
+    engine.generate([1, 2], max_new_tokens=2)
+    assert len(seen) == 2  # removed: no longer called
