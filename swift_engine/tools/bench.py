@@ -1252,6 +1252,42 @@ class Kernels(str, Enum):
     torch = "torch"
 
 
+def _pipeline_bench(
+    model: str | None,
+    pipelines: str | None,
+    max_new_tokens: int | None,
+    quick: bool,
+    json_path: str | None,
+    markdown: str | None,
+) -> int:
+    """``--pipeline``: the pipelines' benchmark (swift_integrations.pipeline_bench; needs the dev extras)."""
+    import importlib
+    import types
+
+    try:  # the adapters' package (not the core's): imported by name, so the core's type check stays in the core
+        pipeline_bench: Any = importlib.import_module("swift_integrations.pipeline_bench")
+    except ImportError as exc:  # langchain-huggingface, langgraph, llama-index: the dev extras
+        logging.getLogger("swift-bench").error("--pipeline needs the dev extras (pip install -e '.[dev]'): %s", exc)
+        return 1
+    names = [p.strip() for p in (pipelines or ",".join(pipeline_bench.PIPELINES)).split(",") if p.strip()]
+    unknown = sorted(set(names) - set(pipeline_bench.PIPELINES))
+    if unknown:
+        logging.getLogger("swift-bench").error(
+            "unknown pipeline %s (known: %s)", ", ".join(unknown), ", ".join(pipeline_bench.PIPELINES)
+        )
+        return 1
+    args = types.SimpleNamespace(
+        model=model,
+        pipelines=names,
+        methods=list(pipeline_bench.METHODS),
+        max_new_tokens=max_new_tokens or (32 if quick else 64),
+        quick=quick,
+        json=json_path,
+        markdown=None if markdown in (None, "-") else markdown,
+    )
+    return pipeline_bench.main(args)
+
+
 def bench(
     ctx: typer.Context,
     model: Annotated[
@@ -1369,6 +1405,20 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    pipeline: Annotated[
+        bool,
+        typer.Option(
+            "--pipeline",
+            help="Benchmark whole pipelines instead (a LangGraph agent with tools, an LCEL RAG chain, a LlamaIndex "
+            "refine engine) against ChatHuggingFace, the plain loop and SWIFT without prefix cache and draft memory.",
+        ),
+    ] = False,
+    pipelines: Annotated[
+        Optional[str],
+        typer.Option(
+            "--pipelines", help="With --pipeline: which, comma-separated (agent,rag,refine).", show_default=False
+        ),
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the engine's progress.")] = False,
 ) -> None:
@@ -1384,6 +1434,8 @@ def bench(
         logging.basicConfig(
             level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
+    if pipeline:
+        raise typer.Exit(_pipeline_bench(model, pipelines, max_new_tokens, quick, json_path, markdown))
     wanted = [c for item in [*(classes or []), *(more_classes or [])] for c in item.split(",") if c.strip()] or None
     max_new = max_new_tokens or (QUICK_MAX_NEW_TOKENS if quick else DEFAULT_MAX_NEW_TOKENS)
     warmup = warmup_calls if warmup_calls is not None else (1 if quick else 3)
