@@ -400,6 +400,45 @@ def _method_engine(model: Any, tokenizer: Any, method: str, store: Path) -> Any:
     return SwiftEngine(model, tokenizer, config, profile_store=store / method)
 
 
+def _recording(encode: Callable[[Any], list[int]], into: list[Any]) -> Callable[[Any], list[int]]:
+    """``engine.encode_prompt`` that also keeps each prompt's token ids (for the llama.cpp replay)."""
+
+    def encode_prompt(prompt: Any) -> list[int]:
+        ids = encode(prompt)
+        into.append(list(ids))
+        return ids
+
+    return encode_prompt
+
+
+def engine_eos(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
+        e = getattr(src, "eos_token_id", None)
+        ids.update([e] if isinstance(e, int) else list(e or ()))
+    return ids
+
+
+def _replay(llama: Any, prompts: list[Any], max_new_tokens: int, eos: list[int]) -> dict[str, Any]:
+    """llama.cpp on the same prompts: warm-up ones untimed, then the measured ones, keeping shared prefixes."""
+    split = prompts.index(None)
+    for ids in prompts[:split]:
+        llama.generate(ids, max_new_tokens, eos, reuse_prefix=True)
+    replies = [llama.generate(ids, max_new_tokens, eos, reuse_prefix=True) for ids in prompts[split + 1 :]]
+    seconds = sum(r.wall_s for r in replies)
+    tokens = sum(len(r.tokens) for r in replies)
+    return {
+        "seconds": seconds,
+        "calls": len(replies),
+        "new_tokens": tokens,
+        "prompt_tokens": sum(len(p) for p in prompts[split + 1 :]),
+        "cached_prompt_tokens": sum(r.reused_tokens for r in replies),
+        "prefill_s": [round(r.prefill_s, 4) for r in replies],
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "note": "model time inside llama.cpp only (no framework), the file's own precision: its tokens may differ",
+    }
+
+
 def _summarize(method: str, seconds: float, log: CallLog) -> dict[str, Any]:
     """Per pipeline and method: wall time, tokens/s, prefill and TTFT per call, accepted tokens by source."""
     row: dict[str, Any] = {"seconds": seconds}
@@ -439,8 +478,14 @@ def run_pipelines(
     max_new_tokens: int = 64,
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
+    llama: Any = None,
 ) -> dict[str, Any]:
-    """Run every pipeline with every method; the result is what ``--json`` writes and the tables read."""
+    """Run every pipeline with every method; the result is what ``--json`` writes and the tables read.
+
+    ``llama``: a :class:`~swift_engine.tools.llama_cpp_baseline.LlamaCppBaseline` on the model's GGUF
+    file; it replays the ``plain`` method's prompts (warm-up, then measured, keeping the shared prefix
+    like llama.cpp's server with ``cache_prompt``), so it needs ``plain`` among the methods.
+    """
     import os
     import platform
 
@@ -481,6 +526,7 @@ def run_pipelines(
             rows: dict[str, Any] = {}
             answers: dict[str, list[str]] = {}
             tokens: dict[str, list[list[int]]] = {}
+            prompts: list[list[int] | None] = []  # the plain method's, for the llama.cpp replay
             for method in methods:
                 log = CallLog()
                 engine = None
@@ -490,12 +536,16 @@ def run_pipelines(
                     engine = _method_engine(model, tokenizer, method, store)
                     engine.add_result_listener(log.results.append)
                     chat, llm = _swift_models(engine, max_new_tokens)
+                    if method == "plain":
+                        engine.encode_prompt = _recording(engine.encode_prompt, prompts)
                 run = {"agent": lambda ts: _agent(chat, ts), "rag": lambda ts: _rag(chat, ts)}.get(
                     name, lambda ts: _refine(llm, ts)
                 )
                 say(f"{name}: {method} warm-up ({len(warmup)} tasks)")
                 run(warmup)
                 log.clear()
+                if method == "plain":
+                    prompts.append(None)  # the measured calls' prompts follow
                 say(f"{name}: {method} measured ({len(measured)} tasks)")
                 t0 = time.perf_counter()
                 answers[method] = run(measured)
@@ -505,6 +555,9 @@ def run_pipelines(
                     tokens[method] = [list(r.token_ids) for r in log.results]
                     engine.remove_result_listener(log.results.append)
                 say(f"{name}: {method} {seconds:.1f}s")
+            if llama is not None and "plain" in tokens:
+                say(f"{name}: llama.cpp replays the plain method's {len(prompts) - 1} prompts")
+                rows["llama_cpp"] = _replay(llama, prompts, max_new_tokens, sorted(engine_eos(model, tokenizer)))
             exact = {m: tokens[m] == tokens["plain"] for m in tokens if m != "plain" and "plain" in tokens}
             result["pipelines"][name] = {
                 "tasks": list(measured),
@@ -540,12 +593,15 @@ def render_markdown(result: dict[str, Any]) -> str:
             if "prompt_tokens" in row:
                 cached = f"{row['cached_prompt_tokens']} / {row['prompt_tokens']}"
                 prefill = f"{sum(row['prefill_s']) / max(1, len(row['prefill_s'])):.3f}"
+            if "accepted_per_step" in row:
                 a = row["accepted_per_step"]
                 acc = f"{a['layer_skip']:.2f} · {a['context']:.2f} · {a['memory']:.2f}"
             exact = p["exact_vs_plain"].get(method)
             mark = "reference" if method == "plain" else ("" if exact is None else ("yes" if exact else "**no**"))
             if method == "hf" and p.get("hf_same_answers") is not None:
                 mark = "same answers" if p["hf_same_answers"] else "answers differ"
+            if method == "llama_cpp":
+                mark = "own precision (replay)"
             lines.append(
                 f"| {name} | {method} | {row['seconds']:.1f} | {ratio} | {row['tokens_per_s']:.1f} | {row['calls']} "
                 f"| {cached} | {prefill} | {acc} | {mark} |"
@@ -562,6 +618,7 @@ def main(args: Any) -> int:
         max_new_tokens=args.max_new_tokens,
         quick=args.quick,
         progress=lambda msg: logger.warning("%s", msg),
+        llama=getattr(args, "llama", None),
     )
     table = render_markdown(result)
     if args.json:

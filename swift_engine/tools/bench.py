@@ -1259,6 +1259,7 @@ def _pipeline_bench(
     quick: bool,
     json_path: str | None,
     markdown: str | None,
+    llama: Any = None,
 ) -> int:
     """``--pipeline``: the pipelines' benchmark (swift_integrations.pipeline_bench; needs the dev extras)."""
     import importlib
@@ -1284,6 +1285,7 @@ def _pipeline_bench(
         quick=quick,
         json=json_path,
         markdown=None if markdown in (None, "-") else markdown,
+        llama=llama,
     )
     return pipeline_bench.main(args)
 
@@ -1435,7 +1437,18 @@ def bench(
             level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
     if pipeline:
-        raise typer.Exit(_pipeline_bench(model, pipelines, max_new_tokens, quick, json_path, markdown))
+        with contextlib.ExitStack() as stack:
+            llama = None
+            if baseline:
+                if set(baseline) - {"llama.cpp"}:
+                    logging.getLogger("swift-bench").error("unknown --baseline (known: llama.cpp)")
+                    raise typer.Exit(1)
+                try:
+                    llama = stack.enter_context(_llama_cpp_baseline(llama_cpp_python, gguf, model))
+                except (OSError, RuntimeError) as exc:
+                    logging.getLogger("swift-bench").error("%s", exc)
+                    raise typer.Exit(1) from None
+            raise typer.Exit(_pipeline_bench(model, pipelines, max_new_tokens, quick, json_path, markdown, llama))
     wanted = [c for item in [*(classes or []), *(more_classes or [])] for c in item.split(",") if c.strip()] or None
     max_new = max_new_tokens or (QUICK_MAX_NEW_TOKENS if quick else DEFAULT_MAX_NEW_TOKENS)
     warmup = warmup_calls if warmup_calls is not None else (1 if quick else 3)

@@ -46,9 +46,19 @@ print(json.dumps({"ready": True, "version": llama_cpp.__version__}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     ids, budget, eos = req["ids"], req["max_new_tokens"], set(req["eos"])
-    llm.reset()
+    reused = 0
+    if req.get("reuse_prefix"):
+        # what llama.cpp's server does with cache_prompt: keep the KV of the previous prompt's common
+        # prefix (always leaving one token to evaluate); eval() drops the entries after n_tokens
+        for a, b in zip(llm._input_ids[: llm.n_tokens].tolist(), ids[:-1]):
+            if a != b:
+                break
+            reused += 1
+        llm.n_tokens = reused
+    else:
+        llm.reset()
     t0 = time.perf_counter()
-    llm.eval(ids)
+    llm.eval(ids[reused:])
     t1 = time.perf_counter()
     out = []
     while True:
@@ -60,7 +70,8 @@ for line in sys.stdin:
         llm.eval([tok])
     t2 = time.perf_counter()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"tokens": out, "prefill_s": t1 - t0, "decode_s": t2 - t1, "max_rss_bytes": rss}), flush=True)
+    reply = {"tokens": out, "prefill_s": t1 - t0, "decode_s": t2 - t1, "max_rss_bytes": rss, "reused": reused}
+    print(json.dumps(reply), flush=True)
 """
 
 
@@ -79,6 +90,8 @@ class LlamaCppReply:
     prefill_s: float
     decode_s: float
     max_rss_bytes: int | None = None
+    #: prompt tokens whose KV was kept from the previous request (``reuse_prefix=True``)
+    reused_tokens: int = 0
 
     @property
     def wall_s(self) -> float:
@@ -128,14 +141,22 @@ class LlamaCppBaseline:
         reply: dict[str, Any] = json.loads(line)
         return reply
 
-    def generate(self, ids: list[int], max_new_tokens: int, eos: list[int]) -> LlamaCppReply:
-        """Greedy decoding of ``ids`` (the same token ids the other methods get), timed inside the worker."""
-        reply = self._ask({"ids": list(ids), "max_new_tokens": max_new_tokens, "eos": list(eos)})
+    def generate(
+        self, ids: list[int], max_new_tokens: int, eos: list[int], *, reuse_prefix: bool = False
+    ) -> LlamaCppReply:
+        """Greedy decoding of ``ids`` (the same token ids the other methods get), timed inside the worker.
+
+        ``reuse_prefix``: keep the KV of the prefix shared with the previous request, as llama.cpp's
+        server does with ``cache_prompt`` (the pipeline benchmark's setting); otherwise start clean.
+        """
+        request = {"ids": list(ids), "max_new_tokens": max_new_tokens, "eos": list(eos), "reuse_prefix": reuse_prefix}
+        reply = self._ask(request)
         return LlamaCppReply(
             tokens=[int(t) for t in reply["tokens"]],
             prefill_s=float(reply["prefill_s"]),
             decode_s=float(reply["decode_s"]),
             max_rss_bytes=reply.get("max_rss_bytes"),
+            reused_tokens=int(reply.get("reused", 0)),
         )
 
     def close(self) -> None:
