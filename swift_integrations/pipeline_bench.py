@@ -556,7 +556,8 @@ def run_pipelines(
                     engine.remove_result_listener(log.results.append)
                 say(f"{name}: {method} {seconds:.1f}s")
             if llama is not None and "plain" in tokens:
-                say(f"{name}: llama.cpp replays the plain method's {len(prompts) - 1} prompts")
+                split = prompts.index(None)
+                say(f"{name}: llama.cpp replays the plain method's {split} + {len(prompts) - split - 1} prompts")
                 rows["llama_cpp"] = _replay(llama, prompts, max_new_tokens, sorted(engine_eos(model, tokenizer)))
             exact = {m: tokens[m] == tokens["plain"] for m in tokens if m != "plain" and "plain" in tokens}
             result["pipelines"][name] = {
