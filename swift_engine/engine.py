@@ -349,21 +349,20 @@ class SwiftEngine:
         drafters: list[Drafter] = []
         for new in self._decode(request, max_new_tokens, generator, session, drafters, stats):
             # token by token, so the reply ends at the token that completed a stop string or EOS
-            # however many tokens the verification step accepted at once (plain decoding's cut)
-            emit: list[int] = []
-            delta = ""
+            # however many tokens the verification step accepted at once (plain decoding's cut),
+            # and a stream is token-level whether a step accepted one token or a whole copied reply
             for tok in new:
-                emit.append(tok)
+                out.append(tok)
                 if tok in self.eos_ids:
                     finish = "eos"
+                    yield StreamChunk(text="", token_ids=[tok])
                     break
-                delta += text.push([tok])
+                yield StreamChunk(text=text.push([tok]), token_ids=[tok])
                 if text.stopped_at is not None:
                     finish = "stop"
                     break
-            out.extend(emit)
-            if delta or emit:
-                yield StreamChunk(text=delta, token_ids=emit)
+                if len(out) >= max_new_tokens:
+                    break
             if finish != "length" or len(out) >= max_new_tokens:
                 break
         if grammar is not None and finish == "length":
