@@ -39,7 +39,8 @@ def engine(smol, store_dir) -> SwiftEngine:
     return SwiftEngine(
         smol.model,
         smol.tokenizer,
-        SwiftConfig(search=SEARCH),
+        # no draft memory: a task repeated verbatim would be copied whole, leaving its search no decode time
+        SwiftConfig(search=SEARCH, draft_memory=0),
         model_name=smol.model_name,
         profile_store=ProfileStore(store_dir),
     )
