@@ -1465,7 +1465,12 @@ def bench(
         profile_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="swift-bench-profiles-"))
         from ..config import SwiftConfig
 
-        config = SwiftConfig(cpu_kernels=kernels.value, context_drafts=not no_context_drafts)
+        # One call's decode is measured here, and every phase repeats the same prompts: the prefix cache
+        # would skip their prefill and the draft memory would copy the cold phase's replies, which
+        # measures the repetition. Those two are measured on held-out tasks by --pipeline.
+        config = SwiftConfig(
+            cpu_kernels=kernels.value, context_drafts=not no_context_drafts, prefix_cache=False, draft_memory=0
+        )
         engine = _load_engine(model, device, dtype, profile_dir, config)
         llama = None
         if baseline and not constrained_only:
