@@ -303,7 +303,7 @@ class DraftMemory(BaseModel):
                 base = None
         if base is not None and base.version > added.version:
             return dict(stored)
-        outputs = [o for o in (base.outputs if base is not None and base.version == added.version else [])]
+        outputs = list(base.outputs) if base is not None and base.version == added.version else []
         for out in added.outputs:
             if out in outputs:
                 outputs.remove(out)

@@ -411,14 +411,6 @@ def _recording(encode: Callable[[Any], list[int]], into: list[Any]) -> Callable[
     return encode_prompt
 
 
-def engine_eos(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
-        e = getattr(src, "eos_token_id", None)
-        ids.update([e] if isinstance(e, int) else list(e or ()))
-    return ids
-
-
 def _replay(llama: Any, prompts: list[Any], max_new_tokens: int, eos: list[int]) -> dict[str, Any]:
     """llama.cpp on the same prompts: warm-up ones untimed, then the measured ones, keeping shared prefixes."""
     split = prompts.index(None)
@@ -527,6 +519,7 @@ def run_pipelines(
             answers: dict[str, list[str]] = {}
             tokens: dict[str, list[list[int]]] = {}
             prompts: list[list[int] | None] = []  # the plain method's, for the llama.cpp replay
+            eos: list[int] = []  # and its engine's end-of-sequence ids
             for method in methods:
                 log = CallLog()
                 engine = None
@@ -538,6 +531,7 @@ def run_pipelines(
                     chat, llm = _swift_models(engine, max_new_tokens)
                     if method == "plain":
                         engine.encode_prompt = _recording(engine.encode_prompt, prompts)
+                        eos = sorted(engine.eos_ids)
                 run = {"agent": lambda ts: _agent(chat, ts), "rag": lambda ts: _rag(chat, ts)}.get(
                     name, lambda ts: _refine(llm, ts)
                 )
@@ -558,7 +552,7 @@ def run_pipelines(
             if llama is not None and "plain" in tokens:
                 split = prompts.index(None)
                 say(f"{name}: llama.cpp replays the plain method's {split} + {len(prompts) - split - 1} prompts")
-                rows["llama_cpp"] = _replay(llama, prompts, max_new_tokens, sorted(engine_eos(model, tokenizer)))
+                rows["llama_cpp"] = _replay(llama, prompts, max_new_tokens, eos)
             exact = {m: tokens[m] == tokens["plain"] for m in tokens if m != "plain" and "plain" in tokens}
             result["pipelines"][name] = {
                 "tasks": list(measured),

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from ..costs import CostModel
-from ..profile_records import DraftMemory
+from ..profile_records import DRAFT_MEMORY_VERSION, DraftMemory
 from ..tree import SOURCE_MEMORY, TokenTree
 from ..verification import Verdict
 from .base import Proposal
@@ -127,4 +127,4 @@ def _read(profile: Any) -> DraftMemory | None:
     except ValidationError as exc:
         logger.debug("ignoring an unreadable draft memory (%s)", exc.errors()[:1])
         return None
-    return memory if memory.version == DraftMemory().version else None
+    return memory if memory.version == DRAFT_MEMORY_VERSION else None
