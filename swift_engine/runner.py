@@ -126,6 +126,13 @@ class ModelRunner:
         """Take a reference to the packed weights (for measuring them); pair with :meth:`release_packed`."""
         return self._kernels is not None and self._kernels.pack()
 
+    def close(self) -> None:
+        """Drop this runner's packed weight copies now rather than when it is collected."""
+        if self._packed_ref is not None:
+            self._packed_ref()
+            self._packed_ref = None
+        self.plan = KernelPlan("torch", "torch")
+
     @property
     def packed_bytes(self) -> int:
         """Memory of the packed weight copy this model holds now (shared by its engines; 0: none)."""

@@ -1,4 +1,4 @@
-"""The ``swift`` command line: profiles on a temporary store, info, a chat turn, errors as one line.
+"""The ``swift-accel`` command line: profiles on a temporary store, info, a chat turn, errors as one line.
 
 The embedded model is loaded at most once per device/dtype for the whole module (``load_model`` is
 wrapped in a cache), and engines get fixed pass costs instead of measuring them, so every
@@ -123,6 +123,28 @@ def test_help_lists_the_commands(runner: CliRunner) -> None:
         assert command in result.output
 
 
+def test_the_command_is_swift_accel(capsys) -> None:
+    """Named after the distribution: a bare ``swift`` is ModelScope ms-swift's command (and Apple's
+    Swift toolchain's), so the package must not install one."""
+    from importlib import metadata
+
+    from swift_engine.tools.cli import main
+
+    scripts = {ep.name: ep.value for ep in metadata.distribution("swift-accel").entry_points}
+    assert scripts.get("swift-accel") == "swift_engine.tools.cli:app", "reinstall: pip install --no-deps -e ."
+    assert scripts.get("swift-bench") == "swift_engine.tools.bench:app"
+    assert "swift" not in scripts
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'swift-accel = "swift_engine.tools.cli:app"' in pyproject
+    assert not any(line.startswith("swift =") for line in pyproject.splitlines())
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("swift-accel ")
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: swift-accel " in out and "Usage: swift " not in out
+
+
 def test_profiles_list_and_show_read_the_store_without_a_model(
     runner: CliRunner, store: ProfileStore, monkeypatch
 ) -> None:
@@ -226,16 +248,18 @@ def test_models_without_a_chat_template_get_a_plain_transcript() -> None:
     assert prompt == messages and stop is None
 
 
-def test_unknown_model_is_one_red_line(runner: CliRunner, tmp_path: Path) -> None:
+def test_unknown_model_is_one_red_line(runner: CliRunner, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub is out of reach in tests: the cache only
     args = ["info", "--model", "nobody/no-such-model", "--profile-dir", str(tmp_path)]
     line = _one_error_line(_invoke(runner, *args))
-    assert "nobody/no-such-model" in line and "not in the local cache" in line
+    assert "nobody/no-such-model" in line and "not in the local Hugging Face cache" in line
+    assert "HF_HUB_OFFLINE=1" in line and "`hf download nobody/no-such-model`" in line
     assert "Model path does not exist" in _one_error_line(
         _invoke(runner, "chat", "--model", "./no/such/dir", "--prompt", "hi")
     )
     # --debug: the exception itself instead of the line
     result = _invoke(runner, "--debug", *args)
-    assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError)
+    assert result.exit_code == 1 and isinstance(result.exception, loading.ModelNotAvailableError)
     assert "bad step key" in _one_error_line(_invoke(runner, "chat", "--step-key", "", "--prompt", "hi"))
 
 

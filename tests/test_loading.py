@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.server
 import importlib.util
 import json
 import logging
@@ -21,7 +22,9 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -290,27 +293,246 @@ def test_fingerprint_is_deterministic_across_processes(tmp_path: pathlib.Path) -
     assert out.stdout.strip().splitlines()[-1] == here
 
 
-def test_hub_id_in_local_hf_cache_loads(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No offline switch in the environment or in huggingface_hub: hub ids may download."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    _online(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _hand_built_hub_cache(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, refs: dict[str, int]
+) -> dict[str, pathlib.Path]:
+    """An HF cache holding swift-test/tiny-llama, one snapshot per ref (ref -> seed); ref -> snapshot."""
+    import huggingface_hub.constants as hf_constants
+
+    hub_cache = tmp_path / "hub"
+    repo = hub_cache / "models--swift-test--tiny-llama"
+    (repo / "refs").mkdir(parents=True)
+    snapshots = {}
+    for i, (ref, seed) in enumerate(refs.items()):
+        commit = str(i) * 40
+        snapshots[ref] = repo / "snapshots" / commit
+        _save_tiny(snapshots[ref], seed=seed)
+        (repo / "refs" / ref).write_text(commit)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
+    return snapshots
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "local_files_only"])
+def test_hub_id_in_local_hf_cache_loads(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """A hub id already in the local HF cache loads offline (cache layout built by hand).
 
     Run with ``peft`` installed too: transformers then probes the hub for an adapter config even
     with ``local_files_only=True``, which the loader must avoid.
     """
-    import huggingface_hub.constants as hf_constants
-
-    hub_cache = tmp_path / "hub"
-    commit = "0" * 40
-    repo = hub_cache / "models--swift-test--tiny-llama"
-    snapshot = repo / "snapshots" / commit
-    _save_tiny(snapshot, seed=4)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
-
-    loaded = load_model("swift-test/tiny-llama", device="cpu")
+    (snapshot,) = _hand_built_hub_cache(tmp_path, monkeypatch, {"main": 4}).values()
+    if how == "HF_HUB_OFFLINE":
+        _offline(monkeypatch)
+        loaded = load_model("swift-test/tiny-llama", device="cpu")
+    else:
+        _online(monkeypatch)
+        loaded = load_model("swift-test/tiny-llama", device="cpu", local_files_only=True)
     assert loaded.model_name == "swift-test/tiny-llama"
     assert pathlib.Path(loaded.source) == snapshot
     assert loaded.model.config.num_hidden_layers == 4
+
+
+def test_hub_revision_selects_the_cached_snapshot(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``revision`` reaches the hub resolution: a branch/tag name through refs/, a commit hash directly."""
+    snapshots = _hand_built_hub_cache(tmp_path, monkeypatch, {"main": 4, "v1": 5})
+    _offline(monkeypatch)
+    fingerprints = {}
+    for rev in ("main", "v1"):
+        loaded = load_model("swift-test/tiny-llama", device="cpu", revision=rev)
+        assert pathlib.Path(loaded.source) == snapshots[rev]
+        fingerprints[rev] = model_fingerprint(loaded.model)
+    assert fingerprints["main"] != fingerprints["v1"]
+    assert fingerprints["v1"] == model_fingerprint(_tiny_model(seed=5))
+    default = load_model("swift-test/tiny-llama", device="cpu")  # revision None: main
+    assert pathlib.Path(default.source) == snapshots["main"]
+    by_commit = load_model("swift-test/tiny-llama", device="cpu", revision=snapshots["v1"].name)
+    assert pathlib.Path(by_commit.source) == snapshots["v1"]
+
+    with pytest.raises(loading.ModelNotAvailableError, match="at revision 'v2'") as info:
+        load_model("swift-test/tiny-llama", device="cpu", revision="v2")
+    assert "--revision v2" in str(info.value) and info.value.revision == "v2"
+
+
+class _FakeHub(http.server.ThreadingHTTPServer):
+    """A local stand-in for the Hugging Face Hub (HF_ENDPOINT), serving folders as repo revisions.
+
+    Just enough of the Hub's HTTP API for huggingface_hub and transformers to resolve, list and
+    download files: ``/{repo}/resolve/{rev}/{file}``, ``/api/models/{repo}[/revision/{rev}]`` and
+    ``/api/models/{repo}/tree/{rev}[/{folder}]``. ``repos`` maps repo id -> revision -> (commit, folder).
+    """
+
+    def __init__(self, repos: dict[str, dict[str, tuple[str, pathlib.Path]]]):
+        self.repos = repos
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), _FakeHubHandler)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def lookup(self, repo: str, rev: str) -> tuple[str, pathlib.Path] | None:
+        revisions = self.repos.get(repo, {})
+        return revisions.get(rev) or next((v for v in revisions.values() if v[0] == rev), None)
+
+
+class _FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    server: _FakeHub
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, data: Any) -> None:
+        self._reply(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlparse(self.path).path
+        self.server.requests.append(f"{self.command} {path} {self.headers.get('Authorization', '')}".rstrip())
+        parts = path.strip("/").split("/")
+        api = parts[:2] == ["api", "models"]
+        repo = "/".join(parts[2:4] if api else parts[:2])
+        rest = parts[4:] if api else parts[2:]
+        if repo not in self.server.repos:
+            return self._reply(404, b"{}", {"X-Error-Code": "RepoNotFound"})
+        rev = rest[1] if len(rest) > 1 else "main"
+        found = self.server.lookup(repo, rev)
+        if found is None:
+            return self._reply(404, b"{}", {"X-Error-Code": "RevisionNotFound"})
+        commit, folder = found
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if api and rest[:1] in ([], ["revision"]):
+            return self._json({"id": repo, "sha": commit, "siblings": [{"rfilename": f} for f in files]})
+        if api and rest[:1] == ["tree"]:
+            sub = "/".join(rest[2:])
+            tree = [
+                {
+                    "type": "file",
+                    "path": f,
+                    "size": (folder / f).stat().st_size,
+                    "oid": hashlib.sha1(f.encode()).hexdigest(),
+                }
+                for f in files
+                if not sub or f.startswith(sub + "/")
+            ]
+            if sub and not tree:
+                return self._reply(404, b"{}", {"X-Error-Code": "EntryNotFound"})
+            return self._json(tree)
+        if not api and rest[:1] == ["resolve"]:
+            name = "/".join(rest[2:])
+            if name not in files:
+                return self._reply(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit})
+            data = (folder / name).read_bytes()
+            etag = f'"{hashlib.sha256(data).hexdigest()}"'
+            return self._reply(200, data, {"X-Repo-Commit": commit, "ETag": etag})
+        return self._reply(404)
+
+    do_HEAD = do_GET
+
+
+_DOWNLOAD_SCRIPT = """
+import json, os, socket, sys, time
+from swift_engine.loading import ModelNotAvailableError, hub_download_expected, load_model, model_fingerprint
+
+out = {"before": hub_download_expected("swift-test/tiny-llama")}
+m = load_model("swift-test/tiny-llama", device="cpu")
+out["main"] = [m.source, m.model_name, model_fingerprint(m.model)]
+out["after"] = hub_download_expected("swift-test/tiny-llama")
+m = load_model("swift-test/tiny-llama", device="cpu", revision="v1", model_kwargs={"use_cache": False}, token="hf_t1")
+out["v1"] = [m.source, model_fingerprint(m.model), m.model.config.use_cache]
+g = load_model("swift-test/tiny-gguf", gguf_file="tiny.gguf", device="cpu", cache_dir=sys.argv[1], token="hf_t2")
+out["gguf"] = [g.source, g.model_name]
+
+def refuse(*args, **kwargs):
+    raise ConnectionRefusedError(111, "connection refused by the test")
+
+socket.socket.connect = refuse  # from here on, the Hub is unreachable
+time.sleep = lambda seconds: None  # huggingface_hub's retries back off for ~20 s
+os.environ["HF_HUB_OFFLINE"] = "1"
+out["offline"] = [load_model("swift-test/tiny-llama", device="cpu", revision=r).source for r in ("main", "v1")]
+del os.environ["HF_HUB_OFFLINE"]
+try:
+    load_model("swift-test/never-downloaded", device="cpu")
+except ModelNotAvailableError as exc:
+    out["unreachable"] = str(exc)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_hub_id_downloads_when_online(tmp_path: pathlib.Path) -> None:
+    """Online, a hub id that is not cached is downloaded (at the asked revision) and cached; offline,
+    the downloaded snapshots load without a connection; a Hub that cannot be reached is one clear
+    error. Against a local fake Hub (HF_ENDPOINT), in a subprocess so the endpoint is read fresh."""
+    main, v1, gguf_commit = "1" * 40, "2" * 40, "3" * 40
+    _save_tiny(tmp_path / "repo-main", seed=5)
+    _save_tiny(tmp_path / "repo-v1", seed=6)
+    _write_tiny_gguf(tmp_path / "repo-gguf" / "tiny.gguf", seed=0)
+    hub = _FakeHub(
+        {
+            "swift-test/tiny-llama": {"main": (main, tmp_path / "repo-main"), "v1": (v1, tmp_path / "repo-v1")},
+            "swift-test/tiny-gguf": {"main": (gguf_commit, tmp_path / "repo-gguf")},
+        }
+    )
+    thread = threading.Thread(target=hub.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        root = pathlib.Path(__file__).resolve().parents[1]
+        proc = subprocess.run(
+            [sys.executable, "-c", _DOWNLOAD_SCRIPT, str(tmp_path / "conv")],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env=env,
+            timeout=300,
+        )
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("RESULT "), proc.stdout  # the loader prints nothing
+    out = json.loads(lines[0].removeprefix("RESULT "))
+
+    snapshots = tmp_path / "hf" / "hub" / "models--swift-test--tiny-llama" / "snapshots"
+    assert out["before"] is True and out["after"] is False
+    assert out["main"] == [str(snapshots / main), "swift-test/tiny-llama", model_fingerprint(_tiny_model(seed=5))]
+    assert out["v1"] == [str(snapshots / v1), model_fingerprint(_tiny_model(seed=6)), False]
+    assert any("/v1/" in r or "/v1 " in r for r in hub.requests), hub.requests  # the revision reached the Hub
+    # token= reached the Hub, with the downloads of its own call only
+    assert {r.split()[1] for r in hub.requests if "Bearer hf_t1" in r} >= {
+        f"/swift-test/tiny-llama/resolve/{v1}/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")
+    }
+    assert any("/swift-test/tiny-gguf/resolve/" in r and r.endswith("Bearer hf_t2") for r in hub.requests)
+    assert not any(main in r and "Bearer" in r for r in hub.requests)
+    gguf_snapshot = tmp_path / "hf" / "hub" / "models--swift-test--tiny-gguf" / "snapshots" / gguf_commit
+    assert out["gguf"] == [str(gguf_snapshot / "tiny.gguf"), "tiny"]
+    assert out["offline"] == [str(snapshots / main), str(snapshots / v1)]
+    message = out["unreachable"]
+    assert "'swift-test/never-downloaded' is not in the local Hugging Face cache" in message
+    assert "the Hugging Face Hub could not be reached" in message and "\n" not in message
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,10 +540,143 @@ def test_hub_id_in_local_hf_cache_loads(tmp_path: pathlib.Path, monkeypatch: pyt
 # --------------------------------------------------------------------------------------------------
 
 
-def test_unknown_hub_id_fails_without_download(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not in the local cache") as info:
-        load_model("swift-test/definitely-not-a-real-model-0123", device="cpu", cache_dir=tmp_path)
-    assert "No download was attempted" in str(info.value)
+UNCACHED = "swift-test/definitely-not-a-real-model-0123"
+
+
+def _assert_one_clear_line(exc: BaseException, *needles: str) -> str:
+    message = str(exc)
+    assert "\n" not in message and message.strip() == message
+    for needle in (UNCACHED, "is not in the local Hugging Face cache", f"`hf download {UNCACHED}", *needles):
+        assert needle in message, (needle, message)
+    return message
+
+
+def test_uncached_hub_id_with_hf_hub_offline_is_one_clear_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE=1, set after huggingface_hub was imported: the cache only, no connection."""
+    _offline(monkeypatch)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(loading.ModelNotAvailableError) as info:
+        load_model(UNCACHED, device="cpu", cache_dir=tmp_path)
+    _assert_one_clear_line(info.value, "HF_HUB_OFFLINE=1", "unset HF_HUB_OFFLINE")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
+    assert info.value.model_id == UNCACHED and info.value.revision is None
+    # local_files_only=False cannot override the environment (huggingface_hub refuses every request)
+    with pytest.raises(loading.ModelNotAvailableError, match="HF_HUB_OFFLINE"):
+        load_model(UNCACHED, device="cpu", local_files_only=False)
+    # the hub library's own switch (HF_HUB_OFFLINE read at its import) counts too
+    import huggingface_hub.constants as hf_constants
+
+    _online(monkeypatch)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(loading.ModelNotAvailableError, match="offline mode"):
+        load_model(UNCACHED, device="cpu")
+    from swift_engine import ModelNotAvailableError
+
+    assert ModelNotAvailableError is loading.ModelNotAvailableError
+
+
+def test_uncached_hub_id_with_local_files_only_is_one_clear_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _online(monkeypatch)
+    with pytest.raises(loading.ModelNotAvailableError) as info:
+        load_model(UNCACHED, device="cpu", cache_dir=tmp_path, local_files_only=True, revision="v1")
+    _assert_one_clear_line(info.value, "local_files_only=True", "at revision 'v1'", "--revision v1`")
+    with pytest.raises(loading.ModelNotAvailableError, match="'model.gguf' of the Hugging Face hub repo"):
+        load_model(UNCACHED, gguf_file="model.gguf", device="cpu", local_files_only=True)
+    # the engine's constructor passes the switches through
+    from swift_engine import SwiftEngine
+
+    with pytest.raises(loading.ModelNotAvailableError, match="at revision 'abc'"):
+        SwiftEngine.from_pretrained(UNCACHED, device="cpu", revision="abc", local_files_only=True)
+
+
+def test_hub_id_with_only_a_config_cached_is_one_clear_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repo whose config alone was fetched (say by AutoConfig) is not a loadable model offline."""
+    (snapshot,) = _hand_built_hub_cache(tmp_path, monkeypatch, {"main": 4}).values()
+    for path in snapshot.iterdir():
+        if path.name != "config.json":
+            path.unlink()
+    _offline(monkeypatch)
+    with pytest.raises(loading.ModelNotAvailableError, match="only its config is cached"):
+        load_model("swift-test/tiny-llama", device="cpu")
+
+
+def test_model_kwargs_reach_transformers(tmp_path: pathlib.Path) -> None:
+    _save_tiny(tmp_path / "m", seed=0)
+    plain = load_model(tmp_path / "m", device="cpu")
+    assert plain.model.config.use_cache is True
+    loaded = load_model(
+        tmp_path / "m", device="cpu", model_kwargs={"use_cache": False, "low_cpu_mem_usage": True}
+    )  # a config override and a loading option
+    assert loaded.model.config.use_cache is False
+    assert model_fingerprint(loaded.model) == model_fingerprint(plain.model)
+    # and through the engine's constructor
+    from swift_engine import ProfileStore, SwiftEngine
+
+    engine = SwiftEngine.from_pretrained(
+        str(tmp_path / "m"), device="cpu", model_kwargs={"use_cache": False}, profile_store=ProfileStore(tmp_path / "p")
+    )
+    assert engine.model.config.use_cache is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"attn_implementation": "eager"}, "attn_implementation"),
+        ({"dtype": torch.float16, "device_map": "cpu"}, "device_map, dtype"),
+        ({"torch_dtype": "float16"}, "torch_dtype"),
+        ({"revision": "main", "local_files_only": True}, "local_files_only, revision"),
+    ],
+)
+def test_model_kwargs_the_loader_sets_are_rejected(tmp_path: pathlib.Path, kwargs: dict[str, Any], named: str) -> None:
+    _save_tiny(tmp_path / "m", seed=0)
+    with pytest.raises(ValueError, match=f"model_kwargs cannot set {named}: the loader sets them itself") as info:
+        load_model(tmp_path / "m", device="cpu", model_kwargs=kwargs)
+    assert "\n" not in str(info.value)
+    # checked before anything is looked up: a hub id offline gets the same error, not "not cached"
+    with pytest.raises(ValueError, match="model_kwargs cannot set") as info:
+        load_model(UNCACHED, device="cpu", local_files_only=True, model_kwargs=kwargs)
+    assert not isinstance(info.value, loading.ModelNotAvailableError)
+
+
+def test_token_is_given_once(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="token was given twice"):
+        load_model(UNCACHED, device="cpu", token="a", model_kwargs={"token": "b"})
+    _save_tiny(tmp_path / "m", seed=0)  # a local model ignores it, like local_files_only
+    assert load_model(tmp_path / "m", device="cpu", token="a").source == str(tmp_path / "m")
+
+
+def test_model_kwargs_with_a_gguf_source_are_rejected(tmp_path: pathlib.Path) -> None:
+    """GGUF files (the embedded model too) are converted here; model_kwargs cannot apply to them."""
+    with pytest.raises(ValueError, match="model_kwargs \\(use_cache\\) apply to transformers checkpoints"):
+        load_model(None, device="cpu", model_kwargs={"use_cache": False})
+    gguf = _write_tiny_gguf(tmp_path / "t.gguf", seed=0)
+    with pytest.raises(ValueError, match="is a GGUF file"):
+        load_model(gguf, device="cpu", cache_dir=tmp_path / "c", model_kwargs={"use_cache": False})
+    assert not (tmp_path / "c").exists()  # rejected before converting anything
+    load_model(gguf, device="cpu", cache_dir=tmp_path / "c", model_kwargs={})  # empty is no kwargs
+
+
+def test_revision_with_a_local_model_is_an_error(tmp_path: pathlib.Path) -> None:
+    """A local folder or file has no revisions: asking for one is a mistake, not something to ignore."""
+    _save_tiny(tmp_path / "m", seed=0)
+    gguf = _write_tiny_gguf(tmp_path / "t.gguf", seed=0)
+    for source, what in ((tmp_path / "m", "local folder"), (gguf, "local file"), (None, "embedded default model")):
+        with pytest.raises(
+            ValueError, match=f"revision='v1' applies to Hugging Face hub ids, but the model is.*{what}"
+        ):
+            load_model(source, device="cpu", revision="v1")
+    for bad in ("", "  "):
+        with pytest.raises(ValueError, match="revision must be a non-empty string"):
+            load_model(tmp_path / "m", device="cpu", revision=bad)
+    # local_files_only means nothing to a local model (it never downloads): any value loads it
+    for flag in (True, False, None):
+        assert load_model(tmp_path / "m", device="cpu", local_files_only=flag).source == str(tmp_path / "m")
 
 
 def test_invalid_hub_id_is_value_error(tmp_path: pathlib.Path) -> None:

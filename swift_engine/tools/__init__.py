@@ -1,4 +1,4 @@
-"""Tooling built on the engine: the ``swift`` command line and the ``swift-bench`` benchmark.
+"""Tooling built on the engine: the ``swift-accel`` command line and the ``swift-bench`` benchmark.
 
 These modules are users of the core, like the integrations: they import ``swift_engine``'s
 modules, and the core never imports them (nothing outside ``swift_engine/tools/`` may), so the

@@ -17,8 +17,8 @@ method's token ids are compared with ``hf``'s: greedy SWIFT must reproduce them 
 The benchmark uses its own temporary profile store: it never reads or resets the user's profiles.
 
 The command line is the typer command :func:`bench`, run both by ``swift-bench`` and by
-``swift bench``. ``torch`` is imported inside the functions that use it: ``swift`` registers the
-command at start-up, and ``swift --help`` or ``swift profiles list`` must not pay for torch.
+``swift-accel bench``. ``torch`` is imported inside the functions that use it: ``swift-accel`` registers
+the command at start-up, and ``swift-accel --help`` or ``swift-accel profiles list`` must not pay for torch.
 """
 
 from __future__ import annotations
@@ -1211,7 +1211,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# CLI: one typer command, run by ``swift-bench`` (``app`` below) and ``swift bench`` (tools/cli.py)
+# CLI: one typer command, run by ``swift-bench`` (``app`` below) and ``swift-accel bench`` (tools/cli.py)
 # ------------------------------------------------------------------------------------------------
 
 #: Where :class:`BenchCommand` leaves the raw arguments, in the click context's shared ``meta``.
@@ -1223,7 +1223,7 @@ class BenchCommand(TyperCommand):
 
     Click hands the command only the parsed values, but the JSON records the command line as
     typed, so that a result can be rerun as it was made, whether it came from ``swift-bench``,
-    ``swift bench`` or :func:`main`.
+    ``swift-accel bench`` or :func:`main`.
     """
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]  # click's Context
@@ -1296,7 +1296,8 @@ def bench(
         Optional[str],
         typer.Option(
             "--model",
-            help="Model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M).",
+            help="Model folder, .gguf file or hub id (downloaded when not cached, unless HF_HUB_OFFLINE=1; "
+            "default: embedded SmolLM2-135M).",
             show_default=False,
         ),
     ] = None,
@@ -1428,7 +1429,7 @@ def bench(
 
     Exit status 2 when greedy SWIFT or the plain loop does not reproduce transformers' tokens exactly.
 
-    swift bench and swift-bench are the same command.
+    swift-accel bench and swift-bench are the same command.
     \f
     The help shows the paragraphs above as typed (rich markup keeps line breaks): keep each on one line.
     """
@@ -1524,7 +1525,7 @@ def bench(
         raise typer.Exit(EXIT_MISMATCH)
 
 
-#: ``swift-bench``: an app whose single command is :func:`bench` (``swift bench`` registers the same one).
+#: ``swift-bench``: an app whose single command is :func:`bench` (``swift-accel bench`` registers the same one).
 app = typer.Typer(
     name="swift-bench",
     add_completion=False,

@@ -1,11 +1,14 @@
-"""``swift``: the command line of the SWIFT engine (chat, bench, profiles, info).
+"""``swift-accel``: the command line of the SWIFT engine (chat, bench, profiles, info).
 
 Everything the user sees goes through ``rich`` consoles created per invocation (stdout for
 results, stderr for progress, status and errors); the library modules never print. Errors are
-reported as one red line with exit status 1; ``swift --debug ...`` shows the traceback instead.
+reported as one red line with exit status 1; ``swift-accel --debug ...`` shows the traceback instead.
 
 Heavy imports (torch, transformers) happen only in the commands that load a model, so
-``swift profiles list`` and ``swift --help`` stay fast.
+``swift-accel profiles list`` and ``swift-accel --help`` stay fast.
+
+The command is named after the distribution, ``swift-accel``: a bare ``swift`` would collide with
+ModelScope's ms-swift and with Apple's Swift toolchain.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class _Loaded:
 # ------------------------------------------------------------------------------------------------
 
 app = typer.Typer(
-    name="swift",
+    name=_DIST_NAME,
     help="SWIFT self-speculative decoding for local LLMs: chat, benchmark, manage skip profiles.",
     no_args_is_help=True,
     add_completion=False,
@@ -101,7 +104,7 @@ app.add_typer(profiles_app, name="profiles")
 
 def _version_callback(value: bool) -> None:
     if value:
-        Console().print(f"swift {_version(_DIST_NAME)}", highlight=False)
+        Console().print(f"{_DIST_NAME} {_version(_DIST_NAME)}", highlight=False)
         raise typer.Exit()
 
 
@@ -211,8 +214,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model folder, .gguf file or Hugging Face hub id already in the local cache; "
-        "'embedded' (the default for commands that need a model): the embedded SmolLM2-135M-Instruct.",
+        help="Model folder, .gguf file or Hugging Face hub id (downloaded when not cached; HF_HUB_OFFLINE=1: "
+        "the local cache only); 'embedded' (the default for commands that need a model): the embedded "
+        "SmolLM2-135M-Instruct.",
         show_default=False,
     ),
 ]
@@ -243,22 +247,33 @@ def _store(profile_dir: Path | None) -> ProfileStore:
 
 
 def _load_engine(
-    model: str | None, gguf_file: str | None, device: str, dtype: str, profile_dir: Path | None
+    model: str | None,
+    gguf_file: str | None,
+    device: str,
+    dtype: str,
+    profile_dir: Path | None,
+    *,
+    progress_bars: bool = False,
 ) -> _Loaded:
-    """Load a model (never downloading anything) and wrap it in an engine on the given store."""
+    """Load a model and wrap it in an engine on the given store.
+
+    A hub id that is not cached is downloaded (unless ``HF_HUB_OFFLINE=1``); ``progress_bars``
+    keeps transformers' and huggingface_hub's bars on, for such downloads.
+    """
     from transformers.utils import logging as hf_logging
 
     from ..engine import SwiftEngine
 
     t0 = time.perf_counter()
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # our spinner says the same, without fighting it for the line
+    if not progress_bars:
+        hf_logging.disable_progress_bar()  # our spinner says the same, without fighting it for the line
     try:
         engine = SwiftEngine.from_pretrained(
             model, gguf_file=gguf_file, device=device, dtype=dtype, profile_store=_store(profile_dir)
         )
     finally:
-        if bars:
+        if bars and not progress_bars:
             hf_logging.enable_progress_bar()
     return _Loaded(engine, _source(engine), time.perf_counter() - t0)
 
@@ -278,12 +293,20 @@ def _load(
     *,
     announce: bool = False,
 ) -> _Loaded:
+    from ..loading import hub_download_expected
+
     model = _model_arg(model)
     label = model or _EMBEDDED_LABEL
-    with state.err.status(f"Loading {label}…", spinner="dots"):
-        loaded = _load_engine(model, gguf_file, device, dtype, profile_dir)
-        engine = loaded.engine
-        _ = engine.fingerprint  # hashed here, under the spinner
+    if hub_download_expected(model, gguf_file=gguf_file):
+        # huggingface_hub's download bars instead of the spinner, which would hide them
+        state.err.print(Text(f"Downloading {label} from the Hugging Face Hub…", style="dim"), highlight=False)
+        loaded = _load_engine(model, gguf_file, device, dtype, profile_dir, progress_bars=True)
+        _ = loaded.engine.fingerprint
+    else:
+        with state.err.status(f"Loading {label}…", spinner="dots"):
+            loaded = _load_engine(model, gguf_file, device, dtype, profile_dir)
+            _ = loaded.engine.fingerprint  # hashed here, under the spinner
+    engine = loaded.engine
     if announce:
         runner = engine.runner
         state.err.print(
@@ -553,7 +576,7 @@ def _speedup(value: float | None) -> str:
 
 
 def _guarded(command: Callable[..., None]) -> Callable[..., None]:
-    """``command`` with its errors reported like every ``swift`` command's (one red line, or ``--debug``).
+    """``command`` with its errors reported like every ``swift-accel`` command's (one red line, or ``--debug``).
 
     For commands defined outside this module (``swift-bench``'s), which also run standalone; the
     wrapper keeps their signature, so typer sees the same options. ``command`` must take the
@@ -568,13 +591,49 @@ def _guarded(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-#: ``swift bench``: the command of ``swift-bench`` (tools/bench.py), same options, same exit status.
+#: ``swift-accel bench``: the command of ``swift-bench`` (tools/bench.py), same options, same exit status.
 bench = app.command("bench", cls=BenchCommand)(_guarded(_bench_command))
 
 
 # ------------------------------------------------------------------------------------------------
 # info
 # ------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def models(ctx: typer.Context) -> None:
+    """List the models this package can install by short name, and whether each is installed."""
+    with _guard(ctx) as state:
+        from ..model_catalog import CATALOG, catalog_path
+
+        table = Table(show_header=True, header_style="bold")
+        for col in ("name", "model", "installed", "what it is for"):
+            table.add_column(col)
+        for m in CATALOG.values():
+            try:
+                installed = catalog_path(m.name).is_file()
+            except FileNotFoundError:
+                installed = False
+            table.add_row(m.name, m.title, "yes" if installed else f"no (swift-accel pull {m.name})", m.description)
+        state.out.print(table)
+
+
+@app.command()
+def pull(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Short name of the model (see `swift-accel models`).")],
+    force: Annotated[bool, typer.Option("--force", help="Download again even if installed.")] = False,
+) -> None:
+    """Install a model by its short name (from the package index; verified by its SHA-256); print its path."""
+    with _guard(ctx) as state:
+        from ..model_catalog import CATALOG
+        from ..model_catalog import pull as pull_model
+
+        if name not in CATALOG:
+            raise CliError(f"unknown model {name!r}; known: {', '.join(sorted(CATALOG))}")
+        with state.err.status(f"Installing {CATALOG[name].title}…", spinner="dots"):
+            path = pull_model(name, force=force)
+        state.out.print(str(path), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -960,7 +1019,7 @@ def profiles_reset(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI (``argv`` defaults to ``sys.argv[1:]``) and return its exit status."""
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="swift")
+        app(args=list(argv) if argv is not None else None, prog_name=_DIST_NAME)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
