@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from .tool_format import HERMES, ToolCallFormat
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
     from xgrammar import CompiledGrammar, Grammar, GrammarCompiler
@@ -62,10 +64,14 @@ class JsonSchemaConstraint(BaseModel):
 
 
 class ToolCallConstraint(BaseModel):
-    """Hermes-style tool calls: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``.
+    """Tool calls in the model's own format (``tool_format``, :mod:`swift_engine.tool_format`).
+
+    Hermes by default: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``.
 
     ``mode="required"``: the output is exactly one call to one of ``tools``; ``"auto"``: free text,
-    but once the model opens ``<tool_call>`` the call is constrained to a valid one.
+    but once the model writes its format's opening marker (``<tool_call>``, ``[TOOL_CALLS]``,
+    ``<|python_tag|>`` or a Llama call's ``{"name": ``) the call is constrained to a valid one.
+    ``parallel=False`` allows one call per reply (formats whose calls form a list: a list of one).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -74,11 +80,22 @@ class ToolCallConstraint(BaseModel):
     #: (or ``{"type": "function", "function": {...}}``)
     tools: tuple[dict[str, Any], ...]
     mode: Literal["required", "auto"] = "required"
-    #: Text that the prompt already put at the start of the reply (e.g. a prefilled ``<tool_call>\n``).
+    #: Text that the prompt already put at the start of the reply (e.g. a prefilled ``<tool_call>\n``):
+    #: ``required`` grammars leave it out, ``auto`` ones start after it (a call it opened is continued).
     prefilled: str = ""
+    tool_format: ToolCallFormat = HERMES
+    parallel: bool = True
+    #: ``mode="auto"`` with a response format (OpenAI's tools + ``response_format``): the reply is
+    #: either one call or a JSON value matching this schema, nothing else.
+    answer_schema: dict[str, Any] | bool | None = None
 
     def key(self) -> str:
-        return "tools:" + json.dumps([self.mode, self.prefilled, list(self.tools)], sort_keys=True)
+        parts: list[Any] = [self.mode, self.prefilled, list(self.tools)]
+        if self.tool_format != HERMES or not self.parallel:  # Hermes keys stay what they were
+            parts += [self.tool_format.model_dump(), self.parallel]
+        if self.answer_schema is not None:
+            parts += [{"answer_schema": self.answer_schema}]
+        return "tools:" + json.dumps(parts, sort_keys=True)
 
 
 Constraint = JsonSchemaConstraint | ToolCallConstraint
@@ -113,13 +130,25 @@ def _function(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": fn["name"], "parameters": params}
 
 
-def _call_schema(fn: dict[str, Any]) -> dict[str, Any]:
+def _call_schema(fn: dict[str, Any], arguments_key: str = "arguments") -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": fn["name"]}, "arguments": fn["parameters"]},
-        "required": ["name", "arguments"],
+        "properties": {"name": {"const": fn["name"]}, arguments_key: fn["parameters"]},
+        "required": ["name", arguments_key],
         "additionalProperties": False,
     }
+
+
+def _calls_schema(fns: list[dict[str, Any]], fmt: ToolCallFormat, max_calls: int | None) -> dict[str, Any]:
+    """One call to one of ``fns`` in ``fmt``'s shape, or (list formats) a list of 1 to ``max_calls`` of them."""
+    calls = [_call_schema(f, fmt.arguments_key) for f in fns]
+    one: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    if not fmt.json_list:
+        return one
+    schema: dict[str, Any] = {"type": "array", "items": one, "minItems": 1}
+    if max_calls is not None:
+        schema["maxItems"] = max_calls
+    return schema
 
 
 CALL_BEGIN = "<tool_call>\n"
@@ -135,28 +164,66 @@ def _literal(xgr: ModuleType, text: str) -> Grammar:
     return xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text)}")
 
 
-def _required_call_grammar(xgr: ModuleType, fns: list[dict[str, Any]], prefilled: str) -> Grammar:
-    """Exactly one call to one of ``fns``, minus the ``prefilled`` text the prompt already holds.
+def _required_call_grammar(
+    xgr: ModuleType, fns: list[dict[str, Any]], prefilled: str, fmt: ToolCallFormat = HERMES
+) -> Grammar:
+    """Exactly one call to one of ``fns`` in ``fmt``, minus the ``prefilled`` text the prompt already holds.
 
-    ``prefilled`` may be a prefix of ``<tool_call>\n``, or (one tool) a prefix of its whole
-    :func:`call_head`: then only the arguments and the closing text are left to generate.
+    ``prefilled`` may be a prefix of the format's opening (``<tool_call>\n``, ``[TOOL_CALLS][``,
+    nothing for Llama), or (one tool) a prefix of its whole :meth:`~ToolCallFormat.call_head`:
+    then only the arguments and the closing text are left to generate.
     """
     parts: list[Grammar] = []
-    if CALL_BEGIN.startswith(prefilled):
+    begin, end = fmt.begin, fmt.end
+    head = fmt.call_head(fns[0]["name"]) if len(fns) == 1 else None
+    if begin.startswith(prefilled):
         calls = xgr.Grammar.union(
-            *[xgr.Grammar.from_json_schema(json.dumps(_call_schema(f)), any_whitespace=False) for f in fns]
+            *[
+                xgr.Grammar.from_json_schema(json.dumps(_call_schema(f, fmt.arguments_key)), any_whitespace=False)
+                for f in fns
+            ]
         )
-        rest = CALL_BEGIN[len(prefilled) :]
-        tail = CALL_END
-    elif len(fns) == 1 and call_head(fns[0]["name"]).startswith(prefilled):
+        rest = begin[len(prefilled) :]
+        tail = end
+    elif head is not None and head.startswith(prefilled):
         calls = xgr.Grammar.from_json_schema(json.dumps(fns[0]["parameters"]), any_whitespace=False)
-        rest = call_head(fns[0]["name"])[len(prefilled) :]
-        tail = "}" + CALL_END
+        rest = head[len(prefilled) :]
+        tail = "}" + end
     else:
         raise GrammarError(f"prefilled text {prefilled!r} does not start a call to {[f['name'] for f in fns]}")
+    if not tail:  # xgrammar has no empty literal
+        return xgr.Grammar.concat(_literal(xgr, rest), calls) if rest else calls
     if rest:
         parts.append(_literal(xgr, rest))
     return xgr.Grammar.concat(*parts, calls, _literal(xgr, tail))
+
+
+def _auto_call_tag(fns: list[dict[str, Any]], fmt: ToolCallFormat, parallel: bool) -> Any:
+    """Free text until one of ``fmt``'s triggers, then a valid call block (the ``auto`` mode of non-Hermes formats).
+
+    Llama: a call object per tool, opened by ``{"name": "<tool>", "parameters": `` or the same
+    after ``<|python_tag|>``; Mistral: ``[TOOL_CALLS]`` and a list of calls. A format with one call
+    per reply (Llama), a list format (Mistral: one list per reply) or ``parallel=False`` ends the
+    reply at the end of its block. Whitespace inside the JSON comes in runs of one character at
+    most: the templates write calls compactly, as the forced grammar does, and a model that drifts
+    into whitespace (a random test model does, with tabs) can't pad a call until the budget ends.
+    """
+    from xgrammar.structural_tag import JSONSchemaFormat, StructuralTag, TagFormat, TriggeredTagsFormat
+
+    tags: list[TagFormat] = []
+    if fmt.json_list:
+        content = JSONSchemaFormat(json_schema=_calls_schema(fns, fmt, None if parallel else 1), max_whitespace_cnt=1)
+        for trigger in fmt.triggers:
+            begin = fmt.open if fmt.open.startswith(trigger) else trigger
+            tags.append(TagFormat(begin=begin, content=content, end=fmt.close))
+    else:
+        for trigger in fmt.triggers:
+            prefix = "" if fmt.call_head("").startswith(trigger) else trigger
+            for fn in fns:
+                content = JSONSchemaFormat(json_schema=fn["parameters"], max_whitespace_cnt=1)
+                tags.append(TagFormat(begin=prefix + fmt.call_head(fn["name"]), content=content, end="}" + fmt.close))
+    stop = fmt.one_call or fmt.json_list or not parallel
+    return StructuralTag(format=TriggeredTagsFormat(triggers=list(fmt.triggers), tags=tags, stop_after_first=stop))
 
 
 class GrammarCache:
@@ -204,7 +271,15 @@ class GrammarCache:
                     if not fns:
                         raise GrammarError("a tool-call constraint needs at least one tool")
                     if spec.mode == "required":
-                        compiled = compiler.compile_grammar(_required_call_grammar(xgr, fns, spec.prefilled))
+                        grammar = _required_call_grammar(xgr, fns, spec.prefilled, spec.tool_format)
+                        compiled = compiler.compile_grammar(grammar)
+                    elif spec.answer_schema is not None:  # one call, or the answer in its schema
+                        check_schema(spec.answer_schema)
+                        call = _required_call_grammar(xgr, fns, "", spec.tool_format)
+                        answer = xgr.Grammar.from_json_schema(json.dumps(spec.answer_schema), any_whitespace=False)
+                        compiled = compiler.compile_grammar(xgr.Grammar.union(call, answer))
+                    elif spec.tool_format.name != "hermes":
+                        compiled = compiler.compile_structural_tag(_auto_call_tag(fns, spec.tool_format, spec.parallel))
                     else:
                         tags = [
                             xgr.StructuralTagItem(begin=CALL_BEGIN, schema=_call_schema(f), end=CALL_END) for f in fns
@@ -220,7 +295,12 @@ class GrammarCache:
             return compiled
 
     def matcher(self, spec: Constraint) -> "GrammarState":
-        return GrammarState(self.compile(spec), self.vocab_size)
+        state = GrammarState(self.compile(spec), self.vocab_size)
+        if isinstance(spec, ToolCallConstraint) and spec.mode == "auto" and spec.prefilled:
+            # an auto reply that the prompt already opened (e.g. with [TOOL_CALLS]): continue from there
+            if not state.matcher.accept_string(spec.prefilled):
+                raise GrammarError(f"prefilled text {spec.prefilled!r} is not a valid start of the reply")
+        return state
 
     def closing_vocab(self) -> "ClosingVocab":
         """What :meth:`GrammarState.close` picks from (built once, on the first truncated reply)."""

@@ -7,9 +7,10 @@ one plain format (:func:`render_plain`, :data:`PLAIN_STOPS`) for models without 
 
 Messages are framework-neutral dicts: ``role`` (``system``/``user``/``assistant``/``tool``) and
 ``content`` (text); assistant messages may carry ``tool_calls`` (``[{"id", "name", "arguments":
-dict}]``), tool messages ``tool_call_id``, ``name`` and ``is_error``; any message may carry
-``name``. Tools are OpenAI-format dicts; where a template can't render them, they are written in
-the Hermes format of :mod:`swift_engine.tool_format`. The tokenizer and engine are duck-typed (a
+dict}]``) and ``reasoning_content`` (a reasoning model's thinking, which the template renders
+back or drops as it was trained to), tool messages ``tool_call_id``, ``name`` and ``is_error``; any
+message may carry ``name``. Tools are OpenAI-format dicts; where a template can't render them,
+they are written in the Hermes format of :mod:`swift_engine.tool_format`. The tokenizer and engine are duck-typed (a
 Hugging Face tokenizer; anything with a ``tokenizer``).
 """
 
@@ -23,7 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tool_format import format_tool_call, format_tool_result, render_tools_system_prompt
+from .reasoning import ReasoningFormat, reasoning_format
+from .tool_format import (
+    detect_tool_format,
+    fit_tool_history,
+    format_tool_call,
+    format_tool_result,
+    render_tools_system_prompt,
+    without_call_content,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +90,8 @@ class RenderedPrompt:
     ids: list[int]
     stop: list[str] = field(default_factory=list)
     native_tools: bool = False
+    #: Reasoning models (a ``<think>`` template): how their reply's reasoning splits from its content.
+    reasoning: ReasoningFormat | None = None
 
 
 def _tool_call_text(calls: Sequence[dict[str, Any]]) -> str:
@@ -126,6 +137,8 @@ def _hf_messages(messages: Sequence[dict[str, Any]], support: TemplateSupport) -
                 )
             else:
                 out.append({"role": "assistant", "content": message_text(m)})
+            if m.get("reasoning_content"):
+                out[-1]["reasoning_content"] = m["reasoning_content"]
         elif role == "tool":
             if support.tool_role:
                 msg = {"role": "tool", "content": content}
@@ -139,6 +152,8 @@ def _hf_messages(messages: Sequence[dict[str, Any]], support: TemplateSupport) -
             msg = {"role": role, "content": content}
             if m.get("name"):
                 msg["name"] = m["name"]
+            if role == "assistant" and m.get("reasoning_content"):
+                msg["reasoning_content"] = m["reasoning_content"]  # templates that don't take it ignore it
             out.append(msg)
     return out
 
@@ -174,6 +189,18 @@ def _normalized(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append({"role": role, "content": content})
     return out
+
+
+def _system_folded(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Templates without a system role (Gemma 2): the system text opens the first user turn instead."""
+    systems = [m["content"] for m in messages if m["role"] == "system" and m["content"]]
+    rest = [m for m in messages if m["role"] != "system"]
+    if not systems:
+        return rest
+    text = "\n\n".join(systems)
+    if rest and rest[0]["role"] == "user":
+        return [dict(rest[0], content=f"{text}\n\n{rest[0]['content']}"), *rest[1:]]
+    return [{"role": "user", "content": text}, *rest]
 
 
 def render_plain(
@@ -372,17 +399,24 @@ def render_chat_prompt(
     tools: Sequence[dict[str, Any]] | None = None,
     prefill: str = "",
     chat_template: str | None = None,
+    reasoning: bool | None = None,
 ) -> RenderedPrompt:
     """Token ids for a conversation, through the model's chat template.
 
     ``messages`` and ``tools``: see the module docs. ``prefill``: text the assistant turn starts
-    with. ``chat_template``: a template to use instead of the tokenizer's.
+    with. ``chat_template``: a template to use instead of the tokenizer's. ``reasoning``: the
+    template's ``enable_thinking`` switch (Qwen3 and the templates that copy it); ``None`` leaves
+    it undefined, the template's default. For a reasoning template the result's ``reasoning`` says
+    how to split the reply (:func:`swift_engine.reasoning.reasoning_format`).
 
-    Templates that reference ``tools`` / ``tool_calls`` / a ``tool`` role get those natively; for
-    the rest, tools are described in the system prompt, past calls are written as ``<tool_call>``
-    blocks and results as ``<tool_response>`` blocks in a user turn (see :mod:`.tool_format`). If a
-    strict template rejects the conversation (double system messages, roles not alternating, ...),
-    it is rendered again in a normalised form. Without any chat template: :func:`render_plain`.
+    Templates that reference ``tools`` / ``tool_calls`` / a ``tool`` role get those natively (past
+    calls fitted to the family's rules: Mistral's 9-character ids, Llama's one call per message;
+    :func:`~swift_engine.tool_format.fit_tool_history`); for the rest, tools are described in the
+    system prompt, past calls are written as ``<tool_call>`` blocks and results as
+    ``<tool_response>`` blocks in a user turn (see :mod:`.tool_format`). If a strict template
+    rejects the conversation, it is rendered again: without text beside calls (Mistral), then in a
+    normalised form (double system messages, roles not alternating, ...), then with the system
+    text folded into the first user turn (Gemma 2). Without any chat template: :func:`render_plain`.
     """
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
@@ -393,22 +427,40 @@ def render_chat_prompt(
         )
     support = TemplateSupport.of(template)
     hf = _hf_messages(messages, support)
+    if support.tool_calls:  # the family's own history rules: Mistral's 9-character ids, Llama's one call a turn
+        hf = fit_tool_history(hf, detect_tool_format(template))
     native = bool(tools) and support.tools
     if tools and not native:
         hf = with_system_text(hf, render_tools_system_prompt(tools))
     extra: dict[str, Any] = {"tools": list(tools)} if tools and native else {}
     if chat_template:
         extra["chat_template"] = chat_template
+    if reasoning is not None:
+        extra["enable_thinking"] = bool(reasoning)
 
     def render(msgs: list[dict[str, Any]]) -> str:
-        try:
-            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **extra)
-        except Exception:  # noqa: BLE001 - jinja raises TemplateError or anything the template's raise_exception makes
-            text = tokenizer.apply_chat_template(_normalized(msgs), tokenize=False, add_generation_prompt=True, **extra)
-        return str(text)
+        # what a strict template rejects, in order: text beside calls (Mistral: the calls stay native),
+        # the conversation's shape (normalised: Hermes text for calls), a system role (Gemma 2: folded)
+        candidates = (
+            lambda: msgs,
+            lambda: without_call_content(msgs),
+            lambda: _normalized(msgs),
+            lambda: _system_folded(_normalized(msgs)),
+        )
+        tried: list[list[dict[str, Any]]] = []
+        for candidate in candidates:
+            attempt = candidate()
+            if attempt in tried:
+                continue
+            tried.append(attempt)
+            try:
+                return str(tokenizer.apply_chat_template(attempt, tokenize=False, add_generation_prompt=True, **extra))
+            except Exception as exc:  # noqa: BLE001 - jinja raises TemplateError or anything raise_exception makes
+                error = exc
+        raise error
 
     text, ids = template_ids(tokenizer, hf, render, suffix=prefill)
-    return RenderedPrompt(text=text, ids=ids, native_tools=native)
+    return RenderedPrompt(text=text, ids=ids, native_tools=native, reasoning=reasoning_format(template, text))
 
 
 def engine_chat_prompt(
