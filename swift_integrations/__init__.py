@@ -15,12 +15,14 @@ _EXPORTS = {
     "SwiftLLM": "langchain",
     "SwiftLlamaIndexLLM": "llamaindex",
     "get_engine": "engine_cache",
+    "release_engine": "engine_cache",
+    "clear_engine_cache": "engine_cache",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine_cache import get_engine
+    from .engine_cache import clear_engine_cache, get_engine, release_engine
     from .langchain import SwiftChatModel, SwiftLLM
     from .llamaindex import SwiftLlamaIndexLLM
 

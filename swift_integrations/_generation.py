@@ -5,7 +5,9 @@ a call into a :class:`GenerationCall` (engine, rendered prompt, sampling, stops,
 grammar the reply must follow) and read :func:`generation_events`: one :class:`Start`, then
 :class:`Delta` s of content that is safe to show, then one :class:`Final` with the parsed tool
 calls and the SWIFT statistics. Framework-free, like the prompt it is given
-(:mod:`swift_engine.prompting`).
+(:mod:`swift_engine.prompting`). For reasoning models (a prompt with ``reasoning`` set) the
+``<think>`` block is split off first (:mod:`swift_engine.reasoning`): deltas carry it in
+``reasoning``, never in ``text``, and nothing after (tool-call parsing) sees it.
 
 How ``tool_choice`` and structured output become grammars (:func:`output_constraint`)
 -------------------------------------------------------------------------------------
@@ -15,6 +17,11 @@ How ``tool_choice`` and structured output become grammars (:func:`output_constra
   prompt (it costs no output tokens and tells the model what it is writing).
 * ``"auto"``: free text; once the model opens ``<tool_call>`` the rest of that call is
   constrained, so every call it decides to make parses.
+* Models whose chat template teaches another call syntax (``tool_format``: Llama 3.x JSON calls,
+  Mistral's ``[TOOL_CALLS]`` lists; :mod:`swift_engine.tool_format`) get the same in their own
+  syntax: forced calls prefill its opening (``[TOOL_CALLS][``; nothing for Llama, whose call is
+  the bare JSON object), ``auto`` is triggered by its own marker, and the parser reads it back
+  (after ``transformers``' ``parse_response`` where the tokenizer ships a response template).
 * A JSON schema (``with_structured_output(method="json_schema")``, JSON mode with a schema): the
   reply is one JSON value matching it; JSON mode without a schema: any JSON object.
 
@@ -26,13 +33,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from swift_engine.constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint, call_head
+from swift_engine.constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint
 from swift_engine.prompting import RenderedPrompt
+from swift_engine.tool_format import HERMES, ToolCallFormat
 
+from .engine_cache import touch_engine
 from .stats import stats_metadata
-from .tool_calls import TOOL_CALL_CLOSE, InvalidToolCall, ParsedToolCall, ToolCallStreamFilter, tool_function
+from .tool_calls import (
+    TOOL_CALL_CLOSE,
+    InvalidToolCall,
+    ParsedToolCall,
+    ToolCallStreamFilter,
+    hidden_marker_ids,
+    parse_response_calls,
+    tool_function,
+)
 
 __all__ = [
     "Delta",
@@ -64,6 +82,7 @@ class Delta:
 
     text: str
     output_tokens: int
+    reasoning: str = ""  # a reasoning model's thinking released with this event (never in ``text``)
 
 
 @dataclass
@@ -79,6 +98,7 @@ class Final:
     step_key: str | None = None
     model_name: str = ""
     prompt_text: str = ""
+    reasoning: str = ""  # the whole reply's reasoning (reasoning models), all released by deltas
 
     def metadata(self) -> dict[str, Any]:
         """The SWIFT statistics, finish reason, step key and model name, as the adapters report them."""
@@ -96,6 +116,8 @@ class OutputPlan:
     stops: tuple[str, ...] = ()
     tool_names: tuple[str, ...] | None = None  # parse tool calls out of the reply when set
     show_tools: bool = False  # describe the tools in the prompt
+    tool_format: ToolCallFormat = HERMES  # the model's call syntax (prefill, grammar, parser)
+    tools: tuple[dict[str, Any], ...] = ()  # the tools shown (for transformers' parse_response)
 
 
 @dataclass
@@ -110,6 +132,10 @@ class GenerationCall:
     stop: list[str]
     prompt: RenderedPrompt  # includes the plan's prefill
     plan: OutputPlan = field(default_factory=OutputPlan)
+    #: seconds the engine may take (``GenerationTimeout`` past it); ``None``: no limit
+    timeout: float | None = None
+    #: the wrapper's ``keep_alive`` in seconds (see :mod:`.engine_cache`); ``None``: not set
+    keep_alive: float | None = None
 
 
 def merge_stops(*groups: Sequence[str]) -> list[str]:
@@ -142,39 +168,65 @@ def output_constraint(
     parallel_tool_calls: bool = True,
     json_schema: dict[str, Any] | bool | None = None,
     constrain: bool = True,
+    tool_format: ToolCallFormat = HERMES,
 ) -> OutputPlan:
     """The :class:`OutputPlan` for a call's tools and structured-output request.
 
-    ``tool_choice`` is normalised (:func:`normalize_tool_choice`). ``json_schema`` (with no tools)
-    asks for one JSON value matching it. ``constrain=False`` keeps every prompt-side part (tool
+    ``tool_choice`` is normalised (:func:`normalize_tool_choice`). ``json_schema`` asks for one
+    JSON value matching it; with tools in ``auto`` mode the reply is one call *or* that JSON value
+    (OpenAI's tools with ``response_format``; what ``create_agent``'s ProviderStrategy binds), with
+    ``"none"`` the schema alone, and a forced call wins over it. ``constrain=False`` keeps every prompt-side part (tool
     descriptions, prefill, parsing) but drops the grammar: what the adapters did before grammars,
-    kept for comparisons (``swift-bench``'s parse-rate measurement).
+    kept for comparisons (``swift-bench``'s parse-rate measurement). ``tool_format``: the model's
+    call syntax (:func:`swift_engine.tool_format.tool_call_format`); formats without a closing
+    marker end a call block with the grammar, not a stop string.
     """
     tools = list(tools or [])
-    if tools and json_schema is not None:
-        raise ValueError("pass either tools or a response format, not both")
-    if json_schema is not None:
+    if tools and json_schema is not None and tool_choice in ("auto", "none"):
+        if tool_choice == "none":
+            tools = []
+        else:  # tools and a response format: one call, or the answer in the schema (OpenAI's semantics)
+            spec = ToolCallConstraint(
+                tools=tuple(tools), mode="auto", tool_format=tool_format, answer_schema=json_schema
+            )
+            return OutputPlan(
+                constraint=spec if constrain else None,
+                tool_names=tuple(tool_function(t)["name"] for t in tools),
+                show_tools=True,
+                tool_format=tool_format,
+                tools=tuple(tools),
+            )
+    if json_schema is not None and not tools:
         return OutputPlan(constraint=JsonSchemaConstraint(json_schema) if constrain else None)
     if not tools or tool_choice == "none":
         return OutputPlan()
     names = tuple(tool_function(t)["name"] for t in tools)
+    fmt, hermes = tool_format, tool_format == HERMES
     if tool_choice == "auto":
+        spec = ToolCallConstraint(tools=tuple(tools), mode="auto")
+        if not hermes:  # no closing tag to stop at: the grammar ends the reply after its call block
+            spec = ToolCallConstraint(tools=tuple(tools), mode="auto", tool_format=fmt, parallel=parallel_tool_calls)
         return OutputPlan(
-            constraint=ToolCallConstraint(tools=tuple(tools), mode="auto") if constrain else None,
-            stops=() if parallel_tool_calls else (TOOL_CALL_CLOSE,),  # the reply ends with its first call
+            constraint=spec if constrain else None,
+            stops=() if parallel_tool_calls or not hermes else (TOOL_CALL_CLOSE,),  # ends with its first call
             tool_names=names,
             show_tools=True,
+            tool_format=fmt,
+            tools=tuple(tools),
         )
     allowed = tools if tool_choice == "any" else [t for t in tools if tool_function(t)["name"] == tool_choice]
     if not allowed:
         raise ValueError(f"tool_choice {tool_choice!r} names none of the tools {list(names)}")
-    prefill = call_head(tool_function(allowed[0])["name"]) if len(allowed) == 1 else FORCED_CALL_PREFILL
+    prefill = fmt.call_head(tool_function(allowed[0])["name"]) if len(allowed) == 1 else fmt.begin
+    spec = ToolCallConstraint(tools=tuple(allowed), mode="required", prefilled=prefill, tool_format=fmt)
     return OutputPlan(
-        constraint=ToolCallConstraint(tools=tuple(allowed), mode="required", prefilled=prefill) if constrain else None,
+        constraint=spec if constrain else None,
         prefill=prefill,
-        stops=(TOOL_CALL_CLOSE,),  # one call; the grammar ends there too
+        stops=(TOOL_CALL_CLOSE,) if hermes else (),  # one call; the grammar ends there too
         tool_names=names,
         show_tools=True,
+        tool_format=fmt,
+        tools=tuple(tools),
     )
 
 
@@ -183,7 +235,23 @@ def generation_events(call: GenerationCall) -> Iterator[Start | Delta | Final]:
     plan = call.plan
     rp = call.prompt
     yield Start(len(rp.ids), rp.text)
-    tool_filter = ToolCallStreamFilter(plan.tool_names, prefill=plan.prefill) if plan.tool_names is not None else None
+    tool_filter, hidden = None, {}
+    if plan.tool_names is not None:
+        tokenizer = getattr(call.engine, "tokenizer", None)
+        reader = None
+        if getattr(tokenizer, "response_template", None):  # transformers reads the reply first (tool_calls.py)
+            prefix = rp.text[: len(rp.text) - len(plan.prefill)] if rp.text.endswith(plan.prefill) else rp.text
+            reader = partial(
+                parse_response_calls, tokenizer, prefix=prefix, tools=plan.tools, tool_names=plan.tool_names
+            )
+        tool_filter = ToolCallStreamFilter(
+            plan.tool_names, prefill=plan.prefill, tool_format=plan.tool_format, response_parser=reader
+        )
+        # markers that are special tokens (Mistral's [TOOL_CALLS]) vanish from the engine's text: put them back
+        hidden = hidden_marker_ids(tokenizer, plan.tool_format)
+    # reasoning models: the <think> block is split off before anything reads the content (tool
+    # calls included); a prefilled reply (a forced call) has begun with content, nothing to split
+    splitter = rp.reasoning.splitter() if rp.reasoning is not None and not plan.prefill else None
     released = ""
     if plan.prefill and tool_filter is None:
         released = plan.prefill
@@ -195,6 +263,7 @@ def generation_events(call: GenerationCall) -> Iterator[Start | Delta | Final]:
         stop=stop or None,
         step_key=call.step_key,
         constraint=plan.constraint,
+        timeout=call.timeout,
         **call.sampling,
     )
     result = None
@@ -203,14 +272,26 @@ def generation_events(call: GenerationCall) -> Iterator[Start | Delta | Final]:
             if chunk.result is not None:
                 result = chunk.result
                 continue
-            delta = chunk.text
+            delta, reasoning = chunk.text, ""
+            if hidden:
+                delta += "".join(hidden[t] for t in chunk.token_ids if t in hidden)
+            if splitter is not None:
+                reasoning, delta = splitter.push(delta)
             if tool_filter is not None:
                 delta = tool_filter.push(delta)
             released += delta
-            yield Delta(delta, len(chunk.token_ids))
+            yield Delta(delta, len(chunk.token_ids), reasoning)
     finally:
         gen.close()
+        touch_engine(call.engine, call.keep_alive)
     assert result is not None
+    if splitter is not None:  # what the splitter held: an unclosed block's end, a reply's undecided start
+        reasoning, delta = splitter.finish()
+        if tool_filter is not None:
+            delta = tool_filter.push(delta)
+        released += delta
+        if reasoning or delta:
+            yield Delta(delta, 0, reasoning)
     calls: list[ParsedToolCall] = []
     invalid: list[InvalidToolCall] = []
     tail = ""
@@ -229,4 +310,5 @@ def generation_events(call: GenerationCall) -> Iterator[Start | Delta | Final]:
         step_key=call.step_key,
         model_name=call.model_name,
         prompt_text=rp.text,
+        reasoning=splitter.reasoning if splitter is not None else "",
     )

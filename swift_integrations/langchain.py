@@ -30,6 +30,11 @@ opens one, the call is grammar-constrained and parsed), ``"none"`` (tools not sh
 :mod:`swift_integrations._generation` and :mod:`swift_engine.constraints`). ``response_metadata``
 carries ``finish_reason`` (the engine's ``"stop"``/``"length"``/``"eos"``, or ``"tool_calls"``)
 and the SWIFT statistics (see :func:`swift_integrations.stats.stats_metadata`).
+
+Reasoning models (Qwen3-style ``<think>``; :mod:`swift_engine.reasoning`): ``reasoning=`` switches
+thinking through the template's ``enable_thinking``; the thinking comes back in
+``additional_kwargs["reasoning_content"]`` (and as a reasoning content block in v1 output), never
+in ``content``, and goes back to the template from history.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import Any, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.llms import BaseLLM
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -68,9 +74,10 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, Runn
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.json import parse_partial_json
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from swift_engine.config import SwiftConfig
+from swift_engine.model_info import ModelInfo, read_model_info
 from swift_engine.prompting import RenderedPrompt, encode_text, render_chat_prompt, with_system_text
 
 from ._generation import (
@@ -83,12 +90,13 @@ from ._generation import (
     output_constraint,
 )
 from .async_bridge import aiter_in_thread
-from .engine_cache import get_engine
+from .engine_cache import get_engine, keep_alive_seconds, release_wrapper_engine, wrapper_engine
 from .langchain_steps import config_step_key, runtime_step_key
 from .stats import usage_from_stats
 from .step_keys import system_prompt_step_key
-from .tool_calls import tool_function
-from .validation import check_engine, check_stop_strings
+from .tool_calls import tool_call_format, tool_function
+from .tool_followup import ToolFollowup, answer_turn, wants_answer_turn
+from .validation import check_engine, check_stop_strings, check_timeout
 
 __all__ = ["SwiftChatModel", "SwiftLLM"]
 
@@ -107,9 +115,13 @@ _CALL_KWARGS = frozenset(
         "parallel_tool_calls",
         "response_format",
         "stream",
+        "timeout",
+        "reasoning",
     }
 )
-_LLM_CALL_KWARGS = frozenset({"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "stream"})
+_LLM_CALL_KWARGS = frozenset(
+    {"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "stream", "timeout"}
+)
 
 
 # ====================================================================================== shared fields
@@ -122,7 +134,8 @@ class _SwiftFields(BaseModel):
         populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
     )
 
-    #: Model folder, ``.gguf`` file or (locally cached) hub id; ``None``: the embedded SmolLM2-135M-Instruct.
+    #: Model folder, ``.gguf`` file or hub id (downloaded when not cached, unless ``HF_HUB_OFFLINE=1``
+    #: or ``local_files_only``); ``None``: the embedded SmolLM2-135M-Instruct.
     model_id: str | None = Field(default=None, alias="model")
     #: GGUF file inside ``model_id`` (a folder or hub repo).
     gguf_file: str | None = None
@@ -142,8 +155,27 @@ class _SwiftFields(BaseModel):
     streaming: bool = False
     #: Fixed step key for every call of this wrapper (see the module docs for precedence).
     step_key: str | None = None
+    #: Seconds a call may take before it raises ``GenerationTimeout`` (a ``TimeoutError``); the
+    #: engine stays usable. ``None``: no limit. Also a call-time argument.
+    timeout: float | None = Field(default=None, gt=0)
+    #: Accepted for LangChain's standard parameters; a local generation has no transient failure
+    #: (network, rate limit) to retry, and a timed-out call is not retried, so it has no effect.
+    max_retries: int | None = Field(default=None, ge=0)
+    #: How long the model stays loaded after a call, as Ollama's ``keep_alive``: seconds or
+    #: ``"30s"``/``"5m"``/``"1h"``; ``0`` unloads after each call, negative keeps it; ``None``
+    #: (default) leaves it loaded while the process lives. See :mod:`.engine_cache`.
+    keep_alive: float | str | None = None
+    #: Hub revision (branch, tag or commit) of ``model_id``.
+    revision: str | None = None
+    #: ``True``: never download; ``None``: download when online, unless ``HF_HUB_OFFLINE`` is set.
+    local_files_only: bool | None = None
+    #: Extra keyword arguments for the model's ``from_pretrained``.
+    model_kwargs: dict[str, Any] | None = None
+    #: Hugging Face Hub token for downloading gated or private models (default: ``HF_TOKEN`` or the
+    #: token ``hf auth login`` saved). LangChain's standard ``api_key``; a local model needs no other.
+    api_key: SecretStr | None = Field(default=None, alias="hf_token")
 
-    _engine: Any = PrivateAttr(default=None)
+    _engine_name: str | None = PrivateAttr(default=None)
 
     @field_validator("engine")
     @classmethod
@@ -154,6 +186,12 @@ class _SwiftFields(BaseModel):
     @classmethod
     def _check_stop(cls, v: list[str] | None) -> list[str] | None:
         return check_stop_strings(v) or None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _check_keep_alive(cls, v: float | str | None) -> float | str | None:
+        keep_alive_seconds(v)
+        return v
 
     def _swift_ls_params(self, params: Any, model_type: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Any:
         """LangSmith's invocation parameters for this wrapper (``model_type``: "chat" or "llm")."""
@@ -174,13 +212,30 @@ class _SwiftFields(BaseModel):
         return self._engine_for(None)
 
     def _engine_for(self, model_override: str | None) -> Any:
+        """The engine of a call: fetched from the cache every time, so ``keep_alive`` can unload it."""
         if model_override is not None and model_override != self.model_id:
             return get_engine(model_override, None, self.device, self.dtype, self.swift_config)
-        if self.engine is not None:
-            return self.engine
-        if self._engine is None:
-            self._engine = get_engine(self.model_id, self.gguf_file, self.device, self.dtype, self.swift_config)
-        return self._engine
+        engine = wrapper_engine(self)
+        self._engine_name = str(engine.model_name)
+        return engine
+
+    def close(self) -> None:
+        """Unload this wrapper's model now (from the engine cache); the next call loads it again.
+
+        Every wrapper of the same model shares the engine, so they reload too. An engine passed as
+        ``engine=`` is the caller's, and is left open.
+        """
+        release_wrapper_engine(self)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lifetime(self) -> dict[str, Any]:
+        """``keep_alive`` of this wrapper's calls; an ``engine=`` of the caller's is never unloaded."""
+        return {"keep_alive": None if self.engine is not None else keep_alive_seconds(self.keep_alive)}
 
     def _display_name(self, model_override: str | None = None) -> str:
         """The model as the user named it; the engine's name for ``engine=`` or the embedded default."""
@@ -190,8 +245,8 @@ class _SwiftFields(BaseModel):
             return self.model_id
         if self.engine is not None:
             return str(self.engine.model_name)
-        if self._engine is not None:
-            return str(self._engine.model_name)
+        if self._engine_name is not None:
+            return self._engine_name
         from swift_engine.loading import EMBEDDED_MODEL_NAME
 
         return EMBEDDED_MODEL_NAME
@@ -210,6 +265,9 @@ class _SwiftFields(BaseModel):
             "stop": self.stop,
             "seed": self.seed,
             "step_key": self.step_key,
+            "timeout": self.timeout,
+            "keep_alive": self.keep_alive,
+            "revision": self.revision,
             "swift_config": self.swift_config.model_dump(mode="json") if self.swift_config is not None else None,
         }
 
@@ -233,6 +291,7 @@ class _SwiftFields(BaseModel):
             },
             "max_new_tokens": int(pick("max_tokens")),
             "stop": stops,
+            "timeout": check_timeout(pick("timeout")),
         }
 
     def _entry_kwargs(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -290,10 +349,30 @@ def _text_of(content: Any, where: str) -> str:
             "server_tool_call",
             "server_tool_result",
         ):
-            continue  # tool calls are rendered from .tool_calls; reasoning is not replayed
+            continue  # tool calls are rendered from .tool_calls; reasoning goes apart (_reasoning_of)
         else:
             raise ValueError(f"SwiftChatModel reads text only; {where} has a {kind!r} content block")
     return "\n".join(p for p in parts if p)
+
+
+def _reasoning_of(message: AIMessage) -> str:
+    """A reply's reasoning, for the chat template to render back (or drop) as the model expects.
+
+    ``additional_kwargs["reasoning_content"]`` (what this model, ChatOllama and DeepSeek return),
+    else the text of reasoning content blocks (v1 ``reasoning``, Anthropic-style ``thinking``).
+    """
+    kept = message.additional_kwargs.get("reasoning_content")
+    if isinstance(kept, str):
+        return kept
+    if isinstance(message.content, str):
+        return ""
+    parts = []
+    for block in message.content:
+        if isinstance(block, dict) and block.get("type") in ("reasoning", "thinking"):
+            text = block.get(block["type"])
+            if isinstance(text, str) and text:
+                parts.append(text)
+    return "\n".join(parts)
 
 
 _ROLE_ALIASES = {
@@ -326,6 +405,9 @@ def _neutral_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
             msg: dict[str, Any] = {"role": "assistant", "content": _text_of(m.content, where)}
             if calls:
                 msg["tool_calls"] = calls
+            reasoning = _reasoning_of(m)
+            if reasoning:
+                msg["reasoning_content"] = reasoning
             out.append(msg)
         elif isinstance(m, ToolMessage):
             out.append(
@@ -391,13 +473,56 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
     )
 
+    #: After tool results (``auto`` tool choice): ``"model"`` lets the model decide; ``"answer"``
+    #: asks it for the answer with the tools hidden; ``"auto"``: ``"answer"`` for catalog models
+    #: measured to call again instead of answering. See :mod:`.tool_followup`.
+    tool_followup: ToolFollowup = "auto"
+    reasoning: bool | None = None
+    """Thinking of reasoning models (Qwen3-style ``<think>``), as ChatOllama names it: ``True``/``False``
+    is the chat template's ``enable_thinking``; ``None`` leaves the template's default. Whatever the
+    setting, a reasoning model's thinking never lands in ``content``: it is returned in
+    ``additional_kwargs["reasoning_content"]`` (a reasoning content block with ``output_version="v1"``)
+    and rendered back from history as the template wants. Per call: ``invoke(..., reasoning=False)``."""
+
     @property
     def _llm_type(self) -> str:
         return "swift-chat"
 
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What agents and middleware may ask of this model (``create_agent``, summarization).
+
+        Read from the model's files without loading it (:mod:`swift_engine.model_info`), or from
+        ``engine=``. Tool calling, tool choice and structured output are the engine's grammars,
+        so they hold for every model; reasoning output for templates with ``<think>`` blocks.
+        """
+        if self.engine is not None:
+            template = getattr(self.engine.tokenizer, "chat_template", None)
+            info = ModelInfo(self.engine.runner.context_length, template if isinstance(template, str) else None)
+        else:
+            info = read_model_info(self.model_id, self.gguf_file, self.revision)
+        profile = ModelProfile(
+            name=self._display_name(),
+            open_weights=True,
+            text_inputs=True,
+            image_inputs=False,
+            audio_inputs=False,
+            video_inputs=False,
+            pdf_inputs=False,
+            text_outputs=True,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=True,
+            structured_output=True,
+            reasoning_output=info.reasoning,
+            temperature=True,
+        )
+        if info.context_length:
+            profile["max_input_tokens"] = info.context_length
+        return profile
+
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return self._swift_params()
+        return {**self._swift_params(), "reasoning": self.reasoning}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         return self._swift_ls_params(super()._get_ls_params(stop=stop, **kwargs), "chat", stop, kwargs)
@@ -530,6 +655,8 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
         tools = _as_openai_tools(kwargs.get("tools") or [])
         names = [tool_function(t)["name"] for t in tools]
         choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
+        if tools and wants_answer_turn(self.tool_followup, kwargs.get("model") or self.model_id, neutral, choice):
+            neutral, tools, choice = answer_turn(neutral), [], "none"  # see tool_followup.py
         schema: dict[str, Any] | bool | None = None
         response_format = kwargs.get("response_format")
         if response_format:
@@ -537,10 +664,19 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
             if instruction:
                 neutral = with_system_text(neutral, instruction)
         plan = output_constraint(
-            tools, choice, parallel_tool_calls=kwargs.get("parallel_tool_calls") is not False, json_schema=schema
+            tools,
+            choice,
+            parallel_tool_calls=kwargs.get("parallel_tool_calls") is not False,
+            json_schema=schema,
+            tool_format=tool_call_format(engine.tokenizer),  # the model's own call syntax (Hermes by default)
         )
+        reasoning = kwargs.get("reasoning")
         prompt = render_chat_prompt(
-            engine.tokenizer, neutral, tools=tools if plan.show_tools else None, prefill=plan.prefill
+            engine.tokenizer,
+            neutral,
+            tools=tools if plan.show_tools else None,
+            prefill=plan.prefill,
+            reasoning=self.reasoning if reasoning is None else bool(reasoning),
         )
         return GenerationCall(
             engine=engine,
@@ -553,6 +689,8 @@ class SwiftChatModel(_SwiftFields, BaseChatModel):
             stop=list(opts["stop"]),
             prompt=prompt,
             plan=plan,
+            timeout=opts["timeout"],
+            **self._lifetime(),
         )
 
     # -- LangChain hooks -------------------------------------------------------------------------
@@ -639,6 +777,7 @@ def _chat_result(final: Final) -> ChatResult:
     calls, invalid = _lc_tool_calls(final)
     message = AIMessage(
         content=final.content,
+        additional_kwargs=_reasoning_kwargs(final.reasoning),
         tool_calls=calls,
         invalid_tool_calls=invalid,
         usage_metadata=_usage(
@@ -650,6 +789,13 @@ def _chat_result(final: Final) -> ChatResult:
     return ChatResult(
         generations=[ChatGeneration(message=message, generation_info={"finish_reason": final.finish_reason})]
     )
+
+
+def _reasoning_kwargs(reasoning: str) -> dict[str, Any]:
+    """Where reasoning goes on a message: ``additional_kwargs["reasoning_content"]``, as ChatOllama and
+    langchain-deepseek put it; langchain-core makes it a leading reasoning block of ``content_blocks``
+    (and of ``content`` with ``output_version="v1"``), and chunk merging concatenates it."""
+    return {"reasoning_content": reasoning} if reasoning else {}
 
 
 class _ChunkBuilder:
@@ -665,9 +811,11 @@ class _ChunkBuilder:
             return None
         if isinstance(ev, Delta):
             self.pending_out += ev.output_tokens
-            if not ev.text:
+            if not ev.text and not ev.reasoning:
                 return None
-            msg = AIMessageChunk(content=ev.text, usage_metadata=self._take())
+            msg = AIMessageChunk(
+                content=ev.text, additional_kwargs=_reasoning_kwargs(ev.reasoning), usage_metadata=self._take()
+            )
             return ChatGenerationChunk(message=msg)
         chunks = [
             tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i)
@@ -789,6 +937,8 @@ class SwiftLLM(_SwiftFields, BaseLLM):
             max_new_tokens=opts["max_new_tokens"],
             stop=list(opts["stop"]),
             prompt=RenderedPrompt(text=prompt, ids=self._prompt_ids(engine, prompt)),
+            timeout=opts["timeout"],
+            **self._lifetime(),
         )
         return generation_events(call)
 

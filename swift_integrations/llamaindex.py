@@ -43,6 +43,12 @@ Responses
 LlamaIndex's ``TokenCountingHandler`` reads them) and the ``finish_reason``; ``raw["prompt"]`` is
 the exact prompt text the model received. Streams carry them on their last item.
 
+Reasoning models (Qwen3-style ``<think>``; :mod:`swift_engine.reasoning`): ``thinking=`` switches
+thinking through the chat template's ``enable_thinking``; the thinking is a ``ThinkingBlock`` of
+the response message (``raw["thinking"]``; stream items: ``additional_kwargs["thinking_delta"]``,
+as ``FunctionAgent`` reads it), never text, and a ``ThinkingBlock`` in history goes back to the
+template. Prompts of your own ``messages_to_prompt`` are not split.
+
 Tool calling: the Hermes-style format of :mod:`swift_integrations.tool_calls` (shared with the
 LangChain adapter). ``tool_required=True`` / ``tool_choice="required"``/a tool name forces exactly
 one call, grammar-constrained by the tools' JSON schemas (so ``structured_predict``, which goes
@@ -80,6 +86,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 
 from swift_engine.config import SwiftConfig
+from swift_engine.model_info import read_model_info
 from swift_engine.prompting import (
     RenderedPrompt,
     escape_special_tokens,
@@ -100,11 +107,19 @@ from ._generation import (
     output_constraint,
 )
 from .async_bridge import aiter_in_thread
-from .engine_cache import get_engine
+from .engine_cache import keep_alive_seconds, release_wrapper_engine, wrapper_engine
 from .llamaindex_steps import ensure_span_tracker, prompt_step, step_key_for_call
 from .stats import usage_from_stats
-from .tool_calls import InvalidToolCall, new_tool_call_id, render_tools_system_prompt, tool_function
-from .validation import check_engine, check_stop_strings
+from .tool_calls import (
+    HERMES,
+    InvalidToolCall,
+    new_tool_call_id,
+    render_tools_system_prompt,
+    tool_call_format,
+    tool_function,
+)
+from .tool_followup import ToolFollowup, answer_turn, wants_answer_turn
+from .validation import check_engine, check_stop_strings, check_timeout
 
 __all__ = ["SwiftLlamaIndexLLM"]
 
@@ -123,6 +138,8 @@ _CALL_KWARGS = frozenset(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "timeout",
+        "thinking",
     }
 )
 #: Keyword arguments LlamaIndex itself passes along that mean nothing here (ignored silently).
@@ -147,11 +164,18 @@ def _raw(final: Final) -> dict[str, Any]:
     raw["usage"] = _usage(final)
     raw["prompt"] = final.prompt_text
     raw["text"] = final.content
+    if final.reasoning:
+        raw["thinking"] = final.reasoning
     if final.calls:
         raw["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in final.calls]
     if final.invalid:
         raw["invalid_tool_calls"] = [_invalid_dict(c) for c in final.invalid]
     return raw
+
+
+def _thinking_delta(ev: Delta) -> dict[str, Any]:
+    """A stream item's new thinking, where LlamaIndex's agents read it (``AgentStream.thinking_delta``)."""
+    return {"thinking_delta": ev.reasoning} if ev.reasoning else {}
 
 
 def _additional_kwargs(final: Final) -> dict[str, Any]:
@@ -186,7 +210,7 @@ def _message_text(m: ChatMessage, where: str) -> str:
             "cache",
             "cache_point",
         ):
-            continue  # tool calls are rendered from the calls; reasoning is not replayed
+            continue  # tool calls are rendered from the calls; reasoning goes apart (_message_thinking)
         else:
             raise ValueError(
                 f"SwiftLlamaIndexLLM reads text only; {where} has a "
@@ -230,6 +254,15 @@ def _message_tool_calls(m: ChatMessage) -> list[dict[str, Any]]:
     return calls
 
 
+def _message_thinking(m: ChatMessage) -> str:
+    """An assistant message's reasoning: its ``ThinkingBlock`` s, else ``additional_kwargs["reasoning_content"]``."""
+    parts = [b.content for b in m.blocks if isinstance(b, ThinkingBlock) and b.content]
+    if parts:
+        return "\n".join(parts)
+    kept = m.additional_kwargs.get("reasoning_content")
+    return kept if isinstance(kept, str) else ""
+
+
 def neutral_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """LlamaIndex messages as the framework-neutral dicts of :func:`~swift_engine.prompting.render_chat_prompt`."""
     out: list[dict[str, Any]] = []
@@ -247,6 +280,9 @@ def neutral_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                     call_names[c["id"]] = c["name"]
             if calls:
                 msg["tool_calls"] = calls
+            thinking = _message_thinking(m)
+            if thinking:
+                msg["reasoning_content"] = thinking  # the template renders it back or drops it
         elif role == "tool":
             kw = m.additional_kwargs
             call_id = kw.get("tool_call_id")
@@ -302,6 +338,7 @@ class _Spec:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str = "none"
     parallel: bool = True
+    thinking: bool | None = None  # the template's enable_thinking (None: its default)
 
 
 class SwiftLlamaIndexLLM(FunctionCallingLLM):
@@ -317,7 +354,8 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
 
     model_id: str | None = Field(
         default=None,
-        description="Model folder, .gguf file or (locally cached) hub id; None: the embedded SmolLM2-135M-Instruct.",
+        description="Model folder, .gguf file or hub id (downloaded when not cached, unless HF_HUB_OFFLINE=1 "
+        "or local_files_only); None: the embedded SmolLM2-135M-Instruct.",
     )
     gguf_file: str | None = Field(default=None, description="GGUF file inside model_id (a folder or hub repo).")
     device: str = Field(default="auto", description="Torch device, or 'auto'.")
@@ -339,15 +377,50 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
     step_key: str | None = Field(
         default=None, description="Step key of every call of this LLM (see the module docs for precedence)."
     )
+    thinking: bool | None = Field(
+        default=None,
+        description="Reasoning models (Qwen3-style <think>), as LlamaIndex's Ollama names it: True/False is the "
+        "chat template's enable_thinking, None its default (reasoning= is accepted too). The thinking is "
+        "returned as a ThinkingBlock (streams: additional_kwargs['thinking_delta']), never as text.",
+    )
     context_window: int | None = Field(
         default=None, ge=1, description="Override of the model's context length (from its config)."
     )
+    tool_followup: ToolFollowup = Field(
+        default="auto",
+        description="After tool results (auto tool choice): 'model' lets the model decide; 'answer' asks it for "
+        "the answer with the tools hidden; 'auto': 'answer' for catalog models measured to call again instead.",
+    )
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a call may take before it raises GenerationTimeout (a TimeoutError); None: no limit.",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description="Accepted for compatibility; a local generation has nothing transient to retry (no effect).",
+    )
+    keep_alive: float | str | None = Field(
+        default=None,
+        description="How long the model stays loaded after a call, as Ollama's keep_alive: seconds or "
+        "'30s'/'5m'/'1h'; 0 unloads after each call, negative keeps it; None: loaded while the process lives.",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of model_id.")
+    local_files_only: bool | None = Field(
+        default=None, description="True: never download; None: download when online unless HF_HUB_OFFLINE is set."
+    )
+    model_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Extra keyword arguments for the model's from_pretrained."
+    )
 
-    _engine: Any = PrivateAttr(default=None)
+    _engine_name: str | None = PrivateAttr(default=None)
 
     def __init__(self, **kwargs: Any) -> None:
         if "model" in kwargs and "model_id" not in kwargs:  # the usual LlamaIndex spelling
             kwargs["model_id"] = kwargs.pop("model")
+        if "reasoning" in kwargs and "thinking" not in kwargs:  # LangChain's (ChatOllama's) spelling
+            kwargs["thinking"] = kwargs.pop("reasoning")
         super().__init__(**kwargs)
         ensure_span_tracker()
 
@@ -361,6 +434,12 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
     def _check_stop(cls, v: list[str] | None) -> list[str] | None:
         return check_stop_strings(v) or None
 
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _check_keep_alive(cls, v: float | str | None) -> float | str | None:
+        keep_alive_seconds(v)
+        return v
+
     @classmethod
     def class_name(cls) -> str:
         return "SwiftLlamaIndexLLM"
@@ -369,19 +448,31 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
     @property
     def swift_engine(self) -> Any:
         """The engine behind this LLM (loaded on first access, shared through the engine cache)."""
-        if self.engine is not None:
-            return self.engine
-        if self._engine is None:
-            self._engine = get_engine(self.model_id, self.gguf_file, self.device, self.dtype, self.swift_config)
-        return self._engine
+        engine = wrapper_engine(self)
+        self._engine_name = str(engine.model_name)
+        return engine
+
+    def close(self) -> None:
+        """Unload this LLM's model now (from the engine cache); the next call loads it again.
+
+        Every wrapper of the same model shares the engine, so they reload too. An engine passed as
+        ``engine=`` is the caller's, and is left open.
+        """
+        release_wrapper_engine(self)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _display_name(self) -> str:
         if self.model_id:
             return self.model_id
         if self.engine is not None:
             return str(self.engine.model_name)
-        if self._engine is not None:
-            return str(self._engine.model_name)
+        if self._engine_name is not None:
+            return self._engine_name
         from swift_engine.loading import EMBEDDED_MODEL_NAME
 
         return EMBEDDED_MODEL_NAME
@@ -400,6 +491,10 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
     def _context_window(self) -> int:
         if self.context_window is not None:
             return self.context_window
+        if self.engine is None:  # read from the model's files: metadata doesn't load the weights
+            n = read_model_info(self.model_id, self.gguf_file, self.revision).context_length
+            if n:
+                return n
         engine = self.swift_engine
         n = getattr(getattr(engine, "runner", None), "context_length", None)
         if not n:
@@ -445,6 +540,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             },
             "max_new_tokens": max_tokens,
             "stop": stops,
+            "timeout": check_timeout(pick("timeout")),
         }
 
     def resolve_step_key(self, explicit: str | None = None, system_text: str | None = None) -> str | None:
@@ -459,6 +555,8 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         tools = [_tool_spec(t) for t in (kwargs.get("tools") or [])]
         names = [tool_function(t)["name"] for t in tools]
         choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
+        if tools and wants_answer_turn(self.tool_followup, self.model_id, neutral, choice):
+            neutral, tools, choice = answer_turn(neutral), [], "none"  # see tool_followup.py
         system_text = "\n\n".join(m["content"] for m in neutral if m["role"] == "system")
         return _Spec(
             kind="chat",
@@ -468,7 +566,12 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             tools=tools or None,
             tool_choice=choice,
             parallel=kwargs.get("parallel_tool_calls") is not False,
+            thinking=self._thinking(kwargs),
         )
+
+    def _thinking(self, kwargs: dict[str, Any]) -> bool | None:
+        thinking = kwargs.get("thinking")
+        return self.thinking if thinking is None else bool(thinking)
 
     def _complete_spec(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> _Spec:
         if not isinstance(prompt, str):
@@ -479,6 +582,7 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             options=self._options(kwargs),
             prompt=prompt,
             formatted=formatted,
+            thinking=self._thinking(kwargs),
         )
 
     # -- binding a spec to the engine (may run in a worker thread) ---------------------------------
@@ -503,10 +607,12 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
                 neutral = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
                     {"role": "user", "content": spec.prompt}
                 ]
-                prompt = render_chat_prompt(engine.tokenizer, neutral)
+                prompt = render_chat_prompt(engine.tokenizer, neutral, reasoning=spec.thinking)
         else:
             assert spec.messages is not None
-            plan = output_constraint(spec.tools, spec.tool_choice, parallel_tool_calls=spec.parallel)
+            # the model's own call syntax; a custom messages_to_prompt gets the Hermes prompt, so Hermes
+            fmt = HERMES if self._custom_messages_to_prompt() else tool_call_format(engine.tokenizer)
+            plan = output_constraint(spec.tools, spec.tool_choice, parallel_tool_calls=spec.parallel, tool_format=fmt)
             tools = spec.tools if plan.show_tools else None
             neutral = spec.messages
             if self._custom_messages_to_prompt():
@@ -514,7 +620,9 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
                 llama_msgs = _as_llama_messages(msgs, special_token_texts(engine.tokenizer))
                 prompt = _string_prompt(engine, self.messages_to_prompt(llama_msgs) + plan.prefill)
             else:
-                prompt = render_chat_prompt(engine.tokenizer, neutral, tools=tools, prefill=plan.prefill)
+                prompt = render_chat_prompt(
+                    engine.tokenizer, neutral, tools=tools, prefill=plan.prefill, reasoning=spec.thinking
+                )
         return GenerationCall(
             engine=engine,
             model_name=self._display_name(),
@@ -524,6 +632,8 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             stop=list(opts["stop"]),
             prompt=prompt,
             plan=plan,
+            timeout=opts["timeout"],
+            keep_alive=None if self.engine is not None else keep_alive_seconds(self.keep_alive),
         )
 
     def _spec_events(self, spec: _Spec) -> Iterator[Start | Delta | Final]:
@@ -531,8 +641,11 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
 
     # -- responses ------------------------------------------------------------------------------
     @staticmethod
-    def _chat_message(content: str, final: Final | None = None) -> ChatMessage:
-        blocks: list[Any] = [TextBlock(text=content)]
+    def _chat_message(content: str, final: Final | None = None, thinking: str = "") -> ChatMessage:
+        """The reply as a message; a reasoning model's thinking is a ``ThinkingBlock`` before the text."""
+        thinking = final.reasoning if final is not None else thinking
+        blocks: list[Any] = [ThinkingBlock(content=thinking)] if thinking else []
+        blocks.append(TextBlock(text=content))
         kwargs: dict[str, Any] = {}
         if final is not None:
             blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in final.calls]
@@ -576,9 +689,9 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             text = ""
             try:
                 for ev in events:
-                    if isinstance(ev, Delta) and ev.text:
+                    if isinstance(ev, Delta) and (ev.text or ev.reasoning):
                         text += ev.text
-                        yield CompletionResponse(text=text, delta=ev.text)
+                        yield CompletionResponse(text=text, delta=ev.text, additional_kwargs=_thinking_delta(ev))
                     elif isinstance(ev, Final):
                         yield self._final_completion(ev, delta=ev.tail)
             finally:
@@ -595,12 +708,17 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         events = self._spec_events(self._chat_spec(messages, kwargs))
 
         def gen() -> ChatResponseGen:
-            content = ""
+            content = thinking = ""
             try:
                 for ev in events:
-                    if isinstance(ev, Delta) and ev.text:
+                    if isinstance(ev, Delta) and (ev.text or ev.reasoning):
                         content += ev.text
-                        yield ChatResponse(message=self._chat_message(content), delta=ev.text)
+                        thinking += ev.reasoning
+                        yield ChatResponse(
+                            message=self._chat_message(content, thinking=thinking),
+                            delta=ev.text,
+                            additional_kwargs=_thinking_delta(ev),
+                        )
                     elif isinstance(ev, Final):
                         yield self._final_chat(ev, delta=ev.tail)
             finally:
@@ -635,9 +753,9 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
             events = self._athread(spec, "swift-llamaindex-stream-complete")
             try:
                 async for ev in events:
-                    if isinstance(ev, Delta) and ev.text:
+                    if isinstance(ev, Delta) and (ev.text or ev.reasoning):
                         text += ev.text
-                        yield CompletionResponse(text=text, delta=ev.text)
+                        yield CompletionResponse(text=text, delta=ev.text, additional_kwargs=_thinking_delta(ev))
                     elif isinstance(ev, Final):
                         yield self._final_completion(ev, delta=ev.tail)
             finally:
@@ -664,13 +782,18 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         spec = self._chat_spec(messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
-            content = ""
+            content = thinking = ""
             events = self._athread(spec, "swift-llamaindex-stream-chat")
             try:
                 async for ev in events:
-                    if isinstance(ev, Delta) and ev.text:
+                    if isinstance(ev, Delta) and (ev.text or ev.reasoning):
                         content += ev.text
-                        yield ChatResponse(message=self._chat_message(content), delta=ev.text)
+                        thinking += ev.reasoning
+                        yield ChatResponse(
+                            message=self._chat_message(content, thinking=thinking),
+                            delta=ev.text,
+                            additional_kwargs=_thinking_delta(ev),
+                        )
                     elif isinstance(ev, Final):
                         yield self._final_chat(ev, delta=ev.tail)
             finally:

@@ -20,10 +20,19 @@ a reply that is nothing but a bare JSON object ``{"name": ..., "arguments": ...}
 a ```json fence around it). Anything unparsable becomes an :class:`InvalidToolCall` with the
 error text, never an exception. :class:`ToolCallStreamFilter` does the same while text streams.
 
+Models whose template teaches another syntax (:class:`~swift_engine.tool_format.ToolCallFormat`:
+Mistral's ``[TOOL_CALLS][...]`` lists, Llama 3's ``{"name": ..., "parameters": ...}`` objects,
+optionally after ``<|python_tag|>``) are read in that syntax first, then as Hermes. Where the
+tokenizer ships a ``response_template`` (transformers' declarative reply format), its own
+``parse_response`` reads the reply before any of these (:func:`parse_response_calls`): the model's
+authors know its format best, and transformers' parser covers syntaxes ours doesn't (Python call
+lists, Gemma 4's). Special-token markers, which the engine's text leaves out, are put back by token
+id (:func:`hidden_marker_ids`) before any of this reads the text.
+
 Constraining calls
 ------------------
-Forced calls and calls the model opens on its own are grammar-constrained to this format and the
-tools' JSON schemas (:mod:`swift_integrations._generation`, :mod:`swift_engine.constraints`), so
+Forced calls and calls the model opens on its own are grammar-constrained to the model's format and
+the tools' JSON schemas (:mod:`swift_integrations._generation`, :mod:`swift_engine.constraints`), so
 the parser's lenient paths matter only for unconstrained text (e.g. replayed history).
 """
 
@@ -34,32 +43,40 @@ import difflib
 import json
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from swift_engine.tool_format import (
+    HERMES,
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
+    ToolCallFormat,
     format_tool_call,
     format_tool_result,
     render_tools_system_prompt,
+    tool_call_format,
     tool_function,
 )
 
 __all__ = [
+    "HERMES",
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "MAX_TOOL_CALLS",
     "InvalidToolCall",
     "ParsedToolCall",
+    "ToolCallFormat",
     "ToolCallStreamFilter",
     "format_tool_call",
     "format_tool_result",
+    "hidden_marker_ids",
     "new_tool_call_id",
+    "parse_response_calls",
     "parse_tool_calls",
     "render_tools_system_prompt",
     "resolve_tool_name",
+    "tool_call_format",
     "tool_function",
 ]
 
@@ -236,6 +253,138 @@ def _split_tagged(
     return calls, segments
 
 
+def _split_listed(
+    text: str, tool_names: Collection[str] | None, marker: str
+) -> tuple[list[ParsedToolCall | InvalidToolCall], list[str]]:
+    """Mistral: ``marker`` (``[TOOL_CALLS]``) followed by a JSON list of calls (or one call object)."""
+    calls: list[ParsedToolCall | InvalidToolCall] = []
+    segments: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(marker, pos)
+        if start < 0:
+            segments.append(text[pos:])
+            break
+        segments.append(text[pos:start])
+        if len(calls) >= MAX_TOOL_CALLS:
+            calls.append(_too_many(text[start:]))
+            break
+        body_start = start + len(marker)
+        body = text[body_start:].lstrip()
+        skipped = len(text) - body_start - len(body)
+        try:
+            obj, end = _raw_decode(body)
+        except json.JSONDecodeError as exc:
+            following = text.find(marker, body_start)
+            stop = len(text) if following < 0 else following
+            raw = text[body_start:stop].strip()
+            error = f"invalid JSON in tool call: {exc}"
+            calls.append(InvalidToolCall(new_tool_call_id(), _guess_name(raw), raw, error))
+            pos = stop
+            continue
+        items = obj if isinstance(obj, list) else [obj]
+        room = MAX_TOOL_CALLS - len(calls)
+        for item in items[:room]:
+            call = _call_from_obj(item, tool_names)
+            if call is None:
+                raw = json.dumps(item, ensure_ascii=False)[:200]
+                call = InvalidToolCall(new_tool_call_id(), None, raw, "tool call JSON has no 'name'")
+            calls.append(call)
+        if len(items) > room:
+            calls.append(_too_many(body[:end]))
+            segments.append(text[body_start + skipped + end :])
+            break
+        if not items:
+            calls.append(InvalidToolCall(new_tool_call_id(), None, "[]", f"no tool call after {marker}"))
+        pos = body_start + skipped + end
+    return calls, segments
+
+
+_LLAMA_CALL_RE = re.compile(r'<\|python_tag\|>|\{\s*"name"\s*:')
+_LLAMA_SEPARATOR_RE = re.compile(r'\s*;\s*(?=<\|python_tag\|>|\{\s*"name"\s*:)')
+_PYTHON_TAG = "<|python_tag|>"
+
+
+def _split_llama(
+    text: str, tool_names: Collection[str] | None
+) -> tuple[list[ParsedToolCall | InvalidToolCall], list[str]]:
+    """Llama 3.x: ``{"name": ..., "parameters": {...}}`` objects, each optionally after ``<|python_tag|>``.
+
+    An object counts as a call when it has a ``"parameters"`` (or ``"arguments"``) key and, with
+    ``tool_names``, names one of them: ``{"name": "Bob", "age": 3}`` in a reply is content. After
+    ``<|python_tag|>`` anything is a call: one that isn't JSON (the built-in tools' Python form)
+    is invalid. Calls separated by ``;`` (how vLLM reads several) are read one by one.
+    """
+    calls: list[ParsedToolCall | InvalidToolCall] = []
+    segments: list[str] = []
+    pos = 0
+    candidates = 0
+    for m in _LLAMA_CALL_RE.finditer(text):
+        start = m.start()
+        if start < pos:
+            continue
+        candidates += 1
+        if candidates > 4 * MAX_TOOL_CALLS or len(calls) > MAX_TOOL_CALLS:
+            break  # untrusted text: a bounded number of decode attempts
+        tagged = m.group(0) == _PYTHON_TAG
+        body_start = m.end() if tagged else start
+        body = text[body_start:].lstrip()
+        skipped = len(text) - body_start - len(body)
+        try:
+            obj, end = _raw_decode(body)
+        except json.JSONDecodeError as exc:
+            if tagged or not text[:start].strip():  # a reply that opens a call it can't finish
+                raw = body.strip()
+                segments.append(text[pos:start])
+                calls.append(InvalidToolCall(new_tool_call_id(), _guess_name(raw), raw, f"invalid tool call: {exc}"))
+                pos = len(text)
+                break
+            continue
+        is_call = isinstance(obj, dict) and "name" in obj and ("parameters" in obj or "arguments" in obj)
+        call = _call_from_obj(obj, tool_names) if is_call or tagged else None
+        unknown = tool_names is not None and isinstance(call, InvalidToolCall) and call.name not in tool_names
+        if not tagged and (call is None or unknown):
+            continue  # JSON in the text, not a call
+        if call is None:
+            raw = json.dumps(obj, ensure_ascii=False)[:200]
+            call = InvalidToolCall(new_tool_call_id(), None, raw, "tool call JSON has no 'name'")
+        segments.append(text[pos:start])
+        calls.append(call)
+        pos = body_start + skipped + end
+        sep = _LLAMA_SEPARATOR_RE.match(text, pos)
+        if sep:
+            pos = sep.end()
+    segments.append(text[pos:])
+    if len(calls) > MAX_TOOL_CALLS:
+        calls = [*calls[:MAX_TOOL_CALLS], _too_many(text[pos:])]
+    return calls, segments
+
+
+def _too_many(rest: str) -> InvalidToolCall:
+    return InvalidToolCall(
+        new_tool_call_id(), None, rest[:200], f"more than {MAX_TOOL_CALLS} tool calls; the rest is not read"
+    )
+
+
+def _read_calls(
+    text: str, tool_names: Collection[str] | None, fmt: ToolCallFormat = HERMES
+) -> tuple[list[ParsedToolCall | InvalidToolCall], list[str]]:
+    """Calls and the content around them: the format's own syntax first, then Hermes (tagged or bare JSON)."""
+    calls: list[ParsedToolCall | InvalidToolCall] = []
+    segments: list[str] = []
+    if fmt.name == "mistral":
+        calls, segments = _split_listed(text, tool_names, fmt.triggers[0])
+    elif fmt.name == "llama3_json":
+        calls, segments = _split_llama(text, tool_names)
+    if not calls:
+        calls, segments = _split_tagged(text, tool_names)
+    if not calls:
+        bare = _bare_calls(text, tool_names)
+        if bare is not None:
+            calls, segments = bare, []
+    return calls, segments
+
+
 _NAME_RE = re.compile(r'"name"\s*:\s*"([^"]*)"')
 
 
@@ -245,25 +394,82 @@ def _guess_name(body: str) -> str | None:
 
 
 def parse_tool_calls(
-    text: str, tool_names: Collection[str] | None = None
+    text: str, tool_names: Collection[str] | None = None, tool_format: ToolCallFormat = HERMES
 ) -> tuple[list[ParsedToolCall], list[InvalidToolCall], str]:
     """Read tool calls out of generated text.
 
     Returns ``(calls, invalid_calls, content)``: the well-formed calls in order, the ones that
     could not be used (bad JSON, no name, arguments not an object, or a name outside
     ``tool_names`` when given), and the remaining text with the call blocks removed (stripped).
-    Never raises on model output.
+    ``tool_format``: the model's own syntax (:mod:`swift_engine.tool_format`), read first; the
+    Hermes syntax is read when it finds nothing. Never raises on model output.
     """
-    calls, segments = _split_tagged(text, tool_names)
-    if not calls:
-        bare = _bare_calls(text, tool_names)
-        if bare is not None:
-            calls, segments = bare, []
+    calls, segments = _read_calls(text, tool_names, tool_format)
     calls = _with_unique_ids(calls)
     valid = [c for c in calls if isinstance(c, ParsedToolCall)]
     invalid = [c for c in calls if isinstance(c, InvalidToolCall)]
     content = "".join(segments).strip() if calls else text.strip()
     return valid, invalid, content
+
+
+def parse_response_calls(
+    tokenizer: Any,
+    text: str,
+    *,
+    prefix: str = "",
+    tools: Sequence[dict[str, Any]] = (),
+    tool_names: Collection[str] | None = None,
+) -> tuple[list[ParsedToolCall | InvalidToolCall], str] | None:
+    """``(calls, content)`` read by ``transformers``' own parser, or ``None`` where it has none or finds no call.
+
+    A tokenizer whose config ships a ``response_template`` (transformers >= 5: a declarative
+    description of the model's reply, tool calls included) knows its format better than any
+    guess here, so it is asked first: ``tokenizer.parse_response(text, prefix=prompt)``, the
+    prompt telling it what the template pre-wrote. Its calls are checked like ours (names
+    against ``tool_names``, arguments an object). Anything it can't read (it raises on bad
+    JSON) or a reply without calls falls back to the format's own parser.
+    """
+    if not getattr(tokenizer, "response_template", None) or not callable(getattr(tokenizer, "parse_response", None)):
+        return None
+    try:
+        message = tokenizer.parse_response(text, prefix=prefix, tools=list(tools) or None)
+    except Exception:  # noqa: BLE001 - its parsers raise ValueError, KeyError, ...; ours reads the text instead
+        return None
+    raw_calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(raw_calls, list) or not raw_calls:
+        return None
+    calls: list[ParsedToolCall | InvalidToolCall] = []
+    for item in raw_calls[:MAX_TOOL_CALLS]:
+        fn = item.get("function", item) if isinstance(item, dict) else None
+        call = None
+        if isinstance(fn, dict):
+            obj = {"name": fn.get("name"), "arguments": fn.get("arguments") or {}, "id": item.get("id")}
+            call = _call_from_obj(obj, tool_names)
+        calls.append(call or InvalidToolCall(new_tool_call_id(), None, str(item)[:200], "unreadable tool call"))
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    return calls, content or ""
+
+
+def hidden_marker_ids(tokenizer: Any, tool_format: ToolCallFormat) -> dict[int, str]:
+    """The format's markers that are special tokens, which the engine's text leaves out: id -> text.
+
+    The engine decodes replies without special tokens; a Mistral ``[TOOL_CALLS]`` or Llama
+    ``<|python_tag|>`` token would vanish from the text, and with it the sign that a call starts.
+    :func:`~swift_integrations._generation.generation_events` puts them back by token id.
+    """
+    out: dict[int, str] = {}
+    for marker in tool_format.triggers:
+        try:
+            tid = tokenizer.convert_tokens_to_ids(marker)
+            if not isinstance(tid, int) or tid < 0 or tid == getattr(tokenizer, "unk_token_id", None):
+                continue
+            if tokenizer.decode([tid], skip_special_tokens=False) != marker:
+                continue
+            if tokenizer.decode([tid], skip_special_tokens=True) == "":
+                out[tid] = marker
+        except Exception:  # noqa: BLE001 - a duck-typed tokenizer without these: nothing hidden
+            continue
+    return out
 
 
 def _with_unique_ids(calls: Sequence[ParsedToolCall | InvalidToolCall]) -> list[ParsedToolCall | InvalidToolCall]:
@@ -301,33 +507,47 @@ def resolve_tool_name(generated: str, names: Sequence[str]) -> str:
 class ToolCallStreamFilter:
     """Decides, while text streams in, what is safe to show as content.
 
-    Text before a ``<tool_call>`` tag is released as it comes (a tail that could be the start of
-    the tag is held back); from the tag on everything is held. A reply that *starts* with ``{``
-    (maybe a bare JSON call) is held until the end. :meth:`finish` parses what was held.
+    Text before a call's opening marker (``<tool_call>``; for other formats also their own:
+    ``[TOOL_CALLS]``, ``<|python_tag|>``, a Llama call's ``{"name": ``) is released as it comes (a
+    tail that could be the start of a marker is held back); from the marker on everything is
+    held. A reply that *starts* with ``{`` (maybe a bare JSON call) is held until the end.
+    :meth:`finish` parses what was held: with ``response_parser`` (transformers'
+    ``parse_response``, see :func:`parse_response_calls`) first, then the format's own parser.
     """
 
-    def __init__(self, tool_names: Collection[str] | None = None, prefill: str = "") -> None:
+    def __init__(
+        self,
+        tool_names: Collection[str] | None = None,
+        prefill: str = "",
+        tool_format: ToolCallFormat = HERMES,
+        response_parser: Callable[[str], tuple[list[ParsedToolCall | InvalidToolCall], str] | None] | None = None,
+    ) -> None:
         self.tool_names = tool_names
+        self.tool_format = tool_format
+        self.response_parser = response_parser
+        # a JSON trigger (Llama's '{"name": ') is held from '{"name"': unconstrained text spaces it either way
+        self.markers = tuple(dict.fromkeys(t.rstrip(": ") for t in (*tool_format.triggers, TOOL_CALL_OPEN)))
         self.text = prefill
         self.released = 0
-        self.in_call = TOOL_CALL_OPEN in prefill
+        self.in_call = any(m in prefill for m in self.markers)
 
     def push(self, delta: str) -> str:
         self.text += delta
         if self.in_call:
             return ""
         pending = self.text[self.released :]
-        i = pending.find(TOOL_CALL_OPEN)
-        if i >= 0:
+        found = [i for i in (pending.find(m) for m in self.markers) if i >= 0]
+        if found:
             self.in_call = True
-            return self._release(i)
+            return self._release(min(found))
         if self.released == 0 and (not pending.strip() or pending.lstrip()[:1] in ("{", "[", "`")):
             return ""  # maybe a bare JSON call: hold until the end
         keep = 0
-        for k in range(min(len(TOOL_CALL_OPEN) - 1, len(pending)), 0, -1):
-            if pending.endswith(TOOL_CALL_OPEN[:k]):
-                keep = k
-                break
+        for marker in self.markers:
+            for k in range(min(len(marker) - 1, len(pending)), keep, -1):
+                if pending.endswith(marker[:k]):
+                    keep = k
+                    break
         return self._release(len(pending) - keep)
 
     def _release(self, n: int) -> str:
@@ -337,14 +557,20 @@ class ToolCallStreamFilter:
 
     def finish(self) -> tuple[list[ParsedToolCall], list[InvalidToolCall], str]:
         """``(calls, invalid, rest)``: ``rest`` is the content not released yet (not stripped)."""
-        calls, segments = _split_tagged(self.text, self.tool_names)
-        if not calls:
-            bare = _bare_calls(self.text, self.tool_names)
-            if bare is not None:
-                calls, segments = bare, []
+        read = self.response_parser(self.text) if self.response_parser is not None else None
+        if read is not None:
+            calls, segments = read[0], [read[1]]
+        else:
+            calls, segments = _read_calls(self.text, self.tool_names, self.tool_format)
+        calls = _with_unique_ids(calls)
         content = "".join(segments) if calls else self.text
         released = self.text[: self.released]
-        rest = content[len(released) :] if content.startswith(released) else content
+        if content.startswith(released):
+            rest = content[len(released) :]
+        elif content.strip().startswith(released.strip()):  # a parser that trims the content
+            rest = content.strip()[len(released.strip()) :]
+        else:
+            rest = content
         if calls and not rest.strip():
             rest = ""
         valid = [c for c in calls if isinstance(c, ParsedToolCall)]

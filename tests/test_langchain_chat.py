@@ -86,7 +86,7 @@ def test_construction_is_cheap_and_wrappers_share_one_engine(engine):
     from swift_engine.loading import embedded_model_path
 
     models = [make() for _ in range(50)]
-    assert all(m._engine is None for m in models)  # nothing loaded at construction
+    assert all(m._engine_name is None for m in models)  # nothing loaded at construction
     assert {id(m.swift_engine) for m in models} == {id(engine)}
     llm = SwiftLLM(device="cpu", dtype="float32", swift_config=CFG)
     assert llm.swift_engine is engine

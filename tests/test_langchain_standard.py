@@ -1,6 +1,8 @@
 """LangChain's standard chat-model test suites for SwiftChatModel on the embedded SmolLM2-135M-Instruct.
 
-Overrides below only mark what the 135M model itself cannot do, each with its reason.
+The suites run with their own default standard parameters (``timeout``, ``max_retries``,
+``max_tokens=100``, ...). Overrides below only mark what the 135M model itself cannot do, each with
+its reason.
 """
 
 from __future__ import annotations
@@ -43,12 +45,6 @@ class TestSwiftChatModelUnit(ChatModelUnitTests):
         return dict(PARAMS)
 
     @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        # A local model has no API key, request timeout or retries; the standard generation
-        # parameters are all supported.
-        return {"temperature": 0, "max_tokens": 48, "stop": []}
-
-    @property
     def model_override_value(self) -> str:
         return _embedded_path()
 
@@ -61,11 +57,6 @@ class TestSwiftChatModelIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return dict(PARAMS)
-
-    @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        # Short replies keep the suite within minutes on two CPU cores.
-        return {"temperature": 0, "max_tokens": 32}
 
     @property
     def model_override_value(self) -> str:

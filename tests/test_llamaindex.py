@@ -142,7 +142,7 @@ def test_metadata_comes_from_the_model(real) -> None:
 def test_construction_is_cheap_and_engines_are_shared_with_langchain() -> None:
     a = SwiftLlamaIndexLLM(device="cpu", dtype="float32")
     b = SwiftLlamaIndexLLM(model_id=None, device="cpu", dtype="float32", max_tokens=5)
-    assert a._engine is None  # nothing loaded yet
+    assert a._engine_name is None  # nothing loaded yet
     engine = get_engine(None, None, "cpu", "float32")
     assert a.swift_engine is engine and b.swift_engine is engine
     lc = pytest.importorskip("swift_integrations.langchain")

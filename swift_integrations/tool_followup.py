@@ -1,0 +1,63 @@
+"""What a model is asked after its tool calls were answered: to decide itself, or to answer.
+
+An agent loop hands tool results back to the model and expects, eventually, an answer. Small
+models may not give one: measured on Qwen2.5-Coder-0.5B-Instruct (the catalog's agent model; its
+own chat template, plain ``transformers`` greedy decoding, the same with our rendering), the turn
+after a tool result is the call again, written as JSON text (``{"name": "get_weather", ...}``),
+on every task tried; banning JSON at the start only moved it into a code fence. Asked again with
+the question restated after the results and the tools not shown, it answers ("12 times 34 equals
+408."). So ``tool_followup`` chooses per wrapper:
+
+* ``"model"``: the model sees the tools and decides (several tool rounds possible);
+* ``"answer"``: when the conversation ends with tool results, the tools are hidden and a user turn
+  asks for the answer to the last question: one tool round per question, and an answer;
+* ``"auto"`` (default): ``"answer"`` for catalog models measured to need it, else ``"model"``.
+
+Only calls in ``auto`` tool mode change; a forced ``tool_choice`` is always honoured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ANSWER_INSTRUCTION", "ToolFollowup", "answer_turn", "wants_answer_turn"]
+
+ToolFollowup = Literal["auto", "answer", "model"]
+
+#: the user turn added after tool results in ``"answer"`` mode; ``{question}``: the last user message
+ANSWER_INSTRUCTION = "Using the tool results above, answer in plain words: {question}"
+
+
+def _resolved(mode: ToolFollowup, model_id: str | None) -> Literal["answer", "model"]:
+    if mode != "auto":
+        return mode
+    if model_id is None:
+        return "model"
+    from swift_engine.model_catalog import CATALOG
+
+    name = str(model_id).strip()
+    entry = CATALOG.get(name.lower())
+    if entry is None:  # the catalog's file named by its path (the same file name, e.g. a copy elsewhere)
+        path = Path(name).expanduser()
+        entry = next((m for m in CATALOG.values() if m.filename == path.name and path.is_file()), None)
+    return "answer" if entry is not None and entry.answer_after_tools else "model"
+
+
+def wants_answer_turn(
+    mode: ToolFollowup, model_id: str | None, messages: Sequence[dict[str, Any]], tool_choice: str
+) -> bool:
+    """Whether this call asks for the answer: ``"answer"`` mode, ``auto`` tools, last message a tool result."""
+    return (
+        tool_choice == "auto"
+        and bool(messages)
+        and messages[-1].get("role") == "tool"
+        and _resolved(mode, model_id) == "answer"
+    )
+
+
+def answer_turn(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` (framework-neutral dicts) plus the user turn that asks for the answer."""
+    question = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    return [*messages, {"role": "user", "content": ANSWER_INSTRUCTION.format(question=question).strip()}]
