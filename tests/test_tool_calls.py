@@ -241,8 +241,15 @@ def test_json_schema_plans_and_the_unconstrained_variant():
     assert isinstance(plan.constraint, JsonSchemaConstraint) and plan.constraint.schema_ == {"type": "object"}
     loose = output_constraint([WEATHER, ADD], "any", constrain=False)
     assert loose.constraint is None and loose.prefill == FORCED_CALL_PREFILL
-    with pytest.raises(ValueError, match="either tools or a response format"):
-        output_constraint([WEATHER], "any", json_schema={"type": "object"})
+    # tools with a response format (OpenAI's semantics): auto = one call or the answer in the schema,
+    # none = the schema alone, a forced call wins
+    both = output_constraint([WEATHER], "auto", json_schema={"type": "object"})
+    assert both.constraint.mode == "auto" and both.constraint.answer_schema == {"type": "object"}
+    assert both.tool_names == ("get_weather",) and both.show_tools
+    hidden = output_constraint([WEATHER], "none", json_schema={"type": "object"})
+    assert isinstance(hidden.constraint, JsonSchemaConstraint) and not hidden.show_tools
+    forced = output_constraint([WEATHER], "any", json_schema={"type": "object"})
+    assert forced.constraint.mode == "required" and forced.constraint.answer_schema is None
     assert isinstance(ParsedToolCall("x", "y", {}), ParsedToolCall)
 
 
