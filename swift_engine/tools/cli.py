@@ -1013,6 +1013,42 @@ def profiles_reset(
         state.out.print(f"Removed {removed} profile(s).", highlight=False)
 
 
+@app.command()
+def serve(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    gguf_file: GgufOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (not loopback: needs --api-key).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        Optional[str], typer.Option("--api-key", help="Bearer token clients must send (default: $SWIFT_API_KEY).")
+    ] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Requests admitted at once (429 past it).")] = 16,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", min=0.001, help="Seconds one generation may take.")
+    ] = 300.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    with _guard(ctx):
+        from ..serve import serve as run_server
+
+        run_server(
+            _model_arg(model),
+            gguf_file=gguf_file,
+            device=device,
+            dtype=dtype,
+            host=host,
+            port=port,
+            api_key=api_key,
+            max_queue=max_queue,
+            request_timeout=request_timeout,
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 
 
