@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from swift_engine import SwiftConfig, SwiftEngine
 
 __all__ = [
+    "EngineLifetime",
     "clear_engine_cache",
     "get_engine",
     "get_engine_if_loaded",
@@ -201,6 +202,24 @@ def release_wrapper_engine(fields: Any) -> bool:
         fields.model_kwargs,
     )
     return engine is not None and release_engine(engine)
+
+
+class EngineLifetime:
+    """``close()`` and ``with ... as llm:`` for the adapters (mixed into each wrapper class)."""
+
+    def close(self) -> None:
+        """Unload this wrapper's model now (from the engine cache); the next call loads it again.
+
+        Every wrapper of the same model shares the engine, so they reload too. An engine passed as
+        ``engine=`` is the caller's, and is left open.
+        """
+        release_wrapper_engine(self)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def get_engine_if_loaded(

@@ -90,7 +90,7 @@ from ._generation import (
     output_constraint,
 )
 from .async_bridge import aiter_in_thread
-from .engine_cache import get_engine, keep_alive_seconds, release_wrapper_engine, wrapper_engine
+from .engine_cache import EngineLifetime, get_engine, keep_alive_seconds, wrapper_engine
 from .langchain_steps import config_step_key, runtime_step_key
 from .stats import usage_from_stats
 from .step_keys import system_prompt_step_key
@@ -127,7 +127,7 @@ _LLM_CALL_KWARGS = frozenset(
 # ====================================================================================== shared fields
 
 
-class _SwiftFields(BaseModel):
+class _SwiftFields(EngineLifetime, BaseModel):
     """Fields and engine access shared by :class:`SwiftChatModel` and :class:`SwiftLLM`."""
 
     model_config = ConfigDict(
@@ -218,20 +218,6 @@ class _SwiftFields(BaseModel):
         engine = wrapper_engine(self)
         self._engine_name = str(engine.model_name)
         return engine
-
-    def close(self) -> None:
-        """Unload this wrapper's model now (from the engine cache); the next call loads it again.
-
-        Every wrapper of the same model shares the engine, so they reload too. An engine passed as
-        ``engine=`` is the caller's, and is left open.
-        """
-        release_wrapper_engine(self)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _lifetime(self) -> dict[str, Any]:
         """``keep_alive`` of this wrapper's calls; an ``engine=`` of the caller's is never unloaded."""

@@ -107,7 +107,7 @@ from ._generation import (
     output_constraint,
 )
 from .async_bridge import aiter_in_thread
-from .engine_cache import keep_alive_seconds, release_wrapper_engine, wrapper_engine
+from .engine_cache import EngineLifetime, keep_alive_seconds, wrapper_engine
 from .llamaindex_steps import ensure_span_tracker, prompt_step, step_key_for_call
 from .stats import usage_from_stats
 from .tool_calls import (
@@ -341,7 +341,7 @@ class _Spec:
     thinking: bool | None = None  # the template's enable_thinking (None: its default)
 
 
-class SwiftLlamaIndexLLM(FunctionCallingLLM):
+class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
     """A LlamaIndex LLM running a local model with SWIFT self-speculative decoding.
 
     Example::
@@ -451,20 +451,6 @@ class SwiftLlamaIndexLLM(FunctionCallingLLM):
         engine = wrapper_engine(self)
         self._engine_name = str(engine.model_name)
         return engine
-
-    def close(self) -> None:
-        """Unload this LLM's model now (from the engine cache); the next call loads it again.
-
-        Every wrapper of the same model shares the engine, so they reload too. An engine passed as
-        ``engine=`` is the caller's, and is left open.
-        """
-        release_wrapper_engine(self)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _display_name(self) -> str:
         if self.model_id:
