@@ -45,8 +45,7 @@ class GenerationTimeout(TimeoutError):
 
     def __init__(self, timeout: float, produced: int) -> None:
         super().__init__(
-            f"generation timed out after {timeout:g} s ({produced} new tokens); "
-            "raise the timeout or lower max_tokens"
+            f"generation timed out after {timeout:g} s ({produced} new tokens); raise the timeout or lower max_tokens"
         )
         self.timeout = timeout
         self.produced = produced

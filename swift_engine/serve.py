@@ -2,7 +2,7 @@
 
 The server is an adapter like the LangChain and LlamaIndex ones (OpenAI's wire format over the
 same generation events), so it lives in :mod:`swift_integrations.openai_server`; this module only
-runs it and re-exports its API (``create_app``, ``serve``, ``main``, ``APIError``), imported on
+runs it and re-exports its API (``create_app``, ``serve``, ``start``, ``main``, ``APIError``), imported on
 first use so the core never imports the adapters at import time.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = ("APIError", "create_app", "main", "serve")
+_EXPORTS = ("APIError", "create_app", "main", "serve", "start")
 __all__ = sorted(_EXPORTS)
 
 

@@ -38,8 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from swift_engine.engine import SwiftEngine
 
     from ._generation import Final, GenerationCall
+    from .tool_followup import ToolFollowup
 
-__all__ = ["APIError", "create_app", "main", "serve"]
+__all__ = ["APIError", "create_app", "main", "serve", "start"]
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def _response_schema(response_format: Any) -> tuple[dict[str, Any] | bool | None
 
 
 def _step_key(body: dict[str, Any], header: str | None) -> str | None:
-    """``metadata.swift_step`` or the ``X-Swift-Step`` header; ``None``: the engine's default."""
+    """``metadata.swift_step`` or the ``X-Swift-Step`` header, if the request names one."""
     from swift_engine.profile_records import validate_step_key
 
     metadata = body.get("metadata")
@@ -287,16 +288,33 @@ def _step_key(body: dict[str, Any], header: str | None) -> str | None:
 
 
 def chat_call(
-    engine: "SwiftEngine", body: dict[str, Any], *, model_name: str, step_header: str | None, timeout: float | None
+    engine: "SwiftEngine",
+    body: dict[str, Any],
+    *,
+    model_name: str,
+    step_header: str | None,
+    timeout: float | None,
+    tool_followup: "ToolFollowup" = "auto",
 ) -> "GenerationCall":
-    """The :class:`GenerationCall` of a chat request (as the LangChain adapter's ``_prepare`` builds it)."""
+    """The :class:`GenerationCall` of a chat request (as the LangChain adapter's ``_prepare`` builds it).
+
+    The step key is the request's (``metadata.swift_step``, ``X-Swift-Step``), else a fingerprint of
+    its system prompt, as for the adapters' calls with nothing else to go by: clients over HTTP
+    rarely name their steps, and calls sharing a system prompt are usually one pipeline step.
+    ``tool_followup``: see :mod:`.tool_followup` (after tool results, ask models that would only
+    call again for the answer).
+    """
     from swift_engine.prompting import render_chat_prompt, with_system_text
     from swift_engine.tool_format import tool_call_format
 
     from ._generation import GenerationCall, normalize_tool_choice, output_constraint
+    from .step_keys import system_prompt_step_key
     from .tool_calls import tool_function
+    from .tool_followup import answer_turn, wants_answer_turn
 
     neutral = neutral_messages(body.get("messages"))
+    system_text = "\n\n".join(m["content"] for m in neutral if m["role"] == "system")
+    step_key = _step_key(body, step_header) or system_prompt_step_key(system_text)
     sampling = _sampling(body)
     tools = _tools(body)
     names = [tool_function(t)["name"] for t in tools]
@@ -306,6 +324,8 @@ def chat_call(
         raise _bad(str(exc), "tool_choice") from None
     if not tools and body.get("tool_choice") not in (None, "none", "auto"):
         raise _bad("'tool_choice' needs 'tools'", "tool_choice")
+    if tools and wants_answer_turn(tool_followup, engine.source or engine.model_name, neutral, choice):
+        neutral, tools, choice = answer_turn(neutral), [], "none"
     schema, instruction = _response_schema(body.get("response_format"))
     if instruction:
         neutral = with_system_text(neutral, instruction)
@@ -329,7 +349,7 @@ def chat_call(
     return GenerationCall(
         engine=engine,
         model_name=model_name,
-        step_key=_step_key(body, step_header),
+        step_key=step_key,
         sampling=sampling,
         max_new_tokens=_max_tokens(body, DEFAULT_MAX_TOKENS),
         stop=_stops(body),
@@ -481,6 +501,7 @@ def create_app(
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     model_name: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    tool_followup: "ToolFollowup" = "auto",
 ) -> "FastAPI":
     """The FastAPI app serving ``engine``; ``uvicorn.run(create_app(engine))`` serves it.
 
@@ -488,8 +509,11 @@ def create_app(
     for load balancers). ``max_queue``: requests admitted at once, 429 past it.
     ``request_timeout``: seconds a generation may take (504, or an error event mid-stream).
     ``model_name``: the id ``/v1/models`` lists and responses carry (default: the engine's).
-    ``max_body_bytes``: larger request bodies get 413.
+    ``max_body_bytes``: larger request bodies get 413. ``tool_followup``: what the model is asked
+    after tool results (:mod:`.tool_followup`; ``"auto"``: as the catalog measured for the model).
     """
+    import functools
+
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -610,6 +634,16 @@ def create_app(
             log.info("client disconnected; generation stopped")
         return outcome.get("final")
 
+    async def respond(request: Request, call: "GenerationCall", slot: _Slot, reply: Any) -> Any:
+        """A non-streamed answer: ``reply(final)``, or 499 when the client left (nobody would read it)."""
+        try:
+            final = await run(request, call)
+        finally:
+            slot.release()
+        if final is None:
+            return Response(status_code=499)  # nginx's "client closed request"
+        return reply(final)
+
     async def streamed(
         call: "GenerationCall",
         slot: _Slot,
@@ -709,33 +743,33 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body, call = await prepared(request, chat_call)
+        body, call = await prepared(request, functools.partial(chat_call, tool_followup=tool_followup))
         stream, include_usage = stream_options(body)
         rid = "chatcmpl-" + uuid.uuid4().hex
         now = int(time.time())
         slot = slots.take()
         if not stream:
-            try:
-                final = await run(request, call)
-            finally:
-                slot.release()
-            if final is None:
-                return Response(status_code=499)  # nginx's "client closed request": never read
-            message: dict[str, Any] = {"role": "assistant", "content": final.content or None}
-            calls = openai_tool_calls(final)
-            if calls:
-                message["tool_calls"] = calls
-            elif message["content"] is None:
-                message["content"] = ""
-            return {
-                "id": rid,
-                "object": "chat.completion",
-                "created": now,
-                "model": name,
-                "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(final), "logprobs": None}],
-                "usage": usage(final),
-                "swift": swift_stats(final),
-            }
+
+            def reply(final: "Final") -> dict[str, Any]:
+                message: dict[str, Any] = {"role": "assistant", "content": final.content or None}
+                calls = openai_tool_calls(final)
+                if calls:
+                    message["tool_calls"] = calls
+                elif message["content"] is None:
+                    message["content"] = ""
+                return {
+                    "id": rid,
+                    "object": "chat.completion",
+                    "created": now,
+                    "model": name,
+                    "choices": [
+                        {"index": 0, "message": message, "finish_reason": _finish_reason(final), "logprobs": None}
+                    ],
+                    "usage": usage(final),
+                    "swift": swift_stats(final),
+                }
+
+            return await respond(request, call, slot, reply)
 
         def chunk(
             text: str = "", *, role: bool = False, final: "Final | None" = None, usage_of: "Final | None" = None
@@ -769,23 +803,21 @@ def create_app(
         now = int(time.time())
         slot = slots.take()
         if not stream:
-            try:
-                final = await run(request, call)
-            finally:
-                slot.release()
-            if final is None:
-                return Response(status_code=499)  # nginx's "client closed request": never read
-            return {
-                "id": rid,
-                "object": "text_completion",
-                "created": now,
-                "model": name,
-                "choices": [
-                    {"index": 0, "text": final.content, "finish_reason": _finish_reason(final), "logprobs": None}
-                ],
-                "usage": usage(final),
-                "swift": swift_stats(final),
-            }
+
+            def reply(final: "Final") -> dict[str, Any]:
+                return {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": now,
+                    "model": name,
+                    "choices": [
+                        {"index": 0, "text": final.content, "finish_reason": _finish_reason(final), "logprobs": None}
+                    ],
+                    "usage": usage(final),
+                    "swift": swift_stats(final),
+                }
+
+            return await respond(request, call, slot, reply)
 
         def chunk(
             text: str = "", *, role: bool = False, final: "Final | None" = None, usage_of: "Final | None" = None
@@ -824,7 +856,34 @@ def _parser() -> argparse.ArgumentParser:
         "--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, help="seconds a generation may take"
     )
     p.add_argument("--model-name", default=None, help="the model id clients see (default: the model's name)")
+    p.add_argument("--profile-dir", default=None, help="the profile store directory (default: the user cache)")
+    p.add_argument(
+        "--tool-followup",
+        choices=("auto", "answer", "model"),
+        default="auto",
+        help="after tool results: ask for the answer ('answer'), let the model decide ('model'), or as measured "
+        "for catalog models ('auto')",
+    )
+    ray = p.add_argument_group("scale-out on Ray Serve (the ray extra)")
+    ray.add_argument("--ray", action="store_true", help="serve engine replicas on Ray Serve instead of one process")
+    ray.add_argument("--replicas", type=int, default=2, help="replicas (the minimum when autoscaling)")
+    ray.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many replicas")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs (and torch threads) per replica")
+    ray.add_argument(
+        "--store",
+        choices=("directory", "actor"),
+        default="directory",
+        help="what replicas share profiles through: --profile-dir (one machine or a shared filesystem) "
+        "or a Ray actor on the head node (no shared disk)",
+    )
+    ray.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
     return p
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Refuse to serve an open model beyond this machine's loopback (``ValueError``)."""
+    if api_key is None and host not in LOCAL_HOSTS:
+        raise ValueError(f"serving on {host} needs an API key (--api-key or SWIFT_API_KEY)")
 
 
 def serve(
@@ -839,6 +898,8 @@ def serve(
     max_queue: int = DEFAULT_MAX_QUEUE,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     model_name: str | None = None,
+    profile_dir: str | None = None,
+    tool_followup: "ToolFollowup" = "auto",
 ) -> None:
     """Load the model and serve it until interrupted (the entry point of the CLI and ``-m``).
 
@@ -850,22 +911,76 @@ def serve(
         import uvicorn
     except ImportError:  # pragma: no cover - the extra is missing
         raise ImportError("the server needs FastAPI and uvicorn: pip install 'swift-accel[serve]'") from None
+    from swift_engine import SwiftEngine
+
     from .engine_cache import get_engine
 
     key = api_key or os.environ.get("SWIFT_API_KEY") or None
-    if key is None and host not in LOCAL_HOSTS:
-        raise ValueError(f"serving on {host} needs an API key (--api-key or SWIFT_API_KEY)")
+    check_exposure(host, key)
     if max_queue < 1:
         raise ValueError("--max-queue must be at least 1")
     if request_timeout is not None and not request_timeout > 0:
         raise ValueError("--request-timeout must be a positive number of seconds")
-    if model is not None and model.strip().lower() == "embedded":
-        model = None
-    engine = get_engine(model, gguf_file, device, dtype)  # catalog names, folders, .gguf files, hub ids
+    if tool_followup not in ("auto", "answer", "model"):
+        raise ValueError(f"--tool-followup must be auto, answer or model, got {tool_followup!r}")
+    if profile_dir is None:  # catalog names, folders, .gguf files, hub ids; shared with in-process adapters
+        engine = get_engine(model, gguf_file, device, dtype)
+    else:
+        engine = SwiftEngine.from_pretrained(
+            model, gguf_file=gguf_file, device=device, dtype=dtype, profile_store=profile_dir
+        )
     app = create_app(
-        engine, api_key=key, max_queue=max_queue, request_timeout=request_timeout, model_name=model_name or model
+        engine,
+        api_key=key,
+        max_queue=max_queue,
+        request_timeout=request_timeout,
+        model_name=model_name or model,
+        tool_followup=tool_followup,
     )
     uvicorn.run(app, host=host, port=port)
+
+
+def start(
+    model: str | None = None,
+    *,
+    ray: bool = False,
+    replicas: int = 2,
+    max_replicas: int | None = None,
+    replica_cpus: float = 1.0,
+    store: str = "directory",
+    ray_address: str | None = None,
+    **options: Any,
+) -> None:
+    """Serve in one process (:func:`serve`), or with ``ray=True`` as replicas on Ray Serve.
+
+    ``options`` are :func:`serve`'s (``host``, ``port``, ``api_key``, ``max_queue``, ...); the
+    ``ray`` ones are :class:`~swift_integrations.ray_serve.ReplicaSettings` fields. Bad values
+    raise ``ValueError`` with one line naming the flag; a missing extra, ``ImportError``.
+    """
+    if model is not None and model.strip().lower() == "embedded":
+        model = None
+    if not ray:
+        serve(model, **options)
+        return
+    try:
+        from .ray_serve import ReplicaSettings, run
+    except ImportError as exc:
+        raise ImportError(f"--ray needs Ray Serve: pip install 'swift-accel[ray]' ({exc})") from None
+    from pydantic import ValidationError
+
+    host, port = options.pop("host", "127.0.0.1"), options.pop("port", 8000)
+    try:
+        settings = ReplicaSettings(
+            model=model,
+            store=store,
+            replicas=replicas,
+            max_replicas=max_replicas,
+            replica_cpus=replica_cpus,
+            **options,
+        )
+    except ValidationError as exc:
+        raise ValueError(_validation_message(exc)) from None
+    run(settings, host=host, port=port, address=ray_address)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -873,20 +988,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     try:
-        serve(
-            args.model,
-            gguf_file=args.gguf_file,
-            device=args.device,
-            dtype=args.dtype,
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            max_queue=args.max_queue,
-            request_timeout=args.request_timeout,
-            model_name=args.model_name,
-        )
+        start(**vars(args))
     except (ValueError, ImportError) as exc:  # a bad flag or a missing extra: one line, no traceback
         raise SystemExit(f"error: {exc}") from None
+
+
+def _validation_message(exc: Any) -> str:
+    """A pydantic error as one line naming the flags: ``--max-replicas: Input should be ...``."""
+    parts = []
+    for err in exc.errors():
+        flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+        parts.append(f"{flag}: {err['msg']}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":  # pragma: no cover
