@@ -232,6 +232,46 @@ def test_step_key_header_and_metadata_reach_the_stats(client):
     assert resp.model_extra["swift"]["step_key"] == "serve-md"
 
 
+def test_unnamed_steps_are_keyed_by_their_system_prompt(client):
+    """ChatOpenAI names no step: calls sharing a system prompt share a profile, others do not."""
+    from swift_integrations.step_keys import system_prompt_step_key
+
+    keys = []
+    for system in ("You summarize text.", "You plan tool calls.", "You summarize text."):
+        messages = [{"role": "system", "content": system}, *HELLO]
+        resp = client.chat.completions.create(model="smol", messages=messages, max_tokens=4, temperature=0)
+        keys.append(resp.model_extra["swift"]["step_key"])
+    assert keys[0] == keys[2] == system_prompt_step_key("You summarize text.") != keys[1]
+
+
+def test_tool_followup_answer_asks_for_the_answer_after_tool_results(smol):
+    """tool_followup='answer': after a tool result the model is asked for the answer, as the adapters do."""
+    from swift_integrations.openai_server import neutral_messages
+    from swift_integrations.tool_followup import answer_turn
+
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C, sunny"},
+    ]
+    body = {"messages": history, "tools": [WEATHER_TOOL], "max_tokens": 12, "temperature": 0}
+    neutral = neutral_messages(history)
+    expected = smol.generate(answer_turn(neutral), max_new_tokens=12).text
+    with running(create_app(smol, tool_followup="answer")) as url:
+        answer = httpx.post(url + "/v1/chat/completions", json=body, timeout=300).json()
+    with running(create_app(smol, tool_followup="model")) as url:
+        as_model = httpx.post(url + "/v1/chat/completions", json=body, timeout=300).json()
+    assert answer["choices"][0]["message"]["content"] == expected
+    assert answer["choices"][0]["message"].get("tool_calls") is None
+    assert as_model["usage"]["prompt_tokens"] > answer["usage"]["prompt_tokens"]  # the tools stayed in its prompt
+
+
 # -- LangChain and LlamaIndex --------------------------------------------------------------------------
 
 
@@ -379,6 +419,37 @@ def test_core_imports_without_fastapi():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_load_benchmark_client_measures_a_real_server(smol, monkeypatch):
+    """swift-bench --serve's client (serve_bench.run_level) against this module's kind of server."""
+    from swift_integrations import serve_bench
+
+    app = create_app(smol, api_key=serve_bench.KEY, max_queue=8, request_timeout=300)
+    with running(app) as url:
+        reference = {0: smol.generate([{"role": "user", "content": serve_bench.QUESTIONS[0]}], max_new_tokens=8).text}
+        level = serve_bench.run_level(url, 2, 4, 8, reference)
+    assert level["errors"] == 0 and level["mismatched"] == 0, level
+    assert level["requests"] == 4 and level["requests_per_s"] > 0 and level["output_tokens_per_s"] > 0
+    assert 0 < level["ttft_p50_s"] <= level["latency_p50_s"] <= level["latency_p95_s"]
+    table = serve_bench.render_markdown(
+        {
+            "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "x", "model": "m"},
+            "settings": {"max_tokens": 8, "replicas": 2, "replica_cpus": 1},
+            "command": "swift-bench --serve",
+            "deployments": {"single": {"levels": [level]}},
+        }
+    )
+    assert "| single | 2 | 4 | 0 | 0 |" in table
+
+
+def test_bench_serve_rejects_unknown_deployments():
+    from typer.testing import CliRunner
+
+    from swift_engine.tools.bench import app
+
+    result = CliRunner().invoke(app, ["--serve", "--deployments", "nope"])
+    assert result.exit_code == 1
+
+
 # -- command line --------------------------------------------------------------------------------------
 
 
@@ -396,6 +467,6 @@ def test_cli_has_serve():
     from swift_engine.tools.cli import app
 
     result = CliRunner().invoke(app, ["serve", "--help"])
-    assert result.exit_code == 0 and "--max-queue" in result.output
+    assert result.exit_code == 0 and "--max-queue" in result.output and "--ray" in result.output
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"], env={"SWIFT_API_KEY": ""})
     assert result.exit_code == 1 and "API key" in result.output and "Traceback" not in result.output

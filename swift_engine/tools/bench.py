@@ -1290,6 +1290,43 @@ def _pipeline_bench(
     return pipeline_bench.main(args)
 
 
+def _serve_bench(
+    model: str | None,
+    deployments: str | None,
+    replicas: int,
+    max_new_tokens: int | None,
+    quick: bool,
+    json_path: str | None,
+    markdown: str | None,
+) -> int:
+    """``--serve``: the HTTP load benchmark (swift_integrations.serve_bench; needs the ray extra)."""
+    import importlib
+    import types
+
+    try:
+        serve_bench: Any = importlib.import_module("swift_integrations.serve_bench")
+    except ImportError as exc:
+        logging.getLogger("swift-bench").error("--serve needs the ray extra (pip install -e '.[ray]'): %s", exc)
+        return 1
+    names = [d.strip() for d in (deployments or ",".join(serve_bench.DEPLOYMENTS)).split(",") if d.strip()]
+    unknown = sorted(set(names) - set(serve_bench.DEPLOYMENTS))
+    if unknown:
+        logging.getLogger("swift-bench").error(
+            "unknown deployment %s (known: %s)", ", ".join(unknown), ", ".join(serve_bench.DEPLOYMENTS)
+        )
+        return 1
+    args = types.SimpleNamespace(
+        model=model,
+        deployments=names,
+        replicas=replicas,
+        max_new_tokens=max_new_tokens or (24 if quick else 48),
+        quick=quick,
+        json=json_path,
+        markdown=None if markdown in (None, "-") else markdown,
+    )
+    return serve_bench.main(args)
+
+
 def bench(
     ctx: typer.Context,
     model: Annotated[
@@ -1422,6 +1459,19 @@ def bench(
             "--pipelines", help="With --pipeline: which, comma-separated (agent,rag,refine).", show_default=False
         ),
     ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Load-test the HTTP server instead: one process and Ray Serve replicas, at concurrency 1, 4 and 16 "
+            "(requests/s, p50/p95 latency, time to first token, errors, outputs against the single process).",
+        ),
+    ] = False,
+    deployments: Annotated[
+        Optional[str],
+        typer.Option("--deployments", help="With --serve: which, comma-separated (single,ray).", show_default=False),
+    ] = None,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="With --serve: Ray Serve replicas.")] = 2,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the engine's progress.")] = False,
 ) -> None:
@@ -1437,6 +1487,8 @@ def bench(
         logging.basicConfig(
             level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
+    if serve:
+        raise typer.Exit(_serve_bench(model, deployments, replicas, max_new_tokens, quick, json_path, markdown))
     if pipeline:
         with contextlib.ExitStack() as stack:
             llama = None
