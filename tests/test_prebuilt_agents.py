@@ -9,7 +9,6 @@ No ``from __future__ import annotations`` here: LlamaIndex reads a tool function
 they are, and string annotations would give it string-typed parameters.
 """
 
-
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool

@@ -315,8 +315,9 @@ def test_a_reply_cut_while_thinking_is_all_reasoning(thinker) -> None:
     assert msg.content == "" and msg.response_metadata["finish_reason"] == "length"
     assert THOUGHT.startswith(msg.additional_kwargs["reasoning_content"]) and msg.additional_kwargs["reasoning_content"]
     chunks = list(lc(thinker, max_tokens=12).stream("Hi"))
-    assert "".join(c.additional_kwargs.get("reasoning_content", "") for c in chunks) == (
-        msg.additional_kwargs["reasoning_content"]
+    assert (
+        "".join(c.additional_kwargs.get("reasoning_content", "") for c in chunks)
+        == (msg.additional_kwargs["reasoning_content"])
     )
     assert not any(c.content for c in chunks)
 
