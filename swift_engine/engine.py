@@ -471,7 +471,8 @@ class SwiftEngine:
         if tail:
             yield StreamChunk(text=tail)
         stats.new_tokens = len(out)
-        kept = {d.profile_key: d.profile_state() for d in drafters if d.profile_key is not None}
+        states = {d.profile_key: d.profile_state() for d in drafters if d.profile_key is not None}
+        kept = {key: state for key, state in states.items() if state is not None}
         session.close(self._profiles, request.step_key, stats, len(out), kept)
         stats.wall_time_s = time.perf_counter() - call_start
         if self.runner.device.type == "cuda":

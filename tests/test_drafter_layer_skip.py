@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from swift_engine.config import SwiftConfig
+from swift_engine.costs import CostModel
 from swift_engine.drafters import DraftHead, LayerSkipDrafter
+from swift_engine.drafters.layer_skip import DraftPayoff
 from swift_engine.runner import ModelRunner
 from swift_engine.search import PLAIN, SkipChoice
-from swift_engine.tree import SOURCE_LAYER_SKIP, TokenTree
+from swift_engine.tree import SOURCE_CONTEXT, SOURCE_LAYER_SKIP, TokenTree
 from swift_engine.verification import Verdict
 
 from .conftest import tiny_model
@@ -58,3 +60,79 @@ def test_observe_grows_the_draft_heads_vocabulary() -> None:
     tree = TokenTree.with_root(11)
     drafter.observe(tree, Verdict(path=[0], accepted=[], bonus=60, path_argmax=[60]), [60])
     assert 60 in head.vocab().tolist()
+
+
+def _costs(plain_s: float = 0.1, pass_s: float = 0.06) -> CostModel:
+    return CostModel(
+        verify_s={
+            1: plain_s,
+            2: plain_s * 1.1,
+            4: plain_s * 1.2,
+            8: plain_s * 1.4,
+            16: plain_s * 1.8,
+            32: plain_s * 2.4,
+        },
+        draft_s_at={0.0: plain_s, 0.5: pass_s},
+        head_s=0.0,
+    )
+
+
+def test_drafts_stop_while_they_do_not_pay_and_probe_until_they_do() -> None:
+    """Passes whose tokens verification rejects (or a free draft also had) stop drafting; probes resume it."""
+    runner = ModelRunner(tiny_model("llama", seed=3), "torch")
+    cache = _prefilled(runner)
+    config = SwiftConfig(draft_confidence=0.0, max_draft_len=5)
+    skip = SkipChoice(frozenset({1, 2, 3}), frozenset({1, 2, 4}))  # half the sublayers: a pass costs 0.06 s
+    drafter = LayerSkipDrafter(
+        runner, cache, config, DraftHead(runner, None, PROMPT), lambda: skip, costs=_costs(), payoff=None
+    )
+    past = len(PROMPT)
+
+    def step(accept: int, shared: bool = False) -> bool:
+        proposal = drafter.propose(root=11, past=past, budget=3)
+        if proposal is None:
+            return False
+        assert proposal.steps == 3
+        tree = TokenTree.with_root(11)
+        nodes = tree.insert(proposal.tokens, SOURCE_LAYER_SKIP | (SOURCE_CONTEXT if shared else 0), 8)
+        path = [0, *nodes[:accept]]
+        drafter.observe(tree, Verdict(path=path, accepted=proposal.tokens[:accept], bonus=1, path_argmax=[]), [1])
+        return True
+
+    assert step(accept=0)  # the prior (a token per pass) lets it try; verification rejects the chain
+    assert not step(accept=0)  # 2 tokens' worth for 5 passes: 0.2 s saved for 0.3 s spent
+    asked = [step(accept=3, shared=True) for _ in range(15)]  # chances 3..17: probes at the 8th and 16th
+    assert asked.count(True) == 2
+    assert drafter.payoff.gained == 2.0  # tokens a free draft proposed too are not this drafter's gain
+    asked = [step(accept=3) for _ in range(40)]  # probes accepted alone: it pays again after 4 of them
+    assert asked[-3:] == [True, True, True]
+    saved = drafter.profile_state()
+    assert saved is not None and saved["gained"] > 0 and 0 < saved["passes"] <= 48.0  # decayed, bounded
+
+
+def test_payoff_read_from_a_profile_is_validated() -> None:
+    assert DraftPayoff.from_dict({"gained": 1.0, "passes": 9.0}) == DraftPayoff(1.0, 9.0)
+    for bad in (
+        None,
+        [],
+        {"gained": "x", "passes": 1},
+        {"gained": 1.0},
+        {"gained": -1, "passes": 1},
+        {"gained": 1.0, "passes": 0},
+        {"gained": float("nan"), "passes": 1.0},
+    ):
+        assert DraftPayoff.from_dict(bad) == DraftPayoff()
+    runner = ModelRunner(tiny_model("llama", seed=3), "torch")
+    drafter = LayerSkipDrafter(
+        runner,
+        _prefilled(runner),
+        SwiftConfig(),
+        DraftHead(runner, None, PROMPT),
+        lambda: PLAIN,
+        costs=_costs(),
+        payoff={"gained": 0.0, "passes": 40.0},
+    )
+    assert not drafter.payoff.pays(0.1, 0.06)
+    # without costs (the drafter alone, as the tests above build it) there is no gate and nothing to keep
+    bare = LayerSkipDrafter(runner, _prefilled(runner), SwiftConfig(), DraftHead(runner, None, PROMPT), lambda: PLAIN)
+    assert bare.profile_state() is None

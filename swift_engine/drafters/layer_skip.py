@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..config import SwiftConfig
+from ..costs import CostModel
 from ..kv_cache import SwiftKVCache
 from ..runner import ModelRunner
 from ..tree import SOURCE_LAYER_SKIP, TokenTree
@@ -164,12 +165,64 @@ def draft_chain(
     return draft
 
 
+#: Evidence a step starts from: one good proposal's worth (a token gained per pass), so drafting is tried.
+_PAYOFF_PRIOR = (2.0, 2.0)
+#: Draft passes of evidence kept; older evidence is scaled down so a step whose content changes re-learns.
+_PAYOFF_MEMORY = 48.0
+#: While drafts do not pay, every this-many-th chance still drafts, to notice when they start paying again.
+_PAYOFF_PROBE_EVERY = 8
+
+
+@dataclass
+class DraftPayoff:
+    """Whether layer-skip drafts pay for their passes, in one step: tokens only they brought, per pass.
+
+    A layer-skip draft costs model passes; it is worth them when the tokens it alone got accepted
+    (tokens no free drafter proposed too) would have cost more plain steps than its passes cost.
+    In a tool-calling step the free drafts (context, memory) carry the JSON and layer-skip drafts
+    run only where those have nothing: in free text, where a poor skip set may mostly be rejected.
+    Kept in the step's profile (``extra["layer_skip_payoff"]``), decayed like the other statistics.
+    """
+
+    gained: float = _PAYOFF_PRIOR[0]
+    passes: float = _PAYOFF_PRIOR[1]
+
+    def pays(self, token_s: float, pass_s: float) -> bool:
+        return self.gained * token_s >= self.passes * pass_s
+
+    def add(self, gained: int, passes: int) -> None:
+        self.gained += gained
+        self.passes += passes
+        if self.passes > _PAYOFF_MEMORY:
+            scale = _PAYOFF_MEMORY / self.passes
+            self.gained *= scale
+            self.passes *= scale
+
+    def to_dict(self) -> dict[str, float]:
+        return {"gained": round(self.gained, 3), "passes": round(self.passes, 3)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DraftPayoff:
+        """Read back :meth:`to_dict` (the record is untrusted: anything malformed is the prior)."""
+        try:
+            gained, passes = float(d["gained"]), float(d["passes"])
+        except (TypeError, KeyError, ValueError):
+            return cls()
+        if not (0.0 <= gained <= 1e6 and 0.0 < passes <= 1e6):  # also rejects NaN
+            return cls()
+        return cls(gained, passes)
+
+
 class LayerSkipDrafter:
-    """Drafts a confidence-bounded chain (and runner-up branches) with the step's skip set."""
+    """Drafts a confidence-bounded chain (and runner-up branches) with the step's skip set.
+
+    With ``costs``, it drafts only while its drafts pay for their passes in this step
+    (:class:`DraftPayoff`), probing now and then when they do not.
+    """
 
     source: ClassVar[int] = SOURCE_LAYER_SKIP
     runs_model: ClassVar[bool] = True
-    profile_key: ClassVar[str | None] = None
+    profile_key: ClassVar[str | None] = "layer_skip_payoff"
 
     def __init__(
         self,
@@ -179,15 +232,32 @@ class LayerSkipDrafter:
         head: DraftHead,
         skip: Callable[[], SkipChoice],
         grammar: GrammarState | None = None,
+        *,
+        costs: CostModel | None = None,
+        payoff: Any = None,
     ) -> None:
         self.runner, self.cache, self.config = runner, cache, config
         self.head = head
         self.skip = skip
         self.grammar = grammar
+        self.costs = costs
+        self.payoff = DraftPayoff.from_dict(payoff) if payoff is not None else DraftPayoff()
+        self._chances = 0
+        #: passes of the proposal now being verified (0: none of ours)
+        self._pending = 0
+
+    def _pays(self, choice: SkipChoice) -> bool:
+        if self.costs is None:
+            return True
+        self._chances += 1
+        ratio = (len(choice.attention) + len(choice.mlp)) / (2 * self.runner.num_layers)
+        if self.payoff.pays(self.costs.plain_s, self.costs.draft(ratio)):
+            return True
+        return self._chances % _PAYOFF_PROBE_EVERY == 0
 
     def propose(self, root: int, past: int, budget: int) -> Proposal | None:
         choice = self.skip()
-        if choice.plain:
+        if choice.plain or not self._pays(choice):
             return None
         draft = draft_chain(
             self.runner,
@@ -202,10 +272,16 @@ class LayerSkipDrafter:
             grammar=self.grammar,
         )
         self.cache.truncate(past)
+        self._pending = draft.steps
         return Proposal(draft.tokens, SOURCE_LAYER_SKIP, draft.confidences, draft.alternates, draft.steps)
 
     def observe(self, tree: TokenTree, verdict: Verdict, new_tokens: list[int]) -> None:
         self.head.add(new_tokens)
+        if self._pending:
+            # accepted tokens that only this drafter proposed (a node shared with a free draft is theirs too)
+            gained = sum(1 for node in verdict.path[1:] if tree.sources[node] == SOURCE_LAYER_SKIP)
+            self.payoff.add(gained, self._pending)
+            self._pending = 0
 
     def profile_state(self) -> dict[str, Any] | None:
-        return None
+        return self.payoff.to_dict() if self.costs is not None else None

@@ -48,7 +48,8 @@ def drafters_for_call(
         drafters.append(
             MemoryDrafter(tokens, costs, config.max_draft_len, config.draft_memory, runner.vocab_size, memory)
         )
-    drafters.append(LayerSkipDrafter(runner, cache, config, head, skip, grammar))
+    payoff = profile.get(LayerSkipDrafter.profile_key)
+    drafters.append(LayerSkipDrafter(runner, cache, config, head, skip, grammar, costs=costs, payoff=payoff))
     return drafters
 
 
