@@ -91,6 +91,11 @@ class SwiftConfig(BaseModel):
     cpu_kernels: Literal["auto", "packed", "onednn", "torch"] = "auto"
     tree: TreeConfig = TreeConfig()
     search: SearchConfig = SearchConfig()
+    #: Weigh layer-skip drafts against what their passes cost, per step: while the tokens only they
+    #: got accepted are worth less than their passes (the cost model), stop drafting with skipped
+    #: layers, probing every 8th chance (``drafters/layer_skip.py``, ``DraftPayoff``). ``False``:
+    #: draft whenever the free drafts offer too little, as the paper does. Outputs are the same.
+    draft_payoff: bool = True
     #: Also draft continuations found earlier in the context (prompt lookup), merged into the tree.
     context_drafts: bool = True
     #: Also draft continuations of this step's earlier outputs (its draft memory, kept in the step's

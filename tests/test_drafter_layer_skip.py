@@ -136,3 +136,25 @@ def test_payoff_read_from_a_profile_is_validated() -> None:
     # without costs (the drafter alone, as the tests above build it) there is no gate and nothing to keep
     bare = LayerSkipDrafter(runner, _prefilled(runner), SwiftConfig(), DraftHead(runner, None, PROMPT), lambda: PLAIN)
     assert bare.profile_state() is None
+
+
+def test_the_engine_keeps_the_payoff_in_the_steps_profile(tmp_path) -> None:
+    from swift_engine import SwiftEngine
+
+    from .conftest import CharTokenizer
+
+    model = tiny_model("llama", seed=1)
+    gated = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25), profile_store=tmp_path)
+    plain = gated.generate(PROMPT, max_new_tokens=24, speculative=False).token_ids
+    for _ in range(2):
+        assert gated.generate(PROMPT, max_new_tokens=24, step_key="gated").token_ids == plain
+    kept = gated.profiles.get("gated").extra["layer_skip_payoff"]
+    assert DraftPayoff.from_dict(kept) == DraftPayoff(kept["gained"], kept["passes"])  # stored valid
+    ungated = SwiftEngine(
+        model,
+        CharTokenizer(),
+        SwiftConfig(skip_ratio=0.25, draft_payoff=False),
+        profile_store=tmp_path,
+    )
+    assert ungated.generate(PROMPT, max_new_tokens=24, step_key="free").token_ids == plain
+    assert "layer_skip_payoff" not in ungated.profiles.get("free").extra

@@ -48,8 +48,8 @@ def drafters_for_call(
         drafters.append(
             MemoryDrafter(tokens, costs, config.max_draft_len, config.draft_memory, runner.vocab_size, memory)
         )
-    payoff = profile.get(LayerSkipDrafter.profile_key)
-    drafters.append(LayerSkipDrafter(runner, cache, config, head, skip, grammar, costs=costs, payoff=payoff))
+    gate = {"costs": costs, "payoff": profile.get(LayerSkipDrafter.profile_key)} if config.draft_payoff else {}
+    drafters.append(LayerSkipDrafter(runner, cache, config, head, skip, grammar, **gate))
     return drafters
 
 
