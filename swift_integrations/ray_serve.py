@@ -136,6 +136,9 @@ class SwiftReplica:
         self.engine = SwiftEngine.from_pretrained(
             s.model, gguf_file=s.gguf_file, device=s.device, dtype=s.dtype, config=config, profile_store=store
         )
+        # the one-off kernel choice and cost measurement (seconds) before Ray routes any request here,
+        # not inside the first request's latency (or its timeout)
+        _ = self.engine.costs
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         s = self.settings
