@@ -213,6 +213,15 @@ def _as_unavailable() -> Iterator[None]:
         raise ProfileStoreUnavailable(exc.errno, exc.strerror) from exc
 
 
+def check_update_result(result: ProfileRecord, fingerprint: str, step_key: str) -> None:
+    """An update function must return the record it was asked for (``ValueError`` otherwise)."""
+    if result.model_fingerprint != fingerprint or result.step_key != step_key:
+        raise ValueError(
+            f"update() for ({fingerprint!r}, {step_key!r}) got a record for "
+            f"({result.model_fingerprint!r}, {result.step_key!r})"
+        )
+
+
 def _timestamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime(_CORRUPT_TS_FORMAT)
 
@@ -627,11 +636,7 @@ class ProfileStore:
                 result = fn(current)
                 if result is None:
                     return current, False
-                if result.model_fingerprint != fingerprint or result.step_key != step_key:
-                    raise ValueError(
-                        f"update() for ({fingerprint!r}, {step_key!r}) got a record for "
-                        f"({result.model_fingerprint!r}, {result.step_key!r})"
-                    )
+                check_update_result(result, fingerprint, step_key)
                 data = result.model_dump()
                 if stamp:
                     data["updated_at"] = time.time()

@@ -32,7 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from swift_engine.profile_records import ProfileRecord, default_profile_dir
-from swift_engine.profile_store import DEFAULT_MAX_RECORDS, ProfileStore, ProfileStoreUnavailable
+from swift_engine.profile_store import (
+    DEFAULT_MAX_RECORDS,
+    ProfileStore,
+    ProfileStoreUnavailable,
+    check_update_result,
+)
 
 __all__ = ["DEFAULT_ACTOR_NAME", "ProfileStoreActor", "RayProfileStore", "store_actor"]
 
@@ -190,11 +195,7 @@ class RayProfileStore(ProfileStore):
             result = fn(copy)
             if result is None:
                 return current
-            if result.model_fingerprint != fingerprint or result.step_key != step_key:
-                raise ValueError(
-                    f"update() for ({fingerprint!r}, {step_key!r}) got a record for "
-                    f"({result.model_fingerprint!r}, {result.step_key!r})"
-                )
+            check_update_result(result, fingerprint, step_key)
             status, stored = self._call("update_if", fingerprint, step_key, _stamp(current), result)
             if status != "conflict":
                 return stored

@@ -89,6 +89,14 @@ def _expected(engine: SwiftEngine, question: str, max_tokens: int) -> str:
         torch.set_num_threads(threads)
 
 
+def _settings(**changes: Any) -> ReplicaSettings:
+    """2 one-thread replicas of the embedded model, configured like the reference engine."""
+    base: dict[str, Any] = dict(
+        device="cpu", dtype="float32", api_key=KEY, replicas=2, replica_cpus=1, threads=1, config=CONFIG
+    )
+    return ReplicaSettings(**{**base, **changes})
+
+
 def _deploy(settings: ReplicaSettings, port: int) -> str:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
@@ -103,18 +111,7 @@ def store_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def base(cluster, store_dir) -> str:
     """2 replicas sharing one profile directory, behind Ray Serve's proxy."""
-    settings = ReplicaSettings(
-        device="cpu",
-        dtype="float32",
-        api_key=KEY,
-        replicas=2,
-        replica_cpus=1,
-        threads=1,
-        max_queue=16,
-        request_timeout=600,
-        profile_dir=str(store_dir),
-        config=CONFIG,
-    )
+    settings = _settings(max_queue=16, request_timeout=600, profile_dir=str(store_dir))
     return _deploy(settings, _free_port())
 
 
@@ -302,18 +299,7 @@ def test_an_unreachable_actor_store_never_fails_generation(cluster, reference, t
 
 def test_replicas_share_profiles_through_the_actor_store(base, reference, tmp_path):
     """Redeploys the app with store='actor' (after the directory tests): 2 replicas, one actor."""
-    settings = ReplicaSettings(
-        device="cpu",
-        dtype="float32",
-        api_key=KEY,
-        replicas=2,
-        replica_cpus=1,
-        threads=1,
-        store="actor",
-        store_actor="store-serve-test",
-        profile_dir=str(tmp_path / "machine"),
-        config=CONFIG,
-    )
+    settings = _settings(store="actor", store_actor="store-serve-test", profile_dir=str(tmp_path / "machine"))
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     _wait_running(2)
     jobs = [(QUESTIONS[i], STEPS[i % 2]) for i in range(8)]

@@ -1252,6 +1252,16 @@ class Kernels(str, Enum):
     torch = "torch"
 
 
+def _chosen(value: str | None, known: Sequence[str], what: str) -> list[str] | None:
+    """The comma-separated names in ``value`` (default: all ``known``); ``None`` after logging unknown ones."""
+    names = [n.strip() for n in (value or ",".join(known)).split(",") if n.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        logging.getLogger("swift-bench").error("unknown %s %s (known: %s)", what, ", ".join(unknown), ", ".join(known))
+        return None
+    return names
+
+
 def _pipeline_bench(
     model: str | None,
     pipelines: str | None,
@@ -1270,12 +1280,8 @@ def _pipeline_bench(
     except ImportError as exc:  # langchain-huggingface, langgraph, llama-index: the dev extras
         logging.getLogger("swift-bench").error("--pipeline needs the dev extras (pip install -e '.[dev]'): %s", exc)
         return 1
-    names = [p.strip() for p in (pipelines or ",".join(pipeline_bench.PIPELINES)).split(",") if p.strip()]
-    unknown = sorted(set(names) - set(pipeline_bench.PIPELINES))
-    if unknown:
-        logging.getLogger("swift-bench").error(
-            "unknown pipeline %s (known: %s)", ", ".join(unknown), ", ".join(pipeline_bench.PIPELINES)
-        )
+    names = _chosen(pipelines, pipeline_bench.PIPELINES, "pipeline")
+    if names is None:
         return 1
     args = types.SimpleNamespace(
         model=model,
@@ -1308,12 +1314,8 @@ def _serve_bench(
     except ImportError as exc:
         logging.getLogger("swift-bench").error("--serve needs the ray extra (pip install -e '.[ray]'): %s", exc)
         return 1
-    names = [d.strip() for d in (deployments or ",".join(serve_bench.DEPLOYMENTS)).split(",") if d.strip()]
-    unknown = sorted(set(names) - set(serve_bench.DEPLOYMENTS))
-    if unknown:
-        logging.getLogger("swift-bench").error(
-            "unknown deployment %s (known: %s)", ", ".join(unknown), ", ".join(serve_bench.DEPLOYMENTS)
-        )
+    names = _chosen(deployments, serve_bench.DEPLOYMENTS, "deployment")
+    if names is None:
         return 1
     args = types.SimpleNamespace(
         model=model,
