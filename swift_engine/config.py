@@ -110,6 +110,12 @@ class SwiftConfig(BaseModel):
     #: cached prefix is bitwise what a fresh prefill computes. Smaller: finer reuse, but each pass
     #: reads every weight, so a cold prefill costs more (measured in ``docs/bench``).
     prefill_block: int = Field(default=128, ge=1, le=8192)
+    #: Compute each token's verification row bitwise as its one-token step would (attention row by
+    #: row, trees capped at the rows the dense kernels keep invariant; ``row_attention.py``), so
+    #: greedy SWIFT is token-identical to plain decoding at that precision. ``None``: on below
+    #: float32 (bfloat16, int8), where one ulp flips near-ties; off in float32, where a flip is rare
+    #: and the row-by-row attention would cost more than it fixes.
+    row_invariant: bool | None = None
     #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).
     speculative: bool = True
     #: Default step key when neither the call nor the context names one.

@@ -226,8 +226,12 @@ def synthetic_passes(runner: ModelRunner, context: int, max_rows: int) -> Callab
     runner.forward(cache, ids[:context], torch.arange(context, device=device), last_only=True)
 
     def pass_of(rows: int) -> Callable[[], None]:
+        # a chain, as verification passes it: the same attention path (row by row when row_invariant)
+        chain = torch.ones(rows, rows, dtype=torch.bool, device=device).tril_() if rows > 1 else None
+
         def run() -> None:
-            runner.forward(cache, ids[context : context + rows], torch.arange(context, context + rows, device=device))
+            positions = torch.arange(context, context + rows, device=device)
+            runner.forward(cache, ids[context : context + rows], positions, chain)
             cache.truncate(context)
 
         return run
@@ -248,7 +252,7 @@ def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> Cos
     for q in _VERIFY_SIZES:
         model.verify_s[q] = _time(step(q), reps)
     model.verify_s = _monotone(model.verify_s)
-    h = torch.zeros(1, runner.lm_head.weight.shape[1], device=device, dtype=runner.dtype)
+    h = torch.zeros(1, runner.hidden_size, device=device, dtype=runner.dtype)
     model.head_s = _time(lambda: runner.logits(h), reps)
     model.draft_s_at[0.0] = model.verify_s[1]
     att, mlp = default_skip_set(runner.num_layers, 0.5)

@@ -75,7 +75,7 @@ class SwiftEngine:
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         #: where the weights were read from (a folder, a ``.gguf`` file, a hub snapshot); set by from_pretrained
         self.source: str | None = None
-        self.runner = ModelRunner(model, self.config.cpu_kernels)
+        self.runner = ModelRunner(model, self.config.cpu_kernels, self.config.row_invariant)
         #: shared by every engine over this model (see the class docstring)
         self._lock = model_lock(model)
         n = self.runner.num_layers
@@ -138,6 +138,9 @@ class SwiftEngine:
                 if self._kernel_choice is None:
                     path = kernel_file(self._store.directory, self.fingerprint, self.runner)
                     self._kernel_choice = choose_kernels(self.runner, path)
+        if self.runner.max_rows is None:  # row-invariant passes: how many rows the dense kernels keep so
+            with self._lock:
+                self.runner.measure_rows(self.config.tree.max_tree_tokens)
 
     def calibrate(self) -> CostModel:
         """Measure the kernels, then the draft and verification costs, again (e.g. after the machine changed)."""
@@ -427,6 +430,7 @@ class SwiftEngine:
             prompt_tokens=len(request.prompt_ids),
             step_key=request.step_key,
             kernels=self.runner.kernels,
+            precision=self.runner.precision,
             kernel_memory_bytes=self.runner.packed_bytes,
         )
         max_new_tokens = request.max_new_tokens
@@ -532,7 +536,7 @@ class SwiftEngine:
             remaining = max_new_tokens - produced
             session.maybe_search(runner, cache, past, decode_start, head)
             proposals = propose(drafters, root, past, remaining - 1) if remaining > 1 else []
-            tree = build_tree(root, proposals, cfg.tree, budget=remaining)
+            tree = build_tree(root, proposals, cfg.tree, budget=min(remaining, runner.max_rows or remaining))
             verdict = self._verify(cache, tree, past, request, generator, timed=session.speculative)
             new = verdict.accepted + [verdict.bonus]
             for drafter in drafters:

@@ -55,6 +55,8 @@ class GenerationStats(BaseModel):
     #: Dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed`` or ``<step>+<verify>``
     #: (``cpu_kernels="auto"`` measures them on the machine; see ``engine.kernel_choice``).
     kernels: str = "torch"
+    #: What the dense layers computed in: ``float32``, ``bfloat16``, ``float16`` or ``int8`` (weights).
+    precision: str = "float32"
     #: Memory the kernels held beside the model's weights during the call (oneDNN's packed weight
     #: copy, shared by the engines over one model; 0 for stock kernels).
     kernel_memory_bytes: int = 0

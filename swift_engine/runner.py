@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 import torch
 from torch import nn
 
+from . import row_attention
+from .batch_invariance import largest_invariant_rows
 from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper, UnsupportedArchitectureError
 from .masks import MaskBuilder
+from .quantize import Int8Linear, int8_linear, is_quantized
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -34,7 +37,7 @@ class KernelPlan(NamedTuple):
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module, kernels: KernelMode = "auto") -> None:
+    def __init__(self, model: nn.Module, kernels: KernelMode = "auto", row_invariant: bool | None = None) -> None:
         self.model = model
         # nn.Module.__getattr__ types every attribute as Tensor | Module; these are transformers' config and methods
         self.config = cast("PretrainedConfig", model.config)
@@ -56,7 +59,18 @@ class ModelRunner:
         self.device, self.dtype = p.device, p.dtype
         self.masks = MaskBuilder(self.config, self.dtype, self.device)
         self.num_layers = self.skipper.num_layers
-        self.vocab_size = self.lm_head.weight.shape[0]
+        self.vocab_size = int(self.lm_head.out_features)
+        self.hidden_size = int(self.lm_head.in_features)
+        #: what the dense layers compute in: ``float32``, ``bfloat16``, ``int8`` (weights; bf16 activations)
+        self.precision = "int8" if is_quantized(model) else str(self.dtype).removeprefix("torch.")
+        # Below float32 one ulp flips near-ties, so a token's verification row must be bitwise its
+        # one-row step (row_attention.py, batch_invariance.py); in float32 it costs more than it
+        # fixes (a flipped argmax is rare there), so ``None`` turns it on only below float32.
+        self.row_invariant = self.precision != "float32" if row_invariant is None else row_invariant
+        if self.row_invariant:
+            row_attention.install(model)
+        #: most rows a verification pass may have (None: not measured yet; see :meth:`measure_rows`)
+        self.max_rows: int | None = None if self.row_invariant else 0
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 0) or None
         # Dense kernels of the engine's passes (see cpu_kernels.py): one for one-token steps (plain
         # decoding, drafts) and one for multi-token passes (verification, prefill). ``auto`` starts
@@ -142,6 +156,15 @@ class ModelRunner:
         if self._kernels is not None:
             self._kernels.unpack()
 
+    def measure_rows(self, max_rows: int) -> int:
+        """Cap verification passes at the row count this machine's dense kernels keep row-invariant.
+
+        0 means no cap (``row_invariant`` off). Measured once per runner, at its first generation.
+        """
+        if self.max_rows is None:
+            self.max_rows = largest_invariant_rows(self.model, self.lm_head, max_rows, self.dtype)
+        return self.max_rows
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """A dense product with this runner's kernel choice (for heads over vocabulary subsets)."""
         if self._kernels is not None and self.kernel_for(x.shape[0] if x.dim() > 1 else 1) != "torch":
@@ -163,7 +186,10 @@ class ModelRunner:
         """Final hidden states ``[q, H]`` of ``input_ids`` appended after the cache's entries."""
         past = cache.get_seq_length()
         mask = self.masks.build(past, positions, ancestors, past_visible)
-        with self._linears(input_ids.numel()):
+        # one-token steps and verification trees attend row by row when exactness needs it; prompt
+        # blocks and the search's re-fed windows are computed the same way in every mode anyway
+        by_rows = self.row_invariant and past_visible is None and (ancestors is not None or input_ids.numel() == 1)
+        with self._linears(input_ids.numel()), row_attention.rows() if by_rows else contextlib.nullcontext():
             out = self.decoder(
                 input_ids=input_ids[None],
                 position_ids=positions[None],
@@ -180,9 +206,22 @@ class ModelRunner:
             with self._linears(hidden.shape[0] if hidden.dim() > 1 else 1):
                 out = self.lm_head(hidden)
         else:
-            w = self.lm_head.weight.index_select(0, vocab)
-            b = getattr(self.lm_head, "bias", None)
-            out = self.linear(hidden, w, None if b is None else b.index_select(0, vocab))
+            out = self.head_subset(vocab)(hidden)
+        return self.finish_logits(out)
+
+    def head_subset(self, vocab: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The output head restricted to token ids ``vocab`` (raw outputs; see :meth:`finish_logits`)."""
+        head = self.lm_head
+        if isinstance(head, Int8Linear):
+            qweight, scales, qbias = head.rows(vocab)
+            return lambda h: int8_linear(h, qweight, scales, qbias)
+        w = head.weight.index_select(0, vocab)
+        b = getattr(head, "bias", None)
+        b = None if b is None else b.index_select(0, vocab)
+        return lambda h: self.linear(h, w, b)
+
+    def finish_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Head outputs as the float32 logits the engine compares (with the model's final softcap)."""
         out = out.float()
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap

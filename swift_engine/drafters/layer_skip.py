@@ -67,9 +67,7 @@ class DraftHead:
     def _refresh(self) -> None:
         if self._dirty:
             self.ids = self._member.nonzero().squeeze(-1).to(self.runner.device)
-            self.weight = self.runner.lm_head.weight.index_select(0, self.ids)
-            bias = getattr(self.runner.lm_head, "bias", None)
-            self.bias = None if bias is None else bias.index_select(0, self.ids)
+            self.head = self.runner.head_subset(self.ids)
             self._dirty = False
 
     def vocab(self) -> torch.Tensor | None:
@@ -84,10 +82,7 @@ class DraftHead:
         if self.full:
             return self.runner.logits(hidden), None
         self._refresh()
-        out = self.runner.linear(hidden, self.weight, self.bias).float()
-        if self.runner.softcap:
-            out = torch.tanh(out / self.runner.softcap) * self.runner.softcap
-        return out, self.ids
+        return self.runner.finish_logits(self.head(hidden)), self.ids
 
 
 @dataclass

@@ -227,6 +227,9 @@ class Bench:
             "hf_lookup": GenerationConfig(prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS, **common),
         }
         self.ids: dict[str, list[int]] = {}
+        #: whose tokens the others must reproduce: ``hf`` in float32; below it, the engine's own plain
+        #: loop, the promise at that precision (transformers' fused kernels round differently there)
+        self.reference_method = "hf" if engine.runner.precision == "float32" else "plain"
         self.reference: dict[str, list[int]] = {}
         self.runs: list[Run] = []
         self.memory: list[dict[str, Any]] = []
@@ -330,7 +333,7 @@ class Bench:
             if speculative is None:
                 speedups, converged = self._search_history(prompt.cls, result.stats.search_iterations)
         peak = self._peak()
-        if method == "hf" and prompt.id not in self.reference:
+        if method == self.reference_method and prompt.id not in self.reference:
             self.reference[prompt.id] = tokens
         run = Run(
             phase=phase,
@@ -351,6 +354,11 @@ class Bench:
         self.runs.append(run)
         return run
 
+    @property
+    def inexact(self) -> tuple[str, ...]:
+        """Methods allowed to differ from the reference (a warning, not a failure)."""
+        return INEXACT_BASELINES if self.reference_method == "hf" else (*INEXACT_BASELINES, "hf")
+
     def check_exactness(self) -> None:
         """Compare every run with the first ``hf`` run of its prompt; keep the ids of mismatches only."""
         for run in self.runs:
@@ -360,13 +368,14 @@ class Bench:
                 run.first_mismatch = _first_mismatch(tokens, ref)
                 run.exact = run.first_mismatch is None
             if run.exact is False:
-                log = logger.warning if run.method in INEXACT_BASELINES else logger.error
+                log = logger.warning if run.method in self.inexact else logger.error
                 log(
-                    "MISMATCH: %s on prompt %r (%s phase, round %d) differs from hf at token %d (%d vs %d tokens)",
+                    "MISMATCH: %s on prompt %r (%s phase, round %d) differs from %s at token %d (%d vs %d tokens)",
                     run.method,
                     run.prompt_id,
                     run.phase,
                     run.round,
+                    self.reference_method,
                     run.first_mismatch,
                     len(tokens),
                     len(ref or ()),
@@ -791,7 +800,8 @@ def _summarize(
         for r in runs
         if r.exact is False
     ]
-    own_exact = all(r.exact is True for r in runs if r.method in (*OWN_METHODS, "swift_warmup", "hf"))
+    own = (*OWN_METHODS, "swift_warmup", *(() if "hf" in bench.inexact else ("hf",)))
+    own_exact = all(r.exact is True for r in runs if r.method in own)
     return {
         "methods": methods,
         "baselines": baselines,
@@ -810,6 +820,8 @@ def _summarize(
             "hf_lookup_exact": all(r.exact is True for r in runs if r.method == "hf_lookup"),
             "llama_cpp_exact": all(r.exact is True for r in runs if r.method == "llama_cpp"),
             "mismatches": mismatches,
+            "reference": bench.reference_method,
+            "inexact": list(bench.inexact),
         },
         "reference": {
             p.id: {"token_ids": bench.reference.get(p.id), "text": _decode(bench.engine, bench.reference.get(p.id))}
@@ -877,7 +889,8 @@ def _meta(
         "num_layers": engine.runner.num_layers,
         "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()),
-        "dtype": str(engine.runner.dtype).removeprefix("torch."),
+        "dtype": engine.runner.precision,
+        "row_invariant": engine.runner.row_invariant,
         "kernels": engine.runner.kernels,
         "kernel_timings_ms": choice.timings_ms if choice is not None else None,
         "kernel_memory_bytes": engine.runner.packed_bytes,
@@ -927,9 +940,14 @@ def _mib(v: int | None) -> str:
     return "-" if v is None else f"{v / 2**20:.1f} MiB"
 
 
-def _exact_cell(exact: dict[str, bool | None], methods: Sequence[str]) -> str:
-    bad = [_SHORT[m] for m in methods if m not in INEXACT_BASELINES and exact.get(m) is False]
-    differ = [_SHORT[m] for m in INEXACT_BASELINES if exact.get(m) is False]
+def _inexact(result: dict[str, Any]) -> tuple[str, ...]:
+    """The methods of ``result`` allowed to differ from its reference (older results: the float32 set)."""
+    return tuple(result["exactness"].get("inexact", INEXACT_BASELINES))
+
+
+def _exact_cell(exact: dict[str, bool | None], methods: Sequence[str], inexact: Sequence[str]) -> str:
+    bad = [_SHORT[m] for m in methods if m not in inexact and exact.get(m) is False]
+    differ = [_SHORT[m] for m in inexact if exact.get(m) is False]
     if not bad and not differ:
         return "yes"
     if not bad:  # only baselines that may differ (their own numerics or precision): not a failure
@@ -969,14 +987,21 @@ def build_tables(result: dict[str, Any]) -> list[Table]:
                     str(row["prompt_tokens"]),
                     str(row["new_tokens"]),
                     *[_fmt(row["tokens_per_s"][m]) for m in methods],
-                    _exact_cell(row["exact"], methods),
+                    _exact_cell(row["exact"], methods, _inexact(result)),
                 ]
             )
             spd.rows.append([cls, row["prompt_id"], *[_fmt(row["speedup"][k], ".2f", "x") for k in keys]])
         c = per_class[cls]
         thr.strong.add(len(thr.rows))
         thr.rows.append(
-            [cls, "median", "", "", *[_fmt(c["tokens_per_s"][m]) for m in methods], _exact_cell(c["exact"], methods)]
+            [
+                cls,
+                "median",
+                "",
+                "",
+                *[_fmt(c["tokens_per_s"][m]) for m in methods],
+                _exact_cell(c["exact"], methods, _inexact(result)),
+            ]
         )
         spd.strong.add(len(spd.rows))
         spd.rows.append([cls, "median", *[_fmt(c["speedup"][k], ".2f", "x") for k in keys]])
@@ -1088,7 +1113,12 @@ def _exactness_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     lines = []
     if ex["all_own_exact"]:
         lines.append(
-            ("Exactness: SWIFT (cold, warm-up, warm) and plain reproduce hf's greedy tokens on every prompt.", "ok")
+            (
+                "Exactness: SWIFT (cold, warm-up, warm) and plain reproduce "
+                + ("hf's" if ex.get("reference", "hf") == "hf" else "the engine's plain loop's (at this precision)")
+                + " greedy tokens on every prompt.",
+                "ok",
+            )
         )
     else:
         lines.append((_FAILURE, "error"))
@@ -1097,7 +1127,7 @@ def _exactness_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 f"  MISMATCH {mm['method']} on {mm['prompt_id']} ({mm['phase']} round {mm['round']}): "
                 f"first differing token at {mm['first_mismatch']}",
-                "warning" if mm["method"] in INEXACT_BASELINES else "error",
+                "warning" if mm["method"] in _inexact(result) else "error",
             )
         )
     if not ex["hf_lookup_exact"] and "hf_lookup" in result["methods"]:
@@ -1193,7 +1223,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "-" if t90 is None else f"~{t90}",
             _fmt(c["ceiling"]["skip_ceiling"], ".2f", "x"),
             _fmt(None if c["ceiling"]["reached"] is None else 100 * c["ceiling"]["reached"], ".0f", "%"),
-            "yes" if all(c["exact"][x] for x in methods if x not in INEXACT_BASELINES) else "**NO**",
+            "yes" if all(c["exact"][x] for x in methods if x not in _inexact(result)) else "**NO**",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if len(result["per_class"]) > 1:
@@ -1374,7 +1404,13 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="auto, float32, bfloat16, float16, or int8 (weight-only int8 linears, bfloat16 activations; CPU).",
+        ),
+    ] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     no_hf_lookup: Annotated[
         bool, typer.Option("--no-hf-lookup", help="Skip transformers' prompt-lookup baseline.")

@@ -225,7 +225,12 @@ GgufOpt = Annotated[
     typer.Option("--gguf-file", help="GGUF file inside the --model folder or hub repo.", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype", help="auto, float32, bfloat16, float16, or int8 (weight-only int8, bfloat16 activations; CPU)."
+    ),
+]
 ProfileDirOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -311,8 +316,7 @@ def _load(
         runner = engine.runner
         state.err.print(
             Text(
-                f"Loaded {engine.model_name} on {runner.device} ({_dtype_name(runner.dtype)}) "
-                f"in {loaded.seconds:.1f} s",
+                f"Loaded {engine.model_name} on {runner.device} ({runner.precision}) in {loaded.seconds:.1f} s",
                 style="dim",
             ),
             highlight=False,
@@ -671,7 +675,7 @@ def info(
             "chat_template": bool(getattr(engine.tokenizer, "chat_template", None)),
             "device": str(runner.device),
             "device_name": torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else cpu_name(),
-            "dtype": _dtype_name(runner.dtype),
+            "dtype": _dtype_name(runner.dtype) if runner.precision != "int8" else "int8 (bfloat16 activations)",
             "kernels": runner.kernels,
             "kernels_measured": choice.summary() if choice is not None else None,
             "profile_store": str(store.directory),

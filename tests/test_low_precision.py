@@ -1,0 +1,183 @@
+"""bfloat16 and weight-only int8: greedy SWIFT is token-identical to plain decoding at that precision.
+
+Below float32 one ulp flips near-ties, so this rests on each verification row being bitwise its
+one-token step: row-by-row attention (row_attention.py) and dense kernels checked row-invariant
+(batch_invariance.py). The first test checks that property directly on hidden states; the others
+check the outputs on tiny models of every architecture and on the embedded model.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from swift_engine import SwiftConfig, SwiftEngine
+from swift_engine.batch_invariance import invariant_rows, largest_invariant_rows
+from swift_engine.quantize import Int8Linear, int8_available, quantize_int8
+from swift_engine.runner import ModelRunner
+from swift_engine.tree import TokenTree
+
+from .conftest import TINY_ARCHS, CharTokenizer, tiny_model
+
+pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch build lacks the int8 CPU kernel")
+
+_rnd = random.Random(1)
+PROMPTS = [[3, 14, 15, 9, 26, 5, 35], list(range(40, 70)), [7] * 12] + [
+    [_rnd.randrange(96) for _ in range(_rnd.randrange(3, 60))] for _ in range(3)
+]
+
+
+def _model(arch: str, precision: str):
+    model = tiny_model(arch).to(torch.bfloat16)
+    if precision == "int8":
+        quantize_int8(model)
+    return model
+
+
+def _tree() -> TokenTree:
+    """A root, a 4-token chain and branches off it: rows whose ancestors are not laid out in order."""
+    tree = TokenTree.with_root(11)
+    chain = tree.insert([12, 13, 14, 15], source=1, budget=16)
+    tree.add(21, 0)  # sibling of the chain's first token
+    tree.add(22, chain[1])  # sibling of the chain's third token (parent: the second)
+    branch = tree.add(23, chain[0])
+    tree.add(24, branch)  # a grandchild on a branch: its ancestors are not a prefix of the tree
+    return tree
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
+def test_a_tree_row_is_bitwise_its_one_token_steps(arch: str, precision: str) -> None:
+    runner = ModelRunner(_model(arch, precision), "torch")
+    assert runner.row_invariant  # below float32 it is on by default
+    prompt = torch.tensor(PROMPTS[1])
+    positions = torch.arange(len(prompt))
+    tree = _tree()
+    base = runner.new_cache()
+    runner.hidden(base, prompt, positions)
+    past = len(prompt)
+    ids = torch.tensor(tree.tokens)
+    rows = runner.hidden(base, ids, tree.positions(past, torch.device("cpu")), tree.ancestors(torch.device("cpu")))
+    for node in range(len(tree)):
+        path = [node]
+        while tree.parents[path[0]] >= 0:
+            path.insert(0, tree.parents[path[0]])
+        cache = runner.new_cache()
+        runner.hidden(cache, prompt, positions)
+        for depth, step in enumerate(path):
+            h = runner.hidden(cache, torch.tensor([tree.tokens[step]]), torch.tensor([past + depth]))
+        assert torch.equal(h[0], rows[node]), f"{arch}/{precision}: tree row {node} differs from its steps"
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_greedy_swift_is_plain_decoding_at_low_precision(arch: str, precision: str) -> None:
+    engine = SwiftEngine(
+        _model(arch, precision), CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False})
+    )
+    assert engine.runner.precision == precision
+    drafted = 0
+    for prompt in PROMPTS:
+        plain = engine.generate(prompt, max_new_tokens=40, speculative=False)
+        res = engine.generate(prompt, max_new_tokens=40)
+        assert res.token_ids == plain.token_ids, f"{arch}/{precision}: SWIFT diverged on {prompt[:5]}..."
+        drafted += res.stats.accepted_drafted_tokens
+    assert drafted > 0  # verification trees of several rows were exercised
+    assert engine.runner.max_rows == engine.config.tree.max_tree_tokens  # these kernels held at every size
+
+
+def test_float32_keeps_the_fused_attention_by_default() -> None:
+    runner = ModelRunner(tiny_model("llama"), "torch")
+    assert runner.precision == "float32" and not runner.row_invariant and runner.max_rows == 0
+
+
+def test_int8_linear_is_close_to_the_float_layer_and_its_row_subsets_agree() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96, bias=True)
+    q = Int8Linear(linear)
+    x = torch.randn(5, 64)
+    ref = linear(x)
+    out = q(x.to(torch.bfloat16)).float()
+    assert (out - ref).abs().max() / ref.abs().max() < 0.03
+    ids = torch.tensor([3, 50, 95])
+    weight, scales, bias = q.rows(ids)
+    sub = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), weight, scales) + bias
+    assert torch.equal(sub, q(x.to(torch.bfloat16))[:, ids])
+    # 3-D inputs, as the decoder passes them
+    assert q(x[None].to(torch.bfloat16)).shape == (1, 5, 96)
+
+
+def test_quantize_replaces_every_linear_and_unties_the_head() -> None:
+    model = tiny_model("qwen2").to(torch.bfloat16)
+    model.config.tie_word_embeddings = True
+    n = quantize_int8(model)
+    assert n == 6 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the head
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert model.config.tie_word_embeddings is False
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+
+
+def test_row_check_finds_where_a_product_stops_being_row_invariant() -> None:
+    x = torch.randn(8, 4)
+    assert invariant_rows(lambda a: a * 2, x) == 8
+    # a product that mixes rows once it sees more than 3 of them
+    assert invariant_rows(lambda a: a + (a.sum(0) if a.shape[0] > 3 else 0), x) == 3
+    model = _model("llama", "int8")
+    assert largest_invariant_rows(model, model.get_output_embeddings(), 16, torch.bfloat16) == 16
+
+
+def test_trees_stay_within_the_rows_the_kernels_keep_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
+    import swift_engine.engine as engine_module
+
+    engine = SwiftEngine(
+        _model("llama", "bfloat16"), CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False})
+    )
+    engine.runner.max_rows = 3  # as if this machine's kernels changed results beyond 3 rows
+    sizes: list[int] = []
+    real = engine_module.build_tree
+
+    def recording(*args, **kwargs):  # the real tree builder; only its results are recorded
+        tree = real(*args, **kwargs)
+        sizes.append(len(tree))
+        return tree
+
+    monkeypatch.setattr(engine_module, "build_tree", recording)
+    for prompt in PROMPTS[:3]:
+        plain = engine.generate(prompt, max_new_tokens=32, speculative=False)
+        assert engine.generate(prompt, max_new_tokens=32).token_ids == plain.token_ids
+    assert sizes and max(sizes) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_embedded_model_greedy_swift_is_plain_decoding(precision: str) -> None:
+    from swift_integrations.engine_cache import get_engine
+
+    engine = get_engine(None, None, "cpu", precision)
+    assert engine.runner.precision == precision
+    prompts = [
+        [{"role": "user", "content": "Write a Python function that checks whether a number is prime."}],
+        [{"role": "user", "content": "List three uses of copper, one per line."}],
+        [{"role": "user", "content": "Summarize: the fox jumped over the dog, which barked at the fox."}],
+    ]
+    accepted = 0
+    for prompt in prompts:
+        for _ in range(2):  # the second call drafts from a warm profile and the step's draft memory
+            plain = engine.generate(prompt, max_new_tokens=48, speculative=False, step_key="lowp")
+            res = engine.generate(prompt, max_new_tokens=48, step_key="lowp")
+            assert res.token_ids == plain.token_ids, f"{precision}: diverged on {prompt[0]['content'][:40]}"
+            accepted += res.stats.accepted_drafted_tokens
+    assert accepted > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])  # an sdpa model and an eager one
+def test_other_users_of_the_model_compute_as_before(arch: str) -> None:
+    model = tiny_model(arch).to(torch.bfloat16)
+    prompt = torch.tensor([[1, 2, 3, 4, 5] * 8])
+    before = model.generate(prompt, max_new_tokens=30, do_sample=False)
+    engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(search={"enabled": False}))
+    engine.generate(prompt[0].tolist(), max_new_tokens=8)
+    assert model.config._attn_implementation.startswith("swift_rows")
+    assert torch.equal(model.generate(prompt, max_new_tokens=30, do_sample=False), before)
