@@ -471,12 +471,16 @@ def run_pipelines(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     llama: Any = None,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Run every pipeline with every method; the result is what ``--json`` writes and the tables read.
 
     ``llama``: a :class:`~swift_engine.tools.llama_cpp_baseline.LlamaCppBaseline` on the model's GGUF
     file; it replays the ``plain`` method's prompts (warm-up, then measured, keeping the shared prefix
     like llama.cpp's server with ``cache_prompt``), so it needs ``plain`` among the methods.
+
+    ``dtype``: the engine methods' precision (``"int8"``, ``"bfloat16"``...; ``auto``: float32 on
+    CPU). ``hf`` always runs float32 ``transformers``: what users run today.
     """
     import os
     import platform
@@ -485,11 +489,14 @@ def run_pipelines(
     import transformers
 
     from swift_engine.kernel_choice import cpu_name
-    from swift_engine.loading import load_model
+    from swift_engine.loading import load_model, precision_name
 
     say = progress or (lambda msg: logger.info("%s", msg))
     loaded = load_model(model_id, device="cpu", dtype="float32")
     model, tokenizer = loaded.model, loaded.tokenizer
+    precision = precision_name(dtype, torch.device("cpu"))
+    # the engine methods' own copy at their precision (the same object as hf's in float32)
+    engine_model = model if precision == "float32" else load_model(model_id, device="cpu", dtype=dtype).model
     work = {
         "agent": (AGENT_WARMUP[:1] if quick else AGENT_WARMUP, AGENT_TASKS[:2] if quick else AGENT_TASKS),
         "rag": (RAG_WARMUP[:1] if quick else RAG_WARMUP, RAG_QUESTIONS[:2] if quick else RAG_QUESTIONS),
@@ -506,6 +513,7 @@ def run_pipelines(
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
             "max_new_tokens": max_new_tokens,
+            "precision": precision,
             "quick": quick,
             "date": time.strftime("%Y-%m-%d"),
         },
@@ -526,7 +534,7 @@ def run_pipelines(
                 if method == "hf":
                     chat, llm = _hf_models(model, tokenizer, max_new_tokens, log)
                 else:
-                    engine = _method_engine(model, tokenizer, method, store)
+                    engine = _method_engine(engine_model, tokenizer, method, store)
                     engine.add_result_listener(log.results.append)
                     chat, llm = _swift_models(engine, max_new_tokens)
                     if method == "plain":
@@ -572,7 +580,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     m = result["meta"]
     lines = [
         f"*{m['model']}, {m['cpu']}, {m['threads']} threads, torch {m['torch']}, transformers {m['transformers']}, "
-        f"greedy, max {m['max_new_tokens']} new tokens per call, {m['date']}*",
+        f"greedy, max {m['max_new_tokens']} new tokens per call, {m['date']}; hf in float32, "
+        f"the engine's methods in {m.get('precision', 'float32')}*",
         "",
         "| pipeline | method | seconds | vs hf | tokens/s | calls | prompt tokens cached | mean prefill s "
         "| accepted/step (skip · context · memory) | exact vs plain |",
@@ -614,6 +623,7 @@ def main(args: Any) -> int:
         quick=args.quick,
         progress=lambda msg: logger.warning("%s", msg),
         llama=getattr(args, "llama", None),
+        dtype=getattr(args, "dtype", "auto"),
     )
     table = render_markdown(result)
     if args.json:

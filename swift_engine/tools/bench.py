@@ -1300,6 +1300,7 @@ def _pipeline_bench(
     json_path: str | None,
     markdown: str | None,
     llama: Any = None,
+    dtype: str = "auto",
 ) -> int:
     """``--pipeline``: the pipelines' benchmark (swift_integrations.pipeline_bench; needs the dev extras)."""
     import importlib
@@ -1322,6 +1323,7 @@ def _pipeline_bench(
         json=json_path,
         markdown=None if markdown in (None, "-") else markdown,
         llama=llama,
+        dtype=dtype,
     )
     return pipeline_bench.main(args)
 
@@ -1539,7 +1541,9 @@ def bench(
                 except (OSError, RuntimeError) as exc:
                     logging.getLogger("swift-bench").error("%s", exc)
                     raise typer.Exit(1) from None
-            raise typer.Exit(_pipeline_bench(model, pipelines, max_new_tokens, quick, json_path, markdown, llama))
+            raise typer.Exit(
+                _pipeline_bench(model, pipelines, max_new_tokens, quick, json_path, markdown, llama, dtype)
+            )
     wanted = [c for item in [*(classes or []), *(more_classes or [])] for c in item.split(",") if c.strip()] or None
     max_new = max_new_tokens or (QUICK_MAX_NEW_TOKENS if quick else DEFAULT_MAX_NEW_TOKENS)
     warmup = warmup_calls if warmup_calls is not None else (1 if quick else 3)
