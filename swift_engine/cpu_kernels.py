@@ -93,13 +93,14 @@ def _probe(dtype: torch.dtype) -> bool:
 def use_onednn(mode: KernelMode, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether an engine in ``mode`` should run its linears through oneDNN on this device and dtype.
 
-    ``auto`` considers oneDNN on CPU for float32 (whether it is used is measured, see
-    :mod:`~swift_engine.kernel_choice`); ``packed`` and ``onednn`` also for other dtypes; all fall
-    back to PyTorch, with a log line, where oneDNN is missing or disagrees with ``F.linear``.
+    ``auto`` considers oneDNN on CPU for float32 and bfloat16 (whether it is used is measured, see
+    :mod:`~swift_engine.kernel_choice`; bfloat16 products can run on AMX tiles where the CPU has
+    them); ``packed`` and ``onednn`` also for other dtypes; all fall back to PyTorch, with a log
+    line, where oneDNN is missing or disagrees with ``F.linear``.
     """
     if mode == "torch" or device.type != "cpu":
         return False
-    if mode == "auto" and dtype != torch.float32:
+    if mode == "auto" and dtype not in (torch.float32, torch.bfloat16):
         return False
     if not onednn_available() or not _probe(dtype):
         logger.info("oneDNN linear unavailable or inconsistent for %s here; using PyTorch's linear", dtype)

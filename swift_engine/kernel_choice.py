@@ -72,6 +72,18 @@ class KernelChoice(BaseModel):
     def plan(self) -> KernelPlan:
         return KernelPlan(self.step, self.verify)
 
+    def uniform(self) -> "KernelChoice":
+        """One kernel for both shapes, the fastest over a step plus a verification pass.
+
+        Row-invariant passes (below float32; ``row_attention.py``) need it: a token must get the
+        same bits in a one-token step and in a verification pass, so both use the same kernel.
+        """
+        timed = [k for k in self.timings_ms if {"step", "verify"} <= set(self.timings_ms[k])]
+        if self.step == self.verify or not timed:
+            return self.model_copy(update={"verify": self.step})
+        best = min(timed, key=lambda k: self.timings_ms[k]["step"] + self.timings_ms[k]["verify"])
+        return self.model_copy(update={"step": best, "verify": best})
+
     def summary(self) -> str:
         """One line for logs, ``swift-accel info`` and the benchmark: the choice and what it beat."""
         parts = []
@@ -195,5 +207,7 @@ def choose_kernels(runner: ModelRunner, path: Path | None) -> KernelChoice:
                 write_file_atomic(path, data, follow_parent_symlink=False)
             except OSError as exc:
                 logger.warning("could not save the kernel choice to %s: %s", path, exc)
+    if runner.row_invariant:
+        choice = choice.uniform()
     runner.set_plan(choice.plan)
     return choice

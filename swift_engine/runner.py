@@ -76,7 +76,8 @@ class ModelRunner:
         # decoding, drafts) and one for multi-token passes (verification, prefill). ``auto`` starts
         # on PyTorch's own and is decided by measurement on this machine (kernel_choice.py).
         self.requested_kernels = kernels
-        onednn = use_onednn(kernels, self.device, self.dtype)
+        # int8 layers have their own kernel (quantize.py): nothing for oneDNN to wrap
+        onednn = not is_quantized(model) and use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if onednn else None
         #: the kernels ``auto`` chooses among, here
         self.candidates: list[str] = ["torch"]
@@ -95,6 +96,10 @@ class ModelRunner:
 
     def set_plan(self, plan: KernelPlan) -> None:
         """Use ``plan`` for this runner's passes (holding the model's packed weights while it needs them)."""
+        if self.row_invariant and plan.step != plan.verify:
+            raise ValueError(f"row-invariant passes need one kernel for every shape, got {plan}")
+        if self.row_invariant:
+            self.max_rows = None  # measured again for these kernels
         kernels = self._kernels
         if kernels is None:
             self.plan = KernelPlan("torch", "torch")
@@ -162,7 +167,8 @@ class ModelRunner:
         0 means no cap (``row_invariant`` off). Measured once per runner, at its first generation.
         """
         if self.max_rows is None:
-            self.max_rows = largest_invariant_rows(self.model, self.lm_head, max_rows, self.dtype)
+            with self._linears(2):  # the plan's kernel (one for every shape when row-invariant)
+                self.max_rows = largest_invariant_rows(self.model, self.lm_head, max_rows, self.dtype)
         return self.max_rows
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,7 +27,8 @@ def test_mode_choice() -> None:
     assert not use_onednn("torch", cpu, torch.float32)
     assert not use_onednn("auto", cuda, torch.float32)  # never on accelerators
     assert not use_onednn("onednn", cuda, torch.float32)
-    assert not use_onednn("auto", cpu, torch.bfloat16)  # auto: float32 only
+    assert not use_onednn("auto", cpu, torch.float16)  # auto: float32 and bfloat16 only
+    assert use_onednn("auto", cpu, torch.bfloat16) == onednn_available()
     assert use_onednn("auto", cpu, torch.float32) == onednn_available()
 
 

@@ -134,6 +134,7 @@ def test_trees_stay_within_the_rows_the_kernels_keep_invariant(monkeypatch: pyte
     engine = SwiftEngine(
         _model("llama", "bfloat16"), CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False})
     )
+    engine.kernel_choice  # kernels and the row check settle first (as at a first call)
     engine.runner.max_rows = 3  # as if this machine's kernels changed results beyond 3 rows
     sizes: list[int] = []
     real = engine_module.build_tree
@@ -181,3 +182,27 @@ def test_other_users_of_the_model_compute_as_before(arch: str) -> None:
     engine.generate(prompt[0].tolist(), max_new_tokens=8)
     assert model.config._attn_implementation.startswith("swift_rows")
     assert torch.equal(model.generate(prompt, max_new_tokens=30, do_sample=False), before)
+
+
+def test_row_invariant_passes_use_one_kernel_for_every_shape(tmp_path) -> None:
+    from swift_engine.kernel_choice import KernelChoice
+    from swift_engine.runner import KernelPlan
+
+    mixed = KernelChoice(
+        step="torch",
+        verify="packed",
+        timings_ms={"torch": {"step": 50.0, "verify": 90.0}, "packed": {"step": 70.0, "verify": 60.0}},
+    )
+    assert mixed.uniform().plan == KernelPlan("packed", "packed")  # 130 ms over both shapes, against 140
+    engine = SwiftEngine(
+        _model("llama", "bfloat16"),
+        CharTokenizer(),
+        SwiftConfig(search={"enabled": False}, cpu_kernels="auto"),
+        profile_store=tmp_path,
+    )
+    with pytest.raises(ValueError, match="one kernel"):
+        engine.runner.set_plan(KernelPlan("torch", "onednn"))
+    plain = engine.generate(PROMPTS[1], max_new_tokens=24, speculative=False)
+    assert engine.generate(PROMPTS[1], max_new_tokens=24).token_ids == plain.token_ids
+    step, verify = engine.runner.plan
+    assert step == verify and engine.runner.max_rows is not None and engine.runner.max_rows >= 1
