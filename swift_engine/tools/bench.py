@@ -891,6 +891,8 @@ def _meta(
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()),
         "dtype": engine.runner.precision,
         "row_invariant": engine.runner.row_invariant,
+        # the most rows a verification pass may have with row-invariant kernels (0: no cap)
+        "max_verify_rows": engine.runner.max_rows,
         "kernels": engine.runner.kernels,
         "kernel_timings_ms": choice.timings_ms if choice is not None else None,
         "kernel_memory_bytes": engine.runner.packed_bytes,
