@@ -1,4 +1,4 @@
-"""What each precision costs in quality: perplexity of a held-in text at float32, bfloat16 and int8.
+"""What each precision costs in quality: perplexity of a held-in text at float32, bfloat16, int8 and int4.
 
 The text is the benchmark's own prompt set (``swift_engine/tools/prompts/bench_prompts.json``: a
 summarization source, a context, code, chat), rendered through the model's chat template, so it
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("float32", "bfloat16", "int8")
+PRECISIONS = ("float32", "bfloat16", "int8", "int4")
 
 
 def held_in_text(tokenizer) -> list[int]:

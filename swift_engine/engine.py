@@ -156,7 +156,11 @@ class SwiftEngine:
             return self._costs
 
     def _with_draft_head(self, costs: CostModel) -> CostModel:
-        costs.draft_head_share = DraftHead.expected_share(self.runner.vocab_size, self.config.draft_vocab_size)
+        costs.draft_head_share = (
+            DraftHead.expected_share(self.runner.vocab_size, self.config.draft_vocab_size)
+            if self.runner.subset_head_is_cheaper
+            else 1.0
+        )
         return costs
 
     @property

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from .quantize import INT8_NAMES, quantize_int8
+from .quantize import INT4_NAMES, INT8_NAMES, quantize, weight_only_precision
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -62,17 +62,12 @@ _DTYPE_ALIASES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-_ACCEPTED_DTYPES = ("auto", *_DTYPE_ALIASES, *INT8_NAMES)
-
-
-def is_int8(dtype: object) -> bool:
-    """``dtype`` asks for weight-only int8 linears (bfloat16 activations; see ``quantize.py``)."""
-    return isinstance(dtype, str) and dtype.strip().lower() in INT8_NAMES
+_ACCEPTED_DTYPES = ("auto", *_DTYPE_ALIASES, *INT8_NAMES, *INT4_NAMES)
 
 
 def precision_name(dtype: str | torch.dtype, device: torch.device) -> str:
-    """What a model loaded with ``dtype`` computes in: ``float32``, ``bfloat16``, ``float16`` or ``int8``."""
-    return "int8" if is_int8(dtype) else str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    """What a model loaded with ``dtype`` computes in: ``float32``, ``bfloat16``, ``float16``, ``int8`` or ``int4``."""
+    return weight_only_precision(dtype) or str(resolve_dtype(dtype, device)).removeprefix("torch.")
 
 
 # ``model_kwargs`` keys the loader sets itself (-> the argument to use instead). Rejected rather than
@@ -190,7 +185,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
     ``"auto"`` means float32 on CPU (half precision matmuls are slow or unsupported there), bfloat16
     on CUDA when the card supports it (same range as fp32, so no overflow), else float16.
-    ``"int8"`` computes in bfloat16 (its weights are quantized after loading).
+    ``"int8"`` and ``"int4"`` compute in bfloat16 (their weights are quantized after loading).
     """
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPE_ALIASES.values():
@@ -199,7 +194,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if not isinstance(dtype, str):
         raise ValueError(f"dtype must be a string or torch.dtype; accepted values: {', '.join(_ACCEPTED_DTYPES)}")
     text = dtype.strip().lower().removeprefix("torch.")
-    if text in INT8_NAMES:
+    if weight_only_precision(text):
         return torch.bfloat16
     if text == "auto":
         device = torch.device(device)
@@ -712,10 +707,11 @@ def load_model(
         raise ValueError(f"local_files_only must be True, False or None, got {local_files_only!r}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if is_int8(dtype):
+    weight_only = weight_only_precision(dtype)
+    if weight_only:
         if torch_device.type != "cpu":
             raise ValueError(
-                f"dtype={dtype!r} is a CPU path (PyTorch's int8 weight-only CPU kernel); on "
+                f"dtype={dtype!r} is a CPU path (PyTorch's {weight_only} weight-only CPU kernel); on "
                 f"{torch_device.type} use dtype='bfloat16' or 'auto'"
             )
         loaded = load_model(
@@ -730,7 +726,7 @@ def load_model(
             model_kwargs=model_kwargs,
             token=token,
         )
-        quantize_int8(loaded.model)
+        quantize(loaded.model, weight_only)
         return loaded
 
     # Resolved lazily: only GGUF conversions use it, and plain folders should not touch the cache.
@@ -1096,5 +1092,4 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "precision_name",
-    "is_int8",
 ]

@@ -1,4 +1,4 @@
-"""Weight-only int8 linears for CPU decoding (``dtype="int8"``).
+"""Weight-only int8 and int4 linears for CPU decoding (``dtype="int8"``, ``dtype="int4"``).
 
 Why: decoding a small model on a CPU is bound by reading the weights once per pass. Stored as int8
 with one bfloat16 scale per output row, the dense layers read a quarter of float32's bytes, and
@@ -17,6 +17,19 @@ Quantization is symmetric per output row (``scale = max|w| / 127``), the scheme 
 Its quality cost is measured in the README (perplexity per precision). Outputs are then exact at
 *this* precision: greedy SWIFT gives the tokens the engine's plain loop gives on the same int8
 model (:mod:`swift_engine.row_attention`, :mod:`swift_engine.batch_invariance`).
+
+int4 (``aten._weight_int4pack_mm_for_cpu``) is groupwise and asymmetric: 32 consecutive inputs of
+a row share a bfloat16 scale and zero point, ``w = (q - 8) * scale + zero`` with ``q`` in 0..15.
+That is the block layout of GGUF's ``Q4_0``/``Q4_1`` (32 weights, a scale and a minimum), so a
+model loaded from such a file gets back the file's own 4-bit grid, up to rounding the file's
+float16 scales to bfloat16 (the embedded SmolLM2 ``Q4_1``: see ``tests/test_low_precision.py``).
+Same machine, Qwen shapes, bfloat16 activations, one row: the output head takes 4.9 ms (int8:
+14.2, bfloat16: 25.9); the decoder's small layers cost about what int8's do (per-call overhead,
+not bytes); and like int8 its cost grows with the rows (8 rows: 3.3× one row). The kernel needs
+``out_features % 16 == 0`` and ``in_features % 32 == 0``; other layers fall back to int8. Its
+packed layout depends on the CPU build, so a head over a vocabulary subset (drafting) computes
+the whole int4 head and keeps the subset's columns: at 4 bits the whole head costs about what a
+bfloat16 subset of 8k rows does.
 """
 
 from __future__ import annotations
@@ -30,6 +43,18 @@ logger = logging.getLogger(__name__)
 
 #: ``dtype=`` spellings that mean weight-only int8 (bfloat16 activations)
 INT8_NAMES = ("int8", "w8", "int8_weight_only")
+#: ``dtype=`` spellings that mean weight-only groupwise int4 (bfloat16 activations)
+INT4_NAMES = ("int4", "w4", "int4_weight_only")
+#: inputs per int4 group: GGUF's 4-bit block size, and the smallest group the kernel takes
+INT4_GROUP = 32
+
+
+def weight_only_precision(dtype: object) -> str | None:
+    """``"int8"`` or ``"int4"`` when ``dtype`` asks for weight-only linears, else ``None``."""
+    if not isinstance(dtype, str):
+        return None
+    text = dtype.strip().lower()
+    return "int8" if text in INT8_NAMES else "int4" if text in INT4_NAMES else None
 
 
 class Int8Linear(nn.Module):
@@ -84,22 +109,98 @@ def int8_available() -> bool:
         return False
 
 
+class Int4Linear(nn.Module):
+    """``nn.Linear`` with groupwise asymmetric int4 weights (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        if not int4_fits(linear):
+            raise ValueError(
+                f"int4 needs out_features % 16 == 0 and in_features % {INT4_GROUP} == 0, got "
+                f"{linear.out_features} x {linear.in_features}"
+            )
+        n, k = linear.out_features, linear.in_features
+        w = linear.weight.detach().float().reshape(n, k // INT4_GROUP, INT4_GROUP)
+        low, high = w.amin(dim=-1), w.amax(dim=-1)
+        # the kernel reads scale and zero in bfloat16: round them first, then fit the codes to
+        # the rounded grid, so a file's own 4-bit values come back where bfloat16 can hold them
+        scale = ((high - low) / 15).clamp_min(1e-12).to(compute_dtype)
+        zero = (low + 8 * scale.float()).to(compute_dtype)
+        base = zero.float() - 8 * scale.float()
+        q = torch.round((w - base[..., None]) / scale.float()[..., None]).clamp_(0, 15)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(n, k).to(torch.int32).contiguous(), 1)
+        self.qweight = nn.Parameter(packed, requires_grad=False)
+        # [groups, out, 2]: the layout the kernel takes
+        self.scales_zeros = nn.Parameter(
+            torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous(), requires_grad=False
+        )
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
+        )
+        self.in_features, self.out_features = k, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.dtype != self.scales_zeros.dtype:
+            x2 = x2.to(self.scales_zeros.dtype)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.qweight, INT4_GROUP, self.scales_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, int4 weights (groups of {INT4_GROUP})"
+        )
+
+
+def int4_fits(linear: nn.Linear) -> bool:
+    """Whether the int4 kernel takes this layer's shape."""
+    return linear.out_features % 16 == 0 and linear.in_features % INT4_GROUP == 0
+
+
+def int4_available() -> bool:
+    """Whether this PyTorch build has the int4 weight-only CPU kernels (and they compute)."""
+    try:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.full((16, 32), 9, dtype=torch.int32), 1)
+        sz = torch.zeros(1, 16, 2, dtype=torch.bfloat16)
+        sz[..., 0] = 1
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(torch.ones(2, 32, dtype=torch.bfloat16), packed, 32, sz)
+        return bool(torch.all(y == 32))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def quantize_int8(model: nn.Module) -> int:
+    """Replace every ``nn.Linear`` of ``model`` with int8 weights, in place (see :func:`quantize`)."""
+    return quantize(model, "int8")
+
+
+def quantize(model: nn.Module, precision: str) -> int:
     """Replace every ``nn.Linear`` of ``model`` (decoder and output head) in place; returns how many.
 
-    The model must already be in bfloat16 on CPU. The embedding keeps its bfloat16 weights; a
-    tied output head gets its own int8 copy (a quarter of the embedding's bytes in float32 terms).
+    ``precision`` is ``"int8"`` or ``"int4"`` (layers int4 cannot take get int8). The model must
+    already be in bfloat16 on CPU. The embedding keeps its bfloat16 weights; a tied output head
+    gets its own quantized copy.
     """
-    if not int8_available():
+    if precision not in ("int8", "int4"):
+        raise ValueError(f"precision must be 'int8' or 'int4', got {precision!r}")
+    if not int8_available() or (precision == "int4" and not int4_available()):
+        kernel = "aten._weight_int8pack_mm" if precision == "int8" else "aten._weight_int4pack_mm_for_cpu"
         raise RuntimeError(
-            "dtype='int8' needs PyTorch's int8 weight-only CPU kernel (aten._weight_int8pack_mm), "
+            f"dtype={precision!r} needs PyTorch's {precision} weight-only CPU kernel ({kernel}), "
             f"which this build ({torch.__version__}) lacks; use dtype='bfloat16' or 'float32'"
         )
-    count = 0
+    count, fallback = 0, 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and not isinstance(child, Int8Linear):
-                setattr(module, name, Int8Linear(child))
+            if isinstance(child, nn.Linear):
+                if precision == "int4" and int4_fits(child):
+                    setattr(module, name, Int4Linear(child))
+                else:
+                    fallback += precision == "int4"
+                    setattr(module, name, Int8Linear(child))
                 count += 1
     config = getattr(model, "config", None)
     if config is not None:
@@ -108,9 +209,20 @@ def quantize_int8(model: nn.Module) -> int:
         text = config.get_text_config() if hasattr(config, "get_text_config") else None
         if text is not None and text is not config:
             text.tie_word_embeddings = False
-    logger.info("Quantized %d linear layers to int8 weights (bfloat16 activations)", count)
+    logger.info(
+        "Quantized %d linear layers to %s weights (bfloat16 activations)%s",
+        count,
+        precision,
+        f"; {fallback} of a shape int4 cannot take are int8" if fallback else "",
+    )
     return count
 
 
+def quantized_precision(model: nn.Module) -> str | None:
+    """``"int4"``, ``"int8"`` or ``None``: the weight-only precision of ``model``'s linears."""
+    kinds = {type(m) for m in model.modules()}
+    return "int4" if Int4Linear in kinds else "int8" if Int8Linear in kinds else None
+
+
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, Int8Linear) for m in model.modules())
+    return quantized_precision(model) is not None

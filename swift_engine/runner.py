@@ -23,7 +23,7 @@ from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, 
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper, UnsupportedArchitectureError
 from .masks import MaskBuilder
-from .quantize import Int8Linear, int8_linear, is_quantized
+from .quantize import Int4Linear, Int8Linear, int8_linear, quantized_precision
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -61,8 +61,8 @@ class ModelRunner:
         self.num_layers = self.skipper.num_layers
         self.vocab_size = int(self.lm_head.out_features)
         self.hidden_size = int(self.lm_head.in_features)
-        #: what the dense layers compute in: ``float32``, ``bfloat16``, ``int8`` (weights; bf16 activations)
-        self.precision = "int8" if is_quantized(model) else str(self.dtype).removeprefix("torch.")
+        #: what the dense layers compute in: ``float32``, ``bfloat16``, ``int8``/``int4`` (weights; bf16 activations)
+        self.precision = quantized_precision(model) or str(self.dtype).removeprefix("torch.")
         # Below float32 one ulp flips near-ties, so a token's verification row must be bitwise its
         # one-row step (row_attention.py, batch_invariance.py); in float32 it costs more than it
         # fixes (a flipped argmax is rare there), so ``None`` turns it on only below float32.
@@ -76,8 +76,8 @@ class ModelRunner:
         # decoding, drafts) and one for multi-token passes (verification, prefill). ``auto`` starts
         # on PyTorch's own and is decided by measurement on this machine (kernel_choice.py).
         self.requested_kernels = kernels
-        # int8 layers have their own kernel (quantize.py): nothing for oneDNN to wrap
-        onednn = not is_quantized(model) and use_onednn(kernels, self.device, self.dtype)
+        # int8/int4 layers have their own kernels (quantize.py): nothing for oneDNN to wrap
+        onednn = quantized_precision(model) is None and use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if onednn else None
         #: the kernels ``auto`` chooses among, here
         self.candidates: list[str] = ["torch"]
@@ -215,12 +215,19 @@ class ModelRunner:
             out = self.head_subset(vocab)(hidden)
         return self.finish_logits(out)
 
+    @property
+    def subset_head_is_cheaper(self) -> bool:
+        """Whether :meth:`head_subset` computes only the subset's rows (an int4 head computes all)."""
+        return not isinstance(self.lm_head, Int4Linear)
+
     def head_subset(self, vocab: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The output head restricted to token ids ``vocab`` (raw outputs; see :meth:`finish_logits`)."""
         head = self.lm_head
         if isinstance(head, Int8Linear):
             qweight, scales, qbias = head.rows(vocab)
             return lambda h: int8_linear(h, qweight, scales, qbias)
+        if isinstance(head, Int4Linear):  # packed rows cannot be sliced (quantize.py): the whole head
+            return lambda h: head(h).index_select(-1, vocab)
         w = head.weight.index_select(0, vocab)
         b = getattr(head, "bias", None)
         b = None if b is None else b.index_select(0, vocab)

@@ -720,7 +720,7 @@ def test_bad_device_and_dtype_strings() -> None:
     with pytest.raises(ValueError, match="device"):
         load_model(device="gpu")
     with pytest.raises(ValueError, match="fp16"):
-        load_model(device="cpu", dtype="int4")
+        load_model(device="cpu", dtype="int3")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -736,6 +736,7 @@ def test_bad_device_and_dtype_strings() -> None:
         ("bfloat16", torch.bfloat16),
         ("bf16", torch.bfloat16),
         ("int8", torch.bfloat16),  # weight-only int8 computes in bfloat16
+        ("int4", torch.bfloat16),  # and so does groupwise int4
         ("float16", torch.float16),
         ("FP16", torch.float16),
         (torch.bfloat16, torch.bfloat16),
@@ -752,7 +753,7 @@ def test_resolve_dtype_auto() -> None:
         assert resolve_dtype("auto", torch.device("cuda")) == expected
 
 
-@pytest.mark.parametrize("bad", ["int4", "fp64", "", "half-ish", torch.int8])
+@pytest.mark.parametrize("bad", ["int3", "fp64", "", "half-ish", torch.int8])
 def test_resolve_dtype_rejects(bad: str | torch.dtype) -> None:
     with pytest.raises(ValueError) as info:
         resolve_dtype(bad, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""bfloat16 and weight-only int8: greedy SWIFT is token-identical to plain decoding at that precision.
+"""bfloat16 and weight-only int8/int4: greedy SWIFT is token-identical to plain decoding at that precision.
 
 Below float32 one ulp flips near-ties, so this rests on each verification row being bitwise its
 one-token step: row-by-row attention (row_attention.py) and dense kernels checked row-invariant
@@ -15,7 +15,7 @@ import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine.batch_invariance import invariant_rows, largest_invariant_rows
-from swift_engine.quantize import Int8Linear, int8_available, quantize_int8
+from swift_engine.quantize import Int4Linear, Int8Linear, int4_available, int8_available, quantize, quantize_int8
 from swift_engine.runner import ModelRunner
 from swift_engine.tree import TokenTree
 
@@ -29,10 +29,13 @@ PROMPTS = [[3, 14, 15, 9, 26, 5, 35], list(range(40, 70)), [7] * 12] + [
 ]
 
 
+PRECISIONS = ["bfloat16", "int8"] + (["int4"] if int4_available() else [])
+
+
 def _model(arch: str, precision: str):
     model = tiny_model(arch).to(torch.bfloat16)
-    if precision == "int8":
-        quantize_int8(model)
+    if precision in ("int8", "int4"):
+        quantize(model, precision)
     return model
 
 
@@ -47,7 +50,7 @@ def _tree() -> TokenTree:
     return tree
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
 def test_a_tree_row_is_bitwise_its_one_token_steps(arch: str, precision: str) -> None:
     runner = ModelRunner(_model(arch, precision), "torch")
@@ -71,7 +74,7 @@ def test_a_tree_row_is_bitwise_its_one_token_steps(arch: str, precision: str) ->
         assert torch.equal(h[0], rows[node]), f"{arch}/{precision}: tree row {node} differs from its steps"
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_greedy_swift_is_plain_decoding_at_low_precision(arch: str, precision: str) -> None:
     engine = SwiftEngine(
@@ -109,6 +112,47 @@ def test_int8_linear_is_close_to_the_float_layer_and_its_row_subsets_agree() -> 
     assert q(x[None].to(torch.bfloat16)).shape == (1, 5, 96)
 
 
+@pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
+def test_int4_linear_is_close_to_the_float_layer_and_a_head_subset_keeps_its_columns() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96, bias=True)
+    q = Int4Linear(linear)
+    x = torch.randn(5, 64)
+    ref = linear(x)
+    out = q(x.to(torch.bfloat16)).float()
+    assert (out - ref).abs().max() / ref.abs().max() < 0.15  # 4 bits, groups of 32
+    assert q(x[None].to(torch.bfloat16)).shape == (1, 5, 96)
+    with pytest.raises(ValueError, match="out_features % 16"):
+        Int4Linear(torch.nn.Linear(64, 40))
+    model = _model("llama", "int4")
+    runner = ModelRunner(model, "torch")
+    assert isinstance(runner.lm_head, Int4Linear) and not runner.subset_head_is_cheaper
+    h = torch.randn(3, runner.hidden_size).to(torch.bfloat16)
+    ids = torch.tensor([1, 7, 40, 95])
+    assert torch.equal(runner.logits(h, ids), runner.logits(h)[:, ids])
+
+
+@pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
+def test_int4_gives_back_the_4_bit_grid_of_a_q4_1_gguf_file() -> None:
+    """The embedded SmolLM2 is a Q4_1 file: int4 must land on its codes, not requantize them."""
+    from swift_engine.loading import load_model
+
+    loaded = load_model(None, dtype=torch.bfloat16)
+    model = loaded.model
+    layers = [f"model.layers.{i}.{name}" for i in (0, 11) for name in ("self_attn.q_proj", "mlp.down_proj")]
+    dense = {name: model.get_submodule(name).weight.detach().float().clone() for name in layers}
+    quantize(model, "int4")
+    for name in layers:
+        layer = model.get_submodule(name)
+        assert isinstance(layer, Int4Linear)
+        w = layer(torch.eye(layer.in_features, dtype=torch.bfloat16)).float().t()  # its weights, dequantized
+        groups = dense[name].reshape(w.shape[0], -1, 32)
+        step = (groups.amax(-1) - groups.amin(-1)) / 15  # the file's quantization step per block
+        error = (w - dense[name]).abs().reshape(groups.shape).amax(-1) / step.clamp_min(1e-12)
+        # every weight on the file's code; what is left is bfloat16 rounding of scale and zero
+        assert error.max() < 0.25, f"{name}: {error.max():.3f} of a step off the file's grid"
+
+
 def test_quantize_replaces_every_linear_and_unties_the_head() -> None:
     model = tiny_model("qwen2").to(torch.bfloat16)
     model.config.tie_word_embeddings = True
@@ -117,6 +161,13 @@ def test_quantize_replaces_every_linear_and_unties_the_head() -> None:
     assert not any(type(m) is torch.nn.Linear for m in model.modules())
     assert model.config.tie_word_embeddings is False
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    if int4_available():
+        model = tiny_model("qwen2").to(torch.bfloat16)
+        model.lm_head = torch.nn.Linear(64, 90, bias=False).to(torch.bfloat16)  # 90 rows: not int4's shape
+        assert quantize(model, "int4") == 6 * 7 + 1
+        assert isinstance(model.lm_head, Int8Linear)  # the one layer int4 cannot take falls back to int8
+        assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 6 * 7
+        assert ModelRunner(model, "torch").precision == "int4"
 
 
 def test_row_check_finds_where_a_product_stops_being_row_invariant() -> None:
@@ -152,7 +203,7 @@ def test_trees_stay_within_the_rows_the_kernels_keep_invariant(monkeypatch: pyte
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_embedded_model_greedy_swift_is_plain_decoding(precision: str) -> None:
     from swift_integrations.engine_cache import get_engine
 

@@ -1412,7 +1412,7 @@ def bench(
         str,
         typer.Option(
             "--dtype",
-            help="auto, float32, bfloat16, float16, or int8 (weight-only int8 linears, bfloat16 activations; CPU).",
+            help="auto, float32, bfloat16, float16, int8 or int4 (weight-only linears, bfloat16 activations; CPU).",
         ),
     ] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",

@@ -228,7 +228,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 DtypeOpt = Annotated[
     str,
     typer.Option(
-        "--dtype", help="auto, float32, bfloat16, float16, or int8 (weight-only int8, bfloat16 activations; CPU)."
+        "--dtype",
+        help="auto, float32, bfloat16, float16, int8 or int4 (weight-only, bfloat16 activations; CPU).",
     ),
 ]
 ProfileDirOpt = Annotated[
@@ -675,7 +676,11 @@ def info(
             "chat_template": bool(getattr(engine.tokenizer, "chat_template", None)),
             "device": str(runner.device),
             "device_name": torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else cpu_name(),
-            "dtype": _dtype_name(runner.dtype) if runner.precision != "int8" else "int8 (bfloat16 activations)",
+            "dtype": (
+                f"{runner.precision} (bfloat16 activations)"
+                if runner.precision in ("int8", "int4")
+                else _dtype_name(runner.dtype)
+            ),
             "kernels": runner.kernels,
             "kernels_measured": choice.summary() if choice is not None else None,
             "profile_store": str(store.directory),
