@@ -156,11 +156,7 @@ class SwiftEngine:
             return self._costs
 
     def _with_draft_head(self, costs: CostModel) -> CostModel:
-        costs.draft_head_share = (
-            DraftHead.expected_share(self.runner.vocab_size, self.config.draft_vocab_size)
-            if self.runner.subset_head_is_cheaper
-            else 1.0
-        )
+        costs.draft_head_share = DraftHead.expected_share(self.runner.vocab_size, self.config.draft_vocab_size)
         return costs
 
     @property

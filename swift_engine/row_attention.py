@@ -59,14 +59,17 @@ class _Row:
 class _Pass:
     """Per-pass state: the row layouts of each mask tensor seen (one per attention layer type)."""
 
-    rows: dict[int, list[_Row]] = field(default_factory=dict)
+    rows: dict[int, tuple[list[_Row], bool]] = field(default_factory=dict)
 
-    def layout(self, mask: torch.Tensor, past: int) -> list[_Row]:
+    def layout(self, mask: torch.Tensor, past: int) -> tuple[list[_Row], bool]:
+        """The rows of ``mask``, and whether any row needs tree entries moved (a branch off the chain)."""
         key = id(mask)
-        rows = self.rows.get(key)
-        if rows is None:
-            rows = self.rows[key] = _layout(mask, past)
-        return rows
+        found = self.rows.get(key)
+        if found is None:
+            rows = _layout(mask, past)
+            moves = any(node != j for row in rows for j, node in enumerate(row.path))
+            found = self.rows[key] = (rows, moves)
+        return found
 
 
 _ACTIVE: contextvars.ContextVar[_Pass | None] = contextvars.ContextVar("swift_row_attention", default=None)
@@ -154,10 +157,12 @@ def attention(
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     past = key.shape[2] - q
-    layout = state.layout(attention_mask, past)
+    layout, moves = state.layout(attention_mask, past)
     out = query.new_empty(q, heads, dv)
     k, v = key[0], value[0]  # views of the cache buffers: [kv_heads, past + q, d]
-    tree_k, tree_v = k[:, past:].clone(), v[:, past:].clone()
+    # the tree's own entries, kept aside only when some row's ancestors must be moved into place
+    # (one-token steps and draft chains never move anything)
+    tree_k, tree_v = (k[:, past:].clone(), v[:, past:].clone()) if moves else (k, v)
     placed = list(range(q))  # which tree entry each slot after ``past`` holds now
     for i, row in enumerate(layout):
         qi = query[0, :, i].reshape(kv_heads, group, dim)
@@ -165,7 +170,7 @@ def attention(
             keys, values = k.index_select(1, row.columns), v.index_select(1, row.columns)
         else:
             for j, node in enumerate(row.path):
-                if placed[j] != node:
+                if placed[j] != node:  # only when ``moves``: tree_k is the copy then
                     k[:, past + j] = tree_k[:, node]
                     v[:, past + j] = tree_v[:, node]
                     placed[j] = node

@@ -113,7 +113,7 @@ def test_int8_linear_is_close_to_the_float_layer_and_its_row_subsets_agree() -> 
 
 
 @pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
-def test_int4_linear_is_close_to_the_float_layer_and_a_head_subset_keeps_its_columns() -> None:
+def test_int4_linear_is_close_to_the_float_layer() -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 96, bias=True)
     q = Int4Linear(linear)
@@ -124,12 +124,6 @@ def test_int4_linear_is_close_to_the_float_layer_and_a_head_subset_keeps_its_col
     assert q(x[None].to(torch.bfloat16)).shape == (1, 5, 96)
     with pytest.raises(ValueError, match="out_features % 16"):
         Int4Linear(torch.nn.Linear(64, 40))
-    model = _model("llama", "int4")
-    runner = ModelRunner(model, "torch")
-    assert isinstance(runner.lm_head, Int4Linear) and not runner.subset_head_is_cheaper
-    h = torch.randn(3, runner.hidden_size).to(torch.bfloat16)
-    ids = torch.tensor([1, 7, 40, 95])
-    assert torch.equal(runner.logits(h, ids), runner.logits(h)[:, ids])
 
 
 @pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
@@ -163,11 +157,15 @@ def test_quantize_replaces_every_linear_and_unties_the_head() -> None:
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
     if int4_available():
         model = tiny_model("qwen2").to(torch.bfloat16)
-        model.lm_head = torch.nn.Linear(64, 90, bias=False).to(torch.bfloat16)  # 90 rows: not int4's shape
+        model.config.tie_word_embeddings = True
         assert quantize(model, "int4") == 6 * 7 + 1
-        assert isinstance(model.lm_head, Int8Linear)  # the one layer int4 cannot take falls back to int8
+        assert isinstance(model.lm_head, Int8Linear)  # the output head stays int8 (quality: README)
         assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 6 * 7
+        assert model.config.tie_word_embeddings is False
         assert ModelRunner(model, "torch").precision == "int4"
+        layers = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 40))  # 40 rows: not int4's shape
+        assert quantize(layers.to(torch.bfloat16), "int4") == 2
+        assert isinstance(layers[0], Int4Linear) and isinstance(layers[1], Int8Linear)
 
 
 def test_row_check_finds_where_a_product_stops_being_row_invariant() -> None:
@@ -177,6 +175,26 @@ def test_row_check_finds_where_a_product_stops_being_row_invariant() -> None:
     assert invariant_rows(lambda a: a + (a.sum(0) if a.shape[0] > 3 else 0), x) == 3
     model = _model("llama", "int8")
     assert largest_invariant_rows(model, model.get_output_embeddings(), 16, torch.bfloat16) == 16
+
+
+def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import swift_engine.runner as runner_module
+
+    calls: list[int] = []
+    real = runner_module.largest_invariant_rows
+
+    def counting(*args, **kwargs):  # the real check; only its calls are counted
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "largest_invariant_rows", counting)
+    model = _model("llama", "bfloat16")
+    first, second = ModelRunner(model, "torch"), ModelRunner(model, "torch")
+    assert first.measure_rows(16) == 16 and calls == [16]
+    assert second.measure_rows(16) == 16 and second.measure_rows(8) == 16 and calls == [16]  # kept on the model
+    assert ModelRunner(model, "torch").measure_rows(8) == 8 and calls == [16]  # fewer rows: covered
+    assert ModelRunner(model, "torch").measure_rows(24) == 24 and calls == [16, 24]  # more rows: checked again
+    assert ModelRunner(_model("llama", "bfloat16"), "torch").measure_rows(16) == 16 and len(calls) == 3  # another model
 
 
 def test_trees_stay_within_the_rows_the_kernels_keep_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
