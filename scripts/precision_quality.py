@@ -65,6 +65,8 @@ def main() -> None:
         loaded = load_model(args.model, device="cpu", dtype=precision)
         ids = held_in_text(loaded.tokenizer)
         ppl = perplexity(loaded.model, ids)
+        tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
+        weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
         ref = ppl if ref is None else ref
         rows.append(
             {
@@ -73,6 +75,8 @@ def main() -> None:
                 "tokens": len(ids),
                 "perplexity": round(ppl, 4),
                 "vs_float32": round(ppl / ref - 1.0, 4),
+                # what the model holds in memory at this precision (tensors; a tied head counts once)
+                "weight_mb": round(weight_bytes / 2**20, 1),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )
@@ -81,7 +85,10 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
     if args.markdown:
-        lines = ["| model | precision | tokens | perplexity | vs float32 |", "|---|---|---:|---:|---:|"]
+        lines = [
+            "| model | precision | tokens | perplexity | vs float32 | weights MiB |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for r in rows:
             cells = [
                 r["model"],
@@ -89,6 +96,7 @@ def main() -> None:
                 str(r["tokens"]),
                 f"{r['perplexity']:.3f}",
                 f"{100 * r['vs_float32']:+.2f}%",
+                f"{r['weight_mb']:.0f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
         Path(args.markdown).write_text("\n".join(lines) + "\n")
