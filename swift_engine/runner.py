@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import row_attention
+from .attach import attached
 from .batch_invariance import largest_invariant_rows
 from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
 from .kv_cache import SwiftKVCache
@@ -172,7 +173,7 @@ class ModelRunner:
         it; Qwen2.5-0.5B's check takes 1-2 s), and measured again only for more rows than it covered.
         """
         if self.max_rows is None:
-            memo: dict[tuple[str, str], tuple[int, int]] = self.model.__dict__.setdefault(_ROWS_ATTR, {})
+            memo: dict[tuple[str, str], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})
             key = (self.plan.verify, self.precision)
             found = memo.get(key)
             if found is not None and found[0] >= max_rows:
