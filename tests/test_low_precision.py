@@ -96,32 +96,28 @@ def test_float32_keeps_the_fused_attention_by_default() -> None:
     assert runner.precision == "float32" and not runner.row_invariant and runner.max_rows == 0
 
 
-def test_int8_linear_is_close_to_the_float_layer_and_its_row_subsets_agree() -> None:
+@pytest.mark.parametrize(("kind", "tolerance"), [(Int8Linear, 0.03), (Int4Linear, 0.15)])  # int4: groups of 32
+def test_quantized_linear_is_close_to_the_float_layer(kind: type, tolerance: float) -> None:
+    if kind is Int4Linear and not int4_available():
+        pytest.skip("this PyTorch build lacks the int4 CPU kernel")
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 96, bias=True)
-    q = Int8Linear(linear)
+    q = kind(linear)
     x = torch.randn(5, 64)
-    ref = linear(x)
     out = q(x.to(torch.bfloat16)).float()
-    assert (out - ref).abs().max() / ref.abs().max() < 0.03
+    ref = linear(x)
+    assert (out - ref).abs().max() / ref.abs().max() < tolerance
+    assert q(x[None].to(torch.bfloat16)).shape == (1, 5, 96)  # 3-D inputs, as the decoder passes them
+
+
+def test_int8_row_subsets_agree_and_int4_refuses_shapes_its_kernel_cannot_take() -> None:
+    torch.manual_seed(0)
+    q = Int8Linear(torch.nn.Linear(64, 96, bias=True))
+    x = torch.randn(5, 64).to(torch.bfloat16)
     ids = torch.tensor([3, 50, 95])
     weight, scales, bias = q.rows(ids)
-    sub = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), weight, scales) + bias
-    assert torch.equal(sub, q(x.to(torch.bfloat16))[:, ids])
-    # 3-D inputs, as the decoder passes them
-    assert q(x[None].to(torch.bfloat16)).shape == (1, 5, 96)
-
-
-@pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
-def test_int4_linear_is_close_to_the_float_layer() -> None:
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 96, bias=True)
-    q = Int4Linear(linear)
-    x = torch.randn(5, 64)
-    ref = linear(x)
-    out = q(x.to(torch.bfloat16)).float()
-    assert (out - ref).abs().max() / ref.abs().max() < 0.15  # 4 bits, groups of 32
-    assert q(x[None].to(torch.bfloat16)).shape == (1, 5, 96)
+    sub = torch.ops.aten._weight_int8pack_mm(x, weight, scales) + bias
+    assert torch.equal(sub, q(x)[:, ids])
     with pytest.raises(ValueError, match="out_features % 16"):
         Int4Linear(torch.nn.Linear(64, 40))
 
