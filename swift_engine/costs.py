@@ -213,8 +213,8 @@ def _time(fn: Callable[[], object], reps: int) -> float:
     return min(samples)
 
 
-def synthetic_passes(runner: ModelRunner, context: int, max_rows: int) -> Callable[[int], Callable[[], None]]:
-    """``pass_of(q)``: a forward pass of ``q`` tokens after a cached random ``context``-token prompt.
+def synthetic_passes(runner: ModelRunner, context: int, max_rows: int) -> Callable[..., Callable[[], None]]:
+    """``pass_of(q, tree=True)``: a forward pass of ``q`` tokens after a cached random ``context``-token prompt.
 
     The prompt is cached once; each pass is rewound, so every timed pass sees the same context.
     What :func:`measure_costs` and the kernel measurement (``kernel_choice.py``) time.
@@ -225,13 +225,15 @@ def synthetic_passes(runner: ModelRunner, context: int, max_rows: int) -> Callab
     cache = runner.new_cache()
     runner.forward(cache, ids[:context], torch.arange(context, device=device), last_only=True)
 
-    def pass_of(rows: int) -> Callable[[], None]:
-        # a chain, as verification passes it: the same attention path (row by row when row_invariant)
-        chain = torch.ones(rows, rows, dtype=torch.bool, device=device).tril_() if rows > 1 else None
+    def pass_of(rows: int, tree: bool = True) -> Callable[[], None]:
+        # a chain, as verification passes it: the same attention path (row by row when row_invariant);
+        # ``tree=False``: a prompt block (causal, fused attention, the prompt-block kernel)
+        chain = torch.ones(rows, rows, dtype=torch.bool, device=device).tril_() if rows > 1 and tree else None
 
         def run() -> None:
             positions = torch.arange(context, context + rows, device=device)
-            runner.forward(cache, ids[context : context + rows], positions, chain)
+            # a prompt block needs no logits (the engine takes the head over its last rows only)
+            runner.forward(cache, ids[context : context + rows], positions, chain, last_only=not tree)
             cache.truncate(context)
 
         return run

@@ -137,7 +137,7 @@ class SwiftEngine:
             with self._lock:
                 if self._kernel_choice is None:
                     path = kernel_file(self._store.directory, self.fingerprint, self.runner)
-                    self._kernel_choice = choose_kernels(self.runner, path)
+                    self._kernel_choice = choose_kernels(self.runner, path, self.config.prefill_block)
         if self.runner.max_rows is None:  # row-invariant passes: how many rows the dense kernels keep so
             with self._lock:
                 self.runner.measure_rows(self.config.tree.max_tree_tokens)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -39,6 +40,10 @@ __all__ = ["KernelChoice", "choose_kernels", "cpu_name", "kernel_file", "machine
 
 Kernel = Literal["torch", "onednn", "packed"]
 Shape = Literal["step", "verify"]
+#: prompt blocks: the pass's own kernel, or weights dequantized per call (weight-only models)
+PromptKernel = Literal["torch", "dequantized"]
+#: the measured prompt passes: a whole block, and the smallest a prompt kernel takes (2 rows)
+PromptShape = Literal["block", "small"]
 _Ms = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 #: Tokens of the measured verification pass: a typical tree on a CPU (see ``TreeConfig``).
@@ -62,6 +67,12 @@ class KernelChoice(BaseModel):
     timings_ms: dict[Kernel, dict[Shape, _Ms]] = Field(default_factory=dict)
     #: memory a kernel needs beside the model's weights (the packed copy), as measured
     extra_bytes: dict[Kernel, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    #: the kernel of prompt blocks of at least :attr:`prompt_min_rows` tokens
+    prompt: PromptKernel = "torch"
+    prompt_min_rows: int = Field(default=2, ge=2)
+    #: tokens of the measured prompt block (the engine's ``prefill_block``); 0: not measured
+    prompt_rows: int = Field(default=0, ge=0)
+    prompt_timings_ms: dict[PromptKernel, dict[PromptShape, _Ms]] = Field(default_factory=dict)
 
     @property
     def extra_memory_bytes(self) -> int:
@@ -89,7 +100,11 @@ class KernelChoice(BaseModel):
         parts = []
         for shape in ("step", "verify"):
             times = ", ".join(f"{k} {t[shape]:.1f}" for k, t in self.timings_ms.items() if shape in t)
-            parts.append(f"{shape}: {getattr(self, shape)} ({times} ms)")
+            parts.append(f"{shape}: {getattr(self, shape)}" + (f" ({times} ms)" if times else ""))
+        if self.prompt_timings_ms:
+            times = ", ".join(f"{k} {t['block']:.0f}" for k, t in self.prompt_timings_ms.items() if "block" in t)
+            start = f" from {self.prompt_min_rows} rows" if self.prompt != "torch" else ""
+            parts.append(f"{self.prompt_rows}-token prompt blocks: {self.prompt}{start} ({times} ms)")
         if self.extra_memory_bytes:
             parts.append(f"packed weight copy {self.extra_memory_bytes / 2**20:.0f} MiB")
         return "; ".join(parts)
@@ -126,6 +141,8 @@ def machine_signature(runner: ModelRunner) -> tuple[str, str]:
         f"{name}; flags {flags}; {threads} threads; torch {torch.__version__}; {runner.device.type} {dtype}; "
         f"candidates {'/'.join(runner.candidates)}"
     )
+    if len(runner.prompt_candidates) > 1:
+        description += f"; {runner.precision} prompt blocks {'/'.join(runner.prompt_candidates)}"
     return description, hashlib.sha256(description.encode()).hexdigest()[:16]
 
 
@@ -142,34 +159,61 @@ def _seconds(fn: Callable[[], None]) -> float:
 
 
 @torch.inference_mode()
-def measure_kernels(runner: ModelRunner, reps: int = _REPS) -> KernelChoice:
+def measure_kernels(runner: ModelRunner, reps: int = _REPS, prompt_rows: int = 128) -> KernelChoice:
     """Time each candidate kernel for a one-token step and a verification pass; keep the fastest of each.
+
+    Where prompt blocks have candidates of their own (weight-only models: the kernel, or weights
+    dequantized per call), a ``prompt_rows``-token block and a two-row one are timed too: the
+    block decides the kernel, the two-row pass (about the cost of dequantizing) from how many
+    rows it pays.
 
     Candidates are interleaved within each repetition, so a burst of load from elsewhere on the
     machine hits them alike; the best of ``reps`` is kept (other processes only ever add time).
     """
     t0 = time.perf_counter()
-    pass_of = synthetic_passes(runner, min(CONTEXT, max(1, (runner.context_length or 4096) // 4)), VERIFY_ROWS)
+    context = min(CONTEXT, max(1, (runner.context_length or 4096) // 4))
+    pass_of = synthetic_passes(runner, context, max(VERIFY_ROWS, prompt_rows))
 
     holding = "packed" in runner.candidates and runner.hold_packed()
     candidates = [k for k in runner.candidates if k != "packed" or holding]
     extra = {k: (runner.packed_bytes if k == "packed" else 0) for k in candidates}
-    timings: dict[str, dict[str, float]] = {k: {"step": float("inf"), "verify": float("inf")} for k in candidates}
+    shapes = {"step": pass_of(1), "verify": pass_of(VERIFY_ROWS)} if len(candidates) > 1 else {}
+    timings: dict[str, dict[str, float]] = {k: dict.fromkeys(shapes, float("inf")) for k in candidates if shapes}
+    prompts = runner.prompt_candidates if len(runner.prompt_candidates) > 1 else []
+    prompt_shapes = {"block": pass_of(prompt_rows, tree=False), "small": pass_of(2, tree=False)} if prompts else {}
+    prompt_timings: dict[str, dict[str, float]] = {k: dict.fromkeys(prompt_shapes, float("inf")) for k in prompts}
+
+    def run(table: dict[str, float], runs: dict[str, Callable[[], None]], keep: bool) -> None:
+        for shape, fn in runs.items():
+            seconds = _seconds(fn)
+            if keep:
+                table[shape] = min(table[shape], seconds)
+
     try:
-        for kernel in candidates:  # warm-up: first calls allocate and JIT oneDNN primitives
-            with runner.trying(kernel):
-                pass_of(1)()
-                pass_of(VERIFY_ROWS)()
-        for _ in range(reps):
-            for kernel in candidates:
+        for rep in range(reps + 1):  # round 0 warms up: first calls allocate and JIT oneDNN primitives
+            for kernel in timings:
                 with runner.trying(kernel):
-                    timings[kernel]["step"] = min(timings[kernel]["step"], _seconds(pass_of(1)))
-                    timings[kernel]["verify"] = min(timings[kernel]["verify"], _seconds(pass_of(VERIFY_ROWS)))
+                    run(timings[kernel], shapes, keep=rep > 0)
+            for kernel in prompt_timings:
+                with runner.trying_prompt(kernel):
+                    run(prompt_timings[kernel], prompt_shapes, keep=rep > 0)
     finally:
         if holding:
             runner.release_packed()
-    step = min(candidates, key=lambda k: timings[k]["step"])
-    verify = min(candidates, key=lambda k: timings[k]["verify"])
+    step, verify = runner.plan
+    if timings:
+        step = min(timings, key=lambda k: timings[k]["step"])
+        verify = min(timings, key=lambda k: timings[k]["verify"])
+    prompt, min_rows = "torch", 2
+    if prompt_timings:
+        prompt = min(prompt_timings, key=lambda k: prompt_timings[k]["block"])
+        if prompt != "torch":
+            # where the two lines through (2 rows, block rows) cross: dequantizing is a fixed cost
+            # per pass that the kernel's steeper growth with the rows pays back from there on
+            own, other = prompt_timings["torch"], prompt_timings[prompt]
+            fixed = max(0.0, other["small"] - own["small"])
+            crossing = 2 + (prompt_rows - 2) * fixed / (fixed + own["block"] - other["block"])
+            min_rows = min(prompt_rows, max(2, math.ceil(crossing)))
     choice = KernelChoice.model_validate(
         {
             "machine": machine_signature(runner)[0],
@@ -177,13 +221,17 @@ def measure_kernels(runner: ModelRunner, reps: int = _REPS) -> KernelChoice:
             "verify": verify,
             "timings_ms": {k: {shape: 1e3 * v for shape, v in t.items()} for k, t in timings.items()},
             "extra_bytes": extra,
+            "prompt": prompt,
+            "prompt_min_rows": min_rows,
+            "prompt_rows": prompt_rows if prompts else 0,
+            "prompt_timings_ms": {k: {shape: 1e3 * v for shape, v in t.items()} for k, t in prompt_timings.items()},
         }
     )
     logger.info("chose dense kernels in %.1fs: %s", time.perf_counter() - t0, choice.summary())
     return choice
 
 
-def choose_kernels(runner: ModelRunner, path: Path | None) -> KernelChoice:
+def choose_kernels(runner: ModelRunner, path: Path | None, prompt_rows: int = 128) -> KernelChoice:
     """Set ``runner``'s kernels from ``path`` when measured before on this machine, else measure and save.
 
     A file that is unreadable or invalid (validated like every file the store reads) is measured
@@ -195,12 +243,14 @@ def choose_kernels(runner: ModelRunner, path: Path | None) -> KernelChoice:
             choice = KernelChoice.model_validate(loads_strict_json(read_regular_file(path, _MAX_FILE_BYTES)))
             if {choice.step, choice.verify} - set(runner.candidates):
                 choice = None  # e.g. packing no longer fits in memory
+            elif len(runner.prompt_candidates) > 1 and choice.prompt_rows != prompt_rows:
+                choice = None  # measured for another prompt block size
         except FileNotFoundError:
             pass
         except (OSError, ValueError, ValidationError) as exc:
             logger.warning("ignoring unusable kernel choice file %s (%s); measuring again", path, exc)
     if choice is None:
-        choice = measure_kernels(runner)
+        choice = measure_kernels(runner, prompt_rows=prompt_rows)
         if path is not None:
             try:
                 data = json.dumps(choice.model_dump(mode="json"), indent=2).encode()
@@ -210,4 +260,6 @@ def choose_kernels(runner: ModelRunner, path: Path | None) -> KernelChoice:
     if runner.row_invariant:
         choice = choice.uniform()
     runner.set_plan(choice.plan)
+    if choice.prompt in runner.prompt_candidates:
+        runner.set_prompt_kernel(choice.prompt, choice.prompt_min_rows)
     return choice

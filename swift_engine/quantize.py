@@ -34,8 +34,11 @@ and ``in_features % 32 == 0``; layers of other shapes get int8 too.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import torch
@@ -59,6 +62,52 @@ def weight_only_precision(dtype: object) -> str | None:
     return "int8" if text in INT8_NAMES else "int4" if text in INT4_NAMES else None
 
 
+class _Workspace:
+    """Scratch memory for one pass's dequantized weights, reused layer after layer.
+
+    Fresh allocations of a layer's size are served by new pages, and faulting them in cost more
+    than the dequantization itself (Qwen2.5-0.5B: a prompt block took 818 ms with a new copy per
+    layer against about 1034 for the int4 kernel; see README "Precision").
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self._buffers[name] = torch.empty(numel, dtype=dtype)
+        return buf[:numel]
+
+
+#: the calling thread's / task's scratch for dequantized weights; None: the kernels (:func:`dequantized`)
+_DEQUANTIZED: contextvars.ContextVar[_Workspace | None] = contextvars.ContextVar(
+    "swift_dequantized_linears", default=None
+)
+
+
+@contextlib.contextmanager
+def dequantized() -> Iterator[None]:
+    """Inside this block, weight-only linears multiply by their weights dequantized to bfloat16.
+
+    Why: the weight-only kernels' cost grows with the rows (a 128-row prompt block costs about
+    25 one-token steps at int4), while a bfloat16 product of many rows runs on PyTorch's dense
+    (oneDNN; AMX where present) path at a fraction of that. Dequantizing a layer reads its codes
+    once (about 0.5 ns a weight on 2 cores) into scratch memory reused layer after layer, so no
+    second set of weights is kept. Whether it pays is measured per machine (``kernel_choice.py``).
+
+    Only prompt blocks use it: decoding passes must keep the kernel's own bits, so that a token's
+    verification row equals its one-token step (``row_attention.py``). Prompt blocks are computed
+    the same way for plain and speculative calls (and for cached and uncached prompts), so
+    exactness is untouched. This thread or task only: other users of the model compute as before.
+    """
+    token = _DEQUANTIZED.set(_Workspace())
+    try:
+        yield
+    finally:
+        _DEQUANTIZED.reset(token)
+
+
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights and per-row scales; the same call signature and shapes."""
 
@@ -80,7 +129,16 @@ class Int8Linear(nn.Module):
         # and a decode step of a small model makes over 200 of these calls (58 -> 44 us a call on a
         # 576x1536 layer, where the kernel alone takes 40)
         p = self._parameters
+        work = _DEQUANTIZED.get()
+        if work is not None:
+            return nn.functional.linear(x.to(self.scales.dtype), self.dense_weight(work), p.get("bias"))
         return int8_linear(x, cast(torch.Tensor, p["qweight"]), cast(torch.Tensor, p["scales"]), p.get("bias"))
+
+    def dense_weight(self, work: _Workspace | None = None) -> torch.Tensor:
+        """The weights the kernel multiplies by, as an ``[out, in]`` bfloat16 tensor (in ``work``'s memory)."""
+        work = work or _Workspace()
+        out = work.get("weight", self.qweight.numel(), self.scales.dtype).view(self.qweight.shape)
+        return torch.mul(self.qweight, self.scales[:, None], out=out)
 
     def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The weights of output rows ``ids`` (a head over a vocabulary subset)."""
@@ -160,6 +218,9 @@ class Int4Linear(nn.Module):
         # ``_parameters`` directly, as in Int8Linear.forward (Module.__getattr__ per lookup)
         p = self._parameters
         qweight, scales_zeros = cast(torch.Tensor, p["qweight"]), cast(torch.Tensor, p["scales_zeros"])
+        work = _DEQUANTIZED.get()
+        if work is not None:
+            return nn.functional.linear(x.to(scales_zeros.dtype), self.dense_weight(work), p.get("bias"))
         return _weight_only(
             x,
             scales_zeros.dtype,
@@ -167,10 +228,77 @@ class Int4Linear(nn.Module):
             lambda x2: torch.ops.aten._weight_int4pack_mm_for_cpu(x2, qweight, INT4_GROUP, scales_zeros),
         )
 
+    def dense_weight(self, work: _Workspace | None = None) -> torch.Tensor:
+        """The weights the kernel multiplies by, as an ``[out, in]`` bfloat16 view (of ``work``'s memory).
+
+        Built transposed (``[in, out]``): that is the order the packed codes come in, so unpacking
+        is two strided copies, and a dense product takes the transposed view as it is.
+        """
+        work = work or _Workspace()
+        n, k = self.out_features, self.in_features
+        dtype = self.scales_zeros.dtype
+        codes = _int4_codes_transposed(self.qweight, n, k, work.get("codes", n * k, dtype).view(k, n))
+        codes.sub_(8)  # exact in bfloat16, as are the scales and zeros: then ``zero + code * scale`` is
+        # computed in float32 and rounded once, the kernel's own arithmetic
+        # contiguous [groups, n] (strided operands send addcmul down a path 5x slower)
+        scale, zero = (t.contiguous() for t in self.scales_zeros.unbind(-1))
+        w_t = work.get("weight", n * k, dtype).view(k // INT4_GROUP, INT4_GROUP, n)
+        torch.addcmul(zero[:, None], codes.view(k // INT4_GROUP, INT4_GROUP, n), scale[:, None], out=w_t)
+        return w_t.view(k, n).t()
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, int4 weights (groups of {INT4_GROUP})"
         )
+
+
+#: output rows per block of PyTorch's CPU int4 packing (``_convert_weight_to_int4pack_for_cpu``)
+_PACK_BLOCK = 64
+
+
+def _int4_codes_transposed(packed: torch.Tensor, n: int, k: int, codes: torch.Tensor) -> torch.Tensor:
+    """Write into ``codes`` (``[k, n]``) the codes (0..15) of an ``[n, k]`` weight in PyTorch's CPU int4 packing.
+
+    The packing (PyTorch 2.6-2.13): output rows in blocks of 64, each block ``[k, 32]`` bytes whose
+    low nibbles are the block's rows 0-31 and high nibbles rows 32-63; the last ``n % 64`` rows are
+    ``[k, rows / 2]`` bytes, row pairs in (low, high) nibbles. It is an implementation detail, so
+    :func:`dequantize_available` checks it on this build before anything relies on it.
+    """
+    flat = packed.reshape(-1)
+    full = n // _PACK_BLOCK * _PACK_BLOCK
+    if full:
+        blocks = flat[: full * k // 2].view(full // _PACK_BLOCK, k, _PACK_BLOCK // 2).transpose(0, 1)
+        out = codes[:, :full].view(k, full // _PACK_BLOCK, _PACK_BLOCK)
+        out[..., : _PACK_BLOCK // 2] = blocks & 0xF
+        out[..., _PACK_BLOCK // 2 :] = blocks >> 4
+    if n > full:
+        tail = flat[full * k // 2 :].view(k, (n - full) // 2)
+        out = codes[:, full:].view(k, (n - full) // 2, 2)
+        out[..., 0] = tail & 0xF
+        out[..., 1] = tail >> 4
+    return codes
+
+
+@functools.cache
+def dequantize_available() -> bool:
+    """Whether :meth:`Int4Linear.dense_weight` reads this PyTorch build's int4 packing right.
+
+    Checked once per process on shapes with and without a partial block: codes packed by the
+    build must unpack to themselves. (A constant of the build, hence cached.)
+    """
+    if not int4_available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((128, 64), (80, 96)):
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
+        try:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            codes = _int4_codes_transposed(packed, n, k, torch.empty(k, n))
+        except (RuntimeError, ValueError):
+            return False
+        if not torch.equal(codes.t(), q.float()):
+            return False
+    return True
 
 
 def int4_fits(linear: nn.Linear) -> bool:

@@ -24,7 +24,7 @@ from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, 
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper, UnsupportedArchitectureError
 from .masks import MaskBuilder
-from .quantize import Int8Linear, int8_linear, quantized_precision
+from .quantize import Int8Linear, dequantize_available, dequantized, int8_linear, quantized_precision
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -87,6 +87,15 @@ class ModelRunner:
         self.candidates: list[str] = ["torch"]
         self.plan = KernelPlan("torch", "torch")
         self._packed_ref: weakref.finalize | None = None
+        # Prompt blocks (prefill: many rows, no tree) of a weight-only model may multiply by weights
+        # dequantized per call instead (quantize.dequantized); ``auto`` measures which is faster
+        #: the prompt-block kernels ``auto`` chooses among: ``torch`` (the pass's own) or ``dequantized``
+        self.prompt_candidates: list[str] = ["torch"]
+        if kernels == "auto" and (self.precision == "int8" or (self.precision == "int4" and dequantize_available())):
+            self.prompt_candidates.append("dequantized")
+        #: the kernel of prompt blocks of at least :attr:`prompt_min_rows` tokens (below: the pass's own)
+        self.prompt_kernel = "torch"
+        self.prompt_min_rows = 2
         if self._kernels is not None:
             if kernels == "auto":
                 self.candidates = ["torch", "onednn"] + (["packed"] if should_pack("auto", model) else [])
@@ -96,7 +105,13 @@ class ModelRunner:
     @property
     def needs_kernel_choice(self) -> bool:
         """``auto`` with more than one candidate: the plan is measured before the first call."""
-        return self.requested_kernels == "auto" and len(self.candidates) > 1
+        return self.requested_kernels == "auto" and (len(self.candidates) > 1 or len(self.prompt_candidates) > 1)
+
+    def set_prompt_kernel(self, kernel: str, min_rows: int = 2) -> None:
+        """Run prompt blocks of at least ``min_rows`` tokens with ``kernel`` (see :attr:`prompt_candidates`)."""
+        if kernel not in self.prompt_candidates:
+            raise ValueError(f"prompt-block kernel {kernel!r} is not one of {self.prompt_candidates}")
+        self.prompt_kernel, self.prompt_min_rows = kernel, max(2, int(min_rows))
 
     def set_plan(self, plan: KernelPlan) -> None:
         """Use ``plan`` for this runner's passes (holding the model's packed weights while it needs them)."""
@@ -121,9 +136,15 @@ class ModelRunner:
 
     @property
     def kernels(self) -> str:
-        """The dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed``, or ``<step>+<verify>``."""
+        """The dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed``, or ``<step>+<verify>``.
+
+        With ``, prompt blocks dequantized from N rows`` when prompt blocks use their own kernel.
+        """
         step, verify = self.plan
-        return step if step == verify else f"{step}+{verify}"
+        name = step if step == verify else f"{step}+{verify}"
+        if self.prompt_kernel != "torch":
+            name += f", prompt blocks {self.prompt_kernel} from {self.prompt_min_rows} rows"
+        return name
 
     def kernel_for(self, rows: int) -> str:
         return self.plan.step if rows == 1 else self.plan.verify
@@ -144,6 +165,16 @@ class ModelRunner:
             yield
         finally:
             self.plan = saved
+
+    @contextlib.contextmanager
+    def trying_prompt(self, kernel: str) -> Iterator[None]:
+        """Run this block's prompt blocks (from two rows) with ``kernel`` (measurement)."""
+        saved = self.prompt_kernel, self.prompt_min_rows
+        self.set_prompt_kernel(kernel)
+        try:
+            yield
+        finally:
+            self.prompt_kernel, self.prompt_min_rows = saved
 
     def hold_packed(self) -> bool:
         """Take a reference to the packed weights (for measuring them); pair with :meth:`release_packed`."""
@@ -208,7 +239,18 @@ class ModelRunner:
         # one-token steps and verification trees attend row by row when exactness needs it; prompt
         # blocks and the search's re-fed windows are computed the same way in every mode anyway
         by_rows = self.row_invariant and past_visible is None and (ancestors is not None or input_ids.numel() == 1)
-        with self._linears(input_ids.numel()), row_attention.rows() if by_rows else contextlib.nullcontext():
+        # a prompt block: no tree, no hidden cache entries, enough rows for the prompt kernel to pay
+        prompt = (
+            self.prompt_kernel == "dequantized"
+            and ancestors is None
+            and past_visible is None
+            and input_ids.numel() >= self.prompt_min_rows
+        )
+        with (
+            self._linears(input_ids.numel()),
+            row_attention.rows() if by_rows else contextlib.nullcontext(),
+            dequantized() if prompt else contextlib.nullcontext(),
+        ):
             out = self.decoder(
                 input_ids=input_ids[None],
                 position_ids=positions[None],

@@ -49,7 +49,7 @@ def test_the_choice_is_saved_and_reused_until_the_machine_changes(model, tmp_pat
     path = kc.kernel_file(tmp_path, first.fingerprint, first.runner)
     assert json.loads(path.read_text())["step"] == chosen.step
 
-    def no_measuring(runner):
+    def no_measuring(runner, *args, **kwargs):
         raise AssertionError("measured again although this machine's choice is saved")
 
     monkeypatch.setattr(kc, "measure_kernels", no_measuring)
