@@ -57,6 +57,9 @@ class SearchConfig(BaseModel):
     #: Search time allowed per call, as a fraction of the call's decoding time (bounds the cold-state
     #: cost); shrinks as the search stagnates (see ``SearchSession.affordable`` in search.py).
     max_overhead: float = Field(default=0.5, gt=0.0)
+    #: The whole ``max_overhead`` while the search could still gain this much speed-up over the
+    #: better of plain decoding and its best set; less in proportion below (see ``affordable``).
+    full_budget_gain: float = Field(default=0.25, gt=0.0)
     #: After this many iterations, stop when even an optimistic score (+0.1 over the best seen at
     #: each skip ratio) could not beat plain decoding on this hardware.
     hopeless_after: int = Field(default=24, ge=1)

@@ -30,3 +30,37 @@ def test_a_search_stalled_below_break_even_stops():
     assert 0.9 < state.best_speedup < 1.0
     search.update(state, cand(5), 0.60)
     assert state.converged  # 5 iterations without progress below break-even: plain, re-probed later
+
+
+def _costs(verify_s: dict[str, float], draft_half_s: float) -> CostModel:
+    return CostModel.from_dict(
+        {"verify_s": verify_s, "draft_s_at": {"0.0": 0.05, "0.5": draft_half_s}, "head_s": 0.005}
+    )
+
+
+def test_the_search_budget_follows_what_the_search_could_still_gain():
+    """The whole budget where drafts could pay well; a tenth of it where even a near-perfect set barely
+    beats plain decoding (verification that costs much more than a step: weight-only kernels)."""
+    import time
+
+    from swift_engine.config import SearchConfig
+    from swift_engine.search import PLAIN, Candidate, LayerSetSearch, SearchSession, SearchState
+
+    cheap = _costs({"1": 0.05, "2": 0.051, "4": 0.052, "8": 0.055, "16": 0.06, "32": 0.07}, 0.02)
+    dear = _costs({"1": 0.05, "2": 0.07, "4": 0.08, "8": 0.1, "16": 0.15, "32": 0.25}, 0.03)
+    config = SearchConfig()
+    start = Candidate(frozenset({1}), frozenset())
+    for costs, lo, hi, affordable in ((cheap, 1.4, 1.6, True), (dear, 1.0, 1.05, False)):
+        search = LayerSetSearch(30, config, costs, max_draft=8)
+        state = SearchState(best=start)
+        assert lo < search.prospect(state) < hi
+        session = SearchSession(PLAIN, state=state, search=search, costs=costs, config=config)
+        session.last_iteration_s = 0.1  # next iteration: 0.1 s after 1 s of decoding
+        assert session.affordable(time.perf_counter() - 1.0) is affordable
+        session.last_iteration_s = 0.04  # a tenth of the budget still buys an iteration
+        assert session.affordable(time.perf_counter() - 1.0)
+    # scored sets move the prospect: at 0.2 match no set of any ratio tried could pay
+    search = LayerSetSearch(30, config, cheap, max_draft=8)
+    state = SearchState(best=start)
+    search.update(state, start, 0.2)
+    assert search.prospect(state) < 1.0
