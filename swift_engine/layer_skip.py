@@ -116,6 +116,10 @@ class LayerSkipper:
 
         module.forward = forward  # instance attribute shadows the class method
 
+    def active(self) -> tuple[frozenset[int], frozenset[int]]:
+        """The (attention, MLP) layers skipped in the calling context (empty outside :meth:`skipping`)."""
+        return self._active.get()
+
     @contextlib.contextmanager
     def skipping(self, attention: frozenset[int] | set[int], mlp: frozenset[int] | set[int]) -> Iterator[None]:
         """Run the model with these sublayers skipped, in this thread / task only.

@@ -21,6 +21,7 @@ from . import row_attention
 from .attach import attached
 from .batch_invariance import largest_invariant_rows
 from .cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
+from .fast_forward import FastDecoder
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper, UnsupportedArchitectureError
 from .masks import MaskBuilder
@@ -56,6 +57,9 @@ class ModelRunner:
         if lm_head is None:
             raise UnsupportedArchitectureError(f"{type(model).__name__} has no output embeddings (LM head)")
         self.lm_head: nn.Linear = lm_head
+        #: the decoder stack without the module plumbing, bitwise the same (None: the modules run;
+        #: other architectures, or hooked modules; see fast_forward.py)
+        self.fast: FastDecoder | None = FastDecoder.for_model(model, self.decoder, self.skipper)
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.softcap = getattr(self.config, "final_logit_softcapping", None)
@@ -251,6 +255,8 @@ class ModelRunner:
             row_attention.rows() if by_rows else contextlib.nullcontext(),
             dequantized() if prompt else contextlib.nullcontext(),
         ):
+            if self.fast is not None:
+                return self.fast(input_ids, positions, mask, cache)
             out = self.decoder(
                 input_ids=input_ids[None],
                 position_ids=positions[None],
