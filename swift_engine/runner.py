@@ -255,7 +255,7 @@ class ModelRunner:
             row_attention.rows() if by_rows else contextlib.nullcontext(),
             dequantized() if prompt else contextlib.nullcontext(),
         ):
-            if self.fast is not None:
+            if self.fast is not None and self.fast.usable():
                 return self.fast(input_ids, positions, mask, cache)
             out = self.decoder(
                 input_ids=input_ids[None],

@@ -62,6 +62,17 @@ def test_other_architectures_and_hooked_models_keep_their_modules() -> None:
     for arch in sorted(set(TINY_ARCHS) - {"llama", "mistral", "qwen2"}):
         assert ModelRunner(tiny_model(arch), "torch").fast is None, arch
     model = tiny_model("llama")
-    model.model.layers[2].mlp.register_forward_hook(lambda module, args, out: out * 2)
+    handle = model.model.layers[2].mlp.register_forward_hook(lambda module, args, out: out * 2)
     assert FastDecoder.for_model(model, model.model, ModelRunner(tiny_model("llama"), "torch").skipper) is None
     assert ModelRunner(model, "torch").fast is None  # the hook runs, as the user asked
+    handle.remove()
+    # a hook added after the runner was made: its passes run through the modules while it is there
+    runner = ModelRunner(model, "torch")
+    assert runner.fast is not None and runner.fast.usable()
+    plain = runner.hidden(runner.new_cache(), PROMPT[:8], torch.arange(8))
+    seen: list[int] = []
+    handle = model.model.layers[2].mlp.register_forward_hook(lambda module, args, out: seen.append(1))
+    assert not runner.fast.usable()
+    assert torch.equal(runner.hidden(runner.new_cache(), PROMPT[:8], torch.arange(8)), plain) and seen == [1]
+    handle.remove()
+    assert runner.fast.usable()
