@@ -65,9 +65,9 @@ def weight_only_precision(dtype: object) -> str | None:
 class _Workspace:
     """Scratch memory for one pass's dequantized weights, reused layer after layer.
 
-    Fresh allocations of a layer's size are served by new pages, and faulting them in cost more
-    than the dequantization itself (Qwen2.5-0.5B: a prompt block took 818 ms with a new copy per
-    layer against about 1034 for the int4 kernel; see README "Precision").
+    Fresh allocations of a layer's size are served by new pages, and faulting them in costs about
+    as much as the dequantization itself (Qwen2.5-0.5B, a 128-token block timed with a head over
+    every row: 818 ms with a new copy per layer, 747 with this scratch, 1034 on the int4 kernel).
     """
 
     def __init__(self) -> None:
@@ -90,11 +90,12 @@ _DEQUANTIZED: contextvars.ContextVar[_Workspace | None] = contextvars.ContextVar
 def dequantized() -> Iterator[None]:
     """Inside this block, weight-only linears multiply by their weights dequantized to bfloat16.
 
-    Why: the weight-only kernels' cost grows with the rows (a 128-row prompt block costs about
-    25 one-token steps at int4), while a bfloat16 product of many rows runs on PyTorch's dense
-    (oneDNN; AMX where present) path at a fraction of that. Dequantizing a layer reads its codes
-    once (about 0.5 ns a weight on 2 cores) into scratch memory reused layer after layer, so no
-    second set of weights is kept. Whether it pays is measured per machine (``kernel_choice.py``).
+    Why: the weight-only kernels' cost grows with the rows (a 128-row prompt block costs 9-13
+    one-token steps at int4: SmolLM2 195 against 21 ms, Qwen2.5-0.5B 570 against 43), while a
+    bfloat16 product of many rows runs on PyTorch's dense (oneDNN; AMX where present) path at a
+    fraction of that. Dequantizing a layer reads its codes once (about 0.5 ns a weight on 2 cores)
+    into scratch memory reused layer after layer, so no second set of weights is kept. Whether it
+    pays is measured per machine (``kernel_choice.py``).
 
     Only prompt blocks use it: decoding passes must keep the kernel's own bits, so that a token's
     verification row equals its one-token step (``row_attention.py``). Prompt blocks are computed
@@ -259,7 +260,7 @@ _PACK_BLOCK = 64
 def _int4_codes_transposed(packed: torch.Tensor, n: int, k: int, codes: torch.Tensor) -> torch.Tensor:
     """Write into ``codes`` (``[k, n]``) the codes (0..15) of an ``[n, k]`` weight in PyTorch's CPU int4 packing.
 
-    The packing (PyTorch 2.6-2.13): output rows in blocks of 64, each block ``[k, 32]`` bytes whose
+    The packing (as of PyTorch 2.13): output rows in blocks of 64, each block ``[k, 32]`` bytes whose
     low nibbles are the block's rows 0-31 and high nibbles rows 32-63; the last ``n % 64`` rows are
     ``[k, rows / 2]`` bytes, row pairs in (low, high) nibbles. It is an implementation detail, so
     :func:`dequantize_available` checks it on this build before anything relies on it.
