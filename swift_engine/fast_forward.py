@@ -7,8 +7,9 @@ int4 step: 23 ms through the modules, 20 ms through this loop). For architecture
 exactly ``h += attn(norm(h)); h += mlp(norm(h))`` with rotary embeddings (llama, mistral, qwen2),
 this walks the *same* submodules and computes the same operations in the same order, calling each
 leaf module's own ``forward`` (linears with whichever kernel is active, norms, the MLP with its
-layer-skip wrapper), so every output is bitwise what the modules give: ``tests/test_fast_forward.py``
-checks prompt blocks, one-token steps and trees, with skipped sublayers, at every precision.
+layer-skip wrapper) and the modeling file's own rotary and eager attention functions, so every
+output is bitwise what the modules give: ``tests/test_fast_forward.py`` checks prompt blocks,
+one-token steps and trees, with skipped sublayers, at every precision.
 
 Anything else keeps the modules: other architectures, and passes while hooks are registered on the
 decoder's modules (offloading, adapters, user hooks, global module hooks), which this loop would bypass;
@@ -60,8 +61,10 @@ class FastDecoder:
                 self._extra.append({"sliding_window": getattr(self.config, "sliding_window", None)})
             else:
                 self._extra.append({})
-        # the model's own eager attention, which the modules fall back to as well
-        self._eager = sys.modules[type(self.layers[0].self_attn).__module__].eager_attention_forward
+        # the model's own functions, which its modules call: eager attention (their fallback) and rotary
+        modeling = sys.modules[type(self.layers[0].self_attn).__module__]
+        self._eager = modeling.eager_attention_forward
+        self._rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = modeling.apply_rotary_pos_emb
         types = getattr(self.config, "layer_types", None)
         self._layer_types: list[str] = list(types) if types else ["full_attention"] * len(self.layers)
 
@@ -91,7 +94,7 @@ class FastDecoder:
         dec: Any = self.decoder
         hidden = dec.embed_tokens.forward(input_ids[None])
         cos, sin = dec.rotary_emb.forward(hidden, positions[None])
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        rotary = self._rotary
         skipped_attention = self.skipper.active()[0]
         attention: Callable[..., tuple[torch.Tensor, Any]] = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, self._eager
@@ -109,7 +112,7 @@ class FastDecoder:
                 query = attn.q_proj.forward(x).view(shape).transpose(1, 2)
                 key = attn.k_proj.forward(x).view(shape).transpose(1, 2)
                 value = attn.v_proj.forward(x).view(shape).transpose(1, 2)
-                query, key = _rotary(query, key, cos, sin)
+                query, key = rotary(query, key, cos, sin)
                 key, value = cache.update(key, value, i)
                 heads, _ = attention(
                     attn,
@@ -127,15 +130,3 @@ class FastDecoder:
             # the MLP through its own forward: the layer-skip wrapper decides whether it runs
             hidden = residual + layer.mlp.forward(layer.post_attention_layernorm.forward(hidden))
         return cast(torch.Tensor, dec.norm.forward(hidden))[0]
-
-
-def _rotary(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``transformers``' ``apply_rotary_pos_emb`` for these models, operation for operation."""
-    return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
