@@ -9,7 +9,8 @@ this walks the *same* submodules and computes the same operations in the same or
 leaf module's own ``forward`` (linears with whichever kernel is active, norms, the MLP with its
 layer-skip wrapper) and the modeling file's own rotary and eager attention functions, so every
 output is bitwise what the modules give: ``tests/test_fast_forward.py`` checks prompt blocks,
-one-token steps and trees, with skipped sublayers, at every precision.
+one-token steps and trees, with skipped sublayers, at every precision. With weight-only int8/int4
+weights, q/k/v are one kernel call (:class:`~swift_engine.quantize.FusedProduct`, bitwise the three).
 
 Anything else keeps the modules: other architectures, and passes while hooks are registered on the
 decoder's modules (offloading, adapters, user hooks, global module hooks), which this loop would bypass;
@@ -27,6 +28,7 @@ from torch import nn
 
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper
+from .quantize import QKV, FusedProduct
 
 #: model types whose decoder (model, layer, attention) matches the loop below in ``transformers`` 5.x
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
@@ -65,6 +67,11 @@ class FastDecoder:
         modeling = sys.modules[type(self.layers[0].self_attn).__module__]
         self._eager = modeling.eager_attention_forward
         self._rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = modeling.apply_rotary_pos_emb
+        # q/k/v as one kernel call where the weights are weight-only and stacked (quantize.FusedProduct:
+        # bitwise the separate calls); None: the modules' own products
+        self._qkv = [FusedProduct.of([getattr(layer.self_attn, n, None) for n in QKV]) for layer in self.layers]
+        #: how many layers compute q/k/v in one call
+        self.fused = sum(p is not None for p in self._qkv)
         types = getattr(self.config, "layer_types", None)
         self._layer_types: list[str] = list(types) if types else ["full_attention"] * len(self.layers)
 
@@ -109,9 +116,12 @@ class FastDecoder:
                 out = torch.zeros_like(x)
             else:
                 shape = (1, q_rows, -1, attn.head_dim)
-                query = attn.q_proj.forward(x).view(shape).transpose(1, 2)
-                key = attn.k_proj.forward(x).view(shape).transpose(1, 2)
-                value = attn.v_proj.forward(x).view(shape).transpose(1, 2)
+                qkv = self._qkv[i]
+                if qkv is not None:
+                    q, k, v = qkv(x).split(qkv.sizes, dim=-1)
+                else:
+                    q, k, v = attn.q_proj.forward(x), attn.k_proj.forward(x), attn.v_proj.forward(x)
+                query, key, value = (t.view(shape).transpose(1, 2) for t in (q, k, v))
                 query, key = rotary(query, key, cos, sin)
                 key, value = cache.update(key, value, i)
                 heads, _ = attention(

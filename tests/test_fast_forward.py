@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from swift_engine.fast_forward import FastDecoder
-from swift_engine.quantize import int4_available, quantize
+from swift_engine.quantize import QKV, Int4Linear, Int8Linear, int4_available, quantize
 from swift_engine.runner import ModelRunner
 from swift_engine.tree import TokenTree
 
-from .conftest import TINY_ARCHS, tiny_model
+from .conftest import TINY_ARCHS, tiny_config, tiny_model
 
 PRECISIONS = ["float32", "bfloat16", "int8"] + (["int4"] if int4_available() else [])
 PROMPT = torch.tensor([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3, 2, 7, 9, 5, 0, 2])
 
 
-def _runner(arch: str, precision: str) -> ModelRunner:
-    model = tiny_model(arch, seed=4)
+def _runner(arch: str, precision: str, wide: bool = False) -> ModelRunner:
+    if wide:  # q/k/v of 128/64/64 rows: whole blocks of int4's packing, so they are stacked at int4 too
+        torch.manual_seed(4)
+        cfg = tiny_config(arch)
+        cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 128, 2, 1, 64
+        cfg._attn_implementation = "sdpa"
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+    else:
+        model = tiny_model(arch, seed=4)
     if precision != "float32":
         model = model.to(torch.bfloat16)
     if precision in ("int8", "int4"):
@@ -46,11 +54,16 @@ def _passes(runner: ModelRunner) -> list[torch.Tensor]:
     return out
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["", "wide"])
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-def test_every_pass_is_bitwise_the_modules(arch: str, precision: str) -> None:
-    runner = _runner(arch, precision)
+def test_every_pass_is_bitwise_the_modules(arch: str, precision: str, wide: bool) -> None:
+    runner = _runner(arch, precision, wide)
     assert runner.fast is not None
+    # weight-only q/k/v run as one product (int4 stacks them only in whole 64-row blocks: the
+    # narrow models' 32-row k/v keep their own products); dense layers never
+    stacked = {"float32": 0, "bfloat16": 0, "int8": 6, "int4": 6 if wide else 0}[precision]
+    assert runner.fast.fused == stacked
     fast = _passes(runner)
     runner.fast = None
     modules = _passes(runner)
@@ -76,3 +89,19 @@ def test_other_architectures_and_hooked_models_keep_their_modules() -> None:
     assert torch.equal(runner.hidden(runner.new_cache(), PROMPT[:8], torch.arange(8)), plain) and seen == [1]
     handle.remove()
     assert runner.fast.usable()
+
+
+@pytest.mark.parametrize("precision", ["int8"] + (["int4"] if int4_available() else []))
+def test_quantize_stores_q_k_v_side_by_side_with_their_own_values(precision: str) -> None:
+    runner = _runner("qwen2", "float32", wide=True)  # q/k/v with biases
+    attn = runner.decoder.layers[1].self_attn
+    dense = [getattr(attn, n) for n in QKV]
+    kind = Int8Linear if precision == "int8" else Int4Linear
+    alone = [kind(m.to(torch.bfloat16)) for m in dense]  # each quantized on its own
+    quantize(runner.decoder.to(torch.bfloat16), precision)
+    stacked = [getattr(attn, n) for n in QKV]
+    for attr in ("qweight", "bias") + (("scales",) if precision == "int8" else ()):
+        tensors = [getattr(m, attr) for m in stacked]
+        assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1, attr  # one buffer
+        for mine, own in zip(tensors, (getattr(m, attr) for m in alone), strict=True):
+            assert mine.is_contiguous() and torch.equal(mine, own), attr
