@@ -15,32 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
+from pathlib import Path
 
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import tool
 
 from swift_integrations import SwiftChatModel
 
-
-@tool
-def get_weather(city: str) -> str:
-    """Get the current weather in a city."""
-    return f"It is 18 degrees and sunny in {city}."
-
-
-@tool
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers."""
-    return a * b
-
-
-@tool
-def word_count(text: str) -> int:
-    """Count the words in a text."""
-    return len(text.split())
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tools, from a checkout
+from tests.agent_tools import get_weather, multiply, word_count  # noqa: E402
 
 #: (question, expected tool, expected arguments, a fact the final answer must contain)
 TASKS = [

@@ -11,12 +11,13 @@ they are, and string annotations would give it string-typed parameters.
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import tool
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from swift_engine import SearchConfig, SwiftConfig
 from swift_engine.model_catalog import ModelNotInstalledError, resolve
 from swift_integrations import SwiftChatModel
+
+from .agent_tools import get_weather, multiply
 
 AGENT_MODEL = "qwen2.5-coder-0.5b"
 CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))
@@ -32,18 +33,6 @@ def _agent_model_installed() -> bool:
 needs_agent_model = pytest.mark.skipif(
     not _agent_model_installed(), reason=f"agent model not installed: swift-accel pull {AGENT_MODEL}"
 )
-
-
-@tool
-def get_weather(city: str) -> str:
-    """Get the current weather in a city."""
-    return f"It is 18 degrees and sunny in {city}."
-
-
-@tool
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers."""
-    return a * b
 
 
 # ---------------------------------------------------------------------------------- profiles
