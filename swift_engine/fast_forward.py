@@ -6,11 +6,12 @@ preparation, keyword plumbing, a dozen ``nn.Module.__call__`` per layer) was abo
 int4 step: 23 ms through the modules, 20 ms through this loop). For architectures whose layers are
 exactly ``h += attn(norm(h)); h += mlp(norm(h))`` with rotary embeddings (llama, mistral, qwen2),
 this walks the *same* submodules and computes the same operations in the same order, calling each
-leaf module's own ``forward`` (linears with whichever kernel is active, norms, the MLP with its
+leaf module's own ``forward`` (linears with whichever kernel is active, norms, a skipped MLP's
 layer-skip wrapper) and the modeling file's own rotary and eager attention functions, so every
 output is bitwise what the modules give: ``tests/test_fast_forward.py`` checks prompt blocks,
 one-token steps and trees, with skipped sublayers, at every precision. With weight-only int8/int4
-weights, q/k/v are one kernel call (:class:`~swift_engine.quantize.FusedProduct`, bitwise the three).
+weights, q/k/v are one kernel call (:class:`~swift_engine.quantize.FusedProduct`, bitwise the three)
+and the MLP's products are the kernels called directly (:func:`~swift_engine.quantize.direct_product`).
 
 Anything else keeps the modules: other architectures, and passes while hooks are registered on the
 decoder's modules (offloading, adapters, user hooks, global module hooks), which this loop would bypass;
@@ -28,10 +29,13 @@ from torch import nn
 
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper
-from .quantize import QKV, FusedProduct
+from .quantize import QKV, FusedProduct, dequantizing, direct_product
 
 #: model types whose decoder (model, layer, attention) matches the loop below in ``transformers`` 5.x
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+
+#: the gated MLP's linears, in the order the loop calls them: ``down(act(gate(x)) * up(x))``
+_MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def _hooked(modules: list[nn.Module]) -> bool:
@@ -72,6 +76,12 @@ class FastDecoder:
         self._qkv = [FusedProduct.of([getattr(layer.self_attn, n, None) for n in QKV]) for layer in self.layers]
         #: how many layers compute q/k/v in one call
         self.fused = sum(p is not None for p in self._qkv)
+        # the MLP's weight-only products called directly (quantize.direct_product), where all three have one
+        self._mlp: list[tuple[Callable[[torch.Tensor], torch.Tensor], ...] | None] = []
+        for layer in self.layers:
+            products = [direct_product(getattr(layer.mlp, n, nn.Identity())) for n in _MLP]
+            gated = hasattr(layer.mlp, "act_fn")
+            self._mlp.append(tuple(p for p in products if p is not None) if gated and all(products) else None)
         types = getattr(self.config, "layer_types", None)
         self._layer_types: list[str] = list(types) if types else ["full_attention"] * len(self.layers)
 
@@ -99,10 +109,12 @@ class FastDecoder:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         dec: Any = self.decoder
-        hidden = dec.embed_tokens.forward(input_ids[None])
+        # hidden states as [q, H] (the modules keep [1, q, H]: the same numbers, fewer reshapes)
+        hidden = dec.embed_tokens.forward(input_ids)
         cos, sin = dec.rotary_emb.forward(hidden, positions[None])
         rotary = self._rotary
-        skipped_attention = self.skipper.active()[0]
+        skipped_attention, skipped_mlp = self.skipper.active()
+        direct = not dequantizing()  # prompt blocks on dequantized weights go through the modules' forward
         attention: Callable[..., tuple[torch.Tensor, Any]] = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, self._eager
         )
@@ -134,9 +146,13 @@ class FastDecoder:
                     scaling=attn.scaling,
                     **self._extra[i],
                 )
-                out = attn.o_proj.forward(heads.reshape(1, q_rows, -1).contiguous())
+                out = attn.o_proj.forward(heads.reshape(q_rows, -1).contiguous())
             hidden = residual + out
-            residual = hidden
-            # the MLP through its own forward: the layer-skip wrapper decides whether it runs
-            hidden = residual + layer.mlp.forward(layer.post_attention_layernorm.forward(hidden))
-        return cast(torch.Tensor, dec.norm.forward(hidden))[0]
+            x = layer.post_attention_layernorm.forward(hidden)
+            mlp = self._mlp[i]
+            if mlp is not None and direct and i not in skipped_mlp:  # LlamaMLP.forward's arithmetic
+                gate, up, down = mlp
+                hidden = hidden + down(layer.mlp.act_fn(gate(x)) * up(x))
+            else:  # through its own forward: the layer-skip wrapper returns a skipped sublayer's zeros
+                hidden = hidden + layer.mlp.forward(x)
+        return cast(torch.Tensor, dec.norm.forward(hidden))

@@ -50,12 +50,13 @@ def _tree() -> TokenTree:
     return tree
 
 
+@pytest.mark.parametrize("prompt_length", [30, 62])  # 62: the tree's rows straddle a 64-key padding boundary
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
-def test_a_tree_row_is_bitwise_its_one_token_steps(arch: str, precision: str) -> None:
+def test_a_tree_row_is_bitwise_its_one_token_steps(arch: str, precision: str, prompt_length: int) -> None:
     runner = ModelRunner(_model(arch, precision), "torch")
     assert runner.row_invariant  # below float32 it is on by default
-    prompt = torch.tensor(PROMPTS[1])
+    prompt = torch.tensor((PROMPTS[1] * 3)[:prompt_length])
     positions = torch.arange(len(prompt))
     tree = _tree()
     base = runner.new_cache()
