@@ -76,6 +76,7 @@ class FastDecoder:
         self._qkv = [FusedProduct.of([getattr(layer.self_attn, n, None) for n in QKV]) for layer in self.layers]
         #: how many layers compute q/k/v in one call
         self.fused = sum(p is not None for p in self._qkv)
+        self._o_proj = [direct_product(layer.self_attn.o_proj) for layer in self.layers]
         # the MLP's weight-only products called directly (quantize.direct_product), where all three have one
         self._mlp: list[tuple[Callable[[torch.Tensor], torch.Tensor], ...] | None] = []
         for layer in self.layers:
@@ -146,7 +147,9 @@ class FastDecoder:
                     scaling=attn.scaling,
                     **self._extra[i],
                 )
-                out = attn.o_proj.forward(heads.reshape(q_rows, -1).contiguous())
+                heads = heads.reshape(q_rows, -1).contiguous()
+                o_proj = self._o_proj[i]
+                out = o_proj(heads) if o_proj is not None and direct else attn.o_proj.forward(heads)
             hidden = residual + out
             x = layer.post_attention_layernorm.forward(hidden)
             mlp = self._mlp[i]

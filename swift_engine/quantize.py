@@ -499,18 +499,16 @@ class FusedProduct:
         return cls(same, weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The linears' outputs concatenated on the last dim."""
+        """The linears' outputs for a 2-D contiguous ``x``, concatenated on the last dim."""
         if _DEQUANTIZED.get() is not None:
             return torch.cat([m.forward(x) for m in self.linears], dim=-1)
-        weight, scales = self._weight, self._scales
+        if x.dtype != self._scales.dtype:
+            x = x.to(self._scales.dtype)
         if isinstance(self.linears[0], Int8Linear):
-            return int8_linear(x, weight, scales, self._bias)
-        return _weight_only(
-            x,
-            scales.dtype,
-            self._bias,
-            lambda x2: torch.ops.aten._weight_int4pack_mm_for_cpu(x2, weight, INT4_GROUP, scales),
-        )
+            y = torch.ops.aten._weight_int8pack_mm(x, self._weight, self._scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self._weight, INT4_GROUP, self._scales)
+        return y if self._bias is None else y + self._bias
 
 
 def quantized_precision(model: nn.Module) -> str | None:

@@ -161,9 +161,13 @@ def attention(
     if q == 1 and layout[0].columns is None:
         # a one-token step: the row's keys are the buffers' tail as they are (the general loop
         # below makes the same call; this skips its bookkeeping, about 7% of a SmolLM2 int4 step)
-        qi = query[0, :, 0].reshape(kv_heads, group, dim)
         start = layout[0].start
-        step = _one_row(qi, key[0, :, start:], value[0, :, start:], scale, softcap)
+        if softcap is None:  # _one_row's call on the same tensors, without its indexing
+            qs = query.reshape(1, kv_heads, group, dim)
+            step = nn.functional.scaled_dot_product_attention(qs, key[:, :, start:], value[:, :, start:], scale=scale)
+        else:
+            qi = query[0, :, 0].reshape(kv_heads, group, dim)
+            step = _one_row(qi, key[0, :, start:], value[0, :, start:], scale, softcap)
         return step.reshape(1, 1, heads, dv), None
     out = query.new_empty(q, heads, dv)
     k, v = key[0], value[0]  # views of the cache buffers: [kv_heads, past + q, d]
