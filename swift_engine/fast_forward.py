@@ -71,6 +71,7 @@ class FastDecoder:
         modeling = sys.modules[type(self.layers[0].self_attn).__module__]
         self._eager = modeling.eager_attention_forward
         self._rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = modeling.apply_rotary_pos_emb
+        self._rotate_half: Callable[[torch.Tensor], torch.Tensor] = modeling.rotate_half
         # q/k/v as one kernel call where the weights are weight-only and stacked (quantize.FusedProduct:
         # bitwise the separate calls); None: the modules' own products
         self._qkv = [FusedProduct.of([getattr(layer.self_attn, n, None) for n in QKV]) for layer in self.layers]
@@ -113,7 +114,8 @@ class FastDecoder:
         # hidden states as [q, H] (the modules keep [1, q, H]: the same numbers, fewer reshapes)
         hidden = dec.embed_tokens.forward(input_ids)
         cos, sin = dec.rotary_emb.forward(hidden, positions[None])
-        rotary = self._rotary
+        rotary, rotate_half = self._rotary, self._rotate_half
+        cos_heads, sin_heads = cos.unsqueeze(1), sin.unsqueeze(1)  # as apply_rotary_pos_emb unsqueezes them
         skipped_attention, skipped_mlp = self.skipper.active()
         direct = not dequantizing()  # prompt blocks on dequantized weights go through the modules' forward
         attention: Callable[..., tuple[torch.Tensor, Any]] = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -131,11 +133,15 @@ class FastDecoder:
                 shape = (1, q_rows, -1, attn.head_dim)
                 qkv = self._qkv[i]
                 if qkv is not None:
-                    q, k, v = qkv(x).split(qkv.sizes, dim=-1)
+                    # q and k rotated together: apply_rotary_pos_emb's elementwise formula on both at once
+                    q_heads, kv_heads = (n // attn.head_dim for n in qkv.sizes[:2])
+                    qk, value = qkv(x).view(shape).transpose(1, 2).split([q_heads + kv_heads, kv_heads], dim=1)
+                    qk = (qk * cos_heads) + (rotate_half(qk) * sin_heads)
+                    query, key = qk.split([q_heads, kv_heads], dim=1)
                 else:
                     q, k, v = attn.q_proj.forward(x), attn.k_proj.forward(x), attn.v_proj.forward(x)
-                query, key, value = (t.view(shape).transpose(1, 2) for t in (q, k, v))
-                query, key = rotary(query, key, cos, sin)
+                    query, key, value = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+                    query, key = rotary(query, key, cos, sin)
                 key, value = cache.update(key, value, i)
                 heads, _ = attention(
                     attn,
