@@ -27,9 +27,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from . import row_attention
 from .kv_cache import SwiftKVCache
 from .layer_skip import LayerSkipper
 from .quantize import QKV, FusedProduct, dequantizing, direct_product
+from .scripted_step import ScriptedStep
 
 #: model types whose decoder (model, layer, attention) matches the loop below in ``transformers`` 5.x
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
@@ -84,6 +86,8 @@ class FastDecoder:
             products = [direct_product(getattr(layer.mlp, n, nn.Identity())) for n in _MLP]
             gated = hasattr(layer.mlp, "act_fn")
             self._mlp.append(tuple(p for p in products if p is not None) if gated and all(products) else None)
+        #: plain one-token steps as one TorchScript call where the model allows (scripted_step.py)
+        self.scripted = ScriptedStep.for_decoder(self.config, self.layers, self._qkv)
         types = getattr(self.config, "layer_types", None)
         self._layer_types: list[str] = list(types) if types else ["full_attention"] * len(self.layers)
 
@@ -118,10 +122,21 @@ class FastDecoder:
         cos_heads, sin_heads = cos.unsqueeze(1), sin.unsqueeze(1)  # as apply_rotary_pos_emb unsqueezes them
         skipped_attention, skipped_mlp = self.skipper.active()
         direct = not dequantizing()  # prompt blocks on dequantized weights go through the modules' forward
+        q_rows = input_ids.numel()
+        scripted = self.scripted
+        if (
+            scripted is not None
+            and q_rows == 1
+            and not skipped_attention
+            and not skipped_mlp
+            and row_attention.active()  # the one-row attention the script computes
+        ):
+            out = scripted(hidden, cos, sin, cache)
+            if out is not None:
+                return cast(torch.Tensor, dec.norm.forward(out))
         attention: Callable[..., tuple[torch.Tensor, Any]] = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, self._eager
         )
-        q_rows = input_ids.numel()
         for i, layer in enumerate(self.layers):
             layer_mask = mask[self._layer_types[i]] if isinstance(mask, dict) else mask
             residual = hidden

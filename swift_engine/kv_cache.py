@@ -67,6 +67,19 @@ class SwiftKVLayer(CacheLayerMixin):
         assert keys is not None and values is not None
         return keys, values
 
+    def reserve(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The key and value buffers (``[..., capacity, d]``) with room for ``n`` entries after the
+        last, for a caller that writes them itself and then calls :meth:`advance`; None before the
+        first :meth:`update` (no buffers yet)."""
+        if self._k is None or self._v is None:
+            return None
+        self._ensure_capacity(self.length + n)
+        return self._k, self._v
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` entries written after the last one into :meth:`reserve`'s buffers."""
+        self.length += n
+
     @property  # type: ignore[override]
     def keys(self) -> torch.Tensor | None:
         return None if self._k is None else self._k[..., : self.length, :]
@@ -135,6 +148,27 @@ class SwiftKVCache(Cache):
     def _swift_layers(self) -> list[SwiftKVLayer]:
         # every layer comes from the factory above
         return cast("list[SwiftKVLayer]", self.layers)
+
+    def reserve(self, n: int, layers: int) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+        """Room for ``n`` entries after the last in every layer, for a caller that writes them itself
+        (``scripted_step.py``) and then calls :meth:`advance`: the entries each layer holds, and the
+        layers' key and value buffers. None unless all ``layers`` exist and hold the same number."""
+        if len(self.layers) != layers:
+            return None
+        length = self._swift_layers[0].length
+        keys, values = [], []
+        for layer in self._swift_layers:
+            buffers = layer.reserve(n) if layer.length == length else None
+            if buffers is None:
+                return None
+            keys.append(buffers[0])
+            values.append(buffers[1])
+        return length, keys, values
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more entries in every layer (written into :meth:`reserve`'s buffers)."""
+        for layer in self._swift_layers:
+            layer.advance(n)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         if layer_idx >= len(self.layers):

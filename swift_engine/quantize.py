@@ -475,14 +475,15 @@ class FusedProduct:
         self.linears = linears
         #: each linear's out_features: where to split the output
         self.sizes = [m.out_features for m in linears]
-        self._weight = weight
+        #: what the kernel takes: the stacked weights (a view of the modules' own), their scales, the biases
+        self.weight = weight
         biases = [m.bias for m in linears]
-        self._bias = None if biases[0] is None else _spanning(cast(list[torch.Tensor], biases))
-        self._scales: torch.Tensor
+        self.bias = None if biases[0] is None else _spanning(cast(list[torch.Tensor], biases))
+        self.scales: torch.Tensor
         if isinstance(linears[0], Int8Linear):
-            self._scales = cast(torch.Tensor, _spanning([cast(Int8Linear, m).scales for m in linears]))
+            self.scales = cast(torch.Tensor, _spanning([cast(Int8Linear, m).scales for m in linears]))
         else:
-            self._scales = torch.cat([cast(Int4Linear, m).scales_zeros for m in linears], dim=1)
+            self.scales = torch.cat([cast(Int4Linear, m).scales_zeros for m in linears], dim=1)
 
     @classmethod
     def of(cls, linears: list[nn.Module | None]) -> FusedProduct | None:
@@ -502,13 +503,13 @@ class FusedProduct:
         """The linears' outputs for a 2-D contiguous ``x``, concatenated on the last dim."""
         if _DEQUANTIZED.get() is not None:
             return torch.cat([m.forward(x) for m in self.linears], dim=-1)
-        if x.dtype != self._scales.dtype:
-            x = x.to(self._scales.dtype)
+        if x.dtype != self.scales.dtype:
+            x = x.to(self.scales.dtype)
         if isinstance(self.linears[0], Int8Linear):
-            y = torch.ops.aten._weight_int8pack_mm(x, self._weight, self._scales)
+            y = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self._weight, INT4_GROUP, self._scales)
-        return y if self._bias is None else y + self._bias
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales)
+        return y if self.bias is None else y + self.bias
 
 
 def quantized_precision(model: nn.Module) -> str | None:

@@ -126,6 +126,11 @@ def rows() -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def active() -> bool:
+    """Whether the calling context's passes attend row by row (inside :func:`rows`)."""
+    return _ACTIVE.get() is not None
+
+
 def _original(module: nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
     name = getattr(module.config, _ORIGINAL, "sdpa")
     if name == "eager":
