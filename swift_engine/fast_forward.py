@@ -118,10 +118,7 @@ class FastDecoder:
         # hidden states as [q, H] (the modules keep [1, q, H]: the same numbers, fewer reshapes)
         hidden = dec.embed_tokens.forward(input_ids)
         cos, sin = dec.rotary_emb.forward(hidden, positions[None])
-        rotary, rotate_half = self._rotary, self._rotate_half
-        cos_heads, sin_heads = cos.unsqueeze(1), sin.unsqueeze(1)  # as apply_rotary_pos_emb unsqueezes them
         skipped_attention, skipped_mlp = self.skipper.active()
-        direct = not dequantizing()  # prompt blocks on dequantized weights go through the modules' forward
         q_rows = input_ids.numel()
         scripted = self.scripted
         if (
@@ -134,6 +131,9 @@ class FastDecoder:
             out = scripted(hidden, cos, sin, cache)
             if out is not None:
                 return cast(torch.Tensor, dec.norm.forward(out))
+        rotary, rotate_half = self._rotary, self._rotate_half
+        cos_heads, sin_heads = cos.unsqueeze(1), sin.unsqueeze(1)  # as apply_rotary_pos_emb unsqueezes them
+        direct = not dequantizing()  # prompt blocks on dequantized weights go through the modules' forward
         attention: Callable[..., tuple[torch.Tensor, Any]] = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, self._eager
         )

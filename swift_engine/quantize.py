@@ -114,6 +114,15 @@ def dequantizing() -> bool:
     return _DEQUANTIZED.get() is not None
 
 
+def kernel_operands(linear: object) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight, scales) of a bias-free weight-only linear as its kernel takes them; None for other layers."""
+    if type(linear) is Int4Linear and linear.bias is None:
+        return linear.qweight, linear.scales_zeros
+    if type(linear) is Int8Linear and linear.bias is None:
+        return linear.qweight, linear.scales
+    return None
+
+
 def direct_product(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``linear``'s weight-only kernel bound to its weights, or None (other layers, layers with a bias).
 
@@ -121,13 +130,13 @@ def direct_product(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
     inside :func:`dequantized` (it checks :func:`dequantizing`): the same kernel call ``forward``
     makes, without its checks and reshapes (a few microseconds, over a hundred times a step).
     """
-    if type(linear) is Int8Linear and linear.bias is None:
-        weight, scales = linear.qweight, linear.scales
+    operands = kernel_operands(linear)
+    if operands is None:
+        return None
+    weight, scales = operands
+    if type(linear) is Int8Linear:
         return lambda x: torch.ops.aten._weight_int8pack_mm(x, weight, scales)
-    if type(linear) is Int4Linear and linear.bias is None:
-        packed, scales_zeros = linear.qweight, linear.scales_zeros
-        return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, INT4_GROUP, scales_zeros)
-    return None
+    return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, INT4_GROUP, scales)
 
 
 class Int8Linear(nn.Module):

@@ -6,8 +6,8 @@ costs as much as the products. :mod:`swift_engine.fast_forward` already calls th
 that same sequence of ATen calls in a TorchScript function, so the interpreter between the ops is
 C++ and the numbers are the same (``tests/test_scripted_step.py`` checks steps bitwise against the
 Python loop and the modules; ``tests/test_low_precision.py`` checks tree rows against these steps).
-SmolLM2-135M at int4, 2 threads: the decoder's step 9.6 -> 5.8 ms (the head, embedding, final norm
-and the engine's loop stay in Python).
+SmolLM2-135M at int4, 2 threads, 200-300 tokens of context: the decoder's step 9.6-11 -> 5.8-7 ms
+(the head, embedding, final norm and the engine's loop stay in Python).
 
 Where it applies -- everything else keeps :class:`~swift_engine.fast_forward.FastDecoder`'s loop:
 
@@ -34,12 +34,19 @@ from typing import Any
 import torch
 
 from .kv_cache import SwiftKVCache
-from .quantize import INT4_GROUP, FusedProduct, Int4Linear, Int8Linear
+from .quantize import INT4_GROUP, FusedProduct, Int4Linear, kernel_operands
 
 logger = logging.getLogger(__name__)
 
 #: norm classes whose forward is ``weight * (h * rsqrt(mean(h^2) + eps)).to(dtype)`` with ``h`` in float32
 _RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"})
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, int4: bool, group: int) -> torch.Tensor:
+    """The weight-only kernel's product, as ``Int4Linear``/``Int8Linear`` compute it (scripted with ``_layers``)."""
+    if int4:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, group, scales)
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
 
 
 def _layers(
@@ -77,10 +84,7 @@ def _layers(
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i])
         x = norm_weights[2 * i] * h.to(hidden.dtype)
         w = 5 * i
-        if int4:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, weights[w], group, scales[w])
-        else:
-            y = torch.ops.aten._weight_int8pack_mm(x, weights[w], scales[w])
+        y = _product(x, weights[w], scales[w], int4, group)
         if len(qkv_bias) > 0:
             y = y + qkv_bias[i]
         heads = y.view(1, 1, -1, head_dim).transpose(1, 2).split([q_heads + kv_heads, kv_heads], 1)
@@ -94,25 +98,13 @@ def _layers(
             query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
         )
         attended = attended.reshape(1, -1).contiguous()
-        if int4:
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(attended, weights[w + 1], group, scales[w + 1])
-        else:
-            out = torch.ops.aten._weight_int8pack_mm(attended, weights[w + 1], scales[w + 1])
-        hidden = hidden + out
+        hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], int4, group)
         h = hidden.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i + 1])
         x = norm_weights[2 * i + 1] * h.to(hidden.dtype)
-        if int4:
-            gate = torch.ops.aten._weight_int4pack_mm_for_cpu(x, weights[w + 2], group, scales[w + 2])
-            up = torch.ops.aten._weight_int4pack_mm_for_cpu(x, weights[w + 3], group, scales[w + 3])
-            act = torch.nn.functional.silu(gate) * up
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(act, weights[w + 4], group, scales[w + 4])
-        else:
-            gate = torch.ops.aten._weight_int8pack_mm(x, weights[w + 2], scales[w + 2])
-            up = torch.ops.aten._weight_int8pack_mm(x, weights[w + 3], scales[w + 3])
-            act = torch.nn.functional.silu(gate) * up
-            out = torch.ops.aten._weight_int8pack_mm(act, weights[w + 4], scales[w + 4])
-        hidden = hidden + out
+        gate = _product(x, weights[w + 2], scales[w + 2], int4, group)
+        up = _product(x, weights[w + 3], scales[w + 3], int4, group)
+        hidden = hidden + _product(torch.nn.functional.silu(gate) * up, weights[w + 4], scales[w + 4], int4, group)
     return hidden
 
 
@@ -126,15 +118,6 @@ def _scripted() -> Callable[..., torch.Tensor] | None:
     except Exception as exc:  # noqa: BLE001 - any failure means: keep the Python loop
         logger.info("one-token steps stay in Python: TorchScript could not compile them (%s)", exc)
         return None
-
-
-def _products(linear: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(weight, scales) of a bias-free weight-only linear, as its kernel takes them."""
-    if type(linear) is Int4Linear and linear.bias is None:
-        return linear.qweight, linear.scales_zeros
-    if type(linear) is Int8Linear and linear.bias is None:
-        return linear.qweight, linear.scales
-    return None
 
 
 class ScriptedStep:
@@ -185,7 +168,7 @@ class ScriptedStep:
                 return None
             mlp = layer.mlp
             linears = [layer.self_attn.o_proj] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-            products = [_products(m) for m in linears]
+            products = [kernel_operands(m) for m in linears]
             if any(p is None for p in products) or any((type(m) is Int4Linear) != int4 for m in linears):
                 return None
             weights.append(fused.weight)

@@ -62,6 +62,20 @@ def tiny_model(arch: str, seed: int = 0, vocab: int = 96, layers: int = 6, scale
     return model
 
 
+def wide_tiny_model(arch: str, seed: int = 0, **overrides: object):
+    """A tiny model whose q/k/v have 128/64/64 rows (two heads of 64, one key head): whole blocks of
+    PyTorch's int4 packing, so ``quantize`` stacks them at int4 too (the narrow models' k/v have 32)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch)
+    cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 128, 2, 1, 64
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    cfg._attn_implementation = "sdpa"
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
 class CharTokenizer:
     """A minimal tokenizer for tiny models: one token per character (mod vocab)."""
 

@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from swift_engine.fast_forward import FastDecoder
 from swift_engine.quantize import QKV, Int4Linear, Int8Linear, int4_available, quantize
 from swift_engine.runner import ModelRunner
 from swift_engine.tree import TokenTree
 
-from .conftest import TINY_ARCHS, tiny_config, tiny_model
+from .conftest import TINY_ARCHS, tiny_model, wide_tiny_model
 
 PRECISIONS = ["float32", "bfloat16", "int8"] + (["int4"] if int4_available() else [])
 PROMPT = torch.tensor([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3, 2, 7, 9, 5, 0, 2])
 
 
 def _runner(arch: str, precision: str, wide: bool = False) -> ModelRunner:
-    if wide:  # q/k/v of 128/64/64 rows: whole blocks of int4's packing, so they are stacked at int4 too
-        torch.manual_seed(4)
-        cfg = tiny_config(arch)
-        cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 128, 2, 1, 64
-        cfg._attn_implementation = "sdpa"
-        model = AutoModelForCausalLM.from_config(cfg).eval()
-    else:
-        model = tiny_model(arch, seed=4)
+    model = wide_tiny_model(arch, seed=4) if wide else tiny_model(arch, seed=4)
     if precision != "float32":
         model = model.to(torch.bfloat16)
     if precision in ("int8", "int4"):

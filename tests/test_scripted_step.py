@@ -9,21 +9,14 @@ from transformers import AutoModelForCausalLM
 from swift_engine.quantize import int4_available, quantize
 from swift_engine.runner import ModelRunner
 
-from .conftest import tiny_config
+from .conftest import tiny_config, wide_tiny_model
 
 PRECISIONS = ["int8"] + (["int4"] if int4_available() else [])
 PROMPT = torch.tensor([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4])
 
 
 def _runner(arch: str, precision: str, **overrides: object) -> ModelRunner:
-    torch.manual_seed(5)
-    cfg = tiny_config(arch)
-    # q/k/v of 128/64/64 rows: whole blocks of int4's packing, so they are stacked at int4 too
-    cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 128, 2, 1, 64
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    cfg._attn_implementation = "sdpa"
-    model = AutoModelForCausalLM.from_config(cfg).eval().to(torch.bfloat16)
+    model = wide_tiny_model(arch, seed=5, **overrides).to(torch.bfloat16)  # int4 stacks its q/k/v
     quantize(model, precision)
     return ModelRunner(model, "torch")
 
@@ -66,7 +59,7 @@ def test_scripted_steps_are_bitwise_the_python_loop(arch: str, precision: str, m
         assert torch.equal(a, c), f"{arch}/{precision}: step {i} differs from the modules"
 
 
-def test_it_applies_only_where_the_step_is_what_it_computes() -> None:
+def test_it_applies_only_where_the_step_is_what_it_computes(monkeypatch) -> None:
     runner = _runner("llama", "int8")
     assert runner.fast is not None and runner.fast.scripted is not None
     script = runner.fast.scripted
@@ -81,26 +74,24 @@ def test_it_applies_only_where_the_step_is_what_it_computes() -> None:
         seen.append(out is not None)
         return out
 
-    type(script).__call__ = spy  # type: ignore[method-assign]
-    try:
-        runner.hidden(cache, torch.tensor([5]), torch.tensor([past]))  # a plain step: scripted
-        assert seen == [True]
-        with runner.skipper.skipping({1}, set()):  # a draft: the Python loop (skips a sublayer)
-            runner.hidden(cache, torch.tensor([6]), torch.tensor([past + 1]))
-        assert seen == [True]
-        cache.truncate(past + 1)
-        with runner.skipper.skipping({1}, set()):  # leaves layer 1 one entry shorter
-            runner.hidden(cache, torch.tensor([6]), torch.tensor([past + 1]))
-        seen.clear()
-        step = runner.hidden(cache, torch.tensor([7]), torch.tensor([past + 2]))  # uneven cache: declined
-        assert seen == [False] and step.shape == (1, 128)
-        seen.clear()
-        fresh = runner.new_cache()
-        runner.hidden(fresh, PROMPT, torch.arange(past))
-        runner.hidden(fresh, PROMPT[:3], torch.arange(past, past + 3))  # several rows: the Python loop
-        assert seen == []
-    finally:
-        type(script).__call__ = real  # type: ignore[method-assign]
+    monkeypatch.setattr(type(script), "__call__", spy)
+    runner.hidden(cache, torch.tensor([5]), torch.tensor([past]))  # a plain step: scripted
+    assert seen == [True]
+    with runner.skipper.skipping({1}, set()):  # a draft: the Python loop (skips a sublayer)
+        runner.hidden(cache, torch.tensor([6]), torch.tensor([past + 1]))
+    assert seen == [True]
+    cache.truncate(past + 1)
+    with runner.skipper.skipping({1}, set()):  # leaves layer 1 one entry shorter
+        runner.hidden(cache, torch.tensor([6]), torch.tensor([past + 1]))
+    seen.clear()
+    step = runner.hidden(cache, torch.tensor([7]), torch.tensor([past + 2]))  # uneven cache: declined
+    assert seen == [False] and step.shape == (1, 128)
+    seen.clear()
+    fresh = runner.new_cache()
+    runner.hidden(fresh, PROMPT, torch.arange(past))
+    runner.hidden(fresh, PROMPT[:3], torch.arange(past, past + 3))  # several rows: the Python loop
+    assert seen == []
+    monkeypatch.undo()
     # a sliding window, dense weights and the float32 default are not what the script computes
     assert _runner("mistral", "int8").fast.scripted is None  # type: ignore[union-attr]
     dense = ModelRunner(AutoModelForCausalLM.from_config(tiny_config("llama")).eval(), "torch")
