@@ -5,7 +5,7 @@ as LCEL chains around one ``SwiftChatModel``. Each step gets its own skip profil
 from the chains' run names). Every step runs twice (cold: the profile is learned; warm: reused)
 and plain ``transformers`` greedy decoding of the same prompt is timed in the same process, so the
 speed-up printed is measured here, now, on this machine; so is the engine's own loop without drafts,
-which separates what the CPU kernels give (see ``swift_engine/cpu_kernels.py``) from what drafting gives.
+which separates what the CPU kernels give (see ``swift_engine/kernels/cpu_kernels.py``) from what drafting gives.
 
 Run: ``make demo`` (or ``.venv/bin/python examples/demo.py``).
 """

@@ -180,7 +180,7 @@ def main(questions: list[str]) -> None:
         f"{b['own_tok_s']:.1f} tok/s, so drafting adds {b['speedup_vs_own']:.2f}x"
     )
     print("\nlearned step profiles:")
-    for rec in llm.swift_engine.profile_store.list():
+    for rec in llm.swift_engine.store.profile_store.list():
         print(f"   {rec.step_key!r}: calls={rec.calls} iterations={rec.iterations} skip={rec.skip} plain={rec.plain}")
 
 

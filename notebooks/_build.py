@@ -743,7 +743,7 @@ BENCH = [
         FIG_DIR = Path(os.environ.get("SWIFT_BENCH_FIGURES_DIR") or ROOT / "docs")
         files = sorted(BENCH_DIR.glob("*.json"))
         if not files:
-            from swift_engine.tools.bench import main as swift_bench
+            from swift_integrations.bench.command import main as swift_bench
 
             scratch = Path(tempfile.mkdtemp(prefix="swift-bench-"))
             rc = swift_bench(["--quick", "--classes", "summarization", "--no-progress", "--json", str(scratch / "quick.json")])
@@ -884,7 +884,7 @@ BENCH = [
     md("## The README table"),
     code(
         """
-        from swift_engine.tools.bench import render_markdown
+        from swift_integrations.bench.command import render_markdown
 
         for r in results.values():
             print(render_markdown(r))

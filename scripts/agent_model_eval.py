@@ -1,7 +1,7 @@
 """Which installable model can run a prebuilt agent? Tool-call rate and final-answer quality, measured.
 
 Runs LangChain's ``create_agent`` (auto tool choice, nothing forced) with three tools over a small
-task set, on each model of the catalog (``swift_engine.model_catalog``), and reports per model:
+task set, on each model of the catalog (``swift_engine.loading.catalog``), and reports per model:
 how often it called the right tool with the right arguments, and how often its final message was an
 answer containing the expected fact (not prose without it, not a call written as text). For the
 agent model it also runs ``tool_followup="model"`` (the model decides after tool results), which

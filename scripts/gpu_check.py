@@ -55,7 +55,7 @@ def main() -> None:
     if args.tokenizer:
         from transformers import AutoTokenizer
 
-        from swift_engine.constraints import JsonSchemaConstraint
+        from swift_engine.decoding.constraints import JsonSchemaConstraint
 
         tok = AutoTokenizer.from_pretrained(args.tokenizer)
         model = tiny_model("llama", vocab=len(tok), scale=1.0).to(dev)

@@ -1,6 +1,6 @@
 """What each precision costs in quality: perplexity of a held-in text at float32, bfloat16, int8 and int4.
 
-The text is the benchmark's own prompt set (``swift_engine/tools/prompts/bench_prompts.json``: a
+The text is the benchmark's own prompt set (``swift_integrations/bench/prompts/bench_prompts.json``: a
 summarization source, a context, code, chat), rendered through the model's chat template, so it
 is fixed in the repository and the same for every model. Perplexity is that of the model's own
 next-token predictions over it (``transformers`` forward, windows of 512 tokens, stride 256);
@@ -23,7 +23,7 @@ PRECISIONS = ("float32", "bfloat16", "int8", "int4")
 
 
 def held_in_text(tokenizer) -> list[int]:
-    prompts = json.loads(Path("swift_engine/tools/prompts/bench_prompts.json").read_text())["prompts"]
+    prompts = json.loads(Path("swift_integrations/bench/prompts/bench_prompts.json").read_text())["prompts"]
     ids: list[int] = []
     for p in prompts:
         ids += list(tokenizer.apply_chat_template(p["messages"], tokenize=True, return_dict=True)["input_ids"])
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    from swift_engine.loading import load_model
+    from swift_engine.loading.loader import load_model
 
     rows = []
     ref = None

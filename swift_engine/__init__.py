@@ -30,14 +30,14 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import SearchConfig, SwiftConfig, TreeConfig
-    from .engine import SwiftEngine
-    from .loading import ModelNotAvailableError
-    from .profile_records import ProfileRecord, SkipSet
-    from .profile_store import ProfileStore
-    from .request import EngineClosedError, GenerationTimeout
-    from .results import GenerationResult, GenerationStats, StreamChunk
-    from .step_context import current_step, swift_step
+    from swift_engine.config import SearchConfig, SwiftConfig, TreeConfig
+    from swift_engine.engine import SwiftEngine
+    from swift_engine.loading.loader import ModelNotAvailableError
+    from swift_engine.request import EngineClosedError, GenerationTimeout
+    from swift_engine.results import GenerationResult, GenerationStats, StreamChunk
+    from swift_engine.step_context import current_step, swift_step
+    from swift_engine.store.profile_store import ProfileStore
+    from swift_engine.store.records import ProfileRecord, SkipSet
 
 
 def __getattr__(name: str) -> Any:

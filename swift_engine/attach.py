@@ -6,7 +6,7 @@ as a plain attribute of the model (not a submodule), so ``state_dict`` and ``nam
 unchanged.
 
 What is shared this way is *installed* once and never switched globally: which sublayers a pass
-skips and which kernels it uses are per-call context (see :class:`~swift_engine.layer_skip.LayerSkipper`),
+skips and which kernels it uses are per-call context (see :class:`~swift_engine.model.sublayer_skip.LayerSkipper`),
 so a pass of one engine never changes what another caller of the same model computes.
 """
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .profile_records import MAX_DRAFT_MEMORY_TOKENS
+from swift_engine.store.records import MAX_DRAFT_MEMORY_TOKENS
 
 
 class TreeConfig(BaseModel):

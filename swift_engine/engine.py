@@ -3,7 +3,7 @@
 The decode loop (``_decode``) is the whole acceleration phase in a few lines: ask the drafters
 (:mod:`swift_engine.drafters`) for proposals after the last token, merge them into a token tree,
 verify the tree with the full model in one pass, keep the accepted path. The layer-set search runs
-between steps inside its own session object (:class:`~swift_engine.search.SearchSession`).
+between steps inside its own session object (:class:`~swift_engine.search.layer_search.SearchSession`).
 Everything around it is prompt handling, stop conditions and reporting.
 """
 
@@ -19,27 +19,27 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from .attach import model_lock
-from .config import SwiftConfig
-from .constraints import Constraint, GrammarCache, GrammarState
-from .costs import CostModel, cost_file, load_or_measure
-from .drafters import Drafter, DraftHead, Proposal, drafters_for_call, propose
-from .kernel_choice import KernelChoice, choose_kernels, kernel_file
-from .kv_cache import SwiftKVCache
-from .layer_skip import default_skip_set
-from .prefix_cache import CachedBlock, PrefixCache, default_budget_bytes
-from .profile_store import ProfileStore
-from .prompting import template_ids
-from .request import EngineClosedError, GenerationRequest, GenerationTimeout
-from .results import FinishReason, GenerationResult, GenerationStats, StreamChunk
-from .runner import ModelRunner
-from .sampling import SamplingParams, sample, target_probs
-from .search import Candidate, SearchSession
-from .step_context import resolve_step_key
-from .step_profiles import StepProfiles
-from .stopping import StopStrings, TextStream
-from .tree import SOURCE_CONTEXT, SOURCE_MEMORY, TokenTree, build_tree
-from .verification import Verdict, verify_tree
+from swift_engine.attach import model_lock
+from swift_engine.chat.prompting import template_ids
+from swift_engine.config import SwiftConfig
+from swift_engine.decoding.constraints import Constraint, GrammarCache, GrammarState
+from swift_engine.decoding.prefix_cache import CachedBlock, PrefixCache, default_budget_bytes
+from swift_engine.decoding.sampling import SamplingParams, sample, target_probs
+from swift_engine.decoding.stopping import StopStrings, TextStream
+from swift_engine.decoding.tree import SOURCE_CONTEXT, SOURCE_MEMORY, TokenTree, build_tree
+from swift_engine.decoding.verification import Verdict, verify_tree
+from swift_engine.drafters import Drafter, DraftHead, Proposal, drafters_for_call, propose
+from swift_engine.kernels.costs import CostModel, cost_file, load_or_measure
+from swift_engine.kernels.kernel_choice import KernelChoice, choose_kernels, kernel_file
+from swift_engine.model.kv_cache import SwiftKVCache
+from swift_engine.model.runner import ModelRunner
+from swift_engine.model.sublayer_skip import default_skip_set
+from swift_engine.request import EngineClosedError, GenerationRequest, GenerationTimeout
+from swift_engine.results import FinishReason, GenerationResult, GenerationStats, StreamChunk
+from swift_engine.search.layer_search import Candidate, SearchSession
+from swift_engine.search.step_profiles import StepProfiles
+from swift_engine.step_context import resolve_step_key
+from swift_engine.store.profile_store import ProfileStore
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -55,7 +55,7 @@ class SwiftEngine:
     Thread-safe, and safe next to anything else using the same model object: engines over one
     model take turns through the model's lock (:func:`~swift_engine.attach.model_lock`), one
     decode step at a time, and which layers a pass skips is private to that pass (a context
-    variable, see :mod:`~swift_engine.layer_skip`). A stream holds the lock only while it computes
+    variable, see :mod:`~swift_engine.model.sublayer_skip`). A stream holds the lock only while it computes
     its next chunk, never while the caller holds it: a stream left unread blocks nobody, and
     streams read in turn (even of one step key, in one thread) each decode exactly as alone.
     """
@@ -111,7 +111,7 @@ class SwiftEngine:
     def fingerprint(self) -> str:
         """Identity of the weights (not the name): the key of this model's profiles."""
         if self._fingerprint is None:
-            from .loading import model_fingerprint
+            from swift_engine.loading.loader import model_fingerprint
 
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
@@ -223,12 +223,12 @@ class SwiftEngine:
         """Load a model (``None``: the embedded SmolLM2-135M-Instruct) and wrap it.
 
         A hub id is downloaded when not cached, unless ``local_files_only=True`` or
-        ``HF_HUB_OFFLINE=1`` (then :class:`~swift_engine.loading.ModelNotAvailableError`);
+        ``HF_HUB_OFFLINE=1`` (then :class:`~swift_engine.loading.loader.ModelNotAvailableError`);
         ``revision`` pins a hub branch, tag or commit; ``model_kwargs`` go to the model's
         ``from_pretrained``; ``token`` is a Hub token for gated or private repos. See
-        :func:`~swift_engine.loading.load_model`.
+        :func:`~swift_engine.loading.loader.load_model`.
         """
-        from .loading import load_model
+        from swift_engine.loading.loader import load_model
 
         loaded = load_model(
             model_id,
@@ -261,7 +261,7 @@ class SwiftEngine:
         A string is the model's input verbatim, special-token spellings included (a prompt already
         rendered by its owner). Messages are rendered by the chat template, and only the template
         makes special tokens: content that spells ``<|im_end|>`` stays text
-        (:func:`~swift_engine.prompting.template_ids`). Untrusted text belongs in messages.
+        (:func:`~swift_engine.chat.prompting.template_ids`). Untrusted text belongs in messages.
         """
         if isinstance(prompt, str):
             if not prompt:
@@ -347,8 +347,8 @@ class SwiftEngine:
         """Stream chunks (text delta + token ids); the last chunk carries the :class:`GenerationResult`.
 
         ``speculative=False`` decodes plainly through the same loop (the benchmark's own baseline).
-        ``constraint`` (:class:`~swift_engine.constraints.JsonSchemaConstraint` or
-        :class:`~swift_engine.constraints.ToolCallConstraint`) restricts the output to a grammar.
+        ``constraint`` (:class:`~swift_engine.decoding.constraints.JsonSchemaConstraint` or
+        :class:`~swift_engine.decoding.constraints.ToolCallConstraint`) restricts the output to a grammar.
         ``timeout``: seconds from this call until the stream raises
         :class:`~swift_engine.request.GenerationTimeout` (waiting for the model included); the
         engine stays usable and nothing of the call is kept.

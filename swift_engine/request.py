@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .constraints import GrammarState
-from .sampling import SamplingParams
-from .stopping import StopStrings
+from swift_engine.decoding.constraints import GrammarState
+from swift_engine.decoding.sampling import SamplingParams
+from swift_engine.decoding.stopping import StopStrings
 
 
 @dataclass(frozen=True)

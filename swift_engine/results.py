@@ -50,7 +50,7 @@ class GenerationStats(BaseModel):
     #: Bytes held by this generation's KV cache (pre-allocated, grown geometrically; never cloned).
     kv_cache_bytes: int = 0
     #: Tokens appended after ``max_new_tokens`` cut a grammar-constrained reply short, so that it
-    #: still parses (see :meth:`swift_engine.constraints.GrammarState.close`); included in new_tokens.
+    #: still parses (see :meth:`swift_engine.decoding.constraints.GrammarState.close`); included in new_tokens.
     grammar_closing_tokens: int = 0
     #: Dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed`` or ``<step>+<verify>``
     #: (``cpu_kernels="auto"`` measures them on the machine; see ``engine.kernel_choice``).

@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-from .profile_records import validate_step_key
+from swift_engine.store.records import validate_step_key
 
 _current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("swift_step", default=None)
 

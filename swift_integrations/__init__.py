@@ -22,9 +22,9 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine_cache import clear_engine_cache, get_engine, release_engine
-    from .langchain import SwiftChatModel, SwiftLLM
-    from .llamaindex import SwiftLlamaIndexLLM
+    from swift_integrations.engine_cache import clear_engine_cache, get_engine, release_engine
+    from swift_integrations.langchain.chat_models import SwiftChatModel, SwiftLLM
+    from swift_integrations.llamaindex.llm import SwiftLlamaIndexLLM
 
 
 def __getattr__(name: str) -> Any:

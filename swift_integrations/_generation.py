@@ -5,8 +5,8 @@ a call into a :class:`GenerationCall` (engine, rendered prompt, sampling, stops,
 grammar the reply must follow) and read :func:`generation_events`: one :class:`Start`, then
 :class:`Delta` s of content that is safe to show, then one :class:`Final` with the parsed tool
 calls and the SWIFT statistics. Framework-free, like the prompt it is given
-(:mod:`swift_engine.prompting`). For reasoning models (a prompt with ``reasoning`` set) the
-``<think>`` block is split off first (:mod:`swift_engine.reasoning`): deltas carry it in
+(:mod:`swift_engine.chat.prompting`). For reasoning models (a prompt with ``reasoning`` set) the
+``<think>`` block is split off first (:mod:`swift_engine.chat.reasoning`): deltas carry it in
 ``reasoning``, never in ``text``, and nothing after (tool-call parsing) sees it.
 
 How ``tool_choice`` and structured output become grammars (:func:`output_constraint`)
@@ -18,14 +18,14 @@ How ``tool_choice`` and structured output become grammars (:func:`output_constra
 * ``"auto"``: free text; once the model opens ``<tool_call>`` the rest of that call is
   constrained, so every call it decides to make parses.
 * Models whose chat template teaches another call syntax (``tool_format``: Llama 3.x JSON calls,
-  Mistral's ``[TOOL_CALLS]`` lists; :mod:`swift_engine.tool_format`) get the same in their own
+  Mistral's ``[TOOL_CALLS]`` lists; :mod:`swift_engine.chat.tool_format`) get the same in their own
   syntax: forced calls prefill its opening (``[TOOL_CALLS][``; nothing for Llama, whose call is
   the bare JSON object), ``auto`` is triggered by its own marker, and the parser reads it back
   (after ``transformers``' ``parse_response`` where the tokenizer ships a response template).
 * A JSON schema (``with_structured_output(method="json_schema")``, JSON mode with a schema): the
   reply is one JSON value matching it; JSON mode without a schema: any JSON object.
 
-The grammar runs inside SWIFT's draft and verify steps (:mod:`swift_engine.constraints`), so a
+The grammar runs inside SWIFT's draft and verify steps (:mod:`swift_engine.decoding.constraints`), so a
 constrained reply is exactly what constrained plain decoding would give.
 """
 
@@ -36,13 +36,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from swift_engine.constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint
-from swift_engine.prompting import RenderedPrompt
-from swift_engine.tool_format import HERMES, ToolCallFormat
-
-from .engine_cache import touch_engine
-from .stats import stats_metadata
-from .tool_calls import (
+from swift_engine.chat.prompting import RenderedPrompt
+from swift_engine.chat.tool_calls import (
     TOOL_CALL_CLOSE,
     InvalidToolCall,
     ParsedToolCall,
@@ -51,6 +46,10 @@ from .tool_calls import (
     parse_response_calls,
     tool_function,
 )
+from swift_engine.chat.tool_format import HERMES, ToolCallFormat
+from swift_engine.decoding.constraints import CALL_BEGIN, Constraint, JsonSchemaConstraint, ToolCallConstraint
+from swift_integrations.engine_cache import touch_engine
+from swift_integrations.stats import stats_metadata
 
 __all__ = [
     "Delta",
@@ -178,7 +177,7 @@ def output_constraint(
     ``"none"`` the schema alone, and a forced call wins over it. ``constrain=False`` keeps every prompt-side part (tool
     descriptions, prefill, parsing) but drops the grammar: what the adapters did before grammars,
     kept for comparisons (``swift-bench``'s parse-rate measurement). ``tool_format``: the model's
-    call syntax (:func:`swift_engine.tool_format.tool_call_format`); formats without a closing
+    call syntax (:func:`swift_engine.chat.tool_format.tool_call_format`); formats without a closing
     marker end a call block with the grammar, not a stop string.
     """
     tools = list(tools or [])

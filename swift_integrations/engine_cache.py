@@ -84,7 +84,7 @@ def _engine_key(
     model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """The cache key: arguments that name the same model on the same device and dtype compare equal."""
-    from swift_engine.loading import embedded_model_path, precision_name, resolve_device
+    from swift_engine.loading.loader import embedded_model_path, precision_name, resolve_device
 
     if model_id is None and gguf_file is None:
         source = str(embedded_model_path().resolve())  # same key as naming the embedded file
@@ -92,7 +92,7 @@ def _engine_key(
         text = os.fspath(model_id) if model_id is not None else ""
         path = os.path.expanduser(text)
         if text and not os.path.exists(path) and gguf_file is None:
-            from swift_engine.model_catalog import CATALOG, catalog_path
+            from swift_engine.loading.catalog import CATALOG, catalog_path
 
             if text.strip().lower() in CATALOG:  # a short name: same key as naming its file
                 path = str(catalog_path(text.strip().lower()))

@@ -35,7 +35,7 @@ def _resolved(mode: ToolFollowup, model_id: str | None) -> Literal["answer", "mo
         return mode
     if model_id is None:
         return "model"
-    from swift_engine.model_catalog import CATALOG
+    from swift_engine.loading.catalog import CATALOG
 
     name = str(model_id).strip()
     entry = CATALOG.get(name.lower())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.layer_skip import UnsupportedArchitectureError
+from swift_engine.model.sublayer_skip import UnsupportedArchitectureError
 
 from .conftest import TINY_ARCHS, CharTokenizer, tiny_model
 

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from swift_engine.tools.bench import METHODS, load_prompts, main, render_markdown, render_text, tokens_to_fraction
+from swift_integrations.bench.command import (
+    METHODS,
+    load_prompts,
+    main,
+    render_markdown,
+    render_text,
+    tokens_to_fraction,
+)
 
 
 def test_packaged_prompt_set_has_three_prompts_per_class() -> None:
@@ -130,7 +137,7 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
 
 
 def test_constrained_cases_and_the_reply_validator() -> None:
-    from swift_engine.tools.bench_constrained import load_cases, validate_reply
+    from swift_integrations.bench.constrained import load_cases, validate_reply
 
     cases = load_cases()
     assert {c.kind for c in cases} == {"json", "tools"} and len(cases) == 8

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import swift_engine.costs as costs_module
-import swift_engine.loading as loading
-from swift_engine.profile_store import ProfileRecord, ProfileStore, SkipSet
-from swift_engine.tools.cli import app
+import swift_engine.kernels.costs as costs_module
+import swift_engine.loading.loader as loading
+from swift_engine.store.profile_store import ProfileRecord, ProfileStore, SkipSet
+from swift_integrations.cli.app import app
 
 FP_A = "aaaa000011112222"
 FP_B = "bbbb333344445555"
@@ -128,14 +128,14 @@ def test_the_command_is_swift_accel(capsys) -> None:
     Swift toolchain's), so the package must not install one."""
     from importlib import metadata
 
-    from swift_engine.tools.cli import main
+    from swift_integrations.cli.app import main
 
     scripts = {ep.name: ep.value for ep in metadata.distribution("swift-accel").entry_points}
-    assert scripts.get("swift-accel") == "swift_engine.tools.cli:app", "reinstall: pip install --no-deps -e ."
-    assert scripts.get("swift-bench") == "swift_engine.tools.bench:app"
+    assert scripts.get("swift-accel") == "swift_integrations.cli.app:app", "reinstall: pip install --no-deps -e ."
+    assert scripts.get("swift-bench") == "swift_integrations.bench.command:app"
     assert "swift" not in scripts
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert 'swift-accel = "swift_engine.tools.cli:app"' in pyproject
+    assert 'swift-accel = "swift_integrations.cli.app:app"' in pyproject
     assert not any(line.startswith("swift =") for line in pyproject.splitlines())
 
     assert main(["--version"]) == 0
@@ -234,8 +234,8 @@ def test_bench_is_the_swift_bench_command(runner: CliRunner) -> None:
 def test_models_without_a_chat_template_get_a_plain_transcript() -> None:
     from types import SimpleNamespace
 
-    from swift_engine.prompting import PLAIN_STOPS
-    from swift_engine.prompting import engine_chat_prompt as _render
+    from swift_engine.chat.prompting import PLAIN_STOPS
+    from swift_engine.chat.prompting import engine_chat_prompt as _render
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     from .conftest import CharTokenizer

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.constraints import (
+from swift_engine.decoding.constraints import (
     CALL_BEGIN,
     CALL_END,
     GrammarError,

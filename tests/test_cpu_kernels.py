@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.cpu_kernels import (
+from swift_engine.kernels.cpu_kernels import (
     PACK_MEMORY_SHARE,
     LinearKernels,
     available_memory_bytes,

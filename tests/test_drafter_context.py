@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from swift_engine.config import TreeConfig
-from swift_engine.costs import CostModel
+from swift_engine.decoding.tree import SOURCE_CONTEXT, TokenTree, build_tree
+from swift_engine.decoding.verification import Verdict
 from swift_engine.drafters import ContextAcceptance, ContextDrafter, ContextIndex
-from swift_engine.tree import SOURCE_CONTEXT, TokenTree, build_tree
-from swift_engine.verification import Verdict
+from swift_engine.kernels.costs import CostModel
 
 #: 2-core CPU costs of SmolLM2-135M (seconds), with the noise seen in practice: 2 tokens slower than 4
 COSTS = {

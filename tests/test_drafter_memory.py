@@ -9,7 +9,7 @@ import pytest
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine.drafters import MemoryIndex
-from swift_engine.profile_records import DraftMemory
+from swift_engine.store.records import DraftMemory
 
 from .conftest import CharTokenizer, tiny_model
 from .test_sampling import _chi2_pvalue, _exact_joint
@@ -112,8 +112,8 @@ def test_sampling_with_memory_drafts_keeps_the_target_distribution(tmp_path, mon
     proposing them (rightly); here every match is proposed, so verification meets memory drafts
     in most calls, whatever this machine's measured costs say.
     """
+    from swift_engine.decoding.sampling import SamplingParams
     from swift_engine.drafters.context import ContextAcceptance
-    from swift_engine.sampling import SamplingParams
 
     monkeypatch.setattr(ContextAcceptance, "draft_length", lambda self, costs, max_len, order, probe=False: max_len)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine, swift_step
-from swift_engine.kv_cache import SwiftKVCache
+from swift_engine.model.kv_cache import SwiftKVCache
 
 from .conftest import CharTokenizer, tiny_model
 
@@ -163,7 +163,7 @@ def test_search_budget_shrinks_as_the_search_stagnates(tmp_path) -> None:
     """Half of the decoding time for a fresh search, a third of that after 2 x hopeless_after stagnant iterations."""
     import time as _time
 
-    from swift_engine.search import PLAIN, Candidate, SearchSession, SearchState
+    from swift_engine.search.layer_search import PLAIN, Candidate, SearchSession, SearchState
 
     engine = SwiftEngine(tiny_model("llama", seed=2), CharTokenizer(), SwiftConfig(), profile_store=tmp_path)
     hopeless = engine.config.search.hopeless_after

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swift_engine.fast_forward import FastDecoder
-from swift_engine.quantize import QKV, Int4Linear, Int8Linear, int4_available, quantize
-from swift_engine.runner import ModelRunner
-from swift_engine.tree import TokenTree
+from swift_engine.decoding.tree import TokenTree
+from swift_engine.kernels.quantize import QKV, Int4Linear, Int8Linear, int4_available, quantize
+from swift_engine.model.fast_forward import FastDecoder
+from swift_engine.model.runner import ModelRunner
 
 from .conftest import TINY_ARCHS, tiny_model, wide_tiny_model
 

@@ -215,7 +215,7 @@ def test_a_newer_schema_record_is_left_alone(model, expected, tmp_path: Path) ->
 def test_a_bad_cost_file_is_measured_again(model, expected, tmp_path: Path, caplog) -> None:
     store = ProfileStore(tmp_path / "store")
     engine = _engine(model, store)
-    from swift_engine.costs import cost_file
+    from swift_engine.kernels.costs import cost_file
 
     path = cost_file(store.directory, engine.fingerprint, engine.runner)
     path.parent.mkdir(parents=True)
@@ -284,7 +284,7 @@ def test_hostile_step_keys_stay_inside_the_store_or_are_refused(model, expected,
 def test_hostile_names_are_shown_escaped(model, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from swift_engine.tools.cli import app
+    from swift_integrations.cli.app import app
 
     store_dir = tmp_path / "store"
     engine = SwiftEngine(

@@ -10,8 +10,8 @@ import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine import kernel_choice as kc
-from swift_engine.cpu_kernels import onednn_available
-from swift_engine.runner import KernelPlan
+from swift_engine.kernels.cpu_kernels import onednn_available
+from swift_engine.model.runner import KernelPlan
 
 from .conftest import CharTokenizer, tiny_model
 
@@ -70,7 +70,7 @@ def test_a_bad_choice_file_is_measured_again(model, tmp_path, caplog) -> None:
     path = kc.kernel_file(tmp_path, engine.fingerprint, engine.runner)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"step": "turbo", "verify": "torch"}))
-    with caplog.at_level(logging.WARNING, logger="swift_engine.kernel_choice"):
+    with caplog.at_level(logging.WARNING, logger="swift_engine.kernels.kernel_choice"):
         choice = engine.kernel_choice
     assert "measuring again" in caplog.text
     assert choice.step in engine.runner.candidates
@@ -118,7 +118,7 @@ def test_a_dropped_engine_lets_go_of_the_packed_weights(tmp_path) -> None:
 
 def test_the_packed_copy_is_measured_and_reported(tmp_path) -> None:
     """``auto`` records what packing costs in memory; the stats say what a call's kernels held."""
-    from swift_engine.cpu_kernels import linear_weight_bytes
+    from swift_engine.kernels.cpu_kernels import linear_weight_bytes
 
     model = tiny_model("llama", seed=5)
     weights = linear_weight_bytes(model)

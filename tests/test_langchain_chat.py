@@ -22,12 +22,12 @@ from pydantic import BaseModel, Field
 from typing_extensions import Annotated, TypedDict
 
 from swift_engine import SearchConfig, SwiftConfig, SwiftEngine, swift_step
-from swift_engine.prompting import PLAIN_STOPS, render_chat_prompt
+from swift_engine.chat.prompting import PLAIN_STOPS, render_chat_prompt
+from swift_engine.chat.tool_calls import InvalidToolCall, ParsedToolCall
 from swift_integrations import SwiftChatModel, SwiftLLM
 from swift_integrations._generation import Final
 from swift_integrations.engine_cache import get_engine
-from swift_integrations.langchain import _chat_result, _ChunkBuilder, _neutral_messages
-from swift_integrations.tool_calls import InvalidToolCall, ParsedToolCall
+from swift_integrations.langchain.chat_models import _chat_result, _ChunkBuilder, _neutral_messages
 
 #: The search converges after a few iterations per step key, so tests stay fast but profiles exist.
 CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))
@@ -83,7 +83,7 @@ def add(a: int, b: int) -> int:
 
 
 def test_construction_is_cheap_and_wrappers_share_one_engine(engine):
-    from swift_engine.loading import embedded_model_path
+    from swift_engine.loading.loader import embedded_model_path
 
     models = [make() for _ in range(50)]
     assert all(m._engine_name is None for m in models)  # nothing loaded at construction

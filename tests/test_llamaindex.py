@@ -23,10 +23,10 @@ from llama_index.core.prompts import PromptTemplate, PromptType  # noqa: E402
 from llama_index.core.tools import FunctionTool  # noqa: E402
 
 from swift_engine import GenerationResult, GenerationStats, StreamChunk, swift_step  # noqa: E402
+from swift_engine.chat.tool_calls import format_tool_call  # noqa: E402
 from swift_integrations import SwiftLlamaIndexLLM  # noqa: E402
 from swift_integrations.engine_cache import get_engine  # noqa: E402
 from swift_integrations.step_keys import system_prompt_step_key  # noqa: E402
-from swift_integrations.tool_calls import format_tool_call  # noqa: E402
 
 dispatcher = get_dispatcher(__name__)
 
@@ -145,7 +145,7 @@ def test_construction_is_cheap_and_engines_are_shared_with_langchain() -> None:
     assert a._engine_name is None  # nothing loaded yet
     engine = get_engine(None, None, "cpu", "float32")
     assert a.swift_engine is engine and b.swift_engine is engine
-    lc = pytest.importorskip("swift_integrations.langchain")
+    lc = pytest.importorskip("swift_integrations.langchain.chat_models")
     assert lc.SwiftChatModel(device="cpu", dtype="float32").swift_engine is engine
 
 

@@ -1,4 +1,4 @@
-"""Tests for swift_engine.loading, against the real embedded model and real tiny checkpoints.
+"""Tests for swift_engine.loading.loader, against the real embedded model and real tiny checkpoints.
 
 The embedded GGUF conversion costs ~20 s, so it happens exactly once per session (module-scoped
 fixture); every other embedded-model test reuses that conversion cache. The conversion cache's
@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from swift_engine import loading
-from swift_engine.loading import (
+from swift_engine.loading.loader import (
     EMBEDDED_MODEL_NAME,
     LoadedModel,
     embedded_model_path,
@@ -46,7 +46,7 @@ PROMPT = "The quick brown fox jumps over the lazy dog because"
 
 
 def _refuse_network(*args: Any, **kwargs: Any) -> None:
-    raise AssertionError("swift_engine.loading tried to open a network connection")
+    raise AssertionError("swift_engine.loading.loader tried to open a network connection")
 
 
 @pytest.fixture(autouse=True)
@@ -282,7 +282,7 @@ def test_fingerprint_distinguishes_weights_not_names(tmp_path: pathlib.Path) -> 
 def test_fingerprint_is_deterministic_across_processes(tmp_path: pathlib.Path) -> None:
     _save_tiny(tmp_path / "m", seed=3)
     code = (
-        "import sys; from swift_engine.loading import load_model, model_fingerprint; "
+        "import sys; from swift_engine.loading.loader import load_model, model_fingerprint; "
         "print(model_fingerprint(load_model(sys.argv[1], device='cpu').model))"
     )
     root = pathlib.Path(__file__).resolve().parents[1]
@@ -452,7 +452,7 @@ class _FakeHubHandler(http.server.BaseHTTPRequestHandler):
 
 _DOWNLOAD_SCRIPT = """
 import json, os, socket, sys, time
-from swift_engine.loading import ModelNotAvailableError, hub_download_expected, load_model, model_fingerprint
+from swift_engine.loading.loader import ModelNotAvailableError, hub_download_expected, load_model, model_fingerprint
 
 out = {"before": hub_download_expected("swift-test/tiny-llama")}
 m = load_model("swift-test/tiny-llama", device="cpu")
@@ -1074,7 +1074,7 @@ def test_losing_the_rename_race_keeps_the_winners_entry(
 _RACE_SCRIPT = """
 import pathlib, sys, time
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # imported before the start signal
-from swift_engine.loading import load_model
+from swift_engine.loading.loader import load_model
 
 gguf, cache_dir, ready, go = sys.argv[1:5]
 pathlib.Path(ready).touch()

@@ -14,10 +14,17 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.batch_invariance import invariant_rows, largest_invariant_rows
-from swift_engine.quantize import Int4Linear, Int8Linear, int4_available, int8_available, quantize, quantize_int8
-from swift_engine.runner import ModelRunner
-from swift_engine.tree import TokenTree
+from swift_engine.decoding.tree import TokenTree
+from swift_engine.kernels.batch_invariance import invariant_rows, largest_invariant_rows
+from swift_engine.kernels.quantize import (
+    Int4Linear,
+    Int8Linear,
+    int4_available,
+    int8_available,
+    quantize,
+    quantize_int8,
+)
+from swift_engine.model.runner import ModelRunner
 
 from .conftest import TINY_ARCHS, CharTokenizer, tiny_model
 
@@ -126,7 +133,7 @@ def test_int8_row_subsets_agree_and_int4_refuses_shapes_its_kernel_cannot_take()
 @pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
 def test_int4_gives_back_the_4_bit_grid_of_a_q4_1_gguf_file() -> None:
     """The embedded SmolLM2 is a Q4_1 file: int4 must land on its codes, not requantize them."""
-    from swift_engine.loading import load_model
+    from swift_engine.loading.loader import load_model
 
     loaded = load_model(None, dtype=torch.bfloat16)
     model = loaded.model
@@ -175,7 +182,7 @@ def test_row_check_finds_where_a_product_stops_being_row_invariant() -> None:
 
 
 def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    import swift_engine.runner as runner_module
+    import swift_engine.model.runner as runner_module
 
     calls: list[int] = []
     real = runner_module.largest_invariant_rows
@@ -251,8 +258,8 @@ def test_other_users_of_the_model_compute_as_before(arch: str) -> None:
 
 
 def test_row_invariant_passes_use_one_kernel_for_every_shape(tmp_path) -> None:
-    from swift_engine.kernel_choice import KernelChoice
-    from swift_engine.runner import KernelPlan
+    from swift_engine.kernels.kernel_choice import KernelChoice
+    from swift_engine.model.runner import KernelPlan
 
     mixed = KernelChoice(
         step="torch",

@@ -35,7 +35,7 @@ def test_a_small_real_run_is_exact_and_reported() -> None:
 
 
 def test_unknown_pipeline_is_one_clear_error(caplog) -> None:
-    from swift_engine.tools.bench import main
+    from swift_integrations.bench.command import main
 
     assert main(["--pipeline", "--pipelines", "agent,chess"]) == 1
     assert "unknown pipeline chess" in caplog.text

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from swift_engine import SearchConfig, SwiftConfig
-from swift_engine.model_catalog import ModelNotInstalledError, resolve
+from swift_engine.loading.catalog import ModelNotInstalledError, resolve
 from swift_integrations import SwiftChatModel
 
 from .agent_tools import get_weather, multiply

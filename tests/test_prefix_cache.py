@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.prefix_cache import CachedBlock, PrefixCache
+from swift_engine.decoding.prefix_cache import CachedBlock, PrefixCache
 
 from .conftest import TINY_ARCHS, CharTokenizer, tiny_model
 

@@ -21,11 +21,13 @@ import pytest
 from filelock import FileLock, Timeout
 from typer.testing import CliRunner
 
-import swift_engine.profile_store as profile_store
-import swift_engine.step_profiles as step_profiles
+import swift_engine.search.step_profiles as step_profiles
+import swift_engine.store.profile_store as profile_store
 from swift_engine.config import SearchConfig
-from swift_engine.costs import CostModel, load_or_measure
-from swift_engine.profile_store import (
+from swift_engine.kernels.costs import CostModel, load_or_measure
+from swift_engine.search.layer_search import Candidate, LayerSetSearch, SearchSession
+from swift_engine.search.step_profiles import IMPORTED_SPEEDUP, MAX_CACHED_STEPS, StepProfiles
+from swift_engine.store.profile_store import (
     MAX_RECORD_BYTES,
     SCHEMA_VERSION,
     ProfileRecord,
@@ -35,8 +37,6 @@ from swift_engine.profile_store import (
     escape_nonprintable,
     safe_step_name,
 )
-from swift_engine.search import Candidate, LayerSetSearch, SearchSession
-from swift_engine.step_profiles import IMPORTED_SPEEDUP, MAX_CACHED_STEPS, StepProfiles
 
 from .conftest import finishes_in_time
 
@@ -147,7 +147,7 @@ def test_foreign_files_are_never_touched_by_list_get_update_clean_or_reset(store
 
 
 def test_symlinked_record_is_never_followed(store: ProfileStore, tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="swift_engine.profile_store")
+    caplog.set_level(logging.WARNING, logger="swift_engine.store.profile_store")
     outside = tmp_path / "outside.json"
     outside.write_text(json.dumps(_raw_record("summarize", calls=7)))  # even a valid record
     before = outside.read_bytes()
@@ -169,7 +169,7 @@ def test_symlinked_record_is_never_followed(store: ProfileStore, tmp_path: Path,
 
 
 def test_symlinked_fingerprint_directory_is_never_followed(store: ProfileStore, tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="swift_engine.profile_store")
+    caplog.set_level(logging.WARNING, logger="swift_engine.store.profile_store")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / f"{safe_step_name('summarize')}.json").write_text(json.dumps(_raw_record("summarize")))
@@ -267,7 +267,7 @@ def test_unreadable_record_reads_as_absent_and_is_replaced_on_write(store: Profi
 
 
 def test_newer_schema_record_is_left_byte_identical(store: ProfileStore, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="swift_engine.profile_store")
+    caplog.set_level(logging.DEBUG, logger="swift_engine.store.profile_store")
     path = store.path_for(FP, "future")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(_raw_record("future", schema_version=SCHEMA_VERSION + 1, new_field={"x": 1})))
@@ -407,7 +407,7 @@ def test_skip_set_beyond_the_models_layers_starts_fresh(store: ProfileStore) -> 
 
 
 def test_cost_file_that_would_fail_mid_generation_is_measured_again(tmp_path: Path) -> None:
-    from swift_engine.runner import ModelRunner
+    from swift_engine.model.runner import ModelRunner
 
     from .conftest import tiny_model
 
@@ -440,12 +440,12 @@ def test_cost_file_that_would_fail_mid_generation_is_measured_again(tmp_path: Pa
 
 # --------------------------------------------------------------------------- 6. permissions
 
-# The child imports swift_engine.profile_store from this checkout; the package __init__ is lazy,
+# The child imports swift_engine.store.profile_store from this checkout; the package __init__ is lazy,
 # so neither torch nor transformers is loaded (seconds per process).
 _CHILD = f"""
 import json, os, stat, sys
 sys.path.insert(0, {str(REPO_ROOT)!r})
-import swift_engine.profile_store as ps
+import swift_engine.store.profile_store as ps
 out = {{}}
 for mask in (0o022, 0o002):
     os.umask(mask)
@@ -653,7 +653,7 @@ def test_step_profiles_keep_a_bounded_number_of_steps_in_memory(store: ProfileSt
 
 
 def test_profiles_list_and_show_escape_control_characters(tmp_path: Path) -> None:
-    from swift_engine.tools.cli import app
+    from swift_integrations.cli.app import app
 
     root = tmp_path / "profiles"
     key = "plan\u202e[bold]evil"

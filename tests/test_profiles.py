@@ -1,4 +1,4 @@
-"""Tests for swift_engine.profile_store: real files, real processes, no mocks.
+"""Tests for swift_engine.store.profile_store: real files, real processes, no mocks.
 
 The store is the one place where concurrent pipeline workers meet, so besides the
 round trips these tests hammer it from several processes and threads and feed it
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from swift_engine.profile_store import (
+from swift_engine.store.profile_store import (
     SCHEMA_VERSION,
     ProfileRecord,
     ProfileStore,
@@ -39,13 +39,13 @@ def _record(step_key: str, fingerprint: str = FP, **kwargs: object) -> ProfileRe
     return ProfileRecord(model_fingerprint=fingerprint, step_key=step_key, **kwargs)  # type: ignore[arg-type]
 
 
-# Child interpreters import swift_engine.profile_store from this checkout (the same source
+# Child interpreters import swift_engine.store.profile_store from this checkout (the same source
 # files under test). The package __init__ imports lazily, so this pulls in neither torch nor
 # transformers (seconds per process): only the store, profile_records and safe_files.
 _CHILD_PRELUDE = f"""
 import sys
 sys.path.insert(0, {str(REPO_ROOT)!r})
-import swift_engine.profile_store as profiles
+import swift_engine.store.profile_store as profiles
 ProfileRecord, ProfileStore, SkipSet = profiles.ProfileRecord, profiles.ProfileStore, profiles.SkipSet
 """
 
@@ -365,7 +365,7 @@ def test_corrupt_files_are_set_aside_foreign_and_newer_ones_left_alone(
     # Updated for the ownership rule (see profile_store's docstring): this test used to
     # expect that a foreign ``foreign.json`` and a newer release's record were renamed
     # aside too. Now only files with our record names and unusable content are set aside.
-    caplog.set_level(logging.INFO, logger="swift_engine.profile_store")
+    caplog.set_level(logging.INFO, logger="swift_engine.store.profile_store")
     store.put(_record("good"))
 
     garbage_path = store.path_for(FP, "summarize")
@@ -411,7 +411,7 @@ def test_corrupt_files_are_set_aside_foreign_and_newer_ones_left_alone(
 
 
 def test_update_over_corrupt_file_starts_fresh(store: ProfileStore, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="swift_engine.profile_store")
+    caplog.set_level(logging.WARNING, logger="swift_engine.store.profile_store")
     path = store.path_for(FP, "summarize")
     path.parent.mkdir(parents=True)
     path.write_text("{truncated")

@@ -12,7 +12,7 @@ import logging
 import pytest
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.prompting import engine_chat_prompt, escape_special_tokens, render_chat_prompt
+from swift_engine.chat.prompting import engine_chat_prompt, escape_special_tokens, render_chat_prompt
 
 from .chat_templates import FAMILIES, family_tokenizer
 from .conftest import tiny_model
@@ -74,7 +74,7 @@ def test_a_template_that_rewrites_content_gets_the_markers_escaped(caplog) -> No
         {"role": "user", "content": "next"},
     ]
     benign = [dict(m, content=m["content"].replace(attack, "   ")) for m in msgs]
-    with caplog.at_level(logging.WARNING, logger="swift_engine.prompting"):
+    with caplog.at_level(logging.WARNING, logger="swift_engine.chat.prompting"):
         rp = render_chat_prompt(tok, msgs)
     assert _specials(tok, rp.ids) == _specials(tok, render_chat_prompt(tok, benign).ids)
     assert "rewrites message content" in caplog.text

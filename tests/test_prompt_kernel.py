@@ -7,7 +7,7 @@ import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine import kernel_choice as kc
-from swift_engine.quantize import (
+from swift_engine.kernels.quantize import (
     Int4Linear,
     Int8Linear,
     dequantize_available,
@@ -15,7 +15,7 @@ from swift_engine.quantize import (
     int4_available,
     quantize,
 )
-from swift_engine.runner import ModelRunner
+from swift_engine.model.runner import ModelRunner
 
 from .conftest import CharTokenizer, tiny_model
 

@@ -1,4 +1,4 @@
-"""Engine replicas on Ray Serve (swift_integrations.ray_serve) sharing one profile store, on a local Ray cluster.
+"""Engine replicas on Ray Serve (swift_integrations.serve.ray_serve) sharing one profile store, on a local Ray cluster.
 
 The module starts one local Ray cluster (2 CPUs) and deploys 2 replicas of the embedded model
 behind Ray Serve's HTTP proxy, once. Replies are short and replicas run one torch thread each, so
@@ -28,10 +28,10 @@ httpx = pytest.importorskip("httpx")
 from ray import serve  # noqa: E402
 
 from swift_engine import SwiftConfig, SwiftEngine  # noqa: E402
-from swift_engine.profile_records import ProfileRecord  # noqa: E402
-from swift_engine.profile_store import ProfileStore, ProfileStoreUnavailable  # noqa: E402
-from swift_integrations.ray_profile_store import RayProfileStore, store_actor  # noqa: E402
-from swift_integrations.ray_serve import APP_NAME, ReplicaSettings, build_app  # noqa: E402
+from swift_engine.store.profile_store import ProfileStore, ProfileStoreUnavailable  # noqa: E402
+from swift_engine.store.records import ProfileRecord  # noqa: E402
+from swift_integrations.serve.ray_serve import APP_NAME, ReplicaSettings, build_app  # noqa: E402
+from swift_integrations.serve.ray_store import RayProfileStore, store_actor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -329,7 +329,7 @@ def test_the_documented_config_file_builds(cluster):
     doc = yaml.safe_load((Path(__file__).parents[1] / "docs" / "serve" / "ray_serve.yaml").read_text())
     schema = ServeDeploySchema.model_validate(doc)
     (app,) = schema.applications
-    assert app.import_path == "swift_integrations.ray_serve:build_app"
+    assert app.import_path == "swift_integrations.serve.ray_serve:build_app"
     settings = ReplicaSettings.model_validate(app.args)
     assert settings.store in ("directory", "actor")
     options = {d.name: d for d in app.deployments}
@@ -355,7 +355,7 @@ def test_settings_reject_bad_values_with_one_clear_error():
 def test_ray_command_line_errors_are_one_line(flags, message):
     env = {k: v for k, v in os.environ.items() if k != "SWIFT_API_KEY"}
     proc = subprocess.run(
-        [sys.executable, "-m", "swift_engine.serve", "--ray", *flags],
+        [sys.executable, "-m", "swift_integrations.serve", "--ray", *flags],
         capture_output=True,
         text=True,
         timeout=120,

@@ -23,8 +23,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Too
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ThinkingBlock
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.prompting import render_chat_prompt
-from swift_engine.reasoning import (
+from swift_engine.chat.prompting import render_chat_prompt
+from swift_engine.chat.reasoning import (
     ReasoningFormat,
     ReasoningSplitter,
     is_reasoning_template,
@@ -33,8 +33,8 @@ from swift_engine.reasoning import (
 )
 from swift_integrations import SwiftChatModel
 from swift_integrations._generation import Delta, Final, GenerationCall, generation_events, output_constraint
-from swift_integrations.langchain import _chat_result, _neutral_messages
-from swift_integrations.llamaindex import SwiftLlamaIndexLLM, neutral_messages
+from swift_integrations.langchain.chat_models import _chat_result, _neutral_messages
+from swift_integrations.llamaindex.llm import SwiftLlamaIndexLLM, neutral_messages
 
 from .chat_templates import FAMILIES, QWEN3, family_tokenizer
 from .conftest import tiny_model

@@ -13,7 +13,7 @@ import torch
 from scipy import stats as sps
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.sampling import SamplingParams, target_probs
+from swift_engine.decoding.sampling import SamplingParams, target_probs
 
 from .conftest import CharTokenizer, tiny_model
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from swift_engine.quantize import int4_available, quantize
-from swift_engine.runner import ModelRunner
+from swift_engine.kernels.quantize import int4_available, quantize
+from swift_engine.model.runner import ModelRunner
 
 from .conftest import tiny_config, wide_tiny_model
 

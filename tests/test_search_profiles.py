@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.profile_store import ProfileStore
+from swift_engine.store.profile_store import ProfileStore
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_a_new_process_reuses_the_profiles_without_searching(engine: SwiftEngine
         f"""
         import json, sys
         from swift_engine import SwiftConfig, SwiftEngine
-        from swift_engine.profile_store import ProfileStore
+        from swift_engine.store.profile_store import ProfileStore
         e = SwiftEngine.from_pretrained(None, device="cpu", dtype="float32",
                                         config=SwiftConfig(search={SEARCH!r}))
         e._store = ProfileStore({str(store_dir)!r})

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible server (swift_engine.serve) over real HTTP, with the clients people point at it.
+"""The OpenAI-compatible server (swift_integrations.serve) over real HTTP, with the clients people point at it.
 
 One uvicorn server per app configuration, started once for the module around the session's shared
 embedded engine; the ``openai`` SDK, LangChain's ``ChatOpenAI`` and LlamaIndex's ``OpenAILike`` talk
@@ -27,7 +27,7 @@ openai = pytest.importorskip("openai")
 import uvicorn  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from swift_engine.serve import create_app, main, serve  # noqa: E402
+from swift_integrations.serve import create_app, main, serve  # noqa: E402
 
 KEY = "test-key"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -246,7 +246,7 @@ def test_unnamed_steps_are_keyed_by_their_system_prompt(client):
 
 def test_tool_followup_answer_asks_for_the_answer_after_tool_results(smol):
     """tool_followup='answer': after a tool result the model is asked for the answer, as the adapters do."""
-    from swift_integrations.openai_server import neutral_messages
+    from swift_integrations.serve.app import neutral_messages
     from swift_integrations.tool_followup import answer_turn
 
     history = [
@@ -413,7 +413,7 @@ def test_a_disconnect_stops_a_non_streaming_generation(smol):
 def test_core_imports_without_fastapi():
     code = (
         "import sys; sys.modules['fastapi'] = sys.modules['uvicorn'] = None; "
-        "import swift_engine, swift_engine.serve, swift_engine.tools.cli; print('ok')"
+        "import swift_engine, swift_integrations.serve, swift_integrations.cli.app; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
@@ -444,7 +444,7 @@ def test_load_benchmark_client_measures_a_real_server(smol, monkeypatch):
 def test_bench_serve_rejects_unknown_deployments():
     from typer.testing import CliRunner
 
-    from swift_engine.tools.bench import app
+    from swift_integrations.bench.command import app
 
     result = CliRunner().invoke(app, ["--serve", "--deployments", "nope"])
     assert result.exit_code == 1
@@ -464,7 +464,7 @@ def test_non_local_host_needs_a_key(monkeypatch):
 def test_cli_has_serve():
     from typer.testing import CliRunner
 
-    from swift_engine.tools.cli import app
+    from swift_integrations.cli.app import app
 
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0 and "--max-queue" in result.output and "--ray" in result.output

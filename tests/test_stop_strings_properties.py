@@ -2,7 +2,7 @@
 
 The oracle is the obvious, slow reading of the rule: after each token, decode everything so far;
 at the first token after which some stop string appears, the reply is that text up to the
-earliest stop string in it. :class:`~swift_engine.stopping.TextStream` must agree for any text,
+earliest stop string in it. :class:`~swift_engine.decoding.stopping.TextStream` must agree for any text,
 any stop strings (overlapping, nested, multi-byte, longer than the text), on a byte-level
 tokenizer (characters split across tokens) and on the embedded model's BPE tokenizer.
 """
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swift_engine.stopping import StopStrings, TextStream
+from swift_engine.decoding.stopping import StopStrings, TextStream
 
 from .chat_templates import family_tokenizer
 

@@ -11,7 +11,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swift_integrations.tool_calls import (
+from swift_engine.chat.tool_calls import (
     MAX_TOOL_CALLS,
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,

@@ -6,9 +6,7 @@ import json
 
 import pytest
 
-from swift_engine.constraints import JsonSchemaConstraint, ToolCallConstraint
-from swift_integrations._generation import FORCED_CALL_PREFILL, normalize_tool_choice, output_constraint
-from swift_integrations.tool_calls import (
+from swift_engine.chat.tool_calls import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
     InvalidToolCall,
@@ -20,6 +18,8 @@ from swift_integrations.tool_calls import (
     render_tools_system_prompt,
     resolve_tool_name,
 )
+from swift_engine.decoding.constraints import JsonSchemaConstraint, ToolCallConstraint
+from swift_integrations._generation import FORCED_CALL_PREFILL, normalize_tool_choice, output_constraint
 
 WEATHER = {
     "type": "function",

@@ -27,9 +27,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.constraints import GrammarError, ToolCallConstraint
-from swift_engine.prompting import render_chat_prompt
-from swift_engine.tool_format import (
+from swift_engine.chat.prompting import render_chat_prompt
+from swift_engine.chat.tool_calls import (
+    MAX_TOOL_CALLS,
+    ToolCallStreamFilter,
+    hidden_marker_ids,
+    parse_response_calls,
+    parse_tool_calls,
+)
+from swift_engine.chat.tool_format import (
     HERMES,
     LLAMA3_JSON,
     MISTRAL,
@@ -38,14 +44,8 @@ from swift_engine.tool_format import (
     fit_tool_history,
     tool_call_format,
 )
+from swift_engine.decoding.constraints import GrammarError, ToolCallConstraint
 from swift_integrations._generation import Final, GenerationCall, OutputPlan, generation_events, output_constraint
-from swift_integrations.tool_calls import (
-    MAX_TOOL_CALLS,
-    ToolCallStreamFilter,
-    hidden_marker_ids,
-    parse_response_calls,
-    parse_tool_calls,
-)
 
 from .chat_templates import FAMILIES as BARE_FAMILIES
 from .conftest import CharTokenizer, tiny_config

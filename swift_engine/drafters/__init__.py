@@ -9,11 +9,11 @@ test and one line there.
 
 from __future__ import annotations
 
-from .base import Drafter, Proposal
-from .context import ContextAcceptance, ContextDrafter, ContextIndex
-from .layer_skip import Draft, DraftHead, LayerSkipDrafter, draft_chain
-from .memory import MemoryDrafter, MemoryIndex
-from .policy import drafters_for_call, propose
+from swift_engine.drafters.base import Drafter, Proposal
+from swift_engine.drafters.context import ContextAcceptance, ContextDrafter, ContextIndex
+from swift_engine.drafters.layer_skip import Draft, DraftHead, LayerSkipDrafter, draft_chain
+from swift_engine.drafters.memory import MemoryDrafter, MemoryIndex
+from swift_engine.drafters.policy import drafters_for_call, propose
 
 __all__ = [
     "ContextAcceptance",

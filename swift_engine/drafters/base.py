@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from ..tree import TokenTree
-from ..verification import Verdict
+from swift_engine.decoding.tree import TokenTree
+from swift_engine.decoding.verification import Verdict
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Proposal:
     """A chain of draft tokens after the root, optionally with runner-up branches."""
 
     tokens: list[int]
-    #: which drafter made it (a ``SOURCE_*`` bit of :mod:`swift_engine.tree`)
+    #: which drafter made it (a ``SOURCE_*`` bit of :mod:`swift_engine.decoding.tree`)
     source: int
     #: the drafter's top-1 probability per token; with ``alternates``, where the tree branches
     confidences: list[float] = field(default_factory=list)

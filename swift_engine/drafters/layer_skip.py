@@ -4,7 +4,7 @@ The draft runs the *same* model with the step's skip set, writing KV entries onl
 runs, at positions right after the committed context. Nothing is cloned: after the draft this
 drafter rewinds the cache (a length change), and the verification pass overwrites those positions
 with the full model's entries. Which sublayers to skip is the layer-set search's choice
-(:mod:`swift_engine.search`), read at every proposal because the search may improve it mid-call.
+(:mod:`swift_engine.search.layer_search`), read at every proposal because the search may improve it mid-call.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..config import SwiftConfig
-from ..costs import CostModel
-from ..kv_cache import SwiftKVCache
-from ..runner import ModelRunner
-from ..tree import SOURCE_LAYER_SKIP, TokenTree
-from ..verification import Verdict
-from .base import Proposal
+from swift_engine.config import SwiftConfig
+from swift_engine.decoding.tree import SOURCE_LAYER_SKIP, TokenTree
+from swift_engine.decoding.verification import Verdict
+from swift_engine.drafters.base import Proposal
+from swift_engine.kernels.costs import CostModel
+from swift_engine.model.kv_cache import SwiftKVCache
+from swift_engine.model.runner import ModelRunner
 
 if TYPE_CHECKING:
-    from ..constraints import GrammarState
-    from ..search import SkipChoice
+    from swift_engine.decoding.constraints import GrammarState
+    from swift_engine.search.layer_search import SkipChoice
 
 
 class DraftHead:

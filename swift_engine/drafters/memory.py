@@ -3,7 +3,7 @@
 A pipeline step writes the same shapes call after call: a tool node the same JSON keys and
 argument layouts, a summarizer its phrasing, a RAG answerer its templates. The context drafter
 only sees the current prompt; this one also remembers what the *same step* wrote before (its
-profile keeps a bounded list of its recent outputs, :class:`~swift_engine.profile_records.DraftMemory`)
+profile keeps a bounded list of its recent outputs, :class:`~swift_engine.store.records.DraftMemory`)
 and, when the last tokens of the sequence occur in that memory, proposes what followed there.
 That is the idea of SuffixDecoding (Snowflake, NeurIPS 2025), keyed by pipeline step instead of
 one global index: a tool node's memory is never polluted by the summarizer's.
@@ -21,12 +21,12 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from ..costs import CostModel
-from ..profile_records import DRAFT_MEMORY_VERSION, DraftMemory
-from ..tree import SOURCE_MEMORY, TokenTree
-from ..verification import Verdict
-from .base import Proposal
-from .context import _PROBE_EVERY, ContextAcceptance
+from swift_engine.decoding.tree import SOURCE_MEMORY, TokenTree
+from swift_engine.decoding.verification import Verdict
+from swift_engine.drafters.base import Proposal
+from swift_engine.drafters.context import _PROBE_EVERY, ContextAcceptance
+from swift_engine.kernels.costs import CostModel
+from swift_engine.store.records import DRAFT_MEMORY_VERSION, DraftMemory
 
 logger = logging.getLogger(__name__)
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..config import SwiftConfig
-from ..costs import CostModel
-from ..kv_cache import SwiftKVCache
-from ..runner import ModelRunner
-from .base import Drafter, Proposal
-from .context import ContextDrafter
-from .layer_skip import DraftHead, LayerSkipDrafter
-from .memory import MemoryDrafter
+from swift_engine.config import SwiftConfig
+from swift_engine.drafters.base import Drafter, Proposal
+from swift_engine.drafters.context import ContextDrafter
+from swift_engine.drafters.layer_skip import DraftHead, LayerSkipDrafter
+from swift_engine.drafters.memory import MemoryDrafter
+from swift_engine.kernels.costs import CostModel
+from swift_engine.model.kv_cache import SwiftKVCache
+from swift_engine.model.runner import ModelRunner
 
 if TYPE_CHECKING:
-    from ..constraints import GrammarState
-    from ..search import SkipChoice
+    from swift_engine.decoding.constraints import GrammarState
+    from swift_engine.search.layer_search import SkipChoice
 
 #: A paid drafter runs only when the free proposals are shorter than this.
 _FREE_PROPOSAL_ENOUGH = 2

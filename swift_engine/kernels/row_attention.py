@@ -1,0 +1,210 @@
+"""Attention whose result for a token does not depend on which other tokens share its pass.
+
+Why: greedy SWIFT must give the tokens plain decoding gives. Plain decoding computes each new
+token in a one-row pass; verification computes the same token as one row of a tree of 8-32. In
+float32 the two agree to rounding and an argmax almost never flips; in bfloat16 (and with int8
+weights) one ulp is 0.4%, and on tiny models 6 of 21 greedy generations diverged. The first
+operation that differed was attention: PyTorch's fused kernel reduces over the keys in blocks
+whose layout depends on the number of query rows and on where the tree's masked columns sit.
+
+So, inside the engine's one-token and verification passes, each query row is attended
+separately, over exactly the keys it may see laid out exactly as a one-row pass would see them:
+its cached prefix, then its own ancestors in the tree. The cache buffer already holds the prefix
+contiguously; a row's ancestors are copied into the slots right after it (the tree's own entries
+are put back afterwards), and the row is one ``scaled_dot_product_attention`` call on that view,
+the same call, on the same data, in the same layout, as plain decoding makes. A chain of draft
+tokens is already laid out that way and needs no copy.
+
+The linears must be row-invariant too; :mod:`swift_engine.kernels.batch_invariance` checks them at engine
+start. Prefill passes keep the fused kernel: cached and uncached prompts are prefilled in the same
+blocks either way (``prefix_cache.py``).
+
+This is an attention implementation registered with ``transformers`` under :data:`NAME`. Outside
+a pass that turned it on it calls the model's original implementation, so other users of the
+model (``model.generate``, a ``transformers`` baseline in another thread) compute as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+#: prefix of the names this implementation is registered under in ``transformers``' attention
+#: registry: ``swift_rows_sdpa``, ``swift_rows_eager``..., one per original implementation, so that
+#: ``transformers`` builds the masks the original expects for the passes this module hands back
+NAME = "swift_rows"
+
+#: config attribute keeping the implementation that was in place before :func:`install`
+_ORIGINAL = "_swift_rows_original_attn"
+
+
+@dataclass
+class _Row:
+    """One query row's visible keys: cached entries ``[start, past)``, then tree entries ``path``."""
+
+    start: int
+    path: list[int]
+    #: visible columns when they are not of that shape (a gather; never in the engine's passes)
+    columns: torch.Tensor | None = None
+
+
+@dataclass
+class _Pass:
+    """Per-pass state: the row layouts of each mask tensor seen (one per attention layer type)."""
+
+    rows: dict[int, tuple[list[_Row], bool]] = field(default_factory=dict)
+
+    def layout(self, mask: torch.Tensor, past: int) -> tuple[list[_Row], bool]:
+        """The rows of ``mask``, and whether any row needs tree entries moved (a branch off the chain)."""
+        key = id(mask)
+        found = self.rows.get(key)
+        if found is None:
+            rows = _layout(mask, past)
+            moves = any(node != j for row in rows for j, node in enumerate(row.path))
+            found = self.rows[key] = (rows, moves)
+        return found
+
+
+_ACTIVE: contextvars.ContextVar[_Pass | None] = contextvars.ContextVar("swift_row_attention", default=None)
+
+
+def _layout(mask: torch.Tensor, past: int) -> list[_Row]:
+    visible = mask[0, 0] == 0 if mask.dtype != torch.bool else mask[0, 0]
+    visible = visible.cpu()
+    rows = []
+    for cols in visible:
+        idx = cols.nonzero()[:, 0]
+        cached = idx[idx < past]
+        start = int(cached[0]) if cached.numel() else past
+        if cached.numel() == past - start:  # a contiguous run ending at the tree: the usual case
+            rows.append(_Row(start, (idx[idx >= past] - past).tolist()))
+        else:
+            rows.append(_Row(start, [], idx.to(mask.device)))
+    return rows
+
+
+def install(model: nn.Module) -> None:
+    """Route ``model``'s attention through this module (idempotent; other passes are unchanged)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    config: Any = model.config
+    if installed(model):
+        return
+    original = config._attn_implementation or "sdpa"
+    name = f"{NAME}_{original}"
+    # registries map a name to a function: registering the same pair again changes nothing
+    AttentionInterface.register(name, attention)
+    if original in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    setattr(config, _ORIGINAL, original)
+    set_impl = getattr(model, "set_attn_implementation", None)
+    if callable(set_impl):
+        set_impl(name)
+    else:  # pragma: no cover - older transformers
+        config._attn_implementation = name
+
+
+def installed(model: nn.Module) -> bool:
+    return str(getattr(model.config, "_attn_implementation", None) or "").startswith(NAME)
+
+
+@contextlib.contextmanager
+def rows() -> Iterator[None]:
+    """Attend row by row in this block's passes (this thread or task only)."""
+    token = _ACTIVE.set(_Pass())
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active() -> bool:
+    """Whether the calling context's passes attend row by row (inside :func:`rows`)."""
+    return _ACTIVE.get() is not None
+
+
+def _original(module: nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
+    name = getattr(module.config, _ORIGINAL, "sdpa")
+    if name == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward  # type: ignore[no-any-return]
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[name]  # type: ignore[no-any-return]
+
+
+def attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``transformers`` attention interface: ``[1, H, q, d]`` queries to ``[1, q, H, dv]`` outputs."""
+    state = _ACTIVE.get()
+    if state is None or attention_mask is None or query.shape[0] != 1 or kwargs.get("s_aux") is not None:
+        return _original(module)(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, softcap=softcap, **kwargs
+        )
+    _, heads, q, dim = query.shape
+    kv_heads, dv = key.shape[1], value.shape[-1]
+    group = heads // kv_heads
+    scale = scaling if scaling is not None else dim**-0.5
+    past = key.shape[2] - q
+    layout, moves = state.layout(attention_mask, past)
+    if q == 1 and layout[0].columns is None:
+        # a one-token step: the row's keys are the buffers' tail as they are (the general loop
+        # below makes the same call; this skips its bookkeeping, about 7% of a SmolLM2 int4 step)
+        start = layout[0].start
+        if softcap is None:  # _one_row's call on the same tensors, without its indexing
+            qs = query.reshape(1, kv_heads, group, dim)
+            step = nn.functional.scaled_dot_product_attention(qs, key[:, :, start:], value[:, :, start:], scale=scale)
+        else:
+            qi = query[0, :, 0].reshape(kv_heads, group, dim)
+            step = _one_row(qi, key[0, :, start:], value[0, :, start:], scale, softcap)
+        return step.reshape(1, 1, heads, dv), None
+    out = query.new_empty(q, heads, dv)
+    k, v = key[0], value[0]  # views of the cache buffers: [kv_heads, past + q, d]
+    # the tree's own entries, kept aside only when some row's ancestors must be moved into place
+    # (one-token steps and draft chains never move anything)
+    tree_k, tree_v = (k[:, past:].clone(), v[:, past:].clone()) if moves else (k, v)
+    placed = list(range(q))  # which tree entry each slot after ``past`` holds now
+    for i, row in enumerate(layout):
+        qi = query[0, :, i].reshape(kv_heads, group, dim)
+        if row.columns is not None:
+            keys, values = k.index_select(1, row.columns), v.index_select(1, row.columns)
+        else:
+            for j, node in enumerate(row.path):
+                if placed[j] != node:  # only when ``moves``: tree_k is the copy then
+                    k[:, past + j] = tree_k[:, node]
+                    v[:, past + j] = tree_v[:, node]
+                    placed[j] = node
+            end = past + len(row.path)
+            keys, values = k[:, row.start : end], v[:, row.start : end]
+        out[i] = _one_row(qi, keys, values, scale, softcap).reshape(heads, dv)
+    moved = [j for j, node in enumerate(placed) if node != j]
+    if moved:
+        slots = torch.tensor(moved, device=key.device)
+        k[:, past + slots] = tree_k[:, slots]
+        v[:, past + slots] = tree_v[:, slots]
+    return out[None], None
+
+
+def _one_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
+    """One token's attention, its query heads grouped by key head: ``[kv_heads, group, d]``."""
+    if softcap is None:
+        return nn.functional.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0]
+    scores = torch.matmul(q, k.transpose(1, 2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    return torch.matmul(torch.softmax(scores.float(), -1).to(q.dtype), v)

@@ -1,0 +1,216 @@
+"""One-token steps of weight-only llama-style models as one TorchScript function: bitwise the Python loop.
+
+Why: at 135M parameters a one-token step is about 1500 small PyTorch ops, and the Python between them
+costs as much as the products. :mod:`swift_engine.model.fast_forward` already calls the same ops the
+``transformers`` modules would, in the same order; here the decoder layers of a one-token step are
+that same sequence of ATen calls in a TorchScript function, so the interpreter between the ops is
+C++ and the numbers are the same (``tests/test_scripted_step.py`` checks steps bitwise against the
+Python loop and the modules; ``tests/test_low_precision.py`` checks tree rows against these steps).
+SmolLM2-135M at int4, 2 threads, 200-300 tokens of context: the decoder's step 9.6-11 -> 5.8-7 ms
+(the head, embedding, final norm and the engine's loop stay in Python).
+
+Where it applies -- everything else keeps :class:`~swift_engine.model.fast_forward.FastDecoder`'s loop:
+
+* one-token passes with no skipped sublayer (plain decoding, the engine's one-row steps), attended
+  row by row (:mod:`swift_engine.kernels.row_attention`, which weight-only precisions always are);
+* weight-only int8 or int4 layers throughout, q/k/v stacked (:class:`~swift_engine.kernels.quantize.FusedProduct`),
+  no bias but on q/k/v, a SiLU-gated MLP, RMSNorms of the llama family, no sliding window;
+* a cache whose layers all hold the same number of entries (a draft that skipped layers leaves
+  some shorter until the next verification).
+
+TorchScript is deprecated in recent PyTorch (2.13 warns when scripting). The function is scripted
+once per process when the first such model is loaded (about 2 s on 2 cores), with that warning
+silenced; if scripting fails (a PyTorch without it), the Python loop is used and the log says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from swift_engine.kernels.quantize import INT4_GROUP, FusedProduct, Int4Linear, kernel_operands
+from swift_engine.model.kv_cache import SwiftKVCache
+
+logger = logging.getLogger(__name__)
+
+#: norm classes whose forward is ``weight * (h * rsqrt(mean(h^2) + eps)).to(dtype)`` with ``h`` in float32
+_RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"})
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, int4: bool, group: int) -> torch.Tensor:
+    """The weight-only kernel's product, as ``Int4Linear``/``Int8Linear`` compute it (scripted with ``_layers``)."""
+    if int4:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, group, scales)
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
+
+
+def _layers(
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    norm_weights: list[torch.Tensor],
+    norm_eps: list[float],
+    weights: list[torch.Tensor],
+    scales: list[torch.Tensor],
+    qkv_bias: list[torch.Tensor],
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    length: int,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    scaling: float,
+    int4: bool,
+    group: int,
+) -> torch.Tensor:
+    """The decoder layers of one token (``hidden``: ``[1, H]``), writing its keys and values at ``length``.
+
+    Op for op what ``FastDecoder.__call__`` runs for such a step (norm, stacked q/k/v, the heads'
+    views, q and k rotated together, the cache write, ``row_attention``'s one-row SDPA call, o_proj,
+    the residual, norm, the gated MLP, the residual). Per layer ``i``: ``weights``/``scales`` hold
+    q/k/v, o, gate, up, down at ``5 i .. 5 i + 4``; ``norm_weights``/``norm_eps`` the two norms at
+    ``2 i, 2 i + 1``.
+    """
+    cos_heads = cos.unsqueeze(1)
+    sin_heads = sin.unsqueeze(1)
+    half = head_dim // 2
+    for i in range(len(keys)):
+        h = hidden.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i])
+        x = norm_weights[2 * i] * h.to(hidden.dtype)
+        w = 5 * i
+        y = _product(x, weights[w], scales[w], int4, group)
+        if len(qkv_bias) > 0:
+            y = y + qkv_bias[i]
+        heads = y.view(1, 1, -1, head_dim).transpose(1, 2).split([q_heads + kv_heads, kv_heads], 1)
+        qk = heads[0]
+        qk = (qk * cos_heads) + (torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin_heads)
+        query_key = qk.split([q_heads, kv_heads], 1)
+        keys[i][:, :, length : length + 1] = query_key[1]
+        values[i][:, :, length : length + 1] = heads[1]
+        query = query_key[0].reshape(1, kv_heads, q_heads // kv_heads, head_dim)
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
+        )
+        attended = attended.reshape(1, -1).contiguous()
+        hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], int4, group)
+        h = hidden.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i + 1])
+        x = norm_weights[2 * i + 1] * h.to(hidden.dtype)
+        gate = _product(x, weights[w + 2], scales[w + 2], int4, group)
+        up = _product(x, weights[w + 3], scales[w + 3], int4, group)
+        hidden = hidden + _product(torch.nn.functional.silu(gate) * up, weights[w + 4], scales[w + 4], int4, group)
+    return hidden
+
+
+@functools.cache
+def _scripted() -> Callable[..., torch.Tensor] | None:
+    """``_layers`` compiled by TorchScript, once per process; None where that fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated in 2.13
+            return torch.jit.script(_layers)  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001 - any failure means: keep the Python loop
+        logger.info("one-token steps stay in Python: TorchScript could not compile them (%s)", exc)
+        return None
+
+
+class ScriptedStep:
+    """The decoder layers of one model's one-token steps as one TorchScript call (see the module docstring)."""
+
+    def __init__(
+        self,
+        layers: list[Any],
+        qkv: list[FusedProduct],
+        weights: list[torch.Tensor],
+        scales: list[torch.Tensor],
+        int4: bool,
+    ) -> None:
+        attn = layers[0].self_attn
+        self._norm_weights = [
+            n.weight for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)
+        ]
+        self._norm_eps = [
+            float(n.variance_epsilon)
+            for layer in layers
+            for n in (layer.input_layernorm, layer.post_attention_layernorm)
+        ]
+        self._weights, self._scales, self._int4 = weights, scales, int4
+        biases = [p.bias for p in qkv]
+        self._qkv_bias = [b for b in biases if b is not None]
+        self._q_heads, self._kv_heads = (n // attn.head_dim for n in qkv[0].sizes[:2])
+        self._head_dim, self._scaling = int(attn.head_dim), float(attn.scaling)
+        self._layers = len(layers)
+
+    @classmethod
+    def for_decoder(cls, config: Any, layers: list[Any], qkv: list[FusedProduct | None]) -> ScriptedStep | None:
+        """A scripted step for these layers, or None where it does not apply (see the module docstring)."""
+        if getattr(config, "sliding_window", None) is not None or getattr(config, "hidden_act", None) != "silu":
+            return None
+        if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+            return None
+        stacked = [p for p in qkv if p is not None]
+        if len(stacked) != len(layers) or not layers:
+            return None
+        kinds = {type(p.linears[0]) for p in stacked}
+        if len(kinds) != 1 or len({p.bias is None for p in stacked}) != 1:
+            return None
+        int4 = kinds == {Int4Linear}
+        weights: list[torch.Tensor] = []
+        scales: list[torch.Tensor] = []
+        for layer, fused in zip(layers, stacked, strict=True):
+            if not all(type(n).__name__ in _RMS_NORMS for n in (layer.input_layernorm, layer.post_attention_layernorm)):
+                return None
+            mlp = layer.mlp
+            linears = [layer.self_attn.o_proj] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+            products = [kernel_operands(m) for m in linears]
+            if any(p is None for p in products) or any((type(m) is Int4Linear) != int4 for m in linears):
+                return None
+            weights.append(fused.weight)
+            scales.append(fused.scales)
+            for product in products:
+                assert product is not None
+                weights.append(product[0])
+                scales.append(product[1])
+        if _scripted() is None:
+            return None
+        logger.info("one-token steps of this %s model run as one TorchScript call", "int4" if int4 else "int8")
+        return cls(layers, stacked, weights, scales, int4)
+
+    def __call__(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: SwiftKVCache
+    ) -> torch.Tensor | None:
+        """The layers' output for one token (``hidden``: ``[1, H]``), its keys and values appended to
+        ``cache``; None (nothing written) where the cache's layers are not all at one length."""
+        room = cache.reserve(1, self._layers)
+        if room is None:
+            return None
+        length, keys, values = room
+        script = _scripted()
+        assert script is not None  # checked when this was built
+        out = script(
+            hidden,
+            cos,
+            sin,
+            self._norm_weights,
+            self._norm_eps,
+            self._weights,
+            self._scales,
+            self._qkv_bias,
+            keys,
+            values,
+            length,
+            self._q_heads,
+            self._kv_heads,
+            self._head_dim,
+            self._scaling,
+            self._int4,
+            INT4_GROUP,
+        )
+        cache.advance(1)
+        return out
