@@ -40,7 +40,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     # Each step runs the same prompt twice: the prefix cache would skip the warm call's prefill and the
     # draft memory would copy the cold call's reply, so they are off here and this measures SWIFT's
-    # drafting alone. `swift-bench --pipeline` measures them on held-out tasks (README, "Pipelines").
+    # drafting alone. `swift-bench --pipeline` measures them on held-out tasks (docs/benchmark.md).
     llm = SwiftChatModel(
         max_tokens=MAX_TOKENS, temperature=0.0, swift_config=SwiftConfig(prefix_cache=False, draft_memory=0)
     )

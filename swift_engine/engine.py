@@ -1,20 +1,20 @@
 """The public engine: prompt in, SWIFT-accelerated tokens out, with statistics.
 
-The decode loop (``_decode``) is the whole acceleration phase in a few lines: ask the drafters
-(:mod:`swift_engine.drafters`) for proposals after the last token, merge them into a token tree,
-verify the tree with the full model in one pass, keep the accepted path. The layer-set search runs
-between steps inside its own session object (:class:`~swift_engine.search.layer_search.SearchSession`).
-Everything around it is prompt handling, stop conditions and reporting.
+:class:`SwiftEngine` owns what outlives a call: the model and its lock, the kernels chosen for this
+machine, the measured costs, the step profiles, the prefix cache and the grammars; its lifetime
+(``close``) and its public API (``generate``, ``stream``, ``profiles``, ``calibrate``). Each call
+is one :class:`~swift_engine.decode_loop.DecodeCall` (its lifecycle is the table of contents of
+:mod:`swift_engine.decode_loop`); the layer-set search runs between its steps inside a
+:class:`~swift_engine.search.session.SearchSession`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -22,21 +22,20 @@ import torch
 from swift_engine.attach import model_lock
 from swift_engine.chat.prompting import template_ids
 from swift_engine.config import SwiftConfig
-from swift_engine.decoding.constraints import Constraint, GrammarCache, GrammarState
-from swift_engine.decoding.prefix_cache import CachedBlock, PrefixCache, default_budget_bytes
-from swift_engine.decoding.sampling import SamplingParams, sample, target_probs
-from swift_engine.decoding.stopping import StopStrings, TextStream
-from swift_engine.decoding.tree import SOURCE_CONTEXT, SOURCE_MEMORY, TokenTree, build_tree
-from swift_engine.decoding.verification import Verdict, verify_tree
-from swift_engine.drafters import Drafter, DraftHead, Proposal, drafters_for_call, propose
+from swift_engine.decode_loop import DecodeCall
+from swift_engine.decoding.constraints import Constraint, GrammarCache
+from swift_engine.decoding.prefix_cache import PrefixCache, default_budget_bytes
+from swift_engine.decoding.sampling import SamplingParams
+from swift_engine.decoding.stopping import StopStrings
 from swift_engine.kernels.costs import CostModel, cost_file, load_or_measure
 from swift_engine.kernels.kernel_choice import KernelChoice, choose_kernels, kernel_file
-from swift_engine.model.kv_cache import SwiftKVCache
+from swift_engine.model.draft_head import DraftHead
 from swift_engine.model.runner import ModelRunner
 from swift_engine.model.sublayer_skip import default_skip_set
 from swift_engine.request import EngineClosedError, GenerationRequest, GenerationTimeout
-from swift_engine.results import FinishReason, GenerationResult, GenerationStats, StreamChunk
-from swift_engine.search.layer_search import Candidate, SearchSession
+from swift_engine.results import GenerationResult, StreamChunk
+from swift_engine.search.session import SearchSession
+from swift_engine.search.state import Candidate
 from swift_engine.search.step_profiles import StepProfiles
 from swift_engine.step_context import resolve_step_key
 from swift_engine.store.profile_store import ProfileStore
@@ -111,7 +110,7 @@ class SwiftEngine:
     def fingerprint(self) -> str:
         """Identity of the weights (not the name): the key of this model's profiles."""
         if self._fingerprint is None:
-            from swift_engine.loading.loader import model_fingerprint
+            from swift_engine.loading.fingerprint import model_fingerprint
 
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
@@ -223,12 +222,12 @@ class SwiftEngine:
         """Load a model (``None``: the embedded SmolLM2-135M-Instruct) and wrap it.
 
         A hub id is downloaded when not cached, unless ``local_files_only=True`` or
-        ``HF_HUB_OFFLINE=1`` (then :class:`~swift_engine.loading.loader.ModelNotAvailableError`);
+        ``HF_HUB_OFFLINE=1`` (then :class:`~swift_engine.loading.hub.ModelNotAvailableError`);
         ``revision`` pins a hub branch, tag or commit; ``model_kwargs`` go to the model's
         ``from_pretrained``; ``token`` is a Hub token for gated or private repos. See
-        :func:`~swift_engine.loading.loader.load_model`.
+        :func:`~swift_engine.loading.load.load_model`.
         """
-        from swift_engine.loading.loader import load_model
+        from swift_engine.loading.load import load_model
 
         loaded = load_model(
             model_id,
@@ -420,220 +419,20 @@ class SwiftEngine:
         return left > 0 and self._lock.acquire(timeout=left)
 
     def _run(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
-        """One request: decode, cut at EOS / stop strings, report (callers hold the lock per chunk)."""
+        """One request's chunks (:class:`~swift_engine.decode_loop.DecodeCall`); callers hold the lock per chunk."""
         self._ensure_kernels()
-        call_start = time.perf_counter()
-        if self.runner.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.runner.device)
-        session = self._session(request.step_key, request.speculative)
-        stats = GenerationStats(
-            prompt_tokens=len(request.prompt_ids),
-            step_key=request.step_key,
-            kernels=self.runner.kernels,
-            precision=self.runner.precision,
-            kernel_memory_bytes=self.runner.packed_bytes,
-        )
-        max_new_tokens = request.max_new_tokens
-        ctx = self.runner.context_length
-        if ctx is not None:
-            max_new_tokens = min(max_new_tokens, ctx - len(request.prompt_ids))
-        generator = None
-        if not request.sampling.greedy:
-            generator = torch.Generator(device=self.runner.device)
-            seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
-            generator.manual_seed(seed)
-        grammar = request.grammar
-        text = TextStream(self.tokenizer, request.stops)
-        out: list[int] = []
-        finish: FinishReason = "length"
-        drafters: list[Drafter] = []
-        for new in self._decode(request, max_new_tokens, generator, session, drafters, stats):
-            # token by token, so the reply ends at the token that completed a stop string or EOS
-            # however many tokens the verification step accepted at once (plain decoding's cut),
-            # and a stream is token-level whether a step accepted one token or a whole copied reply
-            for tok in new:
-                out.append(tok)
-                if tok in self.eos_ids:
-                    finish = "eos"
-                    yield StreamChunk(text="", token_ids=[tok])
-                    break
-                yield StreamChunk(text=text.push([tok]), token_ids=[tok])
-                if text.stopped_at is not None:
-                    finish = "stop"
-                    break
-                if len(out) >= max_new_tokens:
-                    break
-            if finish != "length" or len(out) >= max_new_tokens:
-                break
-        if grammar is not None and finish == "length":
-            closing = grammar.close(self.grammars.closing_vocab())
-            if closing:
-                out.extend(closing)
-                stats.grammar_closing_tokens = len(closing)
-                yield StreamChunk(text=text.push(closing), token_ids=closing)
-        tail = text.flush()
-        if tail:
-            yield StreamChunk(text=tail)
-        stats.new_tokens = len(out)
-        states = {d.profile_key: d.profile_state() for d in drafters if d.profile_key is not None}
-        kept = {key: state for key, state in states.items() if state is not None}
-        session.close(self._profiles, request.step_key, stats, len(out), kept)
-        stats.wall_time_s = time.perf_counter() - call_start
-        if self.runner.device.type == "cuda":
-            stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.runner.device))
-        result = GenerationResult(text=text.final_text, token_ids=out, finish_reason=finish, stats=stats.finalize())
+        chunks = DecodeCall(self, request, self._session(request.step_key, request.speculative)).run()
+        try:
+            for chunk in chunks:
+                if chunk.result is not None:
+                    self._notify(chunk.result)
+                yield chunk
+        finally:
+            chunks.close()
+
+    def _notify(self, result: GenerationResult) -> None:
         for listener in list(self._listeners):
             try:
                 listener(result)
             except Exception:  # a broken metrics hook must not fail the generation
                 logger.exception("result listener %r failed", listener)
-        yield StreamChunk(result=result)
-
-    # -- the decode loop --------------------------------------------------------------------
-    def _decode(
-        self,
-        request: GenerationRequest,
-        max_new_tokens: int,
-        generator: torch.Generator | None,
-        session: SearchSession,
-        drafters: list[Drafter],
-        stats: GenerationStats,
-    ) -> Iterator[list[int]]:
-        """Yield committed tokens as they are accepted; the caller decides when to stop.
-
-        Prefill, then per step: (search) -> draft -> tree -> verify -> commit. ``drafters`` is
-        filled here (the caller reads their per-step state once the call ends).
-        """
-        runner, cfg, prompt_ids, grammar = self.runner, self.config, request.prompt_ids, request.grammar
-        # the furthest a generation writes: prompt, reply, and one draft tree past the reply's end
-        cache = runner.new_cache(capacity=len(prompt_ids) + max_new_tokens + cfg.tree.max_tree_tokens + 1)
-        prefill_start = time.perf_counter()
-        tail_logits, stats.cached_prompt_tokens = self._prefill(
-            cache, prompt_ids, session.teacher_window, lambda: request.check_deadline(0)
-        )
-        stats.prefix_cache_bytes = self.prefix_cache.nbytes if self.prefix_cache is not None else 0
-        root = self._pick(tail_logits[-1], request.sampling, generator, grammar)
-        session.start(prompt_ids, tail_logits.argmax(dim=-1).tolist())
-        decode_start = time.perf_counter()
-        stats.prefill_time_s = decode_start - prefill_start
-        yield [root]
-        head = None
-        if session.speculative:  # the draft head scores layer-skip drafts and the search's candidates
-            head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)
-            drafters += drafters_for_call(
-                runner,
-                cache,
-                cfg,
-                self.costs,
-                head,
-                prompt_ids + [root],
-                lambda: session.choice,
-                session.profile,
-                grammar,
-            )
-        produced, past = 1, len(prompt_ids)
-        while produced < max_new_tokens:
-            remaining = max_new_tokens - produced
-            session.maybe_search(runner, cache, past, decode_start, head)
-            proposals = propose(drafters, root, past, remaining - 1) if remaining > 1 else []
-            tree = build_tree(root, proposals, cfg.tree, budget=min(remaining, runner.max_rows or remaining))
-            verdict = self._verify(cache, tree, past, request, generator, timed=session.speculative)
-            new = verdict.accepted + [verdict.bonus]
-            for drafter in drafters:
-                drafter.observe(tree, verdict, new)
-            session.observe(root, verdict)
-            _count_step(stats, tree, verdict, proposals, cache)
-            past += len(verdict.path)
-            root = verdict.bonus
-            produced += len(new)
-            yield new
-
-    def _prefill(
-        self, cache: SwiftKVCache, prompt_ids: list[int], tail: int, check: Callable[[], None] = lambda: None
-    ) -> tuple[torch.Tensor, int]:
-        """Cache the prompt; the full model's logits after its last ``tail`` tokens, and how many came cached.
-
-        One pass per ``prefill_block`` tokens at fixed positions, so every block is computed
-        the same way whether or not an earlier call's block is reused (see ``prefix_cache.py``).
-        """
-        runner, block, store = self.runner, self.config.prefill_block, self.prefix_cache
-        tag = runner.kernels
-        chain = store.lookup(prompt_ids, tag) if store is not None else []
-        hidden: list[torch.Tensor] = [b.hidden for b in chain]
-        if chain:
-            cache.load(
-                [
-                    (torch.cat([b.kv[i][0] for b in chain], -2), torch.cat([b.kv[i][1] for b in chain], -2))
-                    for i in range(len(chain[0].kv))
-                ]
-            )
-        start = cached = len(chain) * block
-        new: list[CachedBlock] = []
-        device = runner.device
-        while start < len(prompt_ids):
-            check()  # a long prompt's prefill honours the call's timeout between blocks
-            end = min(start + block, len(prompt_ids))
-            ids = prompt_ids[start:end]
-            hidden.append(
-                runner.hidden(cache, torch.tensor(ids, device=device), torch.arange(start, end, device=device))
-            )
-            if store is not None and end - start == block:
-                new.append(CachedBlock(tuple(ids), cache.entries(start, end), hidden[-1].clone()))
-            start = end
-        if store is not None:
-            store.insert(chain, new, tag)
-        # the same rows in one call whatever came from the cache: the logits are bitwise the same too
-        need = max(1, min(tail, len(prompt_ids)))
-        last: list[torch.Tensor] = []
-        for h in reversed(hidden):
-            take = min(need, h.shape[0])
-            last.insert(0, h[h.shape[0] - take :])
-            need -= take
-            if need == 0:
-                break
-        return runner.logits(torch.cat(last) if len(last) > 1 else last[0]), cached
-
-    def _verify(
-        self,
-        cache: SwiftKVCache,
-        tree: TokenTree,
-        past: int,
-        request: GenerationRequest,
-        generator: torch.Generator | None,
-        timed: bool,
-    ) -> Verdict:
-        """One full-model pass over the tree; its time corrects the cost model (``timed``)."""
-        verify_start = time.perf_counter()
-        verdict = verify_tree(self.runner, cache, tree, past, request.sampling, generator, request.grammar)
-        if timed:
-            self.costs.observe_verify(len(tree), time.perf_counter() - verify_start)
-        return verdict
-
-    def _pick(
-        self,
-        logits: torch.Tensor,
-        params: SamplingParams,
-        generator: torch.Generator | None,
-        grammar: GrammarState | None = None,
-    ) -> int:
-        if grammar is not None:
-            logits = grammar.mask_(logits.clone())
-        tok = int(logits.argmax().item()) if params.greedy else sample(target_probs(logits, params), generator)
-        if grammar is not None:
-            grammar.advance(tok)
-        return tok
-
-
-def _count_step(
-    stats: GenerationStats, tree: TokenTree, verdict: Verdict, proposals: list[Proposal], cache: SwiftKVCache
-) -> None:
-    """Fold one verification step into the call's counters."""
-    stats.verify_steps += 1
-    stats.draft_steps += sum(p.steps for p in proposals)
-    stats.drafted_tokens += len(tree) - 1
-    stats.accepted_drafted_tokens += len(verdict.accepted)
-    stats.context_drafted_tokens += sum(1 for s in tree.sources if s & SOURCE_CONTEXT)
-    stats.context_accepted_tokens += sum(1 for n in verdict.path[1:] if tree.sources[n] & SOURCE_CONTEXT)
-    stats.memory_drafted_tokens += sum(1 for s in tree.sources if s & SOURCE_MEMORY)
-    stats.memory_accepted_tokens += sum(1 for n in verdict.path[1:] if tree.sources[n] & SOURCE_MEMORY)
-    stats.kv_cache_bytes = cache.nbytes()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from swift_engine.drafters import DraftHead
 from swift_engine.kernels.costs import CostModel
+from swift_engine.model.draft_head import DraftHead
 
 #: 2-core CPU costs of SmolLM2-135M (seconds), with the noise seen in practice: 2 tokens slower than 4
 COSTS = {

@@ -7,11 +7,12 @@ import torch
 from swift_engine.config import SwiftConfig
 from swift_engine.decoding.tree import SOURCE_CONTEXT, SOURCE_LAYER_SKIP, TokenTree
 from swift_engine.decoding.verification import Verdict
-from swift_engine.drafters import DraftHead, LayerSkipDrafter
+from swift_engine.drafters import LayerSkipDrafter
 from swift_engine.drafters.layer_skip import DraftPayoff
 from swift_engine.kernels.costs import CostModel
+from swift_engine.model.draft_head import DraftHead
 from swift_engine.model.runner import ModelRunner
-from swift_engine.search.layer_search import PLAIN, SkipChoice
+from swift_engine.search.state import PLAIN, SkipChoice
 
 from .conftest import tiny_model
 

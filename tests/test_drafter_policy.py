@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from swift_engine.config import TreeConfig
-from swift_engine.decoding.tree import SOURCE_CONTEXT, SOURCE_LAYER_SKIP, TokenTree, build_tree
+from swift_engine.decoding.tree import SOURCE_CONTEXT, SOURCE_LAYER_SKIP, Proposal, TokenTree, build_tree
 from swift_engine.decoding.verification import Verdict
-from swift_engine.drafters import Proposal, propose
+from swift_engine.drafters import propose
 
 
 class _Scripted:

@@ -163,7 +163,8 @@ def test_search_budget_shrinks_as_the_search_stagnates(tmp_path) -> None:
     """Half of the decoding time for a fresh search, a third of that after 2 x hopeless_after stagnant iterations."""
     import time as _time
 
-    from swift_engine.search.layer_search import PLAIN, Candidate, SearchSession, SearchState
+    from swift_engine.search.session import SearchSession
+    from swift_engine.search.state import PLAIN, Candidate, SearchState
 
     engine = SwiftEngine(tiny_model("llama", seed=2), CharTokenizer(), SwiftConfig(), profile_store=tmp_path)
     hopeless = engine.config.search.hopeless_after

@@ -1,6 +1,6 @@
 """Fault injection: crashes, hostile files and keys, full and read-only disks, concurrency, abandoned calls.
 
-Each test asserts what the README's "Guarantees" section promises: no wrong tokens (compared with
+Each test asserts what docs/guarantees.md promises: no wrong tokens (compared with
 plain greedy decoding of the same model), no lost committed profile, no file outside the store
 touched, and a clear error or warning where one is due. A bad file may cost a search, never a call.
 """

@@ -133,7 +133,7 @@ def test_int8_row_subsets_agree_and_int4_refuses_shapes_its_kernel_cannot_take()
 @pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
 def test_int4_gives_back_the_4_bit_grid_of_a_q4_1_gguf_file() -> None:
     """The embedded SmolLM2 is a Q4_1 file: int4 must land on its codes, not requantize them."""
-    from swift_engine.loading.loader import load_model
+    from swift_engine.loading.load import load_model
 
     loaded = load_model(None, dtype=torch.bfloat16)
     model = loaded.model
@@ -163,7 +163,7 @@ def test_quantize_replaces_every_linear_and_unties_the_head() -> None:
         model = tiny_model("qwen2").to(torch.bfloat16)
         model.config.tie_word_embeddings = True
         assert quantize(model, "int4") == 6 * 7 + 1
-        assert isinstance(model.lm_head, Int8Linear)  # the output head stays int8 (quality: README)
+        assert isinstance(model.lm_head, Int8Linear)  # the output head stays int8 (quality: docs/precision.md)
         assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 6 * 7
         assert model.config.tie_word_embeddings is False
         assert ModelRunner(model, "torch").precision == "int4"
@@ -202,7 +202,7 @@ def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pyt
 
 
 def test_trees_stay_within_the_rows_the_kernels_keep_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
-    import swift_engine.engine as engine_module
+    import swift_engine.decode_loop as decode_loop
 
     engine = SwiftEngine(
         _model("llama", "bfloat16"), CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False})
@@ -210,14 +210,14 @@ def test_trees_stay_within_the_rows_the_kernels_keep_invariant(monkeypatch: pyte
     engine.kernel_choice  # kernels and the row check settle first (as at a first call)
     engine.runner.max_rows = 3  # as if this machine's kernels changed results beyond 3 rows
     sizes: list[int] = []
-    real = engine_module.build_tree
+    real = decode_loop.build_tree
 
     def recording(*args, **kwargs):  # the real tree builder; only its results are recorded
         tree = real(*args, **kwargs)
         sizes.append(len(tree))
         return tree
 
-    monkeypatch.setattr(engine_module, "build_tree", recording)
+    monkeypatch.setattr(decode_loop, "build_tree", recording)
     for prompt in PROMPTS[:3]:
         plain = engine.generate(prompt, max_new_tokens=32, speculative=False)
         assert engine.generate(prompt, max_new_tokens=32).token_ids == plain.token_ids

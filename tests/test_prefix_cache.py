@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from swift_engine import SwiftConfig, SwiftEngine
+from swift_engine.decoding.prefill import prefill
 from swift_engine.decoding.prefix_cache import CachedBlock, PrefixCache
 
 from .conftest import TINY_ARCHS, CharTokenizer, tiny_model
@@ -48,6 +49,12 @@ def test_multi_turn_greedy_output_is_the_same_with_and_without_the_cache(arch: s
     assert plain == with_cache
 
 
+def _prefill(engine, cache, prompt, tail):
+    return prefill(
+        engine.runner, cache, prompt, tail, block=engine.config.prefill_block, prefix_cache=engine.prefix_cache
+    )
+
+
 def test_a_cached_prefix_is_bitwise_a_fresh_prefill() -> None:
     """The keys, values and logits of a prompt are identical whether its beginning came from the cache."""
     model = tiny_model("qwen2", seed=5)
@@ -55,11 +62,11 @@ def test_a_cached_prefix_is_bitwise_a_fresh_prefill() -> None:
     first = list(range(10, 60))
     prompt = first + list(range(70, 83))
     c0 = warm.runner.new_cache(128)
-    warm._prefill(c0, first, 4)
+    _prefill(warm, c0, first, 4)
     results = []
     for engine in (warm, cold):
         cache = engine.runner.new_cache(128)
-        logits, cached = engine._prefill(cache, prompt, 20)
+        logits, cached = _prefill(engine, cache, prompt, 20)
         results.append((logits, cache, cached))
     (lw, cw, nw), (lc, cc, nc) = results
     assert (nw, nc) == (48, 0)

@@ -25,7 +25,9 @@ import swift_engine.search.step_profiles as step_profiles
 import swift_engine.store.profile_store as profile_store
 from swift_engine.config import SearchConfig
 from swift_engine.kernels.costs import CostModel, load_or_measure
-from swift_engine.search.layer_search import Candidate, LayerSetSearch, SearchSession
+from swift_engine.search.layer_search import LayerSetSearch
+from swift_engine.search.session import SearchSession
+from swift_engine.search.state import Candidate
 from swift_engine.search.step_profiles import IMPORTED_SPEEDUP, MAX_CACHED_STEPS, StepProfiles
 from swift_engine.store.profile_store import (
     MAX_RECORD_BYTES,

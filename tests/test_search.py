@@ -7,7 +7,8 @@ from swift_engine.kernels.costs import CostModel
 
 def test_a_search_stalled_below_break_even_stops():
     from swift_engine.config import SearchConfig
-    from swift_engine.search.layer_search import Candidate, LayerSetSearch, SearchState
+    from swift_engine.search.layer_search import LayerSetSearch
+    from swift_engine.search.state import Candidate, SearchState
 
     # cheap drafts: a 20-sublayer set at score 0.65 gives 0.97x, one scoring 0.1 better would pay
     costs = CostModel.from_dict(
@@ -44,7 +45,9 @@ def test_the_search_budget_follows_what_the_search_could_still_gain():
     import time
 
     from swift_engine.config import SearchConfig
-    from swift_engine.search.layer_search import PLAIN, Candidate, LayerSetSearch, SearchSession, SearchState
+    from swift_engine.search.layer_search import LayerSetSearch
+    from swift_engine.search.session import SearchSession
+    from swift_engine.search.state import PLAIN, Candidate, SearchState
 
     cheap = _costs({"1": 0.05, "2": 0.051, "4": 0.052, "8": 0.055, "16": 0.06, "32": 0.07}, 0.02)
     dear = _costs({"1": 0.05, "2": 0.07, "4": 0.08, "8": 0.1, "16": 0.15, "32": 0.25}, 0.03)

@@ -10,20 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from swift_engine.config import TreeConfig
 
-if TYPE_CHECKING:
-    from swift_engine.drafters.base import Proposal
-
-
 #: Where a node's token came from (a bit mask: sources that agree share the node).
 SOURCE_LAYER_SKIP = 1
 SOURCE_CONTEXT = 2
 SOURCE_MEMORY = 4
+
+
+@dataclass
+class Proposal:
+    """A chain of draft tokens after the root, optionally with runner-up branches."""
+
+    tokens: list[int]
+    #: which drafter made it (a ``SOURCE_*`` bit of :mod:`swift_engine.decoding.tree`)
+    source: int
+    #: the drafter's top-1 probability per token; with ``alternates``, where the tree branches
+    confidences: list[float] = field(default_factory=list)
+    #: runner-up tokens per position, best first (empty: a chain without branches)
+    alternates: list[list[int]] = field(default_factory=list)
+    #: model passes spent on this proposal (0 for drafters that only look things up)
+    steps: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
 @dataclass

@@ -9,23 +9,22 @@ test and one line there.
 
 from __future__ import annotations
 
-from swift_engine.drafters.base import Drafter, Proposal
+from swift_engine.drafters.base import Drafter
 from swift_engine.drafters.context import ContextAcceptance, ContextDrafter, ContextIndex
-from swift_engine.drafters.layer_skip import Draft, DraftHead, LayerSkipDrafter, draft_chain
+from swift_engine.drafters.layer_skip import Draft, LayerSkipDrafter, draft_chain
 from swift_engine.drafters.memory import MemoryDrafter, MemoryIndex
-from swift_engine.drafters.policy import drafters_for_call, propose
+from swift_engine.drafters.policy import DraftContext, drafters_for_call, propose
 
 __all__ = [
     "ContextAcceptance",
     "ContextDrafter",
     "ContextIndex",
+    "DraftContext",
     "Draft",
-    "DraftHead",
     "Drafter",
     "LayerSkipDrafter",
     "MemoryDrafter",
     "MemoryIndex",
-    "Proposal",
     "draft_chain",
     "drafters_for_call",
     "propose",

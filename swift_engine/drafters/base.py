@@ -1,4 +1,4 @@
-"""The drafter protocol and what a drafter proposes.
+"""The drafter protocol (what it proposes, :class:`~swift_engine.decoding.tree.Proposal`, is the tree's input).
 
 Shaped after the small interfaces of gpt-fast's ``speculative_decode`` and transformers'
 candidate generators (``get_candidates`` + ``update_candidate_strategy``): the decode loop asks
@@ -10,29 +10,10 @@ never has to know how a proposal was made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from swift_engine.decoding.tree import TokenTree
+from swift_engine.decoding.tree import Proposal, TokenTree
 from swift_engine.decoding.verification import Verdict
-
-
-@dataclass
-class Proposal:
-    """A chain of draft tokens after the root, optionally with runner-up branches."""
-
-    tokens: list[int]
-    #: which drafter made it (a ``SOURCE_*`` bit of :mod:`swift_engine.decoding.tree`)
-    source: int
-    #: the drafter's top-1 probability per token; with ``alternates``, where the tree branches
-    confidences: list[float] = field(default_factory=list)
-    #: runner-up tokens per position, best first (empty: a chain without branches)
-    alternates: list[list[int]] = field(default_factory=list)
-    #: model passes spent on this proposal (0 for drafters that only look things up)
-    steps: int = 0
-
-    def __len__(self) -> int:
-        return len(self.tokens)
 
 
 class Drafter(Protocol):

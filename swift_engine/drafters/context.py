@@ -14,9 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from swift_engine.decoding.tree import SOURCE_CONTEXT, TokenTree
+from swift_engine.decoding.tree import SOURCE_CONTEXT, Proposal, TokenTree
 from swift_engine.decoding.verification import Verdict
-from swift_engine.drafters.base import Proposal
 from swift_engine.kernels.costs import CostModel
 
 #: A copy is re-probed (3 tokens) every this many proposals even when the model says it won't pay.

@@ -21,9 +21,8 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from swift_engine.decoding.tree import SOURCE_MEMORY, TokenTree
+from swift_engine.decoding.tree import SOURCE_MEMORY, Proposal, TokenTree
 from swift_engine.decoding.verification import Verdict
-from swift_engine.drafters.base import Proposal
 from swift_engine.drafters.context import _PROBE_EVERY, ContextAcceptance
 from swift_engine.kernels.costs import CostModel
 from swift_engine.store.records import DRAFT_MEMORY_VERSION, DraftMemory

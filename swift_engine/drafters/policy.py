@@ -9,47 +9,64 @@ that mostly repeats it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from swift_engine.config import SwiftConfig
-from swift_engine.drafters.base import Drafter, Proposal
+from swift_engine.decoding.tree import Proposal
+from swift_engine.drafters.base import Drafter
 from swift_engine.drafters.context import ContextDrafter
-from swift_engine.drafters.layer_skip import DraftHead, LayerSkipDrafter
+from swift_engine.drafters.layer_skip import LayerSkipDrafter
 from swift_engine.drafters.memory import MemoryDrafter
 from swift_engine.kernels.costs import CostModel
+from swift_engine.model.draft_head import DraftHead
 from swift_engine.model.kv_cache import SwiftKVCache
 from swift_engine.model.runner import ModelRunner
 
 if TYPE_CHECKING:
     from swift_engine.decoding.constraints import GrammarState
-    from swift_engine.search.layer_search import SkipChoice
+    from swift_engine.search.state import SkipChoice
 
 #: A paid drafter runs only when the free proposals are shorter than this.
 _FREE_PROPOSAL_ENOUGH = 2
 
 
-def drafters_for_call(
-    runner: ModelRunner,
-    cache: SwiftKVCache,
-    config: SwiftConfig,
-    costs: CostModel,
-    head: DraftHead,
-    tokens: list[int],
-    skip: Callable[[], SkipChoice],
-    profile: dict,
-    grammar: GrammarState | None = None,
-) -> list[Drafter]:
-    """The drafters of one speculative call, in priority order (``tokens``: prompt and first token)."""
+@dataclass(frozen=True)
+class DraftContext:
+    """What one speculative call gives the drafters it uses (built once per call by the decode loop)."""
+
+    runner: ModelRunner
+    #: the call's KV cache: a drafter rewinds whatever it writes before ``propose`` returns
+    cache: SwiftKVCache
+    config: SwiftConfig
+    costs: CostModel
+    #: the layer-skip draft's output head over a vocabulary subset
+    head: DraftHead
+    #: prompt ids and the first generated token, ``[len(prompt) + 1]``: what context and memory drafts index
+    tokens: list[int]
+    #: the layer-set search's current choice (it may change mid-call)
+    skip: Callable[[], SkipChoice]
+    #: the step's stored per-drafter state (by each drafter's ``profile_key``)
+    profile: dict[str, Any] = field(default_factory=dict)
+    #: the call's grammar matcher, when the output is constrained
+    grammar: GrammarState | None = None
+
+
+def drafters_for_call(call: DraftContext) -> list[Drafter]:
+    """The drafters of one speculative call, in priority order."""
+    config, costs, profile = call.config, call.costs, call.profile
     drafters: list[Drafter] = []
     if config.context_drafts:
-        drafters.append(ContextDrafter(tokens, costs, config.max_draft_len, profile.get(ContextDrafter.profile_key)))
+        drafters.append(
+            ContextDrafter(call.tokens, costs, config.max_draft_len, profile.get(ContextDrafter.profile_key))
+        )
     if config.draft_memory:
         memory = profile.get(MemoryDrafter.profile_key)
         drafters.append(
-            MemoryDrafter(tokens, costs, config.max_draft_len, config.draft_memory, runner.vocab_size, memory)
+            MemoryDrafter(call.tokens, costs, config.max_draft_len, config.draft_memory, call.runner.vocab_size, memory)
         )
     gate = {"costs": costs, "payoff": profile.get(LayerSkipDrafter.profile_key)} if config.draft_payoff else {}
-    drafters.append(LayerSkipDrafter(runner, cache, config, head, skip, grammar, **gate))
+    drafters.append(LayerSkipDrafter(call.runner, call.cache, config, call.head, call.skip, call.grammar, **gate))
     return drafters
 
 

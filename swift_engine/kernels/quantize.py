@@ -14,7 +14,7 @@ path stays nearly flat (8 tokens: 110 ms). So int8 wins plain decoding and memor
 wins verification and prefill there.
 
 Quantization is symmetric per output row (``scale = max|w| / 127``), the scheme the kernel takes.
-Its quality cost is measured in the README (perplexity per precision). Outputs are then exact at
+Its quality cost is measured in docs/precision.md (perplexity per precision). Outputs are then exact at
 *this* precision: greedy SWIFT gives the tokens the engine's plain loop gives on the same int8
 model (:mod:`swift_engine.kernels.row_attention`, :mod:`swift_engine.kernels.batch_invariance`).
 
@@ -25,7 +25,7 @@ model loaded from such a file gets back the file's own 4-bit grid, up to roundin
 float16 scales to bfloat16 (the embedded SmolLM2 ``Q4_1``: see ``tests/test_low_precision.py``).
 The output head stays int8, as llama.cpp's 4-bit files keep theirs at 6 or 8 bits: the embedded
 SmolLM2's head is tied to an 8-bit embedding, and requantizing it to 4 bits cost +6.7% perplexity
-against +0.5% with an int8 head (Qwen2.5-Coder-0.5B: +5.4% against +3.6%; README "Precision").
+against +0.5% with an int8 head (Qwen2.5-Coder-0.5B: +5.4% against +3.6%; docs/precision.md).
 It costs speed on a large vocabulary: Qwen's head takes 14.2 ms a row at int8 against 4.9 at int4
 (the decoder's small layers cost about what int8's do: per-call overhead, not bytes). Like int8,
 the kernel's cost grows with the rows (8 rows: 3.3× one row). It needs ``out_features % 16 == 0``

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swift_engine.config import SearchConfig
-from swift_engine.search.layer_search import MAX_OBSERVATIONS, Candidate, SearchState
+from swift_engine.search.state import MAX_OBSERVATIONS, Candidate, SearchState
 from swift_engine.store.profile_store import ProfileStore
 from swift_engine.store.records import DraftMemory, ProfileRecord, SkipSet
 

@@ -1,0 +1,67 @@
+"""Prefill: cache a prompt's keys and values, reusing whole blocks an earlier call cached.
+
+The prompt runs in passes of ``block`` tokens at fixed positions, so every block is computed the
+same way whether or not an earlier call's block is reused (see :mod:`~swift_engine.decoding.prefix_cache`):
+the cache changes the time, never a bit of the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from swift_engine.decoding.prefix_cache import CachedBlock, PrefixCache
+from swift_engine.model.kv_cache import SwiftKVCache
+from swift_engine.model.runner import ModelRunner
+
+
+def prefill(
+    runner: ModelRunner,
+    cache: SwiftKVCache,
+    prompt_ids: list[int],
+    tail: int,
+    *,
+    block: int,
+    prefix_cache: PrefixCache | None,
+    check: Callable[[], None] = lambda: None,
+) -> tuple[torch.Tensor, int]:
+    """Cache the prompt; the full model's logits after its last ``tail`` tokens, and how many came cached.
+
+    ``cache``: the call's empty KV cache, filled with the prompt's ``len(prompt_ids)`` entries.
+    Returns ``(logits [min(tail, len(prompt_ids)), vocab], cached_tokens)``. ``check`` runs between
+    blocks (a long prompt's prefill honours the call's timeout there).
+    """
+    tag = runner.kernels
+    chain = prefix_cache.lookup(prompt_ids, tag) if prefix_cache is not None else []
+    hidden: list[torch.Tensor] = [b.hidden for b in chain]  # each [block, H]
+    if chain:
+        cache.load(
+            [
+                (torch.cat([b.kv[i][0] for b in chain], -2), torch.cat([b.kv[i][1] for b in chain], -2))
+                for i in range(len(chain[0].kv))
+            ]
+        )
+    start = cached = len(chain) * block
+    new: list[CachedBlock] = []
+    device = runner.device
+    while start < len(prompt_ids):
+        check()
+        end = min(start + block, len(prompt_ids))
+        ids = prompt_ids[start:end]
+        hidden.append(runner.hidden(cache, torch.tensor(ids, device=device), torch.arange(start, end, device=device)))
+        if prefix_cache is not None and end - start == block:
+            new.append(CachedBlock(tuple(ids), cache.entries(start, end), hidden[-1].clone()))
+        start = end
+    if prefix_cache is not None:
+        prefix_cache.insert(chain, new, tag)
+    # the same rows in one call whatever came from the cache: the logits are bitwise the same too
+    need = max(1, min(tail, len(prompt_ids)))
+    last: list[torch.Tensor] = []
+    for h in reversed(hidden):
+        take = min(need, h.shape[0])
+        last.insert(0, h[h.shape[0] - take :])
+        need -= take
+        if need == 0:
+            break
+    return runner.logits(torch.cat(last) if len(last) > 1 else last[0]), cached
