@@ -151,8 +151,8 @@ def normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
     if choice is True or choice in ("any", "required"):
         return "any"
     if isinstance(choice, dict):
-        fn = choice.get("function") if isinstance(choice.get("function"), dict) else choice
-        choice = fn.get("name")
+        fn = choice.get("function")
+        choice = (fn if isinstance(fn, dict) else choice).get("name")
     if isinstance(choice, str) and choice in names:
         return choice
     raise ValueError(

@@ -47,7 +47,7 @@ class DraftContext:
     #: the layer-set search's current choice (it may change mid-call)
     skip: Callable[[], SkipChoice]
     #: the step's stored per-drafter state (by each drafter's ``profile_key``)
-    profile: dict[str, Any] = field(default_factory=dict)
+    profile: dict[Any, Any] = field(default_factory=dict)
     #: the call's grammar matcher, when the output is constrained
     grammar: GrammarState | None = None
 
