@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    from swift_engine.loading.loader import load_model
+    from swift_engine.loading.load import load_model
 
     rows = []
     ref = None

@@ -84,7 +84,7 @@ def _engine_key(
     model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """The cache key: arguments that name the same model on the same device and dtype compare equal."""
-    from swift_engine.loading.loader import embedded_model_path, precision_name, resolve_device
+    from swift_engine.loading import embedded_model_path, precision_name, resolve_device
 
     if model_id is None and gguf_file is None:
         source = str(embedded_model_path().resolve())  # same key as naming the embedded file

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import swift_engine.kernels.costs as costs_module
-import swift_engine.loading.loader as loading
+import swift_engine.loading.load as loading
 from swift_engine.store.profile_store import ProfileRecord, ProfileStore, SkipSet
 from swift_integrations.cli.app import app
 

@@ -83,7 +83,7 @@ def add(a: int, b: int) -> int:
 
 
 def test_construction_is_cheap_and_wrappers_share_one_engine(engine):
-    from swift_engine.loading.loader import embedded_model_path
+    from swift_engine.loading.catalog import embedded_model_path
 
     models = [make() for _ in range(50)]
     assert all(m._engine_name is None for m in models)  # nothing loaded at construction

@@ -30,7 +30,7 @@ def shared_engine():
 
 
 def _embedded_path() -> str:
-    from swift_engine.loading.loader import embedded_model_path
+    from swift_engine.loading.catalog import embedded_model_path
 
     return str(embedded_model_path())
 

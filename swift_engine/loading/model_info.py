@@ -172,7 +172,7 @@ def read_model_info(
     """
     try:
         if model_id is None and gguf_file is None:
-            from swift_engine.loading.loader import embedded_model_path
+            from swift_engine.loading.catalog import embedded_model_path
 
             return _from_gguf(embedded_model_path())
         source = Path(os.path.expanduser(os.fspath(model_id))) if model_id is not None else None

@@ -1636,7 +1636,7 @@ def _llama_cpp_baseline(python: str | None, gguf: str | None, model: str | None)
     """The llama.cpp worker for ``--baseline llama.cpp``, on the GGUF the engine's weights came from."""
     import torch
 
-    from swift_engine.loading.loader import embedded_model_path
+    from swift_engine.loading.catalog import embedded_model_path
     from swift_integrations.bench.llama_cpp_baseline import LlamaCppBaseline, default_llama_cpp_python
 
     python = python or default_llama_cpp_python()

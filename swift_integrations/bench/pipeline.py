@@ -489,7 +489,7 @@ def run_pipelines(
     import transformers
 
     from swift_engine.kernels.kernel_choice import cpu_name
-    from swift_engine.loading.loader import load_model, precision_name
+    from swift_engine.loading import load_model, precision_name
 
     say = progress or (lambda msg: logger.info("%s", msg))
     loaded = load_model(model_id, device="cpu", dtype="float32")

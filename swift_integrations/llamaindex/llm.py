@@ -458,7 +458,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
             return str(self.engine.model_name)
         if self._engine_name is not None:
             return self._engine_name
-        from swift_engine.loading.loader import EMBEDDED_MODEL_NAME
+        from swift_engine.loading.catalog import EMBEDDED_MODEL_NAME
 
         return EMBEDDED_MODEL_NAME
 

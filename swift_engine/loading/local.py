@@ -1,0 +1,66 @@
+"""Local transformers checkpoints: a folder (or a hub id transformers resolves) loaded densely.
+
+Every route ends here sooner or later: a model folder, a cached hub snapshot, a hub id being
+downloaded, and a GGUF file's conversion-cache entry are all regular transformers checkpoints. Also
+what tells a path from a hub id and a checkpoint folder from one that only has a config.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import torch
+
+# ``model_kwargs`` keys that also go to the tokenizer and to the hub-cache look-ups, so that model and
+# tokenizer come from the same place with the same credentials.
+_SHARED_MODEL_KWARGS = ("token", "cache_dir", "trust_remote_code")
+# Weight files, one of which a usable transformers checkpoint folder has at its top level.
+_CHECKPOINT_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether a string that does not exist on disk was meant as a path rather than a hub id."""
+    return (
+        text.startswith(("/", "./", "../", "~", "\\"))
+        or text.lower().endswith(".gguf")
+        or os.path.isabs(text)
+        or text.count("/") > 1
+    )
+
+
+def _load_dense(
+    source: str,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    model_kwargs: dict[str, Any] | None = None,
+    *,
+    revision: str | None = None,
+    local_files_only: bool = True,
+    token: str | bool | None = None,
+) -> tuple[Any, Any]:
+    """Load a regular transformers checkpoint: a folder, or a hub id (downloading only when
+    ``local_files_only`` is False). ``model_kwargs`` go to the model's ``from_pretrained``; their
+    hub-access keys (``_SHARED_MODEL_KWARGS``) and ``token`` go to the tokenizer's too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = dict(model_kwargs or {})
+    if token is not None:
+        extra["token"] = token
+    shared = {key: extra[key] for key in _SHARED_MODEL_KWARGS if key in extra}
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        revision=revision,
+        local_files_only=local_files_only,
+        **extra,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_files_only, **shared)
+    return model, tokenizer
+
+
+def _has_weights(folder: pathlib.Path) -> bool:
+    """Whether ``folder`` has a weights file at its top level (a config alone is not a checkpoint)."""
+    return any(p.suffix in _CHECKPOINT_WEIGHT_SUFFIXES for p in folder.iterdir())
