@@ -246,7 +246,7 @@ def test_unnamed_steps_are_keyed_by_their_system_prompt(client):
 
 def test_tool_followup_answer_asks_for_the_answer_after_tool_results(smol):
     """tool_followup='answer': after a tool result the model is asked for the answer, as the adapters do."""
-    from swift_integrations.serve.app import neutral_messages
+    from swift_integrations.serve.request_fields import neutral_messages
     from swift_integrations.tool_followup import answer_turn
 
     history = [
@@ -421,7 +421,7 @@ def test_core_imports_without_fastapi():
 
 def test_load_benchmark_client_measures_a_real_server(smol, monkeypatch):
     """swift-bench --serve's client (serve_bench.run_level) against this module's kind of server."""
-    from swift_integrations import serve_bench
+    from swift_integrations.bench import serve as serve_bench
 
     app = create_app(smol, api_key=serve_bench.KEY, max_queue=8, request_timeout=300)
     with running(app) as url:

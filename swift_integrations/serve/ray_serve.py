@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
-from ray.serve.deployment import Application
+from ray.serve.deployment import Application, Deployment
 
-from swift_integrations.serve.app import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT, check_exposure, create_app
+from swift_integrations.serve.app import create_app
 from swift_integrations.serve.ray_store import DEFAULT_ACTOR_NAME, RayProfileStore
+from swift_integrations.serve.settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT, check_exposure
 
 __all__ = ["ReplicaSettings", "SwiftReplica", "build_app", "run"]
 
@@ -190,7 +191,8 @@ def build_app(args: dict[str, Any] | ReplicaSettings) -> Application:
         from swift_integrations.serve.ray_store import store_actor
 
         store_actor(settings.store_actor)
-    return SwiftReplica.options(**deployment_options(settings)).bind(settings.model_dump())
+    deployment = cast(Deployment, SwiftReplica)  # what @serve.deployment made of it (mypy ignores class decorators)
+    return deployment.options(**deployment_options(settings)).bind(settings.model_dump())
 
 
 def run(
