@@ -61,14 +61,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 class EmbeddedLoads:
     """The two loads of the embedded model that the slow tests share."""
 
-    def __init__(
-        self, cache_dir: pathlib.Path, first: LoadedModel, first_s: float, second: LoadedModel, second_s: float
-    ):
+    def __init__(self, cache_dir: pathlib.Path, first: LoadedModel, second: LoadedModel):
         self.cache_dir = cache_dir
         self.first = first
-        self.first_s = first_s
         self.second = second
-        self.second_s = second_s
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +72,9 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedLoads
     cache_dir = tmp_path_factory.mktemp("swift-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _refuse_network)
-        start = time.perf_counter()
         first = load_model(cache_dir=cache_dir, device="cpu")
-        first_s = time.perf_counter() - start
-        start = time.perf_counter()
         second = load_model(cache_dir=cache_dir, device="cpu")
-        second_s = time.perf_counter() - start
-    yield EmbeddedLoads(cache_dir, first, first_s, second, second_s)
+    yield EmbeddedLoads(cache_dir, first, second)
 
 
 def _logits(loaded: LoadedModel, text: str = PROMPT) -> torch.Tensor:
@@ -128,7 +120,7 @@ def test_first_load_converts_then_cache_is_used(embedded: EmbeddedLoads) -> None
     assert config["num_hidden_layers"] == 30
     # No temp folders left behind by the atomic write.
     assert not [p for p in (embedded.cache_dir / "models").iterdir() if ".tmp-" in p.name]
-    assert embedded.second_s < embedded.first_s / 3, (embedded.first_s, embedded.second_s)
+    # the second load read that entry, not the GGUF file (source above): no timing needed to tell
 
 
 @pytest.mark.slow
@@ -161,12 +153,23 @@ def test_embedded_model_metadata(embedded: EmbeddedLoads) -> None:
 
 
 @pytest.mark.slow
-def test_embedded_fingerprint_is_stable_and_fast(embedded: EmbeddedLoads) -> None:
-    start = time.perf_counter()
-    fp = model_fingerprint(embedded.second.model)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, elapsed
+def test_embedded_fingerprint_is_stable_and_only_samples_the_weights(embedded: EmbeddedLoads) -> None:
+    model = embedded.second.model
+    fp = model_fingerprint(model)
     assert fp == model_fingerprint(embedded.first.model)
+    # cheap by construction (no wall clock): a value outside the sample does not change it, one inside does
+    weight = model.get_input_embeddings().weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[weight.shape[0] // 2, 3] += 1.0
+            assert model_fingerprint(model) == fp
+            weight.view(-1)[0] += 1.0
+            assert model_fingerprint(model) != fp
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert model_fingerprint(model) == fp
     assert len(fp) == 16 and int(fp, 16) >= 0
 
 

@@ -1,10 +1,11 @@
 """Every notebook in ``notebooks/`` runs top to bottom on the embedded model without an error.
 
 Each notebook is executed in a fresh Jupyter kernel (``nbclient``, the kernel of this interpreter),
-cell by cell, within a budget of ``SWIFT_NOTEBOOK_TIMEOUT`` seconds (default 300) for the whole
-notebook. The notebooks keep their own scratch profile stores; the benchmark notebook writes its
-figures to a temporary folder here (``SWIFT_BENCH_FIGURES_DIR``), not to ``docs/``. The files in
-``notebooks/`` are never modified.
+cell by cell, within ``SWIFT_NOTEBOOK_TIMEOUT`` seconds (default 1800) for the whole notebook: a
+hang guard, not a speed check (a busy 2-core machine once took 292 s for one notebook). The
+notebooks keep their own scratch profile stores; the benchmark notebook writes its figures to a
+temporary folder here (``SWIFT_BENCH_FIGURES_DIR``), not to ``docs/``. The files in ``notebooks/``
+are never modified.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ pytest.importorskip("matplotlib")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-TIMEOUT_S = float(os.environ.get("SWIFT_NOTEBOOK_TIMEOUT", "300"))
+TIMEOUT_S = float(os.environ.get("SWIFT_NOTEBOOK_TIMEOUT", "1800"))
 
 
 def test_notebooks_are_committed_without_outputs() -> None:
