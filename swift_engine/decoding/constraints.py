@@ -8,7 +8,7 @@ is exactly what constrained plain decoding gives: greedy is token-identical, sam
 masked distribution.
 
 Specs are small pydantic models; compiled grammars are cached per engine (compiling a JSON schema
-takes ~1 s, matching a token ~10 µs).
+is slow, matching a token cheap; figures: docs/bench/measurements.md#decoding).
 """
 
 from __future__ import annotations

@@ -5,14 +5,14 @@ chain sends the same instructions with every question. This cache keeps the keys
 full model computed for earlier prompts and lets a call start from the longest cached prefix of
 its own prompt (the idea of llama.cpp's ``cache_prompt`` and vLLM's automatic prefix caching).
 
-Why it is exact: a prompt is always prefilled in fixed blocks of ``block`` tokens at fixed
-positions (``[0, B)``, ``[B, 2B)``, ...), one model pass per block, whether or not anything is
-cached. So a block's keys, values and hidden states are computed by the same pass, on the same
-inputs, in every run, and are bitwise the same whether they come from this cache or are computed
-again. (Prefilling the same tokens in a different split changes float rounding, which can flip a
-near-tie between two tokens later on: measured, a one-pass prefill and a blocked one differ in
-the 5th significant digit.) Only prompt blocks are kept, never tokens a call decoded: those were
-computed by verification passes of other shapes.
+Why it is exact: a prompt is always prefilled in fixed blocks of ``block`` tokens at fixed positions
+(``[0, B)``, ``[B, 2B)``, ...), one model pass per block, whether or not anything is cached. So a
+block's keys, values and hidden states are computed by the same pass, on the same inputs, in every
+run, and are bitwise the same whether they come from this cache or are computed again. (Prefilling
+the same tokens in a different split changes float rounding, which can flip a near-tie between two
+tokens later on: measured, a one-pass prefill and a blocked one differ in the low digits;
+docs/bench/measurements.md#decoding.) Only prompt blocks are kept, never tokens a call decoded:
+those were computed by verification passes of other shapes.
 
 The blocks form a tree keyed by their token ids (a radix tree with one block per edge), so
 prompts that share a beginning share its blocks. It is bounded in bytes and evicts the least

@@ -4,10 +4,11 @@ Why: at bfloat16 or with int8 weights, exact greedy SWIFT needs a token's hidden
 verification pass of q rows to be bitwise those of a one-row step (one ulp flips near-ties; see
 :mod:`swift_engine.kernels.row_attention`). Attention is made so by construction. Whether a matrix
 product is depends on the kernel PyTorch picks for the row count, which differs between CPUs and
-builds: measured here, ``F.linear`` in bfloat16 was row-invariant up to 32 rows and not at 33,
-and ``aten._weight_int8pack_mm`` up to at least 40. So the engine checks each distinct dense shape
-of the model (one of each, plus the output head) with random rows at engine start, and caps its
-verification trees at the largest row count that held for every shape up to it.
+builds: measured here, ``F.linear`` in bfloat16 stopped being row-invariant past a few dozen rows,
+and ``aten._weight_int8pack_mm`` held further (figures: docs/bench/measurements.md#kernels). So the
+engine checks each distinct dense shape of the model (one of each, plus the output head) with random
+rows at engine start, and caps its verification trees at the largest row count that held for every
+shape up to it.
 """
 
 from __future__ import annotations

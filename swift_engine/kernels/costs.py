@@ -1,8 +1,9 @@
 """What a draft step and a verification pass cost on *this* hardware, and what that implies.
 
-SWIFT's value is a ratio of costs: on a GPU a 7B model verifies 30 tokens for the price of one,
-on 2 CPU cores a 135M model pays ~1.5x for 8. The search's objective (expected speed-up) and the
-draft length are computed from costs measured once per engine, not assumed.
+SWIFT's value is a ratio of costs: on a GPU a 7B model verifies many tokens for the price of one,
+while on 2 CPU cores a 135M model pays markedly more for a few (figures:
+docs/bench/measurements.md#kernels). The search's objective (expected speed-up) and the draft length
+are computed from costs measured once per engine, not assumed.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class CostModel:
         """Seconds of one draft step at this skip ratio.
 
         The measured steps computed the full output head; a draft computes only its vocabulary
-        subset, which on a large-vocabulary model is most of the difference (Qwen2.5-0.5B: the
-        head is a quarter of a step, the subset a twentieth of the head).
+        subset, which on a large-vocabulary model is most of the difference (Qwen2.5-0.5B; figures:
+        docs/bench/measurements.md#kernels).
         """
         c0, c5 = self.draft_s_at[0.0], self.draft_s_at[0.5]
         head = self.head_s * self.draft_head_share
@@ -189,7 +190,7 @@ def _monotone(verify_s: dict[int, float]) -> dict[int, float]:
 
     Timing noise only ever adds time, so where verifying ``q`` tokens measured slower than
     verifying more, the larger batch's time is the better estimate for ``q`` (seen on 2 busy CPU
-    cores: 93 ms for 2 tokens, 85 ms for 4).
+    cores, 2 tokens slower than 4: docs/bench/measurements.md#kernels).
     """
     out, floor = {}, float("inf")
     for q in sorted(verify_s, reverse=True):

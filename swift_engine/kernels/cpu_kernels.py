@@ -1,25 +1,20 @@
 """Dense layers through oneDNN on CPU, inside the engine's own passes only.
 
-On a CPU, small-model decoding is a stream of skinny matrix products (1 to 32 rows against a
-weight matrix), and PyTorch's default ``linear`` path is slow there. Measured on 2 cores, fp32,
-Qwen2.5-0.5B's output head (151,936 x 896), in ms for 1 / 2 / 8 rows:
+On a CPU, small-model decoding is a stream of skinny matrix products (1 to 32 rows against a weight
+matrix), and PyTorch's default ``linear`` path is slow there: one row leaves much of the memory
+bandwidth unused, and two rows cost two passes. oneDNN's linear on the same weight is faster, and on
+weights re-laid out once in its blocked format ("packed") a few rows cost about what one does, for
+the output head and for the whole model (figures, measured on 2 cores in fp32 with Qwen2.5-0.5B:
+docs/bench/measurements.md#kernels). Packing is what makes speculation pay on a CPU: verifying 8
+tokens then costs about one step, as on a GPU. Its price is a second copy of the linear weights (the
+model object keeps its own for everyone else), so ``auto`` considers packing only when that copy
+fits comfortably in the memory available. Outputs change only by float rounding (checked at
+start-up), never by which token the full model verifies.
 
-* ``F.linear``: 39 / 88 / 84 -- one row is half the memory bandwidth, two rows cost two passes;
-* oneDNN's linear on the same weight: 19 / 30 / 33-48;
-* oneDNN's linear on weights re-laid out once in its blocked format ("packed"): 17 / 22 / 18.
-
-Whole model, one-token step and 8-token verification: 144 and 277 ms stock, 75 and 151 ms through
-oneDNN, 83 and 90 ms packed. Packing is what makes speculation pay on a CPU: verifying 8 tokens
-then costs about one step (1.1x instead of 1.9x), as on a GPU. Its price is a second copy of the
-linear weights (the model object keeps its own for everyone else), so ``auto`` considers packing
-only when that copy fits comfortably in the memory available. Outputs change only by float
-rounding (max logit difference ~2e-5, checked at start-up), never by which token the full model
-verifies.
-
-Those figures are one machine's. On a second 2-vCPU Xeon (AVX-512 and AMX flags) packed and
-plain oneDNN made the one-token step *slower* than stock (13.7 against 18.8 tok/s). So ``auto``
-does not assume: :mod:`swift_engine.kernels.kernel_choice` times the candidates on the machine and keeps
-the fastest per pass shape.
+Those measurements are one machine's. On a second 2-vCPU Xeon (AVX-512 and AMX flags) packed and
+plain oneDNN made the one-token step *slower* than stock (same page). So ``auto`` does not assume:
+:mod:`swift_engine.kernels.kernel_choice` times the candidates on the machine and keeps the fastest
+per pass shape.
 
 The wrappers are installed per ``nn.Linear`` *instance* and are only active inside
 :meth:`LinearKernels.active`, which the engine's runner enters for its own passes; the switch is a

@@ -1,13 +1,14 @@
 """Which dense kernels the engine's passes use on this machine: measured, not assumed.
 
-The kernel that wins depends on the CPU, its flags, the thread count, the dtype, the model's
-shapes and the PyTorch build. Measured: on one 2-vCPU Xeon oneDNN's packed weights made a
-one-token step 1.7x faster than PyTorch's stock linear; on another (same flags list, AMX) they
-made it 1.3x *slower* than stock, and the plain loop lost to ``transformers``. So
-``cpu_kernels="auto"`` times every candidate (:attr:`ModelRunner.candidates`: stock PyTorch,
-oneDNN, oneDNN on packed weights when the copy fits in memory) on this machine, for a one-token
-step and for a tree-sized verification pass, and keeps the fastest for each shape. Stock PyTorch
-is always a candidate, so the engine's own loop is never slower than the model's ``forward``.
+The kernel that wins depends on the CPU, its flags, the thread count, the dtype, the model's shapes
+and the PyTorch build. Measured: on one 2-vCPU Xeon oneDNN's packed weights made a one-token step
+clearly faster than PyTorch's stock linear; on another (same flags list, AMX) they made it *slower*
+than stock, and the plain loop lost to ``transformers`` (figures:
+docs/bench/measurements.md#kernels). So ``cpu_kernels="auto"`` times every candidate
+(:attr:`ModelRunner.candidates`: stock PyTorch, oneDNN, oneDNN on packed weights when the copy fits
+in memory) on this machine, for a one-token step and for a tree-sized verification pass, and keeps
+the fastest for each shape. Stock PyTorch is always a candidate, so the engine's own loop is never
+slower than the model's ``forward``.
 
 The choice is saved beside the measured costs, in a file keyed by the model fingerprint and a
 signature of the machine (CPU model and flags, thread count, PyTorch version, device and dtype):

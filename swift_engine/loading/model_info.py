@@ -139,8 +139,9 @@ def _from_gguf(path: Path) -> ModelInfo:
 
 @functools.lru_cache(maxsize=16)
 def _gguf_info(path: str, mtime_ns: int, size: int) -> ModelInfo:
-    """Memoised per file version (path, mtime, size): skipping a 150k-token vocabulary takes ~0.3 s,
-    and every wrapper constructed over the model asks again."""
+    """Memoised per file version (path, mtime, size): skipping a 150k-token vocabulary is slow enough
+    to notice (docs/bench/measurements.md#loading), and every wrapper constructed over the model asks
+    again."""
     meta = gguf_metadata(path, {"general.architecture", "tokenizer.chat_template"})
     arch = meta.get("general.architecture")
     context = meta.get(f"{arch}.context_length")

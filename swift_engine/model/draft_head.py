@@ -14,11 +14,11 @@ from swift_engine.model.runner import ModelRunner
 class DraftHead:
     """The draft's output head over a vocabulary subset (FR-Spec style).
 
-    The head is never skipped and is a large share of a small model's step (SmolLM2: ~20%,
-    Qwen2.5-0.5B: ~26%). Drafting only needs a good guess, so it scores the tokens of the context
-    plus the lowest token ids (BPE ids follow merge order, a proxy for frequency); verification uses
-    the full head, so the output stays exact. The sub-matrix is gathered once per generation and
-    only regathered when the context brings new tokens.
+    The head is never skipped and is a large share of a small model's step (SmolLM2, Qwen2.5-0.5B;
+    figures: docs/bench/measurements.md#model). Drafting only needs a good guess, so it scores the
+    tokens of the context plus the lowest token ids (BPE ids follow merge order, a proxy for
+    frequency); verification uses the full head, so the output stays exact. The sub-matrix is
+    gathered once per generation and only regathered when the context brings new tokens.
     """
 
     def __init__(self, runner: ModelRunner, base_size: int | None, context: list[int]) -> None:

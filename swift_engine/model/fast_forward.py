@@ -2,8 +2,8 @@
 
 Why: at 135M parameters a one-token step on a CPU is mostly overhead around small products. Of
 SmolLM2's step, the ``transformers`` modules' Python (decorators, output capturing, mask
-preparation, keyword plumbing, a dozen ``nn.Module.__call__`` per layer) was about a sixth (one
-int4 step: 23 ms through the modules, 20 ms through this loop). For architectures whose layers are
+preparation, keyword plumbing, a dozen ``nn.Module.__call__`` per layer) was a sizeable share, which
+this loop saves (figures: docs/bench/measurements.md#model). For architectures whose layers are
 exactly ``h += attn(norm(h)); h += mlp(norm(h))`` with rotary embeddings (llama, mistral, qwen2),
 this walks the *same* submodules and computes the same operations in the same order, calling each
 leaf module's own ``forward`` (linears with whichever kernel is active, norms, a skipped MLP's
@@ -15,7 +15,8 @@ and the MLP's products are the kernels called directly (:func:`~swift_engine.ker
 
 Anything else keeps the modules: other architectures, and passes while hooks are registered on the
 decoder's modules (offloading, adapters, user hooks, global module hooks), which this loop would bypass;
-that is checked on every pass (about 50 us for SmolLM2's 395 modules), since hooks may come later.
+that is checked on every pass (cheap next to a step, even over SmolLM2's 395 modules), since hooks
+may come later.
 """
 
 from __future__ import annotations

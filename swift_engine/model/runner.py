@@ -211,7 +211,8 @@ class ModelRunner:
 
         0 means no cap (``row_invariant`` off). Measured at a runner's first generation, once per
         model, kernel and precision: the result is kept on the model (engines over one model share
-        it; Qwen2.5-0.5B's check takes 1-2 s), and measured again only for more rows than it covered.
+        it; the check is not free: docs/bench/measurements.md#model), and measured again only for
+        more rows than it covered.
         """
         if self.max_rows is None:
             memo: dict[tuple[str, str], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})

@@ -6,8 +6,8 @@ costs as much as the products. :mod:`swift_engine.model.fast_forward` already ca
 that same sequence of ATen calls in a TorchScript function, so the interpreter between the ops is
 C++ and the numbers are the same (``tests/test_scripted_step.py`` checks steps bitwise against the
 Python loop and the modules; ``tests/test_low_precision.py`` checks tree rows against these steps).
-SmolLM2-135M at int4, 2 threads, 200-300 tokens of context: the decoder's step 9.6-11 -> 5.8-7 ms
-(the head, embedding, final norm and the engine's loop stay in Python).
+It makes the decoder's step of SmolLM2-135M at int4 markedly shorter (the head, embedding, final norm
+and the engine's loop stay in Python; figures: docs/bench/measurements.md#model).
 
 Where it applies -- everything else keeps :class:`~swift_engine.model.fast_forward.FastDecoder`'s loop:
 
@@ -19,8 +19,9 @@ Where it applies -- everything else keeps :class:`~swift_engine.model.fast_forwa
   some shorter until the next verification).
 
 TorchScript is deprecated in recent PyTorch (2.13 warns when scripting). The function is scripted
-once per process when the first such model is loaded (about 2 s on 2 cores), with that warning
-silenced; if scripting fails (a PyTorch without it), the Python loop is used and the log says so.
+once per process when the first such model is loaded (a one-time cost:
+docs/bench/measurements.md#model), with that warning silenced; if scripting fails (a PyTorch without
+it), the Python loop is used and the log says so.
 """
 
 from __future__ import annotations

@@ -198,8 +198,8 @@ class SearchSession:
         iteration is less likely to pay for itself. It shrinks too with what the search could still
         gain (:meth:`LayerSetSearch.prospect` over the better of plain decoding and the best set
         found): the whole budget from ``full_budget_gain`` on, in proportion below, down to a tenth.
-        Measured on Qwen2.5-0.5B at int4 (its best set 1.03x, no set above 1.11x): searching on a
-        full budget made warm calls 0.84x plain decoding.
+        Measured on Qwen2.5-0.5B at int4, where even the best set gains little: searching on a full
+        budget made warm calls slower than plain decoding (figures: docs/bench/measurements.md#search).
         """
         cfg = self.config
         stagnation = self.state.since_improvement if self.state is not None else 0
