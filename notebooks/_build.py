@@ -884,7 +884,7 @@ BENCH = [
     md("## The README table"),
     code(
         """
-        from swift_integrations.bench.command import render_markdown
+        from swift_integrations.bench.report import render_markdown
 
         for r in results.values():
             print(render_markdown(r))

@@ -111,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from swift_engine.engine import SwiftEngine
-    from swift_integrations.bench.command import load_prompts
+    from swift_integrations.bench.prompt_sets import load_prompts
 
     with tempfile.TemporaryDirectory() as d:
         engine = SwiftEngine.from_pretrained(args.model, device="cpu", dtype=args.dtype, profile_store=d)

@@ -6,14 +6,11 @@ import json
 
 import pytest
 
-from swift_integrations.bench.command import (
-    METHODS,
-    load_prompts,
-    main,
-    render_markdown,
-    render_text,
-    tokens_to_fraction,
-)
+from swift_integrations.bench.command import main
+from swift_integrations.bench.methods import METHODS
+from swift_integrations.bench.prompt_sets import load_prompts
+from swift_integrations.bench.report import render_markdown, render_text
+from swift_integrations.bench.summary import tokens_to_fraction
 
 
 def test_packaged_prompt_set_has_three_prompts_per_class() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swift_integrations import pipeline_bench as pb
+from swift_integrations.bench import pipeline as pb
 
 
 def test_tool_calls_are_parsed_and_tools_answer_offline() -> None:

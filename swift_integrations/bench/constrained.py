@@ -141,7 +141,7 @@ def _strip_eos(engine: Any, ids: list[int]) -> list[int]:
 def run_constrained_benchmark(
     bench: Any, cases: Sequence[ConstrainedCase], max_new_tokens: int = 96, progress: Any = None
 ) -> dict[str, Any]:
-    """Measure every case (see the module docs); ``bench`` is the :class:`swift_integrations.bench.command.Bench`."""
+    """Measure every case (see the module docs); ``bench`` is the :class:`swift_integrations.bench.measure.Bench`."""
     from xgrammar.contrib.hf import LogitsProcessor
 
     engine = bench.engine

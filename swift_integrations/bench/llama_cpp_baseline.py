@@ -25,7 +25,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LlamaCppBaseline", "LlamaCppReply", "default_llama_cpp_python"]
+__all__ = ["LlamaCppBaseline", "LlamaCppReply", "baseline_for_model", "default_llama_cpp_python"]
 
 #: Where ``get-llama-cpp.sh`` puts its environment by default, and the variable that overrides it.
 DEFAULT_VENV = Path("~/.cache/swift-llama-cpp/venv").expanduser()
@@ -173,3 +173,25 @@ class LlamaCppBaseline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def baseline_for_model(python: str | None, gguf: str | None, model: str | None) -> LlamaCppBaseline:
+    """The llama.cpp worker for ``--baseline llama.cpp``, on the GGUF the engine's weights came from."""
+    import torch
+
+    from swift_engine.loading.catalog import embedded_model_path
+
+    python = python or default_llama_cpp_python()
+    if python is None:
+        raise RuntimeError(
+            "--baseline llama.cpp needs llama-cpp-python in its own environment: run ../shared/tools/get-llama-cpp.sh "
+            "and pass the python it prints with --llama-cpp-python (or $SWIFT_LLAMA_CPP_PYTHON)"
+        )
+    if gguf is None:
+        if model is None:
+            gguf = str(embedded_model_path())
+        elif model.endswith(".gguf"):
+            gguf = model
+        else:
+            raise RuntimeError("--baseline llama.cpp: pass the model's GGUF file with --gguf")
+    return LlamaCppBaseline(python, gguf, threads=torch.get_num_threads())

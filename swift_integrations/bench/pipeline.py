@@ -277,7 +277,7 @@ def _rag(chat: Any, questions: Sequence[str]) -> list[str]:
     prompt = ChatPromptTemplate.from_messages(
         [("system", RAG_INSTRUCTIONS), ("human", "Context:\n{context}\n\nQuestion: {question}")]
     )
-    retriever = RunnableLambda(lambda q: "\n".join(f"- {d}" for d in _retrieve(q)))
+    retriever: RunnableLambda[str, str] = RunnableLambda(lambda q: "\n".join(f"- {d}" for d in _retrieve(q)))
     chain = {"context": retriever, "question": RunnablePassthrough()} | prompt | chat | StrOutputParser()
     return [chain.invoke(q) for q in questions]
 
@@ -329,7 +329,7 @@ def _hf_models(model: Any, tokenizer: Any, max_new_tokens: int, log: CallLog) ->
 
     # as HuggingFacePipeline.from_model_id(pipeline_kwargs=...) builds it: the settings live in the pipeline
     # (HuggingFacePipeline._generate reads only per-call pipeline_kwargs, not the instance's)
-    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False}
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False}
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, **kwargs)
     llm = HuggingFacePipeline(pipeline=pipe, model_id=str(model.config._name_or_path))
 
