@@ -27,7 +27,9 @@ from swift_engine.chat.tool_calls import InvalidToolCall, ParsedToolCall
 from swift_integrations import SwiftChatModel, SwiftLLM
 from swift_integrations._generation import Final
 from swift_integrations.engine_cache import get_engine
-from swift_integrations.langchain.chat_models import _chat_result, _ChunkBuilder, _neutral_messages
+from swift_integrations.langchain.messages import neutral_messages as _neutral_messages
+from swift_integrations.langchain.outputs import ChunkBuilder as _ChunkBuilder
+from swift_integrations.langchain.outputs import chat_result as _chat_result
 
 #: The search converges after a few iterations per step key, so tests stay fast but profiles exist.
 CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))

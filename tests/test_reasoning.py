@@ -33,8 +33,10 @@ from swift_engine.chat.reasoning import (
 )
 from swift_integrations import SwiftChatModel
 from swift_integrations._generation import Delta, Final, GenerationCall, generation_events, output_constraint
-from swift_integrations.langchain.chat_models import _chat_result, _neutral_messages
-from swift_integrations.llamaindex.llm import SwiftLlamaIndexLLM, neutral_messages
+from swift_integrations.langchain.messages import neutral_messages as _neutral_messages
+from swift_integrations.langchain.outputs import chat_result as _chat_result
+from swift_integrations.llamaindex import SwiftLlamaIndexLLM
+from swift_integrations.llamaindex.messages import neutral_messages
 
 from .chat_templates import FAMILIES, QWEN3, family_tokenizer
 from .conftest import tiny_model

@@ -8,7 +8,7 @@ records chain starts and ends (dict operations) and runs inline.
 
 :func:`config_step_key` resolves a key where the run's config is known (the models' public entry
 points); :func:`runtime_step_key` where only a run manager (or the ambient config) is
-(``generate()``, event streaming). Both follow :func:`.step_keys.step_key_from_run_info`.
+(``generate()``, event streaming). Both follow :func:`swift_integrations.step_keys.step_key_from_run_info`.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ Prompts
   (after ``system_prompt``, if set) in the chat template. ``completion_to_prompt=lambda s: s``
   gives plain text continuation.
 
-Step keys (which learned skip profile a call uses; resolved in :mod:`.llamaindex_steps`), in
-order of precedence:
+Step keys (which learned skip profile a call uses; resolved in :mod:`swift_integrations.llamaindex.steps`),
+in order of precedence:
 
 1. ``step_key=`` passed to the call (``llm.complete(..., step_key="x")``);
 2. ``with instrument_tags({"swift_step": "x"}):`` (``llama_index.core.instrumentation``);
@@ -41,7 +41,9 @@ Responses
 ``mean_accepted_per_step``, ``search_ran``, ``swift_profile``, ``swift_stats``), the token counts
 (``prompt_tokens``/``completion_tokens``/``total_tokens``; in ``raw["usage"]`` too, where
 LlamaIndex's ``TokenCountingHandler`` reads them) and the ``finish_reason``; ``raw["prompt"]`` is
-the exact prompt text the model received. Streams carry them on their last item.
+the exact prompt text the model received. Streams carry them on their last item. They are built in
+:mod:`swift_integrations.llamaindex.responses`; messages and tools are read in
+:mod:`swift_integrations.llamaindex.messages`.
 
 Reasoning models (Qwen3-style ``<think>``; :mod:`swift_engine.chat.reasoning`): ``thinking=`` switches
 thinking through the chat template's ``enable_thinking``; the thinking is a ``ThinkingBlock`` of
@@ -59,11 +61,10 @@ are parallel calls), and each call it opens is constrained the same way. Calls a
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
@@ -83,19 +84,22 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
-from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
+from llama_index.core.llms.llm import (
+    CompletionToPromptType,
+    MessagesToPromptType,
+    ToolSelection,
+    default_completion_to_prompt,
+)
 
 from swift_engine.chat.prompting import (
     RenderedPrompt,
     escape_special_tokens,
-    message_text,
     render_chat_prompt,
     special_token_texts,
     with_system_text,
 )
 from swift_engine.chat.tool_calls import (
     HERMES,
-    InvalidToolCall,
     new_tool_call_id,
     render_tools_system_prompt,
     tool_call_format,
@@ -115,8 +119,9 @@ from swift_integrations._generation import (
 )
 from swift_integrations.async_bridge import aiter_in_thread
 from swift_integrations.engine_cache import EngineLifetime, keep_alive_seconds, wrapper_engine
+from swift_integrations.llamaindex.messages import as_llama_messages, message_tool_calls, neutral_messages, tool_spec
+from swift_integrations.llamaindex.responses import invalid_call_dict, response_kwargs, response_raw, thinking_delta
 from swift_integrations.llamaindex.steps import ensure_span_tracker, prompt_step, step_key_for_call
-from swift_integrations.stats import usage_from_stats
 from swift_integrations.tool_followup import ToolFollowup, answer_turn, wants_answer_turn
 from swift_integrations.validation import check_engine, check_stop_strings, check_timeout
 
@@ -144,177 +149,11 @@ _CALL_KWARGS = frozenset(
 #: Keyword arguments LlamaIndex itself passes along that mean nothing here (ignored silently).
 _QUIET_KWARGS = frozenset({"formatted", "verbose", "strict", "allow_parallel_tool_calls", "tool_required"})
 
-
-# ====================================================================================== events
-
-
-def _usage(final: Final) -> dict[str, int]:
-    u = usage_from_stats(final.stats)
-    return {
-        "prompt_tokens": u["input_tokens"],
-        "completion_tokens": u["output_tokens"],
-        "total_tokens": u["total_tokens"],
-    }
-
-
-def _raw(final: Final) -> dict[str, Any]:
-    """A response's ``raw``: the SWIFT statistics, usage, the prompt as the model saw it, the calls."""
-    raw = final.metadata()
-    raw["usage"] = _usage(final)
-    raw["prompt"] = final.prompt_text
-    raw["text"] = final.content
-    if final.reasoning:
-        raw["thinking"] = final.reasoning
-    if final.calls:
-        raw["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in final.calls]
-    if final.invalid:
-        raw["invalid_tool_calls"] = [_invalid_dict(c) for c in final.invalid]
-    return raw
-
-
-def _thinking_delta(ev: Delta) -> dict[str, Any]:
-    """A stream item's new thinking, where LlamaIndex's agents read it (``AgentStream.thinking_delta``)."""
-    return {"thinking_delta": ev.reasoning} if ev.reasoning else {}
-
-
-def _additional_kwargs(final: Final) -> dict[str, Any]:
-    return {**_usage(final), **final.metadata()}
-
-
-def _invalid_dict(c: InvalidToolCall) -> dict[str, Any]:
-    return {"id": c.id, "name": c.name, "arguments": c.arguments, "error": c.error}
-
-
-# ====================================================================================== messages
-
-
-_ROLES = {
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.CHATBOT: "assistant",
-    MessageRole.MODEL: "assistant",
-    MessageRole.TOOL: "tool",
-    MessageRole.FUNCTION: "tool",
-}
-
-
-def _message_text(m: ChatMessage, where: str) -> str:
-    parts: list[str] = []
-    for block in m.blocks:
-        if isinstance(block, TextBlock):
-            parts.append(block.text)
-        elif isinstance(block, (ToolCallBlock, ThinkingBlock)) or getattr(block, "block_type", None) in (
-            "cache",
-            "cache_point",
-        ):
-            continue  # tool calls are rendered from the calls; reasoning goes apart (_message_thinking)
-        else:
-            raise ValueError(
-                f"SwiftLlamaIndexLLM reads text only; {where} has a "
-                f"{getattr(block, 'block_type', type(block).__name__)!r} block"
-            )
-    return "\n".join(parts)
-
-
-def _call_arguments(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str):
-        try:
-            value = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
-            return {}
-        return value if isinstance(value, dict) else {}
-    return {}
-
-
-def _message_tool_calls(m: ChatMessage) -> list[dict[str, Any]]:
-    """Tool calls of an assistant message: ``ToolCallBlock`` blocks, else OpenAI-style ``additional_kwargs``."""
-    calls = [
-        {"id": b.tool_call_id, "name": b.tool_name, "arguments": _call_arguments(b.tool_kwargs)}
-        for b in m.blocks
-        if isinstance(b, ToolCallBlock)
-    ]
-    if calls:
-        return calls
-    for tc in m.additional_kwargs.get("tool_calls") or []:
-        if isinstance(tc, dict):
-            fn = tc.get("function") if isinstance(tc.get("function"), dict) else tc
-            name = fn.get("name")
-            args = fn.get("arguments", fn.get("args"))
-            call_id = tc.get("id")
-        else:  # an SDK object (e.g. openai's ChatCompletionMessageToolCall)
-            fn = getattr(tc, "function", tc)
-            name, args, call_id = getattr(fn, "name", None), getattr(fn, "arguments", None), getattr(tc, "id", None)
-        if isinstance(name, str) and name:
-            calls.append({"id": call_id, "name": name, "arguments": _call_arguments(args)})
-    return calls
-
-
-def _message_thinking(m: ChatMessage) -> str:
-    """An assistant message's reasoning: its ``ThinkingBlock`` s, else ``additional_kwargs["reasoning_content"]``."""
-    parts = [b.content for b in m.blocks if isinstance(b, ThinkingBlock) and b.content]
-    if parts:
-        return "\n".join(parts)
-    kept = m.additional_kwargs.get("reasoning_content")
-    return kept if isinstance(kept, str) else ""
-
-
-def neutral_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """LlamaIndex messages as the framework-neutral dicts of :func:`~swift_engine.chat.prompting.render_chat_prompt`."""
-    out: list[dict[str, Any]] = []
-    call_names: dict[str, str] = {}
-    for i, m in enumerate(messages):
-        role = _ROLES.get(m.role)
-        if role is None:
-            raise ValueError(f"unsupported message role {m.role!r} at message {i}")
-        where = f"message {i} ({m.role.value})"
-        msg: dict[str, Any] = {"role": role, "content": _message_text(m, where)}
-        if role == "assistant":
-            calls = _message_tool_calls(m)
-            for c in calls:
-                if c["id"]:
-                    call_names[c["id"]] = c["name"]
-            if calls:
-                msg["tool_calls"] = calls
-            thinking = _message_thinking(m)
-            if thinking:
-                msg["reasoning_content"] = thinking  # the template renders it back or drops it
-        elif role == "tool":
-            kw = m.additional_kwargs
-            call_id = kw.get("tool_call_id")
-            msg["tool_call_id"] = call_id
-            msg["name"] = kw.get("name") or kw.get("tool_name") or call_names.get(call_id or "")
-            msg["is_error"] = bool(kw.get("is_error"))
-        out.append(msg)
-    return out
-
-
-def _as_llama_messages(neutral: Sequence[dict[str, Any]], specials: Sequence[str]) -> list[ChatMessage]:
-    """Neutral dicts back to text-only ChatMessages (for a user's ``messages_to_prompt``).
-
-    Past tool calls become ``<tool_call>`` text in the assistant message, tool results
-    ``<tool_response>`` text in a ``tool`` message. The user's function writes the turn markers and
-    we read its text with special tokens, so special-token spellings inside the messages are broken
-    first (:func:`~swift_engine.chat.prompting.escape_special_tokens`): content can't open a turn.
-    """
-    return [
-        ChatMessage(role=MessageRole(m["role"]), content=escape_special_tokens(message_text(m), specials))
-        for m in neutral
-    ]
-
-
-def _tool_spec(tool: Any) -> dict[str, Any]:
-    """An OpenAI-format tool dict from a LlamaIndex tool or a dict."""
-    if isinstance(tool, dict):
-        tool_function(tool)  # validates
-        return tool
-    meta = getattr(tool, "metadata", None)
-    if meta is not None and hasattr(meta, "to_openai_tool"):
-        return meta.to_openai_tool(skip_length_check=True)
-    raise TypeError(f"tools must be LlamaIndex tools or OpenAI-format dicts, got {type(tool).__name__}")
+#: The events of one generation. :func:`~swift_integrations._generation.generation_events` and
+#: :func:`~swift_integrations.async_bridge.aiter_in_thread` return generators (typed as iterators):
+#: closing one stops the engine after its current step, so the LLM closes them when a consumer stops.
+_Events: TypeAlias = Generator[Start | Delta | Final, None, None]
+_AsyncEvents: TypeAlias = AsyncGenerator[Start | Delta | Final, None]
 
 
 def _string_prompt(engine: Any, text: str) -> RenderedPrompt:
@@ -491,13 +330,15 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
         return list(self.swift_engine.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # -- prompt handling ---------------------------------------------------------------------------
-    def _custom_messages_to_prompt(self) -> bool:
+    def _custom_messages_to_prompt(self) -> MessagesToPromptType | None:
+        """The user's ``messages_to_prompt``; ``None`` when it is LlamaIndex's default."""
         f = self.messages_to_prompt
-        return f is not None and f is not generic_messages_to_prompt
+        return f if f is not None and f is not generic_messages_to_prompt else None
 
-    def _custom_completion_to_prompt(self) -> bool:
+    def _custom_completion_to_prompt(self) -> CompletionToPromptType | None:
+        """The user's ``completion_to_prompt``; ``None`` when it is LlamaIndex's default."""
         f = self.completion_to_prompt
-        return f is not None and f is not default_completion_to_prompt
+        return f if f is not None and f is not default_completion_to_prompt else None
 
     # -- per-call options and step key (caller's context, no engine) -------------------------------
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -537,7 +378,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
         neutral = neutral_messages(messages)
         if not neutral:
             raise ValueError("no messages to respond to")
-        tools = [_tool_spec(t) for t in (kwargs.get("tools") or [])]
+        tools = [tool_spec(t) for t in (kwargs.get("tools") or [])]
         names = [tool_function(t)["name"] for t in tools]
         choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
         if tools and wants_answer_turn(self.tool_followup, self.model_id, neutral, choice):
@@ -577,16 +418,12 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
         if spec.kind == "complete":
             assert spec.prompt is not None
             plan = OutputPlan()
-            if spec.formatted or self._custom_completion_to_prompt():
-                # ``formatted=True``: the caller's finished prompt, read as is; otherwise the user's
-                # function wraps our prompt in its markers, and the prompt must not add any
-                text = (
-                    spec.prompt
-                    if spec.formatted
-                    else self.completion_to_prompt(
-                        escape_special_tokens(spec.prompt, special_token_texts(engine.tokenizer))
-                    )
-                )
+            completion_to_prompt = self._custom_completion_to_prompt()
+            if spec.formatted:  # the caller's finished prompt, read as is
+                prompt = _string_prompt(engine, spec.prompt)
+            elif completion_to_prompt is not None:
+                # the user's function wraps our prompt in its markers, and the prompt must not add any
+                text = completion_to_prompt(escape_special_tokens(spec.prompt, special_token_texts(engine.tokenizer)))
                 prompt = _string_prompt(engine, text)
             else:
                 neutral = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
@@ -595,15 +432,16 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
                 prompt = render_chat_prompt(engine.tokenizer, neutral, reasoning=spec.thinking)
         else:
             assert spec.messages is not None
+            messages_to_prompt = self._custom_messages_to_prompt()
             # the model's own call syntax; a custom messages_to_prompt gets the Hermes prompt, so Hermes
-            fmt = HERMES if self._custom_messages_to_prompt() else tool_call_format(engine.tokenizer)
+            fmt = HERMES if messages_to_prompt is not None else tool_call_format(engine.tokenizer)
             plan = output_constraint(spec.tools, spec.tool_choice, parallel_tool_calls=spec.parallel, tool_format=fmt)
             tools = spec.tools if plan.show_tools else None
             neutral = spec.messages
-            if self._custom_messages_to_prompt():
+            if messages_to_prompt is not None:
                 msgs = with_system_text(neutral, render_tools_system_prompt(tools)) if tools else neutral
-                llama_msgs = _as_llama_messages(msgs, special_token_texts(engine.tokenizer))
-                prompt = _string_prompt(engine, self.messages_to_prompt(llama_msgs) + plan.prefill)
+                llama_msgs = as_llama_messages(msgs, special_token_texts(engine.tokenizer))
+                prompt = _string_prompt(engine, messages_to_prompt(llama_msgs) + plan.prefill)
             else:
                 prompt = render_chat_prompt(
                     engine.tokenizer, neutral, tools=tools, prefill=plan.prefill, reasoning=spec.thinking
@@ -621,8 +459,8 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
             keep_alive=None if self.engine is not None else keep_alive_seconds(self.keep_alive),
         )
 
-    def _spec_events(self, spec: _Spec) -> Iterator[Start | Delta | Final]:
-        return generation_events(self._bind(spec))
+    def _spec_events(self, spec: _Spec) -> _Events:
+        return cast(_Events, generation_events(self._bind(spec)))
 
     # -- responses ------------------------------------------------------------------------------
     @staticmethod
@@ -635,21 +473,21 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
         if final is not None:
             blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in final.calls]
             if final.invalid:
-                kwargs["invalid_tool_calls"] = [_invalid_dict(c) for c in final.invalid]
+                kwargs["invalid_tool_calls"] = [invalid_call_dict(c) for c in final.invalid]
         return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=kwargs)
 
     def _final_chat(self, final: Final, delta: str | None = None) -> ChatResponse:
         return ChatResponse(
             message=self._chat_message(final.content, final),
-            raw=_raw(final),
+            raw=response_raw(final),
             delta=delta,
-            additional_kwargs=_additional_kwargs(final),
+            additional_kwargs=response_kwargs(final),
         )
 
     @staticmethod
     def _final_completion(final: Final, delta: str | None = None) -> CompletionResponse:
         return CompletionResponse(
-            text=final.content, raw=_raw(final), delta=delta, additional_kwargs=_additional_kwargs(final)
+            text=final.content, raw=response_raw(final), delta=delta, additional_kwargs=response_kwargs(final)
         )
 
     @staticmethod
@@ -676,7 +514,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
                 for ev in events:
                     if isinstance(ev, Delta) and (ev.text or ev.reasoning):
                         text += ev.text
-                        yield CompletionResponse(text=text, delta=ev.text, additional_kwargs=_thinking_delta(ev))
+                        yield CompletionResponse(text=text, delta=ev.text, additional_kwargs=thinking_delta(ev))
                     elif isinstance(ev, Final):
                         yield self._final_completion(ev, delta=ev.tail)
             finally:
@@ -702,7 +540,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
                         yield ChatResponse(
                             message=self._chat_message(content, thinking=thinking),
                             delta=ev.text,
-                            additional_kwargs=_thinking_delta(ev),
+                            additional_kwargs=thinking_delta(ev),
                         )
                     elif isinstance(ev, Final):
                         yield self._final_chat(ev, delta=ev.tail)
@@ -712,8 +550,8 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
         return gen()
 
     # -- LlamaIndex: async (the engine works in a thread; cancelling stops it) -------------------------
-    def _athread(self, spec: _Spec, name: str) -> AsyncIterator[Start | Delta | Final]:
-        return aiter_in_thread(lambda: self._spec_events(spec), name=name)
+    def _athread(self, spec: _Spec, name: str) -> _AsyncEvents:
+        return cast(_AsyncEvents, aiter_in_thread(lambda: self._spec_events(spec), name=name))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -740,7 +578,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
                 async for ev in events:
                     if isinstance(ev, Delta) and (ev.text or ev.reasoning):
                         text += ev.text
-                        yield CompletionResponse(text=text, delta=ev.text, additional_kwargs=_thinking_delta(ev))
+                        yield CompletionResponse(text=text, delta=ev.text, additional_kwargs=thinking_delta(ev))
                     elif isinstance(ev, Final):
                         yield self._final_completion(ev, delta=ev.tail)
             finally:
@@ -777,7 +615,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
                         yield ChatResponse(
                             message=self._chat_message(content, thinking=thinking),
                             delta=ev.text,
-                            additional_kwargs=_thinking_delta(ev),
+                            additional_kwargs=thinking_delta(ev),
                         )
                     elif isinstance(ev, Final):
                         yield self._final_chat(ev, delta=ev.tail)
@@ -831,7 +669,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
 
         ``tool_required=True`` forces a call (any tool, or ``tool_choice`` when it names one).
         """
-        specs = [_tool_spec(t) for t in tools]
+        specs = [tool_spec(t) for t in tools]
         messages = list(chat_history or [])
         if isinstance(user_msg, str):
             user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
@@ -866,7 +704,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
         """The calls of a response (several when the model made parallel calls)."""
-        calls = _message_tool_calls(response.message)
+        calls = message_tool_calls(response.message)
         if not calls:
             if error_on_no_tool_call:
                 invalid = response.message.additional_kwargs.get("invalid_tool_calls") or []
