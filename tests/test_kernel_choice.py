@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine import kernel_choice as kc
+from swift_engine.kernels import kernel_choice as kc
 from swift_engine.kernels.cpu_kernels import onednn_available
 from swift_engine.model.runner import KernelPlan
 

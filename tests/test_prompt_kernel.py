@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine import kernel_choice as kc
+from swift_engine.kernels import kernel_choice as kc
 from swift_engine.kernels.quantize import (
     Int4Linear,
     Int8Linear,
