@@ -1,7 +1,7 @@
 """Step keys both adapters derive the same way (which learned skip profile a call uses).
 
 :func:`step_key_from_run_info` reads a run's metadata, name and tags (LangChain hands them to a
-model; :mod:`.langchain_steps` finds the run name); :func:`system_prompt_step_key` is every
+model; :mod:`swift_integrations.langchain.steps` finds the run name); :func:`system_prompt_step_key` is every
 adapter's last resort. Framework-free.
 """
 
