@@ -16,11 +16,11 @@ demo: setup
 
 ## The whole test suite (what CI runs, after `make lint`).
 test: setup
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q -n auto --dist loadfile
 
 ## Lint and types, then the tests not marked slow (those that load no real model and run no long generation).
 check: lint
-	@$(PY) -m pytest -q -m "not slow"
+	@$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 bench: setup
 	@$(VENV)/bin/swift-bench

@@ -102,7 +102,10 @@ def smol():
 
 
 def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # the cores are shared among pytest-xdist's workers (make test runs one per core): more torch
+    # threads than cores makes OpenMP threads spin against each other, many times slower
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     # Tests never read or write the user's profiles; converted model weights stay in the user
     # cache (converting the embedded GGUF once per machine is the point of that cache).
     if "SWIFT_PROFILE_DIR" not in os.environ or not os.environ.get("SWIFT_TEST_KEEP_PROFILE_DIR"):
@@ -136,3 +139,11 @@ def finishes_in_time(fn, timeout: float = 120.0):
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result.get("value")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The suite's peak memory: this process, and its largest child (an xdist worker, a server, a notebook)."""
+    import resource
+
+    own, child = (resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    terminalreporter.write_line(f"peak RSS: test process {own:.0f} MiB, largest child process {child:.0f} MiB")
