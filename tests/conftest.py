@@ -105,7 +105,10 @@ def pytest_configure(config):
     # the cores are shared among pytest-xdist's workers (make test runs one per core): more torch
     # threads than cores makes OpenMP threads spin against each other, many times slower
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
+    threads = max(1, min(2, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(threads)
+    if workers > 1:  # and the processes tests start (notebook kernels, a second engine process) share them too
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     # Tests never read or write the user's profiles; converted model weights stay in the user
     # cache (converting the embedded GGUF once per machine is the point of that cache).
     if "SWIFT_PROFILE_DIR" not in os.environ or not os.environ.get("SWIFT_TEST_KEEP_PROFILE_DIR"):
