@@ -34,6 +34,7 @@ __all__ = [
     "get_engine",
     "get_engine_if_loaded",
     "keep_alive_seconds",
+    "loaded_engines",
     "release_engine",
     "release_wrapper_engine",
     "touch_engine",
@@ -235,6 +236,12 @@ def get_engine_if_loaded(
     key = _engine_key(model_id, gguf_file, device, dtype, config, revision, model_kwargs)
     with _CACHE_LOCK:
         return _ENGINES.get(key)
+
+
+def loaded_engines() -> list[SwiftEngine]:
+    """The engines this cache holds now (what ``ollama ps`` would list), oldest first."""
+    with _CACHE_LOCK:
+        return list(_ENGINES.values())
 
 
 def _key_of(engine: SwiftEngine) -> tuple[Any, ...] | None:

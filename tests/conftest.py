@@ -101,6 +101,22 @@ def smol():
     return get_engine(None, None, "cpu", "float32")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _models_released_after_each_module():
+    """Unload what a test module loaded through the adapters' engine cache, so the suite's memory stays
+    bounded: every cached engine but the session's embedded one (:func:`smol`), which stays shared."""
+    yield
+    import gc
+
+    from swift_integrations import engine_cache
+
+    shared = engine_cache.get_engine_if_loaded(None, None, "cpu", "float32")
+    for engine in engine_cache.loaded_engines():
+        if engine is not shared:
+            engine_cache.release_engine(engine)
+    gc.collect()
+
+
 def pytest_configure(config):
     # the cores are shared among pytest-xdist's workers (make test runs one per core): more torch
     # threads than cores makes OpenMP threads spin against each other, many times slower

@@ -16,7 +16,7 @@ import pytest
 
 from swift_engine import EngineClosedError, GenerationTimeout, SearchConfig, SwiftConfig, SwiftEngine
 from swift_integrations import SwiftChatModel, SwiftLlamaIndexLLM
-from swift_integrations.engine_cache import get_engine_if_loaded, keep_alive_seconds
+from swift_integrations.engine_cache import get_engine_if_loaded, keep_alive_seconds, loaded_engines
 
 from .conftest import CharTokenizer, tiny_model
 
@@ -180,8 +180,9 @@ def test_close_and_context_manager():
     with SwiftChatModel(device="cpu", dtype="float32", swift_config=cfg, max_tokens=4) as llm:
         llm.invoke("Hello")
         engine = get_engine_if_loaded(None, None, "cpu", "float32", cfg)
-        assert engine is not None
+        assert engine is not None and any(e is engine for e in loaded_engines())
     assert engine.closed and get_engine_if_loaded(None, None, "cpu", "float32", cfg) is None
+    assert not any(e is engine for e in loaded_engines())
     del engine
     li = SwiftLlamaIndexLLM(device="cpu", dtype="float32", swift_config=cfg, max_tokens=4, keep_alive=-1)
     li.complete("Hello")
