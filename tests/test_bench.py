@@ -161,6 +161,7 @@ def test_constrained_only_run_is_exact_and_always_valid(tmp_path) -> None:
     assert summary["all"]["median_speedup_vs_hf"] > 0
 
 
+@pytest.mark.slow
 def test_engine_options_reach_the_engine(tmp_path) -> None:
     """``--kernels`` and ``--no-context-drafts`` configure the benchmarked engine (and are recorded)."""
     path = tmp_path / "bench.json"

@@ -105,6 +105,7 @@ def test_a_corrupt_memory_costs_the_memory_never_the_call(tmp_path, caplog) -> N
     assert res.token_ids == reference and res.stats.memory_drafted_tokens == 0
 
 
+@pytest.mark.slow  # many sampled calls
 def test_sampling_with_memory_drafts_keeps_the_target_distribution(tmp_path, monkeypatch) -> None:
     """Chi-square of the first two sampled tokens, with the step's memory drafting most of them.
 

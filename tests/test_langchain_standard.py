@@ -49,6 +49,7 @@ class TestSwiftChatModelUnit(ChatModelUnitTests):
         return _embedded_path()
 
 
+@pytest.mark.slow  # on the embedded model
 class TestSwiftChatModelIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:

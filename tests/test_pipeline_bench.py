@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from swift_integrations.bench import pipeline as pb
 
 
@@ -21,6 +23,7 @@ def test_tool_calls_are_parsed_and_tools_answer_offline() -> None:
     assert "5 years on the frame" in pb._retrieve("How long is the warranty on the motor?")[0]
 
 
+@pytest.mark.slow
 def test_a_small_real_run_is_exact_and_reported() -> None:
     """RAG on the embedded model, the plain loop against SWIFT with the prefix cache and the draft memory."""
     result = pb.run_pipelines(None, pipelines=["rag"], methods=["plain", "swift"], max_new_tokens=8, quick=True)

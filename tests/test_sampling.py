@@ -68,6 +68,7 @@ def engine() -> SwiftEngine:
     return SwiftEngine(model, CharTokenizer(VOCAB), cfg)
 
 
+@pytest.mark.slow  # 1500 sampled calls per case
 @pytest.mark.parametrize(
     "params",
     [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=6, top_p=0.9)],
