@@ -152,6 +152,7 @@ class DecodeCall:
         prompt_ids, grammar, max_new_tokens = request.prompt_ids, request.grammar, self.max_new_tokens
         # the furthest a generation writes: prompt, reply, and one draft tree past the reply's end
         cache = runner.new_cache(capacity=len(prompt_ids) + max_new_tokens + cfg.tree.max_tree_tokens + 1)
+        prefix_cache = self.engine.prefix_cache
         prefill_start = time.perf_counter()
         tail_logits, stats.cached_prompt_tokens = prefill(  # tail_logits: [teacher window, vocab]
             runner,
@@ -159,10 +160,9 @@ class DecodeCall:
             prompt_ids,
             session.teacher_window,
             block=cfg.prefill_block,
-            prefix_cache=self.engine.prefix_cache,
+            prefix_cache=prefix_cache,
             check=lambda: request.check_deadline(0),
         )
-        prefix_cache = self.engine.prefix_cache
         stats.prefix_cache_bytes = prefix_cache.nbytes if prefix_cache is not None else 0
         root = self._pick(tail_logits[-1], request.sampling, grammar)
         session.start(prompt_ids, tail_logits.argmax(dim=-1).tolist())
