@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 _MIN_BUDGET_SHARE = 0.1
 
 
-
 class SearchSession:
     """One call's part in its step's layer-set search, and the skip choice it drafts with.
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 #: Observations kept per step (for the Bayesian optimizer); older ones are dropped.
 MAX_OBSERVATIONS = 300
 
+
 @dataclass(frozen=True)
 class Candidate:
     attention: frozenset[int]

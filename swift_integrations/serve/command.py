@@ -62,7 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def serve(
     model: str | None = None,
     *,
