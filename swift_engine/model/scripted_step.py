@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from swift_engine.kernels.quantize import INT4_GROUP, FusedProduct, Int4Linear, kernel_operands
+from swift_engine.kernels.native_build import declare_native_ops
+from swift_engine.kernels.quantize import INT4_GROUP, FusedProduct, Int4Linear, kernel_operands, native_int4_active
 from swift_engine.model.kv_cache import SwiftKVCache
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,15 @@ logger = logging.getLogger(__name__)
 _RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"})
 
 
-def _product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, int4: bool, group: int) -> torch.Tensor:
+#: ``kind`` of :func:`_product`: which kernel a scripted step's products run on
+INT8, INT4, INT4_NATIVE = 0, 1, 2
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, kind: int, group: int) -> torch.Tensor:
     """The weight-only kernel's product, as ``Int4Linear``/``Int8Linear`` compute it (scripted with ``_layers``)."""
-    if int4:
+    if kind == 2:  # INT4_NATIVE (quantize.int4_product inside quantize.native_int4)
+        return torch.ops.swift_kernels.int4_mm_amx(x, weight, group, scales)
+    if kind == 1:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, group, scales)
     return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
 
@@ -66,7 +73,7 @@ def _layers(
     kv_heads: int,
     head_dim: int,
     scaling: float,
-    int4: bool,
+    kind: int,
     group: int,
 ) -> torch.Tensor:
     """The decoder layers of one token (``hidden``: ``[1, H]``), writing its keys and values at ``length``.
@@ -85,7 +92,7 @@ def _layers(
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i])
         x = norm_weights[2 * i] * h.to(hidden.dtype)
         w = 5 * i
-        y = _product(x, weights[w], scales[w], int4, group)
+        y = _product(x, weights[w], scales[w], kind, group)
         if len(qkv_bias) > 0:
             y = y + qkv_bias[i]
         heads = y.view(1, 1, -1, head_dim).transpose(1, 2).split([q_heads + kv_heads, kv_heads], 1)
@@ -99,13 +106,13 @@ def _layers(
             query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
         )
         attended = attended.reshape(1, -1).contiguous()
-        hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], int4, group)
+        hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], kind, group)
         h = hidden.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i + 1])
         x = norm_weights[2 * i + 1] * h.to(hidden.dtype)
-        gate = _product(x, weights[w + 2], scales[w + 2], int4, group)
-        up = _product(x, weights[w + 3], scales[w + 3], int4, group)
-        hidden = hidden + _product(torch.nn.functional.silu(gate) * up, weights[w + 4], scales[w + 4], int4, group)
+        gate = _product(x, weights[w + 2], scales[w + 2], kind, group)
+        up = _product(x, weights[w + 3], scales[w + 3], kind, group)
+        hidden = hidden + _product(torch.nn.functional.silu(gate) * up, weights[w + 4], scales[w + 4], kind, group)
     return hidden
 
 
@@ -113,6 +120,7 @@ def _layers(
 def _scripted() -> Callable[..., torch.Tensor] | None:
     """``_layers`` compiled by TorchScript, once per process; None where that fails."""
     try:
+        declare_native_ops()  # the script names swift's int4 op: it must be declared, loaded or not
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated in 2.13
             return torch.jit.script(_layers)  # type: ignore[no-any-return]
@@ -210,7 +218,7 @@ class ScriptedStep:
             self._kv_heads,
             self._head_dim,
             self._scaling,
-            self._int4,
+            (INT4_NATIVE if native_int4_active() else INT4) if self._int4 else INT8,
             INT4_GROUP,
         )
         cache.advance(1)

@@ -1,0 +1,266 @@
+// Weight-only int4 products on AMX tiles whose cost is nearly flat in the rows (1..16 per pass).
+//
+// Why (docs/bench/measurements.md#native-kernels): PyTorch's CPU kernel aten::_weight_int4pack_mm_for_cpu
+// works in blocks of 4 rows and dequantizes every weight tile again for each block, so a pass of k
+// rows costs about ceil(k/4) one-row passes and verifying a speculative draft stops being cheap.
+//
+// How: the codes (q - 8, exact in bfloat16) go to the tiles as they are, and each group's scale and
+// zero are applied afterwards, per output:
+//   sum_k a[k] * ((q[k] - 8) * s + z) = s * sum_k a[k] * (q[k] - 8) + z * sum_k a[k]     (per group)
+// so a group of 32 inputs x 64 columns costs one pass of byte shuffles (no float dequantization) and
+// four TDPBF16PS, which multiply up to 16 rows at once.
+//
+// Bits: a row's result depends only on that row and the weights, never on how many rows share the
+// pass or where the row sits: tiles compute rows independently, the order over K is fixed (group
+// after group, each group's tile sum added in float32 as s * part + z * sum), row sums run in one
+// fixed order, and every row count takes this same path (row-invariant by construction; checked by
+// tests/test_native_kernels.py and at engine start). It is not bitwise PyTorch's kernel, which
+// dequantizes in float32 first: outputs agree to bfloat16 rounding.
+//
+// Operands are aten's own, so the fallback needs no second copy: the packed weight of
+// aten::_convert_weight_to_int4pack_for_cpu (blocks of 64 output columns; byte j of input row k
+// holds column j in its low nibble and column j + 32 in its high one; a last partial block of
+// 16/32/48 columns holds column pairs (low, high)), scales and zeros [K / group, N, 2] bfloat16,
+// activations [M, K] bfloat16.
+//
+// Built on the user's machine by swift_engine/kernels/native_build.py, and loaded only on a CPU
+// with AVX-512 (BF16) and AMX whose OS grants the tiles.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace {
+
+using bf16_t = uint16_t;
+
+constexpr int BLOCK_N = 64;     // output columns per work item: aten's packing block
+constexpr int MAX_GROUP = 256;  // largest quantization group taken
+
+inline __m512 load_bf16(const bf16_t* p) {
+  __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// float32 -> bfloat16, round to nearest even, NaN -> 0xFFFF (PyTorch's vectorized conversion)
+inline __m256i to_bf16(__m512 v) {
+  __m512i bits = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)), bits);
+  rounded = _mm512_srli_epi32(rounded, 16);
+  __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+  rounded = _mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xFFFF), rounded);
+  return _mm512_cvtepi32_epi16(rounded);
+}
+
+// The scales and zeros of a group for COLS x 16 columns: scale[c], zero[c] as float32 vectors.
+template <int COLS>
+inline void load_scales(const bf16_t* sz, __m512* scale, __m512* zero) {
+  static const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  static const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  for (int c = 0; c < COLS; ++c) {
+    __m512 a = load_bf16(sz + 32 * c);
+    __m512 b = load_bf16(sz + 32 * c + 16);
+    scale[c] = _mm512_permutex2var_ps(a, even, b);
+    zero[c] = _mm512_permutex2var_ps(a, odd, b);
+  }
+}
+
+// ---- AMX tiles -----------------------------------------------------------------------------------
+
+constexpr int AMX_ROWS = 16;   // rows per tile pass
+constexpr int TILE_K = 32;     // bfloat16 inputs per tile row
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// bfloat16 bits of (i - 8) for i = 0..15 (and again for 16..31: vpermw reads 5 index bits)
+inline __m512i code_table() {
+  alignas(64) uint16_t table[32];
+  for (int i = 0; i < 32; ++i) {
+    float f = static_cast<float>((i & 15) - 8);
+    uint32_t bits;
+    __builtin_memcpy(&bits, &f, sizeof(bits));
+    table[i] = static_cast<uint16_t>(bits >> 16);
+  }
+  return _mm512_load_si512(table);
+}
+
+// 32 bytes of (input k, input k+1) code pairs for 16 columns -> one B-tile row of bfloat16 codes
+// (low nibbles) and another (high nibbles).
+inline void pairs_to_rows(__m256i pairs, __m512i table, bf16_t* low_row, bf16_t* high_row) {
+  __m512i words = _mm512_cvtepu8_epi16(pairs);
+  _mm512_store_si512(reinterpret_cast<__m512i*>(low_row),
+                     _mm512_permutexvar_epi16(_mm512_and_si512(words, _mm512_set1_epi16(0xF)), table));
+  _mm512_store_si512(reinterpret_cast<__m512i*>(high_row),
+                     _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table));
+}
+
+// One tile step (TILE_K inputs) of a 64-column block as B tiles ([4][16 pairs][16 columns][2]).
+// In aten's packing, byte j of input row k holds column j (low nibble) and j + 32 (high nibble):
+// interleaving rows k and k + 1 byte by byte gives every column's pair side by side.
+inline void block_codes(const uint8_t* b, __m512i table, bf16_t* tiles) {
+  for (int kp = 0; kp < TILE_K / 2; ++kp) {
+    __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (2 * kp) * 32));
+    __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (2 * kp + 1) * 32));
+    __m256i lo = _mm256_unpacklo_epi8(r0, r1);  // columns 0-7 ; 16-23  (and +32 in the high nibbles)
+    __m256i hi = _mm256_unpackhi_epi8(r0, r1);  // columns 8-15 ; 24-31
+    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x20), table, tiles + kp * 32, tiles + 1024 + kp * 32);
+    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x31), table, tiles + 512 + kp * 32, tiles + 1536 + kp * 32);
+  }
+}
+
+// The same for a last, partial block of COLS x 16 columns, whose bytes hold column pairs (low, high).
+template <int COLS>
+inline void partial_codes(const uint8_t* b, __m512i table, bf16_t* tiles) {
+  const int row_bytes = COLS * 8;
+  for (int kp = 0; kp < TILE_K / 2; ++kp) {
+    for (int c = 0; c < COLS; ++c) {
+      __m128i in[2];
+      for (int j = 0; j < 2; ++j) {  // 8 bytes -> 16 codes in column order
+        __m128i bytes = _mm_cvtepu8_epi16(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + (2 * kp + j) * row_bytes + 8 * c)));
+        in[j] = _mm_or_si128(_mm_and_si128(bytes, _mm_set1_epi16(0xF)), _mm_slli_epi16(_mm_srli_epi16(bytes, 4), 8));
+      }
+      __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi8(in[0], in[1]), _mm_unpacklo_epi8(in[0], in[1]));
+      __m512i words = _mm512_cvtepu8_epi16(pairs);
+      _mm512_store_si512(reinterpret_cast<__m512i*>(tiles + c * 512 + kp * 32), _mm512_permutexvar_epi16(words, table));
+    }
+  }
+}
+
+// sum of a row's `count` inputs from `a`, in float32, in one fixed order
+inline float row_sum(const bf16_t* a, int count) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int k = 0; k < count; k += 16) acc = _mm512_add_ps(acc, load_bf16(a + k));
+  return _mm512_reduce_add_ps(acc);
+}
+
+template <int COLS>
+void tile_amx(const bf16_t* a, int lda, int rows, const float* sums, const uint8_t* b, const bf16_t* sz, int ldsz,
+              bf16_t* out, int ldc, int K, int group) {
+  alignas(64) bf16_t tiles[4 * 512];
+  alignas(64) float part[AMX_ROWS * BLOCK_N];  // one group's tile sums, [rows][64]
+  alignas(64) float acc[AMX_ROWS * BLOCK_N];   // the running output, [rows][64]
+  static const __m512i table = code_table();
+  TileConfig cfg;
+  for (int t = 0; t < 4; ++t) { cfg.rows[t] = static_cast<uint8_t>(rows); cfg.colsb[t] = 64; }  // C: rows x 16 fp32
+  cfg.rows[4] = static_cast<uint8_t>(rows); cfg.colsb[4] = 64;                                    // A: rows x 32 bf16
+  cfg.rows[5] = cfg.rows[6] = 16; cfg.colsb[5] = cfg.colsb[6] = 64;                               // B: 16 pairs x 16
+  _tile_loadconfig(&cfg);
+  for (int i = 0; i < rows * BLOCK_N; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
+  __m512 scale[COLS], zero[COLS];
+  const int row_bytes = COLS * 8;
+  for (int g = 0; g < K / group; ++g) {
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int k0 = g * group; k0 < (g + 1) * group; k0 += TILE_K) {
+      if constexpr (COLS == 4) block_codes(b + k0 * row_bytes, table, tiles);
+      else partial_codes<COLS>(b + k0 * row_bytes, table, tiles);
+      _tile_loadd(4, a + k0, lda * 2);
+      _tile_loadd(5, tiles, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      if constexpr (COLS > 1) { _tile_loadd(6, tiles + 512, 64); _tile_dpbf16ps(1, 4, 6); }
+      if constexpr (COLS > 2) { _tile_loadd(5, tiles + 1024, 64); _tile_dpbf16ps(2, 4, 5); }
+      if constexpr (COLS > 3) { _tile_loadd(6, tiles + 1536, 64); _tile_dpbf16ps(3, 4, 6); }
+    }
+    _tile_stored(0, part, BLOCK_N * 4);
+    if constexpr (COLS > 1) _tile_stored(1, part + 16, BLOCK_N * 4);
+    if constexpr (COLS > 2) _tile_stored(2, part + 32, BLOCK_N * 4);
+    if constexpr (COLS > 3) _tile_stored(3, part + 48, BLOCK_N * 4);
+    load_scales<COLS>(sz + g * ldsz, scale, zero);
+    for (int r = 0; r < rows; ++r) {
+      const __m512 total = _mm512_set1_ps(sums[r * (K / group) + g]);
+      for (int c = 0; c < COLS; ++c) {
+        float* o = acc + r * BLOCK_N + 16 * c;
+        __m512 v = _mm512_fmadd_ps(_mm512_load_ps(part + r * BLOCK_N + 16 * c), scale[c], _mm512_load_ps(o));
+        _mm512_store_ps(o, _mm512_fmadd_ps(total, zero[c], v));
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < COLS; ++c)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * ldc + 16 * c),
+                          to_bf16(_mm512_load_ps(acc + r * BLOCK_N + 16 * c)));
+}
+
+bool amx_granted() {
+  static const bool granted = [] {
+    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+  }();
+  return granted;
+}
+
+at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros) {
+  TORCH_CHECK(amx_granted(), "swift_kernels::int4_mm_amx: the OS does not grant AMX tiles to this process");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(),
+              "swift_kernels::int4_mm_amx: x must be a contiguous 2-D bfloat16 CPU tensor");
+  TORCH_CHECK(scales_zeros.dim() == 3 && scales_zeros.scalar_type() == at::kBFloat16 && scales_zeros.is_contiguous(),
+              "swift_kernels::int4_mm_amx: scales_zeros must be a contiguous [K/group, N, 2] bfloat16 tensor");
+  const int64_t M = x.size(0), K = x.size(1), N = scales_zeros.size(1);
+  TORCH_CHECK(group % TILE_K == 0 && group <= MAX_GROUP && K % group == 0 && scales_zeros.size(0) == K / group &&
+                  scales_zeros.size(2) == 2,
+              "swift_kernels::int4_mm_amx: K must be a multiple of the group size (32..256) and match scales_zeros");
+  TORCH_CHECK(N % 16 == 0 && packed.is_contiguous() && packed.numel() * packed.element_size() == N * K / 2,
+              "swift_kernels::int4_mm_amx: packed weight does not match N x K");
+  at::Tensor out = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
+  const auto* a = reinterpret_cast<const bf16_t*>(x.const_data_ptr());
+  const auto* b = reinterpret_cast<const uint8_t*>(packed.const_data_ptr());
+  const auto* sz = reinterpret_cast<const bf16_t*>(scales_zeros.const_data_ptr());
+  auto* c = reinterpret_cast<bf16_t*>(out.data_ptr());
+  const int64_t blocks = (N + BLOCK_N - 1) / BLOCK_N;
+  const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
+  const int64_t groups = K / group;
+  // each row's input sum per group (the zero points' term), once for every column block
+  at::Tensor row_sums = at::empty({M, groups}, x.options().dtype(at::kFloat));
+  float* sums = row_sums.data_ptr<float>();
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
+  at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t nb = i % blocks, mp = i / blocks;
+      const int n0 = static_cast<int>(nb * BLOCK_N), cols = static_cast<int>(std::min<int64_t>(BLOCK_N, N - n0));
+      const int m0 = static_cast<int>(mp * AMX_ROWS), rows = static_cast<int>(std::min<int64_t>(AMX_ROWS, M - m0));
+      const bf16_t* ap = a + m0 * K;
+      const uint8_t* bp = b + static_cast<int64_t>(n0) * K / 2;
+      const bf16_t* sp = sz + n0 * 2;
+      bf16_t* cp = c + m0 * N + n0;
+      const int ldsz = static_cast<int>(N * 2);
+      const float* rs = sums + m0 * groups;
+      switch (cols / 16) {
+        // = sums + m0 * groups;
+        case 4: tile_amx<4>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
+        case 3: tile_amx<3>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
+        case 2: tile_amx<2>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
+        default: tile_amx<1>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
+      }
+    }
+    _tile_release();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(swift_kernels, m) {
+  m.def("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
+  m.impl("int4_mm_amx", &int4_mm_amx);
+}

@@ -1,0 +1,188 @@
+"""Builds and loads the project's own weight-only kernels (``native/weight_only.cpp``) on this machine.
+
+Why: PyTorch's CPU int4 kernel re-reads and re-dequantizes every weight tile for each block of 4
+rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
+paying at the precision that makes the step fast. The native kernel multiplies up to 16 rows per
+weight tile on AMX (figures: docs/bench/measurements.md#native-kernels).
+
+It is compiled from source on the user's machine -- never a downloaded binary -- by ``make setup``
+(``python -m swift_engine.kernels.native_build``) or, failing that, at the first int4 engine of a
+process (a few seconds), into a cache directory keyed by the source, the PyTorch version and the
+compiler flags: ``$SWIFT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/swift/kernels``, else
+``~/.cache/swift/kernels``. Where it cannot be used -- no compiler (``$CXX``, else ``c++``), a CPU
+or OS without AMX tiles, a build that fails, or results that disagree with PyTorch's kernel -- the
+engine keeps PyTorch's kernels, says why in one log line, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NativeStatus", "cache_dir", "build", "native_status", "cpu_flags"]
+
+SOURCE = Path(__file__).with_name("native") / "weight_only.cpp"
+#: what the kernel's instructions need from the CPU (``/proc/cpuinfo`` names)
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
+_ARCH_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
+
+
+class NativeStatus:
+    """Whether the native kernels are loaded in this process, and if not, why (one line)."""
+
+    def __init__(self, loaded: bool, reason: str, path: Path | None = None) -> None:
+        self.loaded, self.reason, self.path = loaded, reason, path
+
+    def __repr__(self) -> str:
+        return f"NativeStatus(loaded={self.loaded}, reason={self.reason!r})"
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept (see the module docstring)."""
+    explicit = os.environ.get("SWIFT_KERNEL_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "swift" / "kernels"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+
+
+def _command(compiler: str, source: Path, out: Path) -> list[str]:
+    torch_dir = Path(torch.__file__).parent
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [
+        compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", *_ARCH_FLAGS,
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
+        f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+        str(source), "-o", str(out),
+        f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}",
+    ]  # fmt: skip
+
+
+def library_path(compiler: str | None = None) -> Path:
+    """The cached library's path for this source, PyTorch and compiler (it may not exist yet)."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(_command(compiler or "c++", SOURCE, Path("x"))).encode())
+    key.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
+    return cache_dir() / f"swift_kernels-{key.hexdigest()[:16]}.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernels into the cache (atomically: concurrent builders are safe); returns the path.
+
+    Raises ``RuntimeError`` with the reason where it cannot (no compiler, a failed compile).
+    """
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    target = library_path(compiler)
+    if target.exists() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        done = subprocess.run(_command(compiler, SOURCE, out), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {done.stderr.strip()[-400:]}")
+        os.replace(out, target)
+    return target
+
+
+def _agrees_with_aten() -> bool:
+    """The native product is close to PyTorch's on this machine (it is not bitwise: see the source)."""
+    g = torch.Generator().manual_seed(0)
+    n, k = 192, 256
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = (torch.rand(k // 32, n, 2, generator=g) * 0.1).to(torch.bfloat16)
+    x = torch.randn(5, k, generator=g).to(torch.bfloat16)
+    ref = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz).float()
+    got = torch.ops.swift_kernels.int4_mm_amx(x, packed, 32, sz).float()
+    return bool(((got - ref).abs() <= 2e-2 * ref.abs().amax()).all())
+
+
+@functools.cache
+def native_status() -> NativeStatus:
+    """Load the native kernels once per process (building them if needed); never raises.
+
+    A constant of the machine and the installation, hence cached; the reason is logged once.
+    """
+    missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
+    if os.environ.get("SWIFT_NATIVE_KERNELS", "1") == "0":
+        status = NativeStatus(False, "turned off by SWIFT_NATIVE_KERNELS=0")
+    elif sys.platform != "linux" or missing:
+        status = NativeStatus(False, f"this CPU lacks {', '.join(missing) or 'Linux AMX support'}")
+    else:
+        try:
+            path = build()
+            torch.ops.load_library(str(path))
+            if not _agrees_with_aten():
+                status = NativeStatus(False, "its products disagree with PyTorch's kernel here", path)
+            else:
+                status = NativeStatus(True, "built and checked", path)
+        except (RuntimeError, OSError) as exc:
+            status = NativeStatus(False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if status.loaded:
+        logger.info("int4 products: swift's AMX kernel (%s)", status.path)
+    else:
+        logger.info("int4 products: PyTorch's kernel (swift's AMX kernel unavailable: %s)", status.reason)
+    return status
+
+
+@functools.cache
+def declare_native_ops() -> object:
+    """Make ``torch.ops.swift_kernels.int4_mm_amx`` resolvable (for TorchScript) even where it is not loaded.
+
+    Loads the kernels if they can be (:func:`native_status`); otherwise declares the op's schema
+    with an implementation that refuses, which no engine calls (it runs PyTorch's kernel there).
+    Returns the declaration's handle (kept by the cache: dropping it would undeclare the op).
+    """
+    if native_status().loaded:
+        return None
+    library = torch.library.Library("swift_kernels", "DEF")  # noqa: TOR901 - a schema for TorchScript only
+    library.define("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor")
+
+    def unavailable(x: torch.Tensor, packed: torch.Tensor, group: int, scales_zeros: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"swift's int4 kernel is not loaded here: {native_status().reason}")
+
+    library.impl("int4_mm_amx", unavailable, "CPU")
+    return library
+
+
+def main() -> int:
+    """``python -m swift_engine.kernels.native_build``: build (and check) the kernels; 0 even when unavailable."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    status = native_status()
+    sys.stderr.write(f"swift native kernels: {'ready' if status.loaded else 'not used'} ({status.reason})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""swift's own int4 kernel (kernels/native/weight_only.cpp): row-invariant, close to PyTorch's, optional.
+
+Exact greedy SWIFT rests on a verification row being bitwise its one-token step; the native kernel
+promises that by construction (every row count takes one path, rows never mix), so these tests
+check it over every row count up to two tile passes, rows in any order, and every block shape
+the packing has (full 64-column blocks and 16/32/48-column tails). Where the kernel cannot run (no
+AMX, no compiler) the engine must keep PyTorch's kernel and say why, which runs in a subprocess
+because the loader's answer is fixed once per process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from swift_engine import SwiftConfig, SwiftEngine
+from swift_engine.kernels.native_build import REQUIRED_FLAGS, build, cpu_flags, native_status
+from swift_engine.kernels.quantize import INT4_GROUP, Int4Linear, int4_available, int4_product, native_int4, quantize
+from swift_engine.model.runner import ModelRunner
+
+from .conftest import CharTokenizer, tiny_model
+
+pytestmark = pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
+
+needs_native = pytest.mark.skipif(
+    not native_status().loaded, reason=f"swift's AMX kernel is not usable here: {native_status().reason}"
+)
+
+
+def _weights(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = (torch.randn(k // INT4_GROUP, n, 2, generator=g) * 0.05).to(torch.bfloat16)
+    return packed, sz
+
+
+@needs_native
+@pytest.mark.parametrize("n,k", [(192, 256), (960, 576), (80, 96), (48, 64), (16, 32), (112, 128)])
+def test_a_row_gets_the_same_bits_in_a_pass_of_any_size_and_place(n: int, k: int) -> None:
+    packed, sz = _weights(n, k, seed=n + k)
+    x = torch.randn(40, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with native_int4():
+        alone = torch.cat([int4_product(x[i : i + 1], packed, sz) for i in range(len(x))])
+        for rows in range(2, len(x) + 1):  # 1..16 rows: one tile pass; 17..32: two; then three
+            assert torch.equal(int4_product(x[:rows].contiguous(), packed, sz), alone[:rows]), rows
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
+        assert torch.equal(int4_product(x[order].contiguous(), packed, sz), alone[order])
+
+
+@needs_native
+@pytest.mark.parametrize("n,k", [(192, 256), (960, 576)])
+def test_it_agrees_with_pytorchs_kernel_to_bfloat16_rounding(n: int, k: int) -> None:
+    packed, sz = _weights(n, k, seed=3)
+    x = torch.randn(9, k, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    aten = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, INT4_GROUP, sz).float()
+    with native_int4():
+        native = int4_product(x, packed, sz).float()
+    assert not torch.equal(native, aten)  # another kernel: the switch took effect ...
+    # ... for the same product: both are float32 sums rounded to bfloat16 (2^-8 relative)
+    assert ((native - aten).abs() <= 2**-7 * aten.abs() + 1e-3 * aten.abs().max()).all()
+
+
+@needs_native
+def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_keeps_pytorchs() -> None:
+    model = tiny_model("llama").to(torch.bfloat16)
+    quantize(model, "int4")
+    assert ModelRunner(model, kernels="torch").int4_kernel == "aten"
+    runner = ModelRunner(model)
+    assert runner.int4_kernel == "native" and "swift's AMX kernel" in runner.kernels
+    engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
+    assert engine.runner.int4_kernel == "native"
+    drafted = 0
+    for prompt in ([3, 14, 15, 9, 26, 5, 35, 8, 9, 7], list(range(40, 70))):
+        plain = engine.generate(prompt, max_new_tokens=40, speculative=False)
+        res = engine.generate(prompt, max_new_tokens=40)
+        assert res.token_ids == plain.token_ids
+        drafted += res.stats.accepted_drafted_tokens
+    assert drafted > 0  # trees of several rows were verified on the native kernel
+    assert engine.runner.max_rows == engine.config.tree.max_tree_tokens  # and it held at every size
+    linear = next(m for m in model.modules() if isinstance(m, Int4Linear))
+    x = torch.randn(3, linear.in_features).to(torch.bfloat16)
+    outside = linear(x)  # other users of the model keep PyTorch's kernel
+    aten = torch.ops.aten._weight_int4pack_mm_for_cpu(x, linear.qweight, INT4_GROUP, linear.scales_zeros)
+    assert torch.equal(outside, aten)
+
+
+def _status_in_subprocess(env: dict[str, str]) -> str:
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s');"
+        "from swift_engine.kernels.native_build import native_status; s = native_status(); print('LOADED', s.loaded)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=True
+    )
+    return done.stdout
+
+
+def test_without_a_compiler_pytorchs_kernel_stays_and_one_line_says_why(tmp_path) -> None:
+    no_compiler = {"CXX": str(tmp_path / "no-such-compiler"), "PATH": str(tmp_path)}
+    out = _status_in_subprocess({**no_compiler, "SWIFT_KERNEL_CACHE": str(tmp_path)})
+    assert "LOADED False" in out
+    lines = [line for line in out.splitlines() if line.startswith("int4 products")]
+    assert len(lines) == 1 and "PyTorch's kernel" in lines[0]
+    missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
+    assert ("lacks" in lines[0]) if missing else ("no C++ compiler" in lines[0])
+
+
+def test_it_can_be_turned_off() -> None:
+    out = _status_in_subprocess({"SWIFT_NATIVE_KERNELS": "0"})
+    assert "LOADED False" in out and "SWIFT_NATIVE_KERNELS=0" in out
+
+
+@needs_native
+def test_builds_go_to_the_cache_keyed_by_source_and_torch(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SWIFT_KERNEL_CACHE", str(tmp_path))
+    path = build()
+    assert path.parent == tmp_path and path.name.startswith("swift_kernels-") and path.stat().st_size > 0
+    assert build() == path  # cached: not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
