@@ -88,45 +88,40 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// bfloat16 bits of (i - 8) for i = 0..15 (and again for 16..31: vpermw reads 5 index bits)
-inline __m512i code_table() {
-  alignas(64) uint16_t table[32];
-  for (int i = 0; i < 32; ++i) {
-    float f = static_cast<float>((i & 15) - 8);
-    uint32_t bits;
-    __builtin_memcpy(&bits, &f, sizeof(bits));
-    table[i] = static_cast<uint16_t>(bits >> 16);
-  }
-  return _mm512_load_si512(table);
-}
+// A code q (0..15) enters the tiles as the bfloat16 value 128 + q, whose bits are 0x4300 | q: no
+// table, one OR. (128 + q needs 8 significant bits: exact in bfloat16, as are its products with
+// bfloat16 activations in float32.) The epilogue subtracts the 136 * sum(a) this adds (ZERO_SHIFT).
+constexpr uint16_t CODE_BASE = 0x4300;  // bfloat16 bits of 128.0
+constexpr float ZERO_SHIFT = 136.0f;    // 128 + the codes' offset of 8
 
-// 32 bytes of (input k, input k+1) code pairs for 16 columns -> one B-tile row of bfloat16 codes
+// 32 bytes of (input k, input k+1) code pairs for 16 columns -> one B-tile row of bfloat16 128 + q
 // (low nibbles) and another (high nibbles).
-inline void pairs_to_rows(__m256i pairs, __m512i table, bf16_t* low_row, bf16_t* high_row) {
-  __m512i words = _mm512_cvtepu8_epi16(pairs);
+inline void pairs_to_rows(__m256i pairs, bf16_t* low_row, bf16_t* high_row) {
+  const __m512i words = _mm512_cvtepu8_epi16(pairs);
+  const __m512i base = _mm512_set1_epi16(static_cast<short>(CODE_BASE));
+  // (words & 0xF) | base, as one ternary-logic op: A = words, B = 0xF, C = base -> (A & B) | C
   _mm512_store_si512(reinterpret_cast<__m512i*>(low_row),
-                     _mm512_permutexvar_epi16(_mm512_and_si512(words, _mm512_set1_epi16(0xF)), table));
-  _mm512_store_si512(reinterpret_cast<__m512i*>(high_row),
-                     _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table));
+                     _mm512_ternarylogic_epi32(words, _mm512_set1_epi16(0xF), base, 0xEA));
+  _mm512_store_si512(reinterpret_cast<__m512i*>(high_row), _mm512_or_si512(_mm512_srli_epi16(words, 4), base));
 }
 
 // One tile step (TILE_K inputs) of a 64-column block as B tiles ([4][16 pairs][16 columns][2]).
 // In aten's packing, byte j of input row k holds column j (low nibble) and j + 32 (high nibble):
 // interleaving rows k and k + 1 byte by byte gives every column's pair side by side.
-inline void block_codes(const uint8_t* b, __m512i table, bf16_t* tiles) {
+inline void block_codes(const uint8_t* b, bf16_t* tiles) {
   for (int kp = 0; kp < TILE_K / 2; ++kp) {
     __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (2 * kp) * 32));
     __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (2 * kp + 1) * 32));
     __m256i lo = _mm256_unpacklo_epi8(r0, r1);  // columns 0-7 ; 16-23  (and +32 in the high nibbles)
     __m256i hi = _mm256_unpackhi_epi8(r0, r1);  // columns 8-15 ; 24-31
-    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x20), table, tiles + kp * 32, tiles + 1024 + kp * 32);
-    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x31), table, tiles + 512 + kp * 32, tiles + 1536 + kp * 32);
+    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x20), tiles + kp * 32, tiles + 1024 + kp * 32);
+    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x31), tiles + 512 + kp * 32, tiles + 1536 + kp * 32);
   }
 }
 
 // The same for a last, partial block of COLS x 16 columns, whose bytes hold column pairs (low, high).
 template <int COLS>
-inline void partial_codes(const uint8_t* b, __m512i table, bf16_t* tiles) {
+inline void partial_codes(const uint8_t* b, bf16_t* tiles) {
   const int row_bytes = COLS * 8;
   for (int kp = 0; kp < TILE_K / 2; ++kp) {
     for (int c = 0; c < COLS; ++c) {
@@ -137,10 +132,22 @@ inline void partial_codes(const uint8_t* b, __m512i table, bf16_t* tiles) {
         in[j] = _mm_or_si128(_mm_and_si128(bytes, _mm_set1_epi16(0xF)), _mm_slli_epi16(_mm_srli_epi16(bytes, 4), 8));
       }
       __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi8(in[0], in[1]), _mm_unpacklo_epi8(in[0], in[1]));
-      __m512i words = _mm512_cvtepu8_epi16(pairs);
-      _mm512_store_si512(reinterpret_cast<__m512i*>(tiles + c * 512 + kp * 32), _mm512_permutexvar_epi16(words, table));
+      __m512i words = _mm512_or_si512(_mm512_cvtepu8_epi16(pairs), _mm512_set1_epi16(static_cast<short>(CODE_BASE)));
+      _mm512_store_si512(reinterpret_cast<__m512i*>(tiles + c * 512 + kp * 32), words);
     }
   }
+}
+
+// The tile shapes for passes of `rows` rows, loaded unless `configured` (this thread, this call) has them.
+// (Never kept across calls: other code on the thread, oneDNN's AMX kernels, loads its own shapes.)
+inline void configure_tiles(int rows, int& configured) {
+  if (configured == rows) return;
+  TileConfig cfg;
+  for (int t = 0; t < 4; ++t) { cfg.rows[t] = static_cast<uint8_t>(rows); cfg.colsb[t] = 64; }  // C: rows x 16 fp32
+  cfg.rows[4] = static_cast<uint8_t>(rows); cfg.colsb[4] = 64;                                    // A: rows x 32 bf16
+  cfg.rows[5] = cfg.rows[6] = 16; cfg.colsb[5] = cfg.colsb[6] = 64;                               // B: 16 pairs x 16
+  _tile_loadconfig(&cfg);
+  configured = rows;
 }
 
 // sum of a row's `count` inputs from `a`, in float32, in one fixed order
@@ -152,24 +159,23 @@ inline float row_sum(const bf16_t* a, int count) {
 
 template <int COLS>
 void tile_amx(const bf16_t* a, int lda, int rows, const float* sums, const uint8_t* b, const bf16_t* sz, int ldsz,
-              bf16_t* out, int ldc, int K, int group) {
+              bf16_t* out, int ldc, int K, int group, int& configured) {
   alignas(64) bf16_t tiles[4 * 512];
   alignas(64) float part[AMX_ROWS * BLOCK_N];  // one group's tile sums, [rows][64]
   alignas(64) float acc[AMX_ROWS * BLOCK_N];   // the running output, [rows][64]
-  static const __m512i table = code_table();
-  TileConfig cfg;
-  for (int t = 0; t < 4; ++t) { cfg.rows[t] = static_cast<uint8_t>(rows); cfg.colsb[t] = 64; }  // C: rows x 16 fp32
-  cfg.rows[4] = static_cast<uint8_t>(rows); cfg.colsb[4] = 64;                                    // A: rows x 32 bf16
-  cfg.rows[5] = cfg.rows[6] = 16; cfg.colsb[5] = cfg.colsb[6] = 64;                               // B: 16 pairs x 16
-  _tile_loadconfig(&cfg);
+  configure_tiles(rows, configured);
   for (int i = 0; i < rows * BLOCK_N; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
   __m512 scale[COLS], zero[COLS];
   const int row_bytes = COLS * 8;
   for (int g = 0; g < K / group; ++g) {
     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
     for (int k0 = g * group; k0 < (g + 1) * group; k0 += TILE_K) {
-      if constexpr (COLS == 4) block_codes(b + k0 * row_bytes, table, tiles);
-      else partial_codes<COLS>(b + k0 * row_bytes, table, tiles);
+      // the tile step after next: the weights stream from memory, a step's compute hides its fetch
+      if (k0 + 2 * TILE_K < K)
+        for (int line = 0; line < TILE_K * row_bytes; line += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(b + (k0 + 2 * TILE_K) * row_bytes + line), _MM_HINT_T0);
+      if constexpr (COLS == 4) block_codes(b + k0 * row_bytes, tiles);
+      else partial_codes<COLS>(b + k0 * row_bytes, tiles);
       _tile_loadd(4, a + k0, lda * 2);
       _tile_loadd(5, tiles, 64);
       _tile_dpbf16ps(0, 4, 5);
@@ -182,6 +188,8 @@ void tile_amx(const bf16_t* a, int lda, int rows, const float* sums, const uint8
     if constexpr (COLS > 2) _tile_stored(2, part + 32, BLOCK_N * 4);
     if constexpr (COLS > 3) _tile_stored(3, part + 48, BLOCK_N * 4);
     load_scales<COLS>(sz + g * ldsz, scale, zero);
+    // sum_k a (q - 8) s + a z  =  s * sum_k a (128 + q)  +  (z - 136 s) * sum_k a
+    for (int c = 0; c < COLS; ++c) zero[c] = _mm512_fnmadd_ps(_mm512_set1_ps(ZERO_SHIFT), scale[c], zero[c]);
     for (int r = 0; r < rows; ++r) {
       const __m512 total = _mm512_set1_ps(sums[r * (K / group) + g]);
       for (int c = 0; c < COLS; ++c) {
@@ -232,6 +240,7 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
   for (int64_t r = 0; r < M; ++r)
     for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
   at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
+    int configured = -1;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t nb = i % blocks, mp = i / blocks;
       const int n0 = static_cast<int>(nb * BLOCK_N), cols = static_cast<int>(std::min<int64_t>(BLOCK_N, N - n0));
@@ -243,11 +252,10 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
       const int ldsz = static_cast<int>(N * 2);
       const float* rs = sums + m0 * groups;
       switch (cols / 16) {
-        // = sums + m0 * groups;
-        case 4: tile_amx<4>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
-        case 3: tile_amx<3>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
-        case 2: tile_amx<2>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
-        default: tile_amx<1>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group); break;
+        case 4: tile_amx<4>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
+        case 3: tile_amx<3>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
+        case 2: tile_amx<2>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
+        default: tile_amx<1>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
       }
     }
     _tile_release();
