@@ -1,4 +1,4 @@
-"""swift's own int4 kernel (kernels/native/weight_only.cpp): row-invariant, close to PyTorch's, optional.
+"""swift's own int4/int8 kernels (kernels/native/): row-invariant, close to PyTorch's, optional.
 
 Exact greedy SWIFT rests on a verification row being bitwise its one-token step; the native kernel
 promises that by construction (every row count takes one path, rows never mix), so these tests
@@ -19,7 +19,16 @@ import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine.kernels.native_build import REQUIRED_FLAGS, build, cpu_flags, native_status
-from swift_engine.kernels.quantize import INT4_GROUP, Int4Linear, int4_available, int4_product, native_int4, quantize
+from swift_engine.kernels.quantize import (
+    INT4_GROUP,
+    Int4Linear,
+    Int8Linear,
+    int4_available,
+    int4_product,
+    int8_product,
+    native_products,
+    quantize,
+)
 from swift_engine.model.runner import ModelRunner
 
 from .conftest import CharTokenizer, tiny_model
@@ -31,49 +40,65 @@ needs_native = pytest.mark.skipif(
 )
 
 
-def _weights(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _weights(kind: str, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random operands of the ``kind`` ("int4"/"int8") kernel, as ``Int4Linear``/``Int8Linear`` hold them."""
     g = torch.Generator().manual_seed(seed)
+    if kind == "int8":
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        return w, (torch.rand(n, generator=g) * 0.02).to(torch.bfloat16)
     q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     sz = (torch.randn(k // INT4_GROUP, n, 2, generator=g) * 0.05).to(torch.bfloat16)
     return packed, sz
 
 
+PRODUCTS = {"int4": int4_product, "int8": int8_product}
+ATEN = {
+    "int4": lambda x, w, s: torch.ops.aten._weight_int4pack_mm_for_cpu(x, w, INT4_GROUP, s),
+    "int8": torch.ops.aten._weight_int8pack_mm,
+}
+
+
 @needs_native
+@pytest.mark.parametrize("kind", ["int4", "int8"])
 @pytest.mark.parametrize("n,k", [(192, 256), (960, 576), (80, 96), (48, 64), (16, 32), (112, 128)])
-def test_a_row_gets_the_same_bits_in_a_pass_of_any_size_and_place(n: int, k: int) -> None:
-    packed, sz = _weights(n, k, seed=n + k)
+def test_a_row_gets_the_same_bits_in_a_pass_of_any_size_and_place(kind: str, n: int, k: int) -> None:
+    weight, scales = _weights(kind, n, k, seed=n + k)
+    product = PRODUCTS[kind]
     x = torch.randn(40, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    with native_int4():
-        alone = torch.cat([int4_product(x[i : i + 1], packed, sz) for i in range(len(x))])
+    with native_products():
+        alone = torch.cat([product(x[i : i + 1], weight, scales) for i in range(len(x))])
         for rows in range(2, len(x) + 1):  # 1..16 rows: one tile pass; 17..32: two; then three
-            assert torch.equal(int4_product(x[:rows].contiguous(), packed, sz), alone[:rows]), rows
+            assert torch.equal(product(x[:rows].contiguous(), weight, scales), alone[:rows]), rows
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
-        assert torch.equal(int4_product(x[order].contiguous(), packed, sz), alone[order])
+        assert torch.equal(product(x[order].contiguous(), weight, scales), alone[order])
 
 
 @needs_native
+@pytest.mark.parametrize("kind", ["int4", "int8"])
 @pytest.mark.parametrize("n,k", [(192, 256), (960, 576)])
-def test_it_agrees_with_pytorchs_kernel_to_bfloat16_rounding(n: int, k: int) -> None:
-    packed, sz = _weights(n, k, seed=3)
+def test_it_agrees_with_pytorchs_kernel_to_bfloat16_rounding(kind: str, n: int, k: int) -> None:
+    weight, scales = _weights(kind, n, k, seed=3)
     x = torch.randn(9, k, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
-    aten = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, INT4_GROUP, sz).float()
-    with native_int4():
-        native = int4_product(x, packed, sz).float()
-    assert not torch.equal(native, aten)  # another kernel: the switch took effect ...
+    aten = ATEN[kind](x, weight, scales).float()
+    with native_products():
+        native = PRODUCTS[kind](x, weight, scales).float()
+    if kind == "int4":  # another kernel: the switch took effect (int8's exact products often round alike) ...
+        assert not torch.equal(native, aten)
     # ... for the same product: both are float32 sums rounded to bfloat16 (2^-8 relative)
     assert ((native - aten).abs() <= 2**-7 * aten.abs() + 1e-3 * aten.abs().max()).all()
 
 
 @needs_native
-def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_keeps_pytorchs() -> None:
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_keeps_pytorchs(precision: str) -> None:
     model = tiny_model("llama").to(torch.bfloat16)
-    quantize(model, "int4")
-    assert ModelRunner(model, kernels="torch").int4_kernel == "aten"
+    quantize(model, precision)
+    assert ModelRunner(model, kernels="torch").weight_kernel == "aten"
     runner = ModelRunner(model)
-    assert runner.int4_kernel == "native" and "swift's AMX kernel" in runner.kernels
+    assert runner.weight_kernel == "native" and "swift's AMX kernels" in runner.kernels
     engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
-    assert engine.runner.int4_kernel == "native"
+    assert engine.runner.weight_kernel == "native"
     drafted = 0
     for prompt in ([3, 14, 15, 9, 26, 5, 35, 8, 9, 7], list(range(40, 70))):
         plain = engine.generate(prompt, max_new_tokens=40, speculative=False)
@@ -82,11 +107,11 @@ def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_ke
         drafted += res.stats.accepted_drafted_tokens
     assert drafted > 0  # trees of several rows were verified on the native kernel
     assert engine.runner.max_rows == engine.config.tree.max_tree_tokens  # and it held at every size
-    linear = next(m for m in model.modules() if isinstance(m, Int4Linear))
+    linear = next(m for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear)))
     x = torch.randn(3, linear.in_features).to(torch.bfloat16)
     outside = linear(x)  # other users of the model keep PyTorch's kernel
-    aten = torch.ops.aten._weight_int4pack_mm_for_cpu(x, linear.qweight, INT4_GROUP, linear.scales_zeros)
-    assert torch.equal(outside, aten)
+    scales = linear.scales_zeros if isinstance(linear, Int4Linear) else linear.scales
+    assert torch.equal(outside, ATEN[precision](x, linear.qweight, scales))
 
 
 def _status_in_subprocess(env: dict[str, str]) -> str:
@@ -104,8 +129,8 @@ def test_without_a_compiler_pytorchs_kernel_stays_and_one_line_says_why(tmp_path
     no_compiler = {"CXX": str(tmp_path / "no-such-compiler"), "PATH": str(tmp_path)}
     out = _status_in_subprocess({**no_compiler, "SWIFT_KERNEL_CACHE": str(tmp_path)})
     assert "LOADED False" in out
-    lines = [line for line in out.splitlines() if line.startswith("int4 products")]
-    assert len(lines) == 1 and "PyTorch's kernel" in lines[0]
+    lines = [line for line in out.splitlines() if line.startswith("int4/int8 products")]
+    assert len(lines) == 1 and "PyTorch's kernels" in lines[0]
     missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
     assert ("lacks" in lines[0]) if missing else ("no C++ compiler" in lines[0])
 

@@ -1,4 +1,4 @@
-"""Builds and loads the project's own weight-only kernels (``native/weight_only.cpp``) on this machine.
+"""Builds and loads the project's own weight-only kernels (``native/*.cpp``) on this machine.
 
 Why: PyTorch's CPU int4 kernel re-reads and re-dequantizes every weight tile for each block of 4
 rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["NativeStatus", "cache_dir", "build", "native_status", "cpu_flags"]
 
-SOURCE = Path(__file__).with_name("native") / "weight_only.cpp"
+NATIVE = Path(__file__).with_name("native")
+#: the sources compiled into one library (``tiles.h`` is their shared header)
+SOURCES = tuple(NATIVE / name for name in ("int4_amx.cpp", "int8_amx.cpp", "ops.cpp"))
 #: what the kernel's instructions need from the CPU (``/proc/cpuinfo`` names)
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
 _ARCH_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
@@ -73,14 +75,14 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
-def _command(compiler: str, source: Path, out: Path) -> list[str]:
+def _command(compiler: str, out: Path) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
         compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", *_ARCH_FLAGS,
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
         f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-        str(source), "-o", str(out),
+        *map(str, SOURCES), "-o", str(out),
         f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}",
     ]  # fmt: skip
 
@@ -88,8 +90,9 @@ def _command(compiler: str, source: Path, out: Path) -> list[str]:
 def library_path(compiler: str | None = None) -> Path:
     """The cached library's path for this source, PyTorch and compiler (it may not exist yet)."""
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update(" ".join(_command(compiler or "c++", SOURCE, Path("x"))).encode())
+    for source in (*SOURCES, NATIVE / "tiles.h"):
+        key.update(source.read_bytes())
+    key.update(" ".join(_command(compiler or "c++", Path("x"))).encode())
     key.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
     return cache_dir() / f"swift_kernels-{key.hexdigest()[:16]}.so"
 
@@ -108,24 +111,31 @@ def build(force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        done = subprocess.run(_command(compiler, SOURCE, out), capture_output=True, text=True, check=False)
+        done = subprocess.run(_command(compiler, out), capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed: {done.stderr.strip()[-400:]}")
+            raise RuntimeError(f"compiling the kernels failed: {done.stderr.strip()[-400:]}")
         os.replace(out, target)
     return target
 
 
 def _agrees_with_aten() -> bool:
-    """The native product is close to PyTorch's on this machine (it is not bitwise: see the source)."""
+    """The native products are close to PyTorch's on this machine (they are not bitwise: see the sources)."""
     g = torch.Generator().manual_seed(0)
     n, k = 192, 256
+    x = torch.randn(5, k, generator=g).to(torch.bfloat16)
     q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     sz = (torch.rand(k // 32, n, 2, generator=g) * 0.1).to(torch.bfloat16)
-    x = torch.randn(5, k, generator=g).to(torch.bfloat16)
-    ref = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz).float()
-    got = torch.ops.swift_kernels.int4_mm_amx(x, packed, 32, sz).float()
-    return bool(((got - ref).abs() <= 2e-2 * ref.abs().amax()).all())
+    w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    s8 = (torch.rand(n, generator=g) * 0.02).to(torch.bfloat16)
+    pairs = [
+        (
+            torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz),
+            torch.ops.swift_kernels.int4_mm_amx(x, packed, 32, sz),
+        ),
+        (torch.ops.aten._weight_int8pack_mm(x, w8, s8), torch.ops.swift_kernels.int8_mm_amx(x, w8, s8)),
+    ]
+    return all(bool(((got.float() - ref.float()).abs() <= 2e-2 * ref.float().abs().amax()).all()) for ref, got in pairs)
 
 
 @functools.cache
@@ -150,15 +160,15 @@ def native_status() -> NativeStatus:
         except (RuntimeError, OSError) as exc:
             status = NativeStatus(False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if status.loaded:
-        logger.info("int4 products: swift's AMX kernel (%s)", status.path)
+        logger.info("int4/int8 products: swift's AMX kernels (%s)", status.path)
     else:
-        logger.info("int4 products: PyTorch's kernel (swift's AMX kernel unavailable: %s)", status.reason)
+        logger.info("int4/int8 products: PyTorch's kernels (swift's AMX kernels unavailable: %s)", status.reason)
     return status
 
 
 @functools.cache
 def declare_native_ops() -> object:
-    """Make ``torch.ops.swift_kernels.int4_mm_amx`` resolvable (for TorchScript) even where it is not loaded.
+    """Make ``torch.ops.swift_kernels.*`` resolvable (for TorchScript) even where they are not loaded.
 
     Loads the kernels if they can be (:func:`native_status`); otherwise declares the op's schema
     with an implementation that refuses, which no engine calls (it runs PyTorch's kernel there).
@@ -168,11 +178,13 @@ def declare_native_ops() -> object:
         return None
     library = torch.library.Library("swift_kernels", "DEF")  # noqa: TOR901 - a schema for TorchScript only
     library.define("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor")
+    library.define("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor")
 
-    def unavailable(x: torch.Tensor, packed: torch.Tensor, group: int, scales_zeros: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError(f"swift's int4 kernel is not loaded here: {native_status().reason}")
+    def unavailable(*args: object) -> torch.Tensor:
+        raise RuntimeError(f"swift's AMX kernels are not loaded here: {native_status().reason}")
 
     library.impl("int4_mm_amx", unavailable, "CPU")
+    library.impl("int8_mm_amx", unavailable, "CPU")
     return library
 
 

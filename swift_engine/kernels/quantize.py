@@ -108,38 +108,51 @@ def dequantized() -> Iterator[None]:
         _DEQUANTIZED.reset(token)
 
 
-#: whether int4 products in the calling thread / task run on swift's own kernel (:func:`native_int4`)
-_NATIVE_INT4: contextvars.ContextVar[bool] = contextvars.ContextVar("swift_native_int4", default=False)
+#: whether weight-only products in the calling thread / task run on swift's own kernels (:func:`native_products`)
+_NATIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("swift_native_products", default=False)
 
 
 @contextlib.contextmanager
-def native_int4() -> Iterator[None]:
-    """Inside this block, int4 products run on swift's AMX kernel (``kernels/native/weight_only.cpp``).
+def native_products() -> Iterator[None]:
+    """Inside this block, int4 and int8 products run on swift's AMX kernels (``kernels/native/``).
 
-    Why: PyTorch's kernel costs about ceil(rows / 4) one-row products, the native one about one up
+    Why: PyTorch's kernels cost about ceil(rows / 4) one-row products, the native ones about one up
     to 16 rows, so verifying a draft costs about a step (figures: docs/bench/measurements.md#native-kernels).
-    Its bits differ from PyTorch's (by bfloat16 rounding) but not between passes: a row gets the
+    Their bits differ from PyTorch's (by bfloat16 rounding) but not between passes: a row gets the
     same bits in a pass of any size. So an engine uses one kernel for all its passes, and enters
-    this block around each when the kernel is loaded (:func:`~swift_engine.kernels.native_build.native_status`);
-    everyone else using the model keeps PyTorch's kernel.
+    this block around each when the kernels are loaded (:func:`~swift_engine.kernels.native_build.native_status`);
+    everyone else using the model keeps PyTorch's kernels. (int8 layers of shapes the native kernel
+    does not take -- ``out % 16``, ``in % 32`` -- keep PyTorch's kernel in every pass.)
     """
-    token = _NATIVE_INT4.set(True)
+    token = _NATIVE.set(True)
     try:
         yield
     finally:
-        _NATIVE_INT4.reset(token)
+        _NATIVE.reset(token)
 
 
-def native_int4_active() -> bool:
-    """Whether the calling context is inside :func:`native_int4`."""
-    return _NATIVE_INT4.get()
+def native_active() -> bool:
+    """Whether the calling context is inside :func:`native_products`."""
+    return _NATIVE.get()
 
 
 def int4_product(x: torch.Tensor, qweight: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
     """The int4 product of a 2-D contiguous bfloat16 ``x``, on the kernel the calling context chose."""
-    if _NATIVE_INT4.get():
+    if _NATIVE.get():
         return torch.ops.swift_kernels.int4_mm_amx(x, qweight, INT4_GROUP, scales_zeros)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, qweight, INT4_GROUP, scales_zeros)
+
+
+def int8_native_fits(qweight: torch.Tensor) -> bool:
+    """Whether swift's int8 kernel takes a weight of this shape (``[out, in]``: out % 16, in % 32)."""
+    return qweight.shape[0] % 16 == 0 and qweight.shape[1] % INT4_GROUP == 0
+
+
+def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The int8 product of a 2-D contiguous bfloat16 ``x``, on the kernel the calling context chose."""
+    if _NATIVE.get() and int8_native_fits(qweight):
+        return torch.ops.swift_kernels.int8_mm_amx(x, qweight, scales)
+    return torch.ops.aten._weight_int8pack_mm(x, qweight, scales)
 
 
 def dequantizing() -> bool:
@@ -168,7 +181,7 @@ def direct_product(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
         return None
     weight, scales = operands
     if type(linear) is Int8Linear:
-        return lambda x: torch.ops.aten._weight_int8pack_mm(x, weight, scales)
+        return lambda x: int8_product(x, weight, scales)
     return lambda x: int4_product(x, weight, scales)
 
 
@@ -215,7 +228,7 @@ class Int8Linear(nn.Module):
 def int8_linear(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    return _weight_only(x, scales.dtype, bias, lambda x2: torch.ops.aten._weight_int8pack_mm(x2, qweight, scales))
+    return _weight_only(x, scales.dtype, bias, lambda x2: int8_product(x2, qweight, scales))
 
 
 def _weight_only(
@@ -549,7 +562,7 @@ class FusedProduct:
         if x.dtype != self.scales.dtype:
             x = x.to(self.scales.dtype)
         if isinstance(self.linears[0], Int8Linear):
-            y = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+            y = int8_product(x, self.weight, self.scales)
         else:
             y = int4_product(x, self.weight, self.scales)
         return y if self.bias is None else y + self.bias

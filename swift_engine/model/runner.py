@@ -27,7 +27,7 @@ from swift_engine.kernels.quantize import (
     dequantize_available,
     dequantized,
     int8_linear,
-    native_int4,
+    native_products,
     quantized_precision,
 )
 from swift_engine.model.fast_forward import FastDecoder
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 #: model attribute keeping the row-invariance checks done on it:
-#: (kernel, precision, int4 kernel) -> (rows checked, rows held)
+#: (kernel, precision, weight-only kernel) -> (rows checked, rows held)
 _ROWS_ATTR = "_swift_invariant_rows"
 
 
@@ -96,10 +96,11 @@ class ModelRunner:
         # int8/int4 layers have their own kernels (quantize.py): nothing for oneDNN to wrap
         onednn = quantized_precision(model) is None and use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if onednn else None
-        #: int4 products: ``native`` (swift's AMX kernel, nearly flat in the rows; native_build.py)
-        #: or ``aten`` (PyTorch's), one for all of this runner's passes; ``cpu_kernels="torch"`` keeps aten
-        self.int4_kernel = (
-            "native" if self.precision == "int4" and kernels != "torch" and native_status().loaded else "aten"
+        #: weight-only (int4/int8) products: ``native`` (swift's AMX kernels, nearly flat in the rows;
+        #: native_build.py) or ``aten`` (PyTorch's), one for all of this runner's passes;
+        #: ``cpu_kernels="torch"`` keeps aten
+        self.weight_kernel = (
+            "native" if self.precision in ("int4", "int8") and kernels != "torch" and native_status().loaded else "aten"
         )
         #: the kernels ``auto`` chooses among, here
         self.candidates: list[str] = ["torch"]
@@ -156,13 +157,13 @@ class ModelRunner:
     def kernels(self) -> str:
         """The dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed``, or ``<step>+<verify>``.
 
-        With ``, int4 products on swift's AMX kernel`` where int4 layers use it (:attr:`int4_kernel`), and
+        With ``, weight-only products on swift's AMX kernels`` where they are used (:attr:`weight_kernel`), and
         ``, prompt blocks dequantized from N rows`` when prompt blocks use their own kernel.
         """
         step, verify = self.plan
         name = step if step == verify else f"{step}+{verify}"
-        if self.int4_kernel == "native":
-            name += ", int4 products on swift's AMX kernel"
+        if self.weight_kernel == "native":
+            name += ", weight-only products on swift's AMX kernels"
         if self.prompt_kernel != "torch":
             name += f", prompt blocks {self.prompt_kernel} from {self.prompt_min_rows} rows"
         return name
@@ -172,8 +173,8 @@ class ModelRunner:
 
     def _linears(self, rows: int) -> contextlib.AbstractContextManager[None]:
         """This runner's kernel for a pass of ``rows`` tokens, inside this block (stock outside it)."""
-        if self.int4_kernel == "native":
-            return native_int4()  # weight-only layers: nothing for oneDNN to wrap
+        if self.weight_kernel == "native":
+            return native_products()  # weight-only layers: nothing for oneDNN to wrap
         mode = self.kernel_for(rows)
         if self._kernels is None or mode == "torch":
             return contextlib.nullcontext()
@@ -229,7 +230,7 @@ class ModelRunner:
         """
         if self.max_rows is None:
             memo: dict[tuple[str, str, str], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})
-            key = (self.plan.verify, self.precision, self.int4_kernel)
+            key = (self.plan.verify, self.precision, self.weight_kernel)
             found = memo.get(key)
             if found is not None and found[0] >= max_rows:
                 self.max_rows = min(found[1], max_rows)

@@ -35,7 +35,14 @@ from typing import Any
 import torch
 
 from swift_engine.kernels.native_build import declare_native_ops
-from swift_engine.kernels.quantize import INT4_GROUP, FusedProduct, Int4Linear, kernel_operands, native_int4_active
+from swift_engine.kernels.quantize import (
+    INT4_GROUP,
+    FusedProduct,
+    Int4Linear,
+    int8_native_fits,
+    kernel_operands,
+    native_active,
+)
 from swift_engine.model.kv_cache import SwiftKVCache
 
 logger = logging.getLogger(__name__)
@@ -45,13 +52,19 @@ _RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"})
 
 
 #: ``kind`` of :func:`_product`: which kernel a scripted step's products run on
-INT8, INT4, INT4_NATIVE = 0, 1, 2
+INT8, INT4, INT8_NATIVE, INT4_NATIVE = 0, 1, 2, 3
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, kind: int, group: int) -> torch.Tensor:
-    """The weight-only kernel's product, as ``Int4Linear``/``Int8Linear`` compute it (scripted with ``_layers``)."""
-    if kind == 2:  # INT4_NATIVE (quantize.int4_product inside quantize.native_int4)
+    """The weight-only kernel's product, as ``Int4Linear``/``Int8Linear`` compute it (scripted with ``_layers``).
+
+    The native kinds are :func:`~swift_engine.kernels.quantize.int4_product` and ``int8_product``
+    inside ``native_products`` (the scripted step takes int8 layers only where all fit the kernel).
+    """
+    if kind == 3:
         return torch.ops.swift_kernels.int4_mm_amx(x, weight, group, scales)
+    if kind == 2:
+        return torch.ops.swift_kernels.int8_mm_amx(x, weight, scales)
     if kind == 1:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, group, scales)
     return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
@@ -191,6 +204,11 @@ class ScriptedStep:
         logger.info("one-token steps of this %s model run as one TorchScript call", "int4" if int4 else "int8")
         return cls(layers, stacked, weights, scales, int4)
 
+    def _kind(self) -> int:
+        """The kernel of this call's products: the model's precision, native inside ``native_products``."""
+        native = native_active() and (self._int4 or all(int8_native_fits(w) for w in self._weights))
+        return (INT4_NATIVE if native else INT4) if self._int4 else (INT8_NATIVE if native else INT8)
+
     def __call__(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: SwiftKVCache
     ) -> torch.Tensor | None:
@@ -218,7 +236,7 @@ class ScriptedStep:
             self._kv_heads,
             self._head_dim,
             self._scaling,
-            (INT4_NATIVE if native_int4_active() else INT4) if self._int4 else INT8,
+            self._kind(),
             INT4_GROUP,
         )
         cache.advance(1)

@@ -4,9 +4,9 @@
 // works in blocks of 4 rows and dequantizes every weight tile again for each block, so a pass of k
 // rows costs about ceil(k/4) one-row passes and verifying a speculative draft stops being cheap.
 //
-// How: the codes (q - 8, exact in bfloat16) go to the tiles as they are, and each group's scale and
-// zero are applied afterwards, per output:
-//   sum_k a[k] * ((q[k] - 8) * s + z) = s * sum_k a[k] * (q[k] - 8) + z * sum_k a[k]     (per group)
+// How: the codes go to the tiles as exact bfloat16 values (128 + q: one OR), and each group's scale
+// and zero are applied afterwards, per output:
+//   sum_k a[k] * ((q[k] - 8) * s + z) = s * sum_k a[k] * (128 + q[k]) + (z - 136 s) * sum_k a[k]
 // so a group of 32 inputs x 64 columns costs one pass of byte shuffles (no float dequantization) and
 // four TDPBF16PS, which multiply up to 16 rows at once.
 //
@@ -23,44 +23,25 @@
 // 16/32/48 columns holds column pairs (low, high)), scales and zeros [K / group, N, 2] bfloat16,
 // activations [M, K] bfloat16.
 //
-// Built on the user's machine by swift_engine/kernels/native_build.py, and loaded only on a CPU
-// with AVX-512 (BF16) and AMX whose OS grants the tiles.
+// Built on the user's machine by swift_engine/kernels/native_build.py (with int8_amx.cpp and
+// ops.cpp, which registers the ops), and loaded only on a CPU with AVX-512 (BF16) and AMX whose OS
+// grants the tiles.
+
+#include "tiles.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
-
-#include <immintrin.h>
-
-#include <sys/syscall.h>
-#include <unistd.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
 
+namespace swift_kernels {
 namespace {
-
-using bf16_t = uint16_t;
 
 constexpr int BLOCK_N = 64;     // output columns per work item: aten's packing block
 constexpr int MAX_GROUP = 256;  // largest quantization group taken
-
-inline __m512 load_bf16(const bf16_t* p) {
-  __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
-
-// float32 -> bfloat16, round to nearest even, NaN -> 0xFFFF (PyTorch's vectorized conversion)
-inline __m256i to_bf16(__m512 v) {
-  __m512i bits = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)), bits);
-  rounded = _mm512_srli_epi32(rounded, 16);
-  __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
-  rounded = _mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xFFFF), rounded);
-  return _mm512_cvtepi32_epi16(rounded);
-}
 
 // The scales and zeros of a group for COLS x 16 columns: scale[c], zero[c] as float32 vectors.
 template <int COLS>
@@ -74,19 +55,6 @@ inline void load_scales(const bf16_t* sz, __m512* scale, __m512* zero) {
     zero[c] = _mm512_permutex2var_ps(a, odd, b);
   }
 }
-
-// ---- AMX tiles -----------------------------------------------------------------------------------
-
-constexpr int AMX_ROWS = 16;   // rows per tile pass
-constexpr int TILE_K = 32;     // bfloat16 inputs per tile row
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // A code q (0..15) enters the tiles as the bfloat16 value 128 + q, whose bits are 0x4300 | q: no
 // table, one OR. (128 + q needs 8 significant bits: exact in bfloat16, as are its products with
@@ -205,13 +173,7 @@ void tile_amx(const bf16_t* a, int lda, int rows, const float* sums, const uint8
                           to_bf16(_mm512_load_ps(acc + r * BLOCK_N + 16 * c)));
 }
 
-bool amx_granted() {
-  static const bool granted = [] {
-    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-  }();
-  return granted;
-}
+}  // namespace
 
 at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros) {
   TORCH_CHECK(amx_granted(), "swift_kernels::int4_mm_amx: the OS does not grant AMX tiles to this process");
@@ -263,12 +225,4 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
   return out;
 }
 
-}  // namespace
-
-TORCH_LIBRARY(swift_kernels, m) {
-  m.def("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
-  m.impl("int4_mm_amx", &int4_mm_amx);
-}
+}  // namespace swift_kernels

@@ -1,0 +1,165 @@
+// Weight-only int8 products on AMX tiles whose cost is nearly flat in the rows (1..16 per pass).
+//
+// Why (docs/bench/measurements.md#native-kernels): PyTorch's aten::_weight_int8pack_mm works in
+// blocks of 4 rows and converts every weight again for each block; the int8 output head of an int4
+// or int8 model then costs a verification pass of k rows about ceil(k/4) one-row heads.
+//
+// How: the product is computed transposed, out^T = W x^T, so the weights [N, K] int8 row-major are
+// the A tiles as they lie (16 outputs x 32 inputs, converted to exact bfloat16: |q| <= 127 needs 7
+// bits) and the activations, packed once per call into the B-tile layout (input pairs x rows), are
+// the B tile. Each output's float32 sum is multiplied by its row's scale and rounded to bfloat16 --
+// PyTorch's order of operations (sum, then scale), not its bits: the sums' order differs.
+//
+// Bits: an output depends only on its activation row and its weight row: tiles compute elements
+// independently, the order over K is fixed (tile step after tile step), and every row count takes
+// this path (tests/test_native_kernels.py checks every count up to 40 rows, in any order).
+//
+// Operands are aten's own (weight [N, K] int8, scales [N] bfloat16, x [M, K] bfloat16); N % 16 == 0
+// and K % 32 == 0 (quantize.py sends other shapes to aten).
+
+#include "tiles.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace swift_kernels {
+namespace {
+
+constexpr int BLOCK_N = 64;  // outputs per work item: four A tiles of 16
+
+// x rows [rows, K] -> B tiles [K / 32][16 pairs][rows][2]: a tile step's inputs of every row side by side
+void pack_rows(const bf16_t* x, int K, int rows, bf16_t* packed) {
+  for (int t = 0; t < K / TILE_K; ++t)
+    for (int kp = 0; kp < TILE_K / 2; ++kp)
+      for (int r = 0; r < rows; ++r) {
+        bf16_t* dst = packed + ((t * (TILE_K / 2) + kp) * rows + r) * 2;
+        dst[0] = x[r * K + t * TILE_K + 2 * kp];
+        dst[1] = x[r * K + t * TILE_K + 2 * kp + 1];
+      }
+}
+
+// 16 weight rows x 32 inputs (int8, row stride K) -> one A tile of exact bfloat16 values
+inline void weights_to_tile(const int8_t* w, int K, bf16_t* tile) {
+  for (int n = 0; n < 16; ++n) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + static_cast<int64_t>(n) * K));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+    _mm512_store_si512(reinterpret_cast<__m512i*>(tile + n * TILE_K),
+                       reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));  // lo first: inputs in order
+  }
+}
+
+inline void configure(int rows, int& configured) {
+  if (configured == rows) return;
+  TileConfig cfg;
+  for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(4 * rows); }  // C: 16 out x rows
+  cfg.rows[4] = cfg.rows[5] = 16; cfg.colsb[4] = cfg.colsb[5] = 64;                                 // A: 16 out x 32 in
+  cfg.rows[6] = 16; cfg.colsb[6] = static_cast<uint16_t>(4 * rows);                                 // B: 16 pairs x rows
+  _tile_loadconfig(&cfg);
+  configured = rows;
+}
+
+template <int TILES>
+void block(const bf16_t* packed, int rows, const int8_t* w, const bf16_t* scales, bf16_t* out, int ldc, int K,
+           int& configured) {
+  alignas(64) bf16_t a_tiles[2][16 * TILE_K];
+  alignas(64) float sums[16 * 16];
+  configure(rows, configured);
+  _tile_zero(0);
+  if constexpr (TILES > 1) _tile_zero(1);
+  if constexpr (TILES > 2) _tile_zero(2);
+  if constexpr (TILES > 3) _tile_zero(3);
+  for (int k0 = 0; k0 < K; k0 += TILE_K) {
+    if ((k0 / TILE_K) % 2 == 0 && k0 + 2 * TILE_K < K)  // one line ahead per weight row: two tile steps
+      for (int n = 0; n < 16 * TILES; ++n)
+        _mm_prefetch(reinterpret_cast<const char*>(w + static_cast<int64_t>(n) * K + k0 + 2 * TILE_K), _MM_HINT_T0);
+    _tile_loadd(6, packed + (k0 / TILE_K) * (TILE_K / 2) * rows * 2, 4 * rows);
+    weights_to_tile(w + k0, K, a_tiles[0]);
+    _tile_loadd(4, a_tiles[0], 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (TILES > 1) {
+      weights_to_tile(w + 16 * static_cast<int64_t>(K) + k0, K, a_tiles[1]);
+      _tile_loadd(5, a_tiles[1], 64);
+      _tile_dpbf16ps(1, 5, 6);
+    }
+    if constexpr (TILES > 2) {
+      weights_to_tile(w + 32 * static_cast<int64_t>(K) + k0, K, a_tiles[0]);
+      _tile_loadd(4, a_tiles[0], 64);
+      _tile_dpbf16ps(2, 4, 6);
+    }
+    if constexpr (TILES > 3) {
+      weights_to_tile(w + 48 * static_cast<int64_t>(K) + k0, K, a_tiles[1]);
+      _tile_loadd(5, a_tiles[1], 64);
+      _tile_dpbf16ps(3, 5, 6);
+    }
+  }
+  const __m512i across = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(16));
+  auto store = [&](int t) {
+    const __m512 scale = load_bf16(scales + 16 * t);
+    for (int r = 0; r < rows; ++r) {  // column r of the tile: output row r's 16 outputs
+      const __m512 v = _mm512_i32gather_ps(_mm512_add_epi32(across, _mm512_set1_epi32(r)), sums, 4);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * ldc + 16 * t), to_bf16(_mm512_mul_ps(v, scale)));
+    }
+  };
+  _tile_stored(0, sums, 64); store(0);
+  if constexpr (TILES > 1) { _tile_stored(1, sums, 64); store(1); }
+  if constexpr (TILES > 2) { _tile_stored(2, sums, 64); store(2); }
+  if constexpr (TILES > 3) { _tile_stored(3, sums, 64); store(3); }
+}
+
+}  // namespace
+
+at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
+  TORCH_CHECK(amx_granted(), "swift_kernels::int8_mm_amx: the OS does not grant AMX tiles to this process");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(),
+              "swift_kernels::int8_mm_amx: x must be a contiguous 2-D bfloat16 CPU tensor");
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
+                  scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() && scales.numel() == weight.size(0),
+              "swift_kernels::int8_mm_amx: weight must be contiguous [N, K] int8 with [N] bfloat16 scales");
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  TORCH_CHECK(weight.size(1) == K && K % TILE_K == 0 && N % 16 == 0,
+              "swift_kernels::int8_mm_amx: needs K % 32 == 0, N % 16 == 0 and x's K to match the weight's");
+  at::Tensor out = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
+  const auto* a = reinterpret_cast<const bf16_t*>(x.const_data_ptr());
+  const auto* w = weight.const_data_ptr<int8_t>();
+  const auto* s = reinterpret_cast<const bf16_t*>(scales.const_data_ptr());
+  auto* c = reinterpret_cast<bf16_t*>(out.data_ptr());
+  const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
+  at::Tensor packed = at::empty({M * K}, x.options());  // every panel's B tiles, each [K / 32][16][rows][2]
+  auto* pk = reinterpret_cast<bf16_t*>(packed.data_ptr());
+  for (int64_t p = 0; p < panels; ++p) {
+    const int rows = static_cast<int>(std::min<int64_t>(AMX_ROWS, M - p * AMX_ROWS));
+    pack_rows(a + p * AMX_ROWS * K, static_cast<int>(K), rows, pk + p * AMX_ROWS * K);
+  }
+  const int64_t blocks = (N + BLOCK_N - 1) / BLOCK_N;
+  at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
+    int configured = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t nb = i % blocks, p = i / blocks;
+      const int64_t n0 = nb * BLOCK_N;
+      const int tiles = static_cast<int>(std::min<int64_t>(BLOCK_N, N - n0) / 16);
+      const int rows = static_cast<int>(std::min<int64_t>(AMX_ROWS, M - p * AMX_ROWS));
+      const bf16_t* pp = pk + p * AMX_ROWS * K;
+      const int8_t* wp = w + n0 * K;
+      bf16_t* cp = c + p * AMX_ROWS * N + n0;
+      const int k = static_cast<int>(K), ldc = static_cast<int>(N);
+      switch (tiles) {
+        case 4: block<4>(pp, rows, wp, s + n0, cp, ldc, k, configured); break;
+        case 3: block<3>(pp, rows, wp, s + n0, cp, ldc, k, configured); break;
+        case 2: block<2>(pp, rows, wp, s + n0, cp, ldc, k, configured); break;
+        default: block<1>(pp, rows, wp, s + n0, cp, ldc, k, configured); break;
+      }
+    }
+    _tile_release();
+  });
+  return out;
+}
+
+}  // namespace swift_kernels

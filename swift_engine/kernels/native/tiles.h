@@ -1,0 +1,42 @@
+// Shared pieces of swift's AMX kernels: bfloat16 conversions and tile configuration.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace swift_kernels {
+
+using bf16_t = uint16_t;
+
+constexpr int AMX_ROWS = 16;  // rows (or columns) a tile pass multiplies at once
+constexpr int TILE_K = 32;    // bfloat16 inputs per tile row
+
+inline __m512 load_bf16(const bf16_t* p) {
+  __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// float32 -> bfloat16, round to nearest even, NaN -> 0xFFFF (PyTorch's vectorized conversion)
+inline __m256i to_bf16(__m512 v) {
+  __m512i bits = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)), bits);
+  rounded = _mm512_srli_epi32(rounded, 16);
+  __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+  rounded = _mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xFFFF), rounded);
+  return _mm512_cvtepi32_epi16(rounded);
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Whether the OS lets this process use AMX tiles (asked once; Linux needs the request).
+bool amx_granted();
+
+}  // namespace swift_kernels
