@@ -94,11 +94,11 @@ def test_it_agrees_with_pytorchs_kernel_to_bfloat16_rounding(kind: str, n: int, 
 def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_keeps_pytorchs(precision: str) -> None:
     model = tiny_model("llama").to(torch.bfloat16)
     quantize(model, precision)
-    assert ModelRunner(model, kernels="torch").weight_kernel == "aten"
+    assert not ModelRunner(model, kernels="torch").native_kernels
     runner = ModelRunner(model)
-    assert runner.weight_kernel == "native" and "swift's AMX kernels" in runner.kernels
+    assert runner.native_kernels and "swift's AMX kernels" in runner.kernels
     engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
-    assert engine.runner.weight_kernel == "native"
+    assert engine.runner.native_kernels
     drafted = 0
     for prompt in ([3, 14, 15, 9, 26, 5, 35, 8, 9, 7], list(range(40, 70))):
         plain = engine.generate(prompt, max_new_tokens=40, speculative=False)
@@ -147,3 +147,48 @@ def test_builds_go_to_the_cache_keyed_by_source_and_torch(tmp_path, monkeypatch)
     assert path.parent == tmp_path and path.name.startswith("swift_kernels-") and path.stat().st_size > 0
     assert build() == path  # cached: not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+
+
+def _key_lists(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.zeros(len(lists), max(map(len, lists)), dtype=torch.int32)
+    for i, keys in enumerate(lists):
+        index[i, : len(keys)] = torch.tensor(keys, dtype=torch.int32)
+    return index, torch.tensor([len(keys) for keys in lists], dtype=torch.int32)
+
+
+@needs_native
+@pytest.mark.parametrize("heads,kv_heads,dim,past", [(9, 3, 64, 200), (4, 2, 16, 37), (14, 2, 64, 130), (8, 8, 32, 5)])
+def test_attention_rows_are_their_one_token_steps_and_close_to_float(heads: int, kv_heads: int, dim: int, past: int):
+    g = torch.Generator().manual_seed(heads + past)
+    keys = torch.randn(kv_heads, past + 20, dim, generator=g).to(torch.bfloat16)  # a cache buffer, spare room
+    values = torch.randn(kv_heads, past + 20, dim, generator=g).to(torch.bfloat16)
+    # a tree after ``past`` cached keys: a chain of 5, a branch off its root, a grandchild on the branch
+    parents = [-1, 0, 1, 2, 3, 0, 5]
+    paths = []
+    for node in range(len(parents)):
+        path = [node]
+        while parents[path[0]] >= 0:
+            path.insert(0, parents[path[0]])
+        paths.append(path)
+    index, lengths = _key_lists([list(range(past)) + [past + n for n in path] for path in paths])
+    query = torch.randn(len(parents), heads, dim, generator=g).to(torch.bfloat16)
+    scale = dim**-0.5
+    tree = torch.ops.swift_kernels.rows_attention(
+        query, keys[:, : past + 7], values[:, : past + 7], index, lengths, scale
+    )
+    for row, path in enumerate(paths):
+        # the row's one-token step: its ancestors' entries laid out right after the cache, then the row
+        step_keys, step_values = keys.clone(), values.clone()
+        for depth, node in enumerate(path):
+            step_keys[:, past + depth], step_values[:, past + depth] = keys[:, past + node], values[:, past + node]
+        n = past + len(path)
+        step_index, step_lengths = _key_lists([list(range(n))])
+        step = torch.ops.swift_kernels.rows_attention(
+            query[row : row + 1].contiguous(), step_keys[:, :n], step_values[:, :n], step_index, step_lengths, scale
+        )
+        assert torch.equal(step[0], tree[row]), row
+        k = step_keys[:, :n].float().repeat_interleave(heads // kv_heads, 0)
+        v = step_values[:, :n].float().repeat_interleave(heads // kv_heads, 0)
+        ref = torch.softmax(torch.einsum("hd,hjd->hj", query[row].float(), k) * scale, -1)
+        ref = torch.einsum("hj,hjd->hd", ref, v)
+        assert (tree[row].float() - ref).abs().max() <= 1e-2 * ref.abs().max()

@@ -76,7 +76,7 @@ def test_only_prompt_blocks_of_enough_rows_use_dequantized_weights(precision: st
     chain = torch.ones(4, 4, dtype=torch.bool).tril_()
     # a verification tree must keep the kernel's bits (its rows are one-token steps' rows)
     assert torch.equal(hidden("dequantized", 2, ids[8:12], chain), hidden("torch", 2, ids[8:12], chain))
-    native = ", weight-only products on swift's AMX kernels" if runner.weight_kernel == "native" else ""
+    native = ", swift's AMX kernels" if runner.native_kernels else ""
     assert runner.kernels == "torch" + native
     runner.set_prompt_kernel("dequantized", 16)
     assert runner.kernels == f"torch{native}, prompt blocks dequantized from 16 rows"

@@ -1,4 +1,5 @@
-"""One-token steps as one TorchScript call: bitwise the Python loop, used exactly where it applies."""
+"""One-token steps (and, on swift's kernels, verification trees) as one TorchScript call: bitwise the
+Python loop and the modules, used exactly where it applies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from swift_engine.decoding.tree import TokenTree
+from swift_engine.kernels.native_build import native_status
 from swift_engine.kernels.quantize import int4_available, quantize
 from swift_engine.model.runner import ModelRunner
 
@@ -15,26 +18,44 @@ PRECISIONS = ["int8"] + (["int4"] if int4_available() else [])
 PROMPT = torch.tensor([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4])
 
 
-def _runner(arch: str, precision: str, **overrides: object) -> ModelRunner:
+#: PyTorch's kernels, and swift's AMX kernels where they run here (then trees are scripted too)
+KERNELS = ["torch"] + (["auto"] if native_status().loaded else [])
+
+
+def _runner(arch: str, precision: str, kernels: str = "torch", **overrides: object) -> ModelRunner:
     model = wide_tiny_model(arch, seed=5, **overrides).to(torch.bfloat16)  # int4 stacks its q/k/v
     quantize(model, precision)
-    return ModelRunner(model, "torch")
+    return ModelRunner(model, kernels)
+
+
+def _tree() -> TokenTree:
+    """A chain with branches: rows whose ancestors are not a prefix of the tree."""
+    tree = TokenTree.with_root(11)
+    chain = tree.insert([12, 13, 14, 15], source=1, budget=16)
+    tree.add(21, 0)
+    tree.add(22, chain[1])
+    tree.add(24, tree.add(23, chain[0]))
+    return tree
 
 
 def _steps(runner: ModelRunner, n: int = 6) -> list[torch.Tensor]:
+    """Hidden states of ``n`` one-token steps after the prompt, then of a verification tree's rows."""
     cache = runner.new_cache()
     runner.hidden(cache, PROMPT, torch.arange(len(PROMPT)))
     out = []
     for i in range(n):
         out.append(runner.hidden(cache, torch.tensor([7 + i]), torch.tensor([len(PROMPT) + i])))
+    tree, past, cpu = _tree(), len(PROMPT) + n, torch.device("cpu")
+    out.append(runner.hidden(cache, torch.tensor(tree.tokens), tree.positions(past, cpu), tree.ancestors(cpu)))
     return out
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
-def test_scripted_steps_are_bitwise_the_python_loop(arch: str, precision: str, monkeypatch) -> None:
+def test_scripted_steps_are_bitwise_the_python_loop(arch: str, precision: str, kernels: str, monkeypatch) -> None:
     overrides = {"sliding_window": None} if arch == "mistral" else {}
-    runner = _runner(arch, precision, **overrides)
+    runner = _runner(arch, precision, kernels, **overrides)
     fast = runner.fast
     assert fast is not None and fast.scripted is not None
     calls: list[bool] = []
@@ -47,7 +68,8 @@ def test_scripted_steps_are_bitwise_the_python_loop(arch: str, precision: str, m
 
     monkeypatch.setattr(type(fast.scripted), "__call__", counted)
     scripted = _steps(runner)
-    assert calls == [True] * 6  # every step went through the script
+    # every step went through the script; the tree too where swift's kernels attend its rows
+    assert calls == [True] * 6 + [runner.native_kernels]
     script = fast.scripted
     fast.scripted = None
     python = _steps(runner)
@@ -55,8 +77,8 @@ def test_scripted_steps_are_bitwise_the_python_loop(arch: str, precision: str, m
     runner.fast = None
     modules = _steps(runner)
     for i, (a, b, c) in enumerate(zip(scripted, python, modules, strict=True)):
-        assert torch.equal(a, b), f"{arch}/{precision}: step {i} differs from the Python loop"
-        assert torch.equal(a, c), f"{arch}/{precision}: step {i} differs from the modules"
+        assert torch.equal(a, b), f"{arch}/{precision}/{kernels}: pass {i} differs from the Python loop"
+        assert torch.equal(a, c), f"{arch}/{precision}/{kernels}: pass {i} differs from the modules"
 
 
 def test_it_applies_only_where_the_step_is_what_it_computes(monkeypatch) -> None:

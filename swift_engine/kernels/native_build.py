@@ -34,7 +34,7 @@ __all__ = ["NativeStatus", "cache_dir", "build", "native_status", "cpu_flags"]
 
 NATIVE = Path(__file__).with_name("native")
 #: the sources compiled into one library (``tiles.h`` is their shared header)
-SOURCES = tuple(NATIVE / name for name in ("int4_amx.cpp", "int8_amx.cpp", "ops.cpp"))
+SOURCES = tuple(NATIVE / name for name in ("int4_amx.cpp", "int8_amx.cpp", "row_attention.cpp", "ops.cpp"))
 #: what the kernel's instructions need from the CPU (``/proc/cpuinfo`` names)
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
 _ARCH_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
@@ -179,12 +179,16 @@ def declare_native_ops() -> object:
     library = torch.library.Library("swift_kernels", "DEF")  # noqa: TOR901 - a schema for TorchScript only
     library.define("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor")
     library.define("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor")
+    library.define(
+        "rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor"
+    )
 
     def unavailable(*args: object) -> torch.Tensor:
         raise RuntimeError(f"swift's AMX kernels are not loaded here: {native_status().reason}")
 
     library.impl("int4_mm_amx", unavailable, "CPU")
     library.impl("int8_mm_amx", unavailable, "CPU")
+    library.impl("rows_attention", unavailable, "CPU")
     return library
 
 

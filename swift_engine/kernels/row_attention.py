@@ -9,8 +9,12 @@ fused kernel reduces over the keys in blocks whose layout depends on the number 
 where the tree's masked columns sit.
 
 So, inside the engine's one-token and verification passes, each query row is attended
-separately, over exactly the keys it may see laid out exactly as a one-row pass would see them:
-its cached prefix, then its own ancestors in the tree. The cache buffer already holds the prefix
+separately. Where swift's kernels are loaded (``native/row_attention.cpp``; inside
+:func:`~swift_engine.kernels.quantize.native_products`), one call attends every row of a pass, each
+over its own keys in a one-token step's order, with bits that do not depend on the other rows (so
+a pass of 8 rows costs about what 2 one-row calls did). Otherwise each row is attended over exactly
+the keys it may see, laid out exactly as a one-row pass would see them: its cached prefix, then its
+own ancestors in the tree. The cache buffer already holds the prefix
 contiguously; a row's ancestors are copied into the slots right after it (the tree's own entries
 are put back afterwards), and the row is one ``scaled_dot_product_attention`` call on that view,
 the same call, on the same data, in the same layout, as plain decoding makes. A chain of draft
@@ -37,6 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from swift_engine.kernels.quantize import native_active
+
 #: prefix of the names this implementation is registered under in ``transformers``' attention
 #: registry: ``swift_rows_sdpa``, ``swift_rows_eager``..., one per original implementation, so that
 #: ``transformers`` builds the masks the original expects for the passes this module hands back
@@ -61,6 +67,25 @@ class _Pass:
     """Per-pass state: the row layouts of each mask tensor seen (one per attention layer type)."""
 
     rows: dict[int, tuple[list[_Row], bool]] = field(default_factory=dict)
+    #: per mask and cache length: each row's keys as the native kernel takes them (index [q, L] int32, lengths [q])
+    keys: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
+
+    def key_lists(self, mask: torch.Tensor, past: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Row i's visible keys in a one-token step's order (its cached run, then its ancestors), or
+        None where a row's keys are not of that shape (a gather: the Python path takes those)."""
+        key = id(mask), past
+        if key not in self.keys:
+            rows, _ = self.layout(mask, past)
+            if any(row.columns is not None for row in rows):
+                self.keys[key] = None
+            else:
+                lists = [list(range(row.start, past)) + [past + node for node in row.path] for row in rows]
+                width = max(len(keys) for keys in lists)
+                index = torch.zeros(len(lists), width, dtype=torch.int32)
+                for i, keys in enumerate(lists):
+                    index[i, : len(keys)] = torch.tensor(keys, dtype=torch.int32)
+                self.keys[key] = index, torch.tensor([len(keys) for keys in lists], dtype=torch.int32)
+        return self.keys[key]
 
     def layout(self, mask: torch.Tensor, past: int) -> tuple[list[_Row], bool]:
         """The rows of ``mask``, and whether any row needs tree entries moved (a branch off the chain)."""
@@ -132,6 +157,12 @@ def active() -> bool:
     return _ACTIVE.get() is not None
 
 
+def key_lists(mask: torch.Tensor, past: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The rows' keys as the native kernel takes them (see ``_Pass.key_lists``); None outside :func:`rows`."""
+    state = _ACTIVE.get()
+    return None if state is None else state.key_lists(mask, past)
+
+
 def _original(module: nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
     name = getattr(module.config, _ORIGINAL, "sdpa")
     if name == "eager":
@@ -163,6 +194,13 @@ def attention(
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     past = key.shape[2] - q
+    if native_active() and softcap is None and _native_shapes(query, key, value):
+        lists = state.key_lists(attention_mask, past)
+        if lists is not None:  # swift's kernel: every row over its own keys in one call (rows_attention.cpp)
+            index, lengths = lists
+            rows_q = query[0].transpose(0, 1).contiguous()  # [q, H, d]
+            out = torch.ops.swift_kernels.rows_attention(rows_q, key[0], value[0], index, lengths, scale)
+            return out[None], None  # [1, q, H, dv]
     layout, moves = state.layout(attention_mask, past)
     if q == 1 and layout[0].columns is None:
         # a one-token step: the row's keys are the buffers' tail as they are (the general loop
@@ -201,6 +239,24 @@ def attention(
         k[:, past + slots] = tree_k[:, slots]
         v[:, past + slots] = tree_v[:, slots]
     return out[None], None
+
+
+def _native_shapes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether swift's row-attention kernel takes these tensors (bfloat16, head dims multiples of 16).
+
+    A constant of the model, so every pass of a layer takes the same path (the kernel's bits are
+    its own: a step and a verification row must not mix the two).
+    """
+    return (
+        query.dtype == key.dtype == value.dtype == torch.bfloat16
+        and query.device.type == "cpu"
+        and query.shape[-1] % 16 == 0
+        and value.shape[-1] % 16 == 0
+        and query.shape[-1] <= 256
+        and value.shape[-1] <= 256
+        and key.stride(-1) == 1
+        and value.stride(-1) == 1
+    )
 
 
 def _one_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 #: model attribute keeping the row-invariance checks done on it:
-#: (kernel, precision, weight-only kernel) -> (rows checked, rows held)
+#: (kernel, precision, swift's kernels used) -> (rows checked, rows held)
 _ROWS_ATTR = "_swift_invariant_rows"
 
 
@@ -48,6 +48,14 @@ class KernelPlan(NamedTuple):
 
     step: str
     verify: str
+
+
+@contextlib.contextmanager
+def _both(
+    first: contextlib.AbstractContextManager[None], second: contextlib.AbstractContextManager[None]
+) -> Iterator[None]:
+    with first, second:
+        yield
 
 
 class ModelRunner:
@@ -96,12 +104,13 @@ class ModelRunner:
         # int8/int4 layers have their own kernels (quantize.py): nothing for oneDNN to wrap
         onednn = quantized_precision(model) is None and use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if onednn else None
-        #: weight-only (int4/int8) products: ``native`` (swift's AMX kernels, nearly flat in the rows;
-        #: native_build.py) or ``aten`` (PyTorch's), one for all of this runner's passes;
-        #: ``cpu_kernels="torch"`` keeps aten
-        self.weight_kernel = (
-            "native" if self.precision in ("int4", "int8") and kernels != "torch" and native_status().loaded else "aten"
-        )
+        #: whether this runner's passes use swift's AMX kernels (native_build.py): weight-only int4/int8
+        #: products and row-by-row attention, nearly flat in the rows and row-invariant by construction,
+        #: one path for every pass; never with ``cpu_kernels="torch"``. Not at bfloat16: its dense
+        #: products are PyTorch's, row-invariant only as far as measured, and with the native attention's
+        #: bits a tiny Qwen2 met a 5-row pass whose dense products after attention gave one row other
+        #: bits than its step; the Python row path keeps the bits that were checked there.
+        self.native_kernels = self.precision in ("int4", "int8") and kernels != "torch" and native_status().loaded
         #: the kernels ``auto`` chooses among, here
         self.candidates: list[str] = ["torch"]
         self.plan = KernelPlan("torch", "torch")
@@ -157,13 +166,13 @@ class ModelRunner:
     def kernels(self) -> str:
         """The dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed``, or ``<step>+<verify>``.
 
-        With ``, weight-only products on swift's AMX kernels`` where they are used (:attr:`weight_kernel`), and
+        With ``, swift's AMX kernels`` where they are used (:attr:`native_kernels`), and
         ``, prompt blocks dequantized from N rows`` when prompt blocks use their own kernel.
         """
         step, verify = self.plan
         name = step if step == verify else f"{step}+{verify}"
-        if self.weight_kernel == "native":
-            name += ", weight-only products on swift's AMX kernels"
+        if self.native_kernels:
+            name += ", swift's AMX kernels"
         if self.prompt_kernel != "torch":
             name += f", prompt blocks {self.prompt_kernel} from {self.prompt_min_rows} rows"
         return name
@@ -173,12 +182,11 @@ class ModelRunner:
 
     def _linears(self, rows: int) -> contextlib.AbstractContextManager[None]:
         """This runner's kernel for a pass of ``rows`` tokens, inside this block (stock outside it)."""
-        if self.weight_kernel == "native":
-            return native_products()  # weight-only layers: nothing for oneDNN to wrap
         mode = self.kernel_for(rows)
-        if self._kernels is None or mode == "torch":
-            return contextlib.nullcontext()
-        return self._kernels.active(mode)
+        dense = contextlib.nullcontext() if self._kernels is None or mode == "torch" else self._kernels.active(mode)
+        if not self.native_kernels:
+            return dense
+        return _both(native_products(), dense)  # swift's kernels (weight-only products, row attention), dense
 
     @contextlib.contextmanager
     def trying(self, kernel: str) -> Iterator[None]:
@@ -229,8 +237,8 @@ class ModelRunner:
         more rows than it covered.
         """
         if self.max_rows is None:
-            memo: dict[tuple[str, str, str], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})
-            key = (self.plan.verify, self.precision, self.weight_kernel)
+            memo: dict[tuple[str, str, bool], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})
+            key = (self.plan.verify, self.precision, self.native_kernels)
             found = memo.get(key)
             if found is not None and found[0] >= max_rows:
                 self.max_rows = min(found[1], max_rows)

@@ -30,10 +30,11 @@ import functools
 import logging
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from swift_engine.kernels import row_attention
 from swift_engine.kernels.native_build import declare_native_ops
 from swift_engine.kernels.quantize import (
     INT4_GROUP,
@@ -88,18 +89,24 @@ def _layers(
     scaling: float,
     kind: int,
     group: int,
+    native_attention: bool,
+    rows_index: torch.Tensor,
+    rows_lengths: torch.Tensor,
 ) -> torch.Tensor:
-    """The decoder layers of one token (``hidden``: ``[1, H]``), writing its keys and values at ``length``.
+    """The decoder layers of ``q`` tokens (``hidden``: ``[q, H]``), writing their keys and values at ``length``.
 
-    Op for op what ``FastDecoder.__call__`` runs for such a step (norm, stacked q/k/v, the heads'
-    views, q and k rotated together, the cache write, ``row_attention``'s one-row SDPA call, o_proj,
-    the residual, norm, the gated MLP, the residual). Per layer ``i``: ``weights``/``scales`` hold
+    Op for op what ``FastDecoder.__call__`` runs for such a pass (norm, stacked q/k/v, the heads'
+    views, q and k rotated together, the cache write, ``row_attention``'s attention -- its native
+    call over each row's keys ``rows_index[r, :rows_lengths[r]]``, or for one token its one-row SDPA
+    call --, o_proj, the residual, norm, the gated MLP, the residual). Several rows need
+    ``native_attention``. Per layer ``i``: ``weights``/``scales`` hold
     q/k/v, o, gate, up, down at ``5 i .. 5 i + 4``; ``norm_weights``/``norm_eps`` the two norms at
     ``2 i, 2 i + 1``.
     """
     cos_heads = cos.unsqueeze(1)
     sin_heads = sin.unsqueeze(1)
     half = head_dim // 2
+    q = hidden.shape[0]
     for i in range(len(keys)):
         h = hidden.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i])
@@ -108,17 +115,27 @@ def _layers(
         y = _product(x, weights[w], scales[w], kind, group)
         if len(qkv_bias) > 0:
             y = y + qkv_bias[i]
-        heads = y.view(1, 1, -1, head_dim).transpose(1, 2).split([q_heads + kv_heads, kv_heads], 1)
+        heads = y.view(1, q, -1, head_dim).transpose(1, 2).split([q_heads + kv_heads, kv_heads], 1)
         qk = heads[0]
         qk = (qk * cos_heads) + (torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin_heads)
         query_key = qk.split([q_heads, kv_heads], 1)
-        keys[i][:, :, length : length + 1] = query_key[1]
-        values[i][:, :, length : length + 1] = heads[1]
-        query = query_key[0].reshape(1, kv_heads, q_heads // kv_heads, head_dim)
-        attended = torch.nn.functional.scaled_dot_product_attention(
-            query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
-        )
-        attended = attended.reshape(1, -1).contiguous()
+        keys[i][:, :, length : length + q] = query_key[1]
+        values[i][:, :, length : length + q] = heads[1]
+        if native_attention:  # row_attention's native call, as the engine's other passes make it
+            attended = torch.ops.swift_kernels.rows_attention(
+                query_key[0][0].transpose(0, 1).contiguous(),  # [q, heads, d], as row_attention passes it
+                keys[i][0],
+                values[i][0],
+                rows_index,
+                rows_lengths,
+                scaling,
+            )
+        else:
+            query = query_key[0].reshape(1, kv_heads, q_heads // kv_heads, head_dim)
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
+            )
+        attended = attended.reshape(q, -1).contiguous()
         hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], kind, group)
         h = hidden.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i + 1])
@@ -163,10 +180,13 @@ class ScriptedStep:
             for n in (layer.input_layernorm, layer.post_attention_layernorm)
         ]
         self._weights, self._scales, self._int4 = weights, scales, int4
+        self._no_index = torch.zeros(0, dtype=torch.int32)
         biases = [p.bias for p in qkv]
         self._qkv_bias = [b for b in biases if b is not None]
         self._q_heads, self._kv_heads = (n // attn.head_dim for n in qkv[0].sizes[:2])
         self._head_dim, self._scaling = int(attn.head_dim), float(attn.scaling)
+        # row_attention._native_shapes for this model's attention (bfloat16 activations here)
+        self._native_attention = self._head_dim % 16 == 0 and self._head_dim <= 256
         self._layers = len(layers)
 
     @classmethod
@@ -204,20 +224,52 @@ class ScriptedStep:
         logger.info("one-token steps of this %s model run as one TorchScript call", "int4" if int4 else "int8")
         return cls(layers, stacked, weights, scales, int4)
 
-    def _kind(self) -> int:
-        """The kernel of this call's products: the model's precision, native inside ``native_products``."""
-        native = native_active() and (self._int4 or all(int8_native_fits(w) for w in self._weights))
-        return (INT4_NATIVE if native else INT4) if self._int4 else (INT8_NATIVE if native else INT8)
+    def _kinds(self) -> tuple[int, bool] | None:
+        """This call's product kernel and whether attention is native (inside ``native_products``);
+        None where the script cannot match the engine's other passes.
+
+        Each layer must take one path in every pass: inside ``native_products`` an int8 layer the
+        native kernel does not take keeps aten's while the others go native, which one ``kind``
+        cannot say, so such models step in Python there; attention is native as row_attention.py
+        decides it.
+        """
+        if not native_active():
+            return (INT4 if self._int4 else INT8), False
+        if not self._int4 and not all(int8_native_fits(w) for w in self._weights):
+            return None
+        return (INT4_NATIVE if self._int4 else INT8_NATIVE), self._native_attention
 
     def __call__(
-        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: SwiftKVCache
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: SwiftKVCache,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """The layers' output for one token (``hidden``: ``[1, H]``), its keys and values appended to
-        ``cache``; None (nothing written) where the cache's layers are not all at one length."""
-        room = cache.reserve(1, self._layers)
+        """The layers' output for ``q`` tokens (``hidden``: ``[q, H]``), their keys and values appended
+        to ``cache``; None (nothing written) where the cache's layers are not all at one length, or
+        where several rows cannot be attended natively (``mask``: the pass's, for its rows' keys)."""
+        kinds = self._kinds()
+        if kinds is None:
+            return None
+        kind, native_attention = kinds
+        rows = hidden.shape[0]
+        if rows > 1 and (not native_attention or mask is None):
+            return None
+        room = cache.reserve(rows, self._layers)
         if room is None:
             return None
         length, keys, values = room
+        index = lengths = self._no_index
+        if rows > 1:
+            lists = row_attention.key_lists(cast(torch.Tensor, mask), length)
+            if lists is None:
+                return None
+            index, lengths = lists
+        elif native_attention:  # a one-token step's keys: the whole cache, then the token itself
+            index = torch.arange(length + 1, dtype=torch.int32)[None]
+            lengths = torch.tensor([length + 1], dtype=torch.int32)
         script = _scripted()
         assert script is not None  # checked when this was built
         out = script(
@@ -236,8 +288,11 @@ class ScriptedStep:
             self._kv_heads,
             self._head_dim,
             self._scaling,
-            self._kind(),
+            kind,
             INT4_GROUP,
+            native_attention,
+            index,
+            lengths,
         )
-        cache.advance(1)
+        cache.advance(rows)
         return out

@@ -1,4 +1,4 @@
-// Registers swift's weight-only kernels as PyTorch operators (torch.ops.swift_kernels.*), callable
+// Registers swift's kernels (weight-only products, row attention) as PyTorch operators (torch.ops.swift_kernels.*), callable
 // from Python and from TorchScript, and asks the OS for AMX tiles.
 
 #include "tiles.h"
@@ -13,6 +13,8 @@ namespace swift_kernels {
 
 at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
 at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
+at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                          const at::Tensor& index, const at::Tensor& lengths, double scale);
 
 bool amx_granted() {
   static const bool granted = [] {
@@ -27,9 +29,11 @@ bool amx_granted() {
 TORCH_LIBRARY(swift_kernels, m) {
   m.def("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
   m.def("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
   m.impl("int4_mm_amx", &swift_kernels::int4_mm_amx);
   m.impl("int8_mm_amx", &swift_kernels::int8_mm_amx);
+  m.impl("rows_attention", &swift_kernels::rows_attention);
 }

@@ -1,0 +1,207 @@
+// Attention of a pass's query rows, each over its own visible keys, in one call: a row's bits are
+// those of the same row attended alone (a one-token step), whatever else shares the pass.
+//
+// Why (docs/bench/measurements.md#native-kernels): exact greedy SWIFT needs a verification row to
+// be bitwise its one-token step. PyTorch's fused CPU attention does not promise that across query
+// counts, so kernels/row_attention.py attends row by row: one scaled_dot_product_attention call per
+// row and layer, which made attention the largest part of a verification pass of 8 rows once the
+// weight-only products became flat in the rows.
+//
+// How, per key head: scores of every query (rows x the query heads that share the key head) against
+// the keys the rows see are one tile product, keys as the A tiles straight from the cache (16 keys x
+// 32 dims; bfloat16 already) and the queries packed once as the B tile. Each element of a tile
+// product depends on its key and its query only. Then, per query, in float32 and over the row's own
+// keys in the row's own order (its cached prefix, then its ancestors): scale, max, exp, sum, and the
+// probability-weighted sum of the values -- the same sequence of operations for a row whether it is
+// alone or one of many, hence the same bits.
+//
+// Operands: query [R, H, d] bfloat16; key and value: [KVH, T, d] / [KVH, T, dv] bfloat16 views of the
+// cache (last dim contiguous); index [R, L] int32: row r's keys are index[r, :lengths[r]] (positions
+// in T); H % KVH == 0, d % 16 == 0. Output [R, H, dv] bfloat16.
+
+#include "tiles.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace swift_kernels {
+namespace {
+
+// e^x for float32 lanes: Cody-Waite range reduction and a degree-6 polynomial (one fixed sequence
+// of operations: the same input gives the same bits in any lane and any call)
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 bf16x16(const bf16_t* p) { return load_bf16(p); }
+
+// One query's output over its keys `scores[0..n)` (already gathered in the row's key order):
+// softmax in float32, then the weighted sum of the values rows `values[idx[j]]`, into `out` (dv).
+void softmax_values(float* scores, int n, float scale, const bf16_t* values, int64_t vstride, const int32_t* idx,
+                    int dv, bf16_t* out) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  int j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(scores + j), vscale);
+    _mm512_storeu_ps(scores + j, s);
+    vmax = _mm512_max_ps(vmax, s);
+  }
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
+  if (n > j) {
+    const __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, scores + j), vscale);
+    _mm512_mask_storeu_ps(scores + j, tail, s);
+    vmax = _mm512_mask_max_ps(vmax, tail, vmax, s);
+  }
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512 vsum = _mm512_setzero_ps();
+  for (j = 0; j + 16 <= n; j += 16) {
+    const __m512 p = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(scores + j), m));
+    _mm512_storeu_ps(scores + j, p);
+    vsum = _mm512_add_ps(vsum, p);
+  }
+  if (n > j) {
+    const __m512 p = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + j), m));
+    _mm512_mask_storeu_ps(scores + j, tail, p);
+    vsum = _mm512_mask_add_ps(vsum, tail, vsum, p);
+  }
+  const float inv = 1.0f / _mm512_reduce_add_ps(vsum);
+  constexpr int MAX_DV = 256;
+  __m512 acc[MAX_DV / 16];
+  const int chunks = dv / 16;
+  for (int c = 0; c < chunks; ++c) acc[c] = _mm512_setzero_ps();
+  for (j = 0; j < n; ++j) {
+    const __m512 p = _mm512_set1_ps(scores[j]);
+    const bf16_t* v = values + idx[j] * vstride;
+    for (int c = 0; c < chunks; ++c) acc[c] = _mm512_fmadd_ps(p, bf16x16(v + 16 * c), acc[c]);
+  }
+  const __m512 vinv = _mm512_set1_ps(inv);
+  for (int c = 0; c < chunks; ++c)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c), to_bf16(_mm512_mul_ps(acc[c], vinv)));
+}
+
+}  // namespace
+
+at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                          const at::Tensor& index, const at::Tensor& lengths, double scale) {
+  TORCH_CHECK(amx_granted(), "swift_kernels::rows_attention: the OS does not grant AMX tiles to this process");
+  TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && value.dim() == 3 && query.scalar_type() == at::kBFloat16 &&
+                  key.scalar_type() == at::kBFloat16 && value.scalar_type() == at::kBFloat16,
+              "swift_kernels::rows_attention: query [R, H, d], key [KVH, T, d], value [KVH, T, dv] in bfloat16");
+  TORCH_CHECK(query.is_contiguous() && key.stride(2) == 1 && value.stride(2) == 1,
+              "swift_kernels::rows_attention: contiguous query; keys and values contiguous in their last dim");
+  TORCH_CHECK(index.dim() == 2 && index.scalar_type() == at::kInt && index.is_contiguous() &&
+                  lengths.scalar_type() == at::kInt && lengths.numel() == query.size(0) && index.size(0) == query.size(0),
+              "swift_kernels::rows_attention: index [R, L] and lengths [R] int32");
+  const int R = static_cast<int>(query.size(0)), H = static_cast<int>(query.size(1)), d = static_cast<int>(query.size(2));
+  const int KVH = static_cast<int>(key.size(0)), T = static_cast<int>(key.size(1)), dv = static_cast<int>(value.size(2));
+  TORCH_CHECK(KVH > 0 && H % KVH == 0 && d % 16 == 0 && d <= 256 && dv % 16 == 0 && dv <= 256 &&
+                  key.size(2) == d && value.size(0) == KVH && value.size(1) >= T,
+              "swift_kernels::rows_attention: needs H % KVH == 0, head dims multiples of 16 up to 256");
+  const int G = H / KVH, L = static_cast<int>(index.size(1));
+  const int32_t* idx = index.const_data_ptr<int32_t>();
+  const int32_t* len = lengths.const_data_ptr<int32_t>();
+  int lo = T, hi = 0;
+  for (int r = 0; r < R; ++r) {
+    TORCH_CHECK(len[r] >= 1 && len[r] <= L, "swift_kernels::rows_attention: lengths out of range");
+    for (int j = 0; j < len[r]; ++j) {
+      TORCH_CHECK(idx[r * L + j] >= 0 && idx[r * L + j] < T, "swift_kernels::rows_attention: index out of range");
+      lo = std::min(lo, idx[r * L + j]);
+      hi = std::max(hi, idx[r * L + j] + 1);
+    }
+  }
+  const int span = hi - lo, blocks = (span + 15) / 16, dpad = (d + 31) / 32 * 32, steps = dpad / 32;
+  const int cols = R * G;  // queries per key head: column c = row c / G, head c % G of the group
+  at::Tensor out = at::empty({R, H, dv}, query.options());
+  // scores[h][c][j - lo] for every key in [lo, hi): float32 [KVH, cols, blocks * 16]
+  std::vector<float> scores(static_cast<size_t>(KVH) * cols * blocks * 16);
+  const auto* q = reinterpret_cast<const bf16_t*>(query.const_data_ptr());
+  const auto* k = reinterpret_cast<const bf16_t*>(key.const_data_ptr());
+  const auto* v = reinterpret_cast<const bf16_t*>(value.const_data_ptr());
+  auto* o = reinterpret_cast<bf16_t*>(out.data_ptr());
+  const int64_t ks0 = key.stride(0), ks1 = key.stride(1), vs0 = value.stride(0), vs1 = value.stride(1);
+  const int chunks = (cols + 15) / 16;
+  at::parallel_for(0, KVH * chunks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
+    alignas(64) bf16_t keys[16 * 256];        // a block of keys padded to whole tile steps (tails only)
+    alignas(64) float block[16 * 16];
+    int configured = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int h = static_cast<int>(item / chunks), c0 = static_cast<int>(item % chunks) * 16;
+      const int n = std::min(16, cols - c0);
+      for (int i = 0; i < steps * 16 * n * 2; ++i) qt[i] = 0;
+      for (int c = 0; c < n; ++c) {
+        const int col = c0 + c, r = col / G, head = h * G + col % G;
+        const bf16_t* qv = q + (static_cast<int64_t>(r) * H + head) * d;
+        for (int e = 0; e < d; ++e) qt[((e / 32) * 16 + (e % 32) / 2) * n * 2 + c * 2 + e % 2] = qv[e];
+      }
+      if (configured != n) {
+        TileConfig cfg;
+        cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * n);  // C: 16 keys x n queries
+        cfg.rows[1] = 16; cfg.colsb[1] = 64;                             // A: 16 keys x 32 dims
+        cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * n);  // B: 16 dim pairs x n queries
+        _tile_loadconfig(&cfg);
+        configured = n;
+      }
+      const bf16_t* kh = k + h * ks0;
+      for (int b = 0; b < blocks; ++b) {
+        const int j0 = lo + 16 * b, rows = std::min(16, hi - j0);
+        const bool direct = rows == 16 && dpad == d;
+        if (!direct) {  // a tail block or a head dim short of a tile step: zero-padded copy
+          for (int i = 0; i < 16 * dpad; ++i) keys[i] = 0;
+          for (int i = 0; i < rows; ++i)
+            for (int e = 0; e < d; ++e) keys[i * dpad + e] = kh[(j0 + i) * ks1 + e];
+        }
+        _tile_zero(0);
+        for (int s = 0; s < steps; ++s) {
+          if (direct) _tile_loadd(1, kh + j0 * ks1 + 32 * s, static_cast<int>(ks1 * 2));
+          else _tile_loadd(1, keys + 32 * s, dpad * 2);
+          _tile_loadd(2, qt + s * 16 * n * 2, 4 * n);
+          _tile_dpbf16ps(0, 1, 2);
+        }
+        _tile_stored(0, block, 64);
+        for (int c = 0; c < n; ++c) {
+          float* dst = scores.data() + (static_cast<size_t>(h) * cols + c0 + c) * blocks * 16 + 16 * b;
+          for (int i = 0; i < 16; ++i) dst[i] = block[i * 16 + c];
+        }
+      }
+    }
+    _tile_release();
+  });
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, static_cast<int64_t>(R) * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(L);
+    std::vector<int32_t> keys(L);
+    for (int64_t item = begin; item < end; ++item) {
+      const int r = static_cast<int>(item / H), head = static_cast<int>(item % H), h = head / G;
+      const int col = r * G + head % G, n = len[r];
+      const float* s = scores.data() + (static_cast<size_t>(h) * cols + col) * blocks * 16;
+      for (int j = 0; j < n; ++j) {
+        keys[j] = idx[r * L + j];
+        row[j] = s[keys[j] - lo];
+      }
+      softmax_values(row.data(), n, fscale, v + h * vs0, vs1, keys.data(), dv, o + (static_cast<int64_t>(r) * H + head) * dv);
+    }
+  });
+  return out;
+}
+
+}  // namespace swift_kernels
