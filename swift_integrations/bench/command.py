@@ -21,11 +21,13 @@ module holds the flags and the order of the steps; the work is elsewhere in the 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import tempfile
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -319,6 +321,15 @@ def bench(
         typer.Option("--deployments", help="With --serve: which, comma-separated (single,ray).", show_default=False),
     ] = None,
     replicas: Annotated[int, typer.Option("--replicas", min=1, help="With --serve: Ray Serve replicas.")] = 2,
+    passes: Annotated[
+        bool,
+        typer.Option(
+            "--passes",
+            help="Measure the passes instead: the one-token step and passes of 2-32 rows as multiples of it, the bytes "
+            "a step reads and its share of the machine's read bandwidth, for each --dtype (comma-separated, e.g. "
+            "int4,int8) with swift's kernels and PyTorch's (--kernels auto and torch) side by side.",
+        ),
+    ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the engine's progress.")] = False,
 ) -> None:
@@ -331,6 +342,8 @@ def bench(
     The help shows the paragraphs above as typed (rich markup keeps line breaks): keep each on one line.
     """
     _configure_logging(verbose)
+    if passes:
+        raise typer.Exit(_passes_bench(model, device, dtype, json_path, markdown))
     if serve:
         raise typer.Exit(_serve_bench(model, deployments, replicas, max_new_tokens, quick, json_path, markdown))
     if pipeline:
@@ -370,6 +383,29 @@ def bench(
     status = _exit_status(result)
     if status:
         raise typer.Exit(status)
+
+
+def _passes_bench(model: str | None, device: str, dtype: str, json_path: str | None, markdown: str | None) -> int:
+    """``--passes``: step and k-row passes per dtype and kernel set (:mod:`swift_integrations.bench.passes`)."""
+    from swift_integrations.bench.passes import passes_markdown, run_passes
+
+    dtypes = [d.strip() for d in dtype.split(",") if d.strip()] or ["auto"]
+
+    with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
+
+        def load(model_id: str | None, one_dtype: str, kernels: Any) -> Any:
+            return load_engine(model_id, device, one_dtype, profile_dir, bench_config(kernels, True))
+
+        result = run_passes(model, dtypes, ["auto", "torch"], load)
+    result["meta"]["argv"] = sys.argv[1:]
+    text = passes_markdown(result)
+    if markdown and markdown != "-":
+        Path(markdown).write_text(text)
+    else:
+        typer.echo(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 def _configure_logging(verbose: bool) -> None:
