@@ -45,7 +45,13 @@ def _steps(runner: ModelRunner, n: int = 6) -> list[torch.Tensor]:
     out = []
     for i in range(n):
         out.append(runner.hidden(cache, torch.tensor([7 + i]), torch.tensor([len(PROMPT) + i])))
-    tree, past, cpu = _tree(), len(PROMPT) + n, torch.device("cpu")
+    past, cpu = len(PROMPT) + n, torch.device("cpu")
+    # a draft: three steps skipping attention in layer 1 (its cache lags) and the MLP in layer 2
+    with runner.skipper.skipping({1}, {2}):
+        for i in range(3):
+            out.append(runner.hidden(cache, torch.tensor([20 + i]), torch.tensor([past + i])))
+    cache.truncate(past)
+    tree = _tree()
     out.append(runner.hidden(cache, torch.tensor(tree.tokens), tree.positions(past, cpu), tree.ancestors(cpu)))
     return out
 
@@ -68,8 +74,10 @@ def test_scripted_steps_are_bitwise_the_python_loop(arch: str, precision: str, k
 
     monkeypatch.setattr(type(fast.scripted), "__call__", counted)
     scripted = _steps(runner)
-    # every step went through the script; the tree too where swift's kernels attend its rows
-    assert calls == [True] * 6 + [runner.native_kernels]
+    # every step went through the script; the draft's and the tree's too where swift's kernels attend
+    # their rows (the draft's first step, its layers still at one length, in any case)
+    native = runner.native_kernels
+    assert calls == [True] * 6 + [True, native, native] + [native]
     script = fast.scripted
     fast.scripted = None
     python = _steps(runner)
@@ -99,20 +107,24 @@ def test_it_applies_only_where_the_step_is_what_it_computes(monkeypatch) -> None
     monkeypatch.setattr(type(script), "__call__", spy)
     runner.hidden(cache, torch.tensor([5]), torch.tensor([past]))  # a plain step: scripted
     assert seen == [True]
-    with runner.skipper.skipping({1}, set()):  # a draft: the Python loop (skips a sublayer)
+    with runner.skipper.skipping({1}, set()):  # a draft's first step: scripted too (skips layer 1's attention)
         runner.hidden(cache, torch.tensor([6]), torch.tensor([past + 1]))
-    assert seen == [True]
+    assert seen == [True, True]
     cache.truncate(past + 1)
     with runner.skipper.skipping({1}, set()):  # leaves layer 1 one entry shorter
         runner.hidden(cache, torch.tensor([6]), torch.tensor([past + 1]))
     seen.clear()
-    step = runner.hidden(cache, torch.tensor([7]), torch.tensor([past + 2]))  # uneven cache: declined
+    # uneven cache: declined on PyTorch's kernels (the one-row SDPA call reads one length for all layers)
+    step = runner.hidden(cache, torch.tensor([7]), torch.tensor([past + 2]))
     assert seen == [False] and step.shape == (1, 128)
     seen.clear()
     fresh = runner.new_cache()
     runner.hidden(fresh, PROMPT, torch.arange(past))
-    runner.hidden(fresh, PROMPT[:3], torch.arange(past, past + 3))  # several rows: the Python loop
+    runner.hidden(fresh, PROMPT[:3], torch.arange(past, past + 3))  # a prompt block: the Python loop
     assert seen == []
+    chain = torch.ones(3, 3, dtype=torch.bool).tril_()
+    runner.hidden(fresh, PROMPT[3:6], torch.arange(past + 3, past + 6), chain)  # a chain, aten: declined
+    assert seen == [False]
     monkeypatch.undo()
     # a sliding window, dense weights and the float32 default are not what the script computes
     assert _runner("mistral", "int8").fast.scripted is None  # type: ignore[union-attr]

@@ -124,13 +124,12 @@ class FastDecoder:
         scripted = self.scripted
         if (
             scripted is not None
-            and not skipped_attention
-            and not skipped_mlp
             and row_attention.active()  # the row-by-row attention the script computes
             and not dequantizing()
             and not isinstance(mask, dict)
         ):
-            out = scripted(hidden, cos, sin, cache, mask)  # None: not for this pass (several rows, aten)
+            # None: not for this pass (several rows on PyTorch's kernels, or with skips)
+            out = scripted(hidden, cos, sin, cache, mask, (skipped_attention, skipped_mlp))
             if out is not None:
                 return cast(torch.Tensor, dec.norm.forward(out))
         rotary, rotate_half = self._rotary, self._rotate_half

@@ -149,26 +149,28 @@ class SwiftKVCache(Cache):
         # every layer comes from the factory above
         return cast("list[SwiftKVLayer]", self.layers)
 
-    def reserve(self, n: int, layers: int) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+    def reserve_layers(self, n: int, layers: int) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]] | None:
         """Room for ``n`` entries after the last in every layer, for a caller that writes them itself
-        (``scripted_step.py``) and then calls :meth:`advance`: the entries each layer holds, and the
-        layers' key and value buffers. None unless all ``layers`` exist and hold the same number."""
+        (``scripted_step.py``) and then calls :meth:`advance_layers`: each layer's count (a draft's
+        skipped attention layers lag behind), and the layers' key and value buffers. None unless all
+        ``layers`` exist."""
         if len(self.layers) != layers:
             return None
-        length = self._swift_layers[0].length
-        keys, values = [], []
+        lengths, keys, values = [], [], []
         for layer in self._swift_layers:
-            buffers = layer.reserve(n) if layer.length == length else None
+            buffers = layer.reserve(n)
             if buffers is None:
                 return None
+            lengths.append(layer.length)
             keys.append(buffers[0])
             values.append(buffers[1])
-        return length, keys, values
+        return lengths, keys, values
 
-    def advance(self, n: int) -> None:
-        """Count ``n`` more entries in every layer (written into :meth:`reserve`'s buffers)."""
-        for layer in self._swift_layers:
-            layer.advance(n)
+    def advance_layers(self, n: int, written: list[bool]) -> None:
+        """Count ``n`` more entries in the layers ``written`` says were written (see :meth:`reserve_layers`)."""
+        for layer, wrote in zip(self._swift_layers, written, strict=True):
+            if wrote:
+                layer.advance(n)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         if layer_idx >= len(self.layers):

@@ -82,7 +82,9 @@ def _layers(
     qkv_bias: list[torch.Tensor],
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
-    length: int,
+    lengths: list[int],
+    skip_attention: list[bool],
+    skip_mlp: list[bool],
     q_heads: int,
     kv_heads: int,
     head_dim: int,
@@ -91,58 +93,66 @@ def _layers(
     group: int,
     native_attention: bool,
     rows_index: torch.Tensor,
-    rows_lengths: torch.Tensor,
+    rows_lengths: list[torch.Tensor],
 ) -> torch.Tensor:
-    """The decoder layers of ``q`` tokens (``hidden``: ``[q, H]``), writing their keys and values at ``length``.
+    """The decoder layers of ``q`` tokens (``hidden``: ``[q, H]``), writing layer ``i``'s keys and values
+    after its ``lengths[i]`` cached entries, its sublayers skipped where ``skip_attention``/``skip_mlp`` say.
 
     Op for op what ``FastDecoder.__call__`` runs for such a pass (norm, stacked q/k/v, the heads'
     views, q and k rotated together, the cache write, ``row_attention``'s attention -- its native
-    call over each row's keys ``rows_index[r, :rows_lengths[r]]``, or for one token its one-row SDPA
-    call --, o_proj, the residual, norm, the gated MLP, the residual). Several rows need
-    ``native_attention``. Per layer ``i``: ``weights``/``scales`` hold
-    q/k/v, o, gate, up, down at ``5 i .. 5 i + 4``; ``norm_weights``/``norm_eps`` the two norms at
-    ``2 i, 2 i + 1``.
+    call over each row's keys ``rows_index[r, :rows_lengths[i][r]]``, or for one token its one-row
+    SDPA call --, o_proj, the residual, norm, the gated MLP, the residual; a skipped sublayer adds
+    zeros and writes no cache entries, as the layer-skip wrapper does). Several rows need
+    ``native_attention``. Per layer ``i``: ``weights``/``scales`` hold q/k/v, o, gate, up, down at
+    ``5 i .. 5 i + 4``; ``norm_weights``/``norm_eps`` the two norms at ``2 i, 2 i + 1``.
     """
     cos_heads = cos.unsqueeze(1)
     sin_heads = sin.unsqueeze(1)
     half = head_dim // 2
     q = hidden.shape[0]
     for i in range(len(keys)):
-        h = hidden.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i])
-        x = norm_weights[2 * i] * h.to(hidden.dtype)
         w = 5 * i
-        y = _product(x, weights[w], scales[w], kind, group)
-        if len(qkv_bias) > 0:
-            y = y + qkv_bias[i]
-        heads = y.view(1, q, -1, head_dim).transpose(1, 2).split([q_heads + kv_heads, kv_heads], 1)
-        qk = heads[0]
-        qk = (qk * cos_heads) + (torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin_heads)
-        query_key = qk.split([q_heads, kv_heads], 1)
-        keys[i][:, :, length : length + q] = query_key[1]
-        values[i][:, :, length : length + q] = heads[1]
-        if native_attention:  # row_attention's native call, as the engine's other passes make it
-            attended = torch.ops.swift_kernels.rows_attention(
-                query_key[0][0].transpose(0, 1).contiguous(),  # [q, heads, d], as row_attention passes it
-                keys[i][0],
-                values[i][0],
-                rows_index,
-                rows_lengths,
-                scaling,
-            )
+        if skip_attention[i]:
+            hidden = hidden + torch.zeros_like(hidden)
         else:
-            query = query_key[0].reshape(1, kv_heads, q_heads // kv_heads, head_dim)
-            attended = torch.nn.functional.scaled_dot_product_attention(
-                query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
-            )
-        attended = attended.reshape(q, -1).contiguous()
-        hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], kind, group)
-        h = hidden.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i + 1])
-        x = norm_weights[2 * i + 1] * h.to(hidden.dtype)
-        gate = _product(x, weights[w + 2], scales[w + 2], kind, group)
-        up = _product(x, weights[w + 3], scales[w + 3], kind, group)
-        hidden = hidden + _product(torch.nn.functional.silu(gate) * up, weights[w + 4], scales[w + 4], kind, group)
+            length = lengths[i]
+            h = hidden.to(torch.float32)
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i])
+            x = norm_weights[2 * i] * h.to(hidden.dtype)
+            y = _product(x, weights[w], scales[w], kind, group)
+            if len(qkv_bias) > 0:
+                y = y + qkv_bias[i]
+            heads = y.view(1, q, -1, head_dim).transpose(1, 2).split([q_heads + kv_heads, kv_heads], 1)
+            qk = heads[0]
+            qk = (qk * cos_heads) + (torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin_heads)
+            query_key = qk.split([q_heads, kv_heads], 1)
+            keys[i][:, :, length : length + q] = query_key[1]
+            values[i][:, :, length : length + q] = heads[1]
+            if native_attention:  # row_attention's native call, as the engine's other passes make it
+                attended = torch.ops.swift_kernels.rows_attention(
+                    query_key[0][0].transpose(0, 1).contiguous(),  # [q, heads, d], as row_attention passes it
+                    keys[i][0],
+                    values[i][0],
+                    rows_index,
+                    rows_lengths[i],
+                    scaling,
+                )
+            else:
+                query = query_key[0].reshape(1, kv_heads, q_heads // kv_heads, head_dim)
+                attended = torch.nn.functional.scaled_dot_product_attention(
+                    query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
+                )
+            attended = attended.reshape(q, -1).contiguous()
+            hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], kind, group)
+        if skip_mlp[i]:
+            hidden = hidden + torch.zeros_like(hidden)
+        else:
+            h = hidden.to(torch.float32)
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps[2 * i + 1])
+            x = norm_weights[2 * i + 1] * h.to(hidden.dtype)
+            gate = _product(x, weights[w + 2], scales[w + 2], kind, group)
+            up = _product(x, weights[w + 3], scales[w + 3], kind, group)
+            hidden = hidden + _product(torch.nn.functional.silu(gate) * up, weights[w + 4], scales[w + 4], kind, group)
     return hidden
 
 
@@ -246,30 +256,39 @@ class ScriptedStep:
         sin: torch.Tensor,
         cache: SwiftKVCache,
         mask: torch.Tensor | None = None,
+        skipped: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset()),
     ) -> torch.Tensor | None:
         """The layers' output for ``q`` tokens (``hidden``: ``[q, H]``), their keys and values appended
-        to ``cache``; None (nothing written) where the cache's layers are not all at one length, or
-        where several rows cannot be attended natively (``mask``: the pass's, for its rows' keys)."""
+        to ``cache`` (not in layers whose attention is ``skipped``: (attention, MLP) layer sets); None,
+        nothing written, where the script does not match the Python loop's pass: several rows with
+        skips, several rows not attended natively (``mask``: the pass's, for its rows' keys), or
+        layers at different lengths with the one-row SDPA attention."""
         kinds = self._kinds()
         if kinds is None:
             return None
         kind, native_attention = kinds
         rows = hidden.shape[0]
-        if rows > 1 and (not native_attention or mask is None):
+        skip_attention, skip_mlp = skipped
+        if rows > 1 and (not native_attention or mask is None or skip_attention or skip_mlp):
             return None
-        room = cache.reserve(rows, self._layers)
+        room = cache.reserve_layers(rows, self._layers)
         if room is None:
             return None
-        length, keys, values = room
-        index = lengths = self._no_index
+        lengths, keys, values = room
+        if len(set(lengths)) > 1 and not native_attention:
+            return None
+        index = self._no_index
+        layer_lengths = [self._no_index] * self._layers
         if rows > 1:
-            lists = row_attention.key_lists(cast(torch.Tensor, mask), length)
+            lists = row_attention.key_lists(cast(torch.Tensor, mask), lengths[0])
             if lists is None:
                 return None
-            index, lengths = lists
-        elif native_attention:  # a one-token step's keys: the whole cache, then the token itself
-            index = torch.arange(length + 1, dtype=torch.int32)[None]
-            lengths = torch.tensor([length + 1], dtype=torch.int32)
+            index, per_row = lists
+            layer_lengths = [per_row] * self._layers
+        elif native_attention:  # a one-token step's keys in each layer: its whole cache, then the token
+            index = torch.arange(max(lengths) + 1, dtype=torch.int32)[None]
+            by_length = {n: torch.tensor([n + 1], dtype=torch.int32) for n in set(lengths)}
+            layer_lengths = [by_length[n] for n in lengths]
         script = _scripted()
         assert script is not None  # checked when this was built
         out = script(
@@ -283,7 +302,9 @@ class ScriptedStep:
             self._qkv_bias,
             keys,
             values,
-            length,
+            lengths,
+            [i in skip_attention for i in range(self._layers)],
+            [i in skip_mlp for i in range(self._layers)],
             self._q_heads,
             self._kv_heads,
             self._head_dim,
@@ -292,7 +313,7 @@ class ScriptedStep:
             INT4_GROUP,
             native_attention,
             index,
-            lengths,
+            layer_lengths,
         )
-        cache.advance(rows)
+        cache.advance_layers(rows, [i not in skip_attention for i in range(self._layers)])
         return out
