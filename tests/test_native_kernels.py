@@ -192,3 +192,22 @@ def test_attention_rows_are_their_one_token_steps_and_close_to_float(heads: int,
         ref = torch.softmax(torch.einsum("hd,hjd->hj", query[row].float(), k) * scale, -1)
         ref = torch.einsum("hj,hjd->hd", ref, v)
         assert (tree[row].float() - ref).abs().max() <= 1e-2 * ref.abs().max()
+
+
+def test_a_library_that_faults_is_tried_once_in_a_child_and_never_loaded(tmp_path, monkeypatch) -> None:
+    import swift_engine.kernels.native_build as nb
+
+    library = tmp_path / "swift_kernels-0123456789abcdef.so"
+    library.write_bytes(b"not a library")
+    # what a CPU that lists AMX but faults on it does to the process that tries (SIGILL)
+    monkeypatch.setattr(nb, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    reason = nb.probe(library)
+    assert reason is not None and "fault" in reason and "signal 4" in reason
+    runs: list[object] = []
+    monkeypatch.setattr(nb.subprocess, "run", lambda *a, **k: runs.append(a))
+    assert nb.probe(library) == reason and runs == []  # the verdict is kept: not tried again
+    other = tmp_path / "swift_kernels-fedcba9876543210.so"  # another library that computes wrong numbers
+    other.write_bytes(b"")
+    monkeypatch.undo()
+    monkeypatch.setattr(nb, "_PROBE", "raise SystemExit(3)")
+    assert nb.probe(other) == "its products disagree with PyTorch's kernel here"

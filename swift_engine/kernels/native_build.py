@@ -11,7 +11,9 @@ process (a few seconds), into a cache directory keyed by the source, the PyTorch
 compiler flags: ``$SWIFT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/swift/kernels``, else
 ``~/.cache/swift/kernels``. Where it cannot be used -- no compiler (``$CXX``, else ``c++``), a CPU
 or OS without AMX tiles, a build that fails, or results that disagree with PyTorch's kernel -- the
-engine keeps PyTorch's kernels, says why in one log line, and nothing else changes.
+engine keeps PyTorch's kernels, says why in one log line, and nothing else changes. A new library is
+tried first in a child process (:func:`probe`): a CPU that lists AMX but faults on it must not take
+the engine's process down.
 """
 
 from __future__ import annotations
@@ -138,6 +140,62 @@ def _agrees_with_aten() -> bool:
     return all(bool(((got.float() - ref.float()).abs() <= 2e-2 * ref.float().abs().amax()).all()) for ref, got in pairs)
 
 
+#: run in a child process: load the library and compute with it (exit 0: fine; 3: wrong numbers)
+_PROBE = (
+    "import sys, torch; torch.ops.load_library(sys.argv[1]); "
+    "from swift_engine.kernels.native_build import _agrees_with_aten; sys.exit(0 if _agrees_with_aten() else 3)"
+)
+
+
+def _machine_key() -> str:
+    """A short digest of this CPU (model name and flags): a probe's verdict holds for it only."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return hashlib.sha256((name + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
+
+
+def probe(path: Path) -> str | None:
+    """Why the kernels at ``path`` cannot run on this machine, or None: tried once in a child process.
+
+    Why a child: a CPU may list AMX among its flags, and the OS grant the tiles, yet fault on the
+    instructions (seen on other virtual machines of this kind: "Illegal instruction"), which would
+    kill the process that tried. The verdict is kept beside the library, per CPU, so later
+    processes start without trying again.
+    """
+    marker = path.with_name(f"{path.stem}-{_machine_key()}")
+    ok, bad = marker.with_suffix(".ok"), marker.with_suffix(".fails")
+    if ok.exists():
+        return None
+    if bad.exists():
+        return bad.read_text().strip() or "it failed here before"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, timeout=600, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"trying it failed ({type(exc).__name__})"
+    if done.returncode == 0:
+        reason = None
+    elif done.returncode < 0:
+        reason = f"its AMX instructions fault on this machine (signal {-done.returncode})"
+    elif done.returncode == 3:
+        reason = "its products disagree with PyTorch's kernel here"
+    else:
+        reason = f"trying it failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+    try:
+        if reason is None:
+            ok.touch()
+        else:
+            bad.write_text(reason + "\n")
+    except OSError:
+        pass  # a read-only cache: try again next time
+    return reason
+
+
 @functools.cache
 def native_status() -> NativeStatus:
     """Load the native kernels once per process (building them if needed); never raises.
@@ -152,10 +210,11 @@ def native_status() -> NativeStatus:
     else:
         try:
             path = build()
-            torch.ops.load_library(str(path))
-            if not _agrees_with_aten():
-                status = NativeStatus(False, "its products disagree with PyTorch's kernel here", path)
+            reason = probe(path)
+            if reason is not None:
+                status = NativeStatus(False, reason, path)
             else:
+                torch.ops.load_library(str(path))
                 status = NativeStatus(True, "built and checked", path)
         except (RuntimeError, OSError) as exc:
             status = NativeStatus(False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
