@@ -154,7 +154,7 @@ class DecodeCall:
         cache = runner.new_cache(capacity=len(prompt_ids) + max_new_tokens + cfg.tree.max_tree_tokens + 1)
         prefix_cache = self.engine.prefix_cache
         prefill_start = time.perf_counter()
-        tail_logits, stats.cached_prompt_tokens = prefill(  # tail_logits: [teacher window, vocab]
+        tail_hidden, stats.cached_prompt_tokens = prefill(  # tail_hidden: [teacher window, H]
             runner,
             cache,
             prompt_ids,
@@ -164,8 +164,9 @@ class DecodeCall:
             check=lambda: request.check_deadline(0),
         )
         stats.prefix_cache_bytes = prefix_cache.nbytes if prefix_cache is not None else 0
-        root = self._pick(tail_logits[-1], request.sampling, grammar)
-        session.start(prompt_ids, tail_logits.argmax(dim=-1).tolist())
+        root = self._pick(runner.logits(tail_hidden[-1:])[0], request.sampling, grammar)
+        # the teacher window's argmax only when a search iteration needs it (the full head over its rows)
+        session.start(prompt_ids, len(tail_hidden), lambda: runner.logits(tail_hidden).argmax(dim=-1).tolist())
         decode_start = time.perf_counter()
         stats.prefill_time_s = decode_start - prefill_start
         yield [root]

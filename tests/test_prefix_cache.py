@@ -50,9 +50,11 @@ def test_multi_turn_greedy_output_is_the_same_with_and_without_the_cache(arch: s
 
 
 def _prefill(engine, cache, prompt, tail):
-    return prefill(
+    """The logits after the prompt's last ``tail`` tokens, and how many tokens came from the cache."""
+    hidden, cached = prefill(
         engine.runner, cache, prompt, tail, block=engine.config.prefill_block, prefix_cache=engine.prefix_cache
     )
+    return engine.runner.logits(hidden), cached
 
 
 def test_a_cached_prefix_is_bitwise_a_fresh_prefill() -> None:

@@ -26,10 +26,12 @@ def prefill(
     prefix_cache: PrefixCache | None,
     check: Callable[[], None] = lambda: None,
 ) -> tuple[torch.Tensor, int]:
-    """Cache the prompt; the full model's logits after its last ``tail`` tokens, and how many came cached.
+    """Cache the prompt; the final hidden states of its last ``tail`` tokens, and how many came cached.
 
     ``cache``: the call's empty KV cache, filled with the prompt's ``len(prompt_ids)`` entries.
-    Returns ``(logits [min(tail, len(prompt_ids)), vocab], cached_tokens)``. ``check`` runs between
+    Returns ``(hidden [min(tail, len(prompt_ids)), H], cached_tokens)``: the caller takes the head
+    over the rows it needs (the last one for the first token; the search's teacher window only if an
+    iteration runs: a full-vocabulary head over many rows is not free). ``check`` runs between
     blocks (a long prompt's prefill honours the call's timeout there).
     """
     tag = runner.kernels
@@ -55,7 +57,7 @@ def prefill(
         start = end
     if prefix_cache is not None:
         prefix_cache.insert(chain, new, tag)
-    # the same rows in one call whatever came from the cache: the logits are bitwise the same too
+    # the same rows whatever came from the cache: their logits are bitwise the same too
     need = max(1, min(tail, len(prompt_ids)))
     last: list[torch.Tensor] = []
     for h in reversed(hidden):
@@ -64,4 +66,4 @@ def prefill(
         need -= take
         if need == 0:
             break
-    return runner.logits(torch.cat(last) if len(last) > 1 else last[0]), cached
+    return (torch.cat(last) if len(last) > 1 else last[0]), cached

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -82,6 +83,8 @@ class SearchSession:
         self._tokens: list[int] = []
         self._targets_start = 0
         self._targets: list[int] = []
+        #: the prompt tail's targets, computed at the first iteration (None: computed, or none)
+        self._tail_targets: Callable[[], list[int]] | None = None
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -156,11 +159,13 @@ class SearchSession:
         return self.config.context_window if self.searching else 1
 
     # -- during the call ----------------------------------------------------------------------
-    def start(self, prompt_ids: list[int], tail_argmax: list[int]) -> None:
-        """The prompt is cached; ``tail_argmax``: the full model's argmax after its last tokens."""
+    def start(self, prompt_ids: list[int], tail: int, tail_argmax: Callable[[], list[int]]) -> None:
+        """The prompt is cached; ``tail_argmax()``: the full model's argmax after its last ``tail``
+        tokens, asked for at the first search iteration only (a call that runs none never pays for it)."""
         self._tokens = list(prompt_ids)
-        self._targets_start = len(prompt_ids) - len(tail_argmax)
-        self._targets = list(tail_argmax)
+        self._targets_start = len(prompt_ids) - tail
+        self._targets = []
+        self._tail_targets = tail_argmax
 
     def observe(self, root: int, verdict: Verdict) -> None:
         """``root`` and the accepted tokens are now cached, with the full model's argmax after each."""
@@ -221,6 +226,9 @@ class SearchSession:
         first = max(self._targets_start, past - self.config.context_window)
         if past - first < 4:
             return
+        if self._tail_targets is not None:  # the prompt tail's targets come first
+            self._targets[:0] = self._tail_targets()
+            self._tail_targets = None
         window = self._tokens[first:past]
         targets = self._targets[first - self._targets_start : past - self._targets_start]
         # the starting set is scored first
