@@ -64,6 +64,14 @@ inline void configure(int rows, int& configured) {
   configured = rows;
 }
 
+// One tile step of output tile C (0..3): 16 weight rows converted into A tile A (4 or 5), times the rows' B tile 6.
+template <int C, int A>
+inline void step(const int8_t* w, int K, bf16_t* a_tile) {
+  weights_to_tile(w, K, a_tile);
+  _tile_loadd(A, a_tile, 64);
+  _tile_dpbf16ps(C, A, 6);
+}
+
 template <int TILES>
 void block(const bf16_t* packed, int rows, const int8_t* w, const bf16_t* scales, bf16_t* out, int ldc, int K,
            int& configured) {
@@ -79,24 +87,11 @@ void block(const bf16_t* packed, int rows, const int8_t* w, const bf16_t* scales
       for (int n = 0; n < 16 * TILES; ++n)
         _mm_prefetch(reinterpret_cast<const char*>(w + static_cast<int64_t>(n) * K + k0 + 2 * TILE_K), _MM_HINT_T0);
     _tile_loadd(6, packed + (k0 / TILE_K) * (TILE_K / 2) * rows * 2, 4 * rows);
-    weights_to_tile(w + k0, K, a_tiles[0]);
-    _tile_loadd(4, a_tiles[0], 64);
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (TILES > 1) {
-      weights_to_tile(w + 16 * static_cast<int64_t>(K) + k0, K, a_tiles[1]);
-      _tile_loadd(5, a_tiles[1], 64);
-      _tile_dpbf16ps(1, 5, 6);
-    }
-    if constexpr (TILES > 2) {
-      weights_to_tile(w + 32 * static_cast<int64_t>(K) + k0, K, a_tiles[0]);
-      _tile_loadd(4, a_tiles[0], 64);
-      _tile_dpbf16ps(2, 4, 6);
-    }
-    if constexpr (TILES > 3) {
-      weights_to_tile(w + 48 * static_cast<int64_t>(K) + k0, K, a_tiles[1]);
-      _tile_loadd(5, a_tiles[1], 64);
-      _tile_dpbf16ps(3, 5, 6);
-    }
+    // output tile t from weight rows 16t..16t+15 (A tiles 4 and 5 in turn: one converts while one multiplies)
+    step<0, 4>(w + k0, K, a_tiles[0]);
+    if constexpr (TILES > 1) step<1, 5>(w + 16 * static_cast<int64_t>(K) + k0, K, a_tiles[1]);
+    if constexpr (TILES > 2) step<2, 4>(w + 32 * static_cast<int64_t>(K) + k0, K, a_tiles[0]);
+    if constexpr (TILES > 3) step<3, 5>(w + 48 * static_cast<int64_t>(K) + k0, K, a_tiles[1]);
   }
   const __m512i across = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                             _mm512_set1_epi32(16));
