@@ -211,3 +211,21 @@ def test_a_library_that_faults_is_tried_once_in_a_child_and_never_loaded(tmp_pat
     monkeypatch.undo()
     monkeypatch.setattr(nb, "_PROBE", "raise SystemExit(3)")
     assert nb.probe(other) == "its products disagree with PyTorch's kernel here"
+
+
+def test_a_failed_compile_is_one_clear_error_remembered_until_forced(tmp_path, monkeypatch) -> None:
+    import swift_engine.kernels.native_build as nb
+
+    monkeypatch.setenv("SWIFT_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(nb, "_compiler", lambda: "c++")
+    monkeypatch.setattr(nb, "_command", lambda compiler, out: ["c++", "--no-such-option"])
+    with pytest.raises(RuntimeError, match="compiling the kernels failed"):
+        nb.build()
+    runs: list[object] = []
+    monkeypatch.setattr(nb.subprocess, "run", lambda *a, **k: runs.append(a))
+    with pytest.raises(RuntimeError, match="compiling the kernels failed"):
+        nb.build()  # remembered: no second compile in this or any later process
+    assert runs == []
+    with pytest.raises(Exception):  # noqa: B017 - forced: compiled again (the fake run returns nothing)
+        nb.build(force=True)
+    assert len(runs) == 1

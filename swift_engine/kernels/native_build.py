@@ -18,6 +18,7 @@ the engine's process down.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -102,21 +103,30 @@ def library_path(compiler: str | None = None) -> Path:
 def build(force: bool = False) -> Path:
     """Compile the kernels into the cache (atomically: concurrent builders are safe); returns the path.
 
-    Raises ``RuntimeError`` with the reason where it cannot (no compiler, a failed compile).
+    Raises ``RuntimeError`` with the reason where it cannot (no compiler, a failed compile). A failed
+    compile is remembered (a ``.build-failed`` file beside the library) so that every process does not
+    try again; ``force`` (``python -m swift_engine.kernels.native_build``) tries anyway.
     """
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
     target = library_path(compiler)
+    failed = target.with_suffix(".build-failed")  # this source, compiler and PyTorch failed before
     if target.exists() and not force:
         return target
+    if failed.exists() and not force:
+        raise RuntimeError(failed.read_text().strip() or "compiling the kernels failed before")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         done = subprocess.run(_command(compiler, out), capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"compiling the kernels failed: {done.stderr.strip()[-400:]}")
+            reason = f"compiling the kernels failed: {done.stderr.strip()[-400:]}"
+            with contextlib.suppress(OSError):
+                failed.write_text(reason + "\n")
+            raise RuntimeError(reason)
         os.replace(out, target)
+        failed.unlink(missing_ok=True)
     return target
 
 
@@ -254,6 +264,8 @@ def declare_native_ops() -> object:
 def main() -> int:
     """``python -m swift_engine.kernels.native_build``: build (and check) the kernels; 0 even when unavailable."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with contextlib.suppress(RuntimeError):
+        build(force=not library_path(_compiler()).exists())  # a fresh try after a failed one
     status = native_status()
     sys.stderr.write(f"swift native kernels: {'ready' if status.loaded else 'not used'} ({status.reason})\n")
     return 0

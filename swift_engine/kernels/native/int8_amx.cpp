@@ -65,11 +65,18 @@ inline void configure(int rows, int& configured) {
 }
 
 // One tile step of output tile C (0..3): 16 weight rows converted into A tile A (4 or 5), times the rows' B tile 6.
+// (The tile intrinsics name their registers literally, hence the spelled-out cases.)
 template <int C, int A>
 inline void step(const int8_t* w, int K, bf16_t* a_tile) {
+  static_assert(A == 4 || A == 5, "A tiles are 4 and 5");
   weights_to_tile(w, K, a_tile);
-  _tile_loadd(A, a_tile, 64);
-  _tile_dpbf16ps(C, A, 6);
+  if constexpr (A == 4) _tile_loadd(4, a_tile, 64);
+  else _tile_loadd(5, a_tile, 64);
+  if constexpr (C == 0 && A == 4) _tile_dpbf16ps(0, 4, 6);
+  else if constexpr (C == 1 && A == 5) _tile_dpbf16ps(1, 5, 6);
+  else if constexpr (C == 2 && A == 4) _tile_dpbf16ps(2, 4, 6);
+  else if constexpr (C == 3 && A == 5) _tile_dpbf16ps(3, 5, 6);
+  else static_assert(C < 0, "tile C pairs with A tile 4 + C % 2");
 }
 
 template <int TILES>
