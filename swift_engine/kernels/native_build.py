@@ -1,13 +1,15 @@
-"""Builds and loads the project's own weight-only kernels (``native/*.cpp``) on this machine.
+"""Builds and loads the project's own CPU kernels (``native/*.cpp``) on this machine.
 
-Why: PyTorch's CPU int4 kernel re-reads and re-dequantizes every weight tile for each block of 4
-rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
-paying at the precision that makes the step fast. The native kernel multiplies up to 16 rows per
-weight tile on AMX (figures: docs/bench/measurements.md#native-kernels).
+Why: PyTorch's CPU int4 and int8 kernels re-read and re-convert every weight tile for each block of
+4 rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
+paying at the precisions that make the step fast. swift's kernels multiply up to 16 rows per weight
+tile on AMX, and attend every row of a pass in one call (figures:
+docs/bench/measurements.md#native-kernels). They are registered as ``torch.ops.swift_kernels.*``
+(``int4_mm_amx``, ``int8_mm_amx``, ``rows_attention``), so TorchScript calls them too.
 
-It is compiled from source on the user's machine -- never a downloaded binary -- by ``make setup``
-(``python -m swift_engine.kernels.native_build``) or, failing that, at the first int4 engine of a
-process (a few seconds), into a cache directory keyed by the source, the PyTorch version and the
+They are compiled from source on the user's machine -- never a downloaded binary -- by ``make setup``
+(``python -m swift_engine.kernels.native_build``) or, failing that, at the first int4/int8 engine of a
+process (seconds), into a cache directory keyed by the sources, the PyTorch version and the
 compiler flags: ``$SWIFT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/swift/kernels``, else
 ``~/.cache/swift/kernels``. Where it cannot be used -- no compiler (``$CXX``, else ``c++``), a CPU
 or OS without AMX tiles, a build that fails, or results that disagree with PyTorch's kernel -- the
@@ -27,13 +29,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NativeStatus", "cache_dir", "build", "native_status", "cpu_flags"]
+__all__ = [
+    "NativeStatus",
+    "build",
+    "cache_dir",
+    "cpu_flags",
+    "declare_native_ops",
+    "library_path",
+    "native_status",
+    "probe",
+]
 
 NATIVE = Path(__file__).with_name("native")
 #: the sources compiled into one library (``tiles.h`` is their shared header)
@@ -43,14 +55,14 @@ REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", 
 _ARCH_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
 
 
+@dataclass(frozen=True)
 class NativeStatus:
     """Whether the native kernels are loaded in this process, and if not, why (one line)."""
 
-    def __init__(self, loaded: bool, reason: str, path: Path | None = None) -> None:
-        self.loaded, self.reason, self.path = loaded, reason, path
-
-    def __repr__(self) -> str:
-        return f"NativeStatus(loaded={self.loaded}, reason={self.reason!r})"
+    loaded: bool
+    reason: str
+    #: the library (built or found), where there is one
+    path: Path | None = None
 
 
 def cache_dir() -> Path:

@@ -99,6 +99,7 @@ def info(
             ),
             "kernels": runner.kernels,
             "kernels_measured": choice.summary() if choice is not None else None,
+            "native_kernels": _native_line(),
             "profile_store": str(store.directory),
             "profiles": len(engine.profiles.list()),
             "load_seconds": round(loaded.seconds, 2),
@@ -125,6 +126,7 @@ def info(
             "dtype": "Dtype",
             "kernels": "Dense kernels",
             "kernels_measured": "Kernel timings",
+            "native_kernels": "swift's AMX kernels",
             "profile_store": "Profile store",
             "profiles": "Stored profiles",
             "load_seconds": "Load time",
@@ -147,3 +149,11 @@ def info(
         for key, label in labels.items():
             table.add_row(label, str(shown[key]))
         state.out.print(table)
+
+
+def _native_line() -> str:
+    """Whether swift's own kernels run on this machine, and if not, why (they build on first use)."""
+    from swift_engine.kernels.native_build import native_status
+
+    status = native_status()
+    return f"loaded ({status.path})" if status.loaded else f"not used: {status.reason}"
