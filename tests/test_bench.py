@@ -190,20 +190,27 @@ def test_llama_cpp_baseline_is_one_clear_error_when_missing(tmp_path, caplog) ->
     assert "unknown --baseline vllm" in caplog.text
 
 
-@pytest.mark.slow  # two engines of the embedded model at int4, each timed over six pass shapes
 def test_passes_report_steps_rows_and_the_bandwidth_ceiling_per_dtype_and_kernel_set(tmp_path, capsys) -> None:
+    from .test_loading import _save_tiny
+
+    folder = tmp_path / "tiny-llama"
+    _save_tiny(folder, seed=0)
     path = tmp_path / "passes.json"
-    assert main(["--passes", "--dtype", "int4", "--json", str(path)]) == 0
+    assert main(["--passes", "--model", str(folder), "--dtype", "int4,int8", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
     assert result["read_bandwidth_gb_s"] > 0
     rows = result["passes"]
-    assert [(r["dtype"], r["cpu_kernels"]) for r in rows] == [("int4", "auto"), ("int4", "torch")]
-    assert rows[0]["step_bytes"] == rows[1]["step_bytes"] > 50e6  # the same weights either way (~95 MB)
+    assert [(r["dtype"], r["cpu_kernels"]) for r in rows] == [
+        ("int4", "auto"),
+        ("int4", "torch"),
+        ("int8", "auto"),
+        ("int8", "torch"),
+    ]
+    assert rows[0]["step_bytes"] == rows[1]["step_bytes"] < rows[2]["step_bytes"]  # the same weights; int8 reads more
     for row in rows:
-        assert row["precision"] == "int4" and row["step_ms"] > 0
+        assert row["precision"] == row["dtype"] and row["step_ms"] > 0 and row["context"] == 64
         assert set(row["rows"]) == {"2", "4", "8", "16", "32"} and all(v > 0 for v in row["rows"].values())
         assert row["ceiling_ms"] == pytest.approx(1e3 * row["step_bytes"] / (1e9 * result["read_bandwidth_gb_s"]))
-    assert ("swift's AMX kernels" in rows[0]["kernels"]) == native_status().loaded
-    assert "swift's AMX kernels" not in rows[1]["kernels"]
+        assert ("swift's AMX kernels" in row["kernels"]) == (native_status().loaded and row["cpu_kernels"] == "auto")
     out = capsys.readouterr().out
     assert "| dtype | kernels | step ms |" in out and "Read bandwidth" in out

@@ -66,7 +66,8 @@ def measure_passes(engine: Any, reps: int = 15) -> dict[str, Any]:
     from swift_engine.kernels.costs import synthetic_passes
 
     runner = engine.runner
-    passes = synthetic_passes(runner, CONTEXT, max(ROWS))
+    context = min(CONTEXT, (runner.context_length or 4096) // 2)  # a small model's window may be short
+    passes = synthetic_passes(runner, context, max(ROWS))
     step = _best(passes(1), reps)
     return {
         "precision": runner.precision,
@@ -74,6 +75,7 @@ def measure_passes(engine: Any, reps: int = 15) -> dict[str, Any]:
         "step_ms": 1e3 * step,
         "rows": {str(k): _best(passes(k), reps) / step for k in ROWS},
         "step_bytes": step_bytes(engine.model),
+        "context": context,
     }
 
 
@@ -109,7 +111,8 @@ def passes_markdown(result: dict[str, Any]) -> str:
     )
     lines = [
         f"Read bandwidth: {result['read_bandwidth_gb_s']:.1f} GB/s ({result['meta']['threads']} threads); "
-        f"passes after a {result['meta']['context']}-token context; k rows as multiples of the step.",
+        f"passes after a {result['meta']['context']}-token context (half the model's window where that is "
+        "shorter); k rows as multiples of the step.",
         "",
         head + " |",
         "|" + "---|" * (5 + len(ROWS)),
