@@ -78,13 +78,16 @@ class _Pass:
             rows, _ = self.layout(mask, past)
             if any(row.columns is not None for row in rows):
                 self.keys[key] = None
-            else:
-                lists = [list(range(row.start, past)) + [past + node for node in row.path] for row in rows]
-                width = max(len(keys) for keys in lists)
-                index = torch.zeros(len(lists), width, dtype=torch.int32)
-                for i, keys in enumerate(lists):
-                    index[i, : len(keys)] = torch.tensor(keys, dtype=torch.int32)
-                self.keys[key] = index, torch.tensor([len(keys) for keys in lists], dtype=torch.int32)
+            else:  # tensor copies, not Python lists: a row's cached run is as long as the context
+                lengths = [past - row.start + len(row.path) for row in rows]
+                first = min(row.start for row in rows)
+                cached = torch.arange(first, past, dtype=torch.int32)
+                index = torch.zeros(len(rows), max(lengths), dtype=torch.int32)
+                for i, row in enumerate(rows):
+                    run = past - row.start
+                    index[i, :run] = cached[row.start - first :]
+                    index[i, run : lengths[i]] = torch.tensor(row.path, dtype=torch.int32) + past
+                self.keys[key] = index, torch.tensor(lengths, dtype=torch.int32)
         return self.keys[key]
 
     def layout(self, mask: torch.Tensor, past: int) -> tuple[list[_Row], bool]:

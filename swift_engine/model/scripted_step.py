@@ -1,4 +1,4 @@
-"""One-token steps of weight-only llama-style models as one TorchScript function: bitwise the Python loop.
+"""Decoding passes of weight-only llama-style models as one TorchScript function: bitwise the Python loop.
 
 Why: at 135M parameters a one-token step is about 1500 small PyTorch ops, and the Python between them
 costs as much as the products. :mod:`swift_engine.model.fast_forward` already calls the same ops the
@@ -11,12 +11,14 @@ and the engine's loop stay in Python; figures: docs/bench/measurements.md#model)
 
 Where it applies -- everything else keeps :class:`~swift_engine.model.fast_forward.FastDecoder`'s loop:
 
-* one-token passes with no skipped sublayer (plain decoding, the engine's one-row steps), attended
-  row by row (:mod:`swift_engine.kernels.row_attention`, which weight-only precisions always are);
+* passes attended row by row (:mod:`swift_engine.kernels.row_attention`, which weight-only
+  precisions always are): one-token steps, drafts' steps with skipped sublayers (a skipped sublayer
+  adds zeros and writes no cache entries, so layers may hold different numbers of entries), and,
+  on swift's kernels (``native_products``), verification trees, each row over its own keys;
 * weight-only int8 or int4 layers throughout, q/k/v stacked (:class:`~swift_engine.kernels.quantize.FusedProduct`),
   no bias but on q/k/v, a SiLU-gated MLP, RMSNorms of the llama family, no sliding window;
-* a cache whose layers all hold the same number of entries (a draft that skipped layers leaves
-  some shorter until the next verification).
+* on PyTorch's kernels, one-row passes over a cache whose layers all hold the same number of
+  entries (the one-row SDPA call); several rows or uneven layers keep the Python loop there.
 
 TorchScript is deprecated in recent PyTorch (2.13 warns when scripting). The function is scripted
 once per process when the first such model is loaded (a one-time cost:
