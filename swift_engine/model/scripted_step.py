@@ -199,6 +199,8 @@ class ScriptedStep:
         self._head_dim, self._scaling = int(attn.head_dim), float(attn.scaling)
         # row_attention._native_shapes for this model's attention (bfloat16 activations here)
         self._native_attention = self._head_dim % 16 == 0 and self._head_dim <= 256
+        # whether swift's int8 kernel takes every product (int4's takes all); checked once, not per step
+        self._native_products = int4 or all(int8_native_fits(w) for w in weights)
         self._layers = len(layers)
 
     @classmethod
@@ -247,7 +249,7 @@ class ScriptedStep:
         """
         if not native_active():
             return (INT4 if self._int4 else INT8), False
-        if not self._int4 and not all(int8_native_fits(w) for w in self._weights):
+        if not self._native_products:
             return None
         return (INT4_NATIVE if self._int4 else INT8_NATIVE), self._native_attention
 
