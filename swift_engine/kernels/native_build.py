@@ -276,7 +276,7 @@ def declare_native_ops() -> object:
 def main() -> int:
     """``python -m swift_engine.kernels.native_build``: build (and check) the kernels; 0 even when unavailable."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with contextlib.suppress(RuntimeError):
+    with contextlib.suppress(RuntimeError, OSError):  # native_status() says why, below
         build(force=not library_path(_compiler()).exists())  # a fresh try after a failed one
     status = native_status()
     sys.stderr.write(f"swift native kernels: {'ready' if status.loaded else 'not used'} ({status.reason})\n")
