@@ -229,3 +229,19 @@ def test_a_failed_compile_is_one_clear_error_remembered_until_forced(tmp_path, m
     with pytest.raises(Exception):  # noqa: B017 - forced: compiled again (the fake run returns nothing)
         nb.build(force=True)
     assert len(runs) == 1
+
+
+def test_every_kernel_source_ships_with_the_package() -> None:
+    """An installed package compiles its kernels from its own files: all of native/ must be package data."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    import swift_engine.kernels.native_build as nb
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = patterns["swift_engine.kernels"]
+    files = sorted(p.relative_to(nb.NATIVE.parent).as_posix() for p in nb.NATIVE.iterdir() if p.is_file())
+    assert files and all(any(fnmatch.fnmatch(f, pattern) for pattern in shipped) for f in files), files
+    assert set(nb.SOURCES) <= set(nb.NATIVE.iterdir())
