@@ -234,8 +234,9 @@ def test_a_failed_compile_is_one_clear_error_remembered_until_forced(tmp_path, m
 def test_every_kernel_source_ships_with_the_package() -> None:
     """An installed package compiles its kernels from its own files: all of native/ must be package data."""
     import fnmatch
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     import swift_engine.kernels.native_build as nb
 
