@@ -50,14 +50,6 @@ class KernelPlan(NamedTuple):
     verify: str
 
 
-@contextlib.contextmanager
-def _both(
-    first: contextlib.AbstractContextManager[None], second: contextlib.AbstractContextManager[None]
-) -> Iterator[None]:
-    with first, second:
-        yield
-
-
 class ModelRunner:
     def __init__(self, model: nn.Module, kernels: KernelMode = "auto", row_invariant: bool | None = None) -> None:
         self.model = model
@@ -182,11 +174,12 @@ class ModelRunner:
 
     def _linears(self, rows: int) -> contextlib.AbstractContextManager[None]:
         """This runner's kernel for a pass of ``rows`` tokens, inside this block (stock outside it)."""
+        if self.native_kernels:  # weight-only layers: swift's products and row attention, no dense kernel to wrap
+            return native_products()
         mode = self.kernel_for(rows)
-        dense = contextlib.nullcontext() if self._kernels is None or mode == "torch" else self._kernels.active(mode)
-        if not self.native_kernels:
-            return dense
-        return _both(native_products(), dense)  # swift's kernels (weight-only products, row attention), dense
+        if self._kernels is None or mode == "torch":
+            return contextlib.nullcontext()
+        return self._kernels.active(mode)
 
     @contextlib.contextmanager
     def trying(self, kernel: str) -> Iterator[None]:
