@@ -155,7 +155,7 @@ def test_constrained_cases_and_the_reply_validator() -> None:
 @pytest.mark.slow
 def test_constrained_only_run_is_exact_and_always_valid(tmp_path) -> None:
     path = tmp_path / "constrained.json"
-    assert main(["--constrained-only", "--constrained-max-new-tokens", "32", "--no-progress", "--json", str(path)]) == 0
+    assert main(["--constrained-only", "--constrained-max-new-tokens", "16", "--no-progress", "--json", str(path)]) == 0
     summary = json.loads(path.read_text())["constrained"]["summary"]
     assert summary["all"]["cases"] == 8 and summary["all"]["exact"] is True
     assert summary["all"]["constrained_valid_rate"] == 1.0  # budget-cut replies are closed by the grammar

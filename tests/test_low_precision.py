@@ -238,8 +238,8 @@ def test_embedded_model_greedy_swift_is_plain_decoding(precision: str) -> None:
     ]
     accepted = 0
     for prompt in prompts:
+        plain = engine.generate(prompt, max_new_tokens=48, speculative=False, step_key="lowp")
         for _ in range(2):  # the second call drafts from a warm profile and the step's draft memory
-            plain = engine.generate(prompt, max_new_tokens=48, speculative=False, step_key="lowp")
             res = engine.generate(prompt, max_new_tokens=48, step_key="lowp")
             assert res.token_ids == plain.token_ids, f"{precision}: diverged on {prompt[0]['content'][:40]}"
             accepted += res.stats.accepted_drafted_tokens

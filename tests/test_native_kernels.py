@@ -141,6 +141,7 @@ def test_it_can_be_turned_off() -> None:
 
 
 @needs_native
+@pytest.mark.slow  # compiles the library from source (tens of seconds)
 def test_builds_go_to_the_cache_keyed_by_source_and_torch(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SWIFT_KERNEL_CACHE", str(tmp_path))
     path = build()
