@@ -19,6 +19,7 @@ import torch
 from langchain_core.prompts import ChatPromptTemplate
 
 from swift_engine import SwiftConfig
+from swift_engine.loading import auto_precision
 from swift_integrations import SwiftChatModel
 
 DOCUMENT = """\
@@ -59,7 +60,8 @@ def main() -> None:
 
     engine = llm.swift_engine
     choice = engine.kernel_choice  # cpu_kernels="auto": measured on this machine (once; saved)
-    print(f"model: {engine.model_name} on {engine.runner.device} ({engine.runner.dtype})")
+    # dtype="auto" (the default) follows the file: the embedded Q4_1 GGUF runs at int4
+    print(f"model: {engine.model_name} on {engine.runner.device}, {auto_precision(None).describe()}")
     print(f"dense kernels: {engine.runner.kernels}" + (f"  (measured: {choice.summary()})" if choice else ""))
     print()
     for name, chain, inputs, prompt in [
@@ -83,7 +85,8 @@ def main() -> None:
         ref_ids = ref[0, len(ids) :].tolist()
         hf_tps = len(ref_ids) / hf_s
         # the engine's own loop without drafting: same kernels, so SWIFT's share of the speed-up shows
-        own_tps = engine.generate(ids, max_new_tokens=MAX_TOKENS, speculative=False).stats.tokens_per_s
+        own = engine.generate(ids, max_new_tokens=MAX_TOKENS, speculative=False)
+        own_tps = own.stats.tokens_per_s
 
         final = rows[-1][1]
         print(f"== step {name!r} (step key {final.response_metadata['step_key']!r})")
@@ -93,7 +96,13 @@ def main() -> None:
             f"   swift, no drafts:   {own_tps:6.1f} tok/s"
             f"  (the engine's loop and CPU kernels alone: x{own_tps / hf_tps:4.2f})"
         )
-        ref_text = engine.tokenizer.decode(ref_ids, skip_special_tokens=True).strip()
+        # the promise: SWIFT's tokens are plain greedy decoding's at the model's precision. In float32
+        # that is transformers' own output; at int4/int8 it is the engine's plain loop (transformers'
+        # loop calls PyTorch's int4 kernels, which round differently: docs/precision.md)
+        if engine.runner.precision == "float32":
+            ref_text = engine.tokenizer.decode(ref_ids, skip_special_tokens=True).strip()
+        else:
+            ref_text = own.text.strip()
         for phase, msg, st in rows:
             same = msg.content.strip() == ref_text
             print(

@@ -85,7 +85,7 @@ def _engine_key(
     model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """The cache key: arguments that name the same model on the same device and dtype compare equal."""
-    from swift_engine.loading import embedded_model_path, precision_name, resolve_device
+    from swift_engine.loading import auto_precision, embedded_model_path, is_auto_dtype, precision_name, resolve_device
 
     if model_id is None and gguf_file is None:
         source = str(embedded_model_path().resolve())  # same key as naming the embedded file
@@ -99,7 +99,10 @@ def _engine_key(
                 path = str(catalog_path(text.strip().lower()))
         source = os.path.realpath(path) if text and os.path.exists(path) else text
     torch_device = resolve_device(device)
-    precision = precision_name(dtype, torch_device)
+    if is_auto_dtype(dtype) and torch_device.type == "cpu":  # the file's precision: one engine with "int4" if Q4
+        precision = auto_precision(model_id, gguf_file).precision
+    else:
+        precision = precision_name(dtype, torch_device)
     cfg = config.model_dump_json() if config is not None else None
     extra = json.dumps(model_kwargs, sort_keys=True, default=repr) if model_kwargs else None
     return (source, gguf_file, str(torch_device), precision, cfg, revision, extra)

@@ -72,8 +72,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedLoads
     cache_dir = tmp_path_factory.mktemp("swift-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _refuse_network)
-        first = load_model(cache_dir=cache_dir, device="cpu")
-        second = load_model(cache_dir=cache_dir, device="cpu")
+        first = load_model(cache_dir=cache_dir, device="cpu", dtype="float32")
+        second = load_model(cache_dir=cache_dir, device="cpu", dtype="float32")
     yield EmbeddedLoads(cache_dir, first, second)
 
 
@@ -140,7 +140,7 @@ def test_embedded_model_metadata(embedded: EmbeddedLoads) -> None:
         assert not loaded.model.training
         assert loaded.model.config.num_hidden_layers == 30
         assert getattr(loaded.model.config, "quantization_config", None) is None
-        assert loaded.model.dtype == torch.float32  # "auto" on CPU
+        assert loaded.model.dtype == torch.float32  # as asked ("auto" would follow the file: int4)
         assert loaded.model.device.type == "cpu"
         assert loaded.tokenizer.pad_token_id is not None
         assert loaded.tokenizer.chat_template

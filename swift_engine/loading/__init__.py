@@ -10,6 +10,8 @@ folders, GGUF files and Hugging Face hub ids, each read by the module for that k
 * :mod:`~swift_engine.loading.hub` — hub ids, the only sources that may download
   (:class:`ModelNotAvailableError` when one is not cached and cannot be).
 * :mod:`~swift_engine.loading.precision` — ``device=`` / ``dtype=`` resolution.
+* :mod:`~swift_engine.loading.file_precision` — what ``dtype="auto"`` picks on a CPU: the file's own
+  precision (a 4-bit GGUF at int4, a 5- to 8-bit one at int8, float files at float32).
 * :mod:`~swift_engine.loading.fingerprint` — :func:`model_fingerprint`, a name-independent identity
   of a model's weights that layer-skip plans are keyed on.
 * :mod:`~swift_engine.loading.model_info` — context length and chat template, read without loading.
@@ -26,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "load_model": "load",
+    "auto_precision": "load",
+    "is_auto_dtype": "load",
+    "FilePrecision": "file_precision",
     "LoadedModel": "load",
     "ModelNotAvailableError": "hub",
     "hub_download_expected": "hub",
@@ -41,9 +46,10 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from swift_engine.loading.catalog import EMBEDDED_MODEL_NAME, embedded_model_path
+    from swift_engine.loading.file_precision import FilePrecision
     from swift_engine.loading.fingerprint import model_fingerprint
     from swift_engine.loading.hub import ModelNotAvailableError, hub_download_expected
-    from swift_engine.loading.load import LoadedModel, load_model
+    from swift_engine.loading.load import LoadedModel, auto_precision, is_auto_dtype, load_model
     from swift_engine.loading.precision import precision_name, resolve_device, resolve_dtype
 
 

@@ -20,6 +20,7 @@ import torch
 
 from swift_engine.kernels.quantize import quantize, weight_only_precision
 from swift_engine.loading.catalog import CATALOG, EMBEDDED_MODEL_NAME, embedded_model_path, resolve
+from swift_engine.loading.file_precision import FilePrecision, float_file_precision, gguf_file_precision
 from swift_engine.loading.gguf import _default_cache_dir, _load_gguf_cached, _no_kwargs_for_gguf
 from swift_engine.loading.hub import ModelNotAvailableError, _HubRequest, _load_from_hub, _offline_reason
 from swift_engine.loading.local import _load_dense, _looks_like_path
@@ -92,6 +93,44 @@ def _finalize(
     return LoadedModel(model=model, tokenizer=tokenizer, model_name=name, source=source)
 
 
+def is_auto_dtype(dtype: object) -> bool:
+    """Whether ``dtype`` is ``"auto"`` (any case or spacing)."""
+    return isinstance(dtype, str) and dtype.strip().lower() == "auto"
+
+
+def auto_precision(
+    model_id: str | os.PathLike[str] | None = None, gguf_file: str | None = None
+) -> FilePrecision:
+    """What ``dtype="auto"`` runs ``model_id`` at on a CPU (:mod:`swift_engine.loading.file_precision`).
+
+    Read from the file's header, nothing loaded. A catalog name that is not installed raises as
+    :func:`load_model` would; a hub id is a float checkpoint here (a hub GGUF is only known once
+    downloaded: name its file, or ``dtype=`` explicitly).
+    """
+    path = _gguf_source(model_id, gguf_file)
+    return gguf_file_precision(path) if path is not None else float_file_precision()
+
+
+def _gguf_source(model_id: str | os.PathLike[str] | None, gguf_file: str | None) -> pathlib.Path | None:
+    """The local GGUF file ``model_id`` names, resolved as :func:`load_model` resolves it; else ``None``."""
+    if model_id is None:
+        return embedded_model_path() if gguf_file is None else None
+    text = os.fspath(model_id)
+    path = pathlib.Path(text).expanduser()
+    if not path.exists():
+        return resolve(text) if gguf_file is None else None
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if gguf_file is not None:
+        named = pathlib.Path(gguf_file).expanduser()
+        named = named if named.is_absolute() else path / named
+        return named if named.is_file() else None
+    if (path / "config.json").is_file():
+        return None
+    ggufs = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf"]
+    return ggufs[0] if len(ggufs) == 1 else None
+
+
 def load_model(
     model_id: str | os.PathLike[str] | None = None,
     *,
@@ -147,6 +186,10 @@ def load_model(
     ``HF_TOKEN`` or ``hf auth login``); it may also come as ``model_kwargs["token"]``, but not both.
     Like ``local_files_only``, it does not change which weights load, and local models ignore it.
 
+    ``dtype="auto"`` on a CPU follows the file (:func:`auto_precision`): a 4-bit GGUF (the embedded
+    model is ``Q4_1``) loads at int4, a 5- to 8-bit one at int8, float files at float32. On CUDA it is
+    bfloat16 (float16 without bf16 support). ``dtype="float32"`` gives ``transformers``' own output.
+
     ``cache_dir`` is where GGUF conversions are kept (default ``$SWIFT_CACHE_DIR`` or the user cache
     folder); it is unrelated to the Hugging Face cache.
     """
@@ -158,6 +201,10 @@ def load_model(
     if local_files_only is not None and not isinstance(local_files_only, bool):
         raise ValueError(f"local_files_only must be True, False or None, got {local_files_only!r}")
     torch_device = resolve_device(device)
+    if is_auto_dtype(dtype) and torch_device.type == "cpu":
+        chosen = auto_precision(model_id, gguf_file)
+        logger.info("precision %s", chosen.describe())
+        dtype = chosen.precision
     torch_dtype = resolve_dtype(dtype, torch_device)
     weight_only = weight_only_precision(dtype)
     if weight_only:

@@ -2,8 +2,9 @@
 
 Kept apart from the loaders because the serving layer and the benchmarks resolve a device and name a
 precision (for cache keys and reports) without loading anything. ``"auto"`` picks what is fast and
-safe on the hardware at hand; anything unavailable is a ``ValueError`` here, not a confusing failure
-deep inside ``model.to``. ``int8``/``int4`` are weight-only CPU precisions
+safe on the hardware at hand (on a CPU, the model file's own precision:
+:mod:`swift_engine.loading.file_precision`); anything unavailable is a ``ValueError`` here, not a
+confusing failure deep inside ``model.to``. ``int8``/``int4`` are weight-only CPU precisions
 (:mod:`swift_engine.kernels.quantize`): they compute in bfloat16.
 """
 
@@ -66,8 +67,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """Pick the compute dtype.
 
-    ``"auto"`` means float32 on CPU (half precision matmuls are slow or unsupported there), bfloat16
-    on CUDA when the card supports it (same range as fp32, so no overflow), else float16.
+    ``"auto"`` here, without a model file to read, means float32 on CPU, bfloat16 on CUDA when the
+    card supports it (same range as fp32, so no overflow), else float16. :func:`~swift_engine.loading.load_model`
+    reads the file first: on a CPU ``"auto"`` follows its precision (a 4-bit GGUF at int4:
+    :mod:`swift_engine.loading.file_precision`).
     ``"int8"`` and ``"int4"`` compute in bfloat16 (their weights are quantized after loading).
     """
     if isinstance(dtype, torch.dtype):

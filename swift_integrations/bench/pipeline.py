@@ -489,12 +489,16 @@ def run_pipelines(
     import transformers
 
     from swift_engine.kernels.kernel_choice import cpu_name
-    from swift_engine.loading import load_model, precision_name
+    from swift_engine.loading import auto_precision, is_auto_dtype, load_model, precision_name
 
     say = progress or (lambda msg: logger.info("%s", msg))
     loaded = load_model(model_id, device="cpu", dtype="float32")
     model, tokenizer = loaded.model, loaded.tokenizer
-    precision = precision_name(dtype, torch.device("cpu"))
+    if is_auto_dtype(dtype):  # the file's precision (a 4-bit GGUF: int4)
+        precision = auto_precision(model_id).precision
+        dtype = precision
+    else:
+        precision = precision_name(dtype, torch.device("cpu"))
     # the engine methods' own copy at their precision (the same object as hf's in float32)
     engine_model = model if precision == "float32" else load_model(model_id, device="cpu", dtype=dtype).model
     work = {

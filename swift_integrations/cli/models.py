@@ -58,6 +58,15 @@ def pull(
         state.out.print(str(path), highlight=False, soft_wrap=True)
 
 
+def _dtype_choice(model: str | None, gguf_file: str | None, dtype: str, device: Any) -> str:
+    """How the precision was chosen: the file's own for ``--dtype auto`` on a CPU, else as asked."""
+    from swift_engine.loading import auto_precision, is_auto_dtype
+
+    if is_auto_dtype(dtype) and device.type == "cpu":
+        return auto_precision(model, gguf_file).describe()
+    return f"--dtype {dtype}"
+
+
 def info(
     ctx: typer.Context,
     model: ModelOpt = None,
@@ -97,6 +106,7 @@ def info(
                 if runner.precision in ("int8", "int4")
                 else _dtype_name(runner.dtype)
             ),
+            "dtype_choice": _dtype_choice(model, gguf_file, dtype, runner.device),
             "kernels": runner.kernels,
             "kernels_measured": choice.summary() if choice is not None else None,
             "native_kernels": _native_line(),
@@ -124,6 +134,7 @@ def info(
             "device": "Device",
             "device_name": "Device name",
             "dtype": "Dtype",
+            "dtype_choice": "Dtype chosen by",
             "kernels": "Dense kernels",
             "kernels_measured": "Kernel timings",
             "native_kernels": "swift's AMX kernels",
