@@ -479,8 +479,8 @@ def run_pipelines(
     file; it replays the ``plain`` method's prompts (warm-up, then measured, keeping the shared prefix
     like llama.cpp's server with ``cache_prompt``), so it needs ``plain`` among the methods.
 
-    ``dtype``: the engine methods' precision (``"int8"``, ``"bfloat16"``...; ``auto``: float32 on
-    CPU). ``hf`` always runs float32 ``transformers``: what users run today.
+    ``dtype``: the engine methods' precision (``"int8"``, ``"bfloat16"``...; ``auto``: the file's
+    precision on CPU, int4 for a 4-bit GGUF). ``hf`` always runs float32 ``transformers``: what users run today.
     """
     import os
     import platform

@@ -34,7 +34,7 @@ DtypeOpt = Annotated[
     str,
     typer.Option(
         "--dtype",
-        help="auto, float32, bfloat16, float16, int8 or int4 (weight-only, bfloat16 activations; CPU).",
+        help="auto (on CPU the file's precision: int4 for a 4-bit GGUF), float32, bfloat16, float16, int8 or int4.",
     ),
 ]
 ProfileDirOpt = Annotated[

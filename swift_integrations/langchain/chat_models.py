@@ -115,7 +115,8 @@ class SwiftChatModel(SwiftFields, BaseChatModel):
         device: str
             Torch device, or ``"auto"``.
         dtype: str
-            ``"auto"`` (float32 on CPU), ``"bfloat16"``, ``"float16"``, ``"int8"``, ``"int4"``, ...
+            ``"auto"`` (on CPU the file's precision: int4 for a 4-bit GGUF such as the embedded
+            model), ``"float32"`` (``transformers``' own text), ``"bfloat16"``, ``"int8"``, ``"int4"``, ...
         engine: SwiftEngine | None
             An engine you built; overrides ``model``, ``device`` and ``dtype``.
         timeout: float | None
