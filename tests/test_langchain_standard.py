@@ -19,14 +19,14 @@ from swift_engine import SearchConfig, SwiftConfig
 from swift_integrations import SwiftChatModel
 from swift_integrations.engine_cache import get_engine
 
-#: Same config as the other LangChain tests, so the whole session shares one engine.
+#: Same config as the other LangChain tests; the default dtype ("auto": int4 here), as users get it.
 CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))
-PARAMS = {"device": "cpu", "dtype": "float32", "swift_config": CFG}
+PARAMS = {"device": "cpu", "swift_config": CFG}  # dtype "auto": the embedded Q4_1 file at int4
 
 
 @pytest.fixture(scope="module", autouse=True)
 def shared_engine():
-    return get_engine(None, device="cpu", dtype="float32", config=CFG)
+    return get_engine(None, device="cpu", dtype="auto", config=CFG)
 
 
 def _embedded_path() -> str:
