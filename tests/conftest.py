@@ -166,3 +166,25 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
     own, child = (resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     terminalreporter.write_line(f"peak RSS: test process {own:.0f} MiB, largest child process {child:.0f} MiB")
+
+
+#: Test files that take longest (measured with ``--durations``), run first: ``make test`` hands whole files
+#: to its workers in collection order, so a long file collected last would run alone at the end while
+#: the other core idles (the Ray Serve file mostly waits on its replicas starting).
+LONGEST_FIRST = [
+    "test_ray_serve.py",
+    "test_bench.py",
+    "test_notebooks.py",
+    "test_low_precision.py",
+    "test_langchain_standard.py",
+    "test_embedded_exactness.py",
+    "test_prebuilt_agents.py",
+    "test_constraints.py",
+    "test_search_profiles.py",
+    "test_loading.py",
+]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
