@@ -38,6 +38,8 @@ pytestmark = pytest.mark.slow
 KEY = "ray-test-key"
 #: kernels fixed (not measured) and one thread, in the replicas and the reference alike: same rounding
 CONFIG = {"cpu_kernels": "torch"}
+#: the default precision, as replicas run it: the embedded Q4_1 file at int4 (PyTorch's int4 kernels, fixed above)
+DTYPE = "auto"
 QUESTIONS = [
     "Name a fruit.",
     "What is 2 plus 2?",
@@ -72,7 +74,7 @@ def reference() -> Iterator[SwiftEngine]:
     """One engine in this process, as the replicas are configured (fixed kernels, one thread)."""
     import torch
 
-    engine = SwiftEngine.from_pretrained(None, device="cpu", dtype="float32", config=SwiftConfig(**CONFIG))
+    engine = SwiftEngine.from_pretrained(None, device="cpu", dtype=DTYPE, config=SwiftConfig(**CONFIG))
     yield engine
     engine.close()
     del torch
@@ -92,7 +94,7 @@ def _expected(engine: SwiftEngine, question: str, max_tokens: int) -> str:
 def _settings(**changes: Any) -> ReplicaSettings:
     """2 one-thread replicas of the embedded model, configured like the reference engine."""
     base: dict[str, Any] = dict(
-        device="cpu", dtype="float32", api_key=KEY, replicas=2, replica_cpus=1, threads=1, config=CONFIG
+        device="cpu", dtype=DTYPE, api_key=KEY, replicas=2, replica_cpus=1, threads=1, config=CONFIG
     )
     return ReplicaSettings(**{**base, **changes})
 
@@ -202,16 +204,16 @@ def test_killing_a_replica_under_load_fails_clearly_and_recovers(base, reference
         resp = client.chat.completions.create(
             model="swift",
             messages=[{"role": "user", "content": QUESTIONS[i]}],
-            max_tokens=40,
+            max_tokens=64,  # at int4 shorter replies could all be done before the kill
             temperature=0,
             metadata={"swift_step": STEPS[i % 2]},
         )
         return resp.choices[0].message.content
 
-    expected = {q: _expected(reference, q, 40) for q in QUESTIONS[:8]}
+    expected = {q: _expected(reference, q, 64) for q in QUESTIONS[:8]}
     started = time.monotonic()
     with cf.ThreadPoolExecutor(8) as pool:
-        raw = [pool.submit(_ask, base, QUESTIONS[i], STEPS[i % 2], 40, 240) for i in range(4)]
+        raw = [pool.submit(_ask, base, QUESTIONS[i], STEPS[i % 2], 64, 240) for i in range(4)]
         sdk = [pool.submit(with_sdk, i) for i in range(4, 8)]
         time.sleep(4)  # requests are in both replicas now
         victim = _replicas()[0]
