@@ -85,8 +85,11 @@ def test_tokens_to_fraction_uses_iteration_history_and_call_bound() -> None:
 @pytest.mark.slow
 def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     path = tmp_path / "bench.json"
-    assert main(["--quick", "--classes", "summarization", "--json", str(path)]) == 0
+    # float32: every method's tokens are transformers' own (the hf reference; the other bench tests run at
+    # the default dtype, int4 here, where the reference is the engine's plain loop)
+    assert main(["--quick", "--classes", "summarization", "--dtype", "float32", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
+    assert result["meta"]["dtype"] == "float32"
 
     methods = [m for m in METHODS if m != "llama_cpp"]  # llama.cpp runs only when asked for (never in CI)
     assert result["methods"] == methods
@@ -172,6 +175,7 @@ def test_engine_options_reach_the_engine(tmp_path) -> None:
     result = json.loads(path.read_text())
     meta = result["meta"]
     assert meta["kernels"] == "torch" and meta["engine_config"]["cpu_kernels"] == "torch"
+    assert meta["dtype"] == "int4"  # dtype auto: the embedded Q4_1 file's precision
     assert meta["kernel_memory_bytes"] == 0
     assert meta["engine_config"]["context_drafts"] is False
     swift_runs = [r for r in result["runs"] if r["method"].startswith("swift")]

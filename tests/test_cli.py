@@ -277,7 +277,7 @@ def test_info_describes_the_model(runner: CliRunner, cached_loads, tmp_path: Pat
     assert data["model"] == "SmolLM2-135M-Instruct"
     assert len(data["fingerprint"]) == 16 and int(data["fingerprint"], 16) >= 0
     assert data["layers"] == 30 and data["context_window"] == 8192
-    assert (data["device"], data["dtype"]) == ("cpu", "float32")
+    assert (data["device"], data["dtype"], data["dtype_choice"]) == ("cpu", "float32", "--dtype float32")
     kernels = ("packed", "onednn", "torch")
     assert data["kernels"] in kernels or set(data["kernels"].split("+")) <= set(kernels)
     if data["kernels_measured"] is not None:  # auto: what each candidate took here, per pass shape
@@ -291,6 +291,12 @@ def test_info_describes_the_model(runner: CliRunner, cached_loads, tmp_path: Pat
     assert result.exit_code == 0, result.output
     for text in ("Fingerprint", data["fingerprint"], "Context window", "8,192 tokens", "Profile store", "transformers"):
         assert text in result.output
+    # the default dtype follows the file, and says so
+    result = _invoke(runner, "info", "--json", "--device", "cpu", "--profile-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    auto = json.loads(result.stdout)
+    assert auto["dtype"] == "int4 (bfloat16 activations)"
+    assert auto["dtype_choice"] == "int4 (dtype='auto' follows the file: Q4_1)"
 
 
 @pytest.mark.slow
