@@ -4,6 +4,7 @@ float files at float32 (swift_engine.loading.file_precision)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,13 @@ def test_the_embedded_model_loads_at_int4_by_default() -> None:
     model = load_model(device="cpu").model
     assert model.dtype == torch.bfloat16
     assert any(isinstance(m, Int4Linear) for m in model.modules())
+
+
+def test_a_file_is_read_once_per_version(tmp_path) -> None:
+    """Memoised (the adapters ask on every call), but a file rewritten in place is read again."""
+    path = _gguf(tmp_path / "m.gguf", 18)
+    assert gguf_file_precision(path).precision == "int8"
+    mtime = path.stat().st_mtime_ns
+    _gguf(path, 3)  # the same size: only the modification time tells the versions apart
+    os.utime(path, ns=(mtime + 1_000_000_000, mtime + 1_000_000_000))
+    assert gguf_file_precision(path).file_kind == "Q4_1"

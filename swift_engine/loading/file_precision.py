@@ -22,6 +22,7 @@ not know, runs at float32 and says why.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -86,6 +87,14 @@ class FilePrecision:
 
 def gguf_file_precision(path: str | os.PathLike[str]) -> FilePrecision:
     """The precision ``dtype="auto"`` runs the GGUF file at ``path`` in (see the module docstring)."""
+    stat = os.stat(path)
+    return _file_precision(os.fspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_precision(path: str, mtime_ns: int, size: int) -> FilePrecision:
+    """Memoised per file version: the adapters fetch their engine from the cache on every call, and
+    its key asks this again; reading the header skips the whole vocabulary (tens of ms)."""
     kind = gguf_metadata(path, {"general.file_type"}).get("general.file_type")
     if isinstance(kind, int) and kind in _FILE_TYPES:
         name, precision = _FILE_TYPES[kind]
