@@ -11,9 +11,9 @@ and ternary kinds) run at int4, the lowest precision the engine has, which is ab
 
 Float files (``F32``/``F16``/``BF16`` GGUFs, transformers checkpoints) run at float32: the one
 precision whose output is token for token ``transformers``' own, which the tests and the
-benchmark's exactness column hold SWIFT to. bfloat16, measured as the alternative, was barely
-faster a step and not worth that loss (docs/precision.md#dtypeauto); ``dtype="bfloat16"`` still
-asks for it.
+benchmark's exactness column hold SWIFT to. bfloat16, measured as the alternative, was not faster
+a step on the embedded model, so it would lose that for nothing (docs/precision.md#dtypeauto);
+``dtype="bfloat16"`` still asks for it.
 
 The file's kind is GGUF's ``general.file_type`` (llama.cpp's ``llama_ftype`` numbering), read from
 the key-value header without loading anything. A file without it, or with a kind this table does
