@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -27,7 +28,7 @@ from swift_engine.decoding.constraints import Constraint, GrammarCache
 from swift_engine.decoding.prefix_cache import PrefixCache, default_budget_bytes
 from swift_engine.decoding.sampling import SamplingParams
 from swift_engine.decoding.stopping import StopStrings
-from swift_engine.kernels.costs import CostModel, cost_file, load_or_measure
+from swift_engine.kernels.costs import CostModel, cost_file, load_or_measure, measurement_dir
 from swift_engine.kernels.kernel_choice import KernelChoice, choose_kernels, kernel_file
 from swift_engine.model.draft_head import DraftHead
 from swift_engine.model.runner import ModelRunner
@@ -135,7 +136,7 @@ class SwiftEngine:
         if self._kernel_choice is None and self.runner.needs_kernel_choice:
             with self._lock:
                 if self._kernel_choice is None:
-                    path = kernel_file(self._store.directory, self.fingerprint, self.runner)
+                    path = kernel_file(self._measurements, self.fingerprint, self.runner)
                     self._kernel_choice = choose_kernels(self.runner, path, self.config.prefill_block)
         if self.runner.max_rows is None:  # row-invariant passes: how many rows the dense kernels keep so
             with self._lock:
@@ -145,14 +146,19 @@ class SwiftEngine:
         """Measure the kernels, then the draft and verification costs, again (e.g. after the machine changed)."""
         with self._lock:
             if self.runner.needs_kernel_choice:
-                kernels = kernel_file(self._store.directory, self.fingerprint, self.runner)
+                kernels = kernel_file(self._measurements, self.fingerprint, self.runner)
                 kernels.unlink(missing_ok=True)
                 self._kernel_choice = None
                 self._ensure_kernels()
-            path = cost_file(self._store.directory, self.fingerprint, self.runner)
+            path = cost_file(self._measurements, self.fingerprint, self.runner)
             path.unlink(missing_ok=True)
             self._costs = self._with_draft_head(load_or_measure(path, self.runner))
             return self._costs
+
+    @property
+    def _measurements(self) -> Path:
+        """The folder of this machine's measurements for this engine's store (``kernels.costs.measurement_dir``)."""
+        return measurement_dir(self._store.directory)
 
     def _with_draft_head(self, costs: CostModel) -> CostModel:
         costs.draft_head_share = DraftHead.expected_share(self.runner.vocab_size, self.config.draft_vocab_size)
@@ -165,7 +171,7 @@ class SwiftEngine:
             self._ensure_kernels()  # the costs are those of the chosen kernels
             with self._lock:
                 if self._costs is None:
-                    path = cost_file(self._store.directory, self.fingerprint, self.runner)
+                    path = cost_file(self._measurements, self.fingerprint, self.runner)
                     self._costs = self._with_draft_head(load_or_measure(path, self.runner))
         return self._costs
 

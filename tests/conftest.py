@@ -101,6 +101,13 @@ def smol():
     return get_engine(None, None, "cpu", "float32")
 
 
+@pytest.fixture()
+def own_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests of the measuring itself: each store keeps its own measurements, as without
+    ``$SWIFT_MEASUREMENT_DIR`` (which the suite sets to share them, see :func:`pytest_configure`)."""
+    monkeypatch.delenv("SWIFT_MEASUREMENT_DIR", raising=False)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _models_released_after_each_module():
     """Unload what a test module loaded through the adapters' engine cache, so the suite's memory stays
@@ -125,6 +132,13 @@ def pytest_configure(config):
     torch.set_num_threads(threads)
     if workers > 1:  # and the processes tests start (notebook kernels, a second engine process) share them too
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    # One folder of measurements (pass costs, kernel choice) for the whole run, the workers' included (they
+    # inherit the controller's environment): the many scratch stores of the suite then measure each model
+    # once, not once per store (which cost the suite ~170 s). Tests of the measuring itself unset it.
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        import tempfile
+
+        os.environ["SWIFT_MEASUREMENT_DIR"] = tempfile.mkdtemp(prefix="swift-test-measurements-")
     # Tests never read or write the user's profiles; converted model weights stay in the user
     # cache (converting the embedded GGUF once per machine is the point of that cache).
     if "SWIFT_PROFILE_DIR" not in os.environ or not os.environ.get("SWIFT_TEST_KEEP_PROFILE_DIR"):

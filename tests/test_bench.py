@@ -87,7 +87,8 @@ def test_quick_run_reports_every_method_and_exact_outputs(tmp_path) -> None:
     path = tmp_path / "bench.json"
     # float32: every method's tokens are transformers' own (the hf reference; the other bench tests run at
     # the default dtype, int4 here, where the reference is the engine's plain loop)
-    assert main(["--quick", "--classes", "summarization", "--dtype", "float32", "--json", str(path)]) == 0
+    argv = ["--quick", "--classes", "summarization", "--dtype", "float32", "--max-new-tokens", "16"]
+    assert main([*argv, "--json", str(path)]) == 0
     result = json.loads(path.read_text())
     assert result["meta"]["dtype"] == "float32"
 

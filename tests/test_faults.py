@@ -212,6 +212,7 @@ def test_a_newer_schema_record_is_left_alone(model, expected, tmp_path: Path) ->
     assert not list(path.parent.glob("*.corrupt-*"))
 
 
+@pytest.mark.usefixtures("own_measurements")
 def test_a_bad_cost_file_is_measured_again(model, expected, tmp_path: Path, caplog) -> None:
     store = ProfileStore(tmp_path / "store")
     engine = _engine(model, store)

@@ -15,7 +15,10 @@ from swift_engine.model.runner import KernelPlan
 
 from .conftest import CharTokenizer, tiny_model
 
-pytestmark = pytest.mark.skipif(not onednn_available(), reason="only PyTorch's kernels here: nothing to choose")
+pytestmark = [
+    pytest.mark.skipif(not onednn_available(), reason="only PyTorch's kernels here: nothing to choose"),
+    pytest.mark.usefixtures("own_measurements"),  # these tests watch the measuring itself
+]
 
 PROMPT = [3, 14, 15, 9, 26, 5, 35]
 

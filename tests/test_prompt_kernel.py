@@ -102,6 +102,7 @@ def test_greedy_swift_is_plain_decoding_with_dequantized_prompt_blocks(arch: str
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.usefixtures("own_measurements")
 def test_auto_measures_the_prompt_kernel_and_keeps_it_per_block_size(precision: str, tmp_path, monkeypatch) -> None:
     model = _model("qwen2", precision)
 

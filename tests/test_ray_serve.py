@@ -61,7 +61,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="swift-tests")
+    # Ray's processes inherit this environment: without the suite's shared measurement folder, replicas keep
+    # theirs in their own profile directory, as deployed (test_replicas_share_profiles_through_the_actor_store)
+    shared = os.environ.pop("SWIFT_MEASUREMENT_DIR", None)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="swift-tests")
+    finally:
+        if shared is not None:
+            os.environ["SWIFT_MEASUREMENT_DIR"] = shared
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -270,6 +271,22 @@ def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> Cos
         1e3 * model.head_s,
     )
     return model
+
+
+#: When set, the folder that keeps this machine's measurements for every profile store (see :func:`measurement_dir`).
+MEASUREMENT_DIR_ENV = "SWIFT_MEASUREMENT_DIR"
+
+
+def measurement_dir(store_directory: Path) -> Path:
+    """Where the measurements (pass costs, kernel choice) of engines using the store in ``store_directory`` live.
+
+    They describe the machine and the model, not the learned profiles, so ``$SWIFT_MEASUREMENT_DIR``
+    may keep one set for every store on the machine: scratch stores (a notebook's, a benchmark's, a
+    test's) then reuse what one of them measured instead of timing ~70 passes each. Unset, each store
+    keeps its own in its ``_costs`` folder, beside its profiles.
+    """
+    shared = os.environ.get(MEASUREMENT_DIR_ENV)
+    return Path(shared).expanduser() if shared else Path(store_directory)
 
 
 def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
