@@ -12,8 +12,8 @@ if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 # --no-compile: Python compiles a module's bytecode when it is first imported; compiling every file of
 # torch and the dev tools at install time instead cost a fresh set-up ~30 s of its ~100.
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip=("$VENV/bin/python" -m pip)
-"${pip[@]}" install -q --upgrade pip
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 "${pip[@]}" install -q --no-compile "torch==2.13.0"
 "${pip[@]}" install -q --no-compile -e ".[dev]"

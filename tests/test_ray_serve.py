@@ -87,7 +87,18 @@ def reference() -> Iterator[SwiftEngine]:
     del torch
 
 
+_EXPECTED: dict[tuple[int, str, int], str] = {}
+
+
 def _expected(engine: SwiftEngine, question: str, max_tokens: int) -> str:
+    """The reference engine's greedy reply (computed once per question and length: the tests ask again)."""
+    key = (id(engine), question, max_tokens)
+    if key not in _EXPECTED:
+        _EXPECTED[key] = _generate_one_thread(engine, question, max_tokens)
+    return _EXPECTED[key]
+
+
+def _generate_one_thread(engine: SwiftEngine, question: str, max_tokens: int) -> str:
     import torch
 
     threads = torch.get_num_threads()
