@@ -24,7 +24,7 @@ from swift_engine.attach import model_lock
 from swift_engine.chat.prompting import template_ids
 from swift_engine.config import SwiftConfig
 from swift_engine.decode_loop import DecodeCall
-from swift_engine.decoding.constraints import Constraint, GrammarCache
+from swift_engine.decoding.constraints import Constraint, GrammarCache, GrammarState, GrammarTimeout
 from swift_engine.decoding.prefix_cache import PrefixCache, default_budget_bytes
 from swift_engine.decoding.sampling import SamplingParams
 from swift_engine.decoding.stopping import StopStrings
@@ -92,6 +92,7 @@ class SwiftEngine:
         self._kernel_choice: KernelChoice | None = None
         self._fingerprint: str | None = None
         self._grammars: GrammarCache | None = None
+        self._longest_token: int | None = None
         #: called with every finished call's result (see :meth:`add_result_listener`)
         self._listeners: list[Callable[[GenerationResult], None]] = []
         self._closed = False
@@ -303,6 +304,22 @@ class SwiftEngine:
             raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {ctx}; shorten it")
         return list(ids)
 
+    @property
+    def max_prompt_chars(self) -> int | None:
+        """Characters past which no text fits the model's context (None: no context length, or no vocabulary to read).
+
+        A token spells at most as many characters as the longest token in the vocabulary, so a
+        longer text has more tokens than the context holds: a server refuses it before rendering or
+        tokenizing it (a 4 MB body took 8.5 s and 850 MB to tokenize, only to be refused then).
+        """
+        ctx = self.runner.context_length
+        get_vocab = getattr(self.tokenizer, "get_vocab", None)
+        if ctx is None or get_vocab is None:
+            return None
+        if self._longest_token is None:
+            self._longest_token = max((len(t) for t in get_vocab()), default=1)
+        return ctx * self._longest_token
+
     # -- the call's plan ----------------------------------------------------------------------
     def _session(self, step_key: str, speculative: bool | None) -> SearchSession:
         """How this call decodes: plainly, with the fixed starting set, or with the step's search."""
@@ -370,11 +387,19 @@ class SwiftEngine:
         stops = StopStrings(stop)
         key = resolve_step_key(step_key, self.config.default_step_key)
         ids = self.encode_prompt(prompt)
-        grammar = self.grammars.matcher(constraint) if constraint is not None else None
+        grammar = self._grammar(constraint, timeout, started) if constraint is not None else None
         request = GenerationRequest(
             ids, max_new_tokens, params, stops, key, seed, speculative, grammar, timeout, started
         )
         return self._stream(request)
+
+    def _grammar(self, constraint: Constraint, timeout: float | None, started: float) -> GrammarState:
+        """The constraint's grammar state, its compilation bounded by the call's deadline (other calls never wait)."""
+        left = None if timeout is None else max(0.0, started + timeout - time.monotonic())
+        try:
+            return self.grammars.matcher(constraint, left)
+        except GrammarTimeout:
+            raise GenerationTimeout(cast(float, timeout), 0) from None
 
     @property
     def grammars(self) -> GrammarCache:

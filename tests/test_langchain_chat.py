@@ -597,3 +597,29 @@ def test_structured_output_json_mode_and_include_raw():
     )
     with pytest.raises(ValueError):
         m.with_structured_output(Person, method="xml")
+
+
+class Tree(BaseModel):
+    """A labelled tree."""
+
+    value: int
+    children: list[Tree] = Field(default_factory=list)
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+def test_structured_output_enforces_a_recursive_model(method: str) -> None:
+    """LangChain's conversion inlines ``children: list["Tree"]`` as ``items: {}``; the grammar must keep the recursion
+    (pydantic's own schema, with ``$defs``), so what it accepts is what pydantic validates."""
+    llm = make(max_tokens=40).with_structured_output(Tree, method=method)
+    tree = llm.invoke("Give a tree with value 1 and two children with values 2 and 3, as JSON.")
+    assert isinstance(tree, Tree)
+
+    def nodes(t: Tree) -> int:
+        return 1 + sum(nodes(c) for c in t.children)
+
+    assert nodes(tree) >= 1
+    from swift_integrations.langchain.chat_models import _openai_tool
+
+    params = _openai_tool(Tree)["function"]["parameters"]
+    assert params["type"] == "object" and params["properties"]["children"]["items"] == {"$ref": "#/$defs/Tree"}
+    assert "Tree" in params["$defs"]

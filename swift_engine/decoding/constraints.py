@@ -14,8 +14,11 @@ is slow, matching a token cheap; figures: docs/bench/measurements.md#decoding).
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
@@ -101,30 +104,77 @@ class ToolCallConstraint(BaseModel):
 Constraint = JsonSchemaConstraint | ToolCallConstraint
 
 
-def check_schema(schema: Any, path: str = "$") -> None:
-    """Reject constructs that can't be enforced, naming them (xgrammar would ignore some silently)."""
+#: The largest repetition a schema may ask for (a pattern's ``{m,n}``, ``minLength``/``maxLength``,
+#: ``minItems``/``maxItems``): compiling expands repetitions, in time growing with the square of the
+#: bound (a pattern's ``{1,24000}`` compiled for ~90 s while every constrained call waited).
+MAX_REPETITION = 1000
+#: The most values an ``enum`` may list, and the deepest a schema may nest.
+MAX_ENUM = 4096
+MAX_SCHEMA_DEPTH = 32
+_REPEAT = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
+_BOUNDS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+def check_schema(schema: Any, path: str = "$", depth: int = 0) -> None:
+    """Reject constructs that can't be enforced, naming them (xgrammar would ignore some silently), and
+    schemas that would take long to compile (:data:`MAX_REPETITION`, :data:`MAX_ENUM`, :data:`MAX_SCHEMA_DEPTH`)."""
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
         raise GrammarError(f"schema at {path} must be an object or a boolean, got {type(schema).__name__}")
+    if depth > MAX_SCHEMA_DEPTH:
+        raise GrammarError(f"schema nested deeper than {MAX_SCHEMA_DEPTH} levels at {path}")
     for kw, what in _UNSUPPORTED_KEYWORDS.items():
         if kw in schema:
             raise GrammarError(f"unsupported JSON-schema construct {what} at {path}")
+    _check_bounds(schema, path)
     for kw in ("properties", "$defs", "definitions"):
-        for name, sub in (schema.get(kw) or {}).items():
-            check_schema(sub, f"{path}.{kw}.{name}")
+        subs = schema.get(kw) or {}
+        if not isinstance(subs, dict):
+            raise GrammarError(f"'{kw}' at {path} must be an object")
+        for name, sub in subs.items():
+            check_schema(sub, f"{path}.{kw}.{name}", depth + 1)
     for kw in ("items", "additionalProperties"):
         if isinstance(schema.get(kw), dict):
-            check_schema(schema[kw], f"{path}.{kw}")
+            check_schema(schema[kw], f"{path}.{kw}", depth + 1)
     for kw in ("anyOf", "oneOf", "allOf", "prefixItems"):
-        for i, sub in enumerate(schema.get(kw) or []):
-            check_schema(sub, f"{path}.{kw}[{i}]")
+        subs = schema.get(kw) or []
+        if not isinstance(subs, list):
+            raise GrammarError(f"'{kw}' at {path} must be a list")
+        for i, sub in enumerate(subs):
+            check_schema(sub, f"{path}.{kw}[{i}]", depth + 1)
+
+
+def _check_bounds(schema: dict[str, Any], path: str) -> None:
+    """A 400's worth of reason when ``schema`` asks for a repetition or an enum too large to compile quickly."""
+    for kw in _BOUNDS:
+        value = schema.get(kw)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_REPETITION:
+            raise GrammarError(f"'{kw}': {value} at {path} exceeds the largest repetition supported, {MAX_REPETITION}")
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        for match in _REPEAT.finditer(pattern):
+            bound = max(int(n) for n in match.groups() if n)
+            if bound > MAX_REPETITION:
+                raise GrammarError(
+                    f"pattern repetition {match.group(0)} at {path} exceeds the largest supported, {MAX_REPETITION}"
+                )
+    enum = schema.get("enum")
+    if isinstance(enum, list) and len(enum) > MAX_ENUM:
+        raise GrammarError(f"'enum' at {path} lists {len(enum)} values; at most {MAX_ENUM} are supported")
+
+
+#: A tool name the call formats can carry: OpenAI's rule, and ``.`` (``module.function``). Markup in a name
+#: (``</tool_call>``, ``[TOOL_CALLS]``) would end the call early when the reply is parsed.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _function(spec: dict[str, Any]) -> dict[str, Any]:
     fn = spec.get("function", spec) if spec.get("type") == "function" else spec
     if "name" not in fn:
         raise GrammarError(f"tool spec without a name: {json.dumps(spec)[:120]}")
+    if not isinstance(fn["name"], str) or not _TOOL_NAME.fullmatch(fn["name"]):
+        raise GrammarError(f"tool name {fn['name']!r} must be 1-64 of a-z, A-Z, 0-9, '_', '.' and '-'")
     params = fn.get("parameters") or {"type": "object", "properties": {}}
     check_schema(params, f"tool {fn['name']!r} parameters")
     return {"name": fn["name"], "parameters": params}
@@ -226,8 +276,18 @@ def _auto_call_tag(fns: list[dict[str, Any]], fmt: ToolCallFormat, parallel: boo
     return StructuralTag(format=TriggeredTagsFormat(triggers=list(fmt.triggers), tags=tags, stop_after_first=stop))
 
 
+class GrammarTimeout(TimeoutError):
+    """A grammar still compiling when its call's deadline came (it goes on compiling, for the cache)."""
+
+
 class GrammarCache:
-    """Per-engine compiler and compiled grammars (the tokenizer's vocabulary is analysed once)."""
+    """Per-engine compiler and compiled grammars (the tokenizer's vocabulary is analysed once).
+
+    A compilation runs in a thread of its own, outside the cache's lock: a call waits only for its
+    own schema (and shares a compilation of the same schema already under way), never for another
+    call's, and gives up at its deadline (:class:`GrammarTimeout`) while the compilation finishes
+    into the cache. :func:`check_schema` bounds what a schema may ask first, so none runs for long.
+    """
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int], capacity: int = 64
@@ -238,64 +298,86 @@ class GrammarCache:
         self.capacity = capacity
         self._compiler: GrammarCompiler | None = None
         self._compiled: OrderedDict[str, CompiledGrammar] = OrderedDict()
+        self._pending: dict[str, Future[CompiledGrammar]] = {}
         self._closing: ClosingVocab | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the two dicts above
+        self._compiler_lock = threading.Lock()  # building the compiler (the vocabulary's analysis), once
 
     def _get_compiler(self) -> GrammarCompiler:
-        if self._compiler is None:
-            try:
-                import xgrammar as xgr
-            except ImportError as exc:  # pragma: no cover - xgrammar is a dependency
-                raise GrammarError("grammar-constrained decoding needs the `xgrammar` package") from exc
-            info = xgr.TokenizerInfo.from_huggingface(
-                self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids or None
-            )
-            self._compiler = xgr.GrammarCompiler(info)
-        return self._compiler
+        with self._compiler_lock:
+            if self._compiler is None:
+                try:
+                    import xgrammar as xgr
+                except ImportError as exc:  # pragma: no cover - xgrammar is a dependency
+                    raise GrammarError("grammar-constrained decoding needs the `xgrammar` package") from exc
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids or None
+                )
+                self._compiler = xgr.GrammarCompiler(info)
+            return self._compiler
 
-    def compile(self, spec: Constraint) -> CompiledGrammar:
-        import xgrammar as xgr
-
+    def compile(self, spec: Constraint, timeout: float | None = None) -> CompiledGrammar:
+        """``spec`` compiled (cached per spec); :class:`GrammarTimeout` past ``timeout`` seconds."""
         key = spec.key()
         with self._lock:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
                 return self._compiled[key]
-            compiler = self._get_compiler()
-            try:
-                if isinstance(spec, JsonSchemaConstraint):
-                    check_schema(spec.schema_)
-                    compiled = compiler.compile_json_schema(json.dumps(spec.schema_), any_whitespace=False)
-                else:
-                    fns = [_function(t) for t in spec.tools]
-                    if not fns:
-                        raise GrammarError("a tool-call constraint needs at least one tool")
-                    if spec.mode == "required":
-                        grammar = _required_call_grammar(xgr, fns, spec.prefilled, spec.tool_format)
-                        compiled = compiler.compile_grammar(grammar)
-                    elif spec.answer_schema is not None:  # one call, or the answer in its schema
-                        check_schema(spec.answer_schema)
-                        call = _required_call_grammar(xgr, fns, "", spec.tool_format)
-                        answer = xgr.Grammar.from_json_schema(json.dumps(spec.answer_schema), any_whitespace=False)
-                        compiled = compiler.compile_grammar(xgr.Grammar.union(call, answer))
-                    elif spec.tool_format.name != "hermes":
-                        compiled = compiler.compile_structural_tag(_auto_call_tag(fns, spec.tool_format, spec.parallel))
-                    else:
-                        tags = [
-                            xgr.StructuralTagItem(begin=CALL_BEGIN, schema=_call_schema(f), end=CALL_END) for f in fns
-                        ]
-                        compiled = compiler.compile_structural_tag(tags, ["<tool_call>"])
-            except GrammarError:
-                raise
-            except Exception as exc:  # xgrammar's own errors: invalid schema or grammar
-                raise GrammarError(f"cannot compile the constraint: {exc}") from exc
+            future = self._pending.get(key)
+            if future is None:
+                future = self._pending[key] = Future()
+                thread = threading.Thread(target=self._compile_into, args=(spec, key, future), daemon=True)
+                thread.name = "swift-grammar-compile"
+                thread.start()
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise GrammarTimeout(f"the grammar was still compiling after {timeout:.1f} s") from None
+
+    def _compile_into(self, spec: Constraint, key: str, future: Future[CompiledGrammar]) -> None:
+        try:
+            compiled = self._compile(spec)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting calls
+            with self._lock:
+                self._pending.pop(key, None)
+            future.set_exception(exc)
+            return
+        with self._lock:
+            self._pending.pop(key, None)
             self._compiled[key] = compiled
             while len(self._compiled) > self.capacity:
                 self._compiled.popitem(last=False)
-            return compiled
+        future.set_result(compiled)
 
-    def matcher(self, spec: Constraint) -> "GrammarState":
-        state = GrammarState(self.compile(spec), self.vocab_size)
+    def _compile(self, spec: Constraint) -> CompiledGrammar:
+        import xgrammar as xgr
+
+        compiler = self._get_compiler()
+        try:
+            if isinstance(spec, JsonSchemaConstraint):
+                check_schema(spec.schema_)
+                return compiler.compile_json_schema(json.dumps(spec.schema_), any_whitespace=False)
+            fns = [_function(t) for t in spec.tools]
+            if not fns:
+                raise GrammarError("a tool-call constraint needs at least one tool")
+            if spec.mode == "required":
+                return compiler.compile_grammar(_required_call_grammar(xgr, fns, spec.prefilled, spec.tool_format))
+            if spec.answer_schema is not None:  # one call, or the answer in its schema
+                check_schema(spec.answer_schema)
+                call = _required_call_grammar(xgr, fns, "", spec.tool_format)
+                answer = xgr.Grammar.from_json_schema(json.dumps(spec.answer_schema), any_whitespace=False)
+                return compiler.compile_grammar(xgr.Grammar.union(call, answer))
+            if spec.tool_format.name != "hermes":
+                return compiler.compile_structural_tag(_auto_call_tag(fns, spec.tool_format, spec.parallel))
+            tags = [xgr.StructuralTagItem(begin=CALL_BEGIN, schema=_call_schema(f), end=CALL_END) for f in fns]
+            return compiler.compile_structural_tag(tags, ["<tool_call>"])
+        except GrammarError:
+            raise
+        except Exception as exc:  # xgrammar's own errors: invalid schema or grammar
+            raise GrammarError(f"cannot compile the constraint: {exc}") from exc
+
+    def matcher(self, spec: Constraint, timeout: float | None = None) -> "GrammarState":
+        state = GrammarState(self.compile(spec, timeout), self.vocab_size)
         if isinstance(spec, ToolCallConstraint) and spec.mode == "auto" and spec.prefilled:
             # an auto reply that the prompt already opened (e.g. with [TOOL_CALLS]): continue from there
             if not state.matcher.accept_string(spec.prefilled):
@@ -310,16 +392,21 @@ class GrammarCache:
             return self._closing
 
 
+#: Most tokens :meth:`GrammarState.close` adds to a truncated reply (each costs a mask of the vocabulary, ~1 ms).
+CLOSING_MAX_TOKENS = 4096
+
 #: Texts that close or shortly complete a JSON value, most closing first; tried before anything else.
-_CLOSERS = ('"}}', '"}', '"]', '"', "}}", "}", "]}", "]", ",", "0", "false", "null", "[]", "{}")
+_CLOSERS = ('"}}', '"}', '"]', '"', "}}", "}", "]}", "]", ",", "0", " 0", "false", "null", "[]", "{}")
 
 
 @dataclass(frozen=True)
 class ClosingVocab:
-    """Token choices for closing a truncated constrained reply: preferred closers, then the longest token."""
+    """Token choices for closing a truncated constrained reply: preferred closers, then the best-ranked token."""
 
     preferred: tuple[int, ...]
-    lengths: torch.Tensor  # [V] characters of each token (0: special or unused ids)
+    #: [V] how well each token closes: 1000 x (closing brackets - opening ones, - 1/2 for a trailing comma)
+    #: + its characters; -inf for special and unused ids
+    rank: torch.Tensor
     stop_ids: tuple[int, ...]
 
     @classmethod
@@ -329,12 +416,13 @@ class ClosingVocab:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) == 1 and ids[0] < vocab_size:
                 preferred.append(int(ids[0]))
-        lengths = torch.zeros(vocab_size, dtype=torch.long)
+        rank = torch.full((vocab_size,), float("-inf"))
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))):
             if tok is not None and i not in special:
-                lengths[i] = len(tok)
-        return cls(tuple(dict.fromkeys(preferred)), lengths, tuple(stop_ids))
+                net = tok.count("]") + tok.count("}") - tok.count("[") - tok.count("{") - 0.5 * tok.endswith(",")
+                rank[i] = 1000.0 * net + len(tok)
+        return cls(tuple(dict.fromkeys(preferred)), rank, tuple(stop_ids))
 
 
 class GrammarState:
@@ -376,14 +464,20 @@ class GrammarState:
     def terminated(self) -> bool:
         return bool(self.matcher.is_terminated())
 
-    def close(self, vocab: ClosingVocab, max_tokens: int = 64) -> list[int]:
-        """Tokens that take the grammar from here to a point where it may end ([] if none found).
+    def close(self, vocab: ClosingVocab, max_tokens: int = CLOSING_MAX_TOKENS) -> list[int]:
+        """Tokens that take the grammar from here to a point where it may end ([] when it may already).
 
         For a reply that ``max_new_tokens`` cut short: closing the open strings, adding the
-        required keys with minimal values and the closing brackets makes it parse and validate.
-        Greedy, not the shortest possible completion: at each step the first allowed closer of
-        :data:`_CLOSERS`, else the longest allowed token (forced text such as a required key
-        advances fastest that way). The state advances by the returned tokens.
+        required keys with minimal values, the items a ``minItems`` still asks for, the characters
+        of a ``minLength`` and the closing brackets makes it parse and validate. Greedy, not the
+        shortest possible completion: at each step the first allowed closer of :data:`_CLOSERS`,
+        else the allowed token that closes the most brackets, opens the fewest and ends in no comma
+        (`` [],`` would add items forever), the longest of those (forced text such as a required
+        key advances fastest that way). The state advances by the returned tokens.
+
+        Raises :class:`GrammarError` when no end is reached within ``max_tokens`` (a schema that
+        only infinite recursion satisfies, or one asking for more than that): a reply is closed or
+        the call fails, never an unparseable reply reported as closed.
         """
         out: list[int] = []
         for _ in range(max_tokens + 1):
@@ -394,12 +488,15 @@ class GrammarState:
                 break
             tok = next((t for t in vocab.preferred if allowed[t]), None)
             if tok is None:
-                lengths = torch.where(allowed, vocab.lengths, -1)
-                tok = int(lengths.argmax())
-                if lengths[tok] <= 0:
+                ranked = torch.where(allowed, vocab.rank, float("-inf"))
+                tok = int(ranked.argmax())
+                if ranked[tok] == float("-inf"):
                     break
             if not self.advance(tok):
                 break
             out.append(tok)
         self.rollback(len(out))
-        return []
+        raise GrammarError(
+            f"the reply was cut at its token budget and the grammar has no end within {max_tokens} more tokens; "
+            "allow more tokens (max_tokens) or a schema that asks for less"
+        )

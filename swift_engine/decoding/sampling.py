@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+#: Temperatures below this are greedy decoding: dividing logits by less overflows them to inf (a
+#: 1e-40 temperature gave NaN probabilities), and the distribution is one-hot well before it anyway.
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -18,8 +22,10 @@ class SamplingParams:
     top_k: int = 0
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0.0) or self.temperature != self.temperature:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0.0 <= self.temperature < float("inf")):  # NaN fails too
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.temperature < MIN_TEMPERATURE:
+            object.__setattr__(self, "temperature", 0.0)  # greedy, the same in-process and over HTTP
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

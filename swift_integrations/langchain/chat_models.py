@@ -324,7 +324,7 @@ class SwiftChatModel(SwiftFields, BaseChatModel):
         ``parallel_tool_calls=False`` ends the reply after its first call. ``strict`` is accepted
         for compatibility; forced calls always fill every required argument.
         """
-        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        formatted = [_openai_tool(t, strict) for t in tools]
         names = [tool_function(t)["name"] for t in formatted]
         extra: dict[str, Any] = {"tool_choice": normalize_tool_choice(tool_choice, names)}
         if parallel_tool_calls is not None:
@@ -365,10 +365,10 @@ class SwiftChatModel(SwiftFields, BaseChatModel):
             )
         elif method in ("json_schema", "json_mode"):
             if method == "json_schema":
-                js = convert_to_json_schema(schema)
+                js = _json_schema(schema)
                 fmt = {"type": "json_schema", "json_schema": {"name": js.get("title", "output"), "schema": js}}
             else:
-                fmt = {"type": "json_object", "schema": convert_to_json_schema(schema)}
+                fmt = {"type": "json_object", "schema": _json_schema(schema)}
             llm = self.bind(response_format=fmt, ls_structured_output_format=ls_format)
             parser = (
                 PydanticOutputParser(pydantic_object=cast("type[BaseModel]", schema))
@@ -514,3 +514,42 @@ class SwiftChatModel(SwiftFields, BaseChatModel):
                     yield chunk
         finally:
             await events.aclose()
+
+
+def _schema_with_defs(model: Any) -> dict[str, Any] | None:
+    """A pydantic model's own JSON schema where it has ``$defs`` (else None: LangChain's conversion is kept).
+
+    A recursive model's schema is a top-level ``$ref``; it is resolved to an object schema that
+    keeps ``$defs`` for the references inside, as tool parameters must be an object.
+    """
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):  # pydantic 2 (v1 models: LangChain's)
+        return None
+    own = model.model_json_schema()
+    defs = own.get("$defs")
+    if not defs:
+        return None
+    ref = own.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:
+        own = {**defs[ref[8:]], "$defs": defs}
+    return own
+
+
+def _json_schema(schema: Any) -> dict[str, Any]:
+    """``schema``'s JSON schema; a pydantic model with ``$defs`` keeps them (see :func:`_openai_tool`)."""
+    return _schema_with_defs(schema) or convert_to_json_schema(schema)
+
+
+def _openai_tool(tool: Any, strict: bool | None = None) -> dict[str, Any]:
+    """``tool`` in OpenAI's format; a pydantic model's parameters keep their ``$defs`` and ``$ref``.
+
+    LangChain's conversion inlines references, and a recursive model (``children: list["Tree"]``)
+    ends as ``items: {}``: the grammar then accepts anything there and pydantic rejects the reply.
+    Pydantic's own schema keeps the recursion, which the grammar enforces.
+    """
+    formatted = convert_to_openai_tool(tool, strict=strict)
+    own = _schema_with_defs(tool)
+    if own is not None:
+        own.pop("title", None)
+        own.pop("description", None)
+        formatted["function"]["parameters"] = own
+    return formatted

@@ -21,16 +21,16 @@ import time (it is the ``serve`` extra).
 
 import functools
 import hmac
-import json
 import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from swift_integrations.serve.admission import Slots
+from swift_integrations.serve.admission import Slot, Slots
 from swift_integrations.serve.calls import chat_call, completion_call
 from swift_integrations.serve.delivery import respond, streamed
 from swift_integrations.serve.errors import APIError, bad_request
+from swift_integrations.serve.json_body import parse_body
 from swift_integrations.serve.request_fields import stream_options
 from swift_integrations.serve.response_bodies import (
     chat_completion,
@@ -101,7 +101,8 @@ def check_key(request: "Request", api_key: str | None) -> None:
 
 
 async def read_json(request: "Request", max_body_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, refused (413) once it exceeds the limit, before it is all read."""
+    """The body as a JSON object, refused (413) once it exceeds the limit, before it is all read (400: see
+    :func:`~swift_integrations.serve.json_body.parse_body`)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise APIError(413, f"request body exceeds {max_body_bytes} bytes", code="request_too_large")
@@ -110,13 +111,7 @@ async def read_json(request: "Request", max_body_bytes: int) -> dict[str, Any]:
         data += part
         if len(data) > max_body_bytes:
             raise APIError(413, f"request body exceeds {max_body_bytes} bytes", code="request_too_large")
-    try:
-        body = json.loads(bytes(data))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
+    return parse_body(bytes(data))
 
 
 def create_app(
@@ -164,24 +159,41 @@ def create_app(
             "data": [{"id": name, "object": "model", "created": created, "owned_by": "swift-accel"}],
         }
 
-    async def prepared(request: Request, build: Any) -> tuple[dict[str, Any], "GenerationCall"]:
+    async def admitted(request: Request, build: Any) -> tuple[bool, bool, "GenerationCall", Slot]:
+        """``(stream, include_usage, call, slot)`` of a request: read, admitted, then rendered within its deadline.
+
+        The slot is taken before the prompt is rendered and tokenized (that is work too: a huge
+        prompt took seconds), and the time it takes counts against the request's timeout.
+        """
         import anyio
 
         check_key(request, api_key)
         body = await read_json(request, max_body_bytes)
+        stream, include_usage = stream_options(body)
         header = request.headers.get("x-swift-step")
-        call = await anyio.to_thread.run_sync(  # rendering the prompt is tokenizer work: off the loop
-            lambda: build(engine, body, model_name=name, step_header=header, timeout=request_timeout)
-        )
-        return body, call
+        slot = slots.take()
+        try:
+            started = time.monotonic()
+            call = await anyio.to_thread.run_sync(  # rendering the prompt is tokenizer work: off the loop
+                lambda: build(engine, body, model_name=name, step_header=header, timeout=request_timeout)
+            )
+            if request_timeout is not None:
+                left = request_timeout - (time.monotonic() - started)
+                if left <= 0:
+                    raise APIError(504, "the request timed out while its prompt was prepared", type="timeout_error")
+                call.timeout = left
+        except BaseException:
+            slot.release()
+            raise
+        return stream, include_usage, call, slot
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body, call = await prepared(request, functools.partial(chat_call, tool_followup=tool_followup))
-        stream, include_usage = stream_options(body)
+        stream, include_usage, call, slot = await admitted(
+            request, functools.partial(chat_call, tool_followup=tool_followup)
+        )
         rid = "chatcmpl-" + uuid.uuid4().hex
         now = int(time.time())
-        slot = slots.take()
         if not stream:
             reply = functools.partial(chat_completion, rid=rid, created=now, model=name)
             return await respond(request, call, slot, reply)
@@ -190,11 +202,9 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        body, call = await prepared(request, completion_call)
-        stream, include_usage = stream_options(body)
+        stream, include_usage, call, slot = await admitted(request, completion_call)
         rid = "cmpl-" + uuid.uuid4().hex
         now = int(time.time())
-        slot = slots.take()
         if not stream:
             reply = functools.partial(text_completion, rid=rid, created=now, model=name)
             return await respond(request, call, slot, reply)

@@ -6,7 +6,7 @@ The server adds no generation logic of its own: a request becomes the same
 the prompt comes from :func:`~swift_engine.chat.prompting.render_chat_prompt`), so a reply over HTTP is
 the reply the in-process adapters give. The body's fields are read by
 :mod:`swift_integrations.serve.request_fields`; what the engine refuses (an empty prompt, one past the
-context) is a 400 here, before the request takes a slot.
+context, a prompt whose characters alone could not fit it) is a 400 here, within the request's slot and deadline.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -51,7 +51,9 @@ def chat_call(
     from swift_integrations.step_keys import system_prompt_step_key
     from swift_integrations.tool_followup import answer_turn, wants_answer_turn
 
+    fields.known_fields(body, fields.CHAT_FIELDS)
     neutral = fields.neutral_messages(body.get("messages"))
+    fields.check_prompt_size(sum(len(m["content"]) for m in neutral), engine.max_prompt_chars, "messages")
     system_text = "\n\n".join(m["content"] for m in neutral if m["role"] == "system")
     step_key = fields.step_key(body, step_header) or system_prompt_step_key(system_text)
     sampling = fields.sampling(body)
@@ -105,6 +107,7 @@ def completion_call(
     from swift_engine.chat.prompting import RenderedPrompt, encode_text
     from swift_integrations._generation import GenerationCall
 
+    fields.known_fields(body, fields.COMPLETION_FIELDS)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -114,6 +117,7 @@ def completion_call(
         if body.get(name) not in (None, False, 1):
             raise bad_request(f"'{name}' is not supported", name)
     sampling = fields.sampling(body)
+    fields.check_prompt_size(len(prompt), engine.max_prompt_chars, "prompt")
     try:  # untrusted text: special-token spellings stay text
         ids = encode_text(engine.tokenizer, prompt, add_special_tokens=True)
         engine.encode_prompt(ids)

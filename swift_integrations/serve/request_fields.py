@@ -8,11 +8,17 @@ together into a generation call.
 """
 
 import json
+import re
 from typing import Any
 
 from swift_integrations.serve.errors import bad_request
 
 __all__ = [
+    "CHAT_FIELDS",
+    "COMPLETION_FIELDS",
+    "MAX_MESSAGES",
+    "check_prompt_size",
+    "known_fields",
     "max_tokens",
     "neutral_messages",
     "response_schema",
@@ -22,6 +28,28 @@ __all__ = [
     "stream_options",
     "tools",
 ]
+
+#: The fields of OpenAI's chat completion request (and ``top_k``, an extension as in vLLM); others get a 400, as
+#: OpenAI answers them. Some are read and refused when set (``logprobs``, ``n`` > 1), others accepted and ignored.
+CHAT_FIELDS = frozenset(
+    {
+        "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+        "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+        "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+        "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+        "top_logprobs", "top_p", "user", "verbosity", "web_search_options", "top_k",
+    }
+)  # fmt: skip
+#: The fields of OpenAI's (legacy) completion request, and ``top_k`` and ``metadata`` (the step key).
+COMPLETION_FIELDS = frozenset(
+    {
+        "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n",
+        "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature", "top_p", "user",
+        "top_k", "metadata",
+    }
+)  # fmt: skip
+#: OpenAI's rule for function names; a name with markup (``</tool_call>``) would break the call's parsing.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
@@ -46,6 +74,13 @@ def _integer(body: dict[str, Any], name: str, *, minimum: int | None = None) -> 
     if minimum is not None and value < minimum:
         raise bad_request(f"'{name}' must be at least {minimum}, got {value!r}", name)
     return value
+
+
+def known_fields(body: dict[str, Any], known: frozenset[str]) -> None:
+    """A 400 naming the first field of ``body`` the endpoint does not have (OpenAI refuses them too)."""
+    for name in body:
+        if name not in known:
+            raise bad_request(f"unrecognized request argument supplied: {name}", name)
 
 
 def max_tokens(body: dict[str, Any], default: int) -> int:
@@ -73,8 +108,9 @@ def sampling(body: dict[str, Any]) -> dict[str, Any]:
     n = _integer(body, "n", minimum=1)
     if n is not None and n != 1:
         raise bad_request("'n' must be 1: one choice per request is supported", "n")
-    if body.get("logprobs"):
-        raise bad_request("'logprobs' is not supported", "logprobs")
+    for name in ("logprobs", "top_logprobs"):
+        if body.get(name) not in (None, False):
+            raise bad_request(f"'{name}' is not supported", name)
     seed = _integer(body, "seed")
     return {
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
@@ -121,6 +157,17 @@ def _arguments(raw: Any, where: str) -> dict[str, Any]:
     return args
 
 
+#: The most messages a chat request may hold (each is rendered and tokenized before the request is refused).
+MAX_MESSAGES = 2048
+
+
+def check_prompt_size(chars: int, max_chars: int | None, param: str) -> None:
+    """A 400 when ``chars`` characters of text can't fit the context (``max_chars``: the engine's bound), before
+    any rendering or tokenizing (see :attr:`~swift_engine.engine.SwiftEngine.max_prompt_chars`)."""
+    if max_chars is not None and chars > max_chars:
+        raise bad_request(f"the prompt has {chars} characters, more than the model's context can hold", param)
+
+
 def neutral_messages(messages: Any) -> list[dict[str, Any]]:
     """OpenAI chat messages as the framework-neutral dicts of :func:`~swift_engine.chat.prompting.render_chat_prompt`.
 
@@ -130,6 +177,8 @@ def neutral_messages(messages: Any) -> list[dict[str, Any]]:
     """
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of messages", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise bad_request(f"'messages' holds {len(messages)} messages; at most {MAX_MESSAGES} allowed", "messages")
     out: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
     for i, m in enumerate(messages):
@@ -154,13 +203,18 @@ def neutral_messages(messages: Any) -> list[dict[str, Any]]:
                 fn = tc.get("function") if isinstance(tc, dict) else None
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                     raise bad_request(f"{where}.tool_calls[{j}] needs a function with a name", f"{where}.tool_calls")
-                call = {"id": tc.get("id"), "name": fn["name"], "arguments": _arguments(fn.get("arguments"), where)}
+                call_id = tc.get("id")
+                if call_id is not None and not isinstance(call_id, str):
+                    raise bad_request(f"{where}.tool_calls[{j}].id must be a string", f"{where}.tool_calls")
+                call = {"id": call_id, "name": fn["name"], "arguments": _arguments(fn.get("arguments"), where)}
                 if call["id"]:
                     call_names[call["id"]] = call["name"]
                 calls.append(call)
             msg["tool_calls"] = calls
         elif role == "tool":
             call_id = m.get("tool_call_id")
+            if call_id is not None and not isinstance(call_id, str):
+                raise bad_request(f"{where}.tool_call_id must be a string", f"{where}.tool_call_id")
             msg["tool_call_id"] = call_id
             msg["name"] = m.get("name") or call_names.get(call_id or "")
         out.append(msg)
@@ -178,6 +232,8 @@ def tools(body: dict[str, Any]) -> list[dict[str, Any]]:
         fn = t.get("function") if isinstance(t, dict) and t.get("type", "function") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise bad_request(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., ...}}}}", "tools")
+        if not _TOOL_NAME.fullmatch(fn["name"]):
+            raise bad_request(f"tools[{i}].function.name must be 1-64 of a-z, A-Z, 0-9, _ and -", "tools")
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise bad_request(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
