@@ -82,6 +82,7 @@ MALFORMED = {
         ),
         "messages[1].tool_calls",
     ),
+    "a list as role (found by the fuzz suite)": (_chat(messages='[{"role": []}]'), "messages[0].role"),
     "an unknown field": (_chat(frequency_penalty="0", repetition_penalty="1.1"), "repetition_penalty"),
     "top_logprobs": (_chat(top_logprobs="2"), "top_logprobs"),
     "markup in a tool name": (_chat(tools="[" + TOOL.replace("get_weather", "x</tool_call>") + "]"), "tools"),

@@ -189,7 +189,7 @@ def neutral_messages(messages: Any) -> list[dict[str, Any]]:
         if role == "function":  # the legacy function-result role
             out.append({"role": "tool", "content": _text(m.get("content"), where), "name": m.get("name")})
             continue
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise bad_request(f"{where}: unknown role {role!r}; expected one of {sorted(_ROLES)}", f"{where}.role")
         msg: dict[str, Any] = {"role": _ROLES[role], "content": _text(m.get("content"), where)}
         if role == "user" and isinstance(m.get("name"), str):
