@@ -137,6 +137,24 @@ def _pipeline_bench(
     return pipeline_bench.main(args)
 
 
+def _soak_bench(
+    model: str | None, requests: int, max_new_tokens: int | None, quick: bool, json_path: str | None, md: str | None
+) -> int:
+    """``--soak``: the server's memory under churn (swift_integrations.bench.soak)."""
+    import types
+
+    from swift_integrations.bench import soak
+
+    args = types.SimpleNamespace(
+        model=model,
+        requests=min(requests, 300) if quick else requests,
+        max_new_tokens=max_new_tokens or 8,
+        json=json_path,
+        markdown=None if md in (None, "-") else md,
+    )
+    return soak.main(args)
+
+
 def _serve_bench(
     model: str | None,
     deployments: str | None,
@@ -321,6 +339,17 @@ def bench(
         typer.Option("--deployments", help="With --serve: which, comma-separated (single,ray).", show_default=False),
     ] = None,
     replicas: Annotated[int, typer.Option("--replicas", min=1, help="With --serve: Ray Serve replicas.")] = 2,
+    soak: Annotated[
+        bool,
+        typer.Option(
+            "--soak",
+            help="Soak the HTTP server instead: requests each with its own system prompt and step key, a third "
+            "dropped mid-stream; the server's memory every 100 requests, and whether it levels off.",
+        ),
+    ] = False,
+    soak_requests: Annotated[
+        int, typer.Option("--soak-requests", min=200, help="With --soak: how many requests (300 with --quick).")
+    ] = 1000,
     passes: Annotated[
         bool,
         typer.Option(
@@ -344,6 +373,8 @@ def bench(
     _configure_logging(verbose)
     if passes:
         raise typer.Exit(_passes_bench(model, device, dtype, json_path, markdown))
+    if soak:
+        raise typer.Exit(_soak_bench(model, soak_requests, max_new_tokens, quick, json_path, markdown))
     if serve:
         raise typer.Exit(_serve_bench(model, deployments, replicas, max_new_tokens, quick, json_path, markdown))
     if pipeline:

@@ -61,10 +61,12 @@ def _free_port() -> int:
 class Server:
     """``python -m swift_integrations.serve`` in its own process group, stopped (all of it) on exit."""
 
-    def __init__(self, flags: Sequence[str], log_path: Path, startup_timeout: float) -> None:
+    def __init__(
+        self, flags: Sequence[str], log_path: Path, startup_timeout: float, env: dict[str, str] | None = None
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SWIFT_API_KEY": KEY}
+        env = {**os.environ, **(env or {}), "SWIFT_API_KEY": KEY}
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in __exit__
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "swift_integrations.serve", "--port", str(self.port), *flags],
