@@ -404,8 +404,8 @@ class ClosingVocab:
     """Token choices for closing a truncated constrained reply: preferred closers, then the best-ranked token."""
 
     preferred: tuple[int, ...]
-    #: [V] how well each token closes: 1000 x (closing brackets - opening ones, - 1/2 for a trailing comma)
-    #: + its characters; -inf for special and unused ids
+    #: [V] the token's characters, less 1000 if it opens more brackets than it closes and 500 if it ends in a
+    #: comma (either would add to the value, not end it); -inf for special and unused ids
     rank: torch.Tensor
     stop_ids: tuple[int, ...]
 
@@ -420,8 +420,8 @@ class ClosingVocab:
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))):
             if tok is not None and i not in special:
-                net = tok.count("]") + tok.count("}") - tok.count("[") - tok.count("{") - 0.5 * tok.endswith(",")
-                rank[i] = 1000.0 * net + len(tok)
+                opens = tok.count("[") + tok.count("{") > tok.count("]") + tok.count("}")
+                rank[i] = len(tok) - 1000.0 * opens - 500.0 * tok.endswith(",")
         return cls(tuple(dict.fromkeys(preferred)), rank, tuple(stop_ids))
 
 
@@ -471,9 +471,9 @@ class GrammarState:
         required keys with minimal values, the items a ``minItems`` still asks for, the characters
         of a ``minLength`` and the closing brackets makes it parse and validate. Greedy, not the
         shortest possible completion: at each step the first allowed closer of :data:`_CLOSERS`,
-        else the allowed token that closes the most brackets, opens the fewest and ends in no comma
-        (`` [],`` would add items forever), the longest of those (forced text such as a required
-        key advances fastest that way). The state advances by the returned tokens.
+        else the longest allowed token that opens no more brackets than it closes and ends in no comma
+        (`` [],`` would add items forever; forced text such as a required key or a ``minLength``
+        advances fastest with long tokens). The state advances by the returned tokens.
 
         Raises :class:`GrammarError` when no end is reached within ``max_tokens`` (a schema that
         only infinite recursion satisfies, or one asking for more than that): a reply is closed or
