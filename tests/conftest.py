@@ -196,6 +196,8 @@ LONGEST_FIRST = [
     "test_constraints.py",
     "test_search_profiles.py",
     "test_loading.py",
+    "test_server_fuzz.py",
+    "test_langchain_chat.py",
 ]
 
 
