@@ -32,7 +32,7 @@ def references(smol) -> list[list[int]]:
     refs = []
     for p in PROMPTS:
         ids = smol.encode_prompt(p)
-        out = smol.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)
+        out = smol.model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)
         refs.append(out[0, len(ids) :].tolist())
     return refs
 
@@ -49,7 +49,7 @@ def test_greedy_is_token_identical(smol, references, name, config) -> None:
     engine = SwiftEngine(smol.model, smol.tokenizer, config, model_name=smol.model_name)
     drafted = accepted = 0
     for prompt, ref in zip(PROMPTS, references):
-        res = engine.generate(prompt, max_new_tokens=48, step_key="exactness")
+        res = engine.generate(prompt, max_new_tokens=32, step_key="exactness")
         expected = ref
         if ref and ref[-1] in engine.eos_ids:
             assert res.finish_reason == "eos"
@@ -65,8 +65,8 @@ def test_context_drafts_carry_copies(smol) -> None:
     engine = SwiftEngine(smol.model, smol.tokenizer, SwiftConfig(), model_name=smol.model_name)
     prompt = [{"role": "user", "content": "Repeat the following text exactly, word for word:\n" + DOC}]
     ids = smol.encode_prompt(prompt)
-    ref = smol.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)[0, len(ids) :].tolist()
-    res = engine.generate(prompt, max_new_tokens=48, step_key="copy")
+    ref = smol.model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids) :].tolist()
+    res = engine.generate(prompt, max_new_tokens=32, step_key="copy")
     assert res.token_ids == ref
     s = res.stats
     assert s.context_accepted_tokens >= 20, s

@@ -233,7 +233,6 @@ def test_embedded_model_greedy_swift_is_plain_decoding(precision: str) -> None:
     assert engine.runner.precision == precision
     prompts = [
         [{"role": "user", "content": "Write a Python function that checks whether a number is prime."}],
-        [{"role": "user", "content": "List three uses of copper, one per line."}],
         [{"role": "user", "content": "Summarize: the fox jumped over the dog, which barked at the fox."}],
     ]
     accepted = 0

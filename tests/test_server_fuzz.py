@@ -103,7 +103,7 @@ def _check(base: str, path: str, body: dict[str, Any]) -> None:
     assert health["status"] == "ok" and health["in_flight"] == 0, health
 
 
-FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
