@@ -284,6 +284,15 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def publish(result: dict[str, Any], table: str, json_path: str | None, markdown_path: str | None) -> None:
+    """Print ``table``; write ``result`` to ``--json`` and ``table`` to ``--markdown`` where asked."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    if markdown_path:
+        Path(markdown_path).write_text(table)
+    sys.stdout.write(table)
+
+
 def main(args: Any) -> int:
     """``swift-bench --serve``: run, print the table, write ``--json`` / ``--markdown`` when asked.
 
@@ -296,11 +305,6 @@ def main(args: Any) -> int:
         quick=args.quick,
         replicas=args.replicas,
     )
-    table = render_markdown(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(table)
-    sys.stdout.write(table)
+    publish(result, render_markdown(result), args.json, args.markdown)
     bad = [lv for dep in result["deployments"].values() for lv in dep["levels"] if lv["errors"] or lv["mismatched"]]
     return 1 if bad else 0

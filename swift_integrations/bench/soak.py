@@ -14,17 +14,15 @@ benchmark, not a timed test: the figures go to ``docs/bench`` with the machine t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from swift_integrations.bench.serve import KEY, QUESTIONS, Server
+from swift_integrations.bench.serve import KEY, QUESTIONS, Server, publish
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +139,5 @@ def render_markdown(result: dict[str, Any]) -> str:
 def main(args: Any) -> int:
     """``swift-bench --soak``: run, print and write the table; status 1 unless memory levelled off without errors."""
     result = run_soak(args.model, requests=args.requests, max_tokens=args.max_new_tokens)
-    table = render_markdown(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(table)
-    sys.stdout.write(table)
+    publish(result, render_markdown(result), args.json, args.markdown)
     return 0 if result["levelled_off"] and not result["errors"] else 1
