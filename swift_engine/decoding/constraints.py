@@ -169,12 +169,17 @@ def _check_bounds(schema: dict[str, Any], path: str) -> None:
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
+def check_tool_name(name: Any) -> None:
+    """:class:`GrammarError` unless ``name`` is a tool name the call formats can carry (see ``_TOOL_NAME``)."""
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise GrammarError(f"tool name {name!r} must be 1-64 of a-z, A-Z, 0-9, '_', '.' and '-'")
+
+
 def _function(spec: dict[str, Any]) -> dict[str, Any]:
     fn = spec.get("function", spec) if spec.get("type") == "function" else spec
     if "name" not in fn:
         raise GrammarError(f"tool spec without a name: {json.dumps(spec)[:120]}")
-    if not isinstance(fn["name"], str) or not _TOOL_NAME.fullmatch(fn["name"]):
-        raise GrammarError(f"tool name {fn['name']!r} must be 1-64 of a-z, A-Z, 0-9, '_', '.' and '-'")
+    check_tool_name(fn["name"])
     params = fn.get("parameters") or {"type": "object", "properties": {}}
     check_schema(params, f"tool {fn['name']!r} parameters")
     return {"name": fn["name"], "parameters": params}

@@ -1,6 +1,6 @@
 """An OpenAI request body read and checked, field by field: each bad field is a 400 that names it.
 
-The readers here know OpenAI's wire format and nothing of the engine: numbers in range, a
+The readers here know OpenAI's wire format (and the engine's rule for tool names): numbers in range, a
 ``stop`` string or list, sampling options, ``tools``, ``response_format``, the step key a request
 names, ``stream``/``stream_options``, and :func:`neutral_messages`, OpenAI chat messages as the
 framework-neutral dicts the prompt renderer takes. :mod:`swift_integrations.serve.calls` puts them
@@ -8,9 +8,9 @@ together into a generation call.
 """
 
 import json
-import re
 from typing import Any
 
+from swift_engine.decoding.constraints import check_tool_name
 from swift_integrations.serve.errors import bad_request
 
 __all__ = [
@@ -48,9 +48,6 @@ COMPLETION_FIELDS = frozenset(
         "top_k", "metadata",
     }
 )  # fmt: skip
-#: OpenAI's rule for function names; a name with markup (``</tool_call>``) would break the call's parsing.
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
@@ -232,8 +229,10 @@ def tools(body: dict[str, Any]) -> list[dict[str, Any]]:
         fn = t.get("function") if isinstance(t, dict) and t.get("type", "function") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise bad_request(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., ...}}}}", "tools")
-        if not _TOOL_NAME.fullmatch(fn["name"]):
-            raise bad_request(f"tools[{i}].function.name must be 1-64 of a-z, A-Z, 0-9, _ and -", "tools")
+        try:  # the engine's rule, checked before the request takes a slot (markup would break the call's parsing)
+            check_tool_name(fn["name"])
+        except ValueError as exc:
+            raise bad_request(f"tools[{i}]: {exc}", "tools") from None
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise bad_request(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
