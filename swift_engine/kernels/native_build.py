@@ -3,9 +3,9 @@
 Why: PyTorch's CPU int4 and int8 kernels re-read and re-convert every weight tile for each block of
 4 rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
 paying at the precisions that make the step fast. swift's kernels multiply up to 16 rows per weight
-tile on AMX, and attend every row of a pass in one call (figures:
-docs/bench/measurements.md#native-kernels). They are registered as ``torch.ops.swift_kernels.*``
-(``int4_mm_amx``, ``int8_mm_amx``, ``rows_attention``), so TorchScript calls them too.
+tile on AMX, attend every row of a pass in one call, and run a pass's decoder layers as one call
+(figures: docs/bench/measurements.md#native-kernels). They are registered as ``torch.ops.swift_kernels.*``
+(``int4_mm_amx``, ``int8_mm_amx``, ``rows_attention``, ``decoder_layers``), so TorchScript calls them too.
 
 They are compiled from source on the user's machine -- never a downloaded binary -- by ``make setup``
 (``python -m swift_engine.kernels.native_build``) or, failing that, at the first int4/int8 engine of a
@@ -49,7 +49,16 @@ __all__ = [
 
 NATIVE = Path(__file__).with_name("native")
 #: the sources compiled into one library (``tiles.h`` is their shared header)
-SOURCES = tuple(NATIVE / name for name in ("int4_amx.cpp", "int8_amx.cpp", "row_attention.cpp", "ops.cpp"))
+SOURCES = tuple(
+    NATIVE / name for name in ("int4_amx.cpp", "int8_amx.cpp", "row_attention.cpp", "decoder_layers.cpp", "ops.cpp")
+)
+#: the fused layers' operator (native/decoder_layers.cpp; ops.cpp registers the same text)
+DECODER_LAYERS_SCHEMA = (
+    "decoder_layers(Tensor hidden, Tensor cos, Tensor sin, Tensor[] norm_weights, float[] norm_eps, "
+    "Tensor[] weights, Tensor[] scales, Tensor[] qkv_bias, Tensor(a!)[] keys, Tensor(b!)[] values, int[] lengths, "
+    "bool[] skip_attention, bool[] skip_mlp, int q_heads, int kv_heads, int head_dim, float scaling, int kind, "
+    "int group, Tensor rows_index, Tensor[] rows_lengths) -> Tensor"
+)
 #: what the kernel's instructions need from the CPU (``/proc/cpuinfo`` names)
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
 _ARCH_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
@@ -263,6 +272,7 @@ def declare_native_ops() -> object:
     library.define(
         "rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor"
     )
+    library.define(DECODER_LAYERS_SCHEMA)
 
     def unavailable(*args: object) -> torch.Tensor:
         raise RuntimeError(f"swift's AMX kernels are not loaded here: {native_status().reason}")
@@ -270,6 +280,7 @@ def declare_native_ops() -> object:
     library.impl("int4_mm_amx", unavailable, "CPU")
     library.impl("int8_mm_amx", unavailable, "CPU")
     library.impl("rows_attention", unavailable, "CPU")
+    library.impl("decoder_layers", unavailable, "CPU")
     return library
 
 

@@ -98,9 +98,7 @@ def is_auto_dtype(dtype: object) -> bool:
     return isinstance(dtype, str) and dtype.strip().lower() == "auto"
 
 
-def auto_precision(
-    model_id: str | os.PathLike[str] | None = None, gguf_file: str | None = None
-) -> FilePrecision:
+def auto_precision(model_id: str | os.PathLike[str] | None = None, gguf_file: str | None = None) -> FilePrecision:
     """What ``dtype="auto"`` runs ``model_id`` at on a CPU (:mod:`swift_engine.loading.file_precision`).
 
     Read from the file's header, nothing loaded. A catalog name that is not installed raises as

@@ -87,7 +87,7 @@ class FastDecoder:
             products = [direct_product(getattr(layer.mlp, n, nn.Identity())) for n in _MLP]
             gated = hasattr(layer.mlp, "act_fn")
             self._mlp.append(tuple(p for p in products if p is not None) if gated and all(products) else None)
-        #: plain one-token steps as one TorchScript call where the model allows (scripted_step.py)
+        #: passes as one call (native layers or TorchScript) where the model allows (scripted_step.py)
         self.scripted = ScriptedStep.for_decoder(self.config, self.layers, self._qkv)
         types = getattr(self.config, "layer_types", None)
         self._layer_types: list[str] = list(types) if types else ["full_attention"] * len(self.layers)

@@ -1,24 +1,26 @@
-"""Decoding passes of weight-only llama-style models as one TorchScript function: bitwise the Python loop.
+"""Decoding passes of weight-only llama-style models as one call: bitwise the Python loop.
 
-Why: at 135M parameters a one-token step is about 1500 small PyTorch ops, and the Python between them
-costs as much as the products. :mod:`swift_engine.model.fast_forward` already calls the same ops the
-``transformers`` modules would, in the same order; here the decoder layers of a one-token step are
-that same sequence of ATen calls in a TorchScript function, so the interpreter between the ops is
-C++ and the numbers are the same (``tests/test_scripted_step.py`` checks steps bitwise against the
-Python loop and the modules; ``tests/test_low_precision.py`` checks tree rows against these steps).
-It makes the decoder's step of SmolLM2-135M at int4 markedly shorter (the head, embedding, final norm
-and the engine's loop stay in Python; figures: docs/bench/measurements.md#model).
+Why: at 135M parameters a one-token step is about 3500 small PyTorch ops, and the cost of each
+(Python, dispatch, allocation) adds up to as much as the products. :mod:`swift_engine.model.fast_forward`
+already calls the same ops the ``transformers`` modules would, in the same order; here the decoder
+layers of a pass are one call that computes the same values, in one of two forms:
 
-Where it applies -- everything else keeps :class:`~swift_engine.model.fast_forward.FastDecoder`'s loop:
+* on swift's kernels (``native_products``; attention row by row, as weight-only precisions always
+  are): ``torch.ops.swift_kernels.decoder_layers`` (kernels/native/decoder_layers.cpp), the whole
+  stack in C++ with the small elementwise ops fused -- one-token steps, drafts' steps with skipped
+  sublayers (a skipped sublayer adds zeros and writes no cache entries, so layers may hold
+  different numbers of entries), and verification trees, each row over its own keys;
+* on PyTorch's kernels: :func:`_layers`, the same sequence of ATen calls as a TorchScript function
+  (the interpreter between the ops is C++), for one-row passes over a cache whose layers all hold
+  the same number of entries (the one-row SDPA call); several rows or uneven layers keep the Python
+  loop there.
 
-* passes attended row by row (:mod:`swift_engine.kernels.row_attention`, which weight-only
-  precisions always are): one-token steps, drafts' steps with skipped sublayers (a skipped sublayer
-  adds zeros and writes no cache entries, so layers may hold different numbers of entries), and,
-  on swift's kernels (``native_products``), verification trees, each row over its own keys;
-* weight-only int8 or int4 layers throughout, q/k/v stacked (:class:`~swift_engine.kernels.quantize.FusedProduct`),
-  no bias but on q/k/v, a SiLU-gated MLP, RMSNorms of the llama family, no sliding window;
-* on PyTorch's kernels, one-row passes over a cache whose layers all hold the same number of
-  entries (the one-row SDPA call); several rows or uneven layers keep the Python loop there.
+Both give the Python loop's and the modules' bits (``tests/test_scripted_step.py``;
+``tests/test_low_precision.py`` checks tree rows against these steps). They apply to weight-only
+int8 or int4 layers throughout, q/k/v stacked (:class:`~swift_engine.kernels.quantize.FusedProduct`),
+no bias but on q/k/v, a SiLU-gated MLP, RMSNorms of the llama family, no sliding window; everything
+else keeps :class:`~swift_engine.model.fast_forward.FastDecoder`'s loop. Figures:
+docs/bench/measurements.md#model.
 
 TorchScript is deprecated in recent PyTorch (2.13 warns when scripting). The function is scripted
 once per process when the first such model is loaded (a one-time cost:
@@ -93,19 +95,16 @@ def _layers(
     scaling: float,
     kind: int,
     group: int,
-    native_attention: bool,
-    rows_index: torch.Tensor,
-    rows_lengths: list[torch.Tensor],
 ) -> torch.Tensor:
     """The decoder layers of ``q`` tokens (``hidden``: ``[q, H]``), writing layer ``i``'s keys and values
     after its ``lengths[i]`` cached entries, its sublayers skipped where ``skip_attention``/``skip_mlp`` say.
 
     Op for op what ``FastDecoder.__call__`` runs for such a pass (norm, stacked q/k/v, the heads'
-    views, q and k rotated together, the cache write, ``row_attention``'s attention -- its native
-    call over each row's keys ``rows_index[r, :rows_lengths[i][r]]``, or for one token its one-row
-    SDPA call --, o_proj, the residual, norm, the gated MLP, the residual; a skipped sublayer adds
-    zeros and writes no cache entries, as the layer-skip wrapper does). Several rows need
-    ``native_attention``. Per layer ``i``: ``weights``/``scales`` hold q/k/v, o, gate, up, down at
+    views, q and k rotated together, the cache write, ``row_attention``'s one-row SDPA call, o_proj,
+    the residual, norm, the gated MLP, the residual; a skipped sublayer adds zeros and writes no
+    cache entries, as the layer-skip wrapper does). ``decoder_layers.cpp`` computes these same
+    operations, with attention over each row's own keys (``rows_index[r, :rows_lengths[i][r]]``,
+    its two last operands). Per layer ``i``: ``weights``/``scales`` hold q/k/v, o, gate, up, down at
     ``5 i .. 5 i + 4``; ``norm_weights``/``norm_eps`` the two norms at ``2 i, 2 i + 1``.
     """
     cos_heads = cos.unsqueeze(1)
@@ -130,20 +129,10 @@ def _layers(
             query_key = qk.split([q_heads, kv_heads], 1)
             keys[i][:, :, length : length + q] = query_key[1]
             values[i][:, :, length : length + q] = heads[1]
-            if native_attention:  # row_attention's native call, as the engine's other passes make it
-                attended = torch.ops.swift_kernels.rows_attention(
-                    query_key[0][0].transpose(0, 1).contiguous(),  # [q, heads, d], as row_attention passes it
-                    keys[i][0],
-                    values[i][0],
-                    rows_index,
-                    rows_lengths[i],
-                    scaling,
-                )
-            else:
-                query = query_key[0].reshape(1, kv_heads, q_heads // kv_heads, head_dim)
-                attended = torch.nn.functional.scaled_dot_product_attention(
-                    query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
-                )
+            query = query_key[0].reshape(1, kv_heads, q_heads // kv_heads, head_dim)
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                query, keys[i][:, :, : length + 1], values[i][:, :, : length + 1], scale=scaling
+            )
             attended = attended.reshape(q, -1).contiguous()
             hidden = hidden + _product(attended, weights[w + 1], scales[w + 1], kind, group)
         if skip_mlp[i]:
@@ -172,7 +161,7 @@ def _scripted() -> Callable[..., torch.Tensor] | None:
 
 
 class ScriptedStep:
-    """The decoder layers of one model's one-token steps as one TorchScript call (see the module docstring)."""
+    """The decoder layers of one model's passes as one call (see the module docstring)."""
 
     def __init__(
         self,
@@ -235,7 +224,7 @@ class ScriptedStep:
                 scales.append(product[1])
         if _scripted() is None:
             return None
-        logger.info("one-token steps of this %s model run as one TorchScript call", "int4" if int4 else "int8")
+        logger.info("decoder passes of this %s model run as one call", "int4" if int4 else "int8")
         return cls(layers, stacked, weights, scales, int4)
 
     def _kinds(self) -> tuple[int, bool] | None:
@@ -293,9 +282,7 @@ class ScriptedStep:
             index = torch.arange(max(lengths) + 1, dtype=torch.int32)[None]
             by_length = {n: torch.tensor([n + 1], dtype=torch.int32) for n in set(lengths)}
             layer_lengths = [by_length[n] for n in lengths]
-        script = _scripted()
-        assert script is not None  # checked when this was built
-        out = script(
+        operands = (
             hidden,
             cos,
             sin,
@@ -315,9 +302,12 @@ class ScriptedStep:
             self._scaling,
             kind,
             INT4_GROUP,
-            native_attention,
-            index,
-            layer_lengths,
         )
+        if native_attention:  # all on swift's kernels, fused: native/decoder_layers.cpp
+            out = torch.ops.swift_kernels.decoder_layers(*operands, index, layer_lengths)
+        else:  # one row, the one-row SDPA attention
+            script = _scripted()
+            assert script is not None  # checked when this was built
+            out = script(*operands)
         cache.advance_layers(rows, [i not in skip_attention for i in range(self._layers)])
         return out

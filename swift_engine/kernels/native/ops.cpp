@@ -1,4 +1,4 @@
-// Registers swift's kernels (weight-only products, row attention) as PyTorch operators (torch.ops.swift_kernels.*), callable
+// Registers swift's kernels (weight-only products, row attention, the fused decoder layers) as PyTorch operators (torch.ops.swift_kernels.*), callable
 // from Python and from TorchScript, and asks the OS for AMX tiles.
 
 #include "tiles.h"
@@ -15,6 +15,12 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
 at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
 at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& index, const at::Tensor& lengths, double scale);
+at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                          at::TensorList norm_weights, at::ArrayRef<double> norm_eps, at::TensorList weights,
+                          at::TensorList scales, at::TensorList qkv_bias, at::TensorList keys, at::TensorList values,
+                          at::IntArrayRef lengths, c10::List<bool> skip_attention, c10::List<bool> skip_mlp,
+                          int64_t q_heads, int64_t kv_heads, int64_t head_dim, double scaling, int64_t kind,
+                          int64_t group, const at::Tensor& rows_index, at::TensorList rows_lengths);
 
 bool amx_granted() {
   static const bool granted = [] {
@@ -26,14 +32,23 @@ bool amx_granted() {
 
 }  // namespace swift_kernels
 
+// (native_build.py declares the same schema where the library is not loaded)
+#define DECODER_LAYERS_SCHEMA                                                                                   \
+  "decoder_layers(Tensor hidden, Tensor cos, Tensor sin, Tensor[] norm_weights, float[] norm_eps, "            \
+  "Tensor[] weights, Tensor[] scales, Tensor[] qkv_bias, Tensor(a!)[] keys, Tensor(b!)[] values, int[] lengths, " \
+  "bool[] skip_attention, bool[] skip_mlp, int q_heads, int kv_heads, int head_dim, float scaling, int kind, "  \
+  "int group, Tensor rows_index, Tensor[] rows_lengths) -> Tensor"
+
 TORCH_LIBRARY(swift_kernels, m) {
   m.def("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
   m.def("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor");
+  m.def(DECODER_LAYERS_SCHEMA);
 }
 
 TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
   m.impl("int4_mm_amx", &swift_kernels::int4_mm_amx);
   m.impl("int8_mm_amx", &swift_kernels::int8_mm_amx);
   m.impl("rows_attention", &swift_kernels::rows_attention);
+  m.impl("decoder_layers", &swift_kernels::decoder_layers);
 }

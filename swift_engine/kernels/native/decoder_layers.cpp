@@ -1,0 +1,214 @@
+// The decoder layers of a weight-only llama-style pass as one call: the same bits as the TorchScript
+// step (model/scripted_step.py `_layers`), with the ~120 small ATen ops per layer between the products
+// fused into a handful of loops.
+//
+// Why (docs/bench/measurements.md#native-layers): on swift's kernels the products of SmolLM2-135M's
+// int4 step take about half of it; the other half was the interpreter and ATen's per-op cost around
+// them (views, splits, casts, tiny elementwise ops of 576 values), paid ~3500 times a step, and again
+// in every verification and draft pass.
+//
+// Bits: every value is computed by the operations the script performs, in the same order and
+// precision, so the result is bitwise the script's (tests/test_scripted_step.py compares them):
+//   * bfloat16 elementwise ops (residual adds, the q/k/v bias, rotary's products and sum, the norm's
+//     weight, the MLP's gate x up) compute in float32 and round to nearest even once per op, as
+//     PyTorch's CPU kernels do;
+//   * the RMSNorm's float32 squares are exact products; their mean is ATen's own `mean` (its
+//     reduction order is PyTorch's); 1 / sqrt(var + eps) is correctly rounded, as `rsqrt` is;
+//   * SiLU is ATen's own `silu`;
+//   * products and attention are swift's kernels, called directly (int4_amx.cpp, int8_amx.cpp,
+//     row_attention.cpp).
+// A row's values depend on that row only, so the pass keeps the kernels' row invariance.
+//
+// Operands (all bfloat16 but the int codes): as `_layers` takes them; attention is always
+// `rows_attention` here (the script's one-row SDPA path stays in the script).
+
+#include "tiles.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/silu.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace swift_kernels {
+
+at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
+at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
+at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                          const at::Tensor& index, const at::Tensor& lengths, double scale);
+
+namespace {
+
+constexpr int64_t INT8_NATIVE = 2, INT4_NATIVE = 3;  // scripted_step.py's product kinds
+
+// a bfloat16 vector of 16 rounded from float32, back as float32 (the value a bfloat16 op stores)
+inline __m512 rounded(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16(v)), 16));
+}
+
+inline void store16(bf16_t* p, __m512 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+
+// out = a + b (bfloat16 [n], n % 16 == 0): one bfloat16 add
+void add_into(const bf16_t* a, const bf16_t* b, bf16_t* out, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) store16(out + j, _mm512_add_ps(load_bf16(a + j), load_bf16(b + j)));
+}
+
+// `hidden + zeros_like(hidden)`: a skipped sublayer (-0 becomes +0, as the add makes it)
+void add_zero(bf16_t* h, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) store16(h + j, _mm512_add_ps(load_bf16(h + j), _mm512_setzero_ps()));
+}
+
+// The llama RMSNorm of `hidden` [q, H]: weight * (h * rsqrt(mean(h^2) + eps)).to(bfloat16), h in float32
+at::Tensor rms_norm(const at::Tensor& hidden, const at::Tensor& weight, double eps) {
+  const int64_t q = hidden.size(0), H = hidden.size(1);
+  const auto* x = reinterpret_cast<const bf16_t*>(hidden.const_data_ptr());
+  const auto* w = reinterpret_cast<const bf16_t*>(weight.const_data_ptr());
+  at::Tensor squares = at::empty({q, H}, hidden.options().dtype(at::kFloat));
+  float* sq = squares.data_ptr<float>();
+  for (int64_t j = 0; j < q * H; j += 16) {
+    const __m512 h = load_bf16(x + j);
+    _mm512_storeu_ps(sq + j, _mm512_mul_ps(h, h));
+  }
+  const at::Tensor mean = at::mean(squares, {-1}, /*keepdim=*/true);  // ATen's reduction order
+  const float* var = mean.const_data_ptr<float>();
+  at::Tensor out = at::empty({q, H}, hidden.options());
+  auto* o = reinterpret_cast<bf16_t*>(out.data_ptr());
+  const float feps = static_cast<float>(eps);
+  for (int64_t r = 0; r < q; ++r) {
+    const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(var[r] + feps));
+    for (int64_t j = 0; j < H; j += 16) {
+      const __m512 normed = rounded(_mm512_mul_ps(load_bf16(x + r * H + j), scale));  // .to(bfloat16)
+      store16(o + r * H + j, _mm512_mul_ps(load_bf16(w + j), normed));
+    }
+  }
+  return out;
+}
+
+at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, int64_t kind,
+                   int64_t group) {
+  return kind == INT4_NATIVE ? int4_mm_amx(x, weight, group, scales) : int8_mm_amx(x, weight, scales);
+}
+
+// Rotary on q and k, the cache write, and the queries for attention, from the stacked q/k/v `y`
+// [q, (QH + 2 KVH) d]: keys/values rows [length, length + q) of each key head take k (rotated) and
+// v; returns the rotated queries [q, QH, d]. cos, sin: [q, d].
+at::Tensor rotate_and_cache(const at::Tensor& y, const bf16_t* cos, const bf16_t* sin, at::Tensor& keys,
+                            at::Tensor& values, int64_t length, int64_t QH, int64_t KVH, int64_t d) {
+  const int64_t q = y.size(0), stride = y.size(1), half = d / 2;
+  const auto* in = reinterpret_cast<const bf16_t*>(y.const_data_ptr());
+  at::Tensor query = at::empty({q, QH, d}, y.options());
+  auto* qo = reinterpret_cast<bf16_t*>(query.data_ptr());
+  auto* kb = reinterpret_cast<bf16_t*>(keys.data_ptr());
+  auto* vb = reinterpret_cast<bf16_t*>(values.data_ptr());
+  const int64_t ks1 = keys.stride(1), ks2 = keys.stride(2), vs1 = values.stride(1), vs2 = values.stride(2);
+  std::vector<bf16_t> turned(d);
+  for (int64_t r = 0; r < q; ++r) {
+    const bf16_t* c = cos + r * d;
+    const bf16_t* s = sin + r * d;
+    for (int64_t h = 0; h < QH + KVH; ++h) {
+      const bf16_t* x = in + r * stride + h * d;
+      // rotate_half: cat(-x[half:], x[:half]) (negation is exact in bfloat16)
+      for (int64_t j = 0; j < half; ++j) {
+        turned[j] = static_cast<bf16_t>(x[j + half] ^ 0x8000);
+        turned[j + half] = x[j];
+      }
+      bf16_t* dst = h < QH ? qo + (r * QH + h) * d : kb + (h - QH) * ks1 + (length + r) * ks2;
+      for (int64_t j = 0; j < d; j += 16) {
+        const __m512 a = rounded(_mm512_mul_ps(load_bf16(x + j), load_bf16(c + j)));
+        const __m512 b = rounded(_mm512_mul_ps(load_bf16(turned.data() + j), load_bf16(s + j)));
+        store16(dst + j, _mm512_add_ps(a, b));
+      }
+    }
+    for (int64_t h = 0; h < KVH; ++h)
+      std::memcpy(vb + h * vs1 + (length + r) * vs2, in + r * stride + (QH + KVH + h) * d, d * sizeof(bf16_t));
+  }
+  return query;
+}
+
+}  // namespace
+
+at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
+                          at::TensorList norm_weights, at::ArrayRef<double> norm_eps, at::TensorList weights,
+                          at::TensorList scales, at::TensorList qkv_bias, at::TensorList keys, at::TensorList values,
+                          at::IntArrayRef lengths, c10::List<bool> skip_attention, c10::List<bool> skip_mlp,
+                          int64_t q_heads, int64_t kv_heads, int64_t head_dim, double scaling, int64_t kind,
+                          int64_t group, const at::Tensor& rows_index, at::TensorList rows_lengths) {
+  const int64_t layers = static_cast<int64_t>(keys.size());
+  TORCH_CHECK(kind == INT4_NATIVE || kind == INT8_NATIVE, "swift_kernels::decoder_layers: swift's kernels only");
+  TORCH_CHECK(hidden_in.dim() == 2 && hidden_in.scalar_type() == at::kBFloat16 && hidden_in.size(1) % 16 == 0,
+              "swift_kernels::decoder_layers: hidden must be [q, H] bfloat16, H a multiple of 16");
+  const int64_t q = hidden_in.size(0), H = hidden_in.size(1), d = head_dim;
+  TORCH_CHECK(cos_in.numel() == q * d && sin_in.numel() == q * d && cos_in.scalar_type() == at::kBFloat16 &&
+                  sin_in.scalar_type() == at::kBFloat16 && d % 16 == 0,
+              "swift_kernels::decoder_layers: cos and sin must hold [q, head_dim] bfloat16, head_dim % 16 == 0");
+  TORCH_CHECK(static_cast<int64_t>(values.size()) == layers && static_cast<int64_t>(lengths.size()) == layers &&
+                  static_cast<int64_t>(skip_attention.size()) == layers &&
+                  static_cast<int64_t>(skip_mlp.size()) == layers &&
+                  static_cast<int64_t>(rows_lengths.size()) == layers &&
+                  static_cast<int64_t>(weights.size()) == 5 * layers &&
+                  static_cast<int64_t>(scales.size()) == 5 * layers &&
+                  static_cast<int64_t>(norm_weights.size()) == 2 * layers &&
+                  static_cast<int64_t>(norm_eps.size()) == 2 * layers &&
+                  (qkv_bias.empty() || static_cast<int64_t>(qkv_bias.size()) == layers),
+              "swift_kernels::decoder_layers: per-layer lists of inconsistent lengths");
+  for (const at::Tensor& w : norm_weights)
+    TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.numel() == H,
+                "swift_kernels::decoder_layers: norm weights must be [H] bfloat16");
+  for (const at::Tensor& b : qkv_bias)
+    TORCH_CHECK(b.scalar_type() == at::kBFloat16 && b.is_contiguous() && b.numel() % 16 == 0,
+                "swift_kernels::decoder_layers: q/k/v biases must be bfloat16");
+  for (int64_t i = 0; i < layers; ++i)
+    TORCH_CHECK(keys[i].dim() == 4 && values[i].dim() == 4 && keys[i].scalar_type() == at::kBFloat16 &&
+                    values[i].scalar_type() == at::kBFloat16 && keys[i].stride(3) == 1 && values[i].stride(3) == 1 &&
+                    keys[i].size(1) == kv_heads && keys[i].size(3) == d && values[i].size(3) == d &&
+                    keys[i].size(2) >= lengths[i] + q && values[i].size(2) >= lengths[i] + q,
+                "swift_kernels::decoder_layers: keys/values must be [1, KVH, T, d] bfloat16 with room for the rows");
+  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  const auto* cp = reinterpret_cast<const bf16_t*>(cos.const_data_ptr());
+  const auto* sp = reinterpret_cast<const bf16_t*>(sin.const_data_ptr());
+  at::Tensor hidden = hidden_in.contiguous().clone();
+  auto* h = reinterpret_cast<bf16_t*>(hidden.data_ptr());
+  for (int64_t i = 0; i < layers; ++i) {
+    const int64_t w = 5 * i;
+    if (skip_attention.get(i)) {
+      add_zero(h, q * H);
+    } else {
+      const at::Tensor x = rms_norm(hidden, norm_weights[2 * i], norm_eps[2 * i]);
+      at::Tensor y = product(x, weights[w], scales[w], kind, group);
+      TORCH_CHECK(y.size(1) == (q_heads + 2 * kv_heads) * d, "swift_kernels::decoder_layers: q/k/v width");
+      if (!qkv_bias.empty()) {
+        auto* yp = reinterpret_cast<bf16_t*>(y.data_ptr());
+        const auto* bp = reinterpret_cast<const bf16_t*>(qkv_bias[i].const_data_ptr());
+        for (int64_t r = 0; r < q; ++r) add_into(yp + r * y.size(1), bp, yp + r * y.size(1), y.size(1));
+      }
+      at::Tensor layer_keys = keys[i], layer_values = values[i];
+      const at::Tensor query = rotate_and_cache(y, cp, sp, layer_keys, layer_values, lengths[i], q_heads, kv_heads, d);
+      const at::Tensor attended =
+          rows_attention(query, layer_keys[0], layer_values[0], rows_index, rows_lengths[i], scaling).reshape({q, -1});
+      const at::Tensor out = product(attended, weights[w + 1], scales[w + 1], kind, group);
+      add_into(h, reinterpret_cast<const bf16_t*>(out.const_data_ptr()), h, q * H);
+    }
+    if (skip_mlp.get(i)) {
+      add_zero(h, q * H);
+    } else {
+      const at::Tensor x = rms_norm(hidden, norm_weights[2 * i + 1], norm_eps[2 * i + 1]);
+      const at::Tensor gate = at::silu(product(x, weights[w + 2], scales[w + 2], kind, group));  // ATen's SiLU
+      at::Tensor up = product(x, weights[w + 3], scales[w + 3], kind, group);
+      const int64_t inner = up.numel();
+      TORCH_CHECK(inner % 16 == 0, "swift_kernels::decoder_layers: MLP width must be a multiple of 16");
+      auto* u = reinterpret_cast<bf16_t*>(up.data_ptr());
+      const auto* g = reinterpret_cast<const bf16_t*>(gate.const_data_ptr());
+      for (int64_t j = 0; j < inner; j += 16) store16(u + j, _mm512_mul_ps(load_bf16(g + j), load_bf16(u + j)));
+      const at::Tensor out = product(up, weights[w + 4], scales[w + 4], kind, group);
+      add_into(h, reinterpret_cast<const bf16_t*>(out.const_data_ptr()), h, q * H);
+    }
+  }
+  return hidden;
+}
+
+}  // namespace swift_kernels
