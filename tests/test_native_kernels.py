@@ -195,6 +195,21 @@ def test_attention_rows_are_their_one_token_steps_and_close_to_float(heads: int,
         assert (tree[row].float() - ref).abs().max() <= 1e-2 * ref.abs().max()
 
 
+@needs_native
+@pytest.mark.parametrize("width", [16, 64, 576, 896, 2048, 4096, 8192])
+def test_the_fused_layers_norm_is_bitwise_the_modules_rmsnorm(width: int) -> None:
+    # decoder_layers.cpp writes ATen's float sum out (found by comparing with ATen at first use); a
+    # machine where that does not match falls back to ATen's own mean, same bits, slower (lanes 0)
+    assert torch.ops.swift_kernels.mean_lanes() in (8, 16)
+    g = torch.Generator().manual_seed(width)
+    weight = torch.randn(width, generator=g).to(torch.bfloat16)
+    for rows in (1, 5, 32):
+        hidden = (torch.randn(rows, width, generator=g) * 3).to(torch.bfloat16)
+        h = hidden.to(torch.float32)  # LlamaRMSNorm.forward
+        expected = weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16)
+        assert torch.equal(torch.ops.swift_kernels.rms_norm(hidden, weight, 1e-5), expected), rows
+
+
 def test_a_library_that_faults_is_tried_once_in_a_child_and_never_loaded(tmp_path, monkeypatch) -> None:
     import swift_engine.kernels.native_build as nb
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Any, cast
 
 import torch
@@ -41,11 +43,20 @@ SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def _hooked(modules: list[nn.Module]) -> bool:
-    """Whether anything would run around these modules' forward that this loop would bypass."""
+def _hooked(state: list[dict[str, Any]]) -> bool:
+    """Whether anything would run around the modules' forward that this loop would bypass.
+
+    ``state``: the modules' instance dictionaries (``m.__dict__``), where ``register_forward_hook``
+    and accelerate's ``add_hook_to_module`` leave their marks; read with C-level iteration, since
+    this runs on every pass (about 30 us for SmolLM2's 395 modules, against 300 us as attribute reads).
+    """
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks or "_hf_hook" in m.__dict__ for m in modules)
+    return (
+        any(map(bool, map(itemgetter("_forward_hooks"), state)))
+        or any(map(bool, map(itemgetter("_forward_pre_hooks"), state)))
+        or any(map(contains, state, repeat("_hf_hook")))
+    )
 
 
 class FastDecoder:
@@ -57,7 +68,7 @@ class FastDecoder:
         self.skipper = skipper
         # the layers' submodules are read as transformers defines them (typed Any: nn.Module attributes)
         self.layers: list[Any] = list(cast(nn.ModuleList, decoder.layers))
-        self._modules = list(decoder.modules())
+        self._module_state = [m.__dict__ for m in decoder.modules()]
         model_type = getattr(self.config, "model_type", None)
         # what the modules pass the attention function besides the tensors (sdpa and ours ignore it;
         # eager implementations get it as the modules would give it)
@@ -102,7 +113,7 @@ class FastDecoder:
 
     def usable(self) -> bool:
         """No hooks on the decoder's modules now (checked every pass: hooks may come after the engine)."""
-        return not _hooked(self._modules)
+        return not _hooked(self._module_state)
 
     @torch.inference_mode()
     def __call__(

@@ -12,8 +12,9 @@
 //   * bfloat16 elementwise ops (residual adds, the q/k/v bias, rotary's products and sum, the norm's
 //     weight, the MLP's gate x up) compute in float32 and round to nearest even once per op, as
 //     PyTorch's CPU kernels do;
-//   * the RMSNorm's float32 squares are exact products; their mean is ATen's own `mean` (its
-//     reduction order is PyTorch's); 1 / sqrt(var + eps) is correctly rounded, as `rsqrt` is;
+//   * the RMSNorm's float32 squares are exact products; their mean is summed in the order of ATen's
+//     own `mean` (written out, and checked against it at first use; ATen's is called where they
+//     differ); 1 / sqrt(var + eps) is correctly rounded, as `rsqrt` is;
 //   * SiLU is ATen's own `silu`;
 //   * products and attention are swift's kernels, called directly (int4_amx.cpp, int8_amx.cpp,
 //     row_attention.cpp).
@@ -26,10 +27,13 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mean.h>
+#include <ATen/ops/randn.h>
 #include <ATen/ops/silu.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -63,19 +67,104 @@ void add_zero(bf16_t* h, int64_t n) {
   for (int64_t j = 0; j < n; j += 16) store16(h + j, _mm512_add_ps(load_bf16(h + j), _mm512_setzero_ps()));
 }
 
+// ATen's sum of n contiguous floats (cascade_sum's contiguous inner reduction in SumKernel.cpp:
+// `lanes`-wide vector accumulators, four of them interleaved, a cascade of levels for long rows,
+// the scalar tail, then the lanes in order, added onto the zero-filled output). Written out so that
+// a norm costs no ATen call; `reduction()` checks it against ATen at first use. (Rows shorter than
+// a vector take ATen's scalar path, not this: a norm's rows are multiples of 16.)
+float aten_row_sum(const float* x, int64_t n, int lanes) {
+  constexpr int ILP = 4, LEVELS = 4, MAX_LANES = 16;
+  float acc[LEVELS][ILP][MAX_LANES] = {};
+  const int64_t vectors = n / lanes, size = vectors / ILP;
+  const int64_t ceil_log2 = size <= 1 ? 0 : 64 - __builtin_clzll(static_cast<uint64_t>(size - 1));
+  const int64_t power = std::max<int64_t>(4, ceil_log2 / LEVELS), step = int64_t{1} << power, mask = step - 1;
+  auto add_vector = [&](float* into, int64_t v) {  // lane-wise float adds: any vector width gives the same bits
+    if (lanes == 16) {
+      _mm512_storeu_ps(into, _mm512_add_ps(_mm512_loadu_ps(into), _mm512_loadu_ps(x + v * 16)));
+    } else if (lanes == 8) {
+      _mm256_storeu_ps(into, _mm256_add_ps(_mm256_loadu_ps(into), _mm256_loadu_ps(x + v * 8)));
+    } else {
+      for (int l = 0; l < lanes; ++l) into[l] += x[v * lanes + l];
+    }
+  };
+  int64_t i = 0;
+  while (i + step <= size) {
+    for (int64_t j = 0; j < step; ++j, ++i)
+      for (int k = 0; k < ILP; ++k) add_vector(acc[0][k], i * ILP + k);
+    for (int j = 1; j < LEVELS; ++j) {
+      for (int k = 0; k < ILP; ++k)
+        for (int l = 0; l < lanes; ++l) {
+          acc[j][k][l] += acc[j - 1][k][l];
+          acc[j - 1][k][l] = 0.0f;
+        }
+      if ((i & (mask << (j * power))) != 0) break;
+    }
+  }
+  for (; i < size; ++i)
+    for (int k = 0; k < ILP; ++k) add_vector(acc[0][k], i * ILP + k);
+  for (int j = 1; j < LEVELS; ++j)
+    for (int k = 0; k < ILP; ++k)
+      for (int l = 0; l < lanes; ++l) acc[0][k][l] += acc[j][k][l];
+  for (int64_t v = size * ILP; v < vectors; ++v) add_vector(acc[0][0], v);
+  for (int k = 1; k < ILP; ++k)
+    for (int l = 0; l < lanes; ++l) acc[0][0][l] += acc[0][k][l];
+  float total = 0.0f;
+  for (int64_t k = vectors * lanes; k < n; ++k) total += x[k];
+  for (int l = 0; l < lanes; ++l) total += acc[0][0][l];
+  return 0.0f + total;
+}
+
+// How ATen's `mean` over a row of floats is computed here, found once by comparing with ATen itself:
+// the vector width of its sum (16 lanes on AVX-512 builds, 8 on AVX2) and whether it divides by n
+// or multiplies by 1 / n. lanes == 0: no match found, call ATen's `mean` (slower, same bits).
+struct Reduction {
+  int lanes = 0;
+  bool reciprocal = false;
+  float mean(const float* x, int64_t n) const {
+    const float sum = aten_row_sum(x, n, lanes);
+    return reciprocal ? sum * (1.0f / static_cast<float>(n)) : sum / static_cast<float>(n);
+  }
+};
+
+const Reduction& reduction() {
+  static const Reduction found = [] {
+    const int64_t widths[] = {576, 896, 2048, 4096, 8192, 100, 64, 24};  // n >= lanes: the vector path
+    std::vector<at::Tensor> rows;
+    for (int64_t n : widths) rows.push_back(at::randn({3, n}).square());  // squares, as the norm takes
+    for (int lanes : {16, 8})
+      for (bool reciprocal : {false, true}) {
+        const Reduction candidate{lanes, reciprocal};
+        bool same = true;
+        for (const at::Tensor& x : rows) {
+          const at::Tensor expected = at::mean(x, {-1});
+          for (int64_t r = 0; r < x.size(0) && same; ++r)
+            same = candidate.mean(x.const_data_ptr<float>() + r * x.size(1), x.size(1)) ==
+                   expected.const_data_ptr<float>()[r];
+        }
+        if (same) return candidate;
+      }
+    return Reduction{};
+  }();
+  return found;
+}
+
 // The llama RMSNorm of `hidden` [q, H]: weight * (h * rsqrt(mean(h^2) + eps)).to(bfloat16), h in float32
 at::Tensor rms_norm(const at::Tensor& hidden, const at::Tensor& weight, double eps) {
   const int64_t q = hidden.size(0), H = hidden.size(1);
   const auto* x = reinterpret_cast<const bf16_t*>(hidden.const_data_ptr());
   const auto* w = reinterpret_cast<const bf16_t*>(weight.const_data_ptr());
-  at::Tensor squares = at::empty({q, H}, hidden.options().dtype(at::kFloat));
-  float* sq = squares.data_ptr<float>();
+  std::vector<float> sq(q * H), var(q);
   for (int64_t j = 0; j < q * H; j += 16) {
     const __m512 h = load_bf16(x + j);
-    _mm512_storeu_ps(sq + j, _mm512_mul_ps(h, h));
+    _mm512_storeu_ps(sq.data() + j, _mm512_mul_ps(h, h));
   }
-  const at::Tensor mean = at::mean(squares, {-1}, /*keepdim=*/true);  // ATen's reduction order
-  const float* var = mean.const_data_ptr<float>();
+  const Reduction& sum = reduction();
+  if (sum.lanes > 0) {
+    for (int64_t r = 0; r < q; ++r) var[r] = sum.mean(sq.data() + r * H, H);
+  } else {  // ATen's own
+    const at::Tensor mean = at::mean(at::from_blob(sq.data(), {q, H}, at::kFloat), {-1});
+    std::memcpy(var.data(), mean.const_data_ptr<float>(), q * sizeof(float));
+  }
   at::Tensor out = at::empty({q, H}, hidden.options());
   auto* o = reinterpret_cast<bf16_t*>(out.data_ptr());
   const float feps = static_cast<float>(eps);
@@ -131,6 +220,18 @@ at::Tensor rotate_and_cache(const at::Tensor& y, const bf16_t* cos, const bf16_t
 }
 
 }  // namespace
+
+// The llama RMSNorm as the decoder layers compute it (for tests: bitwise the modules' formula).
+at::Tensor rms_norm_op(const at::Tensor& hidden, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(hidden.dim() == 2 && hidden.scalar_type() == at::kBFloat16 && hidden.is_contiguous() &&
+                  hidden.size(1) % 16 == 0 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
+                  weight.numel() == hidden.size(1),
+              "swift_kernels::rms_norm: hidden [q, H] and weight [H] bfloat16, H a multiple of 16");
+  return rms_norm(hidden, weight, eps);
+}
+
+// The vector width of ATen's float sum as written out here (16 or 8), 0 where ATen's is called instead.
+int64_t mean_lanes() { return reduction().lanes; }
 
 at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
                           at::TensorList norm_weights, at::ArrayRef<double> norm_eps, at::TensorList weights,

@@ -21,6 +21,8 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
                           at::IntArrayRef lengths, c10::List<bool> skip_attention, c10::List<bool> skip_mlp,
                           int64_t q_heads, int64_t kv_heads, int64_t head_dim, double scaling, int64_t kind,
                           int64_t group, const at::Tensor& rows_index, at::TensorList rows_lengths);
+at::Tensor rms_norm_op(const at::Tensor& hidden, const at::Tensor& weight, double eps);
+int64_t mean_lanes();
 
 bool amx_granted() {
   static const bool granted = [] {
@@ -44,11 +46,16 @@ TORCH_LIBRARY(swift_kernels, m) {
   m.def("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor");
   m.def(DECODER_LAYERS_SCHEMA);
+  m.def("rms_norm(Tensor hidden, Tensor weight, float eps) -> Tensor");
+  m.def("mean_lanes() -> int");
 }
+
+TORCH_LIBRARY_IMPL(swift_kernels, CatchAll, m) { m.impl("mean_lanes", &swift_kernels::mean_lanes); }
 
 TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
   m.impl("int4_mm_amx", &swift_kernels::int4_mm_amx);
   m.impl("int8_mm_amx", &swift_kernels::int8_mm_amx);
   m.impl("rows_attention", &swift_kernels::rows_attention);
   m.impl("decoder_layers", &swift_kernels::decoder_layers);
+  m.impl("rms_norm", &swift_kernels::rms_norm_op);
 }

@@ -53,10 +53,9 @@ inline __m512 exp_ps(__m512 x) {
 
 inline __m512 bf16x16(const bf16_t* p) { return load_bf16(p); }
 
-// One query's output over its keys `scores[0..n)` (already gathered in the row's key order):
-// softmax in float32, then the weighted sum of the values rows `values[idx[j]]`, into `out` (dv).
-void softmax_values(float* scores, int n, float scale, const bf16_t* values, int64_t vstride, const int32_t* idx,
-                    int dv, bf16_t* out) {
+// One query's softmax over its scores `scores[0..n)` (already gathered in the row's key order), in
+// float32 and in place: scale, max, exp; returns 1 / (the sum of the exps).
+float softmax(float* scores, int n, float scale) {
   const __m512 vscale = _mm512_set1_ps(scale);
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   int j = 0;
@@ -83,19 +82,60 @@ void softmax_values(float* scores, int n, float scale, const bf16_t* values, int
     _mm512_mask_storeu_ps(scores + j, tail, p);
     vsum = _mm512_mask_add_ps(vsum, tail, vsum, p);
   }
-  const float inv = 1.0f / _mm512_reduce_add_ps(vsum);
+  return 1.0f / _mm512_reduce_add_ps(vsum);
+}
+
+// The outputs (dv = 16 CH) of NG query heads that share a key head and a row, hence its keys: per
+// head, sum_j p[j] * values[idx[j]] in float32, in j order, times 1 / sum. Each value row is read and
+// converted once for the NG heads; every head's sequence of operations is the one-head loop's.
+template <int CH, int NG>
+void weighted_values(const float* const* p, int n, const bf16_t* values, int64_t vstride, const int32_t* idx,
+                     const float* inv, bf16_t* const* out) {
+  __m512 acc[NG][CH];
+  for (int g = 0; g < NG; ++g)
+    for (int c = 0; c < CH; ++c) acc[g][c] = _mm512_setzero_ps();
+  for (int j = 0; j < n; ++j) {
+    const bf16_t* v = values + idx[j] * vstride;
+    __m512 row[CH];
+    for (int c = 0; c < CH; ++c) row[c] = bf16x16(v + 16 * c);
+    for (int g = 0; g < NG; ++g) {
+      const __m512 pj = _mm512_set1_ps(p[g][j]);
+      for (int c = 0; c < CH; ++c) acc[g][c] = _mm512_fmadd_ps(pj, row[c], acc[g][c]);
+    }
+  }
+  for (int g = 0; g < NG; ++g)
+    for (int c = 0; c < CH; ++c)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[g] + 16 * c),
+                          to_bf16(_mm512_mul_ps(acc[g][c], _mm512_set1_ps(inv[g]))));
+}
+
+// One head's output for any dv (a multiple of 16 up to 256): the same operations, one head at a time.
+void weighted_values_any(const float* p, int n, const bf16_t* values, int64_t vstride, const int32_t* idx, int dv,
+                         float inv, bf16_t* out) {
   constexpr int MAX_DV = 256;
   __m512 acc[MAX_DV / 16];
   const int chunks = dv / 16;
   for (int c = 0; c < chunks; ++c) acc[c] = _mm512_setzero_ps();
-  for (j = 0; j < n; ++j) {
-    const __m512 p = _mm512_set1_ps(scores[j]);
+  for (int j = 0; j < n; ++j) {
+    const __m512 pj = _mm512_set1_ps(p[j]);
     const bf16_t* v = values + idx[j] * vstride;
-    for (int c = 0; c < chunks; ++c) acc[c] = _mm512_fmadd_ps(p, bf16x16(v + 16 * c), acc[c]);
+    for (int c = 0; c < chunks; ++c) acc[c] = _mm512_fmadd_ps(pj, bf16x16(v + 16 * c), acc[c]);
   }
-  const __m512 vinv = _mm512_set1_ps(inv);
   for (int c = 0; c < chunks; ++c)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c), to_bf16(_mm512_mul_ps(acc[c], vinv)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c), to_bf16(_mm512_mul_ps(acc[c], _mm512_set1_ps(inv))));
+}
+
+// The G heads of one row and key head: values shared by up to 4 (dv 64) or 2 (dv 128) heads per pass.
+void heads_values(const float* const* p, int G, int n, const bf16_t* values, int64_t vstride, const int32_t* idx,
+                  int dv, const float* inv, bf16_t* const* out) {
+  int g = 0;
+  if (dv == 64) {
+    for (; g + 4 <= G; g += 4) weighted_values<4, 4>(p + g, n, values, vstride, idx, inv + g, out + g);
+    for (; g + 2 <= G; g += 2) weighted_values<4, 2>(p + g, n, values, vstride, idx, inv + g, out + g);
+  } else if (dv == 128) {
+    for (; g + 2 <= G; g += 2) weighted_values<8, 2>(p + g, n, values, vstride, idx, inv + g, out + g);
+  }
+  for (; g < G; ++g) weighted_values_any(p[g], n, values, vstride, idx, dv, inv[g], out[g]);
 }
 
 }  // namespace
@@ -187,18 +227,25 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
     _tile_release();
   });
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, static_cast<int64_t>(R) * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(L);
+  at::parallel_for(0, static_cast<int64_t>(R) * KVH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows(static_cast<size_t>(G) * L);
     std::vector<int32_t> keys(L);
+    std::vector<const float*> probs(G);
+    std::vector<bf16_t*> outs(G);
+    std::vector<float> inv(G);
     for (int64_t item = begin; item < end; ++item) {
-      const int r = static_cast<int>(item / H), head = static_cast<int>(item % H), h = head / G;
-      const int col = r * G + head % G, n = len[r];
-      const float* s = scores.data() + (static_cast<size_t>(h) * cols + col) * blocks * 16;
-      for (int j = 0; j < n; ++j) {
-        keys[j] = idx[r * L + j];
-        row[j] = s[keys[j] - lo];
+      const int r = static_cast<int>(item / KVH), h = static_cast<int>(item % KVH), n = len[r];
+      for (int j = 0; j < n; ++j) keys[j] = idx[r * L + j];
+      for (int g = 0; g < G; ++g) {  // query head h * G + g: its scores in the row's key order, softmaxed
+        const int col = r * G + g;
+        const float* s = scores.data() + (static_cast<size_t>(h) * cols + col) * blocks * 16;
+        float* row = rows.data() + static_cast<size_t>(g) * L;
+        for (int j = 0; j < n; ++j) row[j] = s[keys[j] - lo];
+        inv[g] = softmax(row, n, fscale);
+        probs[g] = row;
+        outs[g] = o + (static_cast<int64_t>(r) * H + h * G + g) * dv;
       }
-      softmax_values(row.data(), n, fscale, v + h * vs0, vs1, keys.data(), dv, o + (static_cast<int64_t>(r) * H + head) * dv);
+      heads_values(probs.data(), G, n, v + h * vs0, vs1, keys.data(), dv, inv.data(), outs.data());
     }
   });
   return out;
