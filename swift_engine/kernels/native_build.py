@@ -60,8 +60,10 @@ DECODER_LAYERS_SCHEMA = (
     "int group, Tensor rows_index, Tensor[] rows_lengths) -> Tensor"
 )
 #: what the kernel's instructions need from the CPU (``/proc/cpuinfo`` names)
-REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
-_ARCH_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "avx512_bf16", "amx_tile", "amx_bf16")
+_ARCH_FLAGS = [
+    "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"
+]  # fmt: skip
 
 
 @dataclass(frozen=True)

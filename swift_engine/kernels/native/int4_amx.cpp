@@ -43,16 +43,16 @@ namespace {
 constexpr int BLOCK_N = 64;     // output columns per work item: aten's packing block
 constexpr int MAX_GROUP = 256;  // largest quantization group taken
 
-// The scales and zeros of a group for COLS x 16 columns: scale[c], zero[c] as float32 vectors.
+// The scales and zeros of a group for COLS x 16 columns: scale[c], zero[c] as float32 vectors. A
+// column's (scale, zero) bfloat16 pair is one 32-bit word: the scale is its low half moved up, the
+// zero its high half kept -- one load and two bit operations per 16 columns.
 template <int COLS>
 inline void load_scales(const bf16_t* sz, __m512* scale, __m512* zero) {
-  static const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  static const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int c = 0; c < COLS; ++c) {
-    __m512 a = load_bf16(sz + 32 * c);
-    __m512 b = load_bf16(sz + 32 * c + 16);
-    scale[c] = _mm512_permutex2var_ps(a, even, b);
-    zero[c] = _mm512_permutex2var_ps(a, odd, b);
+    const __m512i pairs = _mm512_loadu_si512(sz + 32 * c);
+    scale[c] = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+    zero[c] = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
   }
 }
 
@@ -62,28 +62,35 @@ inline void load_scales(const bf16_t* sz, __m512* scale, __m512* zero) {
 constexpr uint16_t CODE_BASE = 0x4300;  // bfloat16 bits of 128.0
 constexpr float ZERO_SHIFT = 136.0f;    // 128 + the codes' offset of 8
 
-// 32 bytes of (input k, input k+1) code pairs for 16 columns -> one B-tile row of bfloat16 128 + q
-// (low nibbles) and another (high nibbles).
-inline void pairs_to_rows(__m256i pairs, bf16_t* low_row, bf16_t* high_row) {
-  const __m512i words = _mm512_cvtepu8_epi16(pairs);
-  const __m512i base = _mm512_set1_epi16(static_cast<short>(CODE_BASE));
-  // (words & 0xF) | base, as one ternary-logic op: A = words, B = 0xF, C = base -> (A & B) | C
-  _mm512_store_si512(reinterpret_cast<__m512i*>(low_row),
-                     _mm512_ternarylogic_epi32(words, _mm512_set1_epi16(0xF), base, 0xEA));
-  _mm512_store_si512(reinterpret_cast<__m512i*>(high_row), _mm512_or_si512(_mm512_srli_epi16(words, 4), base));
+// Byte indices that gather, for one B-tile row of 16 columns, each column's code of input k (from
+// the first 32 bytes of a 64-byte load: input rows k, k + 1 of the block) and of input k + 1 (the
+// next 32 bytes) into the low bytes of the row's (k, k + 1) word pairs: column tile t takes bytes
+// 16 (t % 2) .. + 15 (t / 2: the high nibbles, from the load shifted right by 4).
+inline __m512i pair_index(int half) {
+  alignas(64) uint8_t index[64];
+  for (int c = 0; c < 16; ++c) {
+    index[4 * c] = static_cast<uint8_t>(16 * half + c);
+    index[4 * c + 2] = static_cast<uint8_t>(32 + 16 * half + c);
+    index[4 * c + 1] = index[4 * c + 3] = 0;  // high bytes: replaced by CODE_BASE's
+  }
+  return _mm512_load_si512(index);
 }
 
 // One tile step (TILE_K inputs) of a 64-column block as B tiles ([4][16 pairs][16 columns][2]).
-// In aten's packing, byte j of input row k holds column j (low nibble) and j + 32 (high nibble):
-// interleaving rows k and k + 1 byte by byte gives every column's pair side by side.
+// In aten's packing, byte j of input row k holds column j (low nibble) and j + 32 (high nibble);
+// rows k and k + 1 are 64 consecutive bytes: one load, one shift for the high nibbles, and per
+// column tile one byte permutation and one ternary-logic op ((x & 0xF) | 0x4300 per word).
 inline void block_codes(const uint8_t* b, bf16_t* tiles) {
+  static const __m512i first = pair_index(0), second = pair_index(1);
+  const __m512i nibble = _mm512_set1_epi16(0xF), base = _mm512_set1_epi16(static_cast<short>(CODE_BASE));
   for (int kp = 0; kp < TILE_K / 2; ++kp) {
-    __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (2 * kp) * 32));
-    __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (2 * kp + 1) * 32));
-    __m256i lo = _mm256_unpacklo_epi8(r0, r1);  // columns 0-7 ; 16-23  (and +32 in the high nibbles)
-    __m256i hi = _mm256_unpackhi_epi8(r0, r1);  // columns 8-15 ; 24-31
-    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x20), tiles + kp * 32, tiles + 1024 + kp * 32);
-    pairs_to_rows(_mm256_permute2x128_si256(lo, hi, 0x31), tiles + 512 + kp * 32, tiles + 1536 + kp * 32);
+    const __m512i low = _mm512_loadu_si512(b + kp * 64);
+    const __m512i high = _mm512_srli_epi16(low, 4);  // each byte's high nibble in its low 4 bits
+    bf16_t* row = tiles + kp * 32;
+    _mm512_store_si512(row, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(first, low), nibble, base, 0xEA));
+    _mm512_store_si512(row + 512, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(second, low), nibble, base, 0xEA));
+    _mm512_store_si512(row + 1024, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(first, high), nibble, base, 0xEA));
+    _mm512_store_si512(row + 1536, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(second, high), nibble, base, 0xEA));
   }
 }
 
@@ -113,7 +120,7 @@ inline void configure_tiles(int rows, int& configured) {
   TileConfig cfg;
   for (int t = 0; t < 4; ++t) { cfg.rows[t] = static_cast<uint8_t>(rows); cfg.colsb[t] = 64; }  // C: rows x 16 fp32
   cfg.rows[4] = static_cast<uint8_t>(rows); cfg.colsb[4] = 64;                                    // A: rows x 32 bf16
-  cfg.rows[5] = cfg.rows[6] = 16; cfg.colsb[5] = cfg.colsb[6] = 64;                               // B: 16 pairs x 16
+  for (int t = 5; t < 8; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }                            // B: 16 pairs x 16
   _tile_loadconfig(&cfg);
   configured = rows;
 }
@@ -125,17 +132,52 @@ inline float row_sum(const bf16_t* a, int count) {
   return _mm512_reduce_add_ps(acc);
 }
 
-template <int COLS>
+// A 64-column block (COLS x 16 of it) of `rows` rows: per group, its tile sums, then
+// acc = acc + part * s, acc = acc + sum(a) * (z - 136 s), group after group. REG_ROWS > 0: the
+// block's running sums stay in registers (rows == REG_ROWS <= 4) rather than going through memory
+// every group -- the same operations in the same order, hence the same bits.
+template <int COLS, int REG_ROWS>
 void tile_amx(const bf16_t* a, int lda, int rows, const float* sums, const uint8_t* b, const bf16_t* sz, int ldsz,
               bf16_t* out, int ldc, int K, int group, int& configured) {
   alignas(64) bf16_t tiles[4 * 512];
-  alignas(64) float part[AMX_ROWS * BLOCK_N];  // one group's tile sums, [rows][64]
-  alignas(64) float acc[AMX_ROWS * BLOCK_N];   // the running output, [rows][64]
+  alignas(64) float parts[2][AMX_ROWS * BLOCK_N];  // two groups' tile sums, [rows][64] each
+  alignas(64) float acc[AMX_ROWS * BLOCK_N];       // the running output, [rows][64] (REG_ROWS == 0)
+  __m512 reg[REG_ROWS > 0 ? REG_ROWS : 1][COLS];
   configure_tiles(rows, configured);
-  for (int i = 0; i < rows * BLOCK_N; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
-  __m512 scale[COLS], zero[COLS];
+  if constexpr (REG_ROWS > 0) {
+    for (int r = 0; r < REG_ROWS; ++r)
+      for (int c = 0; c < COLS; ++c) reg[r][c] = _mm512_setzero_ps();
+  } else {
+    for (int i = 0; i < rows * BLOCK_N; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
+  }
   const int row_bytes = COLS * 8;
-  for (int g = 0; g < K / group; ++g) {
+  const int groups = K / group;
+  // group g's tile sums into the running output:
+  //   sum_k a (q - 8) s + a z  =  s * sum_k a (128 + q)  +  (z - 136 s) * sum_k a
+  auto add_group = [&](int g, const float* part) {
+    __m512 scale[COLS], zero[COLS];
+    load_scales<COLS>(sz + g * ldsz, scale, zero);
+    for (int c = 0; c < COLS; ++c) zero[c] = _mm512_fnmadd_ps(_mm512_set1_ps(ZERO_SHIFT), scale[c], zero[c]);
+    if constexpr (REG_ROWS > 0) {
+      for (int r = 0; r < REG_ROWS; ++r) {
+        const __m512 total = _mm512_set1_ps(sums[r * groups + g]);
+        for (int c = 0; c < COLS; ++c) {
+          const __m512 v = _mm512_fmadd_ps(_mm512_load_ps(part + r * BLOCK_N + 16 * c), scale[c], reg[r][c]);
+          reg[r][c] = _mm512_fmadd_ps(total, zero[c], v);
+        }
+      }
+    } else {
+      for (int r = 0; r < rows; ++r) {
+        const __m512 total = _mm512_set1_ps(sums[r * groups + g]);
+        for (int c = 0; c < COLS; ++c) {
+          float* o = acc + r * BLOCK_N + 16 * c;
+          const __m512 v = _mm512_fmadd_ps(_mm512_load_ps(part + r * BLOCK_N + 16 * c), scale[c], _mm512_load_ps(o));
+          _mm512_store_ps(o, _mm512_fmadd_ps(total, zero[c], v));
+        }
+      }
+    }
+  };
+  for (int g = 0; g < groups; ++g) {
     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
     for (int k0 = g * group; k0 < (g + 1) * group; k0 += TILE_K) {
       // the tile step after next: the weights stream from memory, a step's compute hides its fetch
@@ -148,29 +190,40 @@ void tile_amx(const bf16_t* a, int lda, int rows, const float* sums, const uint8
       _tile_loadd(5, tiles, 64);
       _tile_dpbf16ps(0, 4, 5);
       if constexpr (COLS > 1) { _tile_loadd(6, tiles + 512, 64); _tile_dpbf16ps(1, 4, 6); }
-      if constexpr (COLS > 2) { _tile_loadd(5, tiles + 1024, 64); _tile_dpbf16ps(2, 4, 5); }
-      if constexpr (COLS > 3) { _tile_loadd(6, tiles + 1536, 64); _tile_dpbf16ps(3, 4, 6); }
+      if constexpr (COLS > 2) { _tile_loadd(7, tiles + 1024, 64); _tile_dpbf16ps(2, 4, 7); }
+      if constexpr (COLS > 3) { _tile_loadd(5, tiles + 1536, 64); _tile_dpbf16ps(3, 4, 5); }
     }
+    // the last group's sums, written a group ago, are read only now: its tile stores have landed
+    // while this group's codes were unpacked, so the reads do not wait on them
+    if (g > 0) add_group(g - 1, parts[(g - 1) & 1]);
+    float* part = parts[g & 1];
     _tile_stored(0, part, BLOCK_N * 4);
     if constexpr (COLS > 1) _tile_stored(1, part + 16, BLOCK_N * 4);
     if constexpr (COLS > 2) _tile_stored(2, part + 32, BLOCK_N * 4);
     if constexpr (COLS > 3) _tile_stored(3, part + 48, BLOCK_N * 4);
-    load_scales<COLS>(sz + g * ldsz, scale, zero);
-    // sum_k a (q - 8) s + a z  =  s * sum_k a (128 + q)  +  (z - 136 s) * sum_k a
-    for (int c = 0; c < COLS; ++c) zero[c] = _mm512_fnmadd_ps(_mm512_set1_ps(ZERO_SHIFT), scale[c], zero[c]);
-    for (int r = 0; r < rows; ++r) {
-      const __m512 total = _mm512_set1_ps(sums[r * (K / group) + g]);
-      for (int c = 0; c < COLS; ++c) {
-        float* o = acc + r * BLOCK_N + 16 * c;
-        __m512 v = _mm512_fmadd_ps(_mm512_load_ps(part + r * BLOCK_N + 16 * c), scale[c], _mm512_load_ps(o));
-        _mm512_store_ps(o, _mm512_fmadd_ps(total, zero[c], v));
-      }
-    }
   }
+  add_group(groups - 1, parts[(groups - 1) & 1]);
   for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < COLS; ++c)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * ldc + 16 * c),
-                          to_bf16(_mm512_load_ps(acc + r * BLOCK_N + 16 * c)));
+    for (int c = 0; c < COLS; ++c) {
+      __m512 v;
+      if constexpr (REG_ROWS > 0) v = reg[r][c];
+      else v = _mm512_load_ps(acc + r * BLOCK_N + 16 * c);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * ldc + 16 * c), to_bf16(v));
+    }
+}
+
+// tile_amx for a block of `cols` (16..64) columns and `rows` rows: registers for the running sums
+// where the rows fit them
+template <int COLS>
+void tile_any_rows(const bf16_t* a, int lda, int rows, const float* sums, const uint8_t* b, const bf16_t* sz,
+                   int ldsz, bf16_t* out, int ldc, int K, int group, int& configured) {
+  switch (rows) {
+    case 1: tile_amx<COLS, 1>(a, lda, rows, sums, b, sz, ldsz, out, ldc, K, group, configured); break;
+    case 2: tile_amx<COLS, 2>(a, lda, rows, sums, b, sz, ldsz, out, ldc, K, group, configured); break;
+    case 3: tile_amx<COLS, 3>(a, lda, rows, sums, b, sz, ldsz, out, ldc, K, group, configured); break;
+    case 4: tile_amx<COLS, 4>(a, lda, rows, sums, b, sz, ldsz, out, ldc, K, group, configured); break;
+    default: tile_amx<COLS, 0>(a, lda, rows, sums, b, sz, ldsz, out, ldc, K, group, configured); break;
+  }
 }
 
 }  // namespace
@@ -214,10 +267,10 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
       const int ldsz = static_cast<int>(N * 2);
       const float* rs = sums + m0 * groups;
       switch (cols / 16) {
-        case 4: tile_amx<4>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
-        case 3: tile_amx<3>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
-        case 2: tile_amx<2>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
-        default: tile_amx<1>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
+        case 4: tile_any_rows<4>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
+        case 3: tile_any_rows<3>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
+        case 2: tile_any_rows<2>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
+        default: tile_any_rows<1>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
       }
     }
     _tile_release();
