@@ -234,7 +234,7 @@ def test_a_failed_compile_is_one_clear_error_remembered_until_forced(tmp_path, m
 
     monkeypatch.setenv("SWIFT_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setattr(nb, "_compiler", lambda: "c++")
-    monkeypatch.setattr(nb, "_command", lambda compiler, out: ["c++", "--no-such-option"])
+    monkeypatch.setattr(nb, "_commands", lambda compiler, out: ([["c++", "--no-such-option"]], ["c++"]))
     with pytest.raises(RuntimeError, match="compiling the kernels failed"):
         nb.build()
     runs: list[object] = []

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,16 +102,30 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
-def _command(compiler: str, out: Path) -> list[str]:
+def _commands(compiler: str, out: Path) -> tuple[list[list[str]], list[str]]:
+    """The compile jobs (one per source, into objects beside ``out``; run in parallel) and the link into ``out``."""
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [
-        compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", *_ARCH_FLAGS,
-        f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
+    flags = [
+        "-O3", "-std=c++20", "-fPIC", "-fopenmp", *_ARCH_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
         f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-        *map(str, SOURCES), "-o", str(out),
+    ]  # fmt: skip
+    objects = [out.with_name(f"{source.stem}.o") for source in SOURCES]
+    jobs = [[compiler, *flags, "-c", str(source), "-o", str(obj)] for source, obj in zip(SOURCES, objects, strict=True)]
+    link = [
+        compiler, "-shared", "-fopenmp", *map(str, objects), "-o", str(out),
         f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}",
     ]  # fmt: skip
+    return jobs, link
+
+
+def _run_build(compiler: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """Compile the sources (as many at once as there are CPUs), then link; the first failure's result."""
+    jobs, link = _commands(compiler, out)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        done = list(pool.map(lambda job: subprocess.run(job, capture_output=True, text=True, check=False), jobs))
+    failed = [d for d in done if d.returncode != 0]
+    return failed[0] if failed else subprocess.run(link, capture_output=True, text=True, check=False)
 
 
 def library_path(compiler: str | None = None) -> Path:
@@ -118,7 +133,8 @@ def library_path(compiler: str | None = None) -> Path:
     key = hashlib.sha256()
     for source in (*SOURCES, NATIVE / "tiles.h"):
         key.update(source.read_bytes())
-    key.update(" ".join(_command(compiler or "c++", Path("x"))).encode())
+    jobs, link = _commands(compiler or "c++", Path("x"))
+    key.update(" ".join(" ".join(command) for command in (*jobs, link)).encode())
     key.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
     return cache_dir() / f"swift_kernels-{key.hexdigest()[:16]}.so"
 
@@ -142,7 +158,7 @@ def build(force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        done = subprocess.run(_command(compiler, out), capture_output=True, text=True, check=False)
+        done = _run_build(compiler, out)
         if done.returncode != 0:
             reason = f"compiling the kernels failed: {done.stderr.strip()[-400:]}"
             with contextlib.suppress(OSError):
