@@ -52,13 +52,20 @@ def _schemas() -> st.SearchStrategy[dict]:
 
 
 def _min_chars(schema: dict) -> int:
-    """About the fewest characters a value of ``schema`` has (the closing's budget is 4096 tokens)."""
+    """About the most characters the closer writes for a value of ``schema`` (its budget is 4096 tokens).
+
+    An object's properties come in declaration order (xgrammar's JSON grammar), and the closer, which
+    cannot look ahead, writes the optional ones before the last required one too.
+    """
     if schema.get("type") == "string":
         return schema.get("minLength", 0) + 2
     if schema.get("type") == "array":
         return 2 + schema.get("minItems", 0) * (_min_chars(schema["items"]) + 2)
     if schema.get("type") == "object":
-        return 2 + sum(len(k) + 4 + _min_chars(schema["properties"][k]) for k in schema.get("required", []))
+        keys = list(schema["properties"])
+        required = schema.get("required", [])
+        last = max((keys.index(k) for k in required), default=-1)
+        return 2 + sum(len(k) + 4 + _min_chars(schema["properties"][k]) for k in keys[: last + 1])
     return 5
 
 
