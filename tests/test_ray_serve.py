@@ -112,7 +112,7 @@ def _generate_one_thread(engine: SwiftEngine, question: str, max_tokens: int) ->
 def _settings(**changes: Any) -> ReplicaSettings:
     """2 one-thread replicas of the embedded model, configured like the reference engine."""
     base: dict[str, Any] = dict(
-        device="cpu", dtype=DTYPE, api_key=KEY, replicas=2, replica_cpus=1, threads=1, config=CONFIG
+        device="cpu", dtype=DTYPE, api_key=KEY, replicas=2, replica_cpus=1, threads=1, config=CONFIG, model_name="swift"
     )
     return ReplicaSettings(**{**base, **changes})
 

@@ -372,6 +372,24 @@ def test_not_found_is_openai_shaped(base):
     _error(httpx.get(base + "/v1/nothing", headers=_auth()), 404)
 
 
+def test_a_model_the_server_does_not_serve_is_404_model_not_found(smol, client):
+    """A client asking for ``gpt-4o`` got Qwen's answer with a 200: a request's ``model`` must be one the
+    server serves (its id, its aliases, or the engine's own name), else 404 in OpenAI's shape."""
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=4)
+    assert info.value.status_code == 404 and info.value.body["code"] == "model_not_found"
+    assert "'smol'" in info.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hi", max_tokens=4)
+    own = client.chat.completions.create(model=str(smol.model_name), messages=HELLO, max_tokens=4, temperature=0)
+    assert own.model == "smol"  # answered, under the served id
+    with running(create_app(smol, model_name=["swift-chat", "alias"])) as url:
+        ask = {"messages": HELLO, "max_tokens": 2}
+        assert httpx.post(url + "/v1/chat/completions", json={**ask, "model": "alias"}).json()["model"] == "swift-chat"
+        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "swift-chat"
+        _error(httpx.post(url + "/v1/chat/completions", json={**ask, "model": "smol"}), 404)
+
+
 def test_timeout_is_504(smol):
     with running(create_app(smol, request_timeout=0.001)) as url:
         err = _error(httpx.post(url + "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 8}), 504)
@@ -423,7 +441,7 @@ def test_load_benchmark_client_measures_a_real_server(smol, monkeypatch):
     """swift-bench --serve's client (serve_bench.run_level) against this module's kind of server."""
     from swift_integrations.bench import serve as serve_bench
 
-    app = create_app(smol, api_key=serve_bench.KEY, max_queue=8, request_timeout=300)
+    app = create_app(smol, api_key=serve_bench.KEY, max_queue=8, request_timeout=300, model_name="swift")
     with running(app) as url:
         reference = {0: smol.generate([{"role": "user", "content": serve_bench.QUESTIONS[0]}], max_new_tokens=8).text}
         level = serve_bench.run_level(url, 2, 4, 8, reference)

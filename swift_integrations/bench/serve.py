@@ -69,7 +69,9 @@ class Server:
         env = {**os.environ, **(env or {}), "SWIFT_API_KEY": KEY}
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in __exit__
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swift_integrations.serve", "--port", str(self.port), *flags],
+            # requests name the model "swift" (a server answers only the names it serves)
+            [sys.executable, "-m", "swift_integrations.serve", "--port", str(self.port), *flags]
+            + ([] if "--served-model-name" in flags else ["--served-model-name", "swift"]),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -32,6 +32,14 @@ def serve(
         float, typer.Option("--request-timeout", min=0.001, help="Seconds one generation may take.")
     ] = 300.0,
     profile_dir: ProfileDirOpt = None,
+    served_model_name: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--served-model-name",
+            "--model-name",
+            help="The model id clients see and send (default: --model); repeat it for aliases, as vLLM's flag.",
+        ),
+    ] = None,
     tool_followup: Annotated[
         str,
         typer.Option(
@@ -85,5 +93,6 @@ def serve(
             max_queue=max_queue,
             request_timeout=request_timeout,
             profile_dir=None if profile_dir is None else str(profile_dir),
+            model_name=served_model_name or None,
             tool_followup=tool_followup,
         )

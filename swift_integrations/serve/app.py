@@ -24,6 +24,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from swift_integrations.serve.admission import Slot, Slots
@@ -114,13 +115,24 @@ async def read_json(request: "Request", max_body_bytes: int) -> dict[str, Any]:
     return parse_body(bytes(data))
 
 
+def check_model(asked: Any, name: str, served: frozenset[str]) -> None:
+    """A request's ``model``: one this server serves, else 404 in OpenAI's shape (non-strings are 400s later)."""
+    if isinstance(asked, str) and asked not in served:
+        raise APIError(
+            404,
+            f"The model '{asked}' does not exist here: this server serves '{name}' (GET /v1/models lists it)",
+            param="model",
+            code="model_not_found",
+        )
+
+
 def create_app(
     engine: "SwiftEngine",
     *,
     api_key: str | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-    model_name: str | None = None,
+    model_name: str | Sequence[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     tool_followup: "ToolFollowup" = "auto",
 ) -> "FastAPI":
@@ -129,7 +141,10 @@ def create_app(
     ``api_key``: required as ``Authorization: Bearer <key>`` on ``/v1`` (``/health`` stays open,
     for load balancers). ``max_queue``: requests admitted at once, 429 past it.
     ``request_timeout``: seconds a generation may take (504, or an error event mid-stream).
-    ``model_name``: the id ``/v1/models`` lists and responses carry (default: the engine's).
+    ``model_name``: the id ``/v1/models`` lists and responses carry (default: the engine's); several
+    names (vLLM's ``--served-model-name``): the first is the id, the others are aliases. A request's
+    ``model`` must be one of them or the engine's own name, else 404 ``model_not_found`` (a client
+    asking for ``gpt-4o`` must not get another model's answer); a request without one is served.
     ``max_body_bytes``: larger request bodies get 413. ``tool_followup``: what the model is asked
     after tool results (:mod:`swift_integrations.tool_followup`; ``"auto"``: as the catalog measured
     for the model).
@@ -139,7 +154,10 @@ def create_app(
 
     if max_queue < 1:
         raise ValueError(f"max_queue must be at least 1, got {max_queue!r}")
-    name = model_name or str(getattr(engine, "model_name", None) or "swift")
+    own = str(getattr(engine, "model_name", None) or "swift")
+    names = [model_name] if isinstance(model_name, str) else list(model_name or [])
+    name = names[0] if names else own
+    served = frozenset([*names, own])
     slots = Slots(max_queue)
     created = int(time.time())
     app = FastAPI(title="swift-accel", docs_url=None, redoc_url=None, openapi_url=None)
@@ -169,6 +187,7 @@ def create_app(
 
         check_key(request, api_key)
         body = await read_json(request, max_body_bytes)
+        check_model(body.get("model"), name, served)
         stream, include_usage = stream_options(body)
         header = request.headers.get("x-swift-step")
         slot = slots.take()

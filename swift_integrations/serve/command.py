@@ -37,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, help="seconds a generation may take"
     )
-    p.add_argument("--model-name", default=None, help="the model id clients see (default: the model's name)")
+    p.add_argument(
+        "--served-model-name",
+        "--model-name",
+        dest="model_name",
+        nargs="+",
+        default=None,
+        help="the model id clients see and send (default: --model); more names are aliases, as vLLM's flag",
+    )
     p.add_argument("--profile-dir", default=None, help="the profile store directory (default: the user cache)")
     p.add_argument(
         "--tool-followup",
@@ -73,7 +80,7 @@ def serve(
     api_key: str | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-    model_name: str | None = None,
+    model_name: str | Sequence[str] | None = None,
     profile_dir: str | None = None,
     tool_followup: "ToolFollowup" = "auto",
 ) -> None:
@@ -109,7 +116,7 @@ def serve(
         api_key=key,
         max_queue=max_queue,
         request_timeout=request_timeout,
-        model_name=model_name or model,
+        model_name=model_name or model or None,
         tool_followup=tool_followup,
     )
     uvicorn.run(app, host=host, port=port)

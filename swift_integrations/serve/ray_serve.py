@@ -55,7 +55,7 @@ class ReplicaSettings(BaseModel):
     gguf_file: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    model_name: str | None = Field(None, description="the model id clients see")
+    model_name: str | list[str] | None = Field(None, description="the model id clients see (more: aliases)")
     api_key: str | None = Field(None, description="bearer token required on /v1 (default: $SWIFT_API_KEY)")
     max_queue: int = Field(DEFAULT_MAX_QUEUE, ge=1, description="requests one replica takes at once")
     request_timeout: float | None = Field(DEFAULT_REQUEST_TIMEOUT, gt=0)
