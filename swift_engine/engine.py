@@ -10,6 +10,7 @@ is one :class:`~swift_engine.decode_loop.DecodeCall` (its lifecycle is the table
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -116,6 +117,14 @@ class SwiftEngine:
 
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
+
+    @functools.cached_property
+    def weights_identity(self) -> str:
+        """Which weights these are at any dtype and from any path (the catalog's key; see
+        :func:`~swift_engine.loading.fingerprint.weights_identity`), unlike :attr:`fingerprint`."""
+        from swift_engine.loading.fingerprint import weights_identity
+
+        return weights_identity(self.model)
 
     @property
     def profiles(self) -> StepProfiles:

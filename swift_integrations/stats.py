@@ -30,11 +30,12 @@ def stats_metadata(
 ) -> dict[str, Any]:
     """Response metadata of one reply: what every adapter reports.
 
-    Top level: ``model_name``, ``finish_reason``, ``step_key``, ``acceptance_rate``,
+    Top level: ``model_provider`` (``"swift"``, as ChatOpenAI and ChatOllama name theirs), ``model_name``,
+    ``finish_reason``, ``step_key``, ``acceptance_rate``,
     ``mean_accepted_per_step``, ``search_ran``, ``swift_profile`` (``mode``, skipped
     ``attention``/``mlp`` layers, ``score``); ``swift_stats``: every counter of the generation.
     """
-    md: dict[str, Any] = {"model_name": model_name, "finish_reason": finish_reason}
+    md: dict[str, Any] = {"model_provider": "swift", "model_name": model_name, "finish_reason": finish_reason}
     if stats is None:
         md["step_key"] = step_key
         return md

@@ -117,6 +117,24 @@ def test_identifying_and_langsmith_params():
     assert m._get_ls_params(max_tokens=5)["ls_max_tokens"] == 5
 
 
+def test_the_names_chatollama_users_type(engine) -> None:
+    """Switching from ChatOllama: ``num_predict``/``num_ctx``, ``.model``, ``model_provider``."""
+    base = {"device": "cpu", "dtype": "float32", "swift_config": CFG}
+    m = SwiftChatModel(num_predict=5, **base)
+    assert m.max_tokens == 5 and m.model == m.model_name == "SmolLM2-135M-Instruct"
+    assert SwiftChatModel(model="qwen2.5-coder-0.5b").model == "qwen2.5-coder-0.5b"  # no load: construction is cheap
+    msg = m.invoke("Hello", num_predict=2)
+    assert msg.response_metadata["model_provider"] == "swift" and msg.usage_metadata["output_tokens"] <= 2
+    prompt_tokens = msg.usage_metadata["input_tokens"]
+    capped = SwiftChatModel(num_ctx=prompt_tokens + 3, max_tokens=50, **base).invoke("Hello")
+    assert capped.usage_metadata["output_tokens"] <= 3  # prompt and reply within num_ctx
+    with pytest.raises(ValueError, match=f"{prompt_tokens} tokens but num_ctx={prompt_tokens}"):
+        SwiftChatModel(num_ctx=prompt_tokens, **base).invoke("Hello")
+    llm = SwiftLLM(num_predict=3, **base)
+    assert llm.max_tokens == 3 and llm.model == "SmolLM2-135M-Instruct"
+    assert llm.generate(["Once upon a time"]).generations[0][0].generation_info["model_provider"] == "swift"
+
+
 # ----------------------------------------------------------------------------------------- paths
 
 

@@ -14,8 +14,9 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from swift_engine import SearchConfig, SwiftConfig
-from swift_engine.loading.catalog import ModelNotInstalledError, resolve
+from swift_engine.loading.catalog import installed
 from swift_integrations import SwiftChatModel
+from swift_integrations.tool_followup import ANSWER_INSTRUCTION, wants_answer_turn
 
 from .agent_tools import get_weather, multiply
 
@@ -24,10 +25,7 @@ CFG = SwiftConfig(search=SearchConfig(max_opt_iter=6, max_tolerance_iter=3))
 
 
 def _agent_model_installed() -> bool:
-    try:
-        return resolve(AGENT_MODEL) is not None
-    except ModelNotInstalledError:
-        return False
+    return installed(AGENT_MODEL) is not None  # never downloads
 
 
 needs_agent_model = pytest.mark.skipif(
@@ -171,6 +169,49 @@ def test_create_agent_calls_the_tool_and_answers(agent_llm):
     final = messages[-1]
     assert isinstance(final, AIMessage) and not final.tool_calls
     assert "408" in final.text and "{" not in final.text  # an answer, not a call written as text
+
+
+@pytest.mark.slow
+@needs_agent_model
+def test_the_agent_model_is_recognised_however_it_is_loaded(agent_llm):
+    """``tool_followup="auto"`` used to be decided from a name or path, so the agent model loaded by its
+    GGUF path, from the conversion cache or behind the server repeated its tool call as text: now it is
+    recognised by its weights (the same at every dtype)."""
+    from swift_engine import SwiftEngine
+    from swift_engine.loading.catalog import CATALOG
+    from swift_integrations.serve.calls import chat_call
+
+    question = ANSWER_INSTRUCTION.format(question="What is 12 times 34?")
+    gguf = installed(AGENT_MODEL)
+    assert gguf is not None
+    engine = agent_llm.swift_engine
+    assert engine.weights_identity == CATALOG[AGENT_MODEL].identity
+    by_path = SwiftChatModel(model_id=str(gguf.parent), gguf_file=gguf.name, swift_config=CFG)
+    call = by_path._prepare(_answered_conversation(), None, None, {"tools": [multiply]})
+    assert question in call.prompt.text and "<tools>" not in call.prompt.text
+    converted = SwiftEngine.from_pretrained(engine.source, dtype="float32")  # the conversion cache's folder
+    assert converted.source == engine.source and converted.weights_identity == engine.weights_identity
+    neutral = [{"role": "user", "content": "q"}, {"role": "tool", "content": "408"}]
+    assert wants_answer_turn("auto", converted, neutral, "auto")
+    body = {
+        "messages": [
+            {"role": "user", "content": "What is 12 times 34?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "multiply", "arguments": '{"a": 12, "b": 34}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "408"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "multiply", "parameters": {"type": "object"}}}],
+    }
+    served = chat_call(engine, body, model_name="anything", step_header=None, timeout=None)
+    assert question in served.prompt.text  # behind the server too
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator, Generator
 from typing import Any, TypeAlias
 
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from swift_engine.config import SwiftConfig
 from swift_integrations._generation import Delta, Final, Start
@@ -68,8 +68,12 @@ class SwiftFields(EngineLifetime, BaseModel):
     #: An existing :class:`~swift_engine.SwiftEngine`; overrides ``model_id``/``gguf_file``/``device``/``dtype``.
     engine: Any = Field(default=None, exclude=True)
     temperature: float = Field(default=0.0, ge=0.0)
-    #: Maximum new tokens per call.
-    max_tokens: int = Field(default=256, ge=1)
+    #: Maximum new tokens per call (``num_predict=``, as ChatOllama names it, is accepted too).
+    max_tokens: int = Field(default=256, ge=1, validation_alias=AliasChoices("max_tokens", "num_predict"))
+    #: ChatOllama's ``num_ctx``: the most tokens a call may hold, prompt and reply together. A longer
+    #: prompt is a ``ValueError``; the reply stops at the cap (``finish_reason="length"``). ``None``:
+    #: the model's own context.
+    num_ctx: int | None = Field(default=None, ge=1)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     stop: list[str] | None = None
@@ -127,6 +131,17 @@ class SwiftFields(EngineLifetime, BaseModel):
             params["ls_stop"] = list(ls_stop)
         return params
 
+    @property
+    def model(self) -> str:
+        """The model as the user named it (``model=``), else the engine's or the embedded model's name:
+        what ``ChatOllama(...).model`` and ``ChatOpenAI(...).model_name`` read."""
+        return self._display_name()
+
+    @property
+    def model_name(self) -> str:
+        """The same as :attr:`model` (ChatOpenAI's name for it)."""
+        return self._display_name()
+
     # -- engine ------------------------------------------------------------------------------
     @property
     def swift_engine(self) -> Any:
@@ -168,6 +183,7 @@ class SwiftFields(EngineLifetime, BaseModel):
             "dtype": self.dtype,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
+            "num_ctx": self.num_ctx,
             "top_p": self.top_p,
             "top_k": self.top_k,
             "stop": self.stop,
@@ -185,6 +201,9 @@ class SwiftFields(EngineLifetime, BaseModel):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {sorted(unknown)}")
 
+        if kwargs.get("num_predict") is not None:  # ChatOllama's name for max_tokens
+            kwargs = {**kwargs, "max_tokens": kwargs.get("max_tokens") or kwargs["num_predict"]}
+
         def pick(name: str) -> Any:
             v = kwargs.get(name)
             return getattr(self, name) if v is None else v
@@ -201,6 +220,17 @@ class SwiftFields(EngineLifetime, BaseModel):
             "stop": stops,
             "timeout": check_timeout(pick("timeout")),
         }
+
+    def _reply_budget(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """``max_new_tokens`` within ``num_ctx`` after a prompt of ``prompt_tokens`` (one that fills it: an error)."""
+        if self.num_ctx is None:
+            return max_new_tokens
+        if prompt_tokens >= self.num_ctx:
+            raise ValueError(
+                f"the prompt has {prompt_tokens} tokens but num_ctx={self.num_ctx} leaves no room for a reply; "
+                "shorten the prompt or raise num_ctx"
+            )
+        return min(max_new_tokens, self.num_ctx - prompt_tokens)
 
     def _entry_kwargs(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """At a public entry point the run's config is known: resolve the step key there."""

@@ -66,6 +66,7 @@ _CALL_KWARGS = frozenset(
     {
         "temperature",
         "max_tokens",
+        "num_predict",
         "top_p",
         "top_k",
         "seed",
@@ -344,7 +345,10 @@ class SwiftChatModel(SwiftFields, BaseChatModel):
 
         Every method constrains the reply with a grammar built from the schema, so it always
         parses and validates (unless ``max_tokens`` cuts it short).
-        ``function_calling`` (default): a forced call of a tool shaped like the schema.
+        ``function_calling`` (default, as ChatOpenAI's; ChatOllama defaults to ``json_schema``): a forced
+        call of a tool shaped like the schema. It is the default because tool-calling models (the agent
+        model) were trained to fill tool arguments, and LangChain's structured-output tooling
+        (``include_raw``, tracing) sees a tool call; the grammar makes every method equally valid.
         ``json_schema``: the reply is a JSON object for the schema, which the prompt describes.
         ``json_mode``: the same grammar, but the schema is not added to the prompt (describe the
         keys yourself, as with OpenAI's JSON mode). ``include_raw=True`` returns
@@ -398,7 +402,7 @@ class SwiftChatModel(SwiftFields, BaseChatModel):
         tools = as_openai_tools(kwargs.get("tools") or [])
         names = [tool_function(t)["name"] for t in tools]
         choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
-        if tools and wants_answer_turn(self.tool_followup, kwargs.get("model") or self.model_id, neutral, choice):
+        if tools and wants_answer_turn(self.tool_followup, engine, neutral, choice):
             neutral, tools, choice = answer_turn(neutral), [], "none"  # see tool_followup.py
         schema: dict[str, Any] | bool | None = None
         response_format = kwargs.get("response_format")
@@ -428,7 +432,7 @@ class SwiftChatModel(SwiftFields, BaseChatModel):
             else (self.model_id or str(engine.model_name)),
             step_key=step_key,
             sampling=opts["sampling"],
-            max_new_tokens=opts["max_new_tokens"],
+            max_new_tokens=self._reply_budget(len(prompt.ids), opts["max_new_tokens"]),
             stop=list(opts["stop"]),
             prompt=prompt,
             plan=plan,

@@ -29,7 +29,7 @@ __all__ = ["SwiftLLM"]
 
 #: Call-time keyword arguments the LLM understands (anything else is a TypeError).
 _LLM_CALL_KWARGS = frozenset(
-    {"temperature", "max_tokens", "top_p", "top_k", "seed", "step_key", "model", "stream", "timeout"}
+    {"temperature", "max_tokens", "num_predict", "top_p", "top_k", "seed", "step_key", "model", "stream", "timeout"}
 )
 
 
@@ -159,6 +159,7 @@ class SwiftLLM(SwiftFields, BaseLLM):
     def _llm_events(self, prompt: str, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> Events:
         opts = self._options(stop, kwargs, _LLM_CALL_KWARGS)
         engine = self._engine_for(kwargs.get("model"))
+        ids = self._prompt_ids(engine, prompt)
         call = GenerationCall(
             engine=engine,
             model_name=self._display_name(kwargs.get("model"))
@@ -166,9 +167,9 @@ class SwiftLLM(SwiftFields, BaseLLM):
             else (self.model_id or str(engine.model_name)),
             step_key=kwargs.get("step_key") or self._runtime_step_key(run_manager),
             sampling=opts["sampling"],
-            max_new_tokens=opts["max_new_tokens"],
+            max_new_tokens=self._reply_budget(len(ids), opts["max_new_tokens"]),
             stop=list(opts["stop"]),
-            prompt=RenderedPrompt(text=prompt, ids=self._prompt_ids(engine, prompt)),
+            prompt=RenderedPrompt(text=prompt, ids=ids),
             timeout=opts["timeout"],
             **self._lifetime(),
         )

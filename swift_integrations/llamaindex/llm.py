@@ -381,7 +381,7 @@ class SwiftLlamaIndexLLM(EngineLifetime, FunctionCallingLLM):
         tools = [tool_spec(t) for t in (kwargs.get("tools") or [])]
         names = [tool_function(t)["name"] for t in tools]
         choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "none"
-        if tools and wants_answer_turn(self.tool_followup, self.model_id, neutral, choice):
+        if tools and wants_answer_turn(self.tool_followup, self.swift_engine, neutral, choice):
             neutral, tools, choice = answer_turn(neutral), [], "none"  # see tool_followup.py
         system_text = "\n\n".join(m["content"] for m in neutral if m["role"] == "system")
         return _Spec(

@@ -65,7 +65,7 @@ def chat_call(
         raise bad_request(str(exc), "tool_choice") from None
     if not tools and body.get("tool_choice") not in (None, "none", "auto"):
         raise bad_request("'tool_choice' needs 'tools'", "tool_choice")
-    if tools and wants_answer_turn(tool_followup, engine.source or engine.model_name, neutral, choice):
+    if tools and wants_answer_turn(tool_followup, engine, neutral, choice):
         neutral, tools, choice = answer_turn(neutral), [], "none"
     schema, instruction = fields.response_schema(body.get("response_format"))
     if instruction:
