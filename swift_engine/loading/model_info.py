@@ -172,15 +172,14 @@ def read_model_info(
     then ``None``, and loading the model will say what is wrong.
     """
     try:
-        if model_id is None and gguf_file is None:
-            from swift_engine.loading.catalog import embedded_model_path
+        from swift_engine.loading.catalog import EMBEDDED_SHORT_NAME, installed
 
-            return _from_gguf(embedded_model_path())
+        if model_id is None and gguf_file is None:  # reading never downloads: a missing model reads as unknown
+            embedded = installed(EMBEDDED_SHORT_NAME)
+            return _from_gguf(embedded) if embedded is not None else ModelInfo()
         source = Path(os.path.expanduser(os.fspath(model_id))) if model_id is not None else None
         if model_id is not None and source is not None and not source.exists() and gguf_file is None:
-            from swift_engine.loading.catalog import resolve
-
-            source = resolve(os.fspath(model_id)) or source
+            source = installed(os.fspath(model_id)) or source
         if source is not None and source.is_file():
             return _from_gguf(source)
         if source is not None and source.is_dir():

@@ -53,8 +53,7 @@ def pull(
 
         if name not in CATALOG:
             raise CliError(f"unknown model {name!r}; known: {', '.join(sorted(CATALOG))}")
-        with state.err.status(f"Installing {CATALOG[name].title}…", spinner="dots"):
-            path = pull_model(name, force=force)
+        path = pull_model(name, force=force)  # one line and pip's progress bar while it downloads
         state.out.print(str(path), highlight=False, soft_wrap=True)
 
 
