@@ -185,6 +185,17 @@ def test_profiles_list_and_show_read_the_store_without_a_model(
     assert empty.exit_code == 0 and "No profiles" in empty.output
 
 
+def test_profiles_list_keeps_step_names_whole_at_80_columns(runner: CliRunner, store: ProfileStore) -> None:
+    store.put(_record(FP_A, "run:answer", skip=SkipSet(attention=list(range(0, 30, 2)), mlp=list(range(1, 30, 2)))))
+    store.put(_record(FP_A, "langgraph:planner", skip=SkipSet(attention=[3], mlp=[5])))
+    result = runner.invoke(app, ["profiles", "list", "--profile-dir", str(store.directory)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if "profile(s) of" not in line]  # the path may be long
+    assert max(len(line) for line in table) <= 80
+    assert "run:answer" in result.output and "langgraph:planner" in result.output  # not folded mid-name
+    assert "Calls" in result.output and "searching" in result.output  # every column shown, none cut
+
+
 def test_profiles_export_reset_import_round_trip(runner: CliRunner, store: ProfileStore, tmp_path: Path) -> None:
     d = str(store.directory)
     ours, ref = tmp_path / "out" / "profiles.json", tmp_path / "skip_layers.json"

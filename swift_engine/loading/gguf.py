@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from swift_engine.loading.local import _load_dense
+from swift_engine.loading.local import _load_dense, quiet_weight_loading
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -126,14 +126,15 @@ def _load_gguf_direct(gguf_path: pathlib.Path, attn_implementation: str) -> tupl
     folder, name = str(gguf_path.parent), gguf_path.name
     # dequantize=True forces dense weights even where a packed-GGUF kernel is installed, because
     # only dense weights can be saved to the cache and run by SWIFT's layer-skipping forward.
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        gguf_file=name,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
-        attn_implementation=attn_implementation,
-        local_files_only=True,
-    )
+    with quiet_weight_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
+            local_files_only=True,
+        )
     _strip_quantization(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     return model, tokenizer

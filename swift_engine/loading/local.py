@@ -7,8 +7,11 @@ what tells a path from a hub id and a checkpoint folder from one that only has a
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -18,6 +21,28 @@ import torch
 _SHARED_MODEL_KWARGS = ("token", "cache_dir", "trust_remote_code")
 # Weight files, one of which a usable transformers checkpoint folder has at its top level.
 _CHECKPOINT_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """transformers' per-load "Loading weights" bar off while a model loads, unless asked for.
+
+    A bar on every load of a model already on disk is noise in an application's output (and a
+    server's log); a download keeps huggingface_hub's own bars, which this leaves alone. Logging
+    swift at INFO (``swift-accel -v``, ``logging.getLogger("swift_engine").setLevel("INFO")``) or
+    transformers' verbosity at INFO keeps the bar.
+    """
+    from transformers.utils import logging as hf_logging
+
+    asked = logging.getLogger("swift_engine").isEnabledFor(logging.INFO) or hf_logging.get_verbosity() <= logging.INFO
+    if asked or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _looks_like_path(text: str) -> bool:
@@ -49,14 +74,15 @@ def _load_dense(
     if token is not None:
         extra["token"] = token
     shared = {key: extra[key] for key in _SHARED_MODEL_KWARGS if key in extra}
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        revision=revision,
-        local_files_only=local_files_only,
-        **extra,
-    )
+    with quiet_weight_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            revision=revision,
+            local_files_only=local_files_only,
+            **extra,
+        )
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_files_only, **shared)
     return model, tokenizer
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperCommand
 
 from swift_integrations.bench.llama_cpp_baseline import baseline_for_model
 from swift_integrations.bench.prompt_sets import DEFAULT_CLASSES, BenchPrompt, load_prompts
@@ -44,6 +43,7 @@ from swift_integrations.bench.runner import (
     run_benchmark,
     run_constrained,
 )
+from swift_integrations.cli.flags import FlagCommand, FlagGroup
 
 #: The command's own names, and (``load_prompts``, ``run_benchmark``, ``render_markdown``) the ones
 #: callers imported from this module before it was split (notebooks, scripts).
@@ -57,7 +57,7 @@ EXIT_MISMATCH = 2
 _ARGV_KEY = "swift_integrations.bench.command.argv"
 
 
-class BenchCommand(TyperCommand):
+class BenchCommand(FlagCommand):
     """The benchmark's click command; it keeps the raw arguments it parses (``meta.argv`` of the result).
 
     Click hands the command only the parsed values, but the JSON records the command line as
@@ -291,7 +291,7 @@ def bench(
         typer.Option(
             "--baseline",
             help="Extra baseline: 'llama.cpp' (llama-cpp-python on the same GGUF file and prompt tokens, in its own "
-            "environment; build it with ../shared/tools/get-llama-cpp.sh).",
+            "environment: `python -m venv ~/.venvs/llama-cpp && ~/.venvs/llama-cpp/bin/pip install llama-cpp-python`).",
             show_default=False,
         ),
     ] = None,
@@ -509,6 +509,7 @@ def _exit_status(result: dict[str, Any]) -> int:
 
 #: ``swift-bench``: an app whose single command is :func:`bench` (``swift-accel bench`` registers the same one).
 app = typer.Typer(
+    cls=FlagGroup,
     name="swift-bench",
     add_completion=False,
     pretty_exceptions_enable=False,

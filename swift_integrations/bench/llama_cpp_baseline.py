@@ -2,9 +2,10 @@
 
 What a CPU user runs instead of this package is llama.cpp (or Ollama over it), so the benchmark
 reports it beside ``transformers``. llama-cpp-python is never a dependency of this package and
-never runs in CI: ``../shared/tools/get-llama-cpp.sh`` builds it once into its own virtual
-environment, and the benchmark talks to a small worker script run by that environment's Python
-over JSON lines (one request, one reply), so neither environment imports the other's packages.
+never runs in CI: it lives in a virtual environment of its own (``python -m venv ~/.venvs/llama-cpp``,
+then that environment's ``pip install llama-cpp-python``, which compiles llama.cpp: minutes), and
+the benchmark talks to a small worker script run by that environment's Python over JSON lines (one
+request, one reply), so neither environment imports the other's packages.
 
 The worker decodes greedily itself (``llama_eval`` of the prompt, then argmax and one ``eval`` per
 token) and times the prefill and the decode separately inside the process; the reply carries the
@@ -22,6 +23,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+#: how to get llama-cpp-python, for the messages (an environment of its own: never this package's)
+INSTALL_HINT = (
+    "make one with `python -m venv ~/.venvs/llama-cpp && ~/.venvs/llama-cpp/bin/pip install llama-cpp-python` "
+    "(pip compiles llama.cpp: minutes)"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +125,8 @@ class LlamaCppBaseline:
             )
         except OSError as exc:
             raise RuntimeError(
-                f"llama.cpp baseline: cannot run {python!r} ({exc}); build it with ../shared/tools/get-llama-cpp.sh "
-                f"and pass its python with --llama-cpp-python or ${ENV_PYTHON}"
+                f"llama.cpp baseline: cannot run {python!r} ({exc}); {INSTALL_HINT}, and pass its python with "
+                f"--llama-cpp-python or ${ENV_PYTHON}"
             ) from exc
         hello = self._ask({"gguf": self.gguf, "n_ctx": n_ctx, "threads": threads})
         self.version = str(hello.get("version", "?"))
@@ -184,8 +191,8 @@ def baseline_for_model(python: str | None, gguf: str | None, model: str | None) 
     python = python or default_llama_cpp_python()
     if python is None:
         raise RuntimeError(
-            "--baseline llama.cpp needs llama-cpp-python in its own environment: run ../shared/tools/get-llama-cpp.sh "
-            "and pass the python it prints with --llama-cpp-python (or $SWIFT_LLAMA_CPP_PYTHON)"
+            f"--baseline llama.cpp needs llama-cpp-python in its own environment: {INSTALL_HINT}, and pass that "
+            "environment's python with --llama-cpp-python (or $SWIFT_LLAMA_CPP_PYTHON)"
         )
     if gguf is None:
         if model is None:

@@ -33,6 +33,7 @@ from swift_integrations.bench.command import BenchCommand
 from swift_integrations.bench.command import bench as _bench_command
 from swift_integrations.cli.about import DIST_NAME, installed_version
 from swift_integrations.cli.chat import chat
+from swift_integrations.cli.flags import FlagCommand, FlagGroup
 from swift_integrations.cli.guard import State, guarded, install_logging
 from swift_integrations.cli.models import info, models, pull
 from swift_integrations.cli.profiles import (
@@ -52,6 +53,7 @@ __all__ = ["app", "main"]
 # ------------------------------------------------------------------------------------------------
 
 app = typer.Typer(
+    cls=FlagGroup,
     name=DIST_NAME,
     help="SWIFT self-speculative decoding for local LLMs: chat, benchmark, manage skip profiles.",
     no_args_is_help=True,
@@ -61,6 +63,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 profiles_app = typer.Typer(
+    cls=FlagGroup,
     name="profiles",
     help="Inspect and manage the learned per-step skip profiles.",
     no_args_is_help=True,
@@ -78,7 +81,7 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     ctx: typer.Context,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")] = False,
+    debug: Annotated[bool, typer.Option("--debug/--no-debug", help="Show full tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the engine's progress.")] = False,
     version: Annotated[
         Optional[bool],
@@ -95,20 +98,20 @@ def _root(
 # The commands, in the order ``swift-accel --help`` lists them
 # ------------------------------------------------------------------------------------------------
 
-app.command()(chat)
+app.command(cls=FlagCommand)(chat)
 #: ``swift-accel bench``: the command of ``swift-bench`` (:mod:`swift_integrations.bench.command`), same options,
 #: same exit status.
 bench = app.command("bench", cls=BenchCommand)(guarded(_bench_command))
-app.command()(models)
-app.command()(pull)
-app.command()(info)
-app.command()(serve)
+app.command(cls=FlagCommand)(models)
+app.command(cls=FlagCommand)(pull)
+app.command(cls=FlagCommand)(info)
+app.command(cls=FlagCommand)(serve)
 
-profiles_app.command("list")(profiles_list)
-profiles_app.command("show")(profiles_show)
-profiles_app.command("export")(profiles_export)
-profiles_app.command("import")(profiles_import)
-profiles_app.command("reset")(profiles_reset)
+profiles_app.command("list", cls=FlagCommand)(profiles_list)
+profiles_app.command("show", cls=FlagCommand)(profiles_show)
+profiles_app.command("export", cls=FlagCommand)(profiles_export)
+profiles_app.command("import", cls=FlagCommand)(profiles_import)
+profiles_app.command("reset", cls=FlagCommand)(profiles_reset)
 
 
 # ------------------------------------------------------------------------------------------------

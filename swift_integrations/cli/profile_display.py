@@ -81,6 +81,10 @@ def compact_json(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: the widest a step key is kept on one line before it folds (a 32-character hash key: system:<hash>)
+STEP_WIDTH = 24
+
+
 def profiles_tables(records: list[ProfileRecord]) -> list[Table]:
     """One table per model: each step's skipped sublayers, score, speed-up and search state."""
     from rich import box
@@ -95,13 +99,17 @@ def profiles_tables(records: list[ProfileRecord]) -> list[Table]:
             title=Text.assemble((escape_nonprintable(name), "bold"), "  ", (f"fingerprint {fingerprint}", "dim")),
             title_justify="left",
             box=box.SIMPLE_HEAD,
-            padding=(0, 1),
+            padding=(0, 1, 0, 0),  # with the box's one-space divider: two spaces between columns
+            pad_edge=False,
+            show_edge=False,
         )
-        table.add_column("Step", style="bold", overflow="fold", min_width=7)
-        table.add_column("Attention skipped", min_width=9, ratio=1)
-        table.add_column("MLP skipped", min_width=9, ratio=1)
+        # a step key reads whole at 80 columns (run:answer, langgraph:planner); the layer lists wrap instead
+        widest = max((len(escaped(r.step_key)) for r in group), default=4)
+        table.add_column("Step", style="bold", overflow="fold", width=min(max(widest, 4), STEP_WIDTH))
+        table.add_column("Skipped attention", min_width=7)
+        table.add_column("Skipped MLP", min_width=7)
         table.add_column("Score", justify="right", no_wrap=True)
-        table.add_column("Speed-up", justify="right", no_wrap=True)
+        table.add_column("Speed", justify="right", no_wrap=True)
         table.add_column("Iter.", justify="right", no_wrap=True)
         table.add_column("State", no_wrap=True)
         table.add_column("Calls", justify="right", no_wrap=True)
