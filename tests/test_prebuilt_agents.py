@@ -189,7 +189,7 @@ def test_the_agent_model_is_recognised_however_it_is_loaded(agent_llm):
     by_path = SwiftChatModel(model_id=str(gguf.parent), gguf_file=gguf.name, swift_config=CFG)
     call = by_path._prepare(_answered_conversation(), None, None, {"tools": [multiply]})
     assert question in call.prompt.text and "<tools>" not in call.prompt.text
-    converted = SwiftEngine.from_pretrained(engine.source, dtype="float32")  # the conversion cache's folder
+    converted = SwiftEngine.from_pretrained(engine.source, dtype="bfloat16")  # the conversion cache's folder
     assert converted.source == engine.source and converted.weights_identity == engine.weights_identity
     neutral = [{"role": "user", "content": "q"}, {"role": "tool", "content": "408"}]
     assert wants_answer_turn("auto", converted, neutral, "auto")

@@ -134,7 +134,12 @@ def library_path(compiler: str | None = None) -> Path:
     for source in (*SOURCES, NATIVE / "tiles.h"):
         key.update(source.read_bytes())
     jobs, link = _commands(compiler or "c++", Path("x"))
-    key.update(" ".join(" ".join(command) for command in (*jobs, link)).encode())
+    command = " ".join(" ".join(c) for c in (*jobs, link))
+    # where the sources and torch lie is not part of the build: the same sources, flags and torch
+    # version make the same library, so another checkout or environment on the machine reuses it
+    for place, name in ((str(NATIVE), "<sources>"), (str(Path(torch.__file__).parent), "<torch>")):
+        command = command.replace(place, name)
+    key.update(command.encode())
     key.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
     return cache_dir() / f"swift_kernels-{key.hexdigest()[:16]}.so"
 
