@@ -185,6 +185,18 @@ def direct_product(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
     return lambda x: int4_product(x, weight, scales)
 
 
+def _shell(cls: type[nn.Module], linear: nn.Linear, names: tuple[str, ...], kept: dict[str, torch.Tensor]) -> nn.Module:
+    """A ``cls`` instance holding the kept tensors ``kept`` (``names``, then ``bias`` where ``linear`` has
+    one) as its parameters, registered in the order ``cls.__init__`` registers them."""
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for name in names:
+        setattr(module, name, nn.Parameter(kept[name], requires_grad=False))
+    module.bias = None if linear.bias is None else nn.Parameter(kept["bias"], requires_grad=False)
+    vars(module).update(in_features=linear.in_features, out_features=linear.out_features)
+    return module
+
+
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights and per-row scales; the same call signature and shapes."""
 
@@ -200,6 +212,12 @@ class Int8Linear(nn.Module):
             None if linear.bias is None else nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
         )
         self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    @classmethod
+    def shell(cls, linear: nn.Linear, kept: dict[str, torch.Tensor]) -> Int8Linear:
+        """``linear`` quantized earlier, from its kept tensors (``qweight``, ``scales``, ``bias``), without
+        quantizing (:mod:`swift_engine.loading.quantized_cache`): the same parameters, in the same order."""
+        return cast(Int8Linear, _shell(cls, linear, ("qweight", "scales"), kept))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ``_parameters`` directly: ``nn.Module.__getattr__`` is slow per lookup, and a decode step of
@@ -289,6 +307,11 @@ class Int4Linear(nn.Module):
             None if linear.bias is None else nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
         )
         self.in_features, self.out_features = k, n
+
+    @classmethod
+    def shell(cls, linear: nn.Linear, kept: dict[str, torch.Tensor]) -> Int4Linear:
+        """As :meth:`Int8Linear.shell` (``qweight``, ``scales_zeros``, ``bias``)."""
+        return cast(Int4Linear, _shell(cls, linear, ("qweight", "scales_zeros"), kept))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ``_parameters`` directly, as in Int8Linear.forward (Module.__getattr__ per lookup)
@@ -427,7 +450,7 @@ def quantize(model: nn.Module, precision: str) -> int:
                     fallback += precision == "int4" and child is not head
                     setattr(module, name, Int8Linear(child))
                 count += 1
-    stacked = sum(_stack_siblings(module) for module in list(model.modules()))
+    stacked = restack_siblings(model)
     config = getattr(model, "config", None)
     if config is not None:
         # a tied head is a separate int8 copy now: transformers must not re-tie it to the embedding
@@ -451,6 +474,11 @@ def quantize(model: nn.Module, precision: str) -> int:
 #: one call gains little or nothing on SmolLM2 and Qwen2.5-0.5B, so they keep their own calls;
 #: figures: docs/bench/measurements.md#kernels.)
 QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def restack_siblings(model: nn.Module) -> int:
+    """Store every attention's q/k/v weights side by side (:func:`_stack_siblings`); how many were."""
+    return sum(_stack_siblings(module) for module in list(model.modules()))
 
 
 def _stackable(linears: list[nn.Module | None]) -> bool:

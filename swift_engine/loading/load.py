@@ -18,13 +18,21 @@ from typing import Any, NamedTuple
 
 import torch
 
-from swift_engine.kernels.quantize import quantize, weight_only_precision
+from swift_engine.kernels.quantize import quantize, quantized_precision, weight_only_precision
 from swift_engine.loading.catalog import CATALOG, EMBEDDED_MODEL_NAME, embedded_model_path, resolve
 from swift_engine.loading.file_precision import FilePrecision, float_file_precision, gguf_file_precision
-from swift_engine.loading.gguf import _default_cache_dir, _load_gguf_cached, _no_kwargs_for_gguf
+from swift_engine.loading.gguf import (
+    _default_cache_dir,
+    _entry_problem,
+    _gguf_cache_key,
+    _gguf_digest,
+    _load_gguf_cached,
+    _no_kwargs_for_gguf,
+)
 from swift_engine.loading.hub import ModelNotAvailableError, _HubRequest, _load_from_hub, _offline_reason
 from swift_engine.loading.local import _load_dense, _looks_like_path
 from swift_engine.loading.precision import resolve_device, resolve_dtype
+from swift_engine.loading.quantized_cache import load_quantized, quantize_and_keep
 
 __all__ = ["LoadedModel", "ModelNotAvailableError", "load_model"]
 
@@ -129,6 +137,11 @@ def _gguf_source(model_id: str | os.PathLike[str] | None, gguf_file: str | None)
     return ggufs[0] if len(ggufs) == 1 else None
 
 
+def _entry_ok(entry: pathlib.Path, digest: str) -> bool:
+    """Whether the conversion-cache ``entry`` is a complete conversion of the GGUF with ``digest``."""
+    return _entry_problem(entry, digest) is None
+
+
 def load_model(
     model_id: str | os.PathLike[str] | None = None,
     *,
@@ -141,6 +154,7 @@ def load_model(
     local_files_only: bool | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     token: str | bool | None = None,
+    _quantize_to: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
@@ -189,7 +203,9 @@ def load_model(
     bfloat16 (float16 without bf16 support). ``dtype="float32"`` gives ``transformers``' own output.
 
     ``cache_dir`` is where GGUF conversions are kept (default ``$SWIFT_CACHE_DIR`` or the user cache
-    folder); it is unrelated to the Hugging Face cache.
+    folder); it is unrelated to the Hugging Face cache. At int4/int8 a GGUF file's quantized weights
+    are kept there too, so later processes skip quantizing (:mod:`swift_engine.loading.quantized_cache`).
+    ``_quantize_to`` is internal (the weight-only branch's own call).
     """
     extra = _check_model_kwargs(model_kwargs)
     if token is not None and "token" in extra:
@@ -222,8 +238,10 @@ def load_model(
             local_files_only=local_files_only,
             model_kwargs=model_kwargs,
             token=token,
+            _quantize_to=weight_only,  # GGUF sources: quantized weights kept beside their conversion
         )
-        quantize(loaded.model, weight_only)
+        if quantized_precision(loaded.model) is None:  # other sources are quantized here, every load
+            quantize(loaded.model, weight_only)
         return loaded
 
     # Resolved lazily: only GGUF conversions use it, and plain folders should not touch the cache.
@@ -241,7 +259,17 @@ def load_model(
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
         _no_kwargs_for_gguf(extra, str(path))
+        if _quantize_to is None:
+            model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation)
+            return _finalize(model, tokenizer, torch_device, torch_dtype, name, source)
+        # weight-only: the quantized weights kept in the conversion's entry, else quantize and keep them
+        digest = _gguf_digest(path)
+        entry = conv_cache() / "models" / _gguf_cache_key(digest)
+        kept = load_quantized(entry, digest, _quantize_to, attn_implementation) if _entry_ok(entry, digest) else None
+        if kept is not None:
+            return _finalize(kept[0], kept[1], torch_device, torch_dtype, name, str(entry))
         model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation)
+        quantize_and_keep(model, entry if _entry_ok(entry, digest) else None, digest, _quantize_to)
         return _finalize(model, tokenizer, torch_device, torch_dtype, name, source)
 
     if model_id is None:

@@ -80,6 +80,13 @@ class _Header:
             item, count = self.read("<I"), self.read("<Q")
             if item in _GGUF_SCALARS:  # fixed-size items: one skip
                 self.skip(struct.calcsize(_GGUF_SCALARS[item]) * count)
+            elif item == _GGUF_STRING:  # a vocabulary (150k strings): lengths read in a tight loop
+                data, pos = self.data, self.pos
+                for _ in range(count):
+                    pos += 8 + int.from_bytes(data[pos : pos + 8], "little")
+                if pos > len(data):
+                    raise ValueError("truncated GGUF header")
+                self.pos = pos
             else:
                 for _ in range(count):
                     self.value(item, False)
