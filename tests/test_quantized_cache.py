@@ -52,8 +52,24 @@ def test_a_second_load_reads_the_kept_weights_and_is_bitwise_the_first(
     a, b = _state(first.model), _state(second.model)
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
     assert model_fingerprint(first.model) == model_fingerprint(second.model)  # the same profiles
+    unstacked = [
+        p
+        for n, p in second.model.named_parameters()
+        if not n.endswith(
+            (
+                "q_proj.qweight",
+                "k_proj.qweight",
+                "v_proj.qweight",
+                "q_proj.scales",
+                "k_proj.scales",
+                "v_proj.scales",
+                "_proj.bias",
+            )
+        )
+    ]
+    assert all(p.data_ptr() % 64 == 0 for p in unstacked)  # PyTorch's kernels load them aligned
     ids = first.tokenizer("The sea is", return_tensors="pt").input_ids
-    with torch.inference_mode():
+    with torch.inference_mode():  # PyTorch's own kernels (the modules' forward) on the kept weights
         assert torch.equal(first.model(ids).logits, second.model(ids).logits)
 
 

@@ -82,7 +82,9 @@ def load_quantized(
         with safe_open(str(path), framework="pt") as handle:
             if handle.metadata() != _metadata(digest, precision):
                 raise ValueError(f"its metadata {handle.metadata()} is not this file's")
-        tensors = load_file(str(path))
+        # own, aligned memory: safetensors' tensors sit at the file's offsets (8-byte aligned), and
+        # PyTorch's weight-only kernels read their operands with aligned vector loads (a crash, not an error)
+        tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
         model = _skeleton(entry, tensors, attn_implementation)
         model.load_state_dict(tensors, strict=True, assign=True)
         _materialize_buffers(model)
