@@ -453,11 +453,7 @@ def quantize(model: nn.Module, precision: str) -> int:
     stacked = restack_siblings(model)
     config = getattr(model, "config", None)
     if config is not None:
-        # a tied head is a separate int8 copy now: transformers must not re-tie it to the embedding
-        config.tie_word_embeddings = False
-        text = config.get_text_config() if hasattr(config, "get_text_config") else None
-        if text is not None and text is not config:
-            text.tie_word_embeddings = False
+        untie_head(config)
     logger.info(
         "Quantized %d linear layers to %s weights (bfloat16 activations)%s",
         count,
@@ -474,6 +470,15 @@ def quantize(model: nn.Module, precision: str) -> int:
 #: one call gains little or nothing on SmolLM2 and Qwen2.5-0.5B, so they keep their own calls;
 #: figures: docs/bench/measurements.md#kernels.)
 QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def untie_head(config: object) -> None:
+    """A quantized model's head is a separate int8 copy: transformers must not re-tie it to the embedding."""
+    setattr(config, "tie_word_embeddings", False)  # noqa: B010 - any config object
+    get_text = getattr(config, "get_text_config", None)
+    text = get_text() if callable(get_text) else None
+    if text is not None and text is not config:
+        text.tie_word_embeddings = False
 
 
 def restack_siblings(model: nn.Module) -> int:

@@ -350,6 +350,7 @@ def _load_gguf_cached(
     cache_dir: pathlib.Path,
     dtype: torch.dtype,
     attn_implementation: str,
+    digest: str | None = None,
 ) -> tuple[Any, Any, str]:
     """Load a GGUF file through the conversion cache; returns (model, tokenizer, source).
 
@@ -358,7 +359,7 @@ def _load_gguf_cached(
     the cache is only a warning: the model is in memory by then, and a read-only or full cache
     folder should cost the next start another conversion, not this one its model.
     """
-    digest = _gguf_digest(gguf_path)
+    digest = digest or _gguf_digest(gguf_path)  # a caller that hashed the file already passes it
     models_dir = cache_dir / "models"
     target = models_dir / _gguf_cache_key(digest)
 

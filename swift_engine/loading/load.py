@@ -268,7 +268,7 @@ def load_model(
         kept = load_quantized(entry, digest, _quantize_to, attn_implementation) if _entry_ok(entry, digest) else None
         if kept is not None:
             return _finalize(kept[0], kept[1], torch_device, torch_dtype, name, str(entry))
-        model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation)
+        model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation, digest)
         quantize_and_keep(model, entry if _entry_ok(entry, digest) else None, digest, _quantize_to)
         return _finalize(model, tokenizer, torch_device, torch_dtype, name, source)
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swift_engine.kernels.quantize import Int4Linear, Int8Linear, quantize, restack_siblings
+from swift_engine.kernels.quantize import Int4Linear, Int8Linear, quantize, restack_siblings, untie_head
 
 __all__ = ["load_quantized", "save_quantized"]
 
@@ -110,7 +110,7 @@ def _skeleton(entry: pathlib.Path, tensors: dict[str, torch.Tensor], attn_implem
     from transformers.initialization import no_init_weights
 
     config = AutoConfig.from_pretrained(str(entry), local_files_only=True)
-    _untie(config)
+    untie_head(config)
     with no_init_weights(), torch.device("meta"):  # no memory for weights about to be replaced
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn_implementation)
     for module_name, module in list(model.named_modules()):
@@ -140,14 +140,6 @@ def _materialize_buffers(model: nn.Module) -> None:
     left = [n for n, b in model.named_buffers() if b.is_meta] + [n for n, p in model.named_parameters() if p.is_meta]
     if left:
         raise ValueError(f"no values for {', '.join(left[:3])}")
-
-
-def _untie(config: Any) -> None:
-    """As :func:`~swift_engine.kernels.quantize.quantize` leaves it: the head is its own int8 copy."""
-    config.tie_word_embeddings = False
-    text = config.get_text_config() if hasattr(config, "get_text_config") else None
-    if text is not None and text is not config:
-        text.tie_word_embeddings = False
 
 
 def quantize_and_keep(model: nn.Module, entry: pathlib.Path | None, digest: str, precision: str) -> None:
