@@ -23,9 +23,9 @@ from swift_engine.loading.catalog import CATALOG, EMBEDDED_MODEL_NAME, embedded_
 from swift_engine.loading.file_precision import FilePrecision, float_file_precision, gguf_file_precision
 from swift_engine.loading.gguf import (
     _default_cache_dir,
-    _entry_problem,
     _gguf_cache_key,
     _gguf_digest,
+    _is_complete_entry,
     _load_gguf_cached,
     _no_kwargs_for_gguf,
 )
@@ -135,11 +135,6 @@ def _gguf_source(model_id: str | os.PathLike[str] | None, gguf_file: str | None)
         return None
     ggufs = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf"]
     return ggufs[0] if len(ggufs) == 1 else None
-
-
-def _entry_ok(entry: pathlib.Path, digest: str) -> bool:
-    """Whether the conversion-cache ``entry`` is a complete conversion of the GGUF with ``digest``."""
-    return _entry_problem(entry, digest) is None
 
 
 def load_model(
@@ -265,11 +260,12 @@ def load_model(
         # weight-only: the quantized weights kept in the conversion's entry, else quantize and keep them
         digest = _gguf_digest(path)
         entry = conv_cache() / "models" / _gguf_cache_key(digest)
-        kept = load_quantized(entry, digest, _quantize_to, attn_implementation) if _entry_ok(entry, digest) else None
+        complete = _is_complete_entry(entry, digest)
+        kept = load_quantized(entry, digest, _quantize_to, attn_implementation) if complete else None
         if kept is not None:
             return _finalize(kept[0], kept[1], torch_device, torch_dtype, name, str(entry))
         model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation, digest)
-        quantize_and_keep(model, entry if _entry_ok(entry, digest) else None, digest, _quantize_to)
+        quantize_and_keep(model, entry if _is_complete_entry(entry, digest) else None, digest, _quantize_to)
         return _finalize(model, tokenizer, torch_device, torch_dtype, name, source)
 
     if model_id is None:
