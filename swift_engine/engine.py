@@ -30,7 +30,7 @@ from swift_engine.decoding.prefix_cache import PrefixCache, default_budget_bytes
 from swift_engine.decoding.sampling import SamplingParams
 from swift_engine.decoding.stopping import StopStrings
 from swift_engine.kernels.costs import CostModel, cost_file, load_or_measure, measurement_dir
-from swift_engine.kernels.kernel_choice import KernelChoice, choose_kernels, kernel_file
+from swift_engine.kernels.kernel_choice import KernelChoice, choose_kernels, kernel_file, rows_file
 from swift_engine.model.draft_head import DraftHead
 from swift_engine.model.runner import ModelRunner
 from swift_engine.model.sublayer_skip import default_skip_set
@@ -150,7 +150,9 @@ class SwiftEngine:
                     self._kernel_choice = choose_kernels(self.runner, path, self.config.prefill_block)
         if self.runner.max_rows is None:  # row-invariant passes: how many rows the dense kernels keep so
             with self._lock:
-                self.runner.measure_rows(self.config.tree.max_tree_tokens)
+                self.runner.measure_rows(
+                    self.config.tree.max_tree_tokens, rows_file(self._measurements, self.fingerprint, self.runner)
+                )
 
     def calibrate(self) -> CostModel:
         """Measure the kernels, then the draft and verification costs, again (e.g. after the machine changed)."""
@@ -160,6 +162,7 @@ class SwiftEngine:
                 kernels.unlink(missing_ok=True)
                 self._kernel_choice = None
                 self._ensure_kernels()
+            rows_file(self._measurements, self.fingerprint, self.runner)[0].unlink(missing_ok=True)
             path = cost_file(self._measurements, self.fingerprint, self.runner)
             path.unlink(missing_ok=True)
             self._costs = self._with_draft_head(load_or_measure(path, self.runner))

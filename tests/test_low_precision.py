@@ -201,6 +201,42 @@ def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pyt
     assert ModelRunner(_model("llama", "bfloat16"), "torch").measure_rows(16) == 16 and len(calls) == 3  # another model
 
 
+def test_a_later_process_reads_the_kept_row_verdict_instead_of_checking(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import swift_engine.model.runner as runner_module
+
+    calls: list[int] = []
+    real = runner_module.largest_invariant_rows
+
+    def counting(*args, **kwargs):  # the real check; only its calls are counted
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "largest_invariant_rows", counting)
+    monkeypatch.delenv("SWIFT_MEASUREMENT_DIR", raising=False)  # the store's own _costs folder
+    store = tmp_path / "profiles"
+
+    def engine() -> SwiftEngine:  # a fresh model object each time: what a new process has
+        return SwiftEngine(_model("llama", "int8"), CharTokenizer(), profile_store=store)
+
+    first = engine()
+    first.kernel_choice  # kernels and the row check settle (as at a first call)
+    assert calls == [first.config.tree.max_tree_tokens]
+    kept = list((store / "_costs").glob("rows-*.json"))
+    assert len(kept) == 1 and kept[0].name.startswith(f"rows-{first.fingerprint}-")
+    second = engine()
+    second.kernel_choice
+    assert len(calls) == 1 and second.runner.max_rows == first.runner.max_rows  # read, not checked
+    kept[0].write_text('{"checked_rows": "many"}')  # unusable: checked again, and rewritten
+    third = engine()
+    with caplog.at_level("WARNING"):
+        third.kernel_choice
+    assert len(calls) == 2 and "unusable row-invariance file" in caplog.text
+    engine().calibrate()  # measuring again drops the verdict too
+    assert not kept[0].exists()
+
+
 def test_trees_stay_within_the_rows_the_kernels_keep_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
     import swift_engine.decode_loop as decode_loop
 

@@ -13,11 +13,16 @@ shape up to it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
+
+from swift_engine.store.safe_files import loads_strict_json, read_regular_file, write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +70,45 @@ def largest_invariant_rows(model: nn.Module, head: nn.Module, max_rows: int, dty
         if rows == 1:
             break
     return max(1, rows)
+
+
+_MAX_VERDICT_BYTES = 16 * 1024
+
+
+class RowsVerdict(BaseModel):
+    """A kept row-invariance check: up to how many rows it checked, and how many held."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    #: what the verdict depends on besides the model, in words (the file name holds its digest)
+    machine: str = ""
+    checked_rows: int = Field(ge=1)
+    invariant_rows: int = Field(ge=1)
+
+
+def kept_invariant_rows(path: Path | None, max_rows: int, machine: str, check: Callable[[int], int]) -> int:
+    """``check(max_rows)``, or the verdict kept in ``path`` when it covered ``max_rows`` rows or more.
+
+    Why a file: the check runs each distinct layer shape up to ``max_rows`` times (a second or so of a
+    second process's first call on a 0.5B model), and its result is a constant of the model, the
+    kernels' build and the machine, all in ``path``'s name. Read like every file the store reads
+    (no symbolic link, size-capped, validated); an unusable one is checked again and overwritten.
+    """
+    if path is not None:
+        try:
+            kept = RowsVerdict.model_validate(loads_strict_json(read_regular_file(path, _MAX_VERDICT_BYTES)))
+            if kept.checked_rows >= max_rows and kept.invariant_rows <= kept.checked_rows:
+                return max(1, min(kept.invariant_rows, max_rows))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, ValidationError) as exc:
+            logger.warning("ignoring unusable row-invariance file %s (%s); checking again", path, exc)
+    rows = check(max_rows)
+    if path is not None:
+        verdict = RowsVerdict(machine=machine, checked_rows=max_rows, invariant_rows=rows)
+        try:
+            write_file_atomic(path, json.dumps(verdict.model_dump()).encode(), follow_parent_symlink=False)
+        except OSError as exc:  # a read-only store costs the next process a check, nothing else
+            logger.warning("could not keep the row-invariance verdict in %s: %s", path, exc)
+    return rows

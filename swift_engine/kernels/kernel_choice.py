@@ -31,13 +31,22 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swift_engine.kernels.costs import synthetic_passes
+from swift_engine.kernels.native_build import native_status
 from swift_engine.model.runner import KernelPlan, ModelRunner
 from swift_engine.store.records import validate_fingerprint
 from swift_engine.store.safe_files import loads_strict_json, read_regular_file, write_file_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KernelChoice", "choose_kernels", "cpu_name", "kernel_file", "machine_signature", "measure_kernels"]
+__all__ = [
+    "KernelChoice",
+    "choose_kernels",
+    "cpu_name",
+    "kernel_file",
+    "machine_signature",
+    "measure_kernels",
+    "rows_file",
+]
 
 Kernel = Literal["torch", "onednn", "packed"]
 Shape = Literal["step", "verify"]
@@ -151,6 +160,21 @@ def kernel_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
     """Where this model's kernel choice on this machine is kept (beside the cost files)."""
     validate_fingerprint(fingerprint)
     return directory / "_costs" / f"kernels-{fingerprint}-{machine_signature(runner)[1]}.json"
+
+
+def rows_file(directory: Path, fingerprint: str, runner: ModelRunner) -> tuple[Path, str]:
+    """Where this model's row-invariance verdict on this machine is kept, and what it depends on.
+
+    Besides the machine (:func:`machine_signature`): the verification kernel, the precision and, where
+    swift's kernels run, their library (its name is a digest of their sources and build flags).
+    """
+    validate_fingerprint(fingerprint)
+    machine = machine_signature(runner)[0] + f"; verify {runner.plan.verify}; {runner.precision}"
+    library = native_status().path
+    if runner.native_kernels and library is not None:
+        machine += f"; {library.name}"
+    digest = hashlib.sha256(machine.encode()).hexdigest()[:16]
+    return directory / "_costs" / f"rows-{fingerprint}-{digest}.json", machine
 
 
 def _seconds(fn: Callable[[], None]) -> float:

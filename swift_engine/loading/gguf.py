@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from swift_engine.loading.file_digest import remembered_digest
 from swift_engine.loading.local import _load_dense, quiet_weight_loading
 
 if TYPE_CHECKING:
@@ -88,6 +89,11 @@ def _gguf_digest(gguf_path: pathlib.Path) -> str:
         while count := fh.readinto(buffer):
             hasher.update(view[:count])
     return hasher.hexdigest()
+
+
+def gguf_digest(gguf_path: pathlib.Path, cache_dir: pathlib.Path) -> str:
+    """:func:`_gguf_digest`, hashed once per version of the file (remembered under ``cache_dir/digests``)."""
+    return remembered_digest(gguf_path, cache_dir / "digests", _gguf_digest)
 
 
 def _gguf_cache_key(digest: str) -> str:
@@ -359,7 +365,7 @@ def _load_gguf_cached(
     the cache is only a warning: the model is in memory by then, and a read-only or full cache
     folder should cost the next start another conversion, not this one its model.
     """
-    digest = digest or _gguf_digest(gguf_path)  # a caller that hashed the file already passes it
+    digest = digest or gguf_digest(gguf_path, cache_dir)  # a caller that hashed the file already passes it
     models_dir = cache_dir / "models"
     target = models_dir / _gguf_cache_key(digest)
 

@@ -24,10 +24,10 @@ from swift_engine.loading.file_precision import FilePrecision, float_file_precis
 from swift_engine.loading.gguf import (
     _default_cache_dir,
     _gguf_cache_key,
-    _gguf_digest,
     _is_complete_entry,
     _load_gguf_cached,
     _no_kwargs_for_gguf,
+    gguf_digest,
 )
 from swift_engine.loading.hub import ModelNotAvailableError, _HubRequest, _load_from_hub, _offline_reason
 from swift_engine.loading.local import _load_dense, _looks_like_path
@@ -258,7 +258,7 @@ def load_model(
             model, tokenizer, source = _load_gguf_cached(path, conv_cache(), torch_dtype, attn_implementation)
             return _finalize(model, tokenizer, torch_device, torch_dtype, name, source)
         # weight-only: the quantized weights kept in the conversion's entry, else quantize and keep them
-        digest = _gguf_digest(path)
+        digest = gguf_digest(path, conv_cache())
         entry = conv_cache() / "models" / _gguf_cache_key(digest)
         complete = _is_complete_entry(entry, digest)
         kept = load_quantized(entry, digest, _quantize_to, attn_implementation) if complete else None

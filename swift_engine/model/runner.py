@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from swift_engine.attach import attached
 from swift_engine.kernels import row_attention
-from swift_engine.kernels.batch_invariance import largest_invariant_rows
+from swift_engine.kernels.batch_invariance import kept_invariant_rows, largest_invariant_rows
 from swift_engine.kernels.cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
 from swift_engine.kernels.native_build import native_status
 from swift_engine.kernels.quantize import (
@@ -221,13 +222,14 @@ class ModelRunner:
         if self._kernels is not None:
             self._kernels.unpack()
 
-    def measure_rows(self, max_rows: int) -> int:
+    def measure_rows(self, max_rows: int, kept: tuple[Path, str] | None = None) -> int:
         """Cap verification passes at the row count this machine's dense kernels keep row-invariant.
 
         0 means no cap (``row_invariant`` off). Measured at a runner's first generation, once per
         model, kernel and precision: the result is kept on the model (engines over one model share
         it; the check is not free: docs/bench/measurements.md#model), and measured again only for
-        more rows than it covered.
+        more rows than it covered. ``kept`` (a file, and what it depends on in words: see
+        :func:`~swift_engine.kernels.kernel_choice.rows_file`) keeps it for later processes.
         """
         if self.max_rows is None:
             memo: dict[tuple[str, str, bool], tuple[int, int]] = attached(self.model, _ROWS_ATTR, lambda _: {})
@@ -236,8 +238,12 @@ class ModelRunner:
             if found is not None and found[0] >= max_rows:
                 self.max_rows = min(found[1], max_rows)
             else:
-                with self._linears(2):  # the plan's kernel (one for every shape when row-invariant)
-                    self.max_rows = largest_invariant_rows(self.model, self.lm_head, max_rows, self.dtype)
+                def check(rows: int) -> int:
+                    with self._linears(2):  # the plan's kernel (one for every shape when row-invariant)
+                        return largest_invariant_rows(self.model, self.lm_head, rows, self.dtype)
+
+                path, machine = kept if kept is not None else (None, "")
+                self.max_rows = kept_invariant_rows(path, max_rows, machine, check)
                 memo[key] = (max_rows, self.max_rows)
         return self.max_rows
 
