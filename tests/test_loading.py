@@ -1069,6 +1069,54 @@ def test_cache_key_is_content_not_path_or_mtime(tiny: TinyCache, tmp_path: pathl
     assert _cache_entries(cache_dir) == [entry]
 
 
+def test_a_first_conversion_shows_its_progress_and_a_cache_hit_is_quiet(
+    tiny: TinyCache, tmp_path: pathlib.Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    cache_dir = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING, logger="swift_engine"):
+        load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    notices = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(notices) == 1 and notices[0].startswith(f"Preparing {tiny.gguf.name} for this machine (once")
+    assert "Converting and de-quantizing GGUF tensors" in capfd.readouterr().err  # transformers' bar
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="swift_engine"):
+        load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err and not caplog.records  # every later load: silent
+
+
+def test_a_cache_hit_keeps_the_tokenizer_and_later_loads_read_it_back(
+    tiny: TinyCache, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kept tokenizer (tokenizer_cache.py) is the tokenizer AutoTokenizer builds, loaded without it."""
+    import transformers
+
+    cache_dir = tmp_path / "cache"
+    entry = tiny.copy_cache(cache_dir)
+    first = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")  # a hit: builds the tokenizer, keeps it
+    (kept,) = entry.glob("tokenizer-*.pickle")
+    assert stat.S_IMODE(kept.stat().st_mode) == stat.S_IMODE((entry / "config.json").stat().st_mode)
+    built: list[str] = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def counting(*args, **kwargs):  # the real loader; only its calls are counted
+        built.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counting)
+    second = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    assert built == [] and type(second.tokenizer) is type(first.tokenizer)
+    for text in ["abc", "hello  world\n", "\u00fcn\u00ef \U0001f600", ""]:
+        assert second.tokenizer(text)["input_ids"] == first.tokenizer(text)["input_ids"]
+    assert second.tokenizer.eos_token_id == first.tokenizer.eos_token_id
+    kept.write_bytes(b"not a pickle")  # unusable: loaded from the files again, and rewritten
+    with caplog.at_level(logging.WARNING):
+        third = load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    assert built == [str(entry)] and "Ignoring the kept tokenizer" in caplog.text
+    assert third.tokenizer("abc")["input_ids"] == first.tokenizer("abc")["input_ids"]
+    load_model(tiny.gguf, cache_dir=cache_dir, device="cpu")
+    assert built == [str(entry)]
+
+
 def test_different_content_with_same_size_and_mtime_is_a_miss(tmp_path: pathlib.Path) -> None:
     gguf = _write_tiny_gguf(tmp_path / "model.gguf", seed=0)
     cache_dir = tmp_path / "cache"

@@ -441,15 +441,21 @@ def quantize(model: nn.Module, precision: str) -> int:
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     count, fallback = 0, 0
+    from tqdm.auto import tqdm  # transformers' own dependency; a bar on a terminal only (disable=None)
+
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules())
+    bar = tqdm(total=linears, desc=f"Quantizing to {precision}", unit="layer", disable=None, leave=False)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
+                bar.update()
                 if precision == "int4" and child is not head and int4_fits(child):
                     setattr(module, name, Int4Linear(child))
                 else:
                     fallback += precision == "int4" and child is not head
                     setattr(module, name, Int8Linear(child))
                 count += 1
+    bar.close()
     stacked = restack_siblings(model)
     config = getattr(model, "config", None)
     if config is not None:

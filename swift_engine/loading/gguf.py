@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from swift_engine.loading.file_digest import remembered_digest
-from swift_engine.loading.local import _load_dense, quiet_weight_loading
+from swift_engine.loading.local import _load_dense
+from swift_engine.loading.tokenizer_cache import kept_tokenizer
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -132,15 +133,15 @@ def _load_gguf_direct(gguf_path: pathlib.Path, attn_implementation: str) -> tupl
     folder, name = str(gguf_path.parent), gguf_path.name
     # dequantize=True forces dense weights even where a packed-GGUF kernel is installed, because
     # only dense weights can be saved to the cache and run by SWIFT's layer-skipping forward.
-    with quiet_weight_loading():
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            gguf_file=name,
-            quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32,
-            attn_implementation=attn_implementation,
-            local_files_only=True,
-        )
+    # transformers' bars stay on: this is the long wait of a model's first use on a machine.
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        gguf_file=name,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.float32,
+        attn_implementation=attn_implementation,
+        local_files_only=True,
+    )
     _strip_quantization(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     return model, tokenizer
@@ -372,7 +373,9 @@ def _load_gguf_cached(
     problem = _entry_problem(target, digest)
     if problem is None:
         logger.debug("Loading %s from the conversion cache %s", gguf_path.name, target)
-        model, tokenizer = _load_dense(str(target), dtype, attn_implementation)
+        model, tokenizer = _load_dense(
+            str(target), dtype, attn_implementation, load_tokenizer=lambda: kept_tokenizer(target)
+        )
         return model, tokenizer, str(target)
     if os.path.lexists(target):
         logger.warning("Ignoring the cached conversion %s (%s); converting %s again.", target, problem, gguf_path)
@@ -385,9 +388,16 @@ def _load_gguf_cached(
     lock = _lock_conversion(models_dir / f"{target.name}.lock", gguf_path)
     try:
         if lock is not None and _is_complete_entry(target, digest):  # a peer finished while we waited
-            model, tokenizer = _load_dense(str(target), dtype, attn_implementation)
+            model, tokenizer = _load_dense(
+                str(target), dtype, attn_implementation, load_tokenizer=lambda: kept_tokenizer(target)
+            )
             return model, tokenizer, str(target)
-        logger.info("Converting GGUF %s to a dense model (one-time, ~20 s); caching it in %s", gguf_path, target)
+        # the one notice of a first use (as for a download): the wait that follows is once per machine
+        logger.warning(
+            "Preparing %s for this machine (once: later processes load it in seconds); caching it in %s",
+            gguf_path.name,
+            target,
+        )
         start = time.perf_counter()
         model, tokenizer = _load_gguf_direct(gguf_path, attn_implementation)
         logger.info("Converted %s in %.1f s", gguf_path.name, time.perf_counter() - start)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -64,10 +64,12 @@ def _load_dense(
     revision: str | None = None,
     local_files_only: bool = True,
     token: str | bool | None = None,
+    load_tokenizer: Callable[[], Any] | None = None,
 ) -> tuple[Any, Any]:
     """Load a regular transformers checkpoint: a folder, or a hub id (downloading only when
     ``local_files_only`` is False). ``model_kwargs`` go to the model's ``from_pretrained``; their
-    hub-access keys (``_SHARED_MODEL_KWARGS``) and ``token`` go to the tokenizer's too."""
+    hub-access keys (``_SHARED_MODEL_KWARGS``) and ``token`` go to the tokenizer's too.
+    ``load_tokenizer`` replaces ``AutoTokenizer`` (a conversion entry's kept tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = dict(model_kwargs or {})
@@ -83,6 +85,8 @@ def _load_dense(
             local_files_only=local_files_only,
             **extra,
         )
+    if load_tokenizer is not None:
+        return model, load_tokenizer()
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_files_only, **shared)
     return model, tokenizer
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from swift_engine.kernels.quantize import Int4Linear, Int8Linear, quantize, restack_siblings, untie_head
+from swift_engine.loading.tokenizer_cache import kept_tokenizer
 
 __all__ = ["load_quantized", "save_quantized"]
 
@@ -95,9 +96,7 @@ def load_quantized(
             "Ignoring the kept %s weights %s (%s: %s); quantizing again", precision, path, type(exc).__name__, exc
         )
         return None
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(entry), local_files_only=True)
+    tokenizer = kept_tokenizer(entry)
     logger.info("Loaded the %s weights kept in %s", precision, path)
     return model, tokenizer
 
