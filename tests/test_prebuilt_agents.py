@@ -284,3 +284,62 @@ def test_tools_with_a_response_format_give_a_call_or_a_valid_answer(smol):
         [get_weather], tool_choice="get_weather", response_format=fmt
     )
     assert forced.invoke("Weather in Rome?").tool_calls[0]["name"] == "get_weather"  # a forced call wins
+
+
+@pytest.mark.slow
+@needs_agent_model
+def test_create_agent_over_chat_openai_answers_behind_the_server_in_a_first_and_a_second_process(tmp_path):
+    """What a user runs: ``swift-accel serve --model qwen2.5-coder-0.5b`` and LangChain's ``create_agent`` over
+    ``ChatOpenAI``. The server is a process of its own, started twice over one fresh profile store: the
+    first process measures this machine and searches its profiles, the second finds them. Both answer
+    after the tool result (the follow-up is decided from the weights, not from a path or a name)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from langchain.agents import create_agent
+
+    langchain_openai = pytest.importorskip("langchain_openai")
+    env = {k: v for k, v in os.environ.items() if k != "SWIFT_MEASUREMENT_DIR"}  # measured as a user's first run
+    env["SWIFT_PROFILE_DIR"] = str(tmp_path / "profiles")
+    for process in ("first", "second"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cli = os.path.join(os.path.dirname(sys.executable), "swift-accel")
+        server = subprocess.Popen(
+            [cli, "serve", "--model", AGENT_MODEL, "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 600  # generous: only a hung server fails here
+            while True:
+                assert server.poll() is None, f"the server exited: {server.stderr.read()[-2000:]}"
+                try:
+                    if httpx.get(base + "/health", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+            llm = langchain_openai.ChatOpenAI(
+                base_url=base + "/v1", api_key="unused", model=AGENT_MODEL, temperature=0, max_tokens=96
+            )
+            out = create_agent(llm, [get_weather, multiply]).invoke({"messages": [("user", "What is 12 times 34?")]})
+            messages = out["messages"]
+            calls = [tc for m in messages if isinstance(m, AIMessage) for tc in m.tool_calls]
+            assert calls and calls[0]["name"] == "multiply" and calls[0]["args"] == {"a": 12, "b": 34}, process
+            final = messages[-1]
+            assert isinstance(final, AIMessage) and not final.tool_calls, process
+            assert "408" in final.text and "{" not in final.text, (process, final.text)
+        finally:
+            server.terminate()
+            server.wait(60)
+    assert any((tmp_path / "profiles").rglob("*.json"))  # the second process had the first one's profiles
