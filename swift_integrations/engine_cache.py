@@ -99,8 +99,10 @@ def _engine_key(
                 path = str(catalog_path(text.strip().lower()))
         source = os.path.realpath(path) if text and os.path.exists(path) else text
     torch_device = resolve_device(device)
-    if is_auto_dtype(dtype) and torch_device.type == "cpu":  # the file's precision: one engine with "int4" if Q4
-        precision = auto_precision(model_id, gguf_file).precision
+    if is_auto_dtype(dtype) and torch_device.type == "cpu" and gguf_file is not None and not os.path.exists(path):
+        precision = "auto"  # a hub GGUF: its header is read once it is downloaded; one key before and after
+    elif is_auto_dtype(dtype) and torch_device.type == "cpu":  # the file's precision: one engine with "int4" if Q4
+        precision = auto_precision(model_id, gguf_file, revision).precision
     else:
         precision = precision_name(dtype, torch_device)
     cfg = config.model_dump_json() if config is not None else None

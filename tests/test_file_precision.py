@@ -73,6 +73,34 @@ def test_sources_resolve_as_the_loader_resolves_them(tmp_path) -> None:
     assert auto_precision("some-org/some-hub-model").precision == "float32"  # hub ids are not read (no download)
 
 
+def test_a_hub_gguf_runs_at_the_precision_of_its_header(tmp_path, monkeypatch) -> None:
+    """A GGUF named inside a hub repo: ``auto`` reads its header from the Hugging Face cache (never
+    downloading for that), and :func:`load_model` fetches the file before deciding, then follows it."""
+    from huggingface_hub import constants as hf_constants
+
+    from swift_engine.kernels.quantize import quantized_precision
+
+    from .test_loading import _write_tiny_gguf
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert auto_precision("swift-test/tiny-gguf", gguf_file="tiny.gguf").precision == "float32"  # not cached
+    repo = tmp_path / "hub" / "models--swift-test--tiny-gguf"
+    commit = "3" * 40
+    _write_tiny_gguf(repo / "snapshots" / commit / "tiny.gguf", seed=0, file_type=7)  # a Q8_0 file
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert auto_precision("swift-test/tiny-gguf", gguf_file="tiny.gguf").file_kind == "Q8_0"
+    loaded = load_model("swift-test/tiny-gguf", gguf_file="tiny.gguf", device="cpu", cache_dir=tmp_path / "conv")
+    assert quantized_precision(loaded.model) == "int8" and loaded.model_name == "tiny"
+    named = load_model(
+        "swift-test/tiny-gguf", gguf_file="tiny.gguf", device="cpu", dtype="float32", cache_dir=tmp_path / "conv"
+    )
+    assert named.model.dtype == torch.float32 and quantized_precision(named.model) is None  # asked: as asked
+    hub_key = _engine_key("swift-test/tiny-gguf", "tiny.gguf", "cpu", "auto", None)
+    assert hub_key[3] == "auto"  # one engine before and after the download
+
+
 def test_auto_is_the_same_engine_as_the_files_precision() -> None:
     """The engine cache keys "auto" by what it means: one engine, whichever way it is named."""
     embedded = _engine_key(None, None, "cpu", "auto", None)

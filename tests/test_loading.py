@@ -830,8 +830,9 @@ def _byte_level_alphabet() -> list[str]:
     return [chr(b if b in printable else next(extra)) for b in range(256)]
 
 
-def _write_tiny_gguf(path: pathlib.Path, seed: int) -> pathlib.Path:
-    """A 2-layer llama GGUF with a byte-level BPE tokenizer (~150 kB), F32 tensors.
+def _write_tiny_gguf(path: pathlib.Path, seed: int, file_type: int | None = None) -> pathlib.Path:
+    """A 2-layer llama GGUF with a byte-level BPE tokenizer (~150 kB), F32 tensors (``file_type``: the
+    ``general.file_type`` its header claims, for ``dtype="auto"``; none by default).
 
     Every seed gives a file of the same size (same metadata and shapes), which is what the
     "same size and mtime, different content" test needs.
@@ -850,6 +851,8 @@ def _write_tiny_gguf(path: pathlib.Path, seed: int) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny")
+    if file_type is not None:
+        writer.add_file_type(file_type)
     writer.add_block_count(layers)
     writer.add_context_length(128)
     writer.add_embedding_length(hidden)

@@ -161,6 +161,57 @@ def _cached_snapshot(hub: _HubRequest) -> pathlib.Path | None:
     return pathlib.Path(found).parent if isinstance(found, str) else None
 
 
+_UNREACHABLE = "the Hugging Face Hub could not be reached"
+
+
+def _check_hub_id(hub: _HubRequest, gguf_file: str | None) -> None:
+    """A ValueError for what cannot be a hub id; at once, for a bare name that is no cached model."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(hub.repo_id)
+    except HFValidationError as exc:
+        raise ValueError(
+            f"{hub.repo_id!r} is neither an existing local path nor a valid Hugging Face hub id ({exc})."
+        ) from exc
+    if "/" not in hub.repo_id and not _in_cache(hub, gguf_file):
+        raise _unknown_short_name(hub)
+
+
+def hub_gguf_path(hub: _HubRequest, gguf_file: str) -> pathlib.Path:
+    """The local copy of ``gguf_file`` in the hub repo: from the Hugging Face cache, downloaded when
+    missing and allowed (huggingface_hub's progress bar), else one :class:`ModelNotAvailableError`."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    _check_hub_id(hub, gguf_file)
+    _no_kwargs_for_gguf(hub.model_kwargs, f"{gguf_file!r} in {hub.repo_id!r}")
+    try:
+        return pathlib.Path(
+            hf_hub_download(
+                hub.repo_id,
+                gguf_file,
+                revision=hub.revision,
+                local_files_only=hub.offline is not None,
+                token=hub.token,
+            )
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise _not_available(hub, hub.offline or _UNREACHABLE, gguf_file) from exc
+
+
+def cached_hub_gguf(repo_id: str, gguf_file: str, revision: str | None = None) -> pathlib.Path | None:
+    """``gguf_file`` of hub repo ``repo_id`` where the Hugging Face cache has it; never downloads."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(repo_id, gguf_file, revision=revision)
+    except (HFValidationError, ValueError):
+        return None
+    return pathlib.Path(found) if isinstance(found, str) else None
+
+
 def _load_from_hub(
     hub: _HubRequest,
     gguf_file: str | None,
@@ -173,36 +224,13 @@ def _load_from_hub(
     Returns (model, tokenizer, model name, source read); :func:`~swift_engine.loading.load.load_model`
     places the model on its device, as for every other source.
     """
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(hub.repo_id)
-    except HFValidationError as exc:
-        raise ValueError(
-            f"{hub.repo_id!r} is neither an existing local path nor a valid Hugging Face hub id ({exc})."
-        ) from exc
-    unreachable = "the Hugging Face Hub could not be reached"
-    if "/" not in hub.repo_id and not _in_cache(hub, gguf_file):
-        raise _unknown_short_name(hub)
 
     if gguf_file is not None:
-        _no_kwargs_for_gguf(hub.model_kwargs, f"{gguf_file!r} in {hub.repo_id!r}")
-        try:
-            local = pathlib.Path(
-                hf_hub_download(
-                    hub.repo_id,
-                    gguf_file,
-                    revision=hub.revision,
-                    local_files_only=hub.offline is not None,
-                    token=hub.token,
-                )
-            )
-        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-            raise _not_available(hub, hub.offline or unreachable, gguf_file) from exc
+        local = hub_gguf_path(hub, gguf_file)
         model, tokenizer, source = _load_gguf_cached(local, conv_cache(), dtype, attn_implementation)
         return model, tokenizer, pathlib.Path(gguf_file).stem, source
+    _check_hub_id(hub, None)
 
     if hub.offline is not None:
         # Load the cached snapshot as a local folder rather than handing the hub id to transformers:
@@ -232,7 +260,7 @@ def _load_from_hub(
         # transformers reports "could not connect and not cached" as an OSError raised from
         # huggingface_hub's LocalEntryNotFoundError; a missing repo or revision keeps its own message.
         if _caused_by(exc, LocalEntryNotFoundError, OfflineModeIsEnabled):
-            raise _not_available(hub, unreachable) from exc
+            raise _not_available(hub, _UNREACHABLE) from exc
         raise
     snapshot = _cached_snapshot(hub)
     return model, tokenizer, hub.repo_id, str(snapshot) if snapshot else hub.repo_id

@@ -29,7 +29,14 @@ from swift_engine.loading.gguf import (
     _no_kwargs_for_gguf,
     gguf_digest,
 )
-from swift_engine.loading.hub import ModelNotAvailableError, _HubRequest, _load_from_hub, _offline_reason
+from swift_engine.loading.hub import (
+    ModelNotAvailableError,
+    _HubRequest,
+    _load_from_hub,
+    _offline_reason,
+    cached_hub_gguf,
+    hub_gguf_path,
+)
 from swift_engine.loading.local import _load_dense, _looks_like_path
 from swift_engine.loading.precision import resolve_device, resolve_dtype
 from swift_engine.loading.quantized_cache import load_quantized, quantize_and_keep
@@ -106,25 +113,39 @@ def is_auto_dtype(dtype: object) -> bool:
     return isinstance(dtype, str) and dtype.strip().lower() == "auto"
 
 
-def auto_precision(model_id: str | os.PathLike[str] | None = None, gguf_file: str | None = None) -> FilePrecision:
+def auto_precision(
+    model_id: str | os.PathLike[str] | None = None, gguf_file: str | None = None, revision: str | None = None
+) -> FilePrecision:
     """What ``dtype="auto"`` runs ``model_id`` at on a CPU (:mod:`swift_engine.loading.file_precision`).
 
-    Read from the file's header, nothing loaded. A catalog name that is not installed raises as
-    :func:`load_model` would; a hub id is a float checkpoint here (a hub GGUF is only known once
-    downloaded: name its file, or ``dtype=`` explicitly).
+    Read from the file's header, nothing loaded or downloaded. A catalog name that is not installed
+    raises as :func:`load_model` would; a hub GGUF (``gguf_file`` in a hub repo) is read from the
+    Hugging Face cache, and until it is there is reported as a float checkpoint (:func:`load_model`
+    downloads it first and follows its header).
     """
-    path = _gguf_source(model_id, gguf_file)
+    path = _gguf_source(model_id, gguf_file, revision)
     return gguf_file_precision(path) if path is not None else float_file_precision()
 
 
-def _gguf_source(model_id: str | os.PathLike[str] | None, gguf_file: str | None) -> pathlib.Path | None:
+def _is_hub_id(model_id: str | os.PathLike[str] | None) -> bool:
+    """Whether :func:`load_model` treats ``model_id`` as a hub id (no such path, and not written as one)."""
+    if model_id is None or isinstance(model_id, os.PathLike):
+        return False
+    return not pathlib.Path(model_id).expanduser().exists() and not _looks_like_path(model_id)
+
+
+def _gguf_source(
+    model_id: str | os.PathLike[str] | None, gguf_file: str | None, revision: str | None = None
+) -> pathlib.Path | None:
     """The local GGUF file ``model_id`` names, resolved as :func:`load_model` resolves it; else ``None``."""
     if model_id is None:
         return embedded_model_path() if gguf_file is None else None
     text = os.fspath(model_id)
     path = pathlib.Path(text).expanduser()
     if not path.exists():
-        return resolve(text) if gguf_file is None else None
+        if gguf_file is None:
+            return resolve(text)
+        return cached_hub_gguf(text, gguf_file, revision) if _is_hub_id(text) else None
     if path.is_file():
         return path if path.suffix.lower() == ".gguf" else None
     if gguf_file is not None:
@@ -210,8 +231,15 @@ def load_model(
     if local_files_only is not None and not isinstance(local_files_only, bool):
         raise ValueError(f"local_files_only must be True, False or None, got {local_files_only!r}")
     torch_device = resolve_device(device)
+    if is_auto_dtype(dtype) and torch_device.type == "cpu" and gguf_file is not None and _is_hub_id(model_id):
+        # a hub GGUF's precision is in its header: fetch the file first (the load would), then follow it
+        hub = _HubRequest(str(model_id), revision, _offline_reason(local_files_only), extra, token)
+        local = hub_gguf_path(hub, gguf_file)
+        return load_model(
+            local, device=torch_device, dtype=dtype, cache_dir=cache_dir, attn_implementation=attn_implementation
+        )
     if is_auto_dtype(dtype) and torch_device.type == "cpu":
-        chosen = auto_precision(model_id, gguf_file)
+        chosen = auto_precision(model_id, gguf_file, revision)
         logger.info("precision %s", chosen.describe())
         dtype = chosen.precision
     torch_dtype = resolve_dtype(dtype, torch_device)
