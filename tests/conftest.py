@@ -187,12 +187,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
 #: the other core idles (the Ray Serve file mostly waits on its replicas starting).
 LONGEST_FIRST = [
     "test_ray_serve.py",
+    "test_wheel_install.py",
+    "test_prebuilt_agents.py",
     "test_bench.py",
     "test_notebooks.py",
     "test_low_precision.py",
     "test_langchain_standard.py",
     "test_embedded_exactness.py",
-    "test_prebuilt_agents.py",
     "test_constraints.py",
     "test_search_profiles.py",
     "test_loading.py",
