@@ -119,6 +119,11 @@ class SwiftConfig(BaseModel):
     #: float32 (bfloat16, int8), where one ulp flips near-ties; off in float32, where a flip is rare
     #: and the row-by-row attention would cost more than it fixes.
     row_invariant: bool | None = None
+    #: Calls that arrive while another runs share one pass per token, up to this many rows (continuous
+    #: batching of their plain decoding, each output bitwise what it is alone: swift_engine/batching);
+    #: only on swift's int4/int8 kernels, whose rows are independent by construction. 0: calls take
+    #: turns on the model, as before.
+    batch_rows: int = Field(default=16, ge=0, le=64)
     #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).
     speculative: bool = True
     #: Default step key when neither the call nor the context names one.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from swift_engine.attach import model_lock
+from swift_engine.batching.batcher import Batcher
 from swift_engine.chat.prompting import template_ids
 from swift_engine.config import SwiftConfig
 from swift_engine.decode_loop import DecodeCall
@@ -107,6 +108,8 @@ class SwiftEngine:
             budget = default_budget_bytes(self.runner.device)
         #: prompts' keys and values kept across calls (None: ``prefix_cache=False``)
         self.prefix_cache: PrefixCache | None = PrefixCache(int(budget), self.config.prefill_block) if budget else None
+        #: calls that arrive while another runs share its passes (swift_engine/batching; ``batch_rows``)
+        self.batcher = Batcher(self, self._lock)
 
     # -- per-engine state, created on first use ---------------------------------------------------
     @property
@@ -420,6 +423,41 @@ class SwiftEngine:
         return self._grammars
 
     def _stream(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
+        """Run one request: alone (SWIFT), or in the batch when other calls are running (see
+        :mod:`swift_engine.batching.batcher`); decided when the caller starts reading."""
+        self._ensure_kernels()  # the rows a pass may hold (runner.max_rows) are known from here on
+        batchable = self.batcher.accepts(request)
+        with self._calls_lock:  # decided and counted at once: calls starting together see each other
+            batched = batchable and (self.active_calls > 0 or self.batcher.rows > 0)
+            self.active_calls += 1
+            self.last_used = time.monotonic()
+        try:
+            yield from self._stream_batched(request) if batched else self._stream_alone(request)
+        finally:
+            with self._calls_lock:
+                self.active_calls -= 1
+                self.last_used = time.monotonic()
+
+    def _stream_batched(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
+        """One request in the batch's shared passes (the batcher takes the model's lock per pass)."""
+        work = self.batcher.stream(request)
+        produced = 0
+        try:
+            while True:
+                self._check_open()
+                chunk = next(work, None)
+                if chunk is None:
+                    return
+                if chunk.result is not None:
+                    self._notify(chunk.result)
+                else:
+                    produced += len(chunk.token_ids)
+                    request.check_deadline(produced)
+                yield chunk
+        finally:
+            work.close()
+
+    def _stream_alone(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
         """Run one request, holding the model's lock while each chunk is computed and only then.
 
         A caller that stops reading (or drops the stream) keeps nothing locked; closing the stream
@@ -428,9 +466,6 @@ class SwiftEngine:
         """
         work = self._run(request)
         produced = 0
-        with self._calls_lock:
-            self.active_calls += 1
-            self.last_used = time.monotonic()
         try:
             while True:
                 if not self._acquire(request):  # the wait for the model ran past the deadline
@@ -447,9 +482,6 @@ class SwiftEngine:
                     request.check_deadline(produced)
                 yield chunk
         finally:
-            with self._calls_lock:
-                self.active_calls -= 1
-                self.last_used = time.monotonic()
             # no lock: a suspended call holds nothing shared, and closing it runs no code of ours
             # (this may run in a garbage collector's thread, which must never wait on the model)
             work.close()

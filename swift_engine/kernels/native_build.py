@@ -58,7 +58,7 @@ DECODER_LAYERS_SCHEMA = (
     "decoder_layers(Tensor hidden, Tensor cos, Tensor sin, Tensor[] norm_weights, float[] norm_eps, "
     "Tensor[] weights, Tensor[] scales, Tensor[] qkv_bias, Tensor(a!)[] keys, Tensor(b!)[] values, int[] lengths, "
     "bool[] skip_attention, bool[] skip_mlp, int q_heads, int kv_heads, int head_dim, float scaling, int kind, "
-    "int group, Tensor rows_index, Tensor[] rows_lengths) -> Tensor"
+    "int group, Tensor rows_index, Tensor[] rows_lengths, Tensor? slots=None) -> Tensor"
 )
 #: what the kernel's instructions need from the CPU (``/proc/cpuinfo`` names)
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "avx512_bf16", "amx_tile", "amx_bf16")

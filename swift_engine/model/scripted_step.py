@@ -311,3 +311,61 @@ class ScriptedStep:
             out = script(*operands)
         cache.advance_layers(rows, [i not in skip_attention for i in range(self._layers)])
         return out
+
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        """(key heads, head dim) of this model's cache entries."""
+        return self._kv_heads, self._head_dim
+
+    def batchable(self) -> bool:
+        """Whether :meth:`rows_of_sequences` can run: swift's kernels take every product and the
+        attention (the runner decides whether they are used: ``ModelRunner.native_kernels``)."""
+        return self._native_products and self._native_attention
+
+    def rows_of_sequences(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        index: torch.Tensor,
+        row_lengths: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """One token of each of several generations (``hidden``: ``[R, H]``), through every layer.
+
+        ``keys``/``values``: per layer, the shared buffers ``[1, KVH, T, d]`` (swift_engine/batching/arena.py);
+        row ``r`` writes its entry at ``slots[r]`` and attends over ``index[r, :row_lengths[r]]`` (its
+        generation's entries, then that slot). Row by row the same operations as a one-token step
+        over a cache of its own (:meth:`__call__`), so the same bits (tests/test_batching.py).
+        """
+        assert self.batchable(), "rows_of_sequences needs swift's kernels (see batchable)"
+        none = [False] * self._layers
+        return cast(
+            torch.Tensor,
+            torch.ops.swift_kernels.decoder_layers(
+                hidden,
+                cos,
+                sin,
+                self._norm_weights,
+                self._norm_eps,
+                self._weights,
+                self._scales,
+                self._qkv_bias,
+                keys,
+                values,
+                [0] * self._layers,
+                none,
+                none,
+                self._q_heads,
+                self._kv_heads,
+                self._head_dim,
+                self._scaling,
+                INT4_NATIVE if self._int4 else INT8_NATIVE,
+                INT4_GROUP,
+                index,
+                [row_lengths] * self._layers,
+                slots,
+            ),
+        )

@@ -37,6 +37,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace swift_kernels {
@@ -185,9 +186,11 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const at::Tens
 
 // Rotary on q and k, the cache write, and the queries for attention, from the stacked q/k/v `y`
 // [q, (QH + 2 KVH) d]: keys/values rows [length, length + q) of each key head take k (rotated) and
-// v; returns the rotated queries [q, QH, d]. cos, sin: [q, d].
+// v (`slots`, where given: row r's entry goes to slots[r] instead); returns the rotated queries
+// [q, QH, d]. cos, sin: [q, d].
 at::Tensor rotate_and_cache(const at::Tensor& y, const bf16_t* cos, const bf16_t* sin, at::Tensor& keys,
-                            at::Tensor& values, int64_t length, int64_t QH, int64_t KVH, int64_t d) {
+                            at::Tensor& values, int64_t length, int64_t QH, int64_t KVH, int64_t d,
+                            const int32_t* slots) {
   const int64_t q = y.size(0), stride = y.size(1), half = d / 2;
   const auto* in = reinterpret_cast<const bf16_t*>(y.const_data_ptr());
   at::Tensor query = at::empty({q, QH, d}, y.options());
@@ -206,15 +209,17 @@ at::Tensor rotate_and_cache(const at::Tensor& y, const bf16_t* cos, const bf16_t
         turned[j] = static_cast<bf16_t>(x[j + half] ^ 0x8000);
         turned[j + half] = x[j];
       }
-      bf16_t* dst = h < QH ? qo + (r * QH + h) * d : kb + (h - QH) * ks1 + (length + r) * ks2;
+      const int64_t slot = slots != nullptr ? slots[r] : length + r;
+      bf16_t* dst = h < QH ? qo + (r * QH + h) * d : kb + (h - QH) * ks1 + slot * ks2;
       for (int64_t j = 0; j < d; j += 16) {
         const __m512 a = rounded(_mm512_mul_ps(load_bf16(x + j), load_bf16(c + j)));
         const __m512 b = rounded(_mm512_mul_ps(load_bf16(turned.data() + j), load_bf16(s + j)));
         store16(dst + j, _mm512_add_ps(a, b));
       }
     }
+    const int64_t slot = slots != nullptr ? slots[r] : length + r;
     for (int64_t h = 0; h < KVH; ++h)
-      std::memcpy(vb + h * vs1 + (length + r) * vs2, in + r * stride + (QH + KVH + h) * d, d * sizeof(bf16_t));
+      std::memcpy(vb + h * vs1 + slot * vs2, in + r * stride + (QH + KVH + h) * d, d * sizeof(bf16_t));
   }
   return query;
 }
@@ -238,7 +243,8 @@ at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in,
                           at::TensorList scales, at::TensorList qkv_bias, at::TensorList keys, at::TensorList values,
                           at::IntArrayRef lengths, c10::List<bool> skip_attention, c10::List<bool> skip_mlp,
                           int64_t q_heads, int64_t kv_heads, int64_t head_dim, double scaling, int64_t kind,
-                          int64_t group, const at::Tensor& rows_index, at::TensorList rows_lengths) {
+                          int64_t group, const at::Tensor& rows_index, at::TensorList rows_lengths,
+                          const std::optional<at::Tensor>& slots) {
   const int64_t layers = static_cast<int64_t>(keys.size());
   TORCH_CHECK(kind == INT4_NATIVE || kind == INT8_NATIVE, "swift_kernels::decoder_layers: swift's kernels only");
   TORCH_CHECK(hidden_in.dim() == 2 && hidden_in.scalar_type() == at::kBFloat16 && hidden_in.size(1) % 16 == 0,
@@ -263,12 +269,26 @@ at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in,
   for (const at::Tensor& b : qkv_bias)
     TORCH_CHECK(b.scalar_type() == at::kBFloat16 && b.is_contiguous() && b.numel() % 16 == 0,
                 "swift_kernels::decoder_layers: q/k/v biases must be bfloat16");
-  for (int64_t i = 0; i < layers; ++i)
+  // rows of several sequences in one pass (swift_engine/batching): row r's keys and values go to slots[r]
+  const int32_t* slot = nullptr;
+  int64_t last_slot = -1;
+  if (slots.has_value() && slots->defined()) {
+    TORCH_CHECK(slots->scalar_type() == at::kInt && slots->is_contiguous() && slots->numel() == q,
+                "swift_kernels::decoder_layers: slots must be [q] int32");
+    slot = slots->const_data_ptr<int32_t>();
+    for (int64_t r = 0; r < q; ++r) {
+      TORCH_CHECK(slot[r] >= 0, "swift_kernels::decoder_layers: slots must be >= 0");
+      last_slot = std::max<int64_t>(last_slot, slot[r]);
+    }
+  }
+  for (int64_t i = 0; i < layers; ++i) {
+    const int64_t needed = slot != nullptr ? last_slot + 1 : lengths[i] + q;
     TORCH_CHECK(keys[i].dim() == 4 && values[i].dim() == 4 && keys[i].scalar_type() == at::kBFloat16 &&
                     values[i].scalar_type() == at::kBFloat16 && keys[i].stride(3) == 1 && values[i].stride(3) == 1 &&
                     keys[i].size(1) == kv_heads && keys[i].size(3) == d && values[i].size(3) == d &&
-                    keys[i].size(2) >= lengths[i] + q && values[i].size(2) >= lengths[i] + q,
+                    keys[i].size(2) >= needed && values[i].size(2) >= needed,
                 "swift_kernels::decoder_layers: keys/values must be [1, KVH, T, d] bfloat16 with room for the rows");
+  }
   const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
   const auto* cp = reinterpret_cast<const bf16_t*>(cos.const_data_ptr());
   const auto* sp = reinterpret_cast<const bf16_t*>(sin.const_data_ptr());
@@ -288,7 +308,7 @@ at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in,
         for (int64_t r = 0; r < q; ++r) add_into(yp + r * y.size(1), bp, yp + r * y.size(1), y.size(1));
       }
       at::Tensor layer_keys = keys[i], layer_values = values[i];
-      const at::Tensor query = rotate_and_cache(y, cp, sp, layer_keys, layer_values, lengths[i], q_heads, kv_heads, d);
+      const at::Tensor query = rotate_and_cache(y, cp, sp, layer_keys, layer_values, lengths[i], q_heads, kv_heads, d, slot);
       const at::Tensor attended =
           rows_attention(query, layer_keys[0], layer_values[0], rows_index, rows_lengths[i], scaling).reshape({q, -1});
       const at::Tensor out = product(attended, weights[w + 1], scales[w + 1], kind, group);

@@ -20,7 +20,8 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
                           at::TensorList scales, at::TensorList qkv_bias, at::TensorList keys, at::TensorList values,
                           at::IntArrayRef lengths, c10::List<bool> skip_attention, c10::List<bool> skip_mlp,
                           int64_t q_heads, int64_t kv_heads, int64_t head_dim, double scaling, int64_t kind,
-                          int64_t group, const at::Tensor& rows_index, at::TensorList rows_lengths);
+                          int64_t group, const at::Tensor& rows_index, at::TensorList rows_lengths,
+                          const std::optional<at::Tensor>& slots);
 at::Tensor rms_norm_op(const at::Tensor& hidden, const at::Tensor& weight, double eps);
 int64_t mean_lanes();
 
@@ -39,7 +40,7 @@ bool amx_granted() {
   "decoder_layers(Tensor hidden, Tensor cos, Tensor sin, Tensor[] norm_weights, float[] norm_eps, "            \
   "Tensor[] weights, Tensor[] scales, Tensor[] qkv_bias, Tensor(a!)[] keys, Tensor(b!)[] values, int[] lengths, " \
   "bool[] skip_attention, bool[] skip_mlp, int q_heads, int kv_heads, int head_dim, float scaling, int kind, "  \
-  "int group, Tensor rows_index, Tensor[] rows_lengths) -> Tensor"
+  "int group, Tensor rows_index, Tensor[] rows_lengths, Tensor? slots=None) -> Tensor"
 
 TORCH_LIBRARY(swift_kernels, m) {
   m.def("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");

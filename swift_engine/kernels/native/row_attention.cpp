@@ -159,95 +159,112 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
   const int G = H / KVH, L = static_cast<int>(index.size(1));
   const int32_t* idx = index.const_data_ptr<int32_t>();
   const int32_t* len = lengths.const_data_ptr<int32_t>();
-  int lo = T, hi = 0;
+  // each row's key span [row_lo, row_hi); rows whose spans overlap are scored together (a tree's rows
+  // all do), rows of different sequences in one pass (each over its own region of the cache) apart:
+  // a score is the same dot product whichever block computes it, so the grouping changes no bits
+  std::vector<int> row_lo(R, T), row_hi(R, 0);
   for (int r = 0; r < R; ++r) {
     TORCH_CHECK(len[r] >= 1 && len[r] <= L, "swift_kernels::rows_attention: lengths out of range");
     for (int j = 0; j < len[r]; ++j) {
       TORCH_CHECK(idx[r * L + j] >= 0 && idx[r * L + j] < T, "swift_kernels::rows_attention: index out of range");
-      lo = std::min(lo, idx[r * L + j]);
-      hi = std::max(hi, idx[r * L + j] + 1);
+      row_lo[r] = std::min(row_lo[r], idx[r * L + j]);
+      row_hi[r] = std::max(row_hi[r], idx[r * L + j] + 1);
     }
   }
-  const int span = hi - lo, blocks = (span + 15) / 16, dpad = (d + 31) / 32 * 32, steps = dpad / 32;
-  const int cols = R * G;  // queries per key head: column c = row c / G, head c % G of the group
   at::Tensor out = at::empty({R, H, dv}, query.options());
-  // scores[h][c][j - lo] for every key in [lo, hi): float32 [KVH, cols, blocks * 16]
-  std::vector<float> scores(static_cast<size_t>(KVH) * cols * blocks * 16);
   const auto* q = reinterpret_cast<const bf16_t*>(query.const_data_ptr());
   const auto* k = reinterpret_cast<const bf16_t*>(key.const_data_ptr());
   const auto* v = reinterpret_cast<const bf16_t*>(value.const_data_ptr());
   auto* o = reinterpret_cast<bf16_t*>(out.data_ptr());
   const int64_t ks0 = key.stride(0), ks1 = key.stride(1), vs0 = value.stride(0), vs1 = value.stride(1);
-  const int chunks = (cols + 15) / 16;
-  at::parallel_for(0, KVH * chunks, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
-    alignas(64) bf16_t keys[16 * 256];        // a block of keys padded to whole tile steps (tails only)
-    alignas(64) float block[16 * 16];
-    int configured = -1;
-    for (int64_t item = begin; item < end; ++item) {
-      const int h = static_cast<int>(item / chunks), c0 = static_cast<int>(item % chunks) * 16;
-      const int n = std::min(16, cols - c0);
-      for (int i = 0; i < steps * 16 * n * 2; ++i) qt[i] = 0;
-      for (int c = 0; c < n; ++c) {
-        const int col = c0 + c, r = col / G, head = h * G + col % G;
-        const bf16_t* qv = q + (static_cast<int64_t>(r) * H + head) * d;
-        for (int e = 0; e < d; ++e) qt[((e / 32) * 16 + (e % 32) / 2) * n * 2 + c * 2 + e % 2] = qv[e];
-      }
-      if (configured != n) {
-        TileConfig cfg;
-        cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * n);  // C: 16 keys x n queries
-        cfg.rows[1] = 16; cfg.colsb[1] = 64;                             // A: 16 keys x 32 dims
-        cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * n);  // B: 16 dim pairs x n queries
-        _tile_loadconfig(&cfg);
-        configured = n;
-      }
-      const bf16_t* kh = k + h * ks0;
-      for (int b = 0; b < blocks; ++b) {
-        const int j0 = lo + 16 * b, rows = std::min(16, hi - j0);
-        const bool direct = rows == 16 && dpad == d;
-        if (!direct) {  // a tail block or a head dim short of a tile step: zero-padded copy
-          for (int i = 0; i < 16 * dpad; ++i) keys[i] = 0;
-          for (int i = 0; i < rows; ++i)
-            for (int e = 0; e < d; ++e) keys[i * dpad + e] = kh[(j0 + i) * ks1 + e];
-        }
-        _tile_zero(0);
-        for (int s = 0; s < steps; ++s) {
-          if (direct) _tile_loadd(1, kh + j0 * ks1 + 32 * s, static_cast<int>(ks1 * 2));
-          else _tile_loadd(1, keys + 32 * s, dpad * 2);
-          _tile_loadd(2, qt + s * 16 * n * 2, 4 * n);
-          _tile_dpbf16ps(0, 1, 2);
-        }
-        _tile_stored(0, block, 64);
-        for (int c = 0; c < n; ++c) {
-          float* dst = scores.data() + (static_cast<size_t>(h) * cols + c0 + c) * blocks * 16 + 16 * b;
-          for (int i = 0; i < 16; ++i) dst[i] = block[i * 16 + c];
-        }
-      }
-    }
-    _tile_release();
-  });
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, static_cast<int64_t>(R) * KVH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> rows(static_cast<size_t>(G) * L);
-    std::vector<int32_t> keys(L);
-    std::vector<const float*> probs(G);
-    std::vector<bf16_t*> outs(G);
-    std::vector<float> inv(G);
-    for (int64_t item = begin; item < end; ++item) {
-      const int r = static_cast<int>(item / KVH), h = static_cast<int>(item % KVH), n = len[r];
-      for (int j = 0; j < n; ++j) keys[j] = idx[r * L + j];
-      for (int g = 0; g < G; ++g) {  // query head h * G + g: its scores in the row's key order, softmaxed
-        const int col = r * G + g;
-        const float* s = scores.data() + (static_cast<size_t>(h) * cols + col) * blocks * 16;
-        float* row = rows.data() + static_cast<size_t>(g) * L;
-        for (int j = 0; j < n; ++j) row[j] = s[keys[j] - lo];
-        inv[g] = softmax(row, n, fscale);
-        probs[g] = row;
-        outs[g] = o + (static_cast<int64_t>(r) * H + h * G + g) * dv;
+  const int dpad = (d + 31) / 32 * 32, steps = dpad / 32;
+  // rows [r0, r1) over the keys in [lo, hi)
+  auto attend = [&](int r0, int r1, int lo, int hi) {
+    const int span = hi - lo, blocks = (span + 15) / 16;
+    const int cols = (r1 - r0) * G;  // queries per key head: column c = row r0 + c / G, head c % G of the group
+    // scores[h][c][j - lo] for every key in [lo, hi): float32 [KVH, cols, blocks * 16]
+    std::vector<float> scores(static_cast<size_t>(KVH) * cols * blocks * 16);
+    const int chunks = (cols + 15) / 16;
+    at::parallel_for(0, KVH * chunks, 1, [&](int64_t begin, int64_t end) {
+      alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
+      alignas(64) bf16_t keys[16 * 256];        // a block of keys padded to whole tile steps (tails only)
+      alignas(64) float block[16 * 16];
+      int configured = -1;
+      for (int64_t item = begin; item < end; ++item) {
+        const int h = static_cast<int>(item / chunks), c0 = static_cast<int>(item % chunks) * 16;
+        const int n = std::min(16, cols - c0);
+        for (int i = 0; i < steps * 16 * n * 2; ++i) qt[i] = 0;
+        for (int c = 0; c < n; ++c) {
+          const int col = c0 + c, r = r0 + col / G, head = h * G + col % G;
+          const bf16_t* qv = q + (static_cast<int64_t>(r) * H + head) * d;
+          for (int e = 0; e < d; ++e) qt[((e / 32) * 16 + (e % 32) / 2) * n * 2 + c * 2 + e % 2] = qv[e];
+        }
+        if (configured != n) {
+          TileConfig cfg;
+          cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * n);  // C: 16 keys x n queries
+          cfg.rows[1] = 16; cfg.colsb[1] = 64;                             // A: 16 keys x 32 dims
+          cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * n);  // B: 16 dim pairs x n queries
+          _tile_loadconfig(&cfg);
+          configured = n;
+        }
+        const bf16_t* kh = k + h * ks0;
+        for (int b = 0; b < blocks; ++b) {
+          const int j0 = lo + 16 * b, rows = std::min(16, hi - j0);
+          const bool direct = rows == 16 && dpad == d;
+          if (!direct) {  // a tail block or a head dim short of a tile step: zero-padded copy
+            for (int i = 0; i < 16 * dpad; ++i) keys[i] = 0;
+            for (int i = 0; i < rows; ++i)
+              for (int e = 0; e < d; ++e) keys[i * dpad + e] = kh[(j0 + i) * ks1 + e];
+          }
+          _tile_zero(0);
+          for (int s = 0; s < steps; ++s) {
+            if (direct) _tile_loadd(1, kh + j0 * ks1 + 32 * s, static_cast<int>(ks1 * 2));
+            else _tile_loadd(1, keys + 32 * s, dpad * 2);
+            _tile_loadd(2, qt + s * 16 * n * 2, 4 * n);
+            _tile_dpbf16ps(0, 1, 2);
+          }
+          _tile_stored(0, block, 64);
+          for (int c = 0; c < n; ++c) {
+            float* dst = scores.data() + (static_cast<size_t>(h) * cols + c0 + c) * blocks * 16 + 16 * b;
+            for (int i = 0; i < 16; ++i) dst[i] = block[i * 16 + c];
+          }
+        }
       }
-      heads_values(probs.data(), G, n, v + h * vs0, vs1, keys.data(), dv, inv.data(), outs.data());
+      _tile_release();
+    });
+    at::parallel_for(0, static_cast<int64_t>(r1 - r0) * KVH, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> rows(static_cast<size_t>(G) * L);
+      std::vector<int32_t> keys(L);
+      std::vector<const float*> probs(G);
+      std::vector<bf16_t*> outs(G);
+      std::vector<float> inv(G);
+      for (int64_t item = begin; item < end; ++item) {
+        const int r = r0 + static_cast<int>(item / KVH), h = static_cast<int>(item % KVH), n = len[r];
+        for (int j = 0; j < n; ++j) keys[j] = idx[r * L + j];
+        for (int g = 0; g < G; ++g) {  // query head h * G + g: its scores in the row's key order, softmaxed
+          const int col = (r - r0) * G + g;
+          const float* s = scores.data() + (static_cast<size_t>(h) * cols + col) * blocks * 16;
+          float* row = rows.data() + static_cast<size_t>(g) * L;
+          for (int j = 0; j < n; ++j) row[j] = s[keys[j] - lo];
+          inv[g] = softmax(row, n, fscale);
+          probs[g] = row;
+          outs[g] = o + (static_cast<int64_t>(r) * H + h * G + g) * dv;
+        }
+        heads_values(probs.data(), G, n, v + h * vs0, vs1, keys.data(), dv, inv.data(), outs.data());
+      }
+    });
+  };
+  for (int r0 = 0; r0 < R;) {
+    int r1 = r0 + 1, lo = row_lo[r0], hi = row_hi[r0];
+    while (r1 < R && row_lo[r1] < hi && row_hi[r1] > lo) {
+      lo = std::min(lo, row_lo[r1]);
+      hi = std::max(hi, row_hi[r1]);
+      ++r1;
     }
-  });
+    attend(r0, r1, lo, hi);
+    r0 = r1;
+  }
   return out;
 }
 

@@ -1,0 +1,285 @@
+"""Many calls, one pass: generations in flight at once decode their next tokens in shared passes.
+
+Why: decoding a small model on a CPU is bound by reading its weights, and on swift's int4/int8
+kernels a pass of 16 rows costs about 1.7 one-row steps (docs/bench/passes), so calls that take turns
+on the model's lock (what they did before) waste nearly all of each pass. Here a call that arrives
+while another runs joins the *batch*: its prompt is prefilled as a call alone would (same blocks, same
+prefix cache), then each pass takes one token of every generation in the batch: rows of all of them
+through the linears together, attention each over its own entries (:mod:`swift_engine.batching.arena`).
+
+Exact whatever the company: on swift's kernels a row's products, norms and attention never mix rows
+(row-invariant by construction: native/*.cpp), so each generation's tokens are bitwise those of its
+plain decoding alone -- which greedy SWIFT equals (``tests/test_batching.py`` compares them). A
+batched generation decodes plainly (no drafts, no search, its step's profile untouched): with other
+calls sharing the pass, rows spent on a draft tree would be taken from them.
+
+The lifecycle, for each call (:meth:`Batcher.stream`):
+
+1. **join** -- the request waits in ``waiting``; nothing is computed in the caller's thread yet.
+2. **drive** -- any waiting caller whose chunks are not ready takes the model's lock (the engine's own,
+   shared with the calls that decode alone) and runs :meth:`Batcher._drive`: drop closed calls, admit
+   waiting ones (prefill, first token) up to ``batch_rows``, run one pass over every admitted call,
+   hand each its token. Callers whose chunks came meanwhile just read them.
+3. **leave** -- a generation that ends (EOS, stop string, ``max_new_tokens``, its caller closing the
+   stream or timing out) gives its region back before the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from swift_engine.batching.arena import KVArena, Region
+from swift_engine.decoding.prefill import prefill
+from swift_engine.decoding.sampling import sample, target_probs
+from swift_engine.decoding.stopping import TextStream
+from swift_engine.request import GenerationRequest
+from swift_engine.results import FinishReason, GenerationResult, GenerationStats, StreamChunk
+
+if TYPE_CHECKING:
+    from swift_engine.decode_loop import EngineParts
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Batcher"]
+
+#: how long a caller with nothing to read waits before trying to drive a pass itself (s)
+_POLL_S = 0.05
+
+
+class _Row:
+    """One generation in the batch: its request, its region of the arena and what it has produced."""
+
+    def __init__(self, request: GenerationRequest, engine: EngineParts, max_new_tokens: int) -> None:
+        self.request = request
+        self.max_new_tokens = max_new_tokens
+        self.text = TextStream(engine.tokenizer, request.stops)
+        self.out: list[int] = []
+        self.chunks: deque[StreamChunk] = deque()
+        self.region: Region | None = None
+        self.last = 0  # the token fed next (at the position of the region's next entry)
+        self.done = False
+        self.closed = False  # the caller went away: leave at the next pass
+        self.error: BaseException | None = None
+        self.started = time.perf_counter()
+        runner = engine.runner
+        self.stats = GenerationStats(
+            prompt_tokens=len(request.prompt_ids),
+            step_key=request.step_key,
+            kernels=runner.kernels,
+            precision=runner.precision,
+            kernel_memory_bytes=runner.packed_bytes,
+            mode="plain",
+        )
+        self.generator: torch.Generator | None = None
+        if not request.sampling.greedy:
+            self.generator = torch.Generator(device=runner.device)
+            seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
+            self.generator.manual_seed(seed)
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """The next token from ``logits`` ``[vocab]``: argmax, or a sample with this call's generator."""
+        params = self.request.sampling
+        return int(logits.argmax().item()) if params.greedy else sample(target_probs(logits, params), self.generator)
+
+    def push(self, tok: int, eos_ids: frozenset[int]) -> None:
+        """Commit one token: its chunk, and the end where plain decoding would end."""
+        self.out.append(tok)
+        finish: FinishReason | None = None
+        if tok in eos_ids:
+            self.chunks.append(StreamChunk(text="", token_ids=[tok]))
+            finish = "eos"
+        else:
+            self.chunks.append(StreamChunk(text=self.text.push([tok]), token_ids=[tok]))
+            if self.text.stopped_at is not None:
+                finish = "stop"
+            elif len(self.out) >= self.max_new_tokens:
+                finish = "length"
+        if finish is not None:
+            self._finish(finish)
+        else:
+            self.last = tok
+
+    def _finish(self, finish: FinishReason) -> None:
+        tail = self.text.flush()
+        if tail:
+            self.chunks.append(StreamChunk(text=tail))
+        stats = self.stats
+        stats.new_tokens = len(self.out)
+        stats.wall_time_s = time.perf_counter() - self.started
+        result = GenerationResult(
+            text=self.text.final_text, token_ids=self.out, finish_reason=finish, stats=stats.finalize()
+        )
+        self.chunks.append(StreamChunk(result=result))
+        self.done = True
+
+
+class Batcher:
+    """The engine's batch: calls admitted to shared passes, and the arena their caches live in."""
+
+    def __init__(self, engine: EngineParts, lock: threading.RLock) -> None:
+        self.engine = engine
+        self._lock = lock  # the engine's model lock (calls decoding alone take it too)
+        self._state = threading.Condition()  # guards waiting, active and every row's chunks
+        self.waiting: deque[_Row] = deque()
+        self.active: list[_Row] = []
+        self._arena: KVArena | None = None
+
+    @property
+    def rows(self) -> int:
+        """Generations in the batch now, waiting or decoding."""
+        with self._state:
+            return len(self.waiting) + len(self.active)
+
+    def accepts(self, request: GenerationRequest) -> bool:
+        """Whether ``request`` can decode in shared passes: swift's kernels on this model, no grammar."""
+        runner, fast = self.engine.runner, self.engine.runner.fast
+        return (
+            self.engine.config.batch_rows > 0
+            and request.grammar is None
+            and runner.native_kernels
+            and fast is not None
+            and fast.scripted is not None
+            and fast.usable()
+            and fast.scripted.batchable()
+        )
+
+    def stream(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
+        """The call's chunks as the passes produce them (the engine checks its deadline between them)."""
+        ctx = self.engine.runner.context_length
+        limit = request.max_new_tokens if ctx is None else min(request.max_new_tokens, ctx - len(request.prompt_ids))
+        row = _Row(request, self.engine, limit)
+        with self._state:
+            self.waiting.append(row)
+        try:
+            while True:
+                with self._state:
+                    chunk = row.chunks.popleft() if row.chunks else None
+                    error = row.error
+                if error is not None:
+                    raise error
+                if chunk is not None:
+                    yield chunk
+                    if chunk.result is not None:
+                        return
+                    continue
+                request.check_deadline(len(row.out))
+                if self._lock.acquire(timeout=_POLL_S):
+                    try:
+                        self._drive()
+                    finally:
+                        self._lock.release()
+        finally:
+            with self._state:
+                row.closed = True
+                if row in self.waiting:
+                    self.waiting.remove(row)
+
+    # -- the passes (callers hold the model's lock) ------------------------------------------------
+    def _drive(self) -> None:
+        """Admit waiting calls, run one pass over the batch, hand out its tokens (see the module docstring)."""
+        try:
+            self._leave()
+            self._admit()
+            if self.active:
+                self._pass()
+        except BaseException as exc:  # noqa: BLE001 - every caller of the batch hears of it, then it empties
+            with self._state:
+                for row in list(self.active) + list(self.waiting):
+                    row.error = exc
+                self.waiting.clear()
+            self._leave(everyone=True)
+            raise
+        finally:
+            with self._state:
+                self._state.notify_all()
+
+    def _leave(self, everyone: bool = False) -> None:
+        with self._state:
+            gone = [r for r in self.active if everyone or r.done or r.closed]
+            self.active = [r for r in self.active if r not in gone]
+        for row in gone:
+            if row.region is not None and self._arena is not None:
+                self._arena.close(row.region)
+                row.region = None
+
+    def _admit(self) -> None:
+        cap = min(self.engine.config.batch_rows, self.engine.runner.max_rows or self.engine.config.batch_rows)
+        while True:
+            with self._state:
+                if not self.waiting or len(self.active) >= cap:
+                    return
+                row = self.waiting.popleft()
+            self._prefill(row)
+            with self._state:
+                if not row.done and not row.closed:
+                    self.active.append(row)
+                elif row.region is not None and self._arena is not None:
+                    self._arena.close(row.region)
+                    row.region = None
+
+    def _prefill(self, row: _Row) -> None:
+        """The prompt into the row's region, as a call alone prefills it, and the first token."""
+        engine, runner, request = self.engine, self.engine.runner, row.request
+        if self._arena is None:
+            assert runner.fast is not None and runner.fast.scripted is not None  # see accepts()
+            kv_heads, head_dim = runner.fast.scripted.cache_shape
+            self._arena = KVArena(runner.num_layers, kv_heads, head_dim, torch.bfloat16, runner.device)
+        prompt = request.prompt_ids
+        row.region = self._arena.open(len(prompt) + row.max_new_tokens + 1)
+        start = time.perf_counter()
+        # into a cache of the size a call alone has (its attention reads the cache's buffers as they are
+        # laid out), then copied into the region
+        cache = runner.new_cache(capacity=len(prompt) + row.max_new_tokens + engine.config.tree.max_tree_tokens + 1)
+        hidden, row.stats.cached_prompt_tokens = prefill(
+            runner,
+            cache,
+            prompt,
+            1,
+            block=engine.config.prefill_block,
+            prefix_cache=engine.prefix_cache,
+            check=lambda: request.check_deadline(0),
+        )
+        row.region.cache.load([(k, v) for k, v in cache.entries(0, len(prompt))])
+        row.stats.prefill_time_s = time.perf_counter() - start
+        row.push(row.pick(runner.logits(hidden[-1:])[0]), engine.eos_ids)
+
+    @torch.inference_mode()
+    def _pass(self) -> None:
+        """One token of every active generation, in one pass."""
+        runner, arena = self.engine.runner, self._arena
+        fast = runner.fast
+        assert arena is not None and fast is not None and fast.scripted is not None
+        rows = list(self.active)
+        regions = [r.region for r in rows]
+        assert all(reg is not None for reg in regions)
+        lengths = torch.tensor([reg.cache.get_seq_length() for reg in regions], dtype=torch.int32)  # type: ignore[union-attr]
+        starts = torch.tensor([reg.start for reg in regions], dtype=torch.int32)  # type: ignore[union-attr]
+        longest = int(lengths.max()) + 1
+        # row r's keys: its region's entries, then its own new one at slot start + length
+        index = (starts[:, None] + torch.arange(longest, dtype=torch.int32)[None]).contiguous()  # [R, longest]
+        slots = (starts + lengths).contiguous()  # [R]
+        dec: Any = fast.decoder
+        ids = torch.tensor([r.last for r in rows], device=runner.device)
+        positions = lengths.to(device=runner.device, dtype=torch.long)  # each token after its region's entries
+        hidden = dec.embed_tokens.forward(ids)  # [R, H]
+        cos, sin = dec.rotary_emb.forward(hidden, positions[None])
+        out = fast.scripted.rows_of_sequences(
+            hidden, cos, sin, arena.keys, arena.values, index, (lengths + 1).contiguous(), slots
+        )
+        for reg in regions:
+            reg.cache.advance_layers(1, [True] * runner.num_layers)  # type: ignore[union-attr]
+        logits = runner.logits(dec.norm.forward(out))  # [R, vocab]
+        with self._state:
+            for i, row in enumerate(rows):
+                row.stats.verify_steps += 1
+                row.stats.kv_cache_bytes = arena.nbytes
+                if not row.closed:
+                    row.push(row.pick(logits[i]), self.engine.eos_ids)
