@@ -62,6 +62,8 @@ class GenerationStats(BaseModel):
     kernel_memory_bytes: int = 0
     #: Prompt tokens whose keys and values came from the prefix cache (not prefilled by this call).
     cached_prompt_tokens: int = 0
+    #: Passes this call shared with other calls' tokens (continuous batching: swift_engine/batching); 0 alone.
+    shared_passes: int = 0
     #: Memory of the engine's prefix cache after this call's prompt was added (0: off).
     prefix_cache_bytes: int = 0
 

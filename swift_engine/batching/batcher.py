@@ -134,9 +134,9 @@ class Batcher:
 
     @property
     def rows(self) -> int:
-        """Generations in the batch now, waiting or decoding."""
+        """Generations in the batch now, waiting or decoding (a closed one leaves at the next pass)."""
         with self._state:
-            return len(self.waiting) + len(self.active)
+            return len(self.waiting) + sum(not (r.done or r.closed) for r in self.active)
 
     def accepts(self, request: GenerationRequest) -> bool:
         """Whether ``request`` can decode in shared passes: swift's kernels on this model, no grammar."""
@@ -181,6 +181,13 @@ class Batcher:
                 row.closed = True
                 if row in self.waiting:
                     self.waiting.remove(row)
+            # its region back now where the model is free; else the next pass drops it (closing never
+            # waits on the model: it may run in a garbage collector's thread)
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._leave()
+                finally:
+                    self._lock.release()
 
     # -- the passes (callers hold the model's lock) ------------------------------------------------
     def _drive(self) -> None:
@@ -280,6 +287,7 @@ class Batcher:
         with self._state:
             for i, row in enumerate(rows):
                 row.stats.verify_steps += 1
+                row.stats.shared_passes += len(rows) > 1
                 row.stats.kv_cache_bytes = arena.nbytes
                 if not row.closed:
                     row.push(row.pick(logits[i]), self.engine.eos_ids)

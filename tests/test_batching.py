@@ -1,0 +1,192 @@
+"""Many calls, one pass (swift_engine/batching): calls in flight at once share the model's passes on
+swift's int4/int8 kernels, and each call's tokens are bitwise what it produces alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from swift_engine import SwiftConfig, SwiftEngine
+from swift_engine.batching.arena import KVArena
+from swift_engine.kernels.native_build import native_status
+from swift_engine.results import GenerationResult
+
+from .conftest import finishes_in_time
+
+needs_native = pytest.mark.skipif(
+    not native_status().loaded, reason=f"swift's AMX kernels are not usable here: {native_status().reason}"
+)
+
+PROMPTS = [
+    "Write a haiku about the sea.",
+    "What is the capital of France? Answer in one sentence.",
+    "List three fruits.",
+    "Explain recursion briefly, in two or three sentences, to a new programmer.",
+    "Say hello in Spanish.",
+    "Why is the sky blue?",
+]
+
+
+def _messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _together(engine: SwiftEngine, jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``jobs`` in threads while another call is in flight, so that every one of them joins the batch."""
+    holder = engine.stream("Hello", max_new_tokens=4, speculative=False)
+    next(holder)  # a call in flight (suspended: it holds no lock)
+    results: list[Any] = [None] * len(jobs)
+
+    def run(i: int) -> None:
+        results[i] = jobs[i]()
+
+    def all_jobs() -> None:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    try:
+        finishes_in_time(all_jobs, 300)
+    finally:
+        holder.close()
+    return results
+
+
+@pytest.fixture(scope="module")
+def int4() -> SwiftEngine:
+    return SwiftEngine.from_pretrained(None, dtype="int4")
+
+
+# -- the arena (no model) ---------------------------------------------------------------------------
+
+
+def test_arena_regions_are_first_fit_reused_and_kept_when_the_buffers_grow() -> None:
+    arena = KVArena(layers=2, kv_heads=1, head_dim=16, dtype=torch.bfloat16, device=torch.device("cpu"))
+    a = arena.open(100)
+    b = arena.open(100)
+    assert (a.start, b.start) == (0, 100) and arena.capacity == 256
+    entries = [(torch.randn(1, 1, 7, 16).to(torch.bfloat16), torch.randn(1, 1, 7, 16).to(torch.bfloat16))] * 2
+    b.cache.load(entries)
+    c = arena.open(300)  # no room: the buffers double, b's entries move with them
+    assert arena.capacity >= 500 and c.start == 200
+    assert torch.equal(b.cache.layers[0].keys, entries[0][0]) and b.cache.get_seq_length() == 7
+    assert torch.equal(arena.keys[1][:, :, 100:107], entries[1][0])  # the cache is a view of its region
+    arena.close(a)
+    assert arena.open(60).start == 0  # a's room, first fit
+    assert arena.open(60).start == 500  # 40 left there: past c
+
+
+# -- the kernels -----------------------------------------------------------------------------------
+
+
+@needs_native
+def test_rows_of_different_sequences_attend_as_each_sequence_alone() -> None:
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(2, 300, 64, generator=g).to(torch.bfloat16)  # [KVH, T, d]: two sequences' regions
+    values = torch.randn(2, 300, 64, generator=g).to(torch.bfloat16)
+    query = torch.randn(3, 4, 64, generator=g).to(torch.bfloat16)  # 3 rows, 4 heads over 2 key heads
+    lists = [list(range(0, 37)), list(range(100, 181)), list(range(200, 201))]  # three regions
+    index = torch.zeros(3, 81, dtype=torch.int32)
+    for r, keys_r in enumerate(lists):
+        index[r, : len(keys_r)] = torch.tensor(keys_r, dtype=torch.int32)
+    lengths = torch.tensor([len(k) for k in lists], dtype=torch.int32)
+    together = torch.ops.swift_kernels.rows_attention(query, keys, values, index, lengths, 0.125)
+    for r, keys_r in enumerate(lists):
+        alone_index = torch.arange(len(keys_r), dtype=torch.int32)[None]
+        region = slice(keys_r[0], keys_r[-1] + 1)
+        alone = torch.ops.swift_kernels.rows_attention(
+            query[r : r + 1].contiguous(),
+            keys[:, region].contiguous(),
+            values[:, region].contiguous(),
+            alone_index,
+            lengths[r : r + 1],
+            0.125,
+        )
+        assert torch.equal(together[r], alone[0])
+
+
+# -- calls on the embedded model ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_native
+def test_calls_in_flight_together_give_each_exactly_its_tokens_alone(int4: SwiftEngine) -> None:
+    kwargs = [
+        {"max_new_tokens": 40},
+        {"max_new_tokens": 12},
+        {"max_new_tokens": 33, "stop": ["\n\n"]},
+        {"max_new_tokens": 48},
+        {"max_new_tokens": 1},
+        {"max_new_tokens": 24},
+    ]
+    alone = [int4.generate(_messages(p), speculative=False, **kw) for p, kw in zip(PROMPTS, kwargs, strict=True)]
+    swift = int4.generate(_messages(PROMPTS[0]), **kwargs[0])  # SWIFT alone: the same tokens (the engine's promise)
+    assert swift.token_ids == alone[0].token_ids and swift.stats.shared_passes == 0
+    together: list[GenerationResult] = _together(
+        int4, [lambda p=p, kw=kw: int4.generate(_messages(p), **kw) for p, kw in zip(PROMPTS, kwargs, strict=True)]
+    )
+    for a, b in zip(alone, together, strict=True):
+        assert b.token_ids == a.token_ids and b.text == a.text and b.finish_reason == a.finish_reason
+    assert all(r.stats.shared_passes > 0 for r in together if len(r.token_ids) > 2)
+    assert together[2].finish_reason in ("stop", "length", "eos") and together[4].token_ids == alone[4].token_ids
+
+
+@pytest.mark.slow
+@needs_native
+def test_a_call_closed_mid_way_leaves_the_batch_and_the_others_exact(int4: SwiftEngine) -> None:
+    alone = [int4.generate(_messages(p), speculative=False, max_new_tokens=32) for p in PROMPTS[:3]]
+
+    def closed_after_three_tokens() -> int:
+        stream = int4.stream(_messages(PROMPTS[3]), max_new_tokens=64)
+        got = 0
+        for chunk in stream:
+            got += len(chunk.token_ids)
+            if got >= 3:
+                break
+        stream.close()
+        return got
+
+    jobs: list[Callable[[], Any]] = [lambda p=p: int4.generate(_messages(p), max_new_tokens=32) for p in PROMPTS[:3]]
+    together = _together(int4, [*jobs, closed_after_three_tokens])
+    assert together[3] == 3
+    for a, b in zip(alone, together[:3], strict=True):
+        assert b.token_ids == a.token_ids
+    assert int4.batcher.rows == 0 and int4.active_calls == 0  # nothing left behind
+
+
+@pytest.mark.slow
+@needs_native
+def test_sampled_calls_in_the_batch_draw_as_they_do_alone(int4: SwiftEngine) -> None:
+    """A sampled call's own generator, seeded: the same draws in the batch as in plain decoding alone."""
+    kw = {"max_new_tokens": 24, "temperature": 0.9, "top_p": 0.95}
+    alone = [int4.generate(_messages(p), speculative=False, seed=i, **kw) for i, p in enumerate(PROMPTS[:3])]
+    together = _together(
+        int4, [lambda i=i, p=p: int4.generate(_messages(p), seed=i, **kw) for i, p in enumerate(PROMPTS[:3])]
+    )
+    for a, b in zip(alone, together, strict=True):
+        assert b.token_ids == a.token_ids and b.stats.shared_passes > 0
+
+
+@pytest.mark.slow
+@needs_native
+def test_batch_rows_zero_keeps_calls_taking_turns() -> None:
+    engine = SwiftEngine.from_pretrained(None, dtype="int4", config=SwiftConfig(batch_rows=0))
+    together = _together(engine, [lambda p=p: engine.generate(_messages(p), max_new_tokens=8) for p in PROMPTS[:2]])
+    assert all(r.stats.shared_passes == 0 for r in together)
+
+
+def test_float32_calls_are_never_batched(smol: SwiftEngine) -> None:
+    """Float kernels are not row-invariant by construction: concurrent calls keep taking turns."""
+    request_ids = smol.encode_prompt("Hi")
+    from swift_engine.decoding.sampling import SamplingParams
+    from swift_engine.decoding.stopping import StopStrings
+    from swift_engine.request import GenerationRequest
+
+    request = GenerationRequest(request_ids, 4, SamplingParams(0.0, 1.0, 0), StopStrings(None), "default")
+    assert not smol.batcher.accepts(request)
