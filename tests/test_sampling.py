@@ -123,3 +123,11 @@ def test_target_probs_match_transformers_warpers() -> None:
         ref = torch.softmax(x, dim=-1)
         ours = target_probs(logits, SamplingParams(temperature=t, top_k=k, top_p=p))
         torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_a_top_p_below_float32s_range_keeps_the_most_likely_token() -> None:
+    """``top_p=1.67e-80`` (found by the server's fuzzer) is 0.0 in float32: the first token stays, no NaN."""
+    logits = torch.tensor([[0.5, 3.0, -1.0], [2.0, 2.0, 0.0]])
+    probs = target_probs(logits, SamplingParams(temperature=1.0, top_p=1.6732527730956321e-80))
+    assert not torch.isnan(probs).any()
+    assert probs[0].tolist() == [0.0, 1.0, 0.0] and probs[1].sum().item() == 1.0 and (probs[1] > 0).sum() == 1

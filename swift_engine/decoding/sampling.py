@@ -48,6 +48,9 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         # keep the smallest prefix whose mass reaches top_p (the first token is always kept)
         cum = torch.cumsum(sorted_p, dim=-1)
         drop_sorted = (cum - sorted_p) >= params.top_p
+        # explicitly: a top_p below float32's range (1e-80) compares as 0.0, which 0 (the first token's
+        # mass before it) reaches -- every token dropped, NaN probabilities
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
         probs = probs / probs.sum(dim=-1, keepdim=True)

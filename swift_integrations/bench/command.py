@@ -359,6 +359,14 @@ def bench(
             "int4,int8) with swift's kernels and PyTorch's (--kernels auto and torch) side by side.",
         ),
     ] = False,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Measure calls in flight at once instead: held-out prompts one after another, then from 2-8 "
+            "threads with the engine's batching on and off, and LangChain's batch against a loop of invoke.",
+        ),
+    ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the engine's progress.")] = False,
 ) -> None:
@@ -371,6 +379,8 @@ def bench(
     The help shows the paragraphs above as typed (rich markup keeps line breaks): keep each on one line.
     """
     _configure_logging(verbose)
+    if batch:
+        raise typer.Exit(_batch_bench(model, device, dtype, max_new_tokens, quick, json_path, markdown))
     if passes:
         raise typer.Exit(_passes_bench(model, device, dtype, json_path, markdown))
     if soak:
@@ -437,6 +447,32 @@ def _passes_bench(model: str | None, device: str, dtype: str, json_path: str | N
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _batch_bench(
+    model: str | None,
+    device: str,
+    dtype: str,
+    max_new_tokens: int | None,
+    quick: bool,
+    json_path: str | None,
+    markdown: str | None,
+) -> int:
+    """``--batch``: concurrent calls with and without batching (:mod:`swift_integrations.bench.batch`)."""
+    from swift_integrations.bench.batch import batch_markdown, run_batch_bench
+
+    with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
+        engine = load_engine(model, device, dtype, profile_dir)
+        result = run_batch_bench(engine, load_prompts(), max_new_tokens or (24 if quick else 64))
+    result["meta"]["argv"] = sys.argv[1:]
+    text = batch_markdown(result)
+    if markdown and markdown != "-":
+        Path(markdown).write_text(text)
+    else:
+        typer.echo(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return 2 if any(row["outputs_differing"] for row in result["rows"]) else 0
 
 
 def _configure_logging(verbose: bool) -> None:
