@@ -8,8 +8,19 @@ by concern, and a picture of them, are in ``docs/architecture.md``.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
+
+# OpenMP (libgomp, PyTorch's CPU threads) spins 300,000 pauses (~15 ms here) after each parallel
+# region before it sleeps; a spinning team steals a core from the kernels' own worker threads
+# (kernels/native/pool.cpp) and from other teams: measured on the 2-vCPU Xeon, a one-token int4 step
+# took 8.3 ms with the default and 5.4-6.0 ms with 10,000, from any thread. libgomp reads it once,
+# when torch is first imported, so only a process that has not imported torch yet gets it, and a
+# value the user set wins (docs/guarantees.md#threads).
+if "torch" not in sys.modules:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 try:
     __version__ = metadata.version("swift-accel")

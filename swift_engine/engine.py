@@ -35,6 +35,7 @@ from swift_engine.kernels.kernel_choice import KernelChoice, choose_kernels, ker
 from swift_engine.model.draft_head import DraftHead
 from swift_engine.model.runner import ModelRunner
 from swift_engine.model.sublayer_skip import default_skip_set
+from swift_engine.model_thread import model_thread
 from swift_engine.request import EngineClosedError, GenerationRequest, GenerationTimeout
 from swift_engine.results import GenerationResult, StreamChunk
 from swift_engine.search.session import SearchSession
@@ -80,6 +81,8 @@ class SwiftEngine:
         self.runner = ModelRunner(model, self.config.cpu_kernels, self.config.row_invariant)
         #: shared by every engine over this model (see the class docstring)
         self._lock = model_lock(model)
+        #: the thread that runs this model's chunks and passes, whichever thread calls (model_thread.py)
+        self._thread = model_thread(model)
         n = self.runner.num_layers
         if self.config.skip_attention is not None or self.config.skip_mlp is not None:
             att, mlp = list(self.config.skip_attention or ()), list(self.config.skip_mlp or ())
@@ -109,7 +112,7 @@ class SwiftEngine:
         #: prompts' keys and values kept across calls (None: ``prefix_cache=False``)
         self.prefix_cache: PrefixCache | None = PrefixCache(int(budget), self.config.prefill_block) if budget else None
         #: calls that arrive while another runs share its passes (swift_engine/batching; ``batch_rows``)
-        self.batcher = Batcher(self, self._lock)
+        self.batcher = Batcher(self, self._lock, self._thread)
 
     # -- per-engine state, created on first use ---------------------------------------------------
     @property
@@ -466,15 +469,21 @@ class SwiftEngine:
         """
         work = self._run(request)
         produced = 0
+
+        def advance() -> StreamChunk | None:  # on the model's thread (model_thread.py), under its lock
+            with self._lock:
+                self._check_open()
+                return next(work, None)
+
         try:
             while True:
-                if not self._acquire(request):  # the wait for the model ran past the deadline
-                    raise GenerationTimeout(cast(float, request.timeout), produced)
+                left = None if request.timeout is None else request.started + request.timeout - time.monotonic()
                 try:
-                    self._check_open()
-                    chunk = next(work, None)
-                finally:
-                    self._lock.release()
+                    if left is not None and left <= 0:
+                        raise TimeoutError
+                    chunk = self._thread.run(advance, left)
+                except TimeoutError:  # the wait for the model ran past the deadline
+                    raise GenerationTimeout(cast(float, request.timeout), produced) from None
                 if chunk is None:
                     return
                 if chunk.result is None:
@@ -485,13 +494,6 @@ class SwiftEngine:
             # no lock: a suspended call holds nothing shared, and closing it runs no code of ours
             # (this may run in a garbage collector's thread, which must never wait on the model)
             work.close()
-
-    def _acquire(self, request: GenerationRequest) -> bool:
-        """Take the model's lock, waiting no longer than the request's time left."""
-        if request.timeout is None:
-            return self._lock.acquire()
-        left = request.started + request.timeout - time.monotonic()
-        return left > 0 and self._lock.acquire(timeout=left)
 
     def _run(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
         """One request's chunks (:class:`~swift_engine.decode_loop.DecodeCall`); callers hold the lock per chunk."""

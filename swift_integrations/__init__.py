@@ -13,6 +13,8 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+import swift_engine  # noqa: F401 - first, so that OpenMP's spin count is set before torch loads (its __init__)
+
 try:
     __version__ = version("swift-accel")
 except PackageNotFoundError:  # running from a checkout that was never installed

@@ -15,11 +15,12 @@ calls sharing the pass, rows spent on a draft tree would be taken from them.
 
 The lifecycle, for each call (:meth:`Batcher.stream`):
 
-1. **join** -- the request waits in ``waiting``; nothing is computed in the caller's thread yet.
-2. **drive** -- any waiting caller whose chunks are not ready takes the model's lock (the engine's own,
-   shared with the calls that decode alone) and runs :meth:`Batcher._drive`: drop closed calls, admit
-   waiting ones (prefill, first token) up to ``batch_rows``, run one pass over every admitted call,
-   hand each its token. Callers whose chunks came meanwhile just read them.
+1. **join** -- the request waits in ``waiting``; nothing is computed in the caller's thread, which
+   only reads its chunks as they come.
+2. **drive** -- the batch's driver thread (started by the first call to join, gone when the batch is
+   empty) takes the model's lock (the engine's own, shared with the calls that decode alone) for each
+   :meth:`Batcher._drive`: drop closed calls, admit waiting ones (prefill, first token) up to
+   ``batch_rows``, run one pass over every admitted call, hand each its token.
 3. **leave** -- a generation that ends (EOS, stop string, ``max_new_tokens``, its caller closing the
    stream or timing out) gives its region back before the next pass.
 """
@@ -45,12 +46,13 @@ from swift_engine.results import FinishReason, GenerationResult, GenerationStats
 
 if TYPE_CHECKING:
     from swift_engine.decode_loop import EngineParts
+    from swift_engine.model_thread import ModelThread
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Batcher"]
 
-#: how long a caller with nothing to read waits before trying to drive a pass itself (s)
+#: how often a caller with nothing to read checks its deadline (s)
 _POLL_S = 0.05
 
 
@@ -124,13 +126,15 @@ class _Row:
 class Batcher:
     """The engine's batch: calls admitted to shared passes, and the arena their caches live in."""
 
-    def __init__(self, engine: EngineParts, lock: threading.RLock) -> None:
+    def __init__(self, engine: EngineParts, lock: threading.RLock, thread: ModelThread) -> None:
         self.engine = engine
         self._lock = lock  # the engine's model lock (calls decoding alone take it too)
+        self._thread = thread  # where the model's work runs (swift_engine/model_thread.py)
         self._state = threading.Condition()  # guards waiting, active and every row's chunks
         self.waiting: deque[_Row] = deque()
         self.active: list[_Row] = []
         self._arena: KVArena | None = None
+        self._driver: threading.Thread | None = None
 
     @property
     def rows(self) -> int:
@@ -158,38 +162,49 @@ class Batcher:
         row = _Row(request, self.engine, limit)
         with self._state:
             self.waiting.append(row)
+            if self._driver is None:
+                self._driver = threading.Thread(target=self._drive_while_busy, name="swift-batch", daemon=True)
+                self._driver.start()
         try:
             while True:
                 with self._state:
+                    while not row.chunks and row.error is None:
+                        self._state.wait(_POLL_S)
+                        request.check_deadline(len(row.out))
                     chunk = row.chunks.popleft() if row.chunks else None
                     error = row.error
-                if error is not None:
+                if chunk is None and error is not None:
                     raise error
                 if chunk is not None:
                     yield chunk
                     if chunk.result is not None:
                         return
-                    continue
-                request.check_deadline(len(row.out))
-                if self._lock.acquire(timeout=_POLL_S):
-                    try:
-                        self._drive()
-                    finally:
-                        self._lock.release()
         finally:
             with self._state:
                 row.closed = True
                 if row in self.waiting:
                     self.waiting.remove(row)
-            # its region back now where the model is free; else the next pass drops it (closing never
-            # waits on the model: it may run in a garbage collector's thread)
-            if self._lock.acquire(blocking=False):
-                try:
-                    self._leave()
-                finally:
-                    self._lock.release()
 
-    # -- the passes (callers hold the model's lock) ------------------------------------------------
+    def _drive_while_busy(self) -> None:
+        """The batch's driver: a pass at a time on the model's thread while any generation is in the
+        batch, then it ends. (The passes run on the model's thread, which calls decoding alone share:
+        a chunk of theirs and a pass of the batch take turns; see swift_engine/model_thread.py.)"""
+        while True:
+            with self._state:
+                if not self.waiting and not any(not (r.done or r.closed) for r in self.active):
+                    self._leave_locked()
+                    self._driver = None
+                    return
+            try:
+                self._thread.run(self._drive_locked)
+            except BaseException:  # noqa: BLE001 - the rows heard of it (_drive); the driver goes on
+                logger.exception("a batched pass failed; its generations end with the error")
+
+    def _drive_locked(self) -> None:
+        with self._lock:
+            self._drive()
+
+    # -- the passes (the driver holds the model's lock) ---------------------------------------------
     def _drive(self) -> None:
         """Admit waiting calls, run one pass over the batch, hand out its tokens (see the module docstring)."""
         try:
@@ -210,8 +225,11 @@ class Batcher:
 
     def _leave(self, everyone: bool = False) -> None:
         with self._state:
-            gone = [r for r in self.active if everyone or r.done or r.closed]
-            self.active = [r for r in self.active if r not in gone]
+            self._leave_locked(everyone)
+
+    def _leave_locked(self, everyone: bool = False) -> None:
+        gone = [r for r in self.active if everyone or r.done or r.closed]
+        self.active = [r for r in self.active if r not in gone]
         for row in gone:
             if row.region is not None and self._arena is not None:
                 self._arena.close(row.region)

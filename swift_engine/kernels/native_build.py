@@ -49,9 +49,10 @@ __all__ = [
 ]
 
 NATIVE = Path(__file__).with_name("native")
-#: the sources compiled into one library (``tiles.h`` is their shared header)
+#: the sources compiled into one library (``tiles.h`` and ``pool.h`` are their shared headers)
 SOURCES = tuple(
-    NATIVE / name for name in ("int4_amx.cpp", "int8_amx.cpp", "row_attention.cpp", "decoder_layers.cpp", "ops.cpp")
+    NATIVE / name
+    for name in ("pool.cpp", "int4_amx.cpp", "int8_amx.cpp", "row_attention.cpp", "decoder_layers.cpp", "ops.cpp")
 )
 #: the fused layers' operator (native/decoder_layers.cpp; ops.cpp registers the same text)
 DECODER_LAYERS_SCHEMA = (
@@ -131,7 +132,7 @@ def _run_build(compiler: str, out: Path) -> subprocess.CompletedProcess[str]:
 def library_path(compiler: str | None = None) -> Path:
     """The cached library's path for this source, PyTorch and compiler (it may not exist yet)."""
     key = hashlib.sha256()
-    for source in (*SOURCES, NATIVE / "tiles.h"):
+    for source in (*SOURCES, NATIVE / "tiles.h", NATIVE / "pool.h"):
         key.update(source.read_bytes())
     jobs, link = _commands(compiler or "c++", Path("x"))
     command = " ".join(" ".join(c) for c in (*jobs, link))

@@ -27,6 +27,7 @@
 // ops.cpp, which registers the ops), and loaded only on a CPU with AVX-512 (BF16) and AMX whose OS
 // grants the tiles.
 
+#include "pool.h"
 #include "tiles.h"
 
 #include <ATen/Parallel.h>
@@ -254,7 +255,7 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
   float* sums = row_sums.data_ptr<float>();
   for (int64_t r = 0; r < M; ++r)
     for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
-  at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(blocks * panels, [&](int64_t begin, int64_t end) {
     int configured = -1;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t nb = i % blocks, mp = i / blocks;

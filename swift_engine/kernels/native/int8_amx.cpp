@@ -17,6 +17,7 @@
 // Operands are aten's own (weight [N, K] int8, scales [N] bfloat16, x [M, K] bfloat16); N % 16 == 0
 // and K % 32 == 0 (quantize.py sends other shapes to aten).
 
+#include "pool.h"
 #include "tiles.h"
 
 #include <ATen/Parallel.h>
@@ -141,7 +142,7 @@ at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::
     pack_rows(a + p * AMX_ROWS * K, static_cast<int>(K), rows, pk + p * AMX_ROWS * K);
   }
   const int64_t blocks = (N + BLOCK_N - 1) / BLOCK_N;
-  at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(blocks * panels, [&](int64_t begin, int64_t end) {
     int configured = -1;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t nb = i % blocks, p = i / blocks;

@@ -19,6 +19,7 @@
 // cache (last dim contiguous); index [R, L] int32: row r's keys are index[r, :lengths[r]] (positions
 // in T); H % KVH == 0, d % 16 == 0. Output [R, H, dv] bfloat16.
 
+#include "pool.h"
 #include "tiles.h"
 
 #include <ATen/Parallel.h>
@@ -186,7 +187,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
     // scores[h][c][j - lo] for every key in [lo, hi): float32 [KVH, cols, blocks * 16]
     std::vector<float> scores(static_cast<size_t>(KVH) * cols * blocks * 16);
     const int chunks = (cols + 15) / 16;
-    at::parallel_for(0, KVH * chunks, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(KVH * chunks, [&](int64_t begin, int64_t end) {
       alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
       alignas(64) bf16_t keys[16 * 256];        // a block of keys padded to whole tile steps (tails only)
       alignas(64) float block[16 * 16];
@@ -233,7 +234,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
       }
       _tile_release();
     });
-    at::parallel_for(0, static_cast<int64_t>(r1 - r0) * KVH, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(static_cast<int64_t>(r1 - r0) * KVH, [&](int64_t begin, int64_t end) {
       std::vector<float> rows(static_cast<size_t>(G) * L);
       std::vector<int32_t> keys(L);
       std::vector<const float*> probs(G);
