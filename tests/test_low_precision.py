@@ -181,7 +181,8 @@ def test_row_check_finds_where_a_product_stops_being_row_invariant() -> None:
     assert largest_invariant_rows(model, model.get_output_embeddings(), 16, torch.bfloat16) == 16
 
 
-def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+def _counted_row_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows each row-invariance check covered, as the runner runs them (the real check)."""
     import swift_engine.model.runner as runner_module
 
     calls: list[int] = []
@@ -192,6 +193,11 @@ def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pyt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner_module, "largest_invariant_rows", counting)
+    return calls
+
+
+def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counted_row_checks(monkeypatch)
     model = _model("llama", "bfloat16")
     first, second = ModelRunner(model, "torch"), ModelRunner(model, "torch")
     assert first.measure_rows(16) == 16 and calls == [16]
@@ -204,16 +210,7 @@ def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pyt
 def test_a_later_process_reads_the_kept_row_verdict_instead_of_checking(
     monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import swift_engine.model.runner as runner_module
-
-    calls: list[int] = []
-    real = runner_module.largest_invariant_rows
-
-    def counting(*args, **kwargs):  # the real check; only its calls are counted
-        calls.append(args[2])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner_module, "largest_invariant_rows", counting)
+    calls = _counted_row_checks(monkeypatch)
     monkeypatch.delenv("SWIFT_MEASUREMENT_DIR", raising=False)  # the store's own _costs folder
     store = tmp_path / "profiles"
 

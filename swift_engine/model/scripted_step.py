@@ -282,26 +282,16 @@ class ScriptedStep:
             index = torch.arange(max(lengths) + 1, dtype=torch.int32)[None]
             by_length = {n: torch.tensor([n + 1], dtype=torch.int32) for n in set(lengths)}
             layer_lengths = [by_length[n] for n in lengths]
-        operands = (
+        operands = self._operands(
             hidden,
             cos,
             sin,
-            self._norm_weights,
-            self._norm_eps,
-            self._weights,
-            self._scales,
-            self._qkv_bias,
             keys,
             values,
             lengths,
             [i in skip_attention for i in range(self._layers)],
             [i in skip_mlp for i in range(self._layers)],
-            self._q_heads,
-            self._kv_heads,
-            self._head_dim,
-            self._scaling,
             kind,
-            INT4_GROUP,
         )
         if native_attention:  # all on swift's kernels, fused: native/decoder_layers.cpp
             out = torch.ops.swift_kernels.decoder_layers(*operands, index, layer_lengths)
@@ -342,30 +332,42 @@ class ScriptedStep:
         """
         assert self.batchable(), "rows_of_sequences needs swift's kernels (see batchable)"
         none = [False] * self._layers
-        return cast(
-            torch.Tensor,
-            torch.ops.swift_kernels.decoder_layers(
-                hidden,
-                cos,
-                sin,
-                self._norm_weights,
-                self._norm_eps,
-                self._weights,
-                self._scales,
-                self._qkv_bias,
-                keys,
-                values,
-                [0] * self._layers,
-                none,
-                none,
-                self._q_heads,
-                self._kv_heads,
-                self._head_dim,
-                self._scaling,
-                INT4_NATIVE if self._int4 else INT8_NATIVE,
-                INT4_GROUP,
-                index,
-                [row_lengths] * self._layers,
-                slots,
-            ),
+        kind = INT4_NATIVE if self._int4 else INT8_NATIVE
+        operands = self._operands(hidden, cos, sin, keys, values, [0] * self._layers, none, none, kind)
+        out = torch.ops.swift_kernels.decoder_layers(*operands, index, [row_lengths] * self._layers, slots)
+        return cast(torch.Tensor, out)
+
+    def _operands(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        lengths: list[int],
+        skip_attention: list[bool],
+        skip_mlp: list[bool],
+        kind: int,
+    ) -> tuple[Any, ...]:
+        """The operands ``_layers`` and ``decoder_layers`` share, in their order (see :func:`_layers`)."""
+        return (
+            hidden,
+            cos,
+            sin,
+            self._norm_weights,
+            self._norm_eps,
+            self._weights,
+            self._scales,
+            self._qkv_bias,
+            keys,
+            values,
+            lengths,
+            skip_attention,
+            skip_mlp,
+            self._q_heads,
+            self._kv_heads,
+            self._head_dim,
+            self._scaling,
+            kind,
+            INT4_GROUP,
         )

@@ -438,14 +438,7 @@ def _passes_bench(model: str | None, device: str, dtype: str, json_path: str | N
             return load_engine(model_id, device, one_dtype, profile_dir, bench_config(kernels, True))
 
         result = run_passes(model, dtypes, ["auto", "torch"], load)
-    result["meta"]["argv"] = sys.argv[1:]
-    text = passes_markdown(result)
-    if markdown and markdown != "-":
-        Path(markdown).write_text(text)
-    else:
-        typer.echo(text)
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    _emit(result, passes_markdown(result), markdown, json_path)
     return 0
 
 
@@ -464,15 +457,19 @@ def _batch_bench(
     with tempfile.TemporaryDirectory(prefix="swift-bench-profiles-") as profile_dir:
         engine = load_engine(model, device, dtype, profile_dir)
         result = run_batch_bench(engine, load_prompts(), max_new_tokens or (24 if quick else 64))
+    _emit(result, batch_markdown(result), markdown, json_path)
+    return 2 if any(row["outputs_differing"] for row in result["rows"]) else 0
+
+
+def _emit(result: dict[str, Any], text: str, markdown: str | None, json_path: str | None) -> None:
+    """A measurement's table (printed, or to ``--markdown``) and its JSON (``--json``), with the command line."""
     result["meta"]["argv"] = sys.argv[1:]
-    text = batch_markdown(result)
     if markdown and markdown != "-":
         Path(markdown).write_text(text)
     else:
         typer.echo(text)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
-    return 2 if any(row["outputs_differing"] for row in result["rows"]) else 0
 
 
 def _configure_logging(verbose: bool) -> None:
