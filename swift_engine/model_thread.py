@@ -15,6 +15,7 @@ chunk: engines over one model share the thread, so their chunks queue in order o
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -35,9 +36,11 @@ class ModelThread:
 
     def __init__(self) -> None:
         self._ident: int | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="swift-model", initializer=self._started
-        )
+        self._pid = os.getpid()
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swift-model", initializer=self._started)
 
     def _started(self) -> None:
         self._ident = threading.get_ident()
@@ -50,6 +53,8 @@ class ModelThread:
         """
         if threading.get_ident() == self._ident:
             return fn()
+        if os.getpid() != self._pid:  # a forked child: the parent's thread is not here
+            self._pid, self._ident, self._executor = os.getpid(), None, self._new_executor()
         future = self._executor.submit(fn)
         try:
             return future.result(timeout)
