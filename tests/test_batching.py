@@ -80,6 +80,7 @@ def test_arena_regions_are_first_fit_reused_and_kept_when_the_buffers_grow() -> 
     arena.close(a)
     assert arena.open(60).start == 0  # a's room, first fit
     assert arena.open(60).start == 500  # 40 left there: past c
+    assert arena.region_bytes(b) == 2 * 2 * 1 * 16 * 100 * 2  # k and v, 2 layers, 1 head of 16, 100 entries
 
 
 # -- the kernels -----------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ class KVArena:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.keys) + sum(t.nbytes for t in self.values)
 
+    def region_bytes(self, region: Region) -> int:
+        """Memory ``region`` holds: its entries' keys and values in every layer."""
+        element = torch.empty(0, dtype=self.dtype).element_size()
+        return 2 * self.layers * self.kv_heads * self.head_dim * region.size * element
+
     def open(self, size: int) -> Region:
         """A region of ``size`` entries and an empty cache over it (grows the buffers where none is free)."""
         start = self._free_start(size)

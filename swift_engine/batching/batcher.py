@@ -306,6 +306,6 @@ class Batcher:
             for i, row in enumerate(rows):
                 row.stats.verify_steps += 1
                 row.stats.shared_passes += len(rows) > 1
-                row.stats.kv_cache_bytes = arena.nbytes
+                row.stats.kv_cache_bytes = arena.region_bytes(regions[i])  # type: ignore[arg-type]
                 if not row.closed:
                     row.push(row.pick(logits[i]), self.engine.eos_ids)
