@@ -482,6 +482,8 @@ class SwiftEngine:
                     if left is not None and left <= 0:
                         raise TimeoutError
                     chunk = self._thread.run(advance, left)
+                except GenerationTimeout:  # the call's own deadline, checked inside it (prefill blocks)
+                    raise
                 except TimeoutError:  # the wait for the model ran past the deadline
                     raise GenerationTimeout(cast(float, request.timeout), produced) from None
                 if chunk is None:
