@@ -112,6 +112,40 @@ def test_rows_of_different_sequences_attend_as_each_sequence_alone() -> None:
         assert torch.equal(together[r], alone[0])
 
 
+@needs_native
+def test_the_kernels_workers_give_the_same_bits_from_any_thread_and_thread_count() -> None:
+    """kernels/native/pool.cpp: the loops' split never changes a bit, whoever calls and however many threads."""
+    from swift_engine.kernels.quantize import Int4Linear, native_products
+
+    torch.manual_seed(0)
+    layer = Int4Linear(torch.nn.Linear(256, 640))
+    x = torch.randn(5, 256).to(torch.bfloat16)
+
+    with native_products():
+        reference = layer(x)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3, threads):
+            torch.set_num_threads(count)
+            with native_products():
+                assert torch.equal(layer(x), reference)
+    finally:
+        torch.set_num_threads(threads)
+    outs: list[torch.Tensor] = []
+
+    def call() -> None:
+        with native_products():
+            for _ in range(20):
+                outs.append(layer(x))
+
+    workers = [threading.Thread(target=call) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(outs) == 80 and all(torch.equal(o, reference) for o in outs)
+
+
 # -- calls on the embedded model ---------------------------------------------------------------------
 
 

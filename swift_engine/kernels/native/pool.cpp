@@ -49,7 +49,9 @@ class Pool {
     chunk_ = chunk;
     threads_ = threads;
     error_ = nullptr;
-    pending_.store(threads - 1, std::memory_order_relaxed);
+    // every worker takes part in every job (those past `threads` with nothing to do), so none can read
+    // one job's fields as another's (the pool may have more workers than a job, after set_num_threads)
+    pending_.store(static_cast<int>(threads_alive_.size()), std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_acq_rel);
     if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> lock(sleep_);
@@ -98,18 +100,16 @@ class Pool {
         }
       }
       seen = now;
-      if (index < threads_) {
-        const int64_t begin = index * chunk_, end = std::min(n_, begin + chunk_);
-        if (begin < end) {
-          try {
-            (*fn_)(begin, end);
-          } catch (...) {
-            std::lock_guard<std::mutex> lock(sleep_);
-            if (!error_) error_ = std::current_exception();
-          }
+      const int64_t begin = index < threads_ ? index * chunk_ : n_, end = std::min(n_, begin + chunk_);
+      if (begin < end) {
+        try {
+          (*fn_)(begin, end);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(sleep_);
+          if (!error_) error_ = std::current_exception();
         }
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
       }
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
