@@ -34,16 +34,20 @@ _MODEL_THREAD = "_swift_model_thread"
 class ModelThread:
     """Runs functions on one worker thread, in order of submission (see the module docstring)."""
 
+    #: the worker's thread id, once it started (a list: see _new_executor)
+    _ident: list[int | None]
+
     def __init__(self) -> None:
-        self._ident: int | None = None
         self._pid = os.getpid()
         self._executor = self._new_executor()
 
     def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swift-model", initializer=self._started)
-
-    def _started(self) -> None:
-        self._ident = threading.get_ident()
+        # the initializer holds the list, not self: the worker thread then keeps nothing of this object
+        # alive, so a model that is freed frees its executor, and the idle worker exits
+        ident = self._ident = [None]
+        return concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="swift-model", initializer=lambda: ident.__setitem__(0, threading.get_ident())
+        )
 
     def run(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """``fn()`` on the model's thread (directly when called from it); its exception is raised here.
@@ -51,10 +55,10 @@ class ModelThread:
         Past ``timeout`` seconds of waiting, :class:`TimeoutError` -- after ``fn`` finished, if it had
         started: a generator being advanced cannot be left running while its caller moves on.
         """
-        if threading.get_ident() == self._ident:
+        if threading.get_ident() == self._ident[0]:
             return fn()
         if os.getpid() != self._pid:  # a forked child: the parent's thread is not here
-            self._pid, self._ident, self._executor = os.getpid(), None, self._new_executor()
+            self._pid, self._executor = os.getpid(), self._new_executor()
         future = self._executor.submit(fn)
         try:
             return future.result(timeout)
