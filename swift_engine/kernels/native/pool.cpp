@@ -47,12 +47,13 @@ class Pool {
     fn_ = &fn;
     n_ = n;
     chunk_ = chunk;
-    threads_ = threads;
     error_ = nullptr;
-    // every worker takes part in every job (those past `threads` with nothing to do), so none can read
-    // one job's fields as another's (the pool may have more workers than a job, after set_num_threads)
-    pending_.store(static_cast<int>(threads_alive_.size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    pending_.store(threads - 1, std::memory_order_relaxed);
+    // the job's generation and thread count in one word: a worker past the count (the pool may hold
+    // more workers than a job uses, after set_num_threads) learns it from that word alone and reads
+    // none of the fields above, which the next job may be writing already
+    job_.store(((job_.load(std::memory_order_relaxed) >> 16) + 1) << 16 | static_cast<uint64_t>(threads),
+               std::memory_order_release);
     if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> lock(sleep_);
       wake_.notify_all();
@@ -77,7 +78,7 @@ class Pool {
     while (static_cast<int>(threads_alive_.size()) < workers) {
       const int index = static_cast<int>(threads_alive_.size()) + 1;
       // the generation before the job about to be posted: a thread that starts late still runs it
-      const uint64_t seen = generation_.load(std::memory_order_acquire);
+      const uint64_t seen = job_.load(std::memory_order_acquire) >> 16;
       threads_alive_.emplace_back([this, index, seen] { work(index, seen); });
       threads_alive_.back().detach();
     }
@@ -85,22 +86,25 @@ class Pool {
 
   void work(int index, uint64_t seen) {
     in_worker = true;
+    bool wanted = true;  // whether the last job used this worker: one that did not sleeps at once
     for (;;) {
       auto idle_since = std::chrono::steady_clock::now();
-      uint64_t now;
+      uint64_t job;
       int spins = 0;
-      while ((now = generation_.load(std::memory_order_acquire)) == seen) {
+      while (((job = job_.load(std::memory_order_acquire)) >> 16) == seen) {
         _mm_pause();
-        if (++spins % 256 == 0 && std::chrono::steady_clock::now() - idle_since > SPIN) {
+        if (!wanted || (++spins % 256 == 0 && std::chrono::steady_clock::now() - idle_since > SPIN)) {
           std::unique_lock<std::mutex> lock(sleep_);
           sleepers_.fetch_add(1);
-          wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+          wake_.wait(lock, [&] { return (job_.load(std::memory_order_acquire) >> 16) != seen; });
           sleepers_.fetch_sub(1);
           idle_since = std::chrono::steady_clock::now();
         }
       }
-      seen = now;
-      const int64_t begin = index < threads_ ? index * chunk_ : n_, end = std::min(n_, begin + chunk_);
+      seen = job >> 16;
+      wanted = index < static_cast<int>(job & 0xFFFF);
+      if (!wanted) continue;  // not in this job (more workers than it uses): never spins against those that are
+      const int64_t begin = index * chunk_, end = std::min(n_, begin + chunk_);
       if (begin < end) {
         try {
           (*fn_)(begin, end);
@@ -115,11 +119,10 @@ class Pool {
 
   std::mutex submit_, sleep_;
   std::condition_variable wake_;
-  std::atomic<uint64_t> generation_{0};
+  std::atomic<uint64_t> job_{0};  // (generation << 16) | threads of the job posted last
   std::atomic<int> pending_{0}, sleepers_{0};
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunk_ = 0;
-  int threads_ = 0;
   std::exception_ptr error_;
   std::vector<std::thread> threads_alive_;
   pid_t pid_ = getpid();
