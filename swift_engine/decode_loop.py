@@ -24,7 +24,6 @@ Terms (root, past, path, bonus, teacher targets) are defined in :mod:`swift_engi
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Generator, Iterator
 from typing import Any, Protocol
@@ -35,7 +34,7 @@ from swift_engine.config import SwiftConfig
 from swift_engine.decoding.constraints import GrammarCache, GrammarState
 from swift_engine.decoding.prefill import prefill
 from swift_engine.decoding.prefix_cache import PrefixCache
-from swift_engine.decoding.sampling import SamplingParams, sample, target_probs
+from swift_engine.decoding.sampling import SamplingParams, call_generator, pick
 from swift_engine.decoding.stopping import TextStream
 from swift_engine.decoding.tree import SOURCE_CONTEXT, SOURCE_MEMORY, Proposal, TokenTree, build_tree
 from swift_engine.decoding.verification import Verdict, verify_tree
@@ -88,11 +87,7 @@ class DecodeCall:
         ctx = self.runner.context_length
         if ctx is not None:
             self.max_new_tokens = min(self.max_new_tokens, ctx - len(request.prompt_ids))
-        self.generator: torch.Generator | None = None
-        if not request.sampling.greedy:
-            self.generator = torch.Generator(device=self.runner.device)
-            seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
-            self.generator.manual_seed(seed)
+        self.generator = call_generator(request.sampling, request.seed, self.runner.device)
         #: the call's drafters, in priority order (made after the prefill; none when not speculative)
         self.drafters: list[Drafter] = []
 
@@ -215,7 +210,7 @@ class DecodeCall:
         """The root token from ``logits`` ``[vocab]``: argmax, or a sample, within the grammar."""
         if grammar is not None:
             logits = grammar.mask_(logits.clone())
-        tok = int(logits.argmax().item()) if params.greedy else sample(target_probs(logits, params), self.generator)
+        tok = pick(logits, params, self.generator)
         if grammar is not None:
             grammar.advance(tok)
         return tok

@@ -28,7 +28,6 @@ The lifecycle, for each call (:meth:`Batcher.stream`):
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -39,7 +38,7 @@ import torch
 
 from swift_engine.batching.arena import KVArena, Region
 from swift_engine.decoding.prefill import prefill
-from swift_engine.decoding.sampling import sample, target_probs
+from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
 from swift_engine.request import GenerationRequest
 from swift_engine.results import FinishReason, GenerationResult, GenerationStats, StreamChunk
@@ -80,16 +79,11 @@ class _Row:
             kernel_memory_bytes=runner.packed_bytes,
             mode="plain",
         )
-        self.generator: torch.Generator | None = None
-        if not request.sampling.greedy:
-            self.generator = torch.Generator(device=runner.device)
-            seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
-            self.generator.manual_seed(seed)
+        self.generator = call_generator(request.sampling, request.seed, runner.device)
 
     def pick(self, logits: torch.Tensor) -> int:
-        """The next token from ``logits`` ``[vocab]``: argmax, or a sample with this call's generator."""
-        params = self.request.sampling
-        return int(logits.argmax().item()) if params.greedy else sample(target_probs(logits, params), self.generator)
+        """The next token from ``logits`` ``[vocab]`` (the same draw as a call alone: its own generator)."""
+        return pick(logits, self.request.sampling, self.generator)
 
     def push(self, tok: int, eos_ids: frozenset[int]) -> None:
         """Commit one token: its chunk, and the end where plain decoding would end."""

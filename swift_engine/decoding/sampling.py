@@ -6,6 +6,7 @@ and the plain baseline both go through it.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -59,3 +60,17 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def call_generator(params: SamplingParams, seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A sampled call's own generator (``seed``, else a fresh random one); None when greedy."""
+    if params.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
+    return generator
+
+
+def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token from ``logits`` ``[vocab]``: the argmax, or a draw from :func:`target_probs`."""
+    return int(logits.argmax().item()) if params.greedy else sample(target_probs(logits, params), generator)
