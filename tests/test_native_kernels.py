@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine.kernels.native_build import REQUIRED_FLAGS, build, cpu_flags, native_status
@@ -72,6 +73,25 @@ def test_a_row_gets_the_same_bits_in_a_pass_of_any_size_and_place(kind: str, n: 
             assert torch.equal(product(x[:rows].contiguous(), weight, scales), alone[:rows]), rows
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
         assert torch.equal(product(x[order].contiguous(), weight, scales), alone[order])
+
+
+@needs_native
+def test_an_int8_heads_float_logits_are_its_bfloat16_outputs_widened_in_one_pass() -> None:
+    head = Int8Linear(nn.Linear(96, 208, bias=False))
+    x = torch.randn(40, 96, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    with native_products():
+        for rows in (1, 3, 16, 17, 40):
+            direct = head.float_outputs(x[:rows])
+            assert direct.dtype == torch.float32
+            assert torch.equal(direct, head(x[:rows]).float()), rows
+    assert torch.equal(head.float_outputs(x), head(x).float())  # PyTorch's kernel outside the block
+
+
+@needs_native
+def test_the_fused_layers_silu_is_written_out_where_it_matches_atens_on_every_value() -> None:
+    # decoder_layers.cpp checks its SiLU (Sleef's expf from PyTorch's library) against ATen's on all
+    # 65536 bfloat16 values at first use; a build where it differs calls ATen's (same bits, one thread)
+    assert torch.ops.swift_kernels.silu_written_out()
 
 
 @needs_native

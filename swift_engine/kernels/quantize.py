@@ -228,6 +228,21 @@ class Int8Linear(nn.Module):
             return nn.functional.linear(x.to(self.scales.dtype), self.dense_weight(work), p.get("bias"))
         return int8_linear(x, cast(torch.Tensor, p["qweight"]), cast(torch.Tensor, p["scales"]), p.get("bias"))
 
+    def float_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x).float()``, with the same bits; in one pass on swift's kernel where it computes this layer.
+
+        Why: an output head's logits are widened to float32; at 16 rows of a 49152-token vocabulary the
+        separate widening pass cost ~0.3 ms, a twentieth of a one-token step on the embedded model.
+        """
+        p = self._parameters
+        qweight = cast(torch.Tensor, p["qweight"])
+        if _NATIVE.get() and _DEQUANTIZED.get() is None and p.get("bias") is None and int8_native_fits(qweight):
+            scales = cast(torch.Tensor, p["scales"])
+            return _weight_only(
+                x, scales.dtype, None, lambda x2: torch.ops.swift_kernels.int8_mm_amx_float(x2, qweight, scales)
+            )
+        return self(x).float()
+
     def dense_weight(self, work: _Workspace | None = None) -> torch.Tensor:
         """The weights the kernel multiplies by, as an ``[out, in]`` bfloat16 tensor (in ``work``'s memory)."""
         work = work or _Workspace()

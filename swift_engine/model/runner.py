@@ -299,7 +299,8 @@ class ModelRunner:
         """Float32 logits of ``hidden`` over the whole vocabulary or a subset of token ids."""
         if vocab is None:
             with self._linears(hidden.shape[0] if hidden.dim() > 1 else 1):
-                out = self.lm_head(hidden)
+                head = self.lm_head
+                out = head.float_outputs(hidden) if isinstance(head, Int8Linear) else head(hidden)
         else:
             out = self.head_subset(vocab)(hidden)
         return self.finish_logits(out)

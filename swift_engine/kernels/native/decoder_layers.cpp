@@ -15,7 +15,8 @@
 //   * the RMSNorm's float32 squares are exact products; their mean is summed in the order of ATen's
 //     own `mean` (written out, and checked against it at first use; ATen's is called where they
 //     differ); 1 / sqrt(var + eps) is correctly rounded, as `rsqrt` is;
-//   * SiLU is ATen's own `silu`;
+//   * SiLU is ATen's bfloat16 kernel written out (Sleef's expf, found in PyTorch's library; checked
+//     against ATen's `silu` on every bfloat16 value at first use, ATen's called where they differ);
 //   * products and attention are swift's kernels, called directly (int4_amx.cpp, int8_amx.cpp,
 //     row_attention.cpp).
 // A row's values depend on that row only, so the pass keeps the kernels' row invariance.
@@ -23,12 +24,15 @@
 // Operands (all bfloat16 but the int codes): as `_layers` takes them; attention is always
 // `rows_attention` here (the script's one-row SDPA path stays in the script).
 
+#include "pool.h"
 #include "tiles.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mean.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/silu.h>
 #include <c10/util/Exception.h>
@@ -37,6 +41,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <dlfcn.h>
 #include <optional>
 #include <vector>
 
@@ -57,6 +62,21 @@ inline __m512 rounded(__m512 v) {
 }
 
 inline void store16(bf16_t* p, __m512 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+
+// Passes of this many rows or more share their per-row work (norms, rotary, residuals, SiLU) with
+// the kernels' workers; below it the hand-off costs more than the work (a step's row is ~1 us).
+// A row's values never depend on which thread computes them.
+constexpr int64_t SHARED_ROWS = 4;
+
+// fn(r0, r1) over the rows [0, q): on the kernels' workers from SHARED_ROWS rows, else here
+template <typename F>
+void over_rows(int64_t q, const F& fn) {
+  if (q < SHARED_ROWS) {
+    fn(int64_t{0}, q);
+  } else {
+    parallel_for(q, [&](int64_t r0, int64_t r1) { fn(r0, r1); });
+  }
+}
 
 // out = a + b (bfloat16 [n], n % 16 == 0): one bfloat16 add
 void add_into(const bf16_t* a, const bf16_t* b, bf16_t* out, int64_t n) {
@@ -149,34 +169,100 @@ const Reduction& reduction() {
   return found;
 }
 
+// ATen's bfloat16 SiLU as its AVX-512 kernel computes it (x / (1 + exp(-x)) in float32 with
+// Sleef's expf, rounded once), written out so that the MLP's rows can be shared by the workers
+// (ATen's call is one per pass, on one thread). `silu_matches()` checks it against ATen at first
+// use; where Sleef's symbol is missing or the bits differ, ATen's own SiLU is called instead.
+using ExpF16 = __m512 (*)(__m512);
+
+ExpF16 sleef_exp() {
+  static const ExpF16 found = reinterpret_cast<ExpF16>(dlsym(RTLD_DEFAULT, "Sleef_expf16_u10"));
+  return found;
+}
+
+// up[j] = bf16(bf16(silu(gate[j])) * up[j]) for j in [0, n), n % 16 == 0
+void silu_times(const bf16_t* gate, bf16_t* up, int64_t n, ExpF16 exp16) {
+  const __m512 one = _mm512_set1_ps(1.0f), sign = _mm512_set1_ps(-0.0f);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __m512 g = load_bf16(gate + j);
+    const __m512 s = rounded(_mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_xor_ps(g, sign)))));
+    store16(up + j, _mm512_mul_ps(s, load_bf16(up + j)));
+  }
+}
+
+bool silu_matches() {
+  static const bool same = [] {
+    const ExpF16 exp16 = sleef_exp();
+    if (exp16 == nullptr) return false;
+    // every bfloat16 value (NaNs and all), as gate x 1
+    at::Tensor gate = at::arange(0, 65536, at::kInt).to(at::kShort).view(at::kBFloat16).contiguous();
+    const at::Tensor expected = at::silu(gate);
+    at::Tensor up = at::ones({65536}, gate.options());
+    silu_times(reinterpret_cast<const bf16_t*>(gate.const_data_ptr()), reinterpret_cast<bf16_t*>(up.data_ptr()),
+               65536, exp16);
+    return std::memcmp(up.const_data_ptr(), expected.const_data_ptr(), 65536 * sizeof(bf16_t)) == 0;
+  }();
+  return same;
+}
+
+// The MLP's up = silu(gate) * up over [q, inner] (inner % 16 == 0), in place
+void gated(const at::Tensor& gate, at::Tensor& up) {
+  const int64_t q = up.size(0), inner = up.size(1);
+  auto* u = reinterpret_cast<bf16_t*>(up.data_ptr());
+  if (!silu_matches()) {  // ATen's SiLU over the whole pass, then the product
+    const at::Tensor s = at::silu(gate);
+    const auto* g = reinterpret_cast<const bf16_t*>(s.const_data_ptr());
+    for (int64_t j = 0; j < q * inner; j += 16) store16(u + j, _mm512_mul_ps(load_bf16(g + j), load_bf16(u + j)));
+    return;
+  }
+  const auto* g = reinterpret_cast<const bf16_t*>(gate.const_data_ptr());
+  const ExpF16 exp16 = sleef_exp();
+  over_rows(q, [&](int64_t r0, int64_t r1) { silu_times(g + r0 * inner, u + r0 * inner, (r1 - r0) * inner, exp16); });
+}
+
 // The llama RMSNorm of `hidden` [q, H]: weight * (h * rsqrt(mean(h^2) + eps)).to(bfloat16), h in float32
 at::Tensor rms_norm(const at::Tensor& hidden, const at::Tensor& weight, double eps) {
   const int64_t q = hidden.size(0), H = hidden.size(1);
   const auto* x = reinterpret_cast<const bf16_t*>(hidden.const_data_ptr());
   const auto* w = reinterpret_cast<const bf16_t*>(weight.const_data_ptr());
-  std::vector<float> sq(q * H), var(q);
-  for (int64_t j = 0; j < q * H; j += 16) {
-    const __m512 h = load_bf16(x + j);
-    _mm512_storeu_ps(sq.data() + j, _mm512_mul_ps(h, h));
-  }
-  const Reduction& sum = reduction();
-  if (sum.lanes > 0) {
-    for (int64_t r = 0; r < q; ++r) var[r] = sum.mean(sq.data() + r * H, H);
-  } else {  // ATen's own
-    const at::Tensor mean = at::mean(at::from_blob(sq.data(), {q, H}, at::kFloat), {-1});
-    std::memcpy(var.data(), mean.const_data_ptr<float>(), q * sizeof(float));
-  }
   at::Tensor out = at::empty({q, H}, hidden.options());
   auto* o = reinterpret_cast<bf16_t*>(out.data_ptr());
   const float feps = static_cast<float>(eps);
-  for (int64_t r = 0; r < q; ++r) {
-    const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(var[r] + feps));
+  auto squares = [&](int64_t r, float* sq) {
+    for (int64_t j = 0; j < H; j += 16) {
+      const __m512 h = load_bf16(x + r * H + j);
+      _mm512_storeu_ps(sq + j, _mm512_mul_ps(h, h));
+    }
+  };
+  auto normalize = [&](int64_t r, float var) {
+    const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(var + feps));
     for (int64_t j = 0; j < H; j += 16) {
       const __m512 normed = rounded(_mm512_mul_ps(load_bf16(x + r * H + j), scale));  // .to(bfloat16)
       store16(o + r * H + j, _mm512_mul_ps(load_bf16(w + j), normed));
     }
+  };
+  const Reduction& sum = reduction();  // (found on this thread: its first use calls ATen)
+  if (sum.lanes == 0) {  // ATen's own mean, over all rows at once
+    std::vector<float> sq(q * H);
+    for (int64_t r = 0; r < q; ++r) squares(r, sq.data() + r * H);
+    const at::Tensor mean = at::mean(at::from_blob(sq.data(), {q, H}, at::kFloat), {-1});
+    for (int64_t r = 0; r < q; ++r) normalize(r, mean.const_data_ptr<float>()[r]);
+    return out;
   }
+  over_rows(q, [&](int64_t r0, int64_t r1) {
+    std::vector<float> sq(H);
+    for (int64_t r = r0; r < r1; ++r) {
+      squares(r, sq.data());
+      normalize(r, sum.mean(sq.data(), H));
+    }
+  });
   return out;
+}
+
+// h += out over the pass's rows ([q, H] bfloat16): one bfloat16 add each
+void residual(bf16_t* h, const at::Tensor& out, int64_t q, int64_t H) {
+  const auto* o = reinterpret_cast<const bf16_t*>(out.const_data_ptr());
+  over_rows(q, [&](int64_t r0, int64_t r1) { add_into(h + r0 * H, o + r0 * H, h + r0 * H, (r1 - r0) * H); });
 }
 
 at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, int64_t kind,
@@ -198,8 +284,9 @@ at::Tensor rotate_and_cache(const at::Tensor& y, const bf16_t* cos, const bf16_t
   auto* kb = reinterpret_cast<bf16_t*>(keys.data_ptr());
   auto* vb = reinterpret_cast<bf16_t*>(values.data_ptr());
   const int64_t ks1 = keys.stride(1), ks2 = keys.stride(2), vs1 = values.stride(1), vs2 = values.stride(2);
+  over_rows(q, [&](int64_t r0, int64_t r1) {
   std::vector<bf16_t> turned(d);
-  for (int64_t r = 0; r < q; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const bf16_t* c = cos + r * d;
     const bf16_t* s = sin + r * d;
     for (int64_t h = 0; h < QH + KVH; ++h) {
@@ -221,6 +308,7 @@ at::Tensor rotate_and_cache(const at::Tensor& y, const bf16_t* cos, const bf16_t
     for (int64_t h = 0; h < KVH; ++h)
       std::memcpy(vb + h * vs1 + slot * vs2, in + r * stride + (QH + KVH + h) * d, d * sizeof(bf16_t));
   }
+  });
   return query;
 }
 
@@ -237,6 +325,9 @@ at::Tensor rms_norm_op(const at::Tensor& hidden, const at::Tensor& weight, doubl
 
 // The vector width of ATen's float sum as written out here (16 or 8), 0 where ATen's is called instead.
 int64_t mean_lanes() { return reduction().lanes; }
+
+// Whether the MLP's SiLU is written out here (bitwise ATen's on every bfloat16 value) or ATen's is called.
+bool silu_written_out() { return silu_matches(); }
 
 at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
                           at::TensorList norm_weights, at::ArrayRef<double> norm_eps, at::TensorList weights,
@@ -297,7 +388,7 @@ at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in,
   for (int64_t i = 0; i < layers; ++i) {
     const int64_t w = 5 * i;
     if (skip_attention.get(i)) {
-      add_zero(h, q * H);
+      over_rows(q, [&](int64_t r0, int64_t r1) { add_zero(h + r0 * H, (r1 - r0) * H); });
     } else {
       const at::Tensor x = rms_norm(hidden, norm_weights[2 * i], norm_eps[2 * i]);
       at::Tensor y = product(x, weights[w], scales[w], kind, group);
@@ -305,28 +396,28 @@ at::Tensor decoder_layers(const at::Tensor& hidden_in, const at::Tensor& cos_in,
       if (!qkv_bias.empty()) {
         auto* yp = reinterpret_cast<bf16_t*>(y.data_ptr());
         const auto* bp = reinterpret_cast<const bf16_t*>(qkv_bias[i].const_data_ptr());
-        for (int64_t r = 0; r < q; ++r) add_into(yp + r * y.size(1), bp, yp + r * y.size(1), y.size(1));
+        const int64_t width = y.size(1);
+        over_rows(q, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) add_into(yp + r * width, bp, yp + r * width, width);
+        });
       }
       at::Tensor layer_keys = keys[i], layer_values = values[i];
       const at::Tensor query = rotate_and_cache(y, cp, sp, layer_keys, layer_values, lengths[i], q_heads, kv_heads, d, slot);
       const at::Tensor attended =
           rows_attention(query, layer_keys[0], layer_values[0], rows_index, rows_lengths[i], scaling).reshape({q, -1});
       const at::Tensor out = product(attended, weights[w + 1], scales[w + 1], kind, group);
-      add_into(h, reinterpret_cast<const bf16_t*>(out.const_data_ptr()), h, q * H);
+      residual(h, out, q, H);
     }
     if (skip_mlp.get(i)) {
-      add_zero(h, q * H);
+      over_rows(q, [&](int64_t r0, int64_t r1) { add_zero(h + r0 * H, (r1 - r0) * H); });
     } else {
       const at::Tensor x = rms_norm(hidden, norm_weights[2 * i + 1], norm_eps[2 * i + 1]);
-      const at::Tensor gate = at::silu(product(x, weights[w + 2], scales[w + 2], kind, group));  // ATen's SiLU
+      const at::Tensor gate = product(x, weights[w + 2], scales[w + 2], kind, group);
       at::Tensor up = product(x, weights[w + 3], scales[w + 3], kind, group);
-      const int64_t inner = up.numel();
-      TORCH_CHECK(inner % 16 == 0, "swift_kernels::decoder_layers: MLP width must be a multiple of 16");
-      auto* u = reinterpret_cast<bf16_t*>(up.data_ptr());
-      const auto* g = reinterpret_cast<const bf16_t*>(gate.const_data_ptr());
-      for (int64_t j = 0; j < inner; j += 16) store16(u + j, _mm512_mul_ps(load_bf16(g + j), load_bf16(u + j)));
+      TORCH_CHECK(up.size(1) % 16 == 0, "swift_kernels::decoder_layers: MLP width must be a multiple of 16");
+      gated(gate, up);
       const at::Tensor out = product(up, weights[w + 4], scales[w + 4], kind, group);
-      add_into(h, reinterpret_cast<const bf16_t*>(out.const_data_ptr()), h, q * H);
+      residual(h, out, q, H);
     }
   }
   return hidden;

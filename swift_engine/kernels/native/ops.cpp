@@ -13,6 +13,7 @@ namespace swift_kernels {
 
 at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
 at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
+at::Tensor int8_mm_amx_float(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
 at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& index, const at::Tensor& lengths, double scale);
 at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
@@ -24,6 +25,7 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
                           const std::optional<at::Tensor>& slots);
 at::Tensor rms_norm_op(const at::Tensor& hidden, const at::Tensor& weight, double eps);
 int64_t mean_lanes();
+bool silu_written_out();
 
 bool amx_granted() {
   static const bool granted = [] {
@@ -45,17 +47,23 @@ bool amx_granted() {
 TORCH_LIBRARY(swift_kernels, m) {
   m.def("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
   m.def("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("int8_mm_amx_float(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor");
   m.def(DECODER_LAYERS_SCHEMA);
   m.def("rms_norm(Tensor hidden, Tensor weight, float eps) -> Tensor");
   m.def("mean_lanes() -> int");
+  m.def("silu_written_out() -> bool");
 }
 
-TORCH_LIBRARY_IMPL(swift_kernels, CatchAll, m) { m.impl("mean_lanes", &swift_kernels::mean_lanes); }
+TORCH_LIBRARY_IMPL(swift_kernels, CatchAll, m) {
+  m.impl("mean_lanes", &swift_kernels::mean_lanes);
+  m.impl("silu_written_out", &swift_kernels::silu_written_out);
+}
 
 TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
   m.impl("int4_mm_amx", &swift_kernels::int4_mm_amx);
   m.impl("int8_mm_amx", &swift_kernels::int8_mm_amx);
+  m.impl("int8_mm_amx_float", &swift_kernels::int8_mm_amx_float);
   m.impl("rows_attention", &swift_kernels::rows_attention);
   m.impl("decoder_layers", &swift_kernels::decoder_layers);
   m.impl("rms_norm", &swift_kernels::rms_norm_op);

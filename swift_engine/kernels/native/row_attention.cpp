@@ -126,12 +126,15 @@ void weighted_values_any(const float* p, int n, const bf16_t* values, int64_t vs
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c), to_bf16(_mm512_mul_ps(acc[c], _mm512_set1_ps(inv))));
 }
 
-// The G heads of one row and key head: values shared by up to 4 (dv 64) or 2 (dv 128) heads per pass.
+// The G heads of one row and key head: values shared by up to 4 heads (dv 64) or 2 (dv 128) per
+// pass over the keys, never fewer than 3 accumulating at once where G allows (one head alone waits on
+// its own additions: four chains of fused adds are too few to keep the vector units busy).
 void heads_values(const float* const* p, int G, int n, const bf16_t* values, int64_t vstride, const int32_t* idx,
                   int dv, const float* inv, bf16_t* const* out) {
   int g = 0;
   if (dv == 64) {
-    for (; g + 4 <= G; g += 4) weighted_values<4, 4>(p + g, n, values, vstride, idx, inv + g, out + g);
+    for (; G - g >= 4 && G - g != 5; g += 4) weighted_values<4, 4>(p + g, n, values, vstride, idx, inv + g, out + g);
+    for (; G - g >= 3 && G - g != 4; g += 3) weighted_values<4, 3>(p + g, n, values, vstride, idx, inv + g, out + g);
     for (; g + 2 <= G; g += 2) weighted_values<4, 2>(p + g, n, values, vstride, idx, inv + g, out + g);
   } else if (dv == 128) {
     for (; g + 2 <= G; g += 2) weighted_values<8, 2>(p + g, n, values, vstride, idx, inv + g, out + g);
@@ -184,22 +187,25 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
   auto attend = [&](int r0, int r1, int lo, int hi) {
     const int span = hi - lo, blocks = (span + 15) / 16;
     const int cols = (r1 - r0) * G;  // queries per key head: column c = row r0 + c / G, head c % G of the group
-    // scores[h][c][j - lo] for every key in [lo, hi): float32 [KVH, cols, blocks * 16]
-    std::vector<float> scores(static_cast<size_t>(KVH) * cols * blocks * 16);
+    // scores[h][j - lo][c] for every key in [lo, hi): float32 [KVH, blocks * 16, cols] (a tile's
+    // 16 keys x 16 queries are stored as they come out, rows of the key-major layout)
+    std::vector<float> scores(static_cast<size_t>(KVH) * blocks * 16 * cols);
     const int chunks = (cols + 15) / 16;
     parallel_for(KVH * chunks, [&](int64_t begin, int64_t end) {
       alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
       alignas(64) bf16_t keys[16 * 256];        // a block of keys padded to whole tile steps (tails only)
-      alignas(64) float block[16 * 16];
       int configured = -1;
       for (int64_t item = begin; item < end; ++item) {
         const int h = static_cast<int>(item / chunks), c0 = static_cast<int>(item % chunks) * 16;
         const int n = std::min(16, cols - c0);
-        for (int i = 0; i < steps * 16 * n * 2; ++i) qt[i] = 0;
+        // dims (2w, 2w + 1) of query c are the 32-bit word [w][c] of the B tiles: a [n, d / 2] -> [d / 2, n]
+        // transpose of words, zeros past d
+        auto* qt32 = reinterpret_cast<uint32_t*>(qt);
+        for (int i = d / 2 * n; i < dpad / 2 * n; ++i) qt32[i] = 0;
         for (int c = 0; c < n; ++c) {
           const int col = c0 + c, r = r0 + col / G, head = h * G + col % G;
-          const bf16_t* qv = q + (static_cast<int64_t>(r) * H + head) * d;
-          for (int e = 0; e < d; ++e) qt[((e / 32) * 16 + (e % 32) / 2) * n * 2 + c * 2 + e % 2] = qv[e];
+          const auto* qv = reinterpret_cast<const uint32_t*>(q + (static_cast<int64_t>(r) * H + head) * d);
+          for (int w = 0; w < d / 2; ++w) qt32[w * n + c] = qv[w];
         }
         if (configured != n) {
           TileConfig cfg;
@@ -225,11 +231,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
             _tile_loadd(2, qt + s * 16 * n * 2, 4 * n);
             _tile_dpbf16ps(0, 1, 2);
           }
-          _tile_stored(0, block, 64);
-          for (int c = 0; c < n; ++c) {
-            float* dst = scores.data() + (static_cast<size_t>(h) * cols + c0 + c) * blocks * 16 + 16 * b;
-            for (int i = 0; i < 16; ++i) dst[i] = block[i * 16 + c];
-          }
+          _tile_stored(0, scores.data() + (static_cast<size_t>(h) * blocks * 16 + 16 * b) * cols + c0, cols * 4);
         }
       }
       _tile_release();
@@ -245,9 +247,9 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
         for (int j = 0; j < n; ++j) keys[j] = idx[r * L + j];
         for (int g = 0; g < G; ++g) {  // query head h * G + g: its scores in the row's key order, softmaxed
           const int col = (r - r0) * G + g;
-          const float* s = scores.data() + (static_cast<size_t>(h) * cols + col) * blocks * 16;
+          const float* s = scores.data() + static_cast<size_t>(h) * blocks * 16 * cols + col;
           float* row = rows.data() + static_cast<size_t>(g) * L;
-          for (int j = 0; j < n; ++j) row[j] = s[keys[j] - lo];
+          for (int j = 0; j < n; ++j) row[j] = s[static_cast<size_t>(keys[j] - lo) * cols];
           inv[g] = softmax(row, n, fscale);
           probs[g] = row;
           outs[g] = o + (static_cast<int64_t>(r) * H + h * G + g) * dv;
