@@ -238,6 +238,7 @@ class ModelRunner:
             if found is not None and found[0] >= max_rows:
                 self.max_rows = min(found[1], max_rows)
             else:
+
                 def check(rows: int) -> int:
                     with self._linears(2):  # the plan's kernel (one for every shape when row-invariant)
                         return largest_invariant_rows(self.model, self.lm_head, rows, self.dtype)
