@@ -122,7 +122,7 @@ inline void configure_tiles(int rows, int& configured) {
   for (int t = 0; t < 4; ++t) { cfg.rows[t] = static_cast<uint8_t>(rows); cfg.colsb[t] = 64; }  // C: rows x 16 fp32
   cfg.rows[4] = static_cast<uint8_t>(rows); cfg.colsb[4] = 64;                                    // A: rows x 32 bf16
   for (int t = 5; t < 8; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }                            // B: 16 pairs x 16
-  _tile_loadconfig(&cfg);
+  load_tile_config(cfg);
   configured = rows;
 }
 

@@ -61,7 +61,7 @@ inline void configure(int rows, int& configured) {
   for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(4 * rows); }  // C: 16 out x rows
   cfg.rows[4] = cfg.rows[5] = 16; cfg.colsb[4] = cfg.colsb[5] = 64;                                 // A: 16 out x 32 in
   cfg.rows[6] = 16; cfg.colsb[6] = static_cast<uint16_t>(4 * rows);                                 // B: 16 pairs x rows
-  _tile_loadconfig(&cfg);
+  load_tile_config(cfg);
   configured = rows;
 }
 

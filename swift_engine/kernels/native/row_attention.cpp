@@ -212,7 +212,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
           cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * n);  // C: 16 keys x n queries
           cfg.rows[1] = 16; cfg.colsb[1] = 64;                             // A: 16 keys x 32 dims
           cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * n);  // B: 16 dim pairs x n queries
-          _tile_loadconfig(&cfg);
+          load_tile_config(cfg);
           configured = n;
         }
         const bf16_t* kh = k + h * ks0;

@@ -36,6 +36,14 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
+// Load `cfg` as the tile configuration. The barrier makes the compiler write cfg's fields first:
+// GCC does not treat ldtilecfg as reading its operand, and once dropped the fields' stores as dead
+// (and reused the slot), which faulted on the next tile instruction (SIGILL, seen at -O3).
+inline void load_tile_config(const TileConfig& cfg) {
+  asm volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+}
+
 // Whether the OS lets this process use AMX tiles (asked once; Linux needs the request).
 bool amx_granted();
 
