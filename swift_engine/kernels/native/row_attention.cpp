@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace swift_kernels {
@@ -189,7 +190,9 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
     const int cols = (r1 - r0) * G;  // queries per key head: column c = row r0 + c / G, head c % G of the group
     // scores[h][j - lo][c] for every key in [lo, hi): float32 [KVH, blocks * 16, cols] (a tile's
     // 16 keys x 16 queries are stored as they come out, rows of the key-major layout)
-    std::vector<float> scores(static_cast<size_t>(KVH) * blocks * 16 * cols);
+    // (left uninitialized: every entry a row reads is written by a tile store first)
+    const std::unique_ptr<float[]> scores_buffer(new float[static_cast<size_t>(KVH) * blocks * 16 * cols]);
+    float* const scores_data = scores_buffer.get();
     const int chunks = (cols + 15) / 16;
     parallel_for(KVH * chunks, [&](int64_t begin, int64_t end) {
       alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
@@ -231,7 +234,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
             _tile_loadd(2, qt + s * 16 * n * 2, 4 * n);
             _tile_dpbf16ps(0, 1, 2);
           }
-          _tile_stored(0, scores.data() + (static_cast<size_t>(h) * blocks * 16 + 16 * b) * cols + c0, cols * 4);
+          _tile_stored(0, scores_data + (static_cast<size_t>(h) * blocks * 16 + 16 * b) * cols + c0, cols * 4);
         }
       }
       _tile_release();
@@ -247,7 +250,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
         for (int j = 0; j < n; ++j) keys[j] = idx[r * L + j];
         for (int g = 0; g < G; ++g) {  // query head h * G + g: its scores in the row's key order, softmaxed
           const int col = (r - r0) * G + g;
-          const float* s = scores.data() + static_cast<size_t>(h) * blocks * 16 * cols + col;
+          const float* s = scores_data + static_cast<size_t>(h) * blocks * 16 * cols + col;
           float* row = rows.data() + static_cast<size_t>(g) * L;
           for (int j = 0; j < n; ++j) row[j] = s[static_cast<size_t>(keys[j] - lo) * cols];
           inv[g] = softmax(row, n, fscale);
