@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <immintrin.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +31,14 @@ namespace {
 // how long an idle worker spins before it sleeps: longer than the gaps between a pass's loops and
 // between the passes of a generation (Python's share of a step), short enough to cost nothing idle
 constexpr auto SPIN = std::chrono::milliseconds(2);
+
+// how long an idle worker spins without giving its CPU away; past it, it offers the CPU to any other
+// ready thread (sched_yield) every few spins. Why: a prompt block alternates swift's products with
+// PyTorch's elementwise ops, whose OpenMP threads need the CPU this worker spins on; spinning
+// without yielding made those ops ~8x slower (a 384-token prefill on SmolLM2 int4 took 0.70 s
+// against 0.22 s, docs/bench/measurements.md#native-kernels). The gaps inside a one-token step are
+// a few microseconds, so its loops still find the worker spinning.
+constexpr auto YIELD_AFTER = std::chrono::microseconds(20);
 
 thread_local bool in_worker = false;
 
@@ -93,7 +102,12 @@ class Pool {
       int spins = 0;
       while (((job = job_.load(std::memory_order_acquire)) >> 16) == seen) {
         _mm_pause();
-        if (!wanted || (++spins % 256 == 0 && std::chrono::steady_clock::now() - idle_since > SPIN)) {
+        if (++spins % 16 == 0 && wanted) {
+          const auto idle = std::chrono::steady_clock::now() - idle_since;
+          if (idle > YIELD_AFTER) sched_yield();
+          if (idle > SPIN) wanted = false;  // long idle: sleep below
+        }
+        if (!wanted) {
           std::unique_lock<std::mutex> lock(sleep_);
           sleepers_.fetch_add(1);
           wake_.wait(lock, [&] { return (job_.load(std::memory_order_acquire) >> 16) != seen; });
