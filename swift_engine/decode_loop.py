@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
+from swift_engine.batching.handover import Handover
 from swift_engine.config import SwiftConfig
 from swift_engine.decoding.constraints import GrammarCache, GrammarState
 from swift_engine.decoding.prefill import prefill
@@ -90,14 +91,18 @@ class DecodeCall:
         self.generator = call_generator(request.sampling, request.seed, self.runner.device)
         #: the call's drafters, in priority order (made after the prefill; none when not speculative)
         self.drafters: list[Drafter] = []
+        #: what the caller has been given: the committed tokens and their text (see :meth:`handover`)
+        self.out: list[int] = []
+        self.text = TextStream(engine.tokenizer, request.stops)
+        self._cache: SwiftKVCache | None = None
+        self._at_root = False  # suspended right after the first token, nothing decoded past it
 
     # -- the call, chunk by chunk (lifecycle steps 2-7) ----------------------------------------
     def run(self) -> Generator[StreamChunk, None, None]:
         """Text and token chunks as tokens are committed; the last chunk carries the result."""
         request, stats, grammar = self.request, self.stats, self.request.grammar
-        text = TextStream(self.engine.tokenizer, request.stops)
+        text, out = self.text, self.out
         eos_ids, max_new_tokens = self.engine.eos_ids, self.max_new_tokens
-        out: list[int] = []
         finish: FinishReason = "length"
         for new in self._committed():
             # token by token, so the reply ends at the token that completed a stop string or EOS
@@ -127,6 +132,34 @@ class DecodeCall:
         if tail:
             yield StreamChunk(text=tail)
         yield StreamChunk(result=self._close(text.final_text, out, finish))
+
+    def handover(self) -> Handover | None:
+        """Give this call to the engine's batch, right after its first token (None: not at that point,
+        constrained, or already finished). The call's generator must then be closed unfinished: its
+        step's profile is left as it was (a batched call decodes plainly and learns nothing)."""
+        request, out = self.request, self.out
+        if (
+            not self._at_root
+            or self._cache is None
+            or request.grammar is not None
+            or len(out) != 1
+            or out[0] in self.engine.eos_ids
+            or self.text.stopped_at is not None
+            or len(out) >= self.max_new_tokens
+        ):
+            return None
+        self._at_root = False
+        self.stats.mode = "plain"
+        return Handover(
+            cache=self._cache,
+            prompt_tokens=len(request.prompt_ids),
+            out=out,
+            text=self.text,
+            generator=self.generator,
+            stats=self.stats,
+            started=self.started,
+            max_new_tokens=self.max_new_tokens,
+        )
 
     def _close(self, text: str, out: list[int], finish: FinishReason) -> GenerationResult:
         """Write the step's profile (drafters' and search's state) and finish the statistics."""
@@ -164,7 +197,9 @@ class DecodeCall:
         session.start(prompt_ids, len(tail_hidden), lambda: runner.logits(tail_hidden).argmax(dim=-1).tolist())
         decode_start = time.perf_counter()
         stats.prefill_time_s = decode_start - prefill_start
+        self._cache, self._at_root = cache, True
         yield [root]
+        self._at_root = False
         head = None
         if session.speculative:  # the draft head scores layer-skip drafts and the search's candidates
             head = DraftHead(runner, cfg.draft_vocab_size, prompt_ids)

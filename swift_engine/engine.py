@@ -23,6 +23,7 @@ import torch
 
 from swift_engine.attach import model_lock
 from swift_engine.batching.batcher import Batcher
+from swift_engine.batching.handover import Handover
 from swift_engine.chat.prompting import template_ids
 from swift_engine.config import SwiftConfig
 from swift_engine.decode_loop import DecodeCall
@@ -435,15 +436,23 @@ class SwiftEngine:
             self.active_calls += 1
             self.last_used = time.monotonic()
         try:
-            yield from self._stream_batched(request) if batched else self._stream_alone(request)
+            if batched:
+                yield from self._stream_batched(request)
+            else:
+                moved = yield from self._stream_alone(request, batchable)
+                if moved is not None:  # others came: the rest of the reply in the batch's passes
+                    yield from self._stream_batched(request, moved)
         finally:
             with self._calls_lock:
                 self.active_calls -= 1
                 self.last_used = time.monotonic()
 
-    def _stream_batched(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
-        """One request in the batch's shared passes (the batcher takes the model's lock per pass)."""
-        work = self.batcher.stream(request)
+    def _stream_batched(
+        self, request: GenerationRequest, moved: Handover | None = None
+    ) -> Generator[StreamChunk, None, None]:
+        """One request in the batch's shared passes (the batcher takes the model's lock per pass);
+        ``moved``: a call that started alone, continued from its first token."""
+        work = self.batcher.stream(request, moved)
         produced = 0
         try:
             while True:
@@ -460,14 +469,22 @@ class SwiftEngine:
         finally:
             work.close()
 
-    def _stream_alone(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
+    def _stream_alone(
+        self, request: GenerationRequest, batchable: bool = False
+    ) -> Generator[StreamChunk, None, Handover | None]:
         """Run one request, holding the model's lock while each chunk is computed and only then.
 
         A caller that stops reading (or drops the stream) keeps nothing locked; closing the stream
         ends the call without writing its profile. Past the request's timeout, waiting for the
         model or between chunks, it raises :class:`~swift_engine.request.GenerationTimeout`.
+
+        ``batchable``: after the first token, if other calls are in flight, the call stops here and
+        returns its :class:`~swift_engine.batching.handover.Handover` for the batch to continue it
+        (see that module for why); otherwise it runs to its end and returns None.
         """
-        work = self._run(request)
+        self._ensure_kernels()
+        call = DecodeCall(self, request, self._session(request.step_key, request.speculative))
+        work = self._run(call)
         produced = 0
 
         def advance() -> StreamChunk | None:  # on the model's thread (model_thread.py), under its lock
@@ -487,20 +504,35 @@ class SwiftEngine:
                 except TimeoutError:  # the wait for the model ran past the deadline
                     raise GenerationTimeout(cast(float, request.timeout), produced) from None
                 if chunk is None:
-                    return
+                    return None
                 if chunk.result is None:
                     produced += len(chunk.token_ids)
                     request.check_deadline(produced)
                 yield chunk
+                if batchable and produced == 1 and chunk.token_ids and self._has_company():
+                    try:
+                        moved = self._thread.run(lambda: self._hand_over(call), left)
+                    except TimeoutError:
+                        raise GenerationTimeout(cast(float, request.timeout), produced) from None
+                    if moved is not None:
+                        return moved
         finally:
             # no lock: a suspended call holds nothing shared, and closing it runs no code of ours
             # (this may run in a garbage collector's thread, which must never wait on the model)
             work.close()
 
-    def _run(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
-        """One request's chunks (:class:`~swift_engine.decode_loop.DecodeCall`); callers hold the lock per chunk."""
-        self._ensure_kernels()
-        chunks = DecodeCall(self, request, self._session(request.step_key, request.speculative)).run()
+    def _has_company(self) -> bool:
+        """Whether other calls are in flight (decoding alone or in the batch) besides the caller's."""
+        with self._calls_lock:
+            return self.active_calls > 1 or self.batcher.rows > 0
+
+    def _hand_over(self, call: DecodeCall) -> Handover | None:
+        with self._lock:  # on the model's thread, between two of the call's chunks
+            return call.handover()
+
+    def _run(self, call: DecodeCall) -> Generator[StreamChunk, None, None]:
+        """One call's chunks (:class:`~swift_engine.decode_loop.DecodeCall`); callers hold the lock per chunk."""
+        chunks = call.run()
         try:
             for chunk in chunks:
                 if chunk.result is not None:

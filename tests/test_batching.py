@@ -210,6 +210,31 @@ def test_sampled_calls_in_the_batch_draw_as_they_do_alone(int4: SwiftEngine) -> 
 
 @pytest.mark.slow
 @needs_native
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_call_that_started_alone_moves_into_the_batch_when_others_come(int4: SwiftEngine, sampled: bool) -> None:
+    """After its first token a call decoding alone (SWIFT) finds another in flight and continues in the
+    shared passes from its own cache, text and generator: its tokens stay those of plain decoding alone."""
+    kw: dict[str, Any] = {"max_new_tokens": 32}
+    if sampled:
+        kw.update(temperature=0.9, top_p=0.95, seed=7)
+    expected = [int4.generate(_messages(p), speculative=False, **kw) for p in (PROMPTS[3], PROMPTS[0])]
+    first = int4.stream(_messages(PROMPTS[3]), **kw)
+    first_chunks = [next(first)]  # alone: nothing else in flight; prompt prefilled, first token given
+    second = int4.stream(_messages(PROMPTS[0]), **kw)
+    second_chunks = [next(second)]  # a call is in flight: this one decodes in the batch
+    first_chunks += list(first)  # resumed with company: handed over to the batch
+    second_chunks += list(second)
+    for chunks, alone in zip((first_chunks, second_chunks), expected, strict=True):
+        result = chunks[-1].result
+        assert result is not None
+        assert result.token_ids == alone.token_ids and result.text == alone.text
+        assert "".join(c.text for c in chunks) == alone.text  # the caller's text, continued without a seam
+        assert result.stats.shared_passes > 0 and result.stats.mode == "plain"
+    assert int4.batcher.rows == 0 and int4.active_calls == 0
+
+
+@pytest.mark.slow
+@needs_native
 def test_batch_rows_zero_keeps_calls_taking_turns() -> None:
     engine = SwiftEngine.from_pretrained(None, dtype="int4", config=SwiftConfig(batch_rows=0))
     together = _together(engine, [lambda p=p: engine.generate(_messages(p), max_new_tokens=8) for p in PROMPTS[:2]])

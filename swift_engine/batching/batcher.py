@@ -16,10 +16,12 @@ calls sharing the pass, rows spent on a draft tree would be taken from them.
 The lifecycle, for each call (:meth:`Batcher.stream`):
 
 1. **join** -- the request waits in ``waiting``; nothing is computed in the caller's thread, which
-   only reads its chunks as they come.
+   only reads its chunks as they come. A call that started alone and found company after its first
+   token joins the same way, with its cache (:mod:`swift_engine.batching.handover`).
 2. **drive** -- the batch's driver thread (started by the first call to join, gone when the batch is
    empty) takes the model's lock (the engine's own, shared with the calls that decode alone) for each
-   :meth:`Batcher._drive`: drop closed calls, admit waiting ones (prefill, first token) up to
+   :meth:`Batcher._drive`: drop closed calls, admit waiting ones (prefill and first token, or a moved
+   call's cache copied in) up to
    ``batch_rows``, run one pass over every admitted call, hand each its token.
 3. **leave** -- a generation that ends (EOS, stop string, ``max_new_tokens``, its caller closing the
    stream or timing out) gives its region back before the next pass.
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from swift_engine.batching.arena import KVArena, Region
+from swift_engine.batching.handover import Handover
 from swift_engine.decoding.prefill import prefill
 from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
@@ -58,11 +61,15 @@ _POLL_S = 0.05
 class _Row:
     """One generation in the batch: its request, its region of the arena and what it has produced."""
 
-    def __init__(self, request: GenerationRequest, engine: EngineParts, max_new_tokens: int) -> None:
+    def __init__(
+        self, request: GenerationRequest, engine: EngineParts, max_new_tokens: int, moved: Handover | None = None
+    ) -> None:
         self.request = request
         self.max_new_tokens = max_new_tokens
         self.text = TextStream(engine.tokenizer, request.stops)
         self.out: list[int] = []
+        #: a call that started alone: its cache and state, loaded into a region at admission
+        self.moved = moved
         self.chunks: deque[StreamChunk] = deque()
         self.region: Region | None = None
         self.last = 0  # the token fed next (at the position of the region's next entry)
@@ -80,6 +87,11 @@ class _Row:
             mode="plain",
         )
         self.generator = call_generator(request.sampling, request.seed, runner.device)
+        if moved is not None:  # continue where the call alone stopped: its tokens, text, draws and counters
+            self.max_new_tokens = moved.max_new_tokens
+            self.text, self.out, self.generator = moved.text, moved.out, moved.generator
+            self.stats, self.started = moved.stats, moved.started
+            self.last = moved.out[-1]
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token from ``logits`` ``[vocab]`` (the same draw as a call alone: its own generator)."""
@@ -149,11 +161,12 @@ class Batcher:
             and fast.scripted.batchable()
         )
 
-    def stream(self, request: GenerationRequest) -> Generator[StreamChunk, None, None]:
-        """The call's chunks as the passes produce them (the engine checks its deadline between them)."""
+    def stream(self, request: GenerationRequest, moved: Handover | None = None) -> Generator[StreamChunk, None, None]:
+        """The call's chunks as the passes produce them (the engine checks its deadline between them);
+        ``moved``: a call that started alone, continued after the chunks it has already given."""
         ctx = self.engine.runner.context_length
         limit = request.max_new_tokens if ctx is None else min(request.max_new_tokens, ctx - len(request.prompt_ids))
-        row = _Row(request, self.engine, limit)
+        row = _Row(request, self.engine, limit, moved)
         with self._state:
             self.waiting.append(row)
             if self._driver is None:
@@ -245,7 +258,8 @@ class Batcher:
                     row.region = None
 
     def _prefill(self, row: _Row) -> None:
-        """The prompt into the row's region, as a call alone prefills it, and the first token."""
+        """The prompt into the row's region, as a call alone prefills it, and the first token (a moved
+        call's cache is copied in as it is: its prompt was prefilled and its first token picked alone)."""
         engine, runner, request = self.engine, self.engine.runner, row.request
         if self._arena is None:
             assert runner.fast is not None and runner.fast.scripted is not None  # see accepts()
@@ -253,6 +267,10 @@ class Batcher:
             self._arena = KVArena(runner.num_layers, kv_heads, head_dim, torch.bfloat16, runner.device)
         prompt = request.prompt_ids
         row.region = self._arena.open(len(prompt) + row.max_new_tokens + 1)
+        if row.moved is not None:
+            row.region.cache.load([(k, v) for k, v in row.moved.cache.entries(0, row.moved.prompt_tokens)])
+            row.moved = None  # the call alone's cache is no longer needed
+            return
         start = time.perf_counter()
         # into a cache of the size a call alone has (its attention reads the cache's buffers as they are
         # laid out), then copied into the region

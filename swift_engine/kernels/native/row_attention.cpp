@@ -28,6 +28,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -184,83 +185,17 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
   const int64_t ks0 = key.stride(0), ks1 = key.stride(1), vs0 = value.stride(0), vs1 = value.stride(1);
   const float fscale = static_cast<float>(scale);
   const int dpad = (d + 31) / 32 * 32, steps = dpad / 32;
-  // rows [r0, r1) over the keys in [lo, hi)
-  auto attend = [&](int r0, int r1, int lo, int hi) {
-    const int span = hi - lo, blocks = (span + 15) / 16;
-    const int cols = (r1 - r0) * G;  // queries per key head: column c = row r0 + c / G, head c % G of the group
-    // scores[h][j - lo][c] for every key in [lo, hi): float32 [KVH, blocks * 16, cols] (a tile's
-    // 16 keys x 16 queries are stored as they come out, rows of the key-major layout)
-    // (left uninitialized: every entry a row reads is written by a tile store first)
-    const std::unique_ptr<float[]> scores_buffer(new float[static_cast<size_t>(KVH) * blocks * 16 * cols]);
-    float* const scores_data = scores_buffer.get();
-    const int chunks = (cols + 15) / 16;
-    parallel_for(KVH * chunks, [&](int64_t begin, int64_t end) {
-      alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
-      alignas(64) bf16_t keys[16 * 256];        // a block of keys padded to whole tile steps (tails only)
-      int configured = -1;
-      for (int64_t item = begin; item < end; ++item) {
-        const int h = static_cast<int>(item / chunks), c0 = static_cast<int>(item % chunks) * 16;
-        const int n = std::min(16, cols - c0);
-        // dims (2w, 2w + 1) of query c are the 32-bit word [w][c] of the B tiles: a [n, d / 2] -> [d / 2, n]
-        // transpose of words, zeros past d
-        auto* qt32 = reinterpret_cast<uint32_t*>(qt);
-        for (int i = d / 2 * n; i < dpad / 2 * n; ++i) qt32[i] = 0;
-        for (int c = 0; c < n; ++c) {
-          const int col = c0 + c, r = r0 + col / G, head = h * G + col % G;
-          const auto* qv = reinterpret_cast<const uint32_t*>(q + (static_cast<int64_t>(r) * H + head) * d);
-          for (int w = 0; w < d / 2; ++w) qt32[w * n + c] = qv[w];
-        }
-        if (configured != n) {
-          TileConfig cfg;
-          cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * n);  // C: 16 keys x n queries
-          cfg.rows[1] = 16; cfg.colsb[1] = 64;                             // A: 16 keys x 32 dims
-          cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * n);  // B: 16 dim pairs x n queries
-          load_tile_config(cfg);
-          configured = n;
-        }
-        const bf16_t* kh = k + h * ks0;
-        for (int b = 0; b < blocks; ++b) {
-          const int j0 = lo + 16 * b, rows = std::min(16, hi - j0);
-          const bool direct = rows == 16 && dpad == d;
-          if (!direct) {  // a tail block or a head dim short of a tile step: zero-padded copy
-            for (int i = 0; i < 16 * dpad; ++i) keys[i] = 0;
-            for (int i = 0; i < rows; ++i)
-              for (int e = 0; e < d; ++e) keys[i * dpad + e] = kh[(j0 + i) * ks1 + e];
-          }
-          _tile_zero(0);
-          for (int s = 0; s < steps; ++s) {
-            if (direct) _tile_loadd(1, kh + j0 * ks1 + 32 * s, static_cast<int>(ks1 * 2));
-            else _tile_loadd(1, keys + 32 * s, dpad * 2);
-            _tile_loadd(2, qt + s * 16 * n * 2, 4 * n);
-            _tile_dpbf16ps(0, 1, 2);
-          }
-          _tile_stored(0, scores_data + (static_cast<size_t>(h) * blocks * 16 + 16 * b) * cols + c0, cols * 4);
-        }
-      }
-      _tile_release();
-    });
-    parallel_for(static_cast<int64_t>(r1 - r0) * KVH, [&](int64_t begin, int64_t end) {
-      std::vector<float> rows(static_cast<size_t>(G) * L);
-      std::vector<int32_t> keys(L);
-      std::vector<const float*> probs(G);
-      std::vector<bf16_t*> outs(G);
-      std::vector<float> inv(G);
-      for (int64_t item = begin; item < end; ++item) {
-        const int r = r0 + static_cast<int>(item / KVH), h = static_cast<int>(item % KVH), n = len[r];
-        for (int j = 0; j < n; ++j) keys[j] = idx[r * L + j];
-        for (int g = 0; g < G; ++g) {  // query head h * G + g: its scores in the row's key order, softmaxed
-          const int col = (r - r0) * G + g;
-          const float* s = scores_data + static_cast<size_t>(h) * blocks * 16 * cols + col;
-          float* row = rows.data() + static_cast<size_t>(g) * L;
-          for (int j = 0; j < n; ++j) row[j] = s[static_cast<size_t>(keys[j] - lo) * cols];
-          inv[g] = softmax(row, n, fscale);
-          probs[g] = row;
-          outs[g] = o + (static_cast<int64_t>(r) * H + h * G + g) * dv;
-        }
-        heads_values(probs.data(), G, n, v + h * vs0, vs1, keys.data(), dv, inv.data(), outs.data());
-      }
-    });
+  // Groups of rows whose key spans overlap (a tree's rows all do; rows of different sequences in one
+  // pass, each over its own region of the cache, do not): a group's scores are one tile product per
+  // key head over its span. Every group's tiles go in one parallel loop, then every row's softmax and
+  // values in another -- two hand-offs to the workers per call, however many sequences share the pass.
+  struct Group {
+    int r0, r1, lo, hi, blocks, cols, chunks;
+    size_t offset;  // of its scores: float32 [KVH, blocks * 16, cols], key-major (as tiles store them)
   };
+  std::vector<Group> groups;
+  std::vector<int> group_of(R);
+  size_t total = 0;
   for (int r0 = 0; r0 < R;) {
     int r1 = r0 + 1, lo = row_lo[r0], hi = row_hi[r0];
     while (r1 < R && row_lo[r1] < hi && row_hi[r1] > lo) {
@@ -268,9 +203,88 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
       hi = std::max(hi, row_hi[r1]);
       ++r1;
     }
-    attend(r0, r1, lo, hi);
+    const int blocks = (hi - lo + 15) / 16, cols = (r1 - r0) * G;  // column c: row r0 + c / G, head c % G
+    groups.push_back({r0, r1, lo, hi, blocks, cols, (cols + 15) / 16, total});
+    for (int r = r0; r < r1; ++r) group_of[r] = static_cast<int>(groups.size()) - 1;
+    total += static_cast<size_t>(KVH) * blocks * 16 * cols;
     r0 = r1;
   }
+  std::vector<std::array<int, 3>> items;  // (group, key head, first column) of each tile job
+  for (int gi = 0; gi < static_cast<int>(groups.size()); ++gi)
+    for (int h = 0; h < KVH; ++h)
+      for (int c = 0; c < groups[gi].chunks; ++c) items.push_back({gi, h, 16 * c});
+  // (left uninitialized: every entry a row reads is written by a tile store first)
+  const std::unique_ptr<float[]> scores_buffer(new float[total]);
+  float* const scores_data = scores_buffer.get();
+  parallel_for(static_cast<int64_t>(items.size()), [&](int64_t begin, int64_t end) {
+    alignas(64) bf16_t qt[8 * 16 * 16 * 2];  // B tiles: [steps][16 dim pairs][16 queries][2]
+    alignas(64) bf16_t keys[16 * 256];        // a block of keys padded to whole tile steps (tails only)
+    int configured = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const auto [gi, h, c0] = items[item];
+      const Group& grp = groups[gi];
+      const int n = std::min(16, grp.cols - c0), lo = grp.lo, hi = grp.hi;
+      float* const scores = scores_data + grp.offset;
+      // dims (2w, 2w + 1) of query c are the 32-bit word [w][c] of the B tiles: a [n, d / 2] -> [d / 2, n]
+      // transpose of words, zeros past d
+      auto* qt32 = reinterpret_cast<uint32_t*>(qt);
+      for (int i = d / 2 * n; i < dpad / 2 * n; ++i) qt32[i] = 0;
+      for (int c = 0; c < n; ++c) {
+        const int col = c0 + c, r = grp.r0 + col / G, head = h * G + col % G;
+        const auto* qv = reinterpret_cast<const uint32_t*>(q + (static_cast<int64_t>(r) * H + head) * d);
+        for (int w = 0; w < d / 2; ++w) qt32[w * n + c] = qv[w];
+      }
+      if (configured != n) {
+        TileConfig cfg;
+        cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * n);  // C: 16 keys x n queries
+        cfg.rows[1] = 16; cfg.colsb[1] = 64;                             // A: 16 keys x 32 dims
+        cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * n);  // B: 16 dim pairs x n queries
+        load_tile_config(cfg);
+        configured = n;
+      }
+      const bf16_t* kh = k + h * ks0;
+      for (int b = 0; b < grp.blocks; ++b) {
+        const int j0 = lo + 16 * b, rows = std::min(16, hi - j0);
+        const bool direct = rows == 16 && dpad == d;
+        if (!direct) {  // a tail block or a head dim short of a tile step: zero-padded copy
+          for (int i = 0; i < 16 * dpad; ++i) keys[i] = 0;
+          for (int i = 0; i < rows; ++i)
+            for (int e = 0; e < d; ++e) keys[i * dpad + e] = kh[(j0 + i) * ks1 + e];
+        }
+        _tile_zero(0);
+        for (int s = 0; s < steps; ++s) {
+          if (direct) _tile_loadd(1, kh + j0 * ks1 + 32 * s, static_cast<int>(ks1 * 2));
+          else _tile_loadd(1, keys + 32 * s, dpad * 2);
+          _tile_loadd(2, qt + s * 16 * n * 2, 4 * n);
+          _tile_dpbf16ps(0, 1, 2);
+        }
+        _tile_stored(0, scores + (static_cast<size_t>(h) * grp.blocks * 16 + 16 * b) * grp.cols + c0, grp.cols * 4);
+      }
+    }
+    _tile_release();
+  });
+  parallel_for(static_cast<int64_t>(R) * KVH, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows(static_cast<size_t>(G) * L);
+    std::vector<int32_t> keys(L);
+    std::vector<const float*> probs(G);
+    std::vector<bf16_t*> outs(G);
+    std::vector<float> inv(G);
+    for (int64_t item = begin; item < end; ++item) {
+      const int r = static_cast<int>(item / KVH), h = static_cast<int>(item % KVH), n = len[r];
+      const Group& grp = groups[group_of[r]];
+      for (int j = 0; j < n; ++j) keys[j] = idx[r * L + j];
+      for (int g = 0; g < G; ++g) {  // query head h * G + g: its scores in the row's key order, softmaxed
+        const int col = (r - grp.r0) * G + g;
+        const float* s = scores_data + grp.offset + static_cast<size_t>(h) * grp.blocks * 16 * grp.cols + col;
+        float* row = rows.data() + static_cast<size_t>(g) * L;
+        for (int j = 0; j < n; ++j) row[j] = s[static_cast<size_t>(keys[j] - grp.lo) * grp.cols];
+        inv[g] = softmax(row, n, fscale);
+        probs[g] = row;
+        outs[g] = o + (static_cast<int64_t>(r) * H + h * G + g) * dv;
+      }
+      heads_values(probs.data(), G, n, v + h * vs0, vs1, keys.data(), dv, inv.data(), outs.data());
+    }
+  });
   return out;
 }
 
