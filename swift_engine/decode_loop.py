@@ -100,7 +100,7 @@ class DecodeCall:
     # -- the call, chunk by chunk (lifecycle steps 2-7) ----------------------------------------
     def run(self) -> Generator[StreamChunk, None, None]:
         """Text and token chunks as tokens are committed; the last chunk carries the result."""
-        request, stats, grammar = self.request, self.stats, self.request.grammar
+        stats, grammar = self.stats, self.request.grammar
         text, out = self.text, self.out
         eos_ids, max_new_tokens = self.engine.eos_ids, self.max_new_tokens
         finish: FinishReason = "length"
