@@ -47,6 +47,7 @@ from swift_engine.model.runner import ModelRunner
 from swift_engine.request import GenerationRequest
 from swift_engine.results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 from swift_engine.search.session import SearchSession
+from swift_engine.search.step_profiles import StepProfiles
 
 
 class EngineParts(Protocol):
@@ -63,6 +64,9 @@ class EngineParts(Protocol):
 
     @property
     def grammars(self) -> GrammarCache: ...
+
+    @property
+    def profiles(self) -> StepProfiles: ...
 
 
 class DecodeCall:

@@ -64,6 +64,9 @@ class GenerationStats(BaseModel):
     cached_prompt_tokens: int = 0
     #: Passes this call shared with other calls' tokens (continuous batching: swift_engine/batching); 0 alone.
     shared_passes: int = 0
+    #: Whether the call decoded in the batch's passes (from its start, or after its first token when others
+    #: were in flight by then), rather than alone with SWIFT.
+    batched: bool = False
     #: Memory of the engine's prefix cache after this call's prompt was added (0: off).
     prefix_cache_bytes: int = 0
 

@@ -40,6 +40,7 @@ import torch
 
 from swift_engine.batching.arena import KVArena, Region
 from swift_engine.batching.handover import Handover
+from swift_engine.batching.row_drafts import RowDrafts
 from swift_engine.decoding.prefill import prefill
 from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
@@ -70,6 +71,8 @@ class _Row:
         self.out: list[int] = []
         #: a call that started alone: its cache and state, loaded into a region at admission
         self.moved = moved
+        #: its free draft sources (greedy, speculative calls; made at admission)
+        self.drafts: RowDrafts | None = None
         self.chunks: deque[StreamChunk] = deque()
         self.region: Region | None = None
         self.last = 0  # the token fed next (at the position of the region's next entry)
@@ -92,6 +95,7 @@ class _Row:
             self.text, self.out, self.generator = moved.text, moved.out, moved.generator
             self.stats, self.started = moved.stats, moved.started
             self.last = moved.out[-1]
+        self.stats.batched = True
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token from ``logits`` ``[vocab]`` (the same draw as a call alone: its own generator)."""
@@ -100,6 +104,8 @@ class _Row:
     def push(self, tok: int, eos_ids: frozenset[int]) -> None:
         """Commit one token: its chunk, and the end where plain decoding would end."""
         self.out.append(tok)
+        if self.drafts is not None:
+            self.drafts.extend([tok])
         finish: FinishReason | None = None
         if tok in eos_ids:
             self.chunks.append(StreamChunk(text="", token_ids=[tok]))
@@ -250,6 +256,7 @@ class Batcher:
                     return
                 row = self.waiting.popleft()
             self._prefill(row)
+            row.drafts = self._drafts_for(row)
             with self._state:
                 if not row.done and not row.closed:
                     self.active.append(row)
@@ -288,36 +295,102 @@ class Batcher:
         row.stats.prefill_time_s = time.perf_counter() - start
         row.push(row.pick(runner.logits(hidden[-1:])[0]), engine.eos_ids)
 
+    def _drafts_for(self, row: _Row) -> RowDrafts | None:
+        """Free draft sources for a greedy call that may speculate (None: sampled, or drafts turned off)."""
+        request, config = row.request, self.engine.config
+        if (
+            row.done
+            or not request.sampling.greedy
+            or request.speculative is False
+            or not config.speculative
+            or not (config.context_drafts or config.draft_memory)
+        ):
+            return None
+        memory = None
+        if config.draft_memory:
+            _, record = self.engine.profiles.checkout(request.step_key)
+            memory = record.extra.get("draft_memory")
+        return RowDrafts(list(request.prompt_ids) + row.out, memory, self.engine.runner.vocab_size)
+
+    def _chains(self, rows: list[_Row]) -> list[tuple[list[int], bool]]:
+        """Each generation's draft tokens for this pass, within the rows a pass may hold (its next token
+        first: every generation gets its row, then drafts take the rows left, in batch order)."""
+        config, runner = self.engine.config, self.engine.runner
+        spare = min(config.batch_rows, runner.max_rows or config.batch_rows) - len(rows)
+        chains: list[tuple[list[int], bool]] = []
+        for row in rows:
+            chain: list[int] = []
+            remembered = False
+            room = min(spare, config.max_draft_len, row.max_new_tokens - len(row.out) - 1)
+            if row.drafts is not None and room > 0 and not row.closed:
+                chain, remembered = row.drafts.propose(room)
+                spare -= len(chain)
+                row.stats.drafted_tokens += len(chain)
+                if remembered:
+                    row.stats.memory_drafted_tokens += len(chain)
+                else:
+                    row.stats.context_drafted_tokens += len(chain)
+            chains.append((chain, remembered))
+        return chains
+
     @torch.inference_mode()
     def _pass(self) -> None:
-        """One token of every active generation, in one pass."""
+        """The next token of every active generation, and its free drafts (:mod:`~swift_engine.batching.row_drafts`)
+        where rows are left, in one pass; each keeps its drafts while they are what plain decoding gives."""
         runner, arena = self.engine.runner, self._arena
         fast = runner.fast
         assert arena is not None and fast is not None and fast.scripted is not None
         rows = list(self.active)
         regions = [r.region for r in rows]
         assert all(reg is not None for reg in regions)
-        lengths = torch.tensor([reg.cache.get_seq_length() for reg in regions], dtype=torch.int32)  # type: ignore[union-attr]
-        starts = torch.tensor([reg.start for reg in regions], dtype=torch.int32)  # type: ignore[union-attr]
-        longest = int(lengths.max()) + 1
-        # row r's keys: its region's entries, then its own new one at slot start + length
-        index = (starts[:, None] + torch.arange(longest, dtype=torch.int32)[None]).contiguous()  # [R, longest]
-        slots = (starts + lengths).contiguous()  # [R]
+        chains = self._chains(rows)
+        # pass row layout: per generation, its next token, then its draft chain; row (i, j) feeds token
+        # j of that run at position L_i + j, writes slot start_i + L_i + j, and sees its generation's
+        # entries and its own run up to itself: index start_i + [0, L_i + j + 1)
+        seq_len = [reg.cache.get_seq_length() for reg in regions]  # type: ignore[union-attr]
+        tokens: list[int] = []
+        starts: list[int] = []
+        positions: list[int] = []
+        for row, reg, length, (chain, _) in zip(rows, regions, seq_len, chains, strict=True):
+            for j, tok in enumerate([row.last, *chain]):
+                tokens.append(tok)
+                starts.append(reg.start)  # type: ignore[union-attr]
+                positions.append(length + j)
+        start_t = torch.tensor(starts, dtype=torch.int32)
+        position_t = torch.tensor(positions, dtype=torch.int32)
+        lengths = position_t + 1  # [R]: entries each row sees
+        index = (start_t[:, None] + torch.arange(int(lengths.max()), dtype=torch.int32)[None]).contiguous()
+        slots = (start_t + position_t).contiguous()  # [R]
         dec: Any = fast.decoder
-        ids = torch.tensor([r.last for r in rows], device=runner.device)
-        positions = lengths.to(device=runner.device, dtype=torch.long)  # each token after its region's entries
+        ids = torch.tensor(tokens, device=runner.device)
         hidden = dec.embed_tokens.forward(ids)  # [R, H]
-        cos, sin = dec.rotary_emb.forward(hidden, positions[None])
-        out = fast.scripted.rows_of_sequences(
-            hidden, cos, sin, arena.keys, arena.values, index, (lengths + 1).contiguous(), slots
-        )
-        for reg in regions:
-            reg.cache.advance_layers(1, [True] * runner.num_layers)  # type: ignore[union-attr]
+        cos, sin = dec.rotary_emb.forward(hidden, position_t.to(device=runner.device, dtype=torch.long)[None])
+        out = fast.scripted.rows_of_sequences(hidden, cos, sin, arena.keys, arena.values, index, lengths, slots)
         logits = runner.logits(dec.norm.forward(out))  # [R, vocab]
         with self._state:
-            for i, row in enumerate(rows):
+            first = 0
+            for row, reg, (chain, remembered) in zip(rows, regions, chains, strict=True):
+                run = logits[first : first + 1 + len(chain)]
+                first += 1 + len(chain)
+                if chain:  # greedy (drafts are only proposed for greedy calls): keep drafts while they are the argmax
+                    best = run.argmax(dim=-1).tolist()
+                    kept = 0
+                    while kept < len(chain) and best[kept] == chain[kept]:
+                        kept += 1
+                    new = chain[:kept] + [best[kept]]
+                    if remembered:
+                        row.stats.memory_accepted_tokens += kept
+                    else:
+                        row.stats.context_accepted_tokens += kept
+                else:
+                    kept, new = 0, [row.pick(run[0])] if not row.closed else []
+                # entries kept: the fed token's and the accepted drafts' (rejected slots are rewritten later)
+                reg.cache.advance_layers(1 + kept, [True] * runner.num_layers)  # type: ignore[union-attr]
                 row.stats.verify_steps += 1
                 row.stats.shared_passes += len(rows) > 1
-                row.stats.kv_cache_bytes = arena.region_bytes(regions[i])  # type: ignore[arg-type]
-                if not row.closed:
-                    row.push(row.pick(logits[i]), self.engine.eos_ids)
+                row.stats.accepted_drafted_tokens += kept
+                row.stats.kv_cache_bytes = arena.region_bytes(reg)  # type: ignore[arg-type]
+                for tok in new:
+                    if row.closed or row.done:
+                        break
+                    row.push(tok, self.engine.eos_ids)

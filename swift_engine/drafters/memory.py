@@ -83,7 +83,7 @@ class MemoryDrafter:
         profile: Any = None,
     ) -> None:
         """``tokens``: the sequence so far (prompt and first token); ``profile``: the step's stored memory."""
-        memory = _read(profile)
+        memory = read_memory(profile)
         self.max_tokens = max_tokens
         outputs = [o for o in memory.outputs if all(t < vocab_size for t in o)] if memory else []
         self.index = MemoryIndex(outputs)
@@ -118,7 +118,8 @@ class MemoryDrafter:
         return added.model_dump()
 
 
-def _read(profile: Any) -> DraftMemory | None:
+def read_memory(profile: Any) -> DraftMemory | None:
+    """The draft memory a step profile holds, or None (absent, unreadable, or of another version)."""
     if profile is None:
         return None
     try:
