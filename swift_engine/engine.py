@@ -482,15 +482,17 @@ class SwiftEngine:
         returns its :class:`~swift_engine.batching.handover.Handover` for the batch to continue it
         (see that module for why); otherwise it runs to its end and returns None.
         """
-        self._ensure_kernels()
-        call = DecodeCall(self, request, self._session(request.step_key, request.speculative))
-        work = self._run(call)
+        calls: list[DecodeCall] = []  # the call, made on the model's thread with its first chunk
+        works: list[Generator[StreamChunk, None, None]] = []
         produced = 0
 
         def advance() -> StreamChunk | None:  # on the model's thread (model_thread.py), under its lock
             with self._lock:
                 self._check_open()
-                return next(work, None)
+                if not works:  # the call's plan (its session may measure costs: model passes) goes there too
+                    calls.append(DecodeCall(self, request, self._session(request.step_key, request.speculative)))
+                    works.append(self._run(calls[0]))
+                return next(works[0], None)
 
         try:
             while True:
@@ -511,7 +513,7 @@ class SwiftEngine:
                 yield chunk
                 if batchable and produced == 1 and chunk.token_ids and self._has_company():
                     try:
-                        moved = self._thread.run(lambda: self._hand_over(call), left)
+                        moved = self._thread.run(lambda: self._hand_over(calls[0]), left)
                     except TimeoutError:
                         raise GenerationTimeout(cast(float, request.timeout), produced) from None
                     if moved is not None:
@@ -519,7 +521,8 @@ class SwiftEngine:
         finally:
             # no lock: a suspended call holds nothing shared, and closing it runs no code of ours
             # (this may run in a garbage collector's thread, which must never wait on the model)
-            work.close()
+            for work in works:
+                work.close()
 
     def _has_company(self) -> bool:
         """Whether other calls are in flight (decoding alone or in the batch) besides the caller's."""
