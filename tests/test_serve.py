@@ -479,6 +479,26 @@ def test_non_local_host_needs_a_key(monkeypatch):
         main(["--host", "0.0.0.0"])
 
 
+def test_batch_rows_reaches_the_served_engine_and_a_negative_one_is_refused(monkeypatch, tmp_path):
+    import swift_integrations.serve.command as command
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
+    with pytest.raises(SystemExit, match="--batch-rows"):
+        main(["--batch-rows", "-1"])
+    command.serve(None, profile_dir=str(tmp_path), batch_rows=0)
+    engine = served[0].state.engine
+    assert engine.config.batch_rows == 0 and not engine.batcher.accepts(engine_request(engine))
+
+
+def engine_request(engine):
+    from swift_engine.decoding.sampling import SamplingParams
+    from swift_engine.decoding.stopping import StopStrings
+    from swift_engine.request import GenerationRequest
+
+    return GenerationRequest(engine.encode_prompt("Hi"), 4, SamplingParams(0.0, 1.0, 0), StopStrings(None), "default")
+
+
 def test_cli_has_serve():
     from typer.testing import CliRunner
 
@@ -486,5 +506,6 @@ def test_cli_has_serve():
 
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0 and "--max-queue" in result.output and "--ray" in result.output
+    assert "--batch-rows" in result.output
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"], env={"SWIFT_API_KEY": ""})
     assert result.exit_code == 1 and "API key" in result.output and "Traceback" not in result.output

@@ -336,7 +336,9 @@ def bench(
     ] = False,
     deployments: Annotated[
         Optional[str],
-        typer.Option("--deployments", help="With --serve: which, comma-separated (single,ray).", show_default=False),
+        typer.Option(
+            "--deployments", help="With --serve: which, comma-separated (single,unbatched,ray).", show_default=False
+        ),
     ] = None,
     replicas: Annotated[int, typer.Option("--replicas", min=1, help="With --serve: Ray Serve replicas.")] = 2,
     soak: Annotated[

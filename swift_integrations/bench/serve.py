@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEPLOYMENTS", "main", "run_serve_bench"]
 
-DEPLOYMENTS = ("single", "ray")
+#: the single process with continuous batching (the default), the same with it off (``--batch-rows 0``:
+#: requests take turns on the model), and Ray Serve replicas (each batching its own requests)
+DEPLOYMENTS = ("single", "unbatched", "ray")
 LEVELS = (1, 4, 16)
 KEY = "bench-key"
 QUESTIONS = [
@@ -215,6 +217,15 @@ def run_serve_bench(
     replica_cpus = max(1, cores // replicas)
     flags = {
         "single": [*model_flags, "--profile-dir", str(work / "single-profiles"), "--max-queue", "32"],
+        "unbatched": [
+            *model_flags,
+            "--profile-dir",
+            str(work / "unbatched-profiles"),
+            "--max-queue",
+            "32",
+            "--batch-rows",
+            "0",
+        ],
         "ray": [
             *model_flags,
             "--ray",

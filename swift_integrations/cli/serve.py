@@ -48,6 +48,15 @@ def serve(
             "measured for catalog models ('auto').",
         ),
     ] = "auto",
+    batch_rows: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-rows",
+            min=0,
+            help="Rows one pass holds for concurrent requests (continuous batching on int4/int8; 0: requests "
+            "take turns on the model). Default: the engine's (16).",
+        ),
+    ] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Serve engine replicas on Ray Serve (the ray extra).")] = False,
     replicas: Annotated[
         int, typer.Option("--replicas", min=1, help="With --ray: replicas (autoscaling: the minimum).")
@@ -95,4 +104,5 @@ def serve(
             profile_dir=None if profile_dir is None else str(profile_dir),
             model_name=served_model_name or None,
             tool_followup=tool_followup,
+            batch_rows=batch_rows,
         )

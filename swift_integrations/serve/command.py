@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile-dir", default=None, help="the profile store directory (default: the user cache)")
     p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=None,
+        help="rows one pass holds for concurrent requests (continuous batching on int4/int8; 0: requests take "
+        "turns on the model; default: the engine's, 16)",
+    )
+    p.add_argument(
         "--tool-followup",
         choices=("auto", "answer", "model"),
         default="auto",
@@ -83,6 +90,7 @@ def serve(
     model_name: str | Sequence[str] | None = None,
     profile_dir: str | None = None,
     tool_followup: "ToolFollowup" = "auto",
+    batch_rows: int | None = None,
 ) -> None:
     """Load the model and serve it until interrupted (the entry point of the CLI and ``-m``).
 
@@ -105,11 +113,18 @@ def serve(
         raise ValueError("--request-timeout must be a positive number of seconds")
     if tool_followup not in ("auto", "answer", "model"):
         raise ValueError(f"--tool-followup must be auto, answer or model, got {tool_followup!r}")
+    config = None
+    if batch_rows is not None:
+        if batch_rows < 0:
+            raise ValueError("--batch-rows must be 0 (off) or more")
+        from swift_engine import SwiftConfig
+
+        config = SwiftConfig(batch_rows=batch_rows)
     if profile_dir is None:  # catalog names, folders, .gguf files, hub ids; shared with in-process adapters
-        engine = get_engine(model, gguf_file, device, dtype)
+        engine = get_engine(model, gguf_file, device, dtype, config)
     else:
         engine = SwiftEngine.from_pretrained(
-            model, gguf_file=gguf_file, device=device, dtype=dtype, profile_store=profile_dir
+            model, gguf_file=gguf_file, device=device, dtype=dtype, profile_store=profile_dir, config=config
         )
     app = create_app(
         engine,
@@ -151,6 +166,9 @@ def start(
     from pydantic import ValidationError
 
     host, port = options.pop("host", "127.0.0.1"), options.pop("port", 8000)
+    batch_rows = options.pop("batch_rows", None)
+    if batch_rows is not None:  # every replica's engine batches its own requests
+        options["config"] = {**(options.get("config") or {}), "batch_rows": batch_rows}
     try:
         # validated from a dict: ``store`` (a flag's string) is checked by pydantic, not the type checker
         settings = ReplicaSettings.model_validate(
