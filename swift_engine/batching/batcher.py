@@ -44,6 +44,7 @@ from swift_engine.batching.row_drafts import RowDrafts
 from swift_engine.decoding.prefill import prefill
 from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
+from swift_engine.decoding.verification import accept
 from swift_engine.request import GenerationRequest
 from swift_engine.results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 
@@ -296,11 +297,10 @@ class Batcher:
         row.push(row.pick(runner.logits(hidden[-1:])[0]), engine.eos_ids)
 
     def _drafts_for(self, row: _Row) -> RowDrafts | None:
-        """Free draft sources for a greedy call that may speculate (None: sampled, or drafts turned off)."""
+        """Free draft sources for a call that may speculate (None: drafts turned off for it or the engine)."""
         request, config = row.request, self.engine.config
         if (
             row.done
-            or not request.sampling.greedy
             or request.speculative is False
             or not config.speculative
             or not (config.context_drafts or config.draft_memory)
@@ -372,18 +372,16 @@ class Batcher:
             for row, reg, (chain, remembered) in zip(rows, regions, chains, strict=True):
                 run = logits[first : first + 1 + len(chain)]
                 first += 1 + len(chain)
-                if chain:  # greedy (drafts are only proposed for greedy calls): keep drafts while they are the argmax
-                    best = run.argmax(dim=-1).tolist()
-                    kept = 0
-                    while kept < len(chain) and best[kept] == chain[kept]:
-                        kept += 1
-                    new = chain[:kept] + [best[kept]]
+                kept, new = 0, []
+                if not row.closed:  # drafts kept while they are what plain decoding picks (its own draws)
+                    children = [{tok: j + 1} for j, tok in enumerate(chain)] + [{}]
+                    path, bonus, _ = accept(children, run, row.request.sampling, row.generator)
+                    kept = len(path) - 1
+                    new = chain[:kept] + [bonus]
                     if remembered:
                         row.stats.memory_accepted_tokens += kept
                     else:
                         row.stats.context_accepted_tokens += kept
-                else:
-                    kept, new = 0, [row.pick(run[0])] if not row.closed else []
                 # entries kept: the fed token's and the accepted drafts' (rejected slots are rewritten later)
                 reg.cache.advance_layers(1 + kept, [True] * runner.num_layers)  # type: ignore[union-attr]
                 row.stats.verify_steps += 1

@@ -5,9 +5,10 @@ engine's drafters give a call alone at no model cost -- copies from its prompt (
 summaries quote their documents) and replays of the step's earlier outputs -- while on swift's
 kernels extra rows in a pass are nearly free up to 16 (docs/bench/passes). Each pass, a generation
 may add a chain of such draft tokens after its next token; the pass checks them as verification
-does (greedy: a draft token is kept while it equals the model's argmax), so the tokens are those of
-plain decoding alone. Layer-skip drafts stay out: they cost model passes that the other
-generations would wait for.
+does (:func:`~swift_engine.decoding.verification.accept`: a draft token is kept while it is what
+plain decoding picks there, the argmax or the call's own draw), so the tokens are those of plain
+decoding alone. Layer-skip drafts stay out: they cost model passes that the other generations
+would wait for.
 
 No acceptance model sizes the chains: with other generations in the pass the rows are shared out
 (:meth:`~swift_engine.batching.batcher.Batcher._pass`), and a rejected row costs little.

@@ -40,6 +40,33 @@ class Verdict:
     path_argmax: list[int]
 
 
+def accept(
+    children: list[dict[int, int]], logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[list[int], int, list[int] | None]:
+    """Walk a verified tree from its root: the accepted path, the bonus token, and (greedy) every node's argmax.
+
+    ``children[n]``: node ``n``'s children by token; ``logits``: ``[nodes, vocab]``, the full model's
+    after each node. A child is followed while it is the token plain decoding picks there -- the
+    argmax, or (sampling) one draw from the call's own generator per position, as plain decoding
+    draws -- so the path and bonus are exactly what plain decoding produces (no grammar: see
+    :func:`verify_tree`). Also used by the batch's shared passes (``batching/batcher.py``).
+    """
+    path, node = [0], 0
+    if params.greedy:
+        choices = logits.argmax(dim=-1).tolist()  # every node at once: one host sync
+        while (nxt := children[node].get(choices[node])) is not None:
+            node = nxt
+            path.append(node)
+        return path, choices[node], choices
+    while True:
+        y = sample(target_probs(logits[node], params), generator)
+        nxt = children[node].get(y)
+        if nxt is None:
+            return path, y, None
+        node = nxt
+        path.append(node)
+
+
 @torch.inference_mode()
 def verify_tree(
     runner: ModelRunner,
@@ -58,17 +85,16 @@ def verify_tree(
     hidden = runner.hidden(cache, ids, positions, ancestors)
     children = tree.children()
 
-    path = [0]
-    node = 0
     if grammar is not None:
+        path, node = [0], 0
         # each node's target is masked by the grammar state reached along its own path; the walk
         # only follows accepted tokens, so the state never needs rolling back
         logits = runner.logits(hidden)
-        choices = []
+        masked: list[int] = []
         while True:
             row = grammar.mask_(logits[node].clone())
             y = int(row.argmax().item()) if params.greedy else sample(target_probs(row, params), generator)
-            choices.append(y)
+            masked.append(y)
             grammar.advance(y)
             nxt = children[node].get(y)
             if nxt is None or grammar.terminated:  # a stop token ends the walk (and the generation)
@@ -76,38 +102,18 @@ def verify_tree(
                 break
             node = nxt
             path.append(node)
-        path_argmax = choices
-    elif params.greedy:
-        # argmax of every node at once: one head pass, one host sync
-        logits = runner.logits(hidden)
-        choices = logits.argmax(dim=-1).tolist()
-        while True:
-            nxt = children[node].get(choices[node])
-            if nxt is None:
-                bonus = choices[node]
-                break
-            node = nxt
-            path.append(node)
+        path_argmax = masked  # the masked choices along the path
     else:
         logits = runner.logits(hidden)
-        choices = None
-        while True:
-            y = sample(target_probs(logits[node], params), generator)
-            nxt = children[node].get(y)
-            if nxt is None:
-                bonus = y
-                break
-            node = nxt
-            path.append(node)
+        path, bonus, choices = accept(children, logits, params, generator)
+        if choices is None:  # sampled: the argmax only along the path
+            path_argmax = logits[torch.tensor(path, device=device)].argmax(dim=-1).tolist()
+        else:
+            path_argmax = [choices[i] for i in path]
 
     if len(tree) > 1:
         if path == list(range(len(path))):  # the chain's prefix: entries already packed in place
             cache.truncate(start + len(path))
         else:
             cache.keep(start, torch.tensor(path, device=device))
-    if grammar is None:  # (with a grammar, path_argmax is the masked choices made above)
-        if choices is None:
-            path_argmax = logits[torch.tensor(path, device=device)].argmax(dim=-1).tolist()
-        else:
-            path_argmax = [choices[i] for i in path]
     return Verdict(path=path, accepted=[tree.tokens[i] for i in path[1:]], bonus=bonus, path_argmax=path_argmax)
