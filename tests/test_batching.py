@@ -18,7 +18,7 @@ from swift_engine.results import GenerationResult
 from .conftest import finishes_in_time
 
 needs_native = pytest.mark.skipif(
-    not native_status().loaded, reason=f"swift's AMX kernels are not usable here: {native_status().reason}"
+    not native_status().loaded, reason=f"swift's kernels are not usable here: {native_status().reason}"
 )
 
 PROMPTS = [

@@ -96,7 +96,11 @@ def test_greedy_swift_is_plain_decoding_at_low_precision(arch: str, precision: s
         assert res.token_ids == plain.token_ids, f"{arch}/{precision}: SWIFT diverged on {prompt[:5]}..."
         drafted += res.stats.accepted_drafted_tokens
     assert drafted > 0  # verification trees of several rows were exercised
-    assert engine.runner.max_rows == engine.config.tree.max_tree_tokens  # these kernels held at every size
+    cap = engine.config.tree.max_tree_tokens
+    if engine.runner.native_kernels:  # swift's kernels are row-invariant by construction
+        assert engine.runner.max_rows == cap
+    else:  # PyTorch's, as far as this machine's check found (bfloat16 on one AMD Zen 4 VM: 20 rows)
+        assert 1 <= engine.runner.max_rows <= cap
 
 
 def test_float32_keeps_the_fused_attention_by_default() -> None:
@@ -200,11 +204,13 @@ def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pyt
     calls = _counted_row_checks(monkeypatch)
     model = _model("llama", "bfloat16")
     first, second = ModelRunner(model, "torch"), ModelRunner(model, "torch")
-    assert first.measure_rows(16) == 16 and calls == [16]
-    assert second.measure_rows(16) == 16 and second.measure_rows(8) == 16 and calls == [16]  # kept on the model
-    assert ModelRunner(model, "torch").measure_rows(8) == 8 and calls == [16]  # fewer rows: covered
-    assert ModelRunner(model, "torch").measure_rows(24) == 24 and calls == [16, 24]  # more rows: checked again
-    assert ModelRunner(_model("llama", "bfloat16"), "torch").measure_rows(16) == 16 and len(calls) == 3  # another model
+    verdict = first.measure_rows(16)  # this machine's: PyTorch's bfloat16 kernels may mix rows past a count
+    assert 1 <= verdict <= 16 and calls == [16]
+    assert second.measure_rows(16) == verdict and second.measure_rows(8) == verdict and calls == [16]  # kept on the model
+    assert ModelRunner(model, "torch").measure_rows(8) == min(8, verdict) and calls == [16]  # fewer rows: covered
+    assert 1 <= ModelRunner(model, "torch").measure_rows(24) <= 24 and calls == [16, 24]  # more rows: checked again
+    ModelRunner(_model("llama", "bfloat16"), "torch").measure_rows(16)
+    assert len(calls) == 3  # another model
 
 
 def test_a_later_process_reads_the_kept_row_verdict_instead_of_checking(

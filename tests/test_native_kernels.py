@@ -3,9 +3,11 @@
 Exact greedy SWIFT rests on a verification row being bitwise its one-token step; the native kernel
 promises that by construction (every row count takes one path, rows never mix), so these tests
 check it over every row count up to two tile passes, rows in any order, and every block shape
-the packing has (full 64-column blocks and 16/32/48-column tails). Where the kernel cannot run (no
-AMX, no compiler) the engine must keep PyTorch's kernel and say why, which runs in a subprocess
-because the loader's answer is fixed once per process.
+the packing has (full 64-column blocks and 16/32/48-column tails), on the path this machine takes
+(AMX tiles, or AVX-512 BF16 where the OS grants no tiles) and, in a child process, on the AVX-512
+path forced (``SWIFT_NATIVE_AMX=0``), so an AMX machine checks both. Where the kernels cannot run (no
+AVX-512 BF16, no compiler) the engine must keep PyTorch's kernel and say why, which runs in a
+subprocess because the loader's answer is fixed once per process.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.kernels.native_build import REQUIRED_FLAGS, build, cpu_flags, native_status
+from swift_engine.kernels.native_build import REQUIRED_FLAGS, build, cpu_flags, kernels_label, native_status
 from swift_engine.kernels.quantize import (
     INT4_GROUP,
     Int4Linear,
@@ -37,7 +39,7 @@ from .conftest import CharTokenizer, tiny_model
 pytestmark = pytest.mark.skipif(not int4_available(), reason="this PyTorch build lacks the int4 CPU kernel")
 
 needs_native = pytest.mark.skipif(
-    not native_status().loaded, reason=f"swift's AMX kernel is not usable here: {native_status().reason}"
+    not native_status().loaded, reason=f"swift's kernels are not usable here: {native_status().reason}"
 )
 
 
@@ -116,7 +118,7 @@ def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_ke
     quantize(model, precision)
     assert not ModelRunner(model, kernels="torch").native_kernels
     runner = ModelRunner(model)
-    assert runner.native_kernels and "swift's AMX kernels" in runner.kernels
+    assert runner.native_kernels and kernels_label() in runner.kernels
     engine = SwiftEngine(model, CharTokenizer(), SwiftConfig(skip_ratio=0.25, search={"enabled": False}))
     assert engine.runner.native_kernels
     drafted = 0
@@ -158,6 +160,22 @@ def test_without_a_compiler_pytorchs_kernel_stays_and_one_line_says_why(tmp_path
 def test_it_can_be_turned_off() -> None:
     out = _status_in_subprocess({"SWIFT_NATIVE_KERNELS": "0"})
     assert "LOADED False" in out and "SWIFT_NATIVE_KERNELS=0" in out
+
+
+@needs_native
+def test_swift_native_amx_0_forces_the_avx512_path_which_keeps_the_same_promises() -> None:
+    """Both paths must keep the promises: on a machine whose process uses AMX, the bitwise tests of this
+    module run again in a child on the AVX-512 BF16 path (on others they ran on it above)."""
+    out = _status_in_subprocess({"SWIFT_NATIVE_AMX": "0"})
+    assert "LOADED True" in out and "AVX-512 BF16" in out
+    if not torch.ops.swift_kernels.uses_amx():
+        return  # this process's tests above ran on the AVX-512 path already
+    tests = "same_bits or agrees or float_logits or attention_rows or stay_exact"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__, "-k", tests],
+        env={**os.environ, "SWIFT_NATIVE_AMX": "0"}, capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-2000:]
 
 
 @needs_native
@@ -235,7 +253,7 @@ def test_a_library_that_faults_is_tried_once_in_a_child_and_never_loaded(tmp_pat
 
     library = tmp_path / "swift_kernels-0123456789abcdef.so"
     library.write_bytes(b"not a library")
-    # what a CPU that lists AMX but faults on it does to the process that tries (SIGILL)
+    # what a CPU that lists an instruction set but faults on it does to the process that tries (SIGILL)
     monkeypatch.setattr(nb, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
     reason = nb.probe(library)
     assert reason is not None and "fault" in reason and "signal 4" in reason

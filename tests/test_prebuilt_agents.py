@@ -179,6 +179,7 @@ def test_the_agent_model_is_recognised_however_it_is_loaded(agent_llm):
     recognised by its weights (the same at every dtype)."""
     from swift_engine import SwiftEngine
     from swift_engine.loading.catalog import CATALOG
+    from swift_engine.loading.gguf import _default_cache_dir, _gguf_cache_key, gguf_digest
     from swift_integrations.serve.calls import chat_call
 
     question = ANSWER_INSTRUCTION.format(question="What is 12 times 34?")
@@ -189,8 +190,11 @@ def test_the_agent_model_is_recognised_however_it_is_loaded(agent_llm):
     by_path = SwiftChatModel(model_id=str(gguf.parent), gguf_file=gguf.name, swift_config=CFG)
     call = by_path._prepare(_answered_conversation(), None, None, {"tools": [multiply]})
     assert question in call.prompt.text and "<tools>" not in call.prompt.text
-    converted = SwiftEngine.from_pretrained(engine.source, dtype="bfloat16")  # the conversion cache's folder
-    assert converted.source == engine.source and converted.weights_identity == engine.weights_identity
+    # the conversion cache's folder (engine.source is the GGUF file where this process converted it)
+    cache = _default_cache_dir()
+    folder = str(cache / "models" / _gguf_cache_key(gguf_digest(gguf, cache)))
+    converted = SwiftEngine.from_pretrained(folder, dtype="bfloat16")
+    assert converted.source == folder and converted.weights_identity == engine.weights_identity
     neutral = [{"role": "user", "content": "q"}, {"role": "tool", "content": "408"}]
     assert wants_answer_turn("auto", converted, neutral, "auto")
     body = {

@@ -7,6 +7,7 @@ import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine.kernels import kernel_choice as kc
+from swift_engine.kernels.native_build import kernels_label
 from swift_engine.kernels.quantize import (
     Int4Linear,
     Int8Linear,
@@ -76,7 +77,7 @@ def test_only_prompt_blocks_of_enough_rows_use_dequantized_weights(precision: st
     chain = torch.ones(4, 4, dtype=torch.bool).tril_()
     # a verification tree must keep the kernel's bits (its rows are one-token steps' rows)
     assert torch.equal(hidden("dequantized", 2, ids[8:12], chain), hidden("torch", 2, ids[8:12], chain))
-    native = ", swift's AMX kernels" if runner.native_kernels else ""
+    native = f", {kernels_label()}" if runner.native_kernels else ""
     assert runner.kernels == "torch" + native
     runner.set_prompt_kernel("dequantized", 16)
     assert runner.kernels == f"torch{native}, prompt blocks dequantized from 16 rows"

@@ -18,7 +18,7 @@ PRECISIONS = ["int8"] + (["int4"] if int4_available() else [])
 PROMPT = torch.tensor([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4])
 
 
-#: PyTorch's kernels, and swift's AMX kernels where they run here (then trees are scripted too)
+#: PyTorch's kernels, and swift's kernels where they run here (then trees are scripted too)
 KERNELS = ["torch"] + (["auto"] if native_status().loaded else [])
 
 

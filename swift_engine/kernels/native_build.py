@@ -2,17 +2,19 @@
 
 Why: PyTorch's CPU int4 and int8 kernels re-read and re-convert every weight tile for each block of
 4 rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
-paying at the precisions that make the step fast. swift's kernels multiply up to 16 rows per weight
-tile on AMX, attend every row of a pass in one call, and run a pass's decoder layers as one call
-(figures: docs/bench/measurements.md#native-kernels). They are registered as ``torch.ops.swift_kernels.*``
-(``int4_mm_amx``, ``int8_mm_amx``, ``rows_attention``, ``decoder_layers``), so TorchScript calls them too.
+paying at the precisions that make the step fast. swift's kernels read each weight block once for all
+of a pass's rows (up to 16 rows per block: on AMX tiles where the OS grants them, else with AVX-512
+BF16 dot products -- AMD Zen 4, Intel Cooper Lake), attend every row of a pass in one call, and run a
+pass's decoder layers as one call (figures: docs/bench/measurements.md#native-kernels). They are
+registered as ``torch.ops.swift_kernels.*`` (``int4_mm``, ``int8_mm``, ``rows_attention``,
+``decoder_layers``), so TorchScript calls them too; ``instruction_set()`` says which path runs.
 
 They are compiled from source on the user's machine -- never a downloaded binary -- by ``make setup``
 (``python -m swift_engine.kernels.native_build``) or, failing that, at the first int4/int8 engine of a
 process (seconds), into a cache directory keyed by the sources, the PyTorch version and the
 compiler flags: ``$SWIFT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/swift/kernels``, else
 ``~/.cache/swift/kernels``. Where it cannot be used -- no compiler (``$CXX``, else ``c++``), a CPU
-or OS without AMX tiles, a build that fails, or results that disagree with PyTorch's kernel -- the
+without AVX-512 BF16, a build that fails, or results that disagree with PyTorch's kernel -- the
 engine keeps PyTorch's kernels, says why in one log line, and nothing else changes. A new library is
 tried first in a child process (:func:`probe`): a CPU that lists AMX but faults on it must not take
 the engine's process down.
@@ -43,6 +45,8 @@ __all__ = [
     "cache_dir",
     "cpu_flags",
     "declare_native_ops",
+    "instruction_set",
+    "kernels_label",
     "library_path",
     "native_status",
     "probe",
@@ -52,7 +56,10 @@ NATIVE = Path(__file__).with_name("native")
 #: the sources compiled into one library (``tiles.h`` and ``pool.h`` are their shared headers)
 SOURCES = tuple(
     NATIVE / name
-    for name in ("pool.cpp", "int4_amx.cpp", "int8_amx.cpp", "row_attention.cpp", "decoder_layers.cpp", "ops.cpp")
+    for name in (
+        "pool.cpp", "int4_amx.cpp", "int4_avx512.cpp", "int8_amx.cpp", "int8_avx512.cpp", "row_attention.cpp",
+        "decoder_layers.cpp", "ops.cpp",
+    )  # fmt: skip
 )
 #: the fused layers' operator (native/decoder_layers.cpp; ops.cpp registers the same text)
 DECODER_LAYERS_SCHEMA = (
@@ -61,8 +68,9 @@ DECODER_LAYERS_SCHEMA = (
     "bool[] skip_attention, bool[] skip_mlp, int q_heads, int kv_heads, int head_dim, float scaling, int kind, "
     "int group, Tensor rows_index, Tensor[] rows_lengths, Tensor? slots=None) -> Tensor"
 )
-#: what the kernel's instructions need from the CPU (``/proc/cpuinfo`` names)
-REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "avx512_bf16", "amx_tile", "amx_bf16")
+#: what the kernels' instructions need from the CPU (``/proc/cpuinfo`` names); AMX tiles are used
+#: where the OS also grants them (decided inside the library, once per process)
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "avx512_bf16")
 _ARCH_FLAGS = [
     "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"
 ]  # fmt: skip
@@ -132,7 +140,7 @@ def _run_build(compiler: str, out: Path) -> subprocess.CompletedProcess[str]:
 def library_path(compiler: str | None = None) -> Path:
     """The cached library's path for this source, PyTorch and compiler (it may not exist yet)."""
     key = hashlib.sha256()
-    for source in (*SOURCES, NATIVE / "tiles.h", NATIVE / "pool.h"):
+    for source in (*SOURCES, NATIVE / "tiles.h", NATIVE / "pool.h", NATIVE / "int4_codes.h"):
         key.update(source.read_bytes())
     jobs, link = _commands(compiler or "c++", Path("x"))
     command = " ".join(" ".join(c) for c in (*jobs, link))
@@ -188,9 +196,9 @@ def _agrees_with_aten() -> bool:
     pairs = [
         (
             torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz),
-            torch.ops.swift_kernels.int4_mm_amx(x, packed, 32, sz),
+            torch.ops.swift_kernels.int4_mm(x, packed, 32, sz),
         ),
-        (torch.ops.aten._weight_int8pack_mm(x, w8, s8), torch.ops.swift_kernels.int8_mm_amx(x, w8, s8)),
+        (torch.ops.aten._weight_int8pack_mm(x, w8, s8), torch.ops.swift_kernels.int8_mm(x, w8, s8)),
     ]
     return all(bool(((got.float() - ref.float()).abs() <= 2e-2 * ref.float().abs().amax()).all()) for ref, got in pairs)
 
@@ -236,7 +244,7 @@ def probe(path: Path) -> str | None:
     if done.returncode == 0:
         reason = None
     elif done.returncode < 0:
-        reason = f"its AMX instructions fault on this machine (signal {-done.returncode})"
+        reason = f"its instructions fault on this machine (signal {-done.returncode})"
     elif done.returncode == 3:
         reason = "its products disagree with PyTorch's kernel here"
     else:
@@ -261,7 +269,7 @@ def native_status() -> NativeStatus:
     if os.environ.get("SWIFT_NATIVE_KERNELS", "1") == "0":
         status = NativeStatus(False, "turned off by SWIFT_NATIVE_KERNELS=0")
     elif sys.platform != "linux" or missing:
-        status = NativeStatus(False, f"this CPU lacks {', '.join(missing) or 'Linux AMX support'}")
+        status = NativeStatus(False, f"this CPU lacks {', '.join(missing) or 'Linux'}")
     else:
         try:
             path = build()
@@ -270,14 +278,25 @@ def native_status() -> NativeStatus:
                 status = NativeStatus(False, reason, path)
             else:
                 torch.ops.load_library(str(path))
-                status = NativeStatus(True, "built and checked", path)
+                status = NativeStatus(True, f"built and checked; {instruction_set()}", path)
         except (RuntimeError, OSError) as exc:
             status = NativeStatus(False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if status.loaded:
-        logger.info("int4/int8 products: swift's AMX kernels (%s)", status.path)
+        logger.info("int4/int8 products: swift's kernels, %s (%s)", instruction_set(), status.path)
     else:
-        logger.info("int4/int8 products: PyTorch's kernels (swift's AMX kernels unavailable: %s)", status.reason)
+        logger.info("int4/int8 products: PyTorch's kernels (swift's kernels unavailable: %s)", status.reason)
     return status
+
+
+def instruction_set() -> str:
+    """Which of the loaded kernels' paths runs in this process: ``"AMX"`` (the OS grants the tiles) or
+    ``"AVX-512 BF16"``; a constant of the machine and the process."""
+    return "AMX" if torch.ops.swift_kernels.uses_amx() else "AVX-512 BF16"
+
+
+def kernels_label() -> str:
+    """How reports name the kernels in use: ``"swift's kernels (AMX)"`` or ``"swift's kernels (AVX-512 BF16)"``."""
+    return f"swift's kernels ({instruction_set()})"
 
 
 @functools.cache
@@ -291,18 +310,18 @@ def declare_native_ops() -> object:
     if native_status().loaded:
         return None
     library = torch.library.Library("swift_kernels", "DEF")  # noqa: TOR901 - a schema for TorchScript only
-    library.define("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor")
-    library.define("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor")
+    library.define("int4_mm(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor")
+    library.define("int8_mm(Tensor x, Tensor weight, Tensor scales) -> Tensor")
     library.define(
         "rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor"
     )
     library.define(DECODER_LAYERS_SCHEMA)
 
     def unavailable(*args: object) -> torch.Tensor:
-        raise RuntimeError(f"swift's AMX kernels are not loaded here: {native_status().reason}")
+        raise RuntimeError(f"swift's kernels are not loaded here: {native_status().reason}")
 
-    library.impl("int4_mm_amx", unavailable, "CPU")
-    library.impl("int8_mm_amx", unavailable, "CPU")
+    library.impl("int4_mm", unavailable, "CPU")
+    library.impl("int8_mm", unavailable, "CPU")
     library.impl("rows_attention", unavailable, "CPU")
     library.impl("decoder_layers", unavailable, "CPU")
     return library

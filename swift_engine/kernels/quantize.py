@@ -114,7 +114,7 @@ _NATIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("swift_native_pro
 
 @contextlib.contextmanager
 def native_products() -> Iterator[None]:
-    """Inside this block, int4 and int8 products run on swift's AMX kernels (``kernels/native/``).
+    """Inside this block, int4 and int8 products run on swift's kernels (``kernels/native/``).
 
     Why: PyTorch's kernels cost about ceil(rows / 4) one-row products, the native ones about one up
     to 16 rows, so verifying a draft costs about a step (figures: docs/bench/measurements.md#native-kernels).
@@ -139,7 +139,7 @@ def native_active() -> bool:
 def int4_product(x: torch.Tensor, qweight: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
     """The int4 product of a 2-D contiguous bfloat16 ``x``, on the kernel the calling context chose."""
     if _NATIVE.get():
-        return torch.ops.swift_kernels.int4_mm_amx(x, qweight, INT4_GROUP, scales_zeros)
+        return torch.ops.swift_kernels.int4_mm(x, qweight, INT4_GROUP, scales_zeros)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, qweight, INT4_GROUP, scales_zeros)
 
 
@@ -151,7 +151,7 @@ def int8_native_fits(qweight: torch.Tensor) -> bool:
 def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The int8 product of a 2-D contiguous bfloat16 ``x``, on the kernel the calling context chose."""
     if _NATIVE.get() and int8_native_fits(qweight):
-        return torch.ops.swift_kernels.int8_mm_amx(x, qweight, scales)
+        return torch.ops.swift_kernels.int8_mm(x, qweight, scales)
     return torch.ops.aten._weight_int8pack_mm(x, qweight, scales)
 
 
@@ -239,7 +239,7 @@ class Int8Linear(nn.Module):
         if _NATIVE.get() and _DEQUANTIZED.get() is None and p.get("bias") is None and int8_native_fits(qweight):
             scales = cast(torch.Tensor, p["scales"])
             return _weight_only(
-                x, scales.dtype, None, lambda x2: torch.ops.swift_kernels.int8_mm_amx_float(x2, qweight, scales)
+                x, scales.dtype, None, lambda x2: torch.ops.swift_kernels.int8_mm_float(x2, qweight, scales)
             )
         return self(x).float()
 

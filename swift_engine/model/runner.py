@@ -22,7 +22,7 @@ from swift_engine.attach import attached
 from swift_engine.kernels import row_attention
 from swift_engine.kernels.batch_invariance import kept_invariant_rows, largest_invariant_rows
 from swift_engine.kernels.cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
-from swift_engine.kernels.native_build import native_status
+from swift_engine.kernels.native_build import kernels_label, native_status
 from swift_engine.kernels.quantize import (
     Int8Linear,
     dequantize_available,
@@ -97,7 +97,7 @@ class ModelRunner:
         # int8/int4 layers have their own kernels (quantize.py): nothing for oneDNN to wrap
         onednn = quantized_precision(model) is None and use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if onednn else None
-        #: whether this runner's passes use swift's AMX kernels (native_build.py): weight-only int4/int8
+        #: whether this runner's passes use swift's kernels (native_build.py; AMX or AVX-512 BF16): weight-only int4/int8
         #: products and row-by-row attention, nearly flat in the rows and row-invariant by construction,
         #: one path for every pass; never with ``cpu_kernels="torch"``. Not at bfloat16: its dense
         #: products are PyTorch's, row-invariant only as far as measured, and with the native attention's
@@ -159,13 +159,13 @@ class ModelRunner:
     def kernels(self) -> str:
         """The dense kernels of the engine's passes: ``torch``, ``onednn``, ``packed``, or ``<step>+<verify>``.
 
-        With ``, swift's AMX kernels`` where they are used (:attr:`native_kernels`), and
+        With ``, swift's kernels (AMX)`` (or ``(AVX-512 BF16)``) where they are used (:attr:`native_kernels`), and
         ``, prompt blocks dequantized from N rows`` when prompt blocks use their own kernel.
         """
         step, verify = self.plan
         name = step if step == verify else f"{step}+{verify}"
         if self.native_kernels:
-            name += ", swift's AMX kernels"
+            name += f", {kernels_label()}"
         if self.prompt_kernel != "torch":
             name += f", prompt blocks {self.prompt_kernel} from {self.prompt_min_rows} rows"
         return name

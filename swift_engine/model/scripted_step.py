@@ -67,9 +67,9 @@ def _product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, kind: 
     inside ``native_products`` (the scripted step takes int8 layers only where all fit the kernel).
     """
     if kind == 3:
-        return torch.ops.swift_kernels.int4_mm_amx(x, weight, group, scales)
+        return torch.ops.swift_kernels.int4_mm(x, weight, group, scales)
     if kind == 2:
-        return torch.ops.swift_kernels.int8_mm_amx(x, weight, scales)
+        return torch.ops.swift_kernels.int8_mm(x, weight, scales)
     if kind == 1:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, group, scales)
     return torch.ops.aten._weight_int8pack_mm(x, weight, scales)

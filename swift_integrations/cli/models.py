@@ -136,7 +136,7 @@ def info(
             "dtype_choice": "Dtype chosen by",
             "kernels": "Dense kernels",
             "kernels_measured": "Kernel timings",
-            "native_kernels": "swift's AMX kernels",
+            "native_kernels": "swift's kernels",
             "profile_store": "Profile store",
             "profiles": "Stored profiles",
             "load_seconds": "Load time",
@@ -163,7 +163,7 @@ def info(
 
 def _native_line() -> str:
     """Whether swift's own kernels run on this machine, and if not, why (they build on first use)."""
-    from swift_engine.kernels.native_build import native_status
+    from swift_engine.kernels.native_build import instruction_set, native_status
 
     status = native_status()
-    return f"loaded ({status.path})" if status.loaded else f"not used: {status.reason}"
+    return f"loaded, {instruction_set()} ({status.path})" if status.loaded else f"not used: {status.reason}"

@@ -18,7 +18,7 @@
 //   * SiLU is ATen's bfloat16 kernel written out (Sleef's expf, found in PyTorch's library; checked
 //     against ATen's `silu` on every bfloat16 value at first use, ATen's called where they differ);
 //   * products and attention are swift's kernels, called directly (int4_amx.cpp, int8_amx.cpp,
-//     row_attention.cpp).
+//     row_attention.cpp; on AMX tiles or their AVX-512 BF16 paths).
 // A row's values depend on that row only, so the pass keeps the kernels' row invariance.
 //
 // Operands (all bfloat16 but the int codes): as `_layers` takes them; attention is always
@@ -47,8 +47,8 @@
 
 namespace swift_kernels {
 
-at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
-at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
+at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
 at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& index, const at::Tensor& lengths, double scale);
 
@@ -267,7 +267,7 @@ void residual(bf16_t* h, const at::Tensor& out, int64_t q, int64_t H) {
 
 at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, int64_t kind,
                    int64_t group) {
-  return kind == INT4_NATIVE ? int4_mm_amx(x, weight, group, scales) : int8_mm_amx(x, weight, scales);
+  return kind == INT4_NATIVE ? int4_mm(x, weight, group, scales) : int8_mm(x, weight, scales);
 }
 
 // Rotary on q and k, the cache write, and the queries for attention, from the stacked q/k/v `y`

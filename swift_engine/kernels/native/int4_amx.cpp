@@ -23,10 +23,11 @@
 // 16/32/48 columns holds column pairs (low, high)), scales and zeros [K / group, N, 2] bfloat16,
 // activations [M, K] bfloat16.
 //
-// Built on the user's machine by swift_engine/kernels/native_build.py (with int8_amx.cpp and
-// ops.cpp, which registers the ops), and loaded only on a CPU with AVX-512 (BF16) and AMX whose OS
-// grants the tiles.
+// Built on the user's machine by swift_engine/kernels/native_build.py (with the other sources here;
+// ops.cpp registers the ops) and loaded on a CPU with AVX-512 BF16; the tiles run where the OS grants
+// them, int4_avx512.cpp's vector path elsewhere (the op below picks, once per process).
 
+#include "int4_codes.h"
 #include "pool.h"
 #include "tiles.h"
 
@@ -41,78 +42,7 @@
 namespace swift_kernels {
 namespace {
 
-constexpr int BLOCK_N = 64;     // output columns per work item: aten's packing block
-constexpr int MAX_GROUP = 256;  // largest quantization group taken
-
-// The scales and zeros of a group for COLS x 16 columns: scale[c], zero[c] as float32 vectors. A
-// column's (scale, zero) bfloat16 pair is one 32-bit word: the scale is its low half moved up, the
-// zero its high half kept -- one load and two bit operations per 16 columns.
-template <int COLS>
-inline void load_scales(const bf16_t* sz, __m512* scale, __m512* zero) {
-  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int c = 0; c < COLS; ++c) {
-    const __m512i pairs = _mm512_loadu_si512(sz + 32 * c);
-    scale[c] = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
-    zero[c] = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
-  }
-}
-
-// A code q (0..15) enters the tiles as the bfloat16 value 128 + q, whose bits are 0x4300 | q: no
-// table, one OR. (128 + q needs 8 significant bits: exact in bfloat16, as are its products with
-// bfloat16 activations in float32.) The epilogue subtracts the 136 * sum(a) this adds (ZERO_SHIFT).
-constexpr uint16_t CODE_BASE = 0x4300;  // bfloat16 bits of 128.0
-constexpr float ZERO_SHIFT = 136.0f;    // 128 + the codes' offset of 8
-
-// Byte indices that gather, for one B-tile row of 16 columns, each column's code of input k (from
-// the first 32 bytes of a 64-byte load: input rows k, k + 1 of the block) and of input k + 1 (the
-// next 32 bytes) into the low bytes of the row's (k, k + 1) word pairs: column tile t takes bytes
-// 16 (t % 2) .. + 15 (t / 2: the high nibbles, from the load shifted right by 4).
-inline __m512i pair_index(int half) {
-  alignas(64) uint8_t index[64];
-  for (int c = 0; c < 16; ++c) {
-    index[4 * c] = static_cast<uint8_t>(16 * half + c);
-    index[4 * c + 2] = static_cast<uint8_t>(32 + 16 * half + c);
-    index[4 * c + 1] = index[4 * c + 3] = 0;  // high bytes: replaced by CODE_BASE's
-  }
-  return _mm512_load_si512(index);
-}
-
-// One tile step (TILE_K inputs) of a 64-column block as B tiles ([4][16 pairs][16 columns][2]).
-// In aten's packing, byte j of input row k holds column j (low nibble) and j + 32 (high nibble);
-// rows k and k + 1 are 64 consecutive bytes: one load, one shift for the high nibbles, and per
-// column tile one byte permutation and one ternary-logic op ((x & 0xF) | 0x4300 per word).
-inline void block_codes(const uint8_t* b, bf16_t* tiles) {
-  static const __m512i first = pair_index(0), second = pair_index(1);
-  const __m512i nibble = _mm512_set1_epi16(0xF), base = _mm512_set1_epi16(static_cast<short>(CODE_BASE));
-  for (int kp = 0; kp < TILE_K / 2; ++kp) {
-    const __m512i low = _mm512_loadu_si512(b + kp * 64);
-    const __m512i high = _mm512_srli_epi16(low, 4);  // each byte's high nibble in its low 4 bits
-    bf16_t* row = tiles + kp * 32;
-    _mm512_store_si512(row, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(first, low), nibble, base, 0xEA));
-    _mm512_store_si512(row + 512, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(second, low), nibble, base, 0xEA));
-    _mm512_store_si512(row + 1024, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(first, high), nibble, base, 0xEA));
-    _mm512_store_si512(row + 1536, _mm512_ternarylogic_epi32(_mm512_permutexvar_epi8(second, high), nibble, base, 0xEA));
-  }
-}
-
-// The same for a last, partial block of COLS x 16 columns, whose bytes hold column pairs (low, high).
-template <int COLS>
-inline void partial_codes(const uint8_t* b, bf16_t* tiles) {
-  const int row_bytes = COLS * 8;
-  for (int kp = 0; kp < TILE_K / 2; ++kp) {
-    for (int c = 0; c < COLS; ++c) {
-      __m128i in[2];
-      for (int j = 0; j < 2; ++j) {  // 8 bytes -> 16 codes in column order
-        __m128i bytes = _mm_cvtepu8_epi16(
-            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + (2 * kp + j) * row_bytes + 8 * c)));
-        in[j] = _mm_or_si128(_mm_and_si128(bytes, _mm_set1_epi16(0xF)), _mm_slli_epi16(_mm_srli_epi16(bytes, 4), 8));
-      }
-      __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi8(in[0], in[1]), _mm_unpacklo_epi8(in[0], in[1]));
-      __m512i words = _mm512_or_si512(_mm512_cvtepu8_epi16(pairs), _mm512_set1_epi16(static_cast<short>(CODE_BASE)));
-      _mm512_store_si512(reinterpret_cast<__m512i*>(tiles + c * 512 + kp * 32), words);
-    }
-  }
-}
+using namespace int4;
 
 // The tile shapes for passes of `rows` rows, loaded unless `configured` (this thread, this call) has them.
 // (Never kept across calls: other code on the thread, oneDNN's AMX kernels, loads its own shapes.)
@@ -124,13 +54,6 @@ inline void configure_tiles(int rows, int& configured) {
   for (int t = 5; t < 8; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }                            // B: 16 pairs x 16
   load_tile_config(cfg);
   configured = rows;
-}
-
-// sum of a row's `count` inputs from `a`, in float32, in one fixed order
-inline float row_sum(const bf16_t* a, int count) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int k = 0; k < count; k += 16) acc = _mm512_add_ps(acc, load_bf16(a + k));
-  return _mm512_reduce_add_ps(acc);
 }
 
 // A 64-column block (COLS x 16 of it) of `rows` rows: per group, its tile sums, then
@@ -229,18 +152,19 @@ void tile_any_rows(const bf16_t* a, int lda, int rows, const float* sums, const 
 
 }  // namespace
 
-at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros) {
-  TORCH_CHECK(amx_granted(), "swift_kernels::int4_mm_amx: the OS does not grant AMX tiles to this process");
+// The op: AMX tiles where the OS grants them, else the AVX-512 BF16 path (int4_avx512.cpp); which is
+// a constant of the process, so every pass of a run takes the same one.
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(),
-              "swift_kernels::int4_mm_amx: x must be a contiguous 2-D bfloat16 CPU tensor");
+              "swift_kernels::int4_mm: x must be a contiguous 2-D bfloat16 CPU tensor");
   TORCH_CHECK(scales_zeros.dim() == 3 && scales_zeros.scalar_type() == at::kBFloat16 && scales_zeros.is_contiguous(),
-              "swift_kernels::int4_mm_amx: scales_zeros must be a contiguous [K/group, N, 2] bfloat16 tensor");
+              "swift_kernels::int4_mm: scales_zeros must be a contiguous [K/group, N, 2] bfloat16 tensor");
   const int64_t M = x.size(0), K = x.size(1), N = scales_zeros.size(1);
   TORCH_CHECK(group % TILE_K == 0 && group <= MAX_GROUP && K % group == 0 && scales_zeros.size(0) == K / group &&
                   scales_zeros.size(2) == 2,
-              "swift_kernels::int4_mm_amx: K must be a multiple of the group size (32..256) and match scales_zeros");
+              "swift_kernels::int4_mm: K must be a multiple of the group size (32..256) and match scales_zeros");
   TORCH_CHECK(N % 16 == 0 && packed.is_contiguous() && packed.numel() * packed.element_size() == N * K / 2,
-              "swift_kernels::int4_mm_amx: packed weight does not match N x K");
+              "swift_kernels::int4_mm: packed weight does not match N x K");
   at::Tensor out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
   const auto* a = reinterpret_cast<const bf16_t*>(x.const_data_ptr());
@@ -255,6 +179,7 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
   float* sums = row_sums.data_ptr<float>();
   for (int64_t r = 0; r < M; ++r)
     for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
+  const bool amx = amx_granted();
   parallel_for(blocks * panels, [&](int64_t begin, int64_t end) {
     int configured = -1;
     for (int64_t i = begin; i < end; ++i) {
@@ -267,6 +192,10 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
       bf16_t* cp = c + m0 * N + n0;
       const int ldsz = static_cast<int>(N * 2);
       const float* rs = sums + m0 * groups;
+      if (!amx) {
+        avx512_block(cols, ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group);
+        continue;
+      }
       switch (cols / 16) {
         case 4: tile_any_rows<4>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
         case 3: tile_any_rows<3>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
@@ -274,7 +203,7 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t gr
         default: tile_any_rows<1>(ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group, configured); break;
       }
     }
-    _tile_release();
+    if (amx) _tile_release();
   });
   return out;
 }

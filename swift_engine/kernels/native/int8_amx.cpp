@@ -29,6 +29,14 @@
 #include <cstdint>
 
 namespace swift_kernels {
+
+namespace int8 {  // int8_avx512.cpp: the same product of one block without AMX tiles
+void avx512_block(const bf16_t* x, int K, int rows, const int8_t* w, const bf16_t* scales, bf16_t* out, int ldc,
+                  int outputs);
+void avx512_block(const bf16_t* x, int K, int rows, const int8_t* w, const bf16_t* scales, float* out, int ldc,
+                  int outputs);
+}  // namespace int8
+
 namespace {
 
 constexpr int BLOCK_N = 64;  // outputs per work item: four A tiles of 16
@@ -129,7 +137,6 @@ namespace {
 // out [M, N] = x [M, K] times the int8 weight [N, K] (its rows scaled), in bfloat16, or widened to float32
 template <typename OUT>
 at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const char* name) {
-  TORCH_CHECK(amx_granted(), name, ": the OS does not grant AMX tiles to this process");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(), name,
               ": x must be a contiguous 2-D bfloat16 CPU tensor");
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
@@ -145,9 +152,10 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   const auto* s = reinterpret_cast<const bf16_t*>(scales.const_data_ptr());
   auto* c = reinterpret_cast<OUT*>(out.data_ptr());
   const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
-  at::Tensor packed = at::empty({M * K}, x.options());  // every panel's B tiles, each [K / 32][16][rows][2]
+  const bool amx = amx_granted();  // else the AVX-512 path, which reads the rows as they are
+  at::Tensor packed = at::empty({amx ? M * K : 0}, x.options());  // every panel's B tiles, each [K / 32][16][rows][2]
   auto* pk = reinterpret_cast<bf16_t*>(packed.data_ptr());
-  for (int64_t p = 0; p < panels; ++p) {
+  for (int64_t p = 0; amx && p < panels; ++p) {
     const int rows = static_cast<int>(std::min<int64_t>(AMX_ROWS, M - p * AMX_ROWS));
     pack_rows(a + p * AMX_ROWS * K, static_cast<int>(K), rows, pk + p * AMX_ROWS * K);
   }
@@ -163,6 +171,10 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
       const int8_t* wp = w + n0 * K;
       OUT* cp = c + p * AMX_ROWS * N + n0;
       const int k = static_cast<int>(K), ldc = static_cast<int>(N);
+      if (!amx) {
+        int8::avx512_block(a + p * AMX_ROWS * K, k, rows, wp, s + n0, cp, ldc, 16 * tiles);
+        continue;
+      }
       switch (tiles) {
         case 4: block<4>(pp, rows, wp, s + n0, cp, ldc, k, configured); break;
         case 3: block<3>(pp, rows, wp, s + n0, cp, ldc, k, configured); break;
@@ -170,21 +182,22 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
         default: block<1>(pp, rows, wp, s + n0, cp, ldc, k, configured); break;
       }
     }
-    _tile_release();
+    if (amx) _tile_release();
   });
   return out;
 }
 
 }  // namespace
 
-at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
-  return int8_product<bf16_t>(x, weight, scales, "swift_kernels::int8_mm_amx");
+// The op: AMX tiles where the OS grants them, else the AVX-512 BF16 path (a constant of the process).
+at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
+  return int8_product<bf16_t>(x, weight, scales, "swift_kernels::int8_mm");
 }
 
-// The same product widened to float32 as it is written: `int8_mm_amx(x, weight, scales).float()` without
+// The same product widened to float32 as it is written: `int8_mm(x, weight, scales).float()` without
 // the second pass over [M, N] (an output head's logits: 16 x 49152 values are ~0.3 ms to widen)
-at::Tensor int8_mm_amx_float(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
-  return int8_product<float>(x, weight, scales, "swift_kernels::int8_mm_amx_float");
+at::Tensor int8_mm_float(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
+  return int8_product<float>(x, weight, scales, "swift_kernels::int8_mm_float");
 }
 
 }  // namespace swift_kernels

@@ -1,19 +1,22 @@
 // Registers swift's kernels (weight-only products, row attention, the fused decoder layers) as PyTorch operators (torch.ops.swift_kernels.*), callable
-// from Python and from TorchScript, and asks the OS for AMX tiles.
+// from Python and from TorchScript, and asks the OS for AMX tiles (the products and attention use
+// them where granted, AVX-512 BF16 otherwise).
 
 #include "tiles.h"
 
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include <sys/syscall.h>
 #include <unistd.h>
 
 namespace swift_kernels {
 
-at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
-at::Tensor int8_mm_amx(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
-at::Tensor int8_mm_amx_float(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
+at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
+at::Tensor int8_mm_float(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
 at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& index, const at::Tensor& lengths, double scale);
 at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
@@ -27,8 +30,12 @@ at::Tensor rms_norm_op(const at::Tensor& hidden, const at::Tensor& weight, doubl
 int64_t mean_lanes();
 bool silu_written_out();
 
+// Whether this process uses AMX tiles: the OS grants them and SWIFT_NATIVE_AMX is not "0" (which
+// forces the AVX-512 BF16 path, so a machine with AMX can check that path too). Asked once.
 bool amx_granted() {
   static const bool granted = [] {
+    const char* wanted = std::getenv("SWIFT_NATIVE_AMX");
+    if (wanted != nullptr && wanted[0] == '0') return false;
     constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
   }();
@@ -45,25 +52,27 @@ bool amx_granted() {
   "int group, Tensor rows_index, Tensor[] rows_lengths, Tensor? slots=None) -> Tensor"
 
 TORCH_LIBRARY(swift_kernels, m) {
-  m.def("int4_mm_amx(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
-  m.def("int8_mm_amx(Tensor x, Tensor weight, Tensor scales) -> Tensor");
-  m.def("int8_mm_amx_float(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("int4_mm(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
+  m.def("int8_mm(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("int8_mm_float(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor");
   m.def(DECODER_LAYERS_SCHEMA);
   m.def("rms_norm(Tensor hidden, Tensor weight, float eps) -> Tensor");
   m.def("mean_lanes() -> int");
   m.def("silu_written_out() -> bool");
+  m.def("uses_amx() -> bool");
 }
 
 TORCH_LIBRARY_IMPL(swift_kernels, CatchAll, m) {
   m.impl("mean_lanes", &swift_kernels::mean_lanes);
   m.impl("silu_written_out", &swift_kernels::silu_written_out);
+  m.impl("uses_amx", &swift_kernels::amx_granted);
 }
 
 TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
-  m.impl("int4_mm_amx", &swift_kernels::int4_mm_amx);
-  m.impl("int8_mm_amx", &swift_kernels::int8_mm_amx);
-  m.impl("int8_mm_amx_float", &swift_kernels::int8_mm_amx_float);
+  m.impl("int4_mm", &swift_kernels::int4_mm);
+  m.impl("int8_mm", &swift_kernels::int8_mm);
+  m.impl("int8_mm_float", &swift_kernels::int8_mm_float);
   m.impl("rows_attention", &swift_kernels::rows_attention);
   m.impl("decoder_layers", &swift_kernels::decoder_layers);
   m.impl("rms_norm", &swift_kernels::rms_norm_op);

@@ -9,8 +9,8 @@
 //
 // How, per key head: scores of every query (rows x the query heads that share the key head) against
 // the keys the rows see are one tile product, keys as the A tiles straight from the cache (16 keys x
-// 32 dims; bfloat16 already) and the queries packed once as the B tile. Each element of a tile
-// product depends on its key and its query only. Then, per query, in float32 and over the row's own
+// 32 dims; bfloat16 already) and the queries packed once as the B tile (without AMX, vector_scores:
+// one VDPBF16PS chain per key). Each score depends on its key and its query only. Then, per query, in float32 and over the row's own
 // keys in the row's own order (its cached prefix, then its ancestors): scale, max, exp, sum, and the
 // probability-weighted sum of the values -- the same sequence of operations for a row whether it is
 // alone or one of many, hence the same bits.
@@ -144,11 +144,31 @@ void heads_values(const float* const* p, int G, int n, const bf16_t* values, int
   for (; g < G; ++g) weighted_values_any(p[g], n, values, vstride, idx, dv, inv[g], out[g]);
 }
 
+// Without AMX: the same scores as the tile product, key by key -- scores[j - lo][c] for keys
+// lo <= j < hi (rows `ld` floats apart) and the n queries of the B-tile words qt32 ([d / 2][n]): one
+// VDPBF16PS chain over the dim pairs in order per key, four keys at a time (four chains in flight).
+// Each score depends on its key and its query only, as the tiles' do.
+void vector_scores(const bf16_t* kh, int64_t ks1, int lo, int hi, int d, const uint32_t* qt32, int n, float* scores,
+                   int ld) {
+  const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
+  for (int j0 = lo; j0 < hi; j0 += 4) {
+    const int keys = std::min(4, hi - j0);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const uint32_t* kw[4];
+    for (int u = 0; u < 4; ++u) kw[u] = reinterpret_cast<const uint32_t*>(kh + (j0 + std::min(u, keys - 1)) * ks1);
+    for (int w = 0; w < d / 2; ++w) {
+      const __m512bh qv = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi32(lanes, qt32 + w * n));
+      for (int u = 0; u < 4; ++u)
+        acc[u] = _mm512_dpbf16_ps(acc[u], reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(kw[u][w]))), qv);
+    }
+    for (int u = 0; u < keys; ++u) _mm512_mask_storeu_ps(scores + static_cast<size_t>(j0 - lo + u) * ld, lanes, acc[u]);
+  }
+}
+
 }  // namespace
 
 at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& index, const at::Tensor& lengths, double scale) {
-  TORCH_CHECK(amx_granted(), "swift_kernels::rows_attention: the OS does not grant AMX tiles to this process");
   TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && value.dim() == 3 && query.scalar_type() == at::kBFloat16 &&
                   key.scalar_type() == at::kBFloat16 && value.scalar_type() == at::kBFloat16,
               "swift_kernels::rows_attention: query [R, H, d], key [KVH, T, d], value [KVH, T, dv] in bfloat16");
@@ -209,6 +229,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
     total += static_cast<size_t>(KVH) * blocks * 16 * cols;
     r0 = r1;
   }
+  const bool amx = amx_granted();  // else the scores are VDPBF16PS chains (vector_scores)
   std::vector<std::array<int, 3>> items;  // (group, key head, first column) of each tile job
   for (int gi = 0; gi < static_cast<int>(groups.size()); ++gi)
     for (int h = 0; h < KVH; ++h)
@@ -233,6 +254,11 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
         const int col = c0 + c, r = grp.r0 + col / G, head = h * G + col % G;
         const auto* qv = reinterpret_cast<const uint32_t*>(q + (static_cast<int64_t>(r) * H + head) * d);
         for (int w = 0; w < d / 2; ++w) qt32[w * n + c] = qv[w];
+      }
+      if (!amx) {
+        vector_scores(k + h * ks0, ks1, lo, hi, d, qt32, n,
+                      scores + static_cast<size_t>(h) * grp.blocks * 16 * grp.cols + c0, grp.cols);
+        continue;
       }
       if (configured != n) {
         TileConfig cfg;
@@ -261,7 +287,7 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
         _tile_stored(0, scores + (static_cast<size_t>(h) * grp.blocks * 16 + 16 * b) * grp.cols + c0, grp.cols * 4);
       }
     }
-    _tile_release();
+    if (amx) _tile_release();
   });
   parallel_for(static_cast<int64_t>(R) * KVH, [&](int64_t begin, int64_t end) {
     std::vector<float> rows(static_cast<size_t>(G) * L);

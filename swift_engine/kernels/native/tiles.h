@@ -1,4 +1,4 @@
-// Shared pieces of swift's AMX kernels: bfloat16 conversions and tile configuration.
+// Shared pieces of swift's kernels: bfloat16 conversions and AMX tile configuration.
 #pragma once
 
 #include <immintrin.h>
@@ -44,7 +44,8 @@ inline void load_tile_config(const TileConfig& cfg) {
   _tile_loadconfig(&cfg);
 }
 
-// Whether the OS lets this process use AMX tiles (asked once; Linux needs the request).
+// Whether this process uses AMX tiles (asked once; Linux needs the request; ops.cpp), else the
+// kernels' AVX-512 BF16 paths.
 bool amx_granted();
 
 }  // namespace swift_kernels
