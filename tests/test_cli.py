@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import swift_engine.kernels.costs as costs_module
 import swift_engine.loading.load as loading
-from swift_engine.kernels.native_build import native_status
+from swift_engine.kernels.native_build import instruction_set, native_status
 from swift_engine.store.profile_store import ProfileRecord, ProfileStore, SkipSet
 from swift_integrations.cli.app import app
 
@@ -295,7 +295,8 @@ def test_info_describes_the_model(runner: CliRunner, cached_loads, tmp_path: Pat
         assert "step:" in data["kernels_measured"] and "verify:" in data["kernels_measured"]
     # whether swift's own kernels run here, and if not, why (float32 does not use them either way)
     native = native_status()
-    assert data["native_kernels"] == (f"loaded ({native.path})" if native.loaded else f"not used: {native.reason}")
+    loaded = f"loaded, {instruction_set()} ({native.path})" if native.loaded else ""
+    assert data["native_kernels"] == (loaded if native.loaded else f"not used: {native.reason}")
     assert data["profile_store"] == str(tmp_path) and data["profiles"] == 0
     assert data["torch"] and data["transformers"]
     result = _invoke(runner, "info", *CPU, "--profile-dir", str(tmp_path))
