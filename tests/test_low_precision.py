@@ -206,7 +206,8 @@ def test_the_row_check_runs_once_per_model_kernel_and_precision(monkeypatch: pyt
     first, second = ModelRunner(model, "torch"), ModelRunner(model, "torch")
     verdict = first.measure_rows(16)  # this machine's: PyTorch's bfloat16 kernels may mix rows past a count
     assert 1 <= verdict <= 16 and calls == [16]
-    assert second.measure_rows(16) == verdict and second.measure_rows(8) == verdict and calls == [16]  # kept on the model
+    # kept on the model
+    assert second.measure_rows(16) == verdict and second.measure_rows(8) == verdict and calls == [16]
     assert ModelRunner(model, "torch").measure_rows(8) == min(8, verdict) and calls == [16]  # fewer rows: covered
     assert 1 <= ModelRunner(model, "torch").measure_rows(24) <= 24 and calls == [16, 24]  # more rows: checked again
     ModelRunner(_model("llama", "bfloat16"), "torch").measure_rows(16)

@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swift_engine.kernels.costs import synthetic_passes
-from swift_engine.kernels.native_build import native_status
+from swift_engine.kernels.native_build import instruction_set, kernels_label, native_status
 from swift_engine.model.runner import KernelPlan, ModelRunner
 from swift_engine.store.records import validate_fingerprint
 from swift_engine.store.safe_files import loads_strict_json, read_regular_file, write_file_atomic
@@ -153,6 +153,8 @@ def machine_signature(runner: ModelRunner) -> tuple[str, str]:
     )
     if len(runner.prompt_candidates) > 1:
         description += f"; {runner.precision} prompt blocks {'/'.join(runner.prompt_candidates)}"
+    if runner.native_kernels:  # their paths differ in speed and bits (AMX, AVX-512 VNNI or BF16)
+        description += f"; {kernels_label()}"
     return description, hashlib.sha256(description.encode()).hexdigest()[:16]
 
 
@@ -172,7 +174,7 @@ def rows_file(directory: Path, fingerprint: str, runner: ModelRunner) -> tuple[P
     machine = machine_signature(runner)[0] + f"; verify {runner.plan.verify}; {runner.precision}"
     library = native_status().path
     if runner.native_kernels and library is not None:
-        machine += f"; {library.name}"
+        machine += f"; {library.name}, {instruction_set()}"
     digest = hashlib.sha256(machine.encode()).hexdigest()[:16]
     return directory / "_costs" / f"rows-{fingerprint}-{digest}.json", machine
 

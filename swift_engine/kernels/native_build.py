@@ -57,8 +57,8 @@ NATIVE = Path(__file__).with_name("native")
 SOURCES = tuple(
     NATIVE / name
     for name in (
-        "pool.cpp", "int4_amx.cpp", "int4_avx512.cpp", "int8_amx.cpp", "int8_avx512.cpp", "row_attention.cpp",
-        "decoder_layers.cpp", "ops.cpp",
+        "pool.cpp", "int4_amx.cpp", "int4_avx512.cpp", "int4_vnni.cpp", "int8_amx.cpp", "int8_avx512.cpp",
+        "row_attention.cpp", "decoder_layers.cpp", "ops.cpp",
     )  # fmt: skip
 )
 #: the fused layers' operator (native/decoder_layers.cpp; ops.cpp registers the same text)
@@ -70,9 +70,10 @@ DECODER_LAYERS_SCHEMA = (
 )
 #: what the kernels' instructions need from the CPU (``/proc/cpuinfo`` names); AMX tiles are used
 #: where the OS also grants them (decided inside the library, once per process)
-REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "avx512_bf16")
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "avx512_bf16", "avx512_vnni")
 _ARCH_FLAGS = [
-    "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"
+    "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mavx512bf16", "-mavx512vnni",
+    "-mamx-tile", "-mamx-bf16",
 ]  # fmt: skip
 
 
@@ -289,9 +290,12 @@ def native_status() -> NativeStatus:
 
 
 def instruction_set() -> str:
-    """Which of the loaded kernels' paths runs in this process: ``"AMX"`` (the OS grants the tiles) or
-    ``"AVX-512 BF16"``; a constant of the machine and the process."""
-    return "AMX" if torch.ops.swift_kernels.uses_amx() else "AVX-512 BF16"
+    """Which of the loaded kernels' paths runs in this process, a constant of the machine and the process:
+    ``"AMX"`` (the OS grants the tiles), else ``"AVX-512 VNNI"`` (int4 products on int8 activations, as
+    llama.cpp computes 4-bit files) or, with ``SWIFT_NATIVE_VNNI=0``, ``"AVX-512 BF16"``."""
+    if torch.ops.swift_kernels.uses_amx():
+        return "AMX"
+    return "AVX-512 VNNI" if torch.ops.swift_kernels.int4_vnni() else "AVX-512 BF16"
 
 
 def kernels_label() -> str:

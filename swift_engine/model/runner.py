@@ -97,8 +97,8 @@ class ModelRunner:
         # int8/int4 layers have their own kernels (quantize.py): nothing for oneDNN to wrap
         onednn = quantized_precision(model) is None and use_onednn(kernels, self.device, self.dtype)
         self._kernels = LinearKernels.for_model(model) if onednn else None
-        #: whether this runner's passes use swift's kernels (native_build.py; AMX or AVX-512 BF16): weight-only int4/int8
-        #: products and row-by-row attention, nearly flat in the rows and row-invariant by construction,
+        #: whether this runner's passes use swift's kernels (native_build.py; AMX or AVX-512): weight-only
+        #: int4/int8 products and row-by-row attention, nearly flat in the rows and row-invariant by construction,
         #: one path for every pass; never with ``cpu_kernels="torch"``. Not at bfloat16: its dense
         #: products are PyTorch's, row-invariant only as far as measured, and with the native attention's
         #: bits a tiny Qwen2 met a 5-row pass whose dense products after attention gave one row other

@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace swift_kernels {
 namespace {
@@ -152,8 +153,9 @@ void tile_any_rows(const bf16_t* a, int lda, int rows, const float* sums, const 
 
 }  // namespace
 
-// The op: AMX tiles where the OS grants them, else the AVX-512 BF16 path (int4_avx512.cpp); which is
-// a constant of the process, so every pass of a run takes the same one.
+// The op: AMX tiles where the OS grants them, else int8 activations on AVX-512 VNNI (int4_vnni.cpp;
+// SWIFT_NATIVE_VNNI=0: bfloat16 activations, int4_avx512.cpp); which is a constant of the process, so
+// every pass of a run takes the same one.
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(),
               "swift_kernels::int4_mm: x must be a contiguous 2-D bfloat16 CPU tensor");
@@ -175,11 +177,28 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
   const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
   const int64_t groups = K / group;
   // each row's input sum per group (the zero points' term), once for every column block
-  at::Tensor row_sums = at::empty({M, groups}, x.options().dtype(at::kFloat));
-  float* sums = row_sums.data_ptr<float>();
+  // (in the calling thread's buffers, kept: a step makes ~200 products, and allocating tensors for
+  // them cost SmolLM2's int4 step ~0.7 ms on the Zen 4 VM)
+  thread_local std::vector<float> row_sums;
+  row_sums.resize(std::max<size_t>(row_sums.size(), M * groups));
+  float* sums = row_sums.data();
   for (int64_t r = 0; r < M; ++r)
     for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
-  const bool amx = amx_granted();
+  const bool amx = amx_granted(), vnni = int4_vnni();
+  // the int8-activation path: every row's inputs quantized once, for every column block
+  thread_local std::vector<int8_t> quantized;
+  thread_local std::vector<float> group_scales;
+  thread_local std::vector<int32_t> group_qsums;
+  if (vnni) {
+    quantized.resize(std::max<size_t>(quantized.size(), M * K));
+    group_scales.resize(std::max<size_t>(group_scales.size(), M * groups));
+    group_qsums.resize(std::max<size_t>(group_qsums.size(), M * groups));
+  }
+  int8_t* xq = quantized.data();
+  float* dq = group_scales.data();
+  int32_t* qs = group_qsums.data();
+  for (int64_t r = 0; vnni && r < M; ++r)
+    quantize_row(a + r * K, static_cast<int>(K), static_cast<int>(group), xq + r * K, dq + r * groups, qs + r * groups);
   parallel_for(blocks * panels, [&](int64_t begin, int64_t end) {
     int configured = -1;
     for (int64_t i = begin; i < end; ++i) {
@@ -192,7 +211,11 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
       bf16_t* cp = c + m0 * N + n0;
       const int ldsz = static_cast<int>(N * 2);
       const float* rs = sums + m0 * groups;
-      if (!amx) {
+      if (vnni && cols == BLOCK_N) {
+        vnni_block(xq + m0 * K, K, rows, dq + m0 * groups, qs + m0 * groups, rs, bp, sp, ldsz, cp, N, K, group);
+        continue;
+      }
+      if (!amx) {  // (with vnni: a partial last block, 16..48 columns, for every row count)
         avx512_block(cols, ap, K, rows, rs, bp, sp, ldsz, cp, N, K, group);
         continue;
       }

@@ -103,5 +103,15 @@ inline float row_sum(const bf16_t* a, int count) {
 void avx512_block(int cols, const bf16_t* a, int lda, int rows, const float* sums, const uint8_t* b, const bf16_t* sz,
                   int ldsz, bf16_t* out, int ldc, int K, int group);
 
+// The int8-activation path (int4_vnni.cpp): a row's inputs quantized per group, and one full block.
+void quantize_row(const bf16_t* x, int K, int group, int8_t* xq, float* scale, int32_t* qsum);
+void vnni_block(const int8_t* xq, int ldq, int rows, const float* d, const int32_t* qsum, const float* sums,
+                const uint8_t* b, const bf16_t* sz, int ldsz, bf16_t* out, int ldc, int K, int group);
+
 }  // namespace int4
+
+// Whether int4 products without AMX quantize their inputs to int8 (int4_vnni.cpp) rather than keep
+// them bfloat16 (int4_avx512.cpp): yes unless SWIFT_NATIVE_VNNI is "0" (ops.cpp; asked once).
+bool int4_vnni();
+
 }  // namespace swift_kernels

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace swift_kernels {
 
@@ -153,8 +154,9 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   auto* c = reinterpret_cast<OUT*>(out.data_ptr());
   const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
   const bool amx = amx_granted();  // else the AVX-512 path, which reads the rows as they are
-  at::Tensor packed = at::empty({amx ? M * K : 0}, x.options());  // every panel's B tiles, each [K / 32][16][rows][2]
-  auto* pk = reinterpret_cast<bf16_t*>(packed.data_ptr());
+  thread_local std::vector<bf16_t> packed;  // every panel's B tiles, each [K / 32][16][rows][2] (AMX)
+  if (amx) packed.resize(std::max<size_t>(packed.size(), M * K));
+  bf16_t* pk = packed.data();
   for (int64_t p = 0; amx && p < panels; ++p) {
     const int rows = static_cast<int>(std::min<int64_t>(AMX_ROWS, M - p * AMX_ROWS));
     pack_rows(a + p * AMX_ROWS * K, static_cast<int>(K), rows, pk + p * AMX_ROWS * K);
