@@ -12,6 +12,7 @@ the number that matters is each precision's change against float32 on the same m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    from swift_engine.kernels.native_build import kernels_label, native_status
+    from swift_engine.kernels.quantize import native_products
     from swift_engine.loading.load import load_model
 
     rows = []
@@ -64,23 +67,30 @@ def main() -> None:
         t0 = time.perf_counter()
         loaded = load_model(args.model, device="cpu", dtype=precision)
         ids = held_in_text(loaded.tokenizer)
-        ppl = perplexity(loaded.model, ids)
         tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
         weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
-        ref = ppl if ref is None else ref
-        rows.append(
-            {
-                "model": loaded.model_name,
-                "precision": precision,
-                "tokens": len(ids),
-                "perplexity": round(ppl, 4),
-                "vs_float32": round(ppl / ref - 1.0, 4),
-                # what the model holds in memory at this precision (tensors; a tied head counts once)
-                "weight_mb": round(weight_bytes / 2**20, 1),
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-        )
-        print(json.dumps(rows[-1]))
+        # int4 and int8 on PyTorch's kernels, and on swift's where they load here (what an engine runs:
+        # on a CPU without AMX its int4 products round their inputs to int8, as llama.cpp's do)
+        runs = [(precision, contextlib.nullcontext)]
+        if precision in ("int4", "int8") and native_status().loaded:
+            runs.append((f"{precision}, {kernels_label()}", native_products))
+        for label, context in runs:
+            with context():
+                ppl = perplexity(loaded.model, ids)
+            ref = ppl if ref is None else ref
+            rows.append(
+                {
+                    "model": loaded.model_name,
+                    "precision": label,
+                    "tokens": len(ids),
+                    "perplexity": round(ppl, 4),
+                    "vs_float32": round(ppl / ref - 1.0, 4),
+                    # what the model holds in memory at this precision (tensors; a tied head counts once)
+                    "weight_mb": round(weight_bytes / 2**20, 1),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
+            print(json.dumps(rows[-1]))
         del loaded
     if args.json:
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
