@@ -4,7 +4,8 @@ Why: PyTorch's CPU int4 and int8 kernels re-read and re-convert every weight til
 4 rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
 paying at the precisions that make the step fast. swift's kernels read each weight block once for all
 of a pass's rows (up to 16 rows per block: on AMX tiles where the OS grants them, else with AVX-512
-BF16 dot products -- AMD Zen 4, Intel Cooper Lake), attend every row of a pass in one call, and run a
+dot products -- AMD Zen 4: int4 on inputs rounded to int8, VNNI, as llama.cpp computes 4-bit files;
+docs/bench/measurements.md#without-amx), attend every row of a pass in one call, and run a
 pass's decoder layers as one call (figures: docs/bench/measurements.md#native-kernels). They are
 registered as ``torch.ops.swift_kernels.*`` (``int4_mm``, ``int8_mm``, ``rows_attention``,
 ``decoder_layers``), so TorchScript calls them too; ``instruction_set()`` says which path runs.
@@ -14,7 +15,7 @@ They are compiled from source on the user's machine -- never a downloaded binary
 process (seconds), into a cache directory keyed by the sources, the PyTorch version and the
 compiler flags: ``$SWIFT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/swift/kernels``, else
 ``~/.cache/swift/kernels``. Where it cannot be used -- no compiler (``$CXX``, else ``c++``), a CPU
-without AVX-512 BF16, a build that fails, or results that disagree with PyTorch's kernel -- the
+without AVX-512 BF16 and VNNI, a build that fails, or results that disagree with PyTorch's kernel -- the
 engine keeps PyTorch's kernels, says why in one log line, and nothing else changes. A new library is
 tried first in a child process (:func:`probe`): a CPU that lists AMX but faults on it must not take
 the engine's process down.
