@@ -124,6 +124,11 @@ class SwiftConfig(BaseModel):
     #: only on swift's int4/int8 kernels, whose rows are independent by construction. 0: calls take
     #: turns on the model, as before.
     batch_rows: int = Field(default=16, ge=0, le=64)
+    #: While calls decode in the batch, a joining call's prompt is prefilled at most this many tokens
+    #: (at least one ``prefill_block``) between two of their passes, so a long prompt delays their next
+    #: tokens by a block or two rather than by its whole prefill (vLLM's chunked prefill). The blocks
+    #: are the same ones, so outputs are unchanged. 0: prompts are prefilled whole.
+    prefill_budget: int = Field(default=128, ge=0, le=1 << 20)
     #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).
     speculative: bool = True
     #: Default step key when neither the call nor the context names one.

@@ -4,6 +4,7 @@ swift's int4/int8 kernels, and each call's tokens are bitwise what it produces a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -193,6 +194,80 @@ def test_a_call_closed_mid_way_leaves_the_batch_and_the_others_exact(int4: Swift
     for a, b in zip(alone, together[:3], strict=True):
         assert b.token_ids == a.token_ids
     assert int4.batcher.rows == 0 and int4.active_calls == 0  # nothing left behind
+
+
+@pytest.mark.slow
+@needs_native
+@pytest.mark.parametrize("budget", [16, 0])
+def test_a_long_prompt_is_prefilled_between_the_batchs_passes_within_its_budget(
+    int4: SwiftEngine, budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While calls decode in the batch, a joining prompt is prefilled ``prefill_budget`` tokens at a time
+    between their passes (0: whole), and every output is still bitwise the call's alone."""
+    config = SwiftConfig(prefill_block=16, prefill_budget=budget, prefix_cache=False)  # no block comes cached
+    engine = SwiftEngine(int4.model, int4.tokenizer, config)
+    long_prompt = " ".join(PROMPTS * 6)  # ~250 tokens: ~16 blocks of 16
+    jobs_kwargs = [(PROMPTS[0], 40), (long_prompt, 8), (PROMPTS[1], 40)]
+    alone = [engine.generate(_messages(p), speculative=False, max_new_tokens=n) for p, n in jobs_kwargs]
+    admitting_at_pass: list[int] = []  # how many prompts were part-way through their prefill at each pass
+    real_pass = type(engine.batcher)._pass
+
+    def counting_pass(batcher: Any) -> None:
+        admitting_at_pass.append(len(batcher.admitting))
+        real_pass(batcher)
+
+    monkeypatch.setattr(type(engine.batcher), "_pass", counting_pass)
+    together: list[Any] = [None] * len(jobs_kwargs)
+
+    def run(i: int) -> None:
+        prompt, n = jobs_kwargs[i]
+        together[i] = engine.generate(_messages(prompt), max_new_tokens=n)
+
+    def short_ones_decoding_then_the_long_one() -> None:
+        threads = {i: threading.Thread(target=run, args=(i,)) for i in range(len(jobs_kwargs))}
+        threads[0].start()
+        threads[2].start()
+        while len(engine.batcher.active) < 2 and (threads[0].is_alive() or threads[2].is_alive()):
+            time.sleep(0.01)  # the short calls are decoding in the batch; now the long prompt joins
+        threads[1].start()
+        for t in threads.values():
+            t.join()
+
+    holder = engine.stream("Hello", max_new_tokens=4, speculative=False)
+    next(holder)  # a call in flight, so that the others join the batch
+    try:
+        finishes_in_time(short_ones_decoding_then_the_long_one, 300)
+    finally:
+        holder.close()
+    for a, b in zip(alone, together, strict=True):
+        assert b.token_ids == a.token_ids
+    if budget:  # passes of the others ran while the long prompt was part-way
+        assert sum(n > 0 for n in admitting_at_pass) >= 3, admitting_at_pass
+    else:
+        assert not any(admitting_at_pass), admitting_at_pass
+    assert engine.batcher.rows == 0
+
+
+@pytest.mark.slow
+@needs_native
+def test_a_call_timing_out_on_its_way_in_ends_alone_and_the_others_stay_exact(int4: SwiftEngine) -> None:
+    from swift_engine.request import GenerationTimeout
+
+    alone = [int4.generate(_messages(p), speculative=False, max_new_tokens=24) for p in PROMPTS[:2]]
+
+    def late() -> BaseException | None:
+        try:
+            int4.generate(_messages(" ".join(PROMPTS * 6)), max_new_tokens=24, timeout=1e-6)
+        except GenerationTimeout as exc:
+            return exc
+        return None
+
+    jobs: list[Callable[[], Any]] = [lambda p=p: int4.generate(_messages(p), max_new_tokens=24) for p in PROMPTS[:2]]
+    together = _together(int4, [*jobs, late])
+    assert isinstance(together[2], GenerationTimeout)
+    for a, b in zip(alone, together[:2], strict=True):
+        assert b.token_ids == a.token_ids
+    assert int4.batcher.rows == 0 and int4.active_calls == 0
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ The lifecycle, for each call (:meth:`Batcher.stream`):
    token joins the same way, with its cache (:mod:`swift_engine.batching.handover`).
 2. **drive** -- the batch's driver thread (started by the first call to join, gone when the batch is
    empty) takes the model's lock (the engine's own, shared with the calls that decode alone) for each
-   :meth:`Batcher._drive`: drop closed calls, admit waiting ones (prefill and first token, or a moved
-   call's cache copied in) up to
-   ``batch_rows``, run one pass over every admitted call, hand each its token.
+   :meth:`Batcher._drive`: drop closed calls, admit waiting ones up to ``batch_rows`` (their prompts
+   prefilled a few blocks between passes, then the first token; or a moved call's cache copied in),
+   run one pass over every admitted call, hand each its token.
 3. **leave** -- a generation that ends (EOS, stop string, ``max_new_tokens``, its caller closing the
    stream or timing out) gives its region back before the next pass.
 """
@@ -41,7 +41,7 @@ import torch
 from swift_engine.batching.arena import KVArena, Region
 from swift_engine.batching.handover import Handover
 from swift_engine.batching.row_drafts import RowDrafts
-from swift_engine.decoding.prefill import prefill
+from swift_engine.decoding.prefill import prefill_blocks
 from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
 from swift_engine.decoding.verification import accept
@@ -50,6 +50,7 @@ from swift_engine.results import FinishReason, GenerationResult, GenerationStats
 
 if TYPE_CHECKING:
     from swift_engine.decode_loop import EngineParts
+    from swift_engine.model.kv_cache import SwiftKVCache
     from swift_engine.model_thread import ModelThread
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,14 @@ class _Row:
         self.drafts: RowDrafts | None = None
         self.chunks: deque[StreamChunk] = deque()
         self.region: Region | None = None
+        #: its prompt's prefill while it is admitted, a block at a time (decoding/prefill.py), and the cache it fills
+        self.prefilling: Generator[int, None, tuple[torch.Tensor, int]] | None = None
+        self.cache: SwiftKVCache | None = None
         self.last = 0  # the token fed next (at the position of the region's next entry)
         self.done = False
         self.closed = False  # the caller went away: leave at the next pass
         self.error: BaseException | None = None
-        self.started = time.perf_counter()
+        self.started = self.started_prefill = time.perf_counter()
         runner = engine.runner
         self.stats = GenerationStats(
             prompt_tokens=len(request.prompt_ids),
@@ -145,6 +149,7 @@ class Batcher:
         self._thread = thread  # where the model's work runs (swift_engine/model_thread.py)
         self._state = threading.Condition()  # guards waiting, active and every row's chunks
         self.waiting: deque[_Row] = deque()
+        self.admitting: list[_Row] = []  # prompts being prefilled, a few blocks between passes
         self.active: list[_Row] = []
         self._arena: KVArena | None = None
         self._driver: threading.Thread | None = None
@@ -153,7 +158,7 @@ class Batcher:
     def rows(self) -> int:
         """Generations in the batch now, waiting or decoding (a closed one leaves at the next pass)."""
         with self._state:
-            return len(self.waiting) + sum(not (r.done or r.closed) for r in self.active)
+            return len(self.waiting) + len(self.admitting) + sum(not (r.done or r.closed) for r in self.active)
 
     def accepts(self, request: GenerationRequest) -> bool:
         """Whether ``request`` can decode in shared passes: swift's kernels on this model, no grammar."""
@@ -205,7 +210,7 @@ class Batcher:
         a chunk of theirs and a pass of the batch take turns; see swift_engine/model_thread.py.)"""
         while True:
             with self._state:
-                if not self.waiting and not any(not (r.done or r.closed) for r in self.active):
+                if not self.waiting and not self.admitting and not any(not (r.done or r.closed) for r in self.active):
                     self._leave_locked()
                     self._driver = None
                     return
@@ -228,9 +233,14 @@ class Batcher:
                 self._pass()
         except BaseException as exc:  # noqa: BLE001 - every caller of the batch hears of it, then it empties
             with self._state:
-                for row in list(self.active) + list(self.waiting):
+                for row in list(self.active) + list(self.admitting) + list(self.waiting):
                     row.error = exc
                 self.waiting.clear()
+                for row in self.admitting:
+                    if row.region is not None and self._arena is not None:
+                        self._arena.close(row.region)
+                        row.region = None
+                self.admitting.clear()
             self._leave(everyone=True)
             raise
         finally:
@@ -250,24 +260,40 @@ class Batcher:
                 row.region = None
 
     def _admit(self) -> None:
+        """Admit waiting calls up to the batch's rows, prefilling their prompts a few blocks per pass.
+
+        While calls decode in the batch, at most ``SwiftConfig.prefill_budget`` prompt tokens are
+        prefilled before the next pass (at least one block, so every prompt gets there): a long prompt
+        delays the others' next tokens by a block or two, not by its whole prefill (vLLM's chunked
+        prefill, in turns rather than in the same pass: on a CPU a prompt block is bound by its
+        products, and sharing a pass with it would save the decoding rows little). With nothing
+        decoding, prompts are prefilled whole. A call whose prefill fails (its timeout) ends alone.
+        """
         cap = min(self.engine.config.batch_rows, self.engine.runner.max_rows or self.engine.config.batch_rows)
         while True:
             with self._state:
-                if not self.waiting or len(self.active) >= cap:
-                    return
+                if not self.waiting or len(self.active) + len(self.admitting) >= cap:
+                    break
                 row = self.waiting.popleft()
-            self._prefill(row)
-            row.drafts = self._drafts_for(row)
-            with self._state:
-                if not row.done and not row.closed:
-                    self.active.append(row)
-                elif row.region is not None and self._arena is not None:
-                    self._arena.close(row.region)
-                    row.region = None
+            self._start(row)
+        budget, spent = self.engine.config.prefill_budget, 0
+        for row in list(self.admitting):
+            # the budget holds once anyone decodes (a prompt admitted whole a moment ago included)
+            while row.prefilling is not None and not row.closed and (not (budget and self.active) or spent < budget):
+                try:
+                    spent += next(row.prefilling)
+                except StopIteration as finished:
+                    self._first_token(row, *finished.value)
+                except Exception as exc:  # noqa: BLE001 - its own error (a timeout): the others go on
+                    row.prefilling, row.error = None, exc
+            if row.prefilling is None or row.closed:
+                self._admitted(row)
+            if budget and self.active and spent >= budget:
+                return
 
-    def _prefill(self, row: _Row) -> None:
-        """The prompt into the row's region, as a call alone prefills it, and the first token (a moved
-        call's cache is copied in as it is: its prompt was prefilled and its first token picked alone)."""
+    def _start(self, row: _Row) -> None:
+        """A region for the call, and its prompt's prefill begun (a moved call's cache is copied in as it
+        is: its prompt was prefilled and its first token picked alone)."""
         engine, runner, request = self.engine, self.engine.runner, row.request
         if self._arena is None:
             assert runner.fast is not None and runner.fast.scripted is not None  # see accepts()
@@ -275,26 +301,49 @@ class Batcher:
             self._arena = KVArena(runner.num_layers, kv_heads, head_dim, torch.bfloat16, runner.device)
         prompt = request.prompt_ids
         row.region = self._arena.open(len(prompt) + row.max_new_tokens + 1)
+        with self._state:
+            self.admitting.append(row)
         if row.moved is not None:
             row.region.cache.load([(k, v) for k, v in row.moved.cache.entries(0, row.moved.prompt_tokens)])
             row.moved = None  # the call alone's cache is no longer needed
+            self._admitted(row)
             return
-        start = time.perf_counter()
+        row.started_prefill = time.perf_counter()
         # into a cache of the size a call alone has (its attention reads the cache's buffers as they are
         # laid out), then copied into the region
-        cache = runner.new_cache(capacity=len(prompt) + row.max_new_tokens + engine.config.tree.max_tree_tokens + 1)
-        hidden, row.stats.cached_prompt_tokens = prefill(
+        row.cache = runner.new_cache(capacity=len(prompt) + row.max_new_tokens + engine.config.tree.max_tree_tokens + 1)
+        row.prefilling = prefill_blocks(
             runner,
-            cache,
+            row.cache,
             prompt,
             1,
             block=engine.config.prefill_block,
             prefix_cache=engine.prefix_cache,
             check=lambda: request.check_deadline(0),
         )
-        row.region.cache.load([(k, v) for k, v in cache.entries(0, len(prompt))])
-        row.stats.prefill_time_s = time.perf_counter() - start
-        row.push(row.pick(runner.logits(hidden[-1:])[0]), engine.eos_ids)
+
+    def _first_token(self, row: _Row, hidden: torch.Tensor, cached: int) -> None:
+        """The prompt is in the row's cache: copy it into the region, pick the first token."""
+        assert row.region is not None and row.cache is not None
+        row.prefilling, row.stats.cached_prompt_tokens = None, cached
+        row.region.cache.load([(k, v) for k, v in row.cache.entries(0, len(row.request.prompt_ids))])
+        row.cache = None
+        row.stats.prefill_time_s = time.perf_counter() - row.started_prefill
+        row.push(row.pick(self.engine.runner.logits(hidden[-1:])[0]), self.engine.eos_ids)
+
+    def _admitted(self, row: _Row) -> None:
+        """The row's prefill is over: into the passes, or (ended, closed, failed) out of the batch."""
+        row.prefilling, row.cache = None, None
+        if row.error is None and not row.done and not row.closed:
+            row.drafts = self._drafts_for(row)
+        with self._state:
+            self.admitting.remove(row)
+            if row.error is None and not row.done and not row.closed:
+                self.active.append(row)
+            elif row.region is not None and self._arena is not None:
+                self._arena.close(row.region)
+                row.region = None
+            self._state.notify_all()
 
     def _drafts_for(self, row: _Row) -> RowDrafts | None:
         """Free draft sources for a call that may speculate (None: drafts turned off for it or the engine)."""

@@ -7,7 +7,7 @@ the cache changes the time, never a bit of the output.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import torch
 
@@ -34,6 +34,30 @@ def prefill(
     iteration runs: a full-vocabulary head over many rows is not free). ``check`` runs between
     blocks (a long prompt's prefill honours the call's timeout there).
     """
+    steps = prefill_blocks(runner, cache, prompt_ids, tail, block=block, prefix_cache=prefix_cache, check=check)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def prefill_blocks(
+    runner: ModelRunner,
+    cache: SwiftKVCache,
+    prompt_ids: list[int],
+    tail: int,
+    *,
+    block: int,
+    prefix_cache: PrefixCache | None,
+    check: Callable[[], None] = lambda: None,
+) -> Generator[int, None, tuple[torch.Tensor, int]]:
+    """:func:`prefill` a block at a time: yields the tokens each pass computed, returns what it returns.
+
+    Why: the batch (swift_engine/batching) prefills a joining call's prompt between the passes of the
+    calls already decoding, a few blocks at a time, so a long prompt cannot stall them; the blocks
+    are the same ones at the same positions, hence the same bits, however they are spread.
+    """
     tag = runner.kernels
     chain = prefix_cache.lookup(prompt_ids, tag) if prefix_cache is not None else []
     hidden: list[torch.Tensor] = [b.hidden for b in chain]  # each [block, H]
@@ -54,6 +78,7 @@ def prefill(
         hidden.append(runner.hidden(cache, torch.tensor(ids, device=device), torch.arange(start, end, device=device)))
         if prefix_cache is not None and end - start == block:
             new.append(CachedBlock(tuple(ids), cache.entries(start, end), hidden[-1].clone()))
+        yield end - start
         start = end
     if prefix_cache is not None:
         prefix_cache.insert(chain, new, tag)
