@@ -55,13 +55,18 @@ __all__ = [
 
 NATIVE = Path(__file__).with_name("native")
 #: the sources compiled into one library (``tiles.h`` and ``pool.h`` are their shared headers)
-SOURCES = tuple(
-    NATIVE / name
-    for name in (
-        "pool.cpp", "int4_amx.cpp", "int4_avx512.cpp", "int4_vnni.cpp", "int8_amx.cpp", "int8_avx512.cpp",
-        "row_attention.cpp", "decoder_layers.cpp", "ops.cpp",
-    )  # fmt: skip
+_SOURCE_NAMES = (
+    "pool.cpp",
+    "int4_amx.cpp",
+    "int4_avx512.cpp",
+    "int4_vnni.cpp",
+    "int8_amx.cpp",
+    "int8_avx512.cpp",
+    "row_attention.cpp",
+    "decoder_layers.cpp",
+    "ops.cpp",
 )
+SOURCES = tuple(NATIVE / name for name in _SOURCE_NAMES)
 #: the fused layers' operator (native/decoder_layers.cpp; ops.cpp registers the same text)
 DECODER_LAYERS_SCHEMA = (
     "decoder_layers(Tensor hidden, Tensor cos, Tensor sin, Tensor[] norm_weights, float[] norm_eps, "
