@@ -204,31 +204,47 @@ def test_a_long_prompt_is_prefilled_between_the_batchs_passes_within_its_budget(
 ) -> None:
     """While calls decode in the batch, a joining prompt is prefilled ``prefill_budget`` tokens at a time
     between their passes (0: whole), and every output is still bitwise the call's alone."""
+    import swift_engine.batching.batcher as batcher_module
+
     config = SwiftConfig(prefill_block=16, prefill_budget=budget, prefix_cache=False)  # no block comes cached
     engine = SwiftEngine(int4.model, int4.tokenizer, config)
     long_prompt = " ".join(PROMPTS * 6)  # ~250 tokens: ~16 blocks of 16
-    jobs_kwargs = [(PROMPTS[0], 40), (long_prompt, 8), (PROMPTS[1], 40)]
+    jobs_kwargs = [(PROMPTS[3], 64), (long_prompt, 8), (PROMPTS[5], 64)]
     alone = [engine.generate(_messages(p), speculative=False, max_new_tokens=n) for p, n in jobs_kwargs]
-    admitting_at_pass: list[int] = []  # how many prompts were part-way through their prefill at each pass
-    real_pass = type(engine.batcher)._pass
+    # what the batch did, in order: ("block", rows decoding) for each of the long prompt's blocks, ("pass",)
+    events: list[tuple[Any, ...]] = []
+    real_pass, real_blocks = type(engine.batcher)._pass, batcher_module.prefill_blocks
 
-    def counting_pass(batcher: Any) -> None:
-        admitting_at_pass.append(len(batcher.admitting))
+    def recorded_pass(batcher: Any) -> None:
+        events.append(("pass",))
         real_pass(batcher)
 
-    monkeypatch.setattr(type(engine.batcher), "_pass", counting_pass)
+    def recorded_blocks(runner: Any, cache: Any, prompt_ids: list[int], *args: Any, **kwargs: Any) -> Any:
+        blocks = real_blocks(runner, cache, prompt_ids, *args, **kwargs)
+        if len(prompt_ids) < 100:
+            return (yield from blocks)
+        while True:
+            try:
+                tokens = next(blocks)
+            except StopIteration as done:
+                return done.value
+            events.append(("block", len(engine.batcher.active)))
+            yield tokens
+
+    monkeypatch.setattr(type(engine.batcher), "_pass", recorded_pass)
+    monkeypatch.setattr(batcher_module, "prefill_blocks", recorded_blocks)
     together: list[Any] = [None] * len(jobs_kwargs)
 
     def run(i: int) -> None:
         prompt, n = jobs_kwargs[i]
         together[i] = engine.generate(_messages(prompt), max_new_tokens=n)
 
-    def short_ones_decoding_then_the_long_one() -> None:
+    def decoding_ones_then_the_long_one() -> None:
         threads = {i: threading.Thread(target=run, args=(i,)) for i in range(len(jobs_kwargs))}
         threads[0].start()
         threads[2].start()
         while len(engine.batcher.active) < 2 and (threads[0].is_alive() or threads[2].is_alive()):
-            time.sleep(0.01)  # the short calls are decoding in the batch; now the long prompt joins
+            time.sleep(0.01)  # the others are decoding in the batch; now the long prompt joins
         threads[1].start()
         for t in threads.values():
             t.join()
@@ -236,15 +252,19 @@ def test_a_long_prompt_is_prefilled_between_the_batchs_passes_within_its_budget(
     holder = engine.stream("Hello", max_new_tokens=4, speculative=False)
     next(holder)  # a call in flight, so that the others join the batch
     try:
-        finishes_in_time(short_ones_decoding_then_the_long_one, 300)
+        finishes_in_time(decoding_ones_then_the_long_one, 300)
     finally:
         holder.close()
     for a, b in zip(alone, together, strict=True):
         assert b.token_ids == a.token_ids
-    if budget:  # passes of the others ran while the long prompt was part-way
-        assert sum(n > 0 for n in admitting_at_pass) >= 3, admitting_at_pass
-    else:
-        assert not any(admitting_at_pass), admitting_at_pass
+    blocks = [i for i, e in enumerate(events) if e[0] == "block"]
+    assert len(blocks) >= 10, events
+    # consecutive blocks with a pass between them, where calls were decoding
+    spread = [("pass",) in events[i:j] for i, j in zip(blocks, blocks[1:]) if events[j][1] > 0]
+    if budget:  # one block of 16 tokens between two passes while anyone decodes
+        assert spread and all(spread), events
+    else:  # the whole prompt at once
+        assert ("pass",) not in events[blocks[0] : blocks[-1]], events
     assert engine.batcher.rows == 0
 
 
