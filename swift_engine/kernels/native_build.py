@@ -4,7 +4,7 @@ Why: PyTorch's CPU int4 and int8 kernels re-read and re-convert every weight til
 4 rows, so verifying k drafted tokens costs about ceil(k/4) one-token steps, and speculation stops
 paying at the precisions that make the step fast. swift's kernels read each weight block once for all
 of a pass's rows (up to 16 rows per block: on AMX tiles where the OS grants them, else with AVX-512
-dot products -- AMD Zen 4: int4 on inputs rounded to int8, VNNI, as llama.cpp computes 4-bit files;
+dot products -- AMD Zen 4: inputs rounded to int8, VNNI, as llama.cpp computes quantized files;
 docs/bench/measurements.md#without-amx), attend every row of a pass in one call, and run a
 pass's decoder layers as one call (figures: docs/bench/measurements.md#native-kernels). They are
 registered as ``torch.ops.swift_kernels.*`` (``int4_mm``, ``int8_mm``, ``rows_attention``,
@@ -62,6 +62,7 @@ _SOURCE_NAMES = (
     "int4_vnni.cpp",
     "int8_amx.cpp",
     "int8_avx512.cpp",
+    "int8_vnni.cpp",
     "row_attention.cpp",
     "decoder_layers.cpp",
     "ops.cpp",
@@ -297,11 +298,11 @@ def native_status() -> NativeStatus:
 
 def instruction_set() -> str:
     """Which of the loaded kernels' paths runs in this process, a constant of the machine and the process:
-    ``"AMX"`` (the OS grants the tiles), else ``"AVX-512 VNNI"`` (int4 products on int8 activations, as
-    llama.cpp computes 4-bit files) or, with ``SWIFT_NATIVE_VNNI=0``, ``"AVX-512 BF16"``."""
+    ``"AMX"`` (the OS grants the tiles), else ``"AVX-512 VNNI"`` (int4 and int8 products on inputs rounded
+    to int8, as llama.cpp computes quantized files) or, with ``SWIFT_NATIVE_VNNI=0``, ``"AVX-512 BF16"``."""
     if torch.ops.swift_kernels.uses_amx():
         return "AMX"
-    return "AVX-512 VNNI" if torch.ops.swift_kernels.int4_vnni() else "AVX-512 BF16"
+    return "AVX-512 VNNI" if torch.ops.swift_kernels.uses_vnni() else "AVX-512 BF16"
 
 
 def kernels_label() -> str:

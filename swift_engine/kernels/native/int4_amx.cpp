@@ -184,7 +184,7 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
   float* sums = row_sums.data();
   for (int64_t r = 0; r < M; ++r)
     for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
-  const bool amx = amx_granted(), vnni = int4_vnni();
+  const bool amx = amx_granted(), vnni = uses_vnni();
   // the int8-activation path: every row's inputs quantized once, for every column block
   thread_local std::vector<int8_t> quantized;
   thread_local std::vector<float> group_scales;

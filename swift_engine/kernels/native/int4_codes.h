@@ -110,8 +110,12 @@ void vnni_block(const int8_t* xq, int ldq, int rows, const float* d, const int32
 
 }  // namespace int4
 
-// Whether int4 products without AMX quantize their inputs to int8 (int4_vnni.cpp) rather than keep
-// them bfloat16 (int4_avx512.cpp): yes unless SWIFT_NATIVE_VNNI is "0" (ops.cpp; asked once).
-bool int4_vnni();
+// Whether int4 and int8 products without AMX round their inputs to int8 (int4_vnni.cpp, int8_vnni.cpp)
+// rather than keep them bfloat16 (int4_avx512.cpp, int8_avx512.cpp): yes unless SWIFT_NATIVE_VNNI is
+// "0" (ops.cpp; asked once).
+bool uses_vnni();
+
+// The inputs' group for int8 products on int8 inputs (a 64-byte vector of them)
+constexpr int VNNI_GROUP = 64;
 
 }  // namespace swift_kernels

@@ -17,6 +17,7 @@
 // Operands are aten's own (weight [N, K] int8, scales [N] bfloat16, x [M, K] bfloat16); N % 16 == 0
 // and K % 32 == 0 (quantize.py sends other shapes to aten).
 
+#include "int4_codes.h"
 #include "pool.h"
 #include "tiles.h"
 
@@ -36,6 +37,11 @@ void avx512_block(const bf16_t* x, int K, int rows, const int8_t* w, const bf16_
                   int outputs);
 void avx512_block(const bf16_t* x, int K, int rows, const int8_t* w, const bf16_t* scales, float* out, int ldc,
                   int outputs);
+// int8_vnni.cpp: the product on inputs rounded to int8 per group of 64
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+                const bf16_t* scales, bf16_t* out, int ldc, int outputs);
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+                const bf16_t* scales, float* out, int ldc, int outputs);
 }  // namespace int8
 
 namespace {
@@ -153,7 +159,31 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   const auto* s = reinterpret_cast<const bf16_t*>(scales.const_data_ptr());
   auto* c = reinterpret_cast<OUT*>(out.data_ptr());
   const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
-  const bool amx = amx_granted();  // else the AVX-512 path, which reads the rows as they are
+  const bool amx = amx_granted();  // else the AVX-512 paths, which read the rows as they are
+  // without AMX, inputs rounded to int8 (int8_vnni.cpp) where K takes whole groups of 64, for every row count
+  const bool vnni = !amx && uses_vnni() && K % VNNI_GROUP == 0;
+  const int64_t groups = K / VNNI_GROUP;
+  thread_local std::vector<int8_t> quantized;
+  thread_local std::vector<float> group_scales, corrections;
+  thread_local std::vector<int32_t> group_qsums;
+  if (vnni) {
+    quantized.resize(std::max<size_t>(quantized.size(), M * K));
+    group_scales.resize(std::max<size_t>(group_scales.size(), M * groups));
+    group_qsums.resize(std::max<size_t>(group_qsums.size(), M * groups));
+    corrections.resize(std::max<size_t>(corrections.size(), M));
+    for (int64_t r = 0; r < M; ++r) {
+      float* d = group_scales.data() + r * groups;
+      const int32_t* q = group_qsums.data() + r * groups;
+      int4::quantize_row(a + r * K, static_cast<int>(K), VNNI_GROUP, quantized.data() + r * K, d,
+                         group_qsums.data() + r * groups);
+      float correction = 0.0f;  // 128 * sum_g d_g * sum(xq in g), in group order
+      for (int64_t g = 0; g < groups; ++g) correction += d[g] * static_cast<float>(q[g]);
+      corrections[r] = 128.0f * correction;
+    }
+  }
+  // (the workers of the loop below see other threads' thread_locals: they get these pointers)
+  const int8_t* xq = quantized.data();
+  const float *dq = group_scales.data(), *cq = corrections.data();
   thread_local std::vector<bf16_t> packed;  // every panel's B tiles, each [K / 32][16][rows][2] (AMX)
   if (amx) packed.resize(std::max<size_t>(packed.size(), M * K));
   bf16_t* pk = packed.data();
@@ -173,6 +203,11 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
       const int8_t* wp = w + n0 * K;
       OUT* cp = c + p * AMX_ROWS * N + n0;
       const int k = static_cast<int>(K), ldc = static_cast<int>(N);
+      if (vnni) {
+        const int64_t r0 = p * AMX_ROWS;
+        int8::vnni_block(xq + r0 * K, k, rows, dq + r0 * groups, cq + r0, wp, s + n0, cp, ldc, 16 * tiles);
+        continue;
+      }
       if (!amx) {
         int8::avx512_block(a + p * AMX_ROWS * K, k, rows, wp, s + n0, cp, ldc, 16 * tiles);
         continue;

@@ -42,7 +42,7 @@ bool amx_granted() {
   return granted;
 }
 
-bool int4_vnni() {
+bool uses_vnni() {
   static const bool on = [] {
     const char* wanted = std::getenv("SWIFT_NATIVE_VNNI");
     return !amx_granted() && !(wanted != nullptr && wanted[0] == '0');
@@ -69,14 +69,14 @@ TORCH_LIBRARY(swift_kernels, m) {
   m.def("mean_lanes() -> int");
   m.def("silu_written_out() -> bool");
   m.def("uses_amx() -> bool");
-  m.def("int4_vnni() -> bool");
+  m.def("uses_vnni() -> bool");
 }
 
 TORCH_LIBRARY_IMPL(swift_kernels, CatchAll, m) {
   m.impl("mean_lanes", &swift_kernels::mean_lanes);
   m.impl("silu_written_out", &swift_kernels::silu_written_out);
   m.impl("uses_amx", &swift_kernels::amx_granted);
-  m.impl("int4_vnni", &swift_kernels::int4_vnni);
+  m.impl("uses_vnni", &swift_kernels::uses_vnni);
 }
 
 TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {

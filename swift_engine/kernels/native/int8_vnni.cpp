@@ -1,0 +1,101 @@
+// Weight-only int8 products with int8 inputs on AVX-512 VNNI (VPDPBUSD), for CPUs without AMX tiles:
+// the int8 weights multiply as they lie, with no conversion to bfloat16.
+//
+// Why: on bfloat16 inputs (int8_avx512.cpp) every 32 weights cost five instructions to convert before
+// one VDPBF16PS, so the one-row product is bound by instructions, not memory: an int4 model's int8
+// output head (Qwen's is 136 MB, a third of its step) and int8 models' every layer were the slowest
+// part of a step on the Zen 4 VM (docs/bench/measurements.md#without-amx).
+//
+// How: each row's inputs are rounded to int8 per group of 64 (int4_vnni.cpp's quantize_row), and for a
+// weight row w (signed) the unsigned operand is w + 128 (one XOR of the sign bit):
+//   sum_k x[k] w[k] ~ sum_g d_g * (sum_{k in g} xq[k] (w[k] + 128)) - 128 * sum_g d_g * sum_{k in g} xq[k]
+// so per 64 weights and row: one VPDPBUSD into 16 int32 lanes, converted and scaled by the group's d;
+// the lanes are summed once at the end and the row's correction (the second term) subtracted, then the
+// output's scale applied and the result rounded to bfloat16 (or widened from that, for the float head).
+//
+// Bits: an output depends only on its input row and its weight row -- the row's own quantization,
+// exact integer group sums, one fixed float sequence -- whichever rows share the pass.
+
+#include "int4_codes.h"
+#include "tiles.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace swift_kernels {
+namespace int8 {
+namespace {
+
+constexpr int FUSED_ROWS = 4;  // rows per pass over four weight rows (16 accumulators)
+constexpr int QUAD = 4;        // weight rows multiplied together
+
+template <int ROWS>
+inline void quad_rows(const int8_t* xq, int K, const float* d, const float* correction, const int8_t* w,
+                      float* sums, int lds) {
+  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int groups = K / VNNI_GROUP;
+  __m512 acc[FUSED_ROWS][QUAD];
+  for (int r = 0; r < ROWS; ++r)
+    for (int o = 0; o < QUAD; ++o) acc[r][o] = _mm512_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    __m512i wv[QUAD];
+    for (int o = 0; o < QUAD; ++o)
+      wv[o] = _mm512_xor_si512(_mm512_loadu_si512(w + static_cast<int64_t>(o) * K + g * VNNI_GROUP), sign);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512i xv = _mm512_loadu_si512(xq + static_cast<int64_t>(r) * K + g * VNNI_GROUP);
+      const __m512 dg = _mm512_set1_ps(d[r * groups + g]);
+      for (int o = 0; o < QUAD; ++o) {
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[o], xv);
+        acc[r][o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dg, acc[r][o]);
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int o = 0; o < QUAD; ++o) sums[r * lds + o] = _mm512_reduce_add_ps(acc[r][o]) - correction[r];
+}
+
+template <typename OUT>
+void block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+           const bf16_t* scales, OUT* out, int ldc, int outputs) {
+  constexpr int MAX_OUT = 64;
+  alignas(64) float sums[AMX_ROWS * MAX_OUT];  // [rows][outputs]
+  const int groups = K / VNNI_GROUP;
+  for (int n = 0; n < outputs; n += QUAD) {
+    const int8_t* wq = w + static_cast<int64_t>(n) * K;
+    for (int r0 = 0; r0 < rows; r0 += FUSED_ROWS) {
+      const int8_t* x = xq + static_cast<int64_t>(r0) * K;
+      const float *dr = d + r0 * groups, *cr = correction + r0;
+      float* s = sums + r0 * MAX_OUT + n;
+      switch (std::min(FUSED_ROWS, rows - r0)) {
+        case 1: quad_rows<1>(x, K, dr, cr, wq, s, MAX_OUT); break;
+        case 2: quad_rows<2>(x, K, dr, cr, wq, s, MAX_OUT); break;
+        case 3: quad_rows<3>(x, K, dr, cr, wq, s, MAX_OUT); break;
+        default: quad_rows<4>(x, K, dr, cr, wq, s, MAX_OUT); break;
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int t = 0; t < outputs; t += 16) {
+      const __m256i result = to_bf16(_mm512_mul_ps(_mm512_load_ps(sums + r * MAX_OUT + t), load_bf16(scales + t)));
+      if constexpr (sizeof(OUT) == 2) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + static_cast<int64_t>(r) * ldc + t), result);
+      } else {
+        _mm512_storeu_si512(out + static_cast<int64_t>(r) * ldc + t, _mm512_slli_epi32(_mm512_cvtepu16_epi32(result), 16));
+      }
+    }
+}
+
+}  // namespace
+
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+                const bf16_t* scales, bf16_t* out, int ldc, int outputs) {
+  block(xq, K, rows, d, correction, w, scales, out, ldc, outputs);
+}
+
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+                const bf16_t* scales, float* out, int ldc, int outputs) {
+  block(xq, K, rows, d, correction, w, scales, out, ldc, outputs);
+}
+
+}  // namespace int8
+}  // namespace swift_kernels
