@@ -116,7 +116,7 @@ def test_it_agrees_with_pytorchs_kernel_to_bfloat16_rounding(kind: str, n: int, 
     if kind == "int4":  # another kernel: the switch took effect (int8's exact products often round alike) ...
         assert not torch.equal(native, aten)
     if torch.ops.swift_kernels.uses_vnni():
-        # ... with inputs rounded to int8 per group (32 for int4, 64 for int8; llama.cpp's arithmetic): each
+        # ... with inputs rounded to int8 per group of 32 (llama.cpp's arithmetic for quantized files): each
         # input off by up to max|x| / 254, which a dot product of random signs mostly averages out
         assert (native - aten).norm() <= 0.01 * aten.norm()
         assert ((native - aten).abs() <= 0.02 * aten.abs().max()).all()

@@ -160,9 +160,9 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   auto* c = reinterpret_cast<OUT*>(out.data_ptr());
   const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
   const bool amx = amx_granted();  // else the AVX-512 paths, which read the rows as they are
-  // without AMX, inputs rounded to int8 (int8_vnni.cpp) where K takes whole groups of 64, for every row count
+  // without AMX, inputs rounded to int8 (int8_vnni.cpp) where K takes whole vectors of 64, for every row count
   const bool vnni = !amx && uses_vnni() && K % VNNI_GROUP == 0;
-  const int64_t groups = K / VNNI_GROUP;
+  const int64_t groups = K / 32;  // the inputs' groups (two per 64-input vector of int8_vnni.cpp)
   thread_local std::vector<int8_t> quantized;
   thread_local std::vector<float> group_scales, corrections;
   thread_local std::vector<int32_t> group_qsums;
@@ -174,7 +174,7 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
     for (int64_t r = 0; r < M; ++r) {
       float* d = group_scales.data() + r * groups;
       const int32_t* q = group_qsums.data() + r * groups;
-      int4::quantize_row(a + r * K, static_cast<int>(K), VNNI_GROUP, quantized.data() + r * K, d,
+      int4::quantize_row(a + r * K, static_cast<int>(K), 32, quantized.data() + r * K, d,
                          group_qsums.data() + r * groups);
       float correction = 0.0f;  // 128 * sum_g d_g * sum(xq in g), in group order
       for (int64_t g = 0; g < groups; ++g) correction += d[g] * static_cast<float>(q[g]);

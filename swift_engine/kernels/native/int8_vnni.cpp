@@ -6,10 +6,11 @@
 // output head (Qwen's is 136 MB, a third of its step) and int8 models' every layer were the slowest
 // part of a step on the Zen 4 VM (docs/bench/measurements.md#without-amx).
 //
-// How: each row's inputs are rounded to int8 per group of 64 (int4_vnni.cpp's quantize_row), and for a
+// How: each row's inputs are rounded to int8 per group of 32 (int4_vnni.cpp's quantize_row), and for a
 // weight row w (signed) the unsigned operand is w + 128 (one XOR of the sign bit):
 //   sum_k x[k] w[k] ~ sum_g d_g * (sum_{k in g} xq[k] (w[k] + 128)) - 128 * sum_g d_g * sum_{k in g} xq[k]
-// so per 64 weights and row: one VPDPBUSD into 16 int32 lanes, converted and scaled by the group's d;
+// so per 64 weights and row: one VPDPBUSD into 16 int32 lanes (8 per group), converted and scaled by
+// their groups' d;
 // the lanes are summed once at the end and the row's correction (the second term) subtracted, then the
 // output's scale applied and the result rounded to bfloat16 (or widened from that, for the float head).
 //
@@ -43,7 +44,9 @@ inline void quad_rows(const int8_t* xq, int K, const float* d, const float* corr
       wv[o] = _mm512_xor_si512(_mm512_loadu_si512(w + static_cast<int64_t>(o) * K + g * VNNI_GROUP), sign);
     for (int r = 0; r < ROWS; ++r) {
       const __m512i xv = _mm512_loadu_si512(xq + static_cast<int64_t>(r) * K + g * VNNI_GROUP);
-      const __m512 dg = _mm512_set1_ps(d[r * groups + g]);
+      // lanes 0-7 hold the first 32 inputs' sums, 8-15 the next 32's: each group of 32 its own scale
+      const float* dr = d + r * 2 * groups + 2 * g;
+      const __m512 dg = _mm512_insertf32x8(_mm512_set1_ps(dr[0]), _mm256_set1_ps(dr[1]), 1);
       for (int o = 0; o < QUAD; ++o) {
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[o], xv);
         acc[r][o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dg, acc[r][o]);
@@ -64,7 +67,7 @@ void block(const int8_t* xq, int K, int rows, const float* d, const float* corre
     const int8_t* wq = w + static_cast<int64_t>(n) * K;
     for (int r0 = 0; r0 < rows; r0 += FUSED_ROWS) {
       const int8_t* x = xq + static_cast<int64_t>(r0) * K;
-      const float *dr = d + r0 * groups, *cr = correction + r0;
+      const float *dr = d + r0 * 2 * groups, *cr = correction + r0;
       float* s = sums + r0 * MAX_OUT + n;
       switch (std::min(FUSED_ROWS, rows - r0)) {
         case 1: quad_rows<1>(x, K, dr, cr, wq, s, MAX_OUT); break;
