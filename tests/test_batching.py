@@ -169,7 +169,10 @@ def test_calls_in_flight_together_give_each_exactly_its_tokens_alone(int4: Swift
     )
     for a, b in zip(alone, together, strict=True):
         assert b.token_ids == a.token_ids and b.text == a.text and b.finish_reason == a.finish_reason
-    assert all(r.stats.shared_passes > 0 for r in together if len(r.token_ids) > 2)
+    # all in the batch; most shared passes with others (a short call may end while a later one's prompt is
+    # still being prefilled between its passes: prefill_budget)
+    assert all(r.stats.batched for r in together)
+    assert sum(r.stats.shared_passes > 0 for r in together) >= 3
     assert together[2].finish_reason in ("stop", "length", "eos") and together[4].token_ids == alone[4].token_ids
 
 

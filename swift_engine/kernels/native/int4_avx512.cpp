@@ -1,5 +1,6 @@
-// Weight-only int4 products on AVX-512 BF16 (VDPBF16PS) for CPUs without AMX tiles (AMD Zen 4 and
-// later, Intel Cooper Lake): every weight block is read and unpacked once for all of a pass's rows.
+// Weight-only int4 products on AVX-512 BF16 (VDPBF16PS) for CPUs without AMX tiles: every weight block
+// is read and unpacked once for all of a pass's rows. (Without AMX int4_vnni.cpp is the default; this
+// path keeps bfloat16 inputs: SWIFT_NATIVE_VNNI=0, and a partial last block of 16..48 columns.)
 //
 // Why: PyTorch's kernel re-reads and re-converts the weights for each block of 4 rows, so a
 // verification pass of k rows costs about ceil(k/4) one-row steps. Here the unpacked codes of a

@@ -1,5 +1,6 @@
 // Weight-only int8 products on AVX-512 BF16 (VDPBF16PS) for CPUs without AMX tiles: each weight row
-// is read and converted once for all of a pass's rows.
+// is read and converted once for all of a pass's rows. (Without AMX int8_vnni.cpp is the default; this
+// path keeps bfloat16 inputs: SWIFT_NATIVE_VNNI=0, or an input width that is not a multiple of 64.)
 //
 // Why: as int4_avx512.cpp -- PyTorch's aten::_weight_int8pack_mm converts every weight again for
 // each block of 4 rows; an int4 model's int8 output head would make a verification pass of k rows
