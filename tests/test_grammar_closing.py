@@ -101,8 +101,23 @@ def test_any_truncated_reply_is_closed_to_a_valid_value(smol, schema, data) -> N
             "properties": {f"field_{i}": {"type": "integer"} for i in range(30)},
             "required": [f"field_{i}" for i in range(30)],
         },
+        # found by the property test below on a fresh clone: the closer filled the empty-allowed innermost
+        # arrays with 102-character strings (a quote opened one) and overran its budget
+        {
+            "type": "array",
+            "minItems": 11,
+            "items": {
+                "type": "array",
+                "minItems": 7,
+                "items": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "array", "minItems": 0, "items": {"type": "string", "minLength": 102}},
+                },
+            },
+        },
     ],
-    ids=["minItems-40", "minLength-300", "30-required"],
+    ids=["minItems-40", "minLength-300", "30-required", "nested-empty-arrays"],
 )
 def test_the_issues_truncated_replies_parse_and_validate(smol, schema) -> None:
     messages = [{"role": "user", "content": "Reply in JSON."}]

@@ -409,25 +409,38 @@ class ClosingVocab:
     """Token choices for closing a truncated constrained reply: preferred closers, then the best-ranked token."""
 
     preferred: tuple[int, ...]
-    #: [V] the token's characters, less 1000 if it opens more brackets than it closes and 500 if it ends in a
-    #: comma (either would add to the value, not end it); -inf for special and unused ids
+    #: [V] the token's characters, less 1000 for each bracket it opens beyond those it closes, 500 if it ends
+    #: in a comma and, outside a string, 2000 if it has a quote (each would add to the value, not end it: a
+    #: fuzzed schema's empty-allowed array of 102-character strings was filled with them); -inf for special
+    #: and unused ids
     rank: torch.Tensor
     stop_ids: tuple[int, ...]
+    #: [V] ``rank`` inside an open string, where a quote closes it
+    rank_in_string: torch.Tensor
+    #: which of ``preferred`` begin with a quote (they open a string where none is open)
+    quoted: frozenset[int]
+    #: a token allowed only inside a string ("x": no JSON literal or number starts with it), or -1
+    probe: int
 
     @classmethod
     def build(cls, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int]) -> "ClosingVocab":
-        preferred = []
-        for text in _CLOSERS:
+        def single(text: str) -> int:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1 and ids[0] < vocab_size:
-                preferred.append(int(ids[0]))
+            return int(ids[0]) if len(ids) == 1 and ids[0] < vocab_size else -1
+
+        preferred = {text: single(text) for text in _CLOSERS if single(text) >= 0}
         rank = torch.full((vocab_size,), float("-inf"))
+        in_string = torch.full((vocab_size,), float("-inf"))
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))):
             if tok is not None and i not in special:
-                opens = tok.count("[") + tok.count("{") > tok.count("]") + tok.count("}")
-                rank[i] = len(tok) - 1000.0 * opens - 500.0 * tok.endswith(",")
-        return cls(tuple(dict.fromkeys(preferred)), rank, tuple(stop_ids))
+                opens = max(0, tok.count("[") + tok.count("{") - tok.count("]") - tok.count("}"))
+                in_string[i] = len(tok) - 1000.0 * opens - 500.0 * tok.endswith(",")
+                rank[i] = in_string[i] - 2000.0 * ('"' in tok)
+        quoted = frozenset(t for text, t in preferred.items() if text.startswith('"'))
+        return cls(
+            tuple(dict.fromkeys(preferred.values())), rank, tuple(stop_ids), in_string, quoted, single("x")
+        )
 
 
 class GrammarState:
@@ -478,7 +491,8 @@ class GrammarState:
         shortest possible completion: at each step the first allowed closer of :data:`_CLOSERS`,
         else the longest allowed token that opens no more brackets than it closes and ends in no comma
         (`` [],`` would add items forever; forced text such as a required key or a ``minLength``
-        advances fastest with long tokens). The state advances by the returned tokens.
+        advances fastest with long tokens); a quote only where a string is open, unless nothing else may
+        come. The state advances by the returned tokens.
 
         Raises :class:`GrammarError` when no end is reached within ``max_tokens`` (a schema that
         only infinite recursion satisfies, or one asking for more than that): a reply is closed or
@@ -491,9 +505,11 @@ class GrammarState:
                 return out
             if len(out) == max_tokens:
                 break
-            tok = next((t for t in vocab.preferred if allowed[t]), None)
+            # inside an open string (a letter may come next) a quote closes it; elsewhere it would open one
+            in_string = vocab.probe >= 0 and bool(allowed[vocab.probe])
+            tok = next((t for t in vocab.preferred if allowed[t] and (in_string or t not in vocab.quoted)), None)
             if tok is None:
-                ranked = torch.where(allowed, vocab.rank, float("-inf"))
+                ranked = torch.where(allowed, vocab.rank_in_string if in_string else vocab.rank, float("-inf"))
                 tok = int(ranked.argmax())
                 if ranked[tok] == float("-inf"):
                     break

@@ -91,15 +91,7 @@ void block(const bf16_t* x, int K, int rows, const int8_t* w, const bf16_t* scal
       rows_of_quad<true>(std::min(FUSED_ROWS, rows - r0), x + static_cast<int64_t>(r0) * K, K, nullptr, converted.data(),
                    sums + r0 * MAX_OUT + n, MAX_OUT);
   }
-  for (int r = 0; r < rows; ++r)
-    for (int t = 0; t < outputs; t += 16) {
-      const __m256i result = to_bf16(_mm512_mul_ps(_mm512_load_ps(sums + r * MAX_OUT + t), load_bf16(scales + t)));
-      if constexpr (sizeof(OUT) == 2) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + static_cast<int64_t>(r) * ldc + t), result);
-      } else {
-        _mm512_storeu_si512(out + static_cast<int64_t>(r) * ldc + t, _mm512_slli_epi32(_mm512_cvtepu16_epi32(result), 16));
-      }
-    }
+  store_scaled(sums, MAX_OUT, rows, outputs, scales, out, ldc);
 }
 
 }  // namespace

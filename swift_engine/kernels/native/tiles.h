@@ -28,6 +28,22 @@ inline __m256i to_bf16(__m512 v) {
   return _mm512_cvtepi32_epi16(rounded);
 }
 
+// out[r][t] = bfloat16(sums[r][t] * scales[t]) for `rows` rows of `outputs` (a multiple of 16) int8
+// product sums (`lds` floats apart), or that bfloat16 widened back to float32 (OUT = float: an output
+// head's logits, what `.float()` of the bfloat16 result gives) -- the int8 products' last step
+template <typename OUT>
+inline void store_scaled(const float* sums, int lds, int rows, int outputs, const bf16_t* scales, OUT* out, int ldc) {
+  for (int r = 0; r < rows; ++r)
+    for (int t = 0; t < outputs; t += 16) {
+      const __m256i result = to_bf16(_mm512_mul_ps(_mm512_loadu_ps(sums + r * lds + t), load_bf16(scales + t)));
+      if constexpr (sizeof(OUT) == 2) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + static_cast<int64_t>(r) * ldc + t), result);
+      } else {
+        _mm512_storeu_si512(out + static_cast<int64_t>(r) * ldc + t, _mm512_slli_epi32(_mm512_cvtepu16_epi32(result), 16));
+      }
+    }
+}
+
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
