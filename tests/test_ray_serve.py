@@ -130,8 +130,10 @@ def store_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base(cluster, store_dir) -> str:
-    """2 replicas sharing one profile directory, behind Ray Serve's proxy."""
-    settings = _settings(max_queue=16, request_timeout=600, profile_dir=str(store_dir))
+    """2 replicas sharing one profile directory, behind Ray Serve's proxy. Each takes at most 8 requests at
+    once (``max_ongoing_requests``), so 16 concurrent ones reach both: with 16 each, one replica that batches
+    its calls could answer all 16 before the router sent any to the other."""
+    settings = _settings(max_queue=8, request_timeout=600, profile_dir=str(store_dir))
     return _deploy(settings, _free_port())
 
 
