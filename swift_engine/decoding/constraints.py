@@ -428,7 +428,7 @@ class ClosingVocab:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             return int(ids[0]) if len(ids) == 1 and ids[0] < vocab_size else -1
 
-        preferred = {text: single(text) for text in _CLOSERS if single(text) >= 0}
+        preferred = {text: token for text in _CLOSERS if (token := single(text)) >= 0}
         rank = torch.full((vocab_size,), float("-inf"))
         in_string = torch.full((vocab_size,), float("-inf"))
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
