@@ -438,9 +438,7 @@ class ClosingVocab:
                 in_string[i] = len(tok) - 1000.0 * opens - 500.0 * tok.endswith(",")
                 rank[i] = in_string[i] - 2000.0 * ('"' in tok)
         quoted = frozenset(t for text, t in preferred.items() if text.startswith('"'))
-        return cls(
-            tuple(dict.fromkeys(preferred.values())), rank, tuple(stop_ids), in_string, quoted, single("x")
-        )
+        return cls(tuple(dict.fromkeys(preferred.values())), rank, tuple(stop_ids), in_string, quoted, single("x"))
 
 
 class GrammarState:

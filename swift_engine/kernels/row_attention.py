@@ -128,25 +128,55 @@ def _layout(mask: torch.Tensor, past: int) -> list[_Row]:
 
 
 def install(model: nn.Module) -> None:
-    """Route ``model``'s attention through this module (idempotent; other passes are unchanged)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    """Route ``model``'s attention through this module (idempotent; other passes are unchanged).
 
+    transformers' classes look the name up in transformers' registries, so it is registered there; the
+    engine's own classes (``model/llama_family.py``) look it up with :func:`attention_function`, and
+    registering would import the modeling code they exist to spare.
+    """
     config: Any = model.config
     if installed(model):
         return
     original = config._attn_implementation or "sdpa"
     name = f"{NAME}_{original}"
-    # registries map a name to a function: registering the same pair again changes nothing
-    AttentionInterface.register(name, attention)
-    if original in ALL_MASK_ATTENTION_FUNCTIONS:
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    if _registry_loaded():
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+        # registries map a name to a function: registering the same pair again changes nothing
+        AttentionInterface.register(name, attention)
+        if original in ALL_MASK_ATTENTION_FUNCTIONS:
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
     setattr(config, _ORIGINAL, original)
     set_impl = getattr(model, "set_attn_implementation", None)
     if callable(set_impl):
         set_impl(name)
-    else:  # pragma: no cover - older transformers
+    else:  # the engine's own classes (and older transformers)
         config._attn_implementation = name
+
+
+def _registry_loaded() -> bool:
+    """Whether transformers' attention registry exists in this process (its model classes import it)."""
+    return "transformers.modeling_utils" in sys.modules
+
+
+def attention_function(name: str | None, eager: Callable[..., Any]) -> Callable[..., Any]:
+    """The attention function registered as ``name`` (``eager``: the model's own), as transformers' registry
+    gives it; where no transformers model class was imported, nothing can have been registered, so its
+    built-in functions are taken directly, without importing its modeling code."""
+    if name is not None and name.startswith(NAME):
+        return attention  # what install() registers it as (an own model's install registers nothing)
+    if _registry_loaded():
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager)  # type: ignore[arg-type,no-any-return]
+    if name is None or name == "eager":
+        return eager
+    if name == "sdpa":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward  # type: ignore[no-any-return]
+    raise ValueError(f"attention implementation {name!r} needs transformers' model classes")
 
 
 def installed(model: nn.Module) -> bool:
@@ -176,11 +206,8 @@ def key_lists(mask: torch.Tensor, past: int) -> tuple[torch.Tensor, torch.Tensor
 
 def _original(module: nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
     name = getattr(module.config, _ORIGINAL, "sdpa")
-    if name == "eager":
-        return sys.modules[type(module).__module__].eager_attention_forward  # type: ignore[no-any-return]
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    return ALL_ATTENTION_FUNCTIONS[name]  # type: ignore[no-any-return]
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    return attention_function(name, eager)  # type: ignore[no-any-return]
 
 
 def attention(

@@ -27,6 +27,7 @@ import torch
 
 from swift_engine.loading.file_digest import remembered_digest
 from swift_engine.loading.local import _load_dense
+from swift_engine.loading.own_classes import load_checkpoint
 from swift_engine.loading.tokenizer_cache import kept_tokenizer
 
 if TYPE_CHECKING:
@@ -352,6 +353,15 @@ def _lock_conversion(lock_path: pathlib.Path, gguf_path: pathlib.Path) -> BaseFi
     return lock
 
 
+def _load_entry(target: pathlib.Path, dtype: torch.dtype, attn_implementation: str) -> tuple[Any, Any]:
+    """A conversion-cache entry's model and kept tokenizer: the engine's own classes where they apply
+    (own_classes.py), else transformers' ``from_pretrained``."""
+    model = load_checkpoint(target, dtype, attn_implementation)
+    if model is not None:
+        return model, kept_tokenizer(target)
+    return _load_dense(str(target), dtype, attn_implementation, load_tokenizer=lambda: kept_tokenizer(target))
+
+
 def _load_gguf_cached(
     gguf_path: pathlib.Path,
     cache_dir: pathlib.Path,
@@ -373,9 +383,7 @@ def _load_gguf_cached(
     problem = _entry_problem(target, digest)
     if problem is None:
         logger.debug("Loading %s from the conversion cache %s", gguf_path.name, target)
-        model, tokenizer = _load_dense(
-            str(target), dtype, attn_implementation, load_tokenizer=lambda: kept_tokenizer(target)
-        )
+        model, tokenizer = _load_entry(target, dtype, attn_implementation)
         return model, tokenizer, str(target)
     if os.path.lexists(target):
         logger.warning("Ignoring the cached conversion %s (%s); converting %s again.", target, problem, gguf_path)
@@ -388,9 +396,7 @@ def _load_gguf_cached(
     lock = _lock_conversion(models_dir / f"{target.name}.lock", gguf_path)
     try:
         if lock is not None and _is_complete_entry(target, digest):  # a peer finished while we waited
-            model, tokenizer = _load_dense(
-                str(target), dtype, attn_implementation, load_tokenizer=lambda: kept_tokenizer(target)
-            )
+            model, tokenizer = _load_entry(target, dtype, attn_implementation)
             return model, tokenizer, str(target)
         # the one notice of a first use (as for a download): the wait that follows is once per machine
         logger.warning(

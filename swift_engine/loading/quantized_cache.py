@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from swift_engine.kernels.quantize import Int4Linear, Int8Linear, quantize, restack_siblings, untie_head
+from swift_engine.loading.own_classes import materialize_buffers, skeleton
 from swift_engine.loading.tokenizer_cache import kept_tokenizer
 
 __all__ = ["load_quantized", "save_quantized"]
@@ -88,7 +89,7 @@ def load_quantized(
         tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
         model = _skeleton(entry, tensors, attn_implementation)
         model.load_state_dict(tensors, strict=True, assign=True)
-        _materialize_buffers(model)
+        materialize_buffers(model)
         restack_siblings(model)
         model.eval()
     except Exception as exc:  # noqa: BLE001 - a bad file means: quantize again
@@ -104,14 +105,19 @@ def load_quantized(
 def _skeleton(entry: pathlib.Path, tensors: dict[str, torch.Tensor], attn_implementation: str) -> nn.Module:
     """The model of ``entry``'s config with no float weights read, each linear replaced by the
     :class:`Int4Linear` or :class:`Int8Linear` of its kept tensors (``load_state_dict`` then checks every
-    name and shape, and puts the rest -- embedding, norms -- in place)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
+    name and shape, and puts the rest -- embedding, norms -- in place). The engine's own classes where they
+    apply (own_classes.py: no transformers modeling import), else transformers'."""
+    model: nn.Module | None = skeleton(entry, attn_implementation, untied_head=True)
+    if model is None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
 
-    config = AutoConfig.from_pretrained(str(entry), local_files_only=True)
-    untie_head(config)
-    with no_init_weights(), torch.device("meta"):  # no memory for weights about to be replaced
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn_implementation)
+        config = AutoConfig.from_pretrained(str(entry), local_files_only=True)
+        untie_head(config)
+        with no_init_weights(), torch.device("meta"):  # no memory for weights about to be replaced
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch.bfloat16, attn_implementation=attn_implementation
+            )
     for module_name, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
             if not isinstance(child, nn.Linear):
@@ -125,20 +131,6 @@ def _skeleton(entry: pathlib.Path, tensors: dict[str, torch.Tensor], attn_implem
             else:
                 raise ValueError(f"no quantized weights for {prefix.rstrip('.')}")
     return model
-
-
-def _materialize_buffers(model: nn.Module) -> None:
-    """Rebuild, on the CPU, each module whose buffers are computed at construction (rotary embeddings'
-    ``inv_freq``): built on the meta device with the rest, they hold no values yet."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if any(b.is_meta for b in child.buffers(recurse=False)):
-                if any(True for _ in child.parameters(recurse=False)):
-                    raise ValueError(f"{name} has weights and buffers computed at construction")
-                setattr(parent, name, type(child)(config=child.config))
-    left = [n for n, b in model.named_buffers() if b.is_meta] + [n for n, p in model.named_parameters() if p.is_meta]
-    if left:
-        raise ValueError(f"no values for {', '.join(left[:3])}")
 
 
 def quantize_and_keep(model: nn.Module, entry: pathlib.Path | None, digest: str, precision: str) -> None:

@@ -124,8 +124,6 @@ class FastDecoder:
         cache: SwiftKVCache,
     ) -> torch.Tensor:
         """Final hidden states ``[q, H]`` of ``input_ids`` at ``positions`` after the cache's entries."""
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         dec: Any = self.decoder
         # hidden states as [q, H] (the modules keep [1, q, H]: the same numbers, fewer reshapes)
         hidden = dec.embed_tokens.forward(input_ids)
@@ -146,7 +144,7 @@ class FastDecoder:
         rotary, rotate_half = self._rotary, self._rotate_half
         cos_heads, sin_heads = cos.unsqueeze(1), sin.unsqueeze(1)  # as apply_rotary_pos_emb unsqueezes them
         direct = not dequantizing()  # prompt blocks on dequantized weights go through the modules' forward
-        attention: Callable[..., tuple[torch.Tensor, Any]] = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention: Callable[..., tuple[torch.Tensor, Any]] = row_attention.attention_function(
             self.config._attn_implementation, self._eager
         )
         for i, layer in enumerate(self.layers):

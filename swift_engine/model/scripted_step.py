@@ -53,7 +53,8 @@ from swift_engine.model.kv_cache import SwiftKVCache
 logger = logging.getLogger(__name__)
 
 #: norm classes whose forward is ``weight * (h * rsqrt(mean(h^2) + eps)).to(dtype)`` with ``h`` in float32
-_RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"})
+#: (``RMSNorm``: model/llama_family.py's)
+_RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm", "RMSNorm"})
 
 
 #: ``kind`` of :func:`_product`: which kernel a scripted step's products run on
