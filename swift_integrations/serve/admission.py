@@ -12,8 +12,9 @@ __all__ = ["Slot", "Slots"]
 class Slots:
     """Admission control: at most ``limit`` requests in the server at once (running or waiting).
 
-    The engine serves one model step at a time, so queueing more requests only makes every one of
-    them slower; past the limit a request is refused at once and the client may retry.
+    Admitted requests decode together in the engine's shared passes (up to ``SwiftConfig.batch_rows``
+    of them; swift_engine/batching), the rest wait for a place in the batch. Past ``limit`` a request
+    is refused at once and the client may retry: queueing more only lengthens every wait.
     """
 
     def __init__(self, limit: int) -> None:
