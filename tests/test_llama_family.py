@@ -69,8 +69,11 @@ def test_a_folder_loads_bitwise_the_transformers_model(tmp_path, arch, dtype, ti
     # the engine's passes: speculative and plain, every token the same
     assert _tokens(ours) == _tokens(theirs)
     assert _tokens(ours, speculative=False) == _tokens(theirs, speculative=False)
-    # transformers' generate on the same weights (the benchmark's baseline)
+    # transformers' forward and generate on the same weights (the benchmark's baseline, perplexity), after
+    # what load_model's last step does to both: every floating tensor cast, the rotary tables too
+    ours, theirs = ours.to(dtype), theirs.to(dtype)
     ids = torch.tensor([CharTokenizer()(PROMPT)["input_ids"]])
+    assert torch.equal(ours(ids).logits, theirs(ids).logits)
     kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
     assert torch.equal(ours.generate(ids, **kwargs), theirs.generate(ids, **kwargs))
 

@@ -377,7 +377,7 @@ class CausalLM(nn.Module):
         return view
 
     def as_transformers(self) -> nn.Module:
-        """transformers' class for this model over the same leaf modules (no weights copied): for its ``generate``.
+        """transformers' class for this model over the same leaf modules and rotary tables (no weights copied).
 
         Imports transformers' modeling code (the cost this module exists to spare) -- only where asked. The
         engine's sublayer wrappers sit on this model's attention and MLP modules, not on the view's, so the view
@@ -402,7 +402,8 @@ class CausalLM(nn.Module):
                 setattr(other.mlp, name, getattr(mine.mlp, name))
             other.input_layernorm, other.post_attention_layernorm = mine.input_layernorm, mine.post_attention_layernorm
         view.lm_head = self.lm_head
-        theirs.rotary_emb = type(theirs.rotary_emb)(config=view.config)  # its buffers, computed on the CPU
+        # this model's rotary tables as they are (a load at bfloat16 casts them, as it casts transformers')
+        theirs.rotary_emb = ours.rotary_emb
         if self.generation_config is not None:
             view.generation_config = self.generation_config
         view.eval()
