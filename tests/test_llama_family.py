@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -66,6 +67,8 @@ def test_a_folder_loads_bitwise_the_transformers_model(tmp_path, arch, dtype, ti
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tied
     assert model_fingerprint(ours) == model_fingerprint(theirs)
+    config = pickle.loads(pickle.dumps(ours.config))  # as a process pool or Ray would pass it
+    assert config.to_dict()["model_type"] == arch and config.hidden_size == theirs.config.hidden_size
     # the engine's passes: speculative and plain, every token the same
     assert _tokens(ours) == _tokens(theirs)
     assert _tokens(ours, speculative=False) == _tokens(theirs, speculative=False)

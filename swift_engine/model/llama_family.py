@@ -81,11 +81,34 @@ def supported_config(values: dict[str, Any]) -> str | None:
     return None
 
 
-def _config(values: dict[str, Any], folder: pathlib.Path) -> Any:
-    """transformers' base config over ``values`` (its ``model_type`` kept), as a loaded checkpoint's reads."""
+def _file_config_class() -> type:
+    """transformers' base config, keeping a ``config.json``'s ``model_type`` in ``to_dict`` (the base class
+    writes its own, empty one). Defined on first use (importing transformers), and reachable as this
+    module's ``FileConfig`` (:func:`__getattr__`) so that configs pickle."""
     from transformers import PretrainedConfig
 
-    config = PretrainedConfig.from_dict(values)
+    class FileConfig(PretrainedConfig):
+        def to_dict(self) -> dict[str, Any]:
+            out = super().to_dict()
+            out["model_type"] = self.__dict__.get("model_type", "")
+            return out
+
+    FileConfig.__module__, FileConfig.__qualname__ = __name__, "FileConfig"
+    return FileConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FileConfig":
+        globals()[name] = cls = _file_config_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _config(values: dict[str, Any], folder: pathlib.Path) -> Any:
+    """transformers' base config over ``values`` (its ``model_type`` kept), as a loaded checkpoint's reads."""
+    import sys
+
+    config = sys.modules[__name__].FileConfig.from_dict(values)
     config._name_or_path = str(folder)
     config._attn_implementation = "sdpa"
     head_dim = values.get("head_dim") or values["hidden_size"] // values["num_attention_heads"]
@@ -387,8 +410,7 @@ class CausalLM(nn.Module):
         from transformers.initialization import no_init_weights
 
         values = self.config.to_dict()
-        del values["model_type"]  # the base class's (empty); the instance keeps the file's
-        config = AutoConfig.for_model(self.config.model_type, **values)
+        config = AutoConfig.for_model(values.pop("model_type"), **values)
         config._name_or_path = self.config._name_or_path
         with no_init_weights(), torch.device("meta"):
             dtype = next(self.parameters()).dtype
