@@ -227,6 +227,23 @@ def test_a_bad_cost_file_is_measured_again(model, expected, tmp_path: Path, capl
     assert json.loads(path.read_text())["verify_s"]  # measured and saved again
 
 
+@pytest.mark.usefixtures("own_measurements")
+def test_costs_kept_by_another_cpu_are_not_used(model, expected, tmp_path: Path, monkeypatch) -> None:
+    """A store shared with (or copied from) another machine: that machine's pass costs are its own."""
+    from swift_engine.kernels import costs
+
+    store = ProfileStore(tmp_path / "store")
+    here = _engine(model, store)
+    assert _generate_in_time(here, step_key="c") == expected
+    (mine,) = (store.directory / "_costs").glob(f"{here.fingerprint}-*.json")
+    monkeypatch.setattr(costs, "cpu_key", lambda: "0therCPU00")
+    there = _engine(model, store)
+    assert _generate_in_time(there, step_key="c") == expected
+    theirs = costs.cost_file(store.directory, there.fingerprint, there.runner)
+    assert theirs != mine and theirs.name.endswith("-0therCPU00.json")
+    assert json.loads(theirs.read_text())["verify_s"]  # measured on "that" CPU, not read from this one's
+
+
 def test_foreign_files_in_the_store_are_never_touched(model, expected, tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     engine = _engine(model, store_dir)

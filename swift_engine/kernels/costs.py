@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from swift_engine.kernels.machine import cpu_key
 from swift_engine.model.runner import ModelRunner
 from swift_engine.store.records import validate_fingerprint
 from swift_engine.store.safe_files import loads_strict_json, read_regular_file, write_file_atomic
@@ -290,12 +291,15 @@ def measurement_dir(store_directory: Path) -> Path:
 
 
 def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:
-    """Where the measured costs of this model on this device, dtype and thread count are kept."""
+    """Where the measured costs of this model on this CPU (:func:`~swift_engine.kernels.machine.cpu_key`),
+    device, dtype, kernels and thread count are kept: a store shared with or copied from another machine
+    never lends it that machine's costs."""
     validate_fingerprint(fingerprint)  # it becomes part of a file name
     dev = f"{runner.device.type}{runner.device.index or 0}"
     dtype = str(runner.dtype).split(".")[-1]
     kernels = "" if runner.kernels == "torch" else f"-{runner.kernels}"
-    return directory / "_costs" / f"{fingerprint}-{dev}-{dtype}{kernels}-t{torch.get_num_threads()}.json"
+    threads = torch.get_num_threads()
+    return directory / "_costs" / f"{fingerprint}-{dev}-{dtype}{kernels}-t{threads}-{cpu_key()}.json"
 
 
 def load_or_measure(path: Path | None, runner: ModelRunner) -> CostModel:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swift_engine.kernels.costs import synthetic_passes
+from swift_engine.kernels.machine import cpu_identity
 from swift_engine.kernels.native_build import instruction_set, kernels_label, native_status
 from swift_engine.model.runner import KernelPlan, ModelRunner
 from swift_engine.store.records import validate_fingerprint
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "KernelChoice",
     "choose_kernels",
-    "cpu_name",
     "kernel_file",
     "machine_signature",
     "measure_kernels",
@@ -120,31 +119,9 @@ class KernelChoice(BaseModel):
         return "; ".join(parts)
 
 
-def _cpu_identity() -> tuple[str, str]:
-    """CPU model name and a digest of its flags (Linux ``/proc/cpuinfo``; ``platform`` elsewhere)."""
-    name, flags = "", ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Model") and not name:
-                    name = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    return name or platform.processor() or platform.machine(), hashlib.sha256(flags.encode()).hexdigest()[:12]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), for reports that must name the machine."""
-    return _cpu_identity()[0]
-
-
 def machine_signature(runner: ModelRunner) -> tuple[str, str]:
     """(description, short key) of what the kernel timings depend on besides the model."""
-    name, flags = _cpu_identity()
+    name, flags = cpu_identity()
     threads = torch.get_num_threads()
     dtype = str(runner.dtype).split(".")[-1]
     description = (

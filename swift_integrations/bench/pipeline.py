@@ -488,7 +488,7 @@ def run_pipelines(
     import torch
     import transformers
 
-    from swift_engine.kernels.kernel_choice import cpu_name
+    from swift_engine.kernels.machine import cpu_name
     from swift_engine.loading import auto_precision, is_auto_dtype, load_model, precision_name
 
     say = progress or (lambda msg: logger.info("%s", msg))

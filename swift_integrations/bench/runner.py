@@ -251,7 +251,7 @@ def bench_meta(
     import torch
     import transformers
 
-    from swift_engine.kernels.kernel_choice import cpu_name
+    from swift_engine.kernels.machine import cpu_name
 
     device = engine.runner.device
     choice = engine.kernel_choice  # auto's kernels, measured on this machine (before "kernels" is read)

@@ -209,7 +209,7 @@ def run_serve_bench(
 
     import torch
 
-    from swift_engine.kernels.kernel_choice import cpu_name
+    from swift_engine.kernels.machine import cpu_name
 
     work = Path(tempfile.mkdtemp(prefix="swift-serve-bench-"))
     model_flags = ["--model", model] if model else []

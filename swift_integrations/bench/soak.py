@@ -75,7 +75,7 @@ def run_soak(
     """Run the soak and return its result: RSS after each ``every`` requests, the verdict, the errors."""
     from tqdm.auto import tqdm
 
-    from swift_engine.kernels.kernel_choice import cpu_name
+    from swift_engine.kernels.machine import cpu_name
 
     if requests < 2 * every:
         raise ValueError("requests must be at least twice 'every' (the verdict compares the last half)")

@@ -84,7 +84,7 @@ def info(
         import torch
         import transformers
 
-        from swift_engine.kernels.kernel_choice import cpu_name
+        from swift_engine.kernels.machine import cpu_name
 
         cuda = torch.version.cuda if torch.cuda.is_available() else None
         choice = engine.kernel_choice  # cpu_kernels="auto": measured now unless saved for this machine
