@@ -20,6 +20,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from swift_engine import SwiftConfig
 from swift_engine.loading import auto_precision
+from swift_engine.model.llama_family import transformers_model
 from swift_integrations import SwiftChatModel
 
 DOCUMENT = """\
@@ -77,8 +78,9 @@ def main() -> None:
         prompt_value = chain.first.invoke(inputs)  # the rendered ChatPromptValue
         msgs = [{"role": _role(m.type), "content": m.content} for m in prompt_value.to_messages()]
         ids = engine.encode_prompt(msgs)
+        hf = transformers_model(engine.model)  # transformers' class over the same weights (built untimed)
         t = time.perf_counter()
-        ref = engine.model.generate(
+        ref = hf.generate(
             torch.tensor([ids], device=engine.runner.device), max_new_tokens=MAX_TOKENS, do_sample=False
         )
         hf_s = time.perf_counter() - t

@@ -34,7 +34,7 @@ from torch import nn
 
 from swift_engine.kernels import row_attention
 
-__all__ = ["CausalLM", "build", "supported_config"]
+__all__ = ["CausalLM", "build", "supported_config", "transformers_model"]
 
 #: the model types built here, and their attention projections' biases (q/k/v, o) as transformers has them
 _ATTENTION_BIAS = {"llama": None, "qwen2": (True, False)}
@@ -430,6 +430,14 @@ class CausalLM(nn.Module):
             view.generation_config = self.generation_config
         view.eval()
         return view
+
+
+def transformers_model(model: nn.Module) -> Any:
+    """``model`` as transformers' class: itself, or the view of the engine's own classes
+    (:meth:`CausalLM.transformers_view`, over the same weights). For what needs transformers' class itself
+    (``pipeline``, a timed ``generate`` baseline that should not pay for the view's imports)."""
+    view = getattr(model, "transformers_view", None)
+    return view() if callable(view) else model
 
 
 def read_config(folder: pathlib.Path) -> tuple[dict[str, Any], str | None]:

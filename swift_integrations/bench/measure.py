@@ -95,7 +95,11 @@ class Bench:
     def __init__(self, engine: Any, max_new_tokens: int, llama_cpp: Any = None) -> None:
         from transformers import GenerationConfig
 
+        from swift_engine.model.llama_family import transformers_model
+
         self.engine = engine
+        #: transformers' class over the engine's weights (its own classes' view built here, not in a timed call)
+        self.hf_model = transformers_model(engine.model)
         #: a :class:`~swift_integrations.bench.llama_cpp_baseline.LlamaCppBaseline`, when that baseline runs
         self.llama_cpp = llama_cpp
         self.max_new_tokens = max_new_tokens
@@ -170,7 +174,7 @@ class Bench:
         self._sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.engine.model.generate(
+            out = self.hf_model.generate(
                 input_ids=x, attention_mask=mask, generation_config=cfg, logits_processor=logits_processor
             )
         self._sync()

@@ -327,10 +327,13 @@ def _hf_models(model: Any, tokenizer: Any, max_new_tokens: int, log: CallLog) ->
     from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
     from transformers import pipeline
 
+    from swift_engine.model.llama_family import transformers_model
+
     # as HuggingFacePipeline.from_model_id(pipeline_kwargs=...) builds it: the settings live in the pipeline
     # (HuggingFacePipeline._generate reads only per-call pipeline_kwargs, not the instance's)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False}
-    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, **kwargs)
+    # transformers' own class (the engine loads its conversion cache into its own: model/llama_family.py)
+    pipe = pipeline("text-generation", model=transformers_model(model), tokenizer=tokenizer, **kwargs)
     llm = HuggingFacePipeline(pipeline=pipe, model_id=str(model.config._name_or_path))
 
     class Timer(BaseCallbackHandler):
