@@ -81,6 +81,25 @@ def test_a_folder_loads_bitwise_the_transformers_model(tmp_path, arch, dtype, ti
     assert torch.equal(ours.generate(ids, **kwargs), theirs.generate(ids, **kwargs))
 
 
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_quantized_it_is_bitwise_the_quantized_transformers_model(tmp_path, arch, precision) -> None:
+    """What a weight-only load does to either class (cast to bfloat16, quantize), then the same numbers."""
+    from swift_engine.kernels.quantize import int4_available, quantize
+
+    if precision == "int4" and not int4_available():
+        pytest.skip("this PyTorch build lacks the int4 CPU kernel")
+    folder = _folder(tmp_path, arch)
+    ours = load_checkpoint(folder, torch.float32, "sdpa").to(torch.bfloat16)
+    theirs = _transformers(folder, torch.float32).to(torch.bfloat16)
+    assert quantize(ours, precision) == quantize(theirs, precision)
+    assert model_fingerprint(ours) == model_fingerprint(theirs)
+    ids = torch.tensor([CharTokenizer()(PROMPT)["input_ids"]])
+    with torch.inference_mode():
+        assert torch.equal(ours(ids).logits, theirs(ids).logits)
+    assert _tokens(ours) == _tokens(theirs)
+
+
 def test_with_hooks_the_modules_own_forward_gives_the_same_tokens(tmp_path) -> None:
     """A hook on a module sends the runner through the decoder's own forward (fast_forward.py bypasses hooks)."""
     folder = _folder(tmp_path, "qwen2")
