@@ -177,8 +177,8 @@ class SwiftEngine:
 
     @property
     def _measurements(self) -> Path:
-        """The folder of this machine's measurements for this engine's store (``kernels.costs.measurement_dir``)."""
-        return measurement_dir(self._store.directory)
+        """The folder of this machine's measurements (``kernels.costs.measurement_dir``)."""
+        return measurement_dir()
 
     def _with_draft_head(self, costs: CostModel) -> CostModel:
         costs.draft_head_share = DraftHead.expected_share(self.runner.vocab_size, self.config.draft_vocab_size)

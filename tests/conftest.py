@@ -102,10 +102,10 @@ def smol():
 
 
 @pytest.fixture()
-def own_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For tests of the measuring itself: each store keeps its own measurements, as without
-    ``$SWIFT_MEASUREMENT_DIR`` (which the suite sets to share them, see :func:`pytest_configure`)."""
-    monkeypatch.delenv("SWIFT_MEASUREMENT_DIR", raising=False)
+def own_measurements(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """For tests of the measuring itself: this test measures for itself, in a folder of its own (the suite
+    otherwise shares one, see :func:`pytest_configure`; a user's machine keeps one in its cache)."""
+    monkeypatch.setenv("SWIFT_MEASUREMENT_DIR", str(tmp_path / "own-measurements"))
 
 
 @pytest.fixture(autouse=True, scope="module")

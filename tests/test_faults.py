@@ -216,9 +216,9 @@ def test_a_newer_schema_record_is_left_alone(model, expected, tmp_path: Path) ->
 def test_a_bad_cost_file_is_measured_again(model, expected, tmp_path: Path, caplog) -> None:
     store = ProfileStore(tmp_path / "store")
     engine = _engine(model, store)
-    from swift_engine.kernels.costs import cost_file
+    from swift_engine.kernels.costs import cost_file, measurement_dir
 
-    path = cost_file(store.directory, engine.fingerprint, engine.runner)
+    path = cost_file(measurement_dir(), engine.fingerprint, engine.runner)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"verify_s": {}, "draft_s_at": {"0.0": 0.01, "0.5": 0.005}, "head_s": 0.001}))
     with caplog.at_level(logging.WARNING):
@@ -229,17 +229,17 @@ def test_a_bad_cost_file_is_measured_again(model, expected, tmp_path: Path, capl
 
 @pytest.mark.usefixtures("own_measurements")
 def test_costs_kept_by_another_cpu_are_not_used(model, expected, tmp_path: Path, monkeypatch) -> None:
-    """A store shared with (or copied from) another machine: that machine's pass costs are its own."""
+    """A measurement folder shared with another machine: that machine's pass costs are its own."""
     from swift_engine.kernels import costs
 
     store = ProfileStore(tmp_path / "store")
     here = _engine(model, store)
     assert _generate_in_time(here, step_key="c") == expected
-    (mine,) = (store.directory / "_costs").glob(f"{here.fingerprint}-*.json")
+    (mine,) = (costs.measurement_dir() / "_costs").glob(f"{here.fingerprint}-*.json")
     monkeypatch.setattr(costs, "cpu_key", lambda: "0therCPU00")
     there = _engine(model, store)
     assert _generate_in_time(there, step_key="c") == expected
-    theirs = costs.cost_file(store.directory, there.fingerprint, there.runner)
+    theirs = costs.cost_file(costs.measurement_dir(), there.fingerprint, there.runner)
     assert theirs != mine and theirs.name.endswith("-0therCPU00.json")
     assert json.loads(theirs.read_text())["verify_s"]  # measured on "that" CPU, not read from this one's
 

@@ -10,6 +10,7 @@ import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine.kernels import kernel_choice as kc
+from swift_engine.kernels.costs import measurement_dir
 from swift_engine.kernels.cpu_kernels import onednn_available
 from swift_engine.model.runner import KernelPlan
 
@@ -49,7 +50,7 @@ def test_auto_keeps_the_fastest_measured_kernel_per_shape(model, tmp_path) -> No
 def test_the_choice_is_saved_and_reused_until_the_machine_changes(model, tmp_path, monkeypatch) -> None:
     first = _engine(model, tmp_path)
     chosen = first.kernel_choice
-    path = kc.kernel_file(tmp_path, first.fingerprint, first.runner)
+    path = kc.kernel_file(measurement_dir(), first.fingerprint, first.runner)
     assert json.loads(path.read_text())["step"] == chosen.step
 
     def no_measuring(runner, *args, **kwargs):
@@ -61,7 +62,7 @@ def test_the_choice_is_saved_and_reused_until_the_machine_changes(model, tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if threads > 1 else 2)
     try:
-        assert kc.kernel_file(tmp_path, first.fingerprint, first.runner) != path
+        assert kc.kernel_file(measurement_dir(), first.fingerprint, first.runner) != path
         with pytest.raises(AssertionError, match="measured again"):
             _engine(model, tmp_path).kernel_choice
     finally:
@@ -70,7 +71,7 @@ def test_the_choice_is_saved_and_reused_until_the_machine_changes(model, tmp_pat
 
 def test_a_bad_choice_file_is_measured_again(model, tmp_path, caplog) -> None:
     engine = _engine(model, tmp_path)
-    path = kc.kernel_file(tmp_path, engine.fingerprint, engine.runner)
+    path = kc.kernel_file(measurement_dir(), engine.fingerprint, engine.runner)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"step": "turbo", "verify": "torch"}))
     with caplog.at_level(logging.WARNING, logger="swift_engine.kernels.kernel_choice"):

@@ -218,7 +218,7 @@ def test_a_later_process_reads_the_kept_row_verdict_instead_of_checking(
     monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls = _counted_row_checks(monkeypatch)
-    monkeypatch.delenv("SWIFT_MEASUREMENT_DIR", raising=False)  # the store's own _costs folder
+    monkeypatch.setenv("SWIFT_MEASUREMENT_DIR", str(tmp_path / "machine"))  # this test's own measurements
     store = tmp_path / "profiles"
 
     def engine() -> SwiftEngine:  # a fresh model object each time: what a new process has
@@ -227,7 +227,7 @@ def test_a_later_process_reads_the_kept_row_verdict_instead_of_checking(
     first = engine()
     first.kernel_choice  # kernels and the row check settle (as at a first call)
     assert calls == [first.config.tree.max_tree_tokens]
-    kept = list((store / "_costs").glob("rows-*.json"))
+    kept = list((tmp_path / "machine" / "_costs").glob("rows-*.json"))
     assert len(kept) == 1 and kept[0].name.startswith(f"rows-{first.fingerprint}-")
     second = engine()
     second.kernel_choice

@@ -307,7 +307,8 @@ def test_create_agent_over_chat_openai_answers_behind_the_server_in_a_first_and_
     from langchain.agents import create_agent
 
     langchain_openai = pytest.importorskip("langchain_openai")
-    env = {k: v for k, v in os.environ.items() if k != "SWIFT_MEASUREMENT_DIR"}  # measured as a user's first run
+    env = dict(os.environ)
+    env["SWIFT_MEASUREMENT_DIR"] = str(tmp_path / "machine")  # a fresh machine's: measured as a user's first run
     env["SWIFT_PROFILE_DIR"] = str(tmp_path / "profiles")
     for process in ("first", "second"):
         with socket.socket() as s:

@@ -60,17 +60,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    # Ray's processes inherit this environment: without the suite's shared measurement folder, replicas keep
-    # theirs in their own profile directory, as deployed (test_replicas_share_profiles_through_the_actor_store)
-    shared = os.environ.pop("SWIFT_MEASUREMENT_DIR", None)
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The local cluster; yields the machine measurement folder its processes use (they inherit this
+    environment): a fresh one, as a new machine's (test_replicas_share_profiles_through_the_actor_store)."""
+    machine = tmp_path_factory.mktemp("ray-machine-measurements")
+    shared = os.environ.get("SWIFT_MEASUREMENT_DIR")
+    os.environ["SWIFT_MEASUREMENT_DIR"] = str(machine)
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="swift-tests")
-    finally:
-        if shared is not None:
+    finally:  # this process keeps the suite's
+        if shared is None:
+            os.environ.pop("SWIFT_MEASUREMENT_DIR", None)
+        else:
             os.environ["SWIFT_MEASUREMENT_DIR"] = shared
     try:
-        yield
+        yield machine
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -319,7 +323,7 @@ def test_an_unreachable_actor_store_never_fails_generation(cluster, reference, t
     assert result.text == _expected(reference, QUESTIONS[0], 6)
 
 
-def test_replicas_share_profiles_through_the_actor_store(base, reference, tmp_path):
+def test_replicas_share_profiles_through_the_actor_store(cluster, base, reference, tmp_path):
     """Redeploys the app with store='actor' (after the directory tests): 2 replicas, one actor."""
     settings = _settings(store="actor", store_actor="store-serve-test", profile_dir=str(tmp_path / "machine"))
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
@@ -337,8 +341,8 @@ def test_replicas_share_profiles_through_the_actor_store(base, reference, tmp_pa
     assert len({r.headers["x-swift-replica"] for r in responses}) == 2
     records = RayProfileStore(store_actor("store-serve-test"), directory=tmp_path / "machine").list()
     _assert_profiles_valid(records, Counter(step for _, step in (jobs * 3)[: len(responses)]))
-    # machine-local files (kernels, costs) stayed on this machine's disk, outside the actor's
-    assert (tmp_path / "machine" / "_costs").is_dir()
+    # machine-local files (kernels, costs) stayed in this machine's measurement folder, outside the actor's
+    assert (cluster / "_costs").is_dir() and not (tmp_path / "machine" / "_costs").exists()
 
 
 # -- configuration and command line -------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from swift_engine.kernels.machine import cpu_key
+from swift_engine.kernels.machine import cache_root, cpu_key
 from swift_engine.model.runner import ModelRunner
 from swift_engine.store.records import validate_fingerprint
 from swift_engine.store.safe_files import loads_strict_json, read_regular_file, write_file_atomic
@@ -274,20 +274,21 @@ def measure_costs(runner: ModelRunner, context: int = 128, reps: int = 7) -> Cos
     return model
 
 
-#: When set, the folder that keeps this machine's measurements for every profile store (see :func:`measurement_dir`).
+#: When set, the folder that keeps this machine's measurements (see :func:`measurement_dir`).
 MEASUREMENT_DIR_ENV = "SWIFT_MEASUREMENT_DIR"
 
 
-def measurement_dir(store_directory: Path) -> Path:
-    """Where the measurements (pass costs, kernel choice) of engines using the store in ``store_directory`` live.
+def measurement_dir() -> Path:
+    """Where this machine's measurements (pass costs, kernel choice, row verdicts) are kept, for every engine.
 
-    They describe the machine and the model, not the learned profiles, so ``$SWIFT_MEASUREMENT_DIR``
-    may keep one set for every store on the machine: scratch stores (a notebook's, a benchmark's, a
-    test's) then reuse what one of them measured instead of timing ~70 passes each. Unset, each store
-    keeps its own in its ``_costs`` folder, beside its profiles.
+    They describe the machine and the model, not the learned profiles, so they are measured once per machine
+    whatever profile store an engine uses (a notebook's scratch store, a server's ``--profile-dir``): the
+    machine's cache (:func:`~swift_engine.kernels.machine.cache_root`, ``measurements``), or
+    ``$SWIFT_MEASUREMENT_DIR``. Every file in it is keyed by the model's fingerprint and this CPU, so a folder
+    shared between machines (a network home folder) never lends one machine's figures to another.
     """
     shared = os.environ.get(MEASUREMENT_DIR_ENV)
-    return Path(shared).expanduser() if shared else Path(store_directory)
+    return Path(shared).expanduser() if shared else cache_root() / "measurements"
 
 
 def cost_file(directory: Path, fingerprint: str, runner: ModelRunner) -> Path:

@@ -1,17 +1,33 @@
-"""Which CPU this is: what measurements kept on disk (kernel choice, pass costs, row verdicts) are keyed by.
+"""This machine: which CPU it is (what kept measurements are keyed by), and where its caches live.
 
-A measurement describes the machine it was taken on. Profile stores and measurement folders can be shared
-(a network folder, ``$SWIFT_MEASUREMENT_DIR``, a copied store), so each kept measurement names the CPU it
-holds for and another CPU measures its own.
+A measurement describes the machine it was taken on. Measurement folders can be shared (a network home
+folder, ``$SWIFT_MEASUREMENT_DIR``), so each kept measurement names the CPU it holds for and another CPU
+measures its own. What a machine computes once -- GGUF conversions, kept int4/int8 weights, the
+measurements -- lives under :func:`cache_root`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
+from pathlib import Path
 
-__all__ = ["cpu_identity", "cpu_key", "cpu_name"]
+__all__ = ["CACHE_ENV_VAR", "cache_root", "cpu_identity", "cpu_key", "cpu_name"]
+
+#: where this machine's caches live, when set (see :func:`cache_root`)
+CACHE_ENV_VAR = "SWIFT_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """``$SWIFT_CACHE_DIR`` if set, else the platform's per-user cache folder for "swift"."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("swift"))
 
 
 @functools.cache

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from swift_engine.kernels.machine import cache_root
 from swift_engine.loading.file_digest import remembered_digest
 from swift_engine.loading.local import _load_dense
 from swift_engine.loading.own_classes import load_checkpoint
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV_VAR = "SWIFT_CACHE_DIR"
 # Bump when the on-disk layout of a converted model changes, so stale entries are ignored.
 _CACHE_FORMAT_VERSION = 2
 _CACHE_INFO_FILE = "swift_cache_info.json"
@@ -46,12 +46,7 @@ _LOCK_TIMEOUT_S = 30 * 60
 
 def _default_cache_dir() -> pathlib.Path:
     """``$SWIFT_CACHE_DIR`` if set, else the platform's per-user cache folder for "swift"."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return pathlib.Path(env).expanduser()
-    import platformdirs
-
-    return pathlib.Path(platformdirs.user_cache_dir("swift"))
+    return cache_root()
 
 
 # Conversion cache layout: ``<cache_dir>/models/<key>/`` holds config.json, model.safetensors, the tokenizer files and

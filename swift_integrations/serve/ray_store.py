@@ -10,8 +10,8 @@ in one Ray actor instead:
   survive the actor's restarts (it is detached and restarted by Ray) and keep all of the store's
   rules: validation, atomic writes, bounded size.
 * :class:`RayProfileStore` is the replica's side: a :class:`ProfileStore` whose *records* are the
-  actor's, while machine-local files (the kernel choice and cost measurements, which describe this
-  machine's CPU and must not be shared) stay in a local directory.
+  actor's, while the machine's measurements (the kernel choice and pass costs, which describe this
+  machine's CPU) stay in its own cache (``swift_engine.kernels.costs.measurement_dir``).
 
 Read-modify-write (:meth:`ProfileStore.update`, how concurrent searches merge their counters and
 observations) cannot send the caller's merge function to the actor, so it is optimistic: read
