@@ -139,13 +139,12 @@ class DecodeCall:
 
     def handover(self) -> Handover | None:
         """Give this call to the engine's batch, right after its first token (None: not at that point,
-        constrained, or already finished). The call's generator must then be closed unfinished: its
+        or already finished; a constrained call's grammar has advanced by that token and goes with it). The call's generator must then be closed unfinished: its
         step's profile is left as it was (a batched call decodes plainly and learns nothing)."""
         request, out = self.request, self.out
         if (
             not self._at_root
             or self._cache is None
-            or request.grammar is not None
             or len(out) != 1
             or out[0] in self.engine.eos_ids
             or self.text.stopped_at is not None

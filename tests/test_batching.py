@@ -331,15 +331,25 @@ def test_batched_calls_keep_their_free_drafts_and_their_tokens(int4: SwiftEngine
 
 @pytest.mark.slow
 @needs_native
-@pytest.mark.parametrize("sampled", [False, True])
-def test_a_call_that_started_alone_moves_into_the_batch_when_others_come(int4: SwiftEngine, sampled: bool) -> None:
+@pytest.mark.parametrize("kind", ["greedy", "sampled", "constrained"])
+def test_a_call_that_started_alone_moves_into_the_batch_when_others_come(int4: SwiftEngine, kind: str) -> None:
     """After its first token a call decoding alone (SWIFT) finds another in flight and continues in the
-    shared passes from its own cache, text and generator: its tokens stay those of plain decoding alone."""
+    shared passes from its own cache, text, generator and grammar: its tokens stay those of plain decoding
+    alone."""
+    from swift_engine.decoding.constraints import JsonSchemaConstraint
+
     kw: dict[str, Any] = {"max_new_tokens": 32}
-    if sampled:
+    if kind == "sampled":
         kw.update(temperature=0.9, top_p=0.95, seed=7)
     expected = [int4.generate(_messages(p), speculative=False, **kw) for p in (PROMPTS[3], PROMPTS[0])]
-    first = int4.stream(_messages(PROMPTS[3]), **kw)
+    if kind == "constrained":  # the first call's grammar (a fresh state per call) has taken its first token
+        schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+        kw["constraint"] = JsonSchemaConstraint(schema)
+        expected[0] = int4.generate(_messages(PROMPTS[3]), speculative=False, **kw)
+        kw.pop("constraint")
+        first = int4.stream(_messages(PROMPTS[3]), constraint=JsonSchemaConstraint(schema), **kw)
+    else:
+        first = int4.stream(_messages(PROMPTS[3]), **kw)
     first_chunks = [next(first)]  # alone: nothing else in flight; prompt prefilled, first token given
     assert int4.active_calls == 1
     second = int4.stream(_messages(PROMPTS[0]), **kw)
@@ -356,6 +366,40 @@ def test_a_call_that_started_alone_moves_into_the_batch_when_others_come(int4: S
         assert result.stats.batched and result.stats.mode == "plain"
     assert not expected[0].stats.batched
     assert int4.batcher.rows == 0 and int4.active_calls == 0
+
+
+@pytest.mark.slow
+@needs_native
+def test_constrained_calls_share_the_batch_each_within_its_own_grammar(int4: SwiftEngine) -> None:
+    """Calls with grammars (a JSON schema, a required tool call, one cut short and closed) decode in the
+    batch with free ones, each row masked by its own grammar: every call's tokens are its plain ones alone."""
+    from swift_engine.decoding.constraints import JsonSchemaConstraint, ToolCallConstraint
+
+    person = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    weather = {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("Describe a fictional person as JSON.", {"max_new_tokens": 40, "constraint": JsonSchemaConstraint(person)}),
+        ("What is the weather in Paris?", {"max_new_tokens": 48, "constraint": ToolCallConstraint(tools=(weather,))}),
+        ("Describe a fictional person as JSON.", {"max_new_tokens": 6, "constraint": JsonSchemaConstraint(person)}),
+        (PROMPTS[0], {"max_new_tokens": 24}),
+        ("Describe a fictional person as JSON.", {"max_new_tokens": 40, "temperature": 0.9, "seed": 5,
+                                                  "constraint": JsonSchemaConstraint(person)}),
+    ]
+    alone = [int4.generate(_messages(p), speculative=False, **kw) for p, kw in calls]
+    assert alone[2].finish_reason == "length" and alone[2].stats.grammar_closing_tokens > 0  # closed as alone
+    together = _together(int4, [lambda p=p, kw=kw: int4.generate(_messages(p), **kw) for p, kw in calls])
+    for a, b in zip(alone, together, strict=True):
+        assert b.token_ids == a.token_ids and b.text == a.text and b.finish_reason == a.finish_reason
+        assert b.stats.batched and b.stats.grammar_closing_tokens == a.stats.grammar_closing_tokens
+    assert sum(r.stats.shared_passes > 0 for r in together[:3]) >= 2
 
 
 @pytest.mark.slow

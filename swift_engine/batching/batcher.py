@@ -44,7 +44,7 @@ from swift_engine.batching.row_drafts import RowDrafts
 from swift_engine.decoding.prefill import prefill_blocks
 from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
-from swift_engine.decoding.verification import accept
+from swift_engine.decoding.verification import accept, accept_constrained
 from swift_engine.request import GenerationRequest
 from swift_engine.results import FinishReason, GenerationResult, GenerationStats, StreamChunk
 
@@ -70,6 +70,8 @@ class _Row:
         self.request = request
         self.max_new_tokens = max_new_tokens
         self.text = TextStream(engine.tokenizer, request.stops)
+        #: a constrained call's grammars (the closing vocabulary, for a reply cut short)
+        self.grammars = engine.grammars if request.grammar is not None else None
         self.out: list[int] = []
         #: a call that started alone: its cache and state, loaded into a region at admission
         self.moved = moved
@@ -103,8 +105,25 @@ class _Row:
         self.stats.batched = True
 
     def pick(self, logits: torch.Tensor) -> int:
-        """The next token from ``logits`` ``[vocab]`` (the same draw as a call alone: its own generator)."""
-        return pick(logits, self.request.sampling, self.generator)
+        """The next token from ``logits`` ``[vocab]`` (the same draw as a call alone: its own generator),
+        within the call's grammar, which advances by it."""
+        grammar = self.request.grammar
+        if grammar is None:
+            return pick(logits, self.request.sampling, self.generator)
+        tok = pick(grammar.mask_(logits.clone()), self.request.sampling, self.generator)
+        grammar.advance(tok)
+        return tok
+
+    def walk(self, chain: list[int], logits: torch.Tensor) -> tuple[int, int]:
+        """How many of ``chain`` (drafts after the fed token) plain decoding keeps, and its next token,
+        from the run's ``logits`` ``[1 + len(chain), vocab]`` (the grammar, if any, advances by them)."""
+        children = [{tok: j + 1} for j, tok in enumerate(chain)] + [{}]
+        grammar = self.request.grammar
+        if grammar is None:
+            path, bonus, _ = accept(children, logits, self.request.sampling, self.generator)
+        else:
+            path, bonus, _ = accept_constrained(children, logits, self.request.sampling, self.generator, grammar)
+        return len(path) - 1, bonus
 
     def push(self, tok: int, eos_ids: frozenset[int]) -> None:
         """Commit one token: its chunk, and the end where plain decoding would end."""
@@ -127,6 +146,17 @@ class _Row:
             self.last = tok
 
     def _finish(self, finish: FinishReason) -> None:
+        grammar = self.request.grammar
+        if grammar is not None and self.grammars is not None and finish == "length":  # closed as alone
+            try:
+                closing = grammar.close(self.grammars.closing_vocab())
+            except Exception as exc:  # noqa: BLE001 - no end within the closer's budget: the call's own error
+                self.error, self.done = exc, True
+                return
+            if closing:
+                self.out.extend(closing)
+                self.stats.grammar_closing_tokens = len(closing)
+                self.chunks.append(StreamChunk(text=self.text.push(closing), token_ids=closing))
         tail = self.text.flush()
         if tail:
             self.chunks.append(StreamChunk(text=tail))
@@ -161,11 +191,11 @@ class Batcher:
             return len(self.waiting) + len(self.admitting) + sum(not (r.done or r.closed) for r in self.active)
 
     def accepts(self, request: GenerationRequest) -> bool:
-        """Whether ``request`` can decode in shared passes: swift's kernels on this model, no grammar."""
+        """Whether ``request`` can decode in shared passes: swift's kernels on this model (constrained
+        calls included: each row is masked by its own grammar)."""
         runner, fast = self.engine.runner, self.engine.runner.fast
         return (
             self.engine.config.batch_rows > 0
-            and request.grammar is None
             and runner.native_kernels
             and fast is not None
             and fast.scripted is not None
@@ -423,9 +453,7 @@ class Batcher:
                 first += 1 + len(chain)
                 kept, new = 0, []
                 if not row.closed:  # drafts kept while they are what plain decoding picks (its own draws)
-                    children = [{tok: j + 1} for j, tok in enumerate(chain)] + [{}]
-                    path, bonus, _ = accept(children, run, row.request.sampling, row.generator)
-                    kept = len(path) - 1
+                    kept, bonus = row.walk(chain, run)
                     new = chain[:kept] + [bonus]
                     if remembered:
                         row.stats.memory_accepted_tokens += kept

@@ -48,8 +48,8 @@ def accept(
     ``children[n]``: node ``n``'s children by token; ``logits``: ``[nodes, vocab]``, the full model's
     after each node. A child is followed while it is the token plain decoding picks there -- the
     argmax, or (sampling) one draw from the call's own generator per position, as plain decoding
-    draws -- so the path and bonus are exactly what plain decoding produces (no grammar: see
-    :func:`verify_tree`). Also used by the batch's shared passes (``batching/batcher.py``).
+    draws -- so the path and bonus are exactly what plain decoding produces (within a grammar:
+    :func:`accept_constrained`). Also used by the batch's shared passes (``batching/batcher.py``).
     """
     path, node = [0], 0
     if params.greedy:
@@ -63,6 +63,35 @@ def accept(
         nxt = children[node].get(y)
         if nxt is None:
             return path, y, None
+        node = nxt
+        path.append(node)
+
+
+def accept_constrained(
+    children: list[dict[int, int]],
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    grammar: GrammarState,
+) -> tuple[list[int], int, list[int]]:
+    """:func:`accept` within a grammar: the accepted path, the bonus token, and the masked choice at each
+    node of the path (root first).
+
+    Each node's row of ``logits`` ``[nodes, vocab]`` is masked by the grammar state reached along its
+    own path -- the walk only follows accepted tokens, so the state never needs rolling back -- and the
+    grammar advances by every token picked, the bonus included. A stop token ends the walk (and the
+    generation). Also used by the batch's shared passes (``batching/batcher.py``).
+    """
+    path, node = [0], 0
+    masked: list[int] = []
+    while True:
+        row = grammar.mask_(logits[node].clone())
+        y = int(row.argmax().item()) if params.greedy else sample(target_probs(row, params), generator)
+        masked.append(y)
+        grammar.advance(y)
+        nxt = children[node].get(y)
+        if nxt is None or grammar.terminated:
+            return path, y, masked
         node = nxt
         path.append(node)
 
@@ -86,23 +115,7 @@ def verify_tree(
     children = tree.children()
 
     if grammar is not None:
-        path, node = [0], 0
-        # each node's target is masked by the grammar state reached along its own path; the walk
-        # only follows accepted tokens, so the state never needs rolling back
-        logits = runner.logits(hidden)
-        masked: list[int] = []
-        while True:
-            row = grammar.mask_(logits[node].clone())
-            y = int(row.argmax().item()) if params.greedy else sample(target_probs(row, params), generator)
-            masked.append(y)
-            grammar.advance(y)
-            nxt = children[node].get(y)
-            if nxt is None or grammar.terminated:  # a stop token ends the walk (and the generation)
-                bonus = y
-                break
-            node = nxt
-            path.append(node)
-        path_argmax = masked  # the masked choices along the path
+        path, bonus, path_argmax = accept_constrained(children, runner.logits(hidden), params, generator, grammar)
     else:
         logits = runner.logits(hidden)
         path, bonus, choices = accept(children, logits, params, generator)
