@@ -215,7 +215,8 @@ def test_passes_report_steps_rows_and_the_bandwidth_ceiling_per_dtype_and_kernel
     for row in rows:
         assert row["precision"] == row["dtype"] and row["step_ms"] > 0 and row["context"] == 64
         assert set(row["rows"]) == {"2", "4", "8", "16", "32"} and all(v > 0 for v in row["rows"].values())
+        assert row["prompt_ms_per_token"] > 0
         assert row["ceiling_ms"] == pytest.approx(1e3 * row["step_bytes"] / (1e9 * result["read_bandwidth_gb_s"]))
         assert ("swift's kernels" in row["kernels"]) == (native_status().loaded and row["cpu_kernels"] == "auto")
     out = capsys.readouterr().out
-    assert "| dtype | kernels | step ms |" in out and "Read bandwidth" in out
+    assert "| dtype | kernels | step ms |" in out and "Read bandwidth" in out and "prompt ms/token" in out

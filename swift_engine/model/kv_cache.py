@@ -149,6 +149,16 @@ class SwiftKVCache(Cache):
         # every layer comes from the factory above
         return cast("list[SwiftKVLayer]", self.layers)
 
+    def open_layers(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Create an empty cache's ``layers`` layers (buffers of ``kv_heads`` x ``head_dim`` entries, as a
+        first write would make them), so that a caller writing entries itself (:meth:`reserve_layers`)
+        can start with a prompt's first block."""
+        if self.layers:
+            raise RuntimeError("open_layers() starts an empty cache")
+        empty = torch.empty((1, kv_heads, 0, head_dim), dtype=dtype, device=device)
+        for idx in range(layers):
+            self.update(empty, empty, idx)
+
     def reserve_layers(self, n: int, layers: int) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]] | None:
         """Room for ``n`` entries after the last in every layer, for a caller that writes them itself
         (``scripted_step.py``) and then calls :meth:`advance_layers`: each layer's count (a draft's

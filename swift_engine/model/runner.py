@@ -104,6 +104,7 @@ class ModelRunner:
         #: bits a tiny Qwen2 met a 5-row pass whose dense products after attention gave one row other
         #: bits than its step; the Python row path keeps the bits that were checked there.
         self.native_kernels = self.precision in ("int4", "int8") and kernels != "torch" and native_status().loaded
+        self._prompt_by_rows: bool | None = None  # see _native_prompt
         #: the kernels ``auto`` chooses among, here
         self.candidates: list[str] = ["torch"]
         self.plan = KernelPlan("torch", "torch")
@@ -269,9 +270,16 @@ class ModelRunner:
         """Final hidden states ``[q, H]`` of ``input_ids`` appended after the cache's entries."""
         past = cache.get_seq_length()
         mask = self.masks.build(past, positions, ancestors, past_visible)
-        # one-token steps and verification trees attend row by row when exactness needs it; prompt
-        # blocks and the search's re-fed windows are computed the same way in every mode anyway
-        by_rows = self.row_invariant and past_visible is None and (ancestors is not None or input_ids.numel() == 1)
+        # one-token steps and verification trees attend row by row when exactness needs it; the search's
+        # re-fed windows are computed the same way in every mode anyway. Prompt blocks too where swift's
+        # kernels take the whole pass (native/decoder_layers.cpp: a third less time than the Python
+        # layers over PyTorch's attention, docs/bench/measurements.md#prompt-blocks); elsewhere a
+        # row-by-row prompt would only be slower.
+        by_rows = (
+            self.row_invariant
+            and past_visible is None
+            and (ancestors is not None or input_ids.numel() == 1 or self._native_prompt())
+        )
         # a prompt block: no tree, no hidden cache entries, enough rows for the prompt kernel to pay
         prompt = (
             self.prompt_kernel == "dequantized"
@@ -294,6 +302,17 @@ class ModelRunner:
                 **{self._cache_kw: cache},
             )
         return out.last_hidden_state[0]
+
+    def _native_prompt(self) -> bool:
+        """Whether prompt blocks attend row by row: where swift's kernels take a whole pass of this
+        model (products, attention and layers). Decided once, at the first pass, so that a prompt's bits
+        never depend on the path a pass takes later (hooks registered: the modules, the same attention)."""
+        if self._prompt_by_rows is None:
+            fast = self.fast
+            self._prompt_by_rows = bool(
+                self.native_kernels and fast is not None and fast.scripted is not None and fast.scripted.batchable()
+            )
+        return self._prompt_by_rows
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:

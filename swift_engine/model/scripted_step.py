@@ -265,6 +265,8 @@ class ScriptedStep:
         skip_attention, skip_mlp = skipped
         if rows > 1 and (not native_attention or mask is None or skip_attention or skip_mlp):
             return None
+        if not cache.layers and native_attention:  # a prompt's first block: the layers' empty buffers first
+            cache.open_layers(self._layers, self._kv_heads, self._head_dim, hidden.dtype, hidden.device)
         room = cache.reserve_layers(rows, self._layers)
         if room is None:
             return None

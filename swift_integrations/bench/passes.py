@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 ROWS = (2, 4, 8, 16, 32)
+#: tokens of the measured prompt block (the engine's default ``prefill_block``)
+PROMPT_ROWS = 128
 CONTEXT = 128
 
 
@@ -67,13 +69,15 @@ def measure_passes(engine: Any, reps: int = 15) -> dict[str, Any]:
 
     runner = engine.runner
     context = min(CONTEXT, (runner.context_length or 4096) // 2)  # a small model's window may be short
-    passes = synthetic_passes(runner, context, max(ROWS))
+    passes = synthetic_passes(runner, context, max(*ROWS, PROMPT_ROWS))
     step = _best(passes(1), reps)
     return {
         "precision": runner.precision,
         "kernels": runner.kernels,
         "step_ms": 1e3 * step,
         "rows": {str(k): _best(passes(k), reps) / step for k in ROWS},
+        # a prompt block as prefill runs it (no tree, no head), per token
+        "prompt_ms_per_token": 1e3 * _best(passes(PROMPT_ROWS, tree=False), max(3, reps // 3)) / PROMPT_ROWS,
         "step_bytes": step_bytes(engine.model),
         "context": context,
     }
@@ -108,19 +112,19 @@ def passes_markdown(result: dict[str, Any]) -> str:
     """The result as a markdown table (one row per precision and kernel set)."""
     head = "| dtype | kernels | step ms | MB read / step | share of bandwidth ceiling | " + " | ".join(
         f"k={k}" for k in ROWS
-    )
+    ) + f" | prompt ms/token ({PROMPT_ROWS}-token block)"
     lines = [
         f"Read bandwidth: {result['read_bandwidth_gb_s']:.1f} GB/s ({result['meta']['threads']} threads); "
         f"passes after a {result['meta']['context']}-token context (half the model's window where that is "
         "shorter); k rows as multiples of the step.",
         "",
         head + " |",
-        "|" + "---|" * (5 + len(ROWS)),
+        "|" + "---|" * (6 + len(ROWS)),
     ]
     for row in result["passes"]:
         ratios = " | ".join(f"{row['rows'][str(k)]:.2f}" for k in ROWS)
         lines.append(
             f"| {row['dtype']} | {row['kernels']} | {row['step_ms']:.2f} | {row['step_bytes'] / 1e6:.0f} | "
-            f"{100 * row['ceiling_share']:.0f}% | {ratios} |"
+            f"{100 * row['ceiling_share']:.0f}% | {ratios} | {row.get('prompt_ms_per_token', float('nan')):.3f} |"
         )
     return "\n".join(lines) + "\n"
