@@ -443,9 +443,16 @@ def test_load_benchmark_client_measures_a_real_server(smol, monkeypatch):
 
     app = create_app(smol, api_key=serve_bench.KEY, max_queue=8, request_timeout=300, model_name="swift")
     with running(app) as url:
-        reference = {0: smol.generate([{"role": "user", "content": serve_bench.QUESTIONS[0]}], max_new_tokens=8).text}
-        level = serve_bench.run_level(url, 2, 4, 8, reference)
+        reference = {
+            i: smol.generate([{"role": "user", "content": serve_bench.question(i)}], max_new_tokens=8).text
+            for i in (3, 4)
+        }
+        level = serve_bench.run_level(url, 2, 4, 8, reference, first=3)
     assert level["errors"] == 0 and level["mismatched"] == 0, level
+    assert sorted(level["outputs"]) == ["3", "4", "5", "6"]
+    assert len({serve_bench.question(i) for i in range(96)}) == 96  # no question repeats
+    serve_bench.count_mismatches(level, {**reference, 5: "not what it said"})  # a reference taken later
+    assert level["mismatched"] == 1
     assert level["requests"] == 4 and level["requests_per_s"] > 0 and level["output_tokens_per_s"] > 0
     assert 0 < level["ttft_p50_s"] <= level["latency_p50_s"] <= level["latency_p95_s"]
     table = serve_bench.render_markdown(
@@ -456,7 +463,7 @@ def test_load_benchmark_client_measures_a_real_server(smol, monkeypatch):
             "deployments": {"single": {"levels": [level]}},
         }
     )
-    assert "| single | 2 | 4 | 0 | 0 |" in table
+    assert "| single | 2 | 4 | 0 | 1 |" in table
 
 
 def test_bench_serve_rejects_unknown_deployments():

@@ -9,10 +9,13 @@ tokens/s, latency and time-to-first-token p50/p95, errors, and outputs that diff
 single-process server's greedy answer to the same prompt (the reference is taken sequentially on
 the single process after its warm-up, before its levels run).
 
-Requests cycle through a fixed set of questions and pipeline steps (``metadata.swift_step``), so
-every step key is searched and shared across replicas as in a real pipeline. On a machine with
-fewer cores than replicas x threads, replicas contend for the CPU: the table says how many cores
-there were.
+Every request asks a question of its own (:func:`question`: 96 distinct ones from templates and
+subjects), so no request replays an answer the step's draft memory kept from an earlier one: the
+warm-up, each level and the reference take separate questions, and the reference (the same
+questions, one at a time) is taken after the levels. Requests cycle through pipeline steps
+(``metadata.swift_step``), so every step key is searched and shared across replicas as in a real
+pipeline. On a machine with fewer cores than replicas x threads, replicas contend for the CPU: the
+table says how many cores there were.
 """
 
 from __future__ import annotations
@@ -41,17 +44,29 @@ __all__ = ["DEPLOYMENTS", "main", "run_serve_bench"]
 DEPLOYMENTS = ("single", "unbatched", "ray")
 LEVELS = (1, 4, 16)
 KEY = "bench-key"
-QUESTIONS = [
-    "Name three fruits and their colours.",
-    "Explain in two sentences what a binary search does.",
-    "Write a haiku about the sea.",
-    "What is the capital of Japan, and what is it known for?",
-    "Give two tips for writing clear emails.",
-    "Summarize the water cycle in one paragraph.",
-    "List the first five prime numbers.",
-    "Why is the sky blue? Answer briefly.",
+TEMPLATES = [
+    "Name three {} and one fact about each.",
+    "Explain in two sentences why people find {} interesting.",
+    "Write a haiku about {}.",
+    "Give two tips for someone who wants to learn about {}.",
+    "Describe {} to a child in three sentences.",
+    "List five {}, one per line.",
+    "Write one short paragraph comparing two {}.",
+    "What is a common misconception about {}? Answer briefly.",
 ]
+SUBJECTS = [
+    "rivers", "birds", "programming languages", "board games", "musical instruments", "vegetables",
+    "planets", "bridges", "clouds", "sports", "spices", "trees",
+]  # fmt: skip
 STEPS = ["answer", "summarize", "plan", "explain"]
+#: questions the warm-up takes (its rounds' first indices); the levels take the next ones
+WARM_QUESTIONS = len(TEMPLATES)
+
+
+def question(index: int) -> str:
+    """Request ``index``'s question: distinct for the first ``len(TEMPLATES) * len(SUBJECTS)`` (96)."""
+    template = TEMPLATES[index % len(TEMPLATES)]
+    return template.format(SUBJECTS[(index // len(TEMPLATES)) % len(SUBJECTS)])
 
 
 def _free_port() -> int:
@@ -119,7 +134,7 @@ def one_request(url: str, index: int, max_tokens: int, timeout: float = 600) -> 
 
     body = {
         "model": "swift",
-        "messages": [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}],
+        "messages": [{"role": "user", "content": question(index)}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -167,15 +182,19 @@ def _pct(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def run_level(url: str, concurrency: int, requests: int, max_tokens: int, reference: dict[int, str]) -> dict[str, Any]:
-    """``requests`` requests by ``concurrency`` closed-loop workers; the level's figures."""
+def run_level(
+    url: str, concurrency: int, requests: int, max_tokens: int, reference: dict[int, str], first: int = 0
+) -> dict[str, Any]:
+    """``requests`` requests (questions ``first``, ``first + 1``, ...) by ``concurrency`` closed-loop
+    workers; the level's figures, and its outputs (``outputs``: text by question index), compared with
+    ``reference`` where it has the question (see :func:`count_mismatches` for a reference taken later)."""
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda i: one_request(url, i, max_tokens), range(requests)))
+        results = list(pool.map(lambda i: one_request(url, i, max_tokens), range(first, first + requests)))
     wall = time.perf_counter() - started
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
-    mismatched = [r["index"] for r in ok if r["text"] != reference.get(r["index"] % len(QUESTIONS), r["text"])]
+    mismatched = [r["index"] for r in ok if r["text"] != reference.get(r["index"], r["text"])]
     latencies = [r["latency_s"] for r in ok]
     ttfts = [r["ttft_s"] for r in ok]
     return {
@@ -191,7 +210,14 @@ def run_level(url: str, concurrency: int, requests: int, max_tokens: int, refere
         "latency_p95_s": _pct(latencies, 95),
         "ttft_p50_s": _pct(ttfts, 50),
         "ttft_p95_s": _pct(ttfts, 95),
+        "outputs": {str(r["index"]): r["text"] for r in ok},
     }
+
+
+def count_mismatches(level: dict[str, Any], reference: dict[int, str]) -> None:
+    """Set ``level["mismatched"]``: its outputs that differ from ``reference``'s for the same question."""
+    outputs = level.get("outputs", {})
+    level["mismatched"] = sum(text != reference.get(int(i), text) for i, text in outputs.items())
 
 
 def run_serve_bench(
@@ -252,23 +278,39 @@ def run_serve_bench(
         "deployments": {},
     }
     reference: dict[int, str] = {}
+    plan = []  # (concurrency, requests, first question): each level its own questions, after the warm-up's
+    first = WARM_QUESTIONS
+    for c in levels:
+        n = max(2 * c, 4 if quick else 8)
+        plan.append((c, n, first))
+        first += n
     for name in deployments:
         progress(f"starting the {name} deployment")
         with Server(flags[name], work / f"{name}.log", startup_timeout=600) as server:
-            # warm-up: cost measurement, kernel choice and each step's search (a few calls per step), so
-            # the levels measure serving rather than the optimization phase; then (single) the reference
+            # warm-up: cost measurement, kernel choice and each step's search (a few calls per step, on
+            # questions no level asks), so the levels measure serving rather than the optimization phase
             rounds = 2 if quick else 3
             with ThreadPoolExecutor(4) as pool:
-                warm = list(pool.map(lambda i: one_request(server.url, i, max_tokens), range(rounds * len(QUESTIONS))))
-            if name == "single" or not reference:
-                sequential = [one_request(server.url, i, max_tokens) for i in range(len(QUESTIONS))]
-                reference = {r["index"]: r["text"] for r in sequential if "error" not in r}
+                warm = list(
+                    pool.map(
+                        lambda i: one_request(server.url, i % WARM_QUESTIONS, max_tokens),
+                        range(rounds * WARM_QUESTIONS),
+                    )
+                )
             out: dict[str, Any] = {"flags": flags[name], "warmup_errors": sum("error" in r for r in warm), "levels": []}
-            for c in levels:
-                n = max(2 * c, 4 if quick else 8)
+            for c, n, start in plan:
                 progress(f"{name}: concurrency {c}, {n} requests")
-                out["levels"].append(run_level(server.url, c, n, max_tokens, reference))
+                out["levels"].append(run_level(server.url, c, n, max_tokens, reference, start))
+            if name == "single" or not reference:
+                # the reference: the levels' questions one at a time on this process, after its levels (so no
+                # level could replay its answers); the single process's when it runs
+                progress(f"{name}: the reference, {first - WARM_QUESTIONS} requests one at a time")
+                sequential = [one_request(server.url, i, max_tokens) for i in range(WARM_QUESTIONS, first)]
+                reference = {r["index"]: r["text"] for r in sequential if "error" not in r}
             result["deployments"][name] = out
+    for dep in result["deployments"].values():
+        for level in dep["levels"]:
+            count_mismatches(level, reference)
     return result
 
 

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from swift_integrations.bench.serve import KEY, QUESTIONS, Server, publish
+from swift_integrations.bench.serve import KEY, Server, publish, question
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _one(url: str, index: int, max_tokens: int) -> str:
     body: dict[str, Any] = {
         "messages": [
             {"role": "system", "content": f"You are assistant number {index}. Answer in one short sentence."},
-            {"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]},
+            {"role": "user", "content": question(index)},
         ],
         "max_tokens": max_tokens,
         "temperature": 0,
