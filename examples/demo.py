@@ -80,9 +80,7 @@ def main() -> None:
         ids = engine.encode_prompt(msgs)
         hf = transformers_model(engine.model)  # transformers' class over the same weights (built untimed)
         t = time.perf_counter()
-        ref = hf.generate(
-            torch.tensor([ids], device=engine.runner.device), max_new_tokens=MAX_TOKENS, do_sample=False
-        )
+        ref = hf.generate(torch.tensor([ids], device=engine.runner.device), max_new_tokens=MAX_TOKENS, do_sample=False)
         hf_s = time.perf_counter() - t
         ref_ids = ref[0, len(ids) :].tolist()
         hf_tps = len(ref_ids) / hf_s

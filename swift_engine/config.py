@@ -124,10 +124,11 @@ class SwiftConfig(BaseModel):
     #: only on swift's int4/int8 kernels, whose rows are independent by construction. 0: calls take
     #: turns on the model, as before.
     batch_rows: int = Field(default=16, ge=0, le=64)
-    #: While calls decode in the batch, a joining call's prompt is prefilled at most this many tokens
-    #: (at least one ``prefill_block``) between two of their passes, so a long prompt delays their next
-    #: tokens by a block or two rather than by its whole prefill (vLLM's chunked prefill). The blocks
-    #: are the same ones, so outputs are unchanged. 0: prompts are prefilled whole.
+    #: While calls decode in the batch, a pass takes at most this many tokens of joining calls' prompts
+    #: (at least one ``prefill_block``) beside their rows, so a long prompt delays their next tokens by
+    #: a block's rows rather than by its whole prefill (vLLM's chunked prefill). The blocks are the
+    #: ones a call alone prefills, so outputs are unchanged. 0: no budget (a pass takes at most
+    #: ``batching.batcher.MAX_PROMPT_ROWS`` prompt tokens, as when nothing decodes).
     prefill_budget: int = Field(default=128, ge=0, le=1 << 20)
     #: Use SWIFT at all; ``False`` decodes plainly (a baseline that shares every other code path).
     speculative: bool = True

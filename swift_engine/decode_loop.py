@@ -139,8 +139,9 @@ class DecodeCall:
 
     def handover(self) -> Handover | None:
         """Give this call to the engine's batch, right after its first token (None: not at that point,
-        or already finished; a constrained call's grammar has advanced by that token and goes with it). The call's generator must then be closed unfinished: its
-        step's profile is left as it was (a batched call decodes plainly and learns nothing)."""
+        or already finished; a constrained call's grammar has advanced by that token and goes with it).
+        The call's generator must then be closed unfinished: its step's profile is left as it was (a
+        batched call decodes plainly and learns nothing)."""
         request, out = self.request, self.out
         if (
             not self._at_root

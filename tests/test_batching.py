@@ -202,40 +202,28 @@ def test_a_call_closed_mid_way_leaves_the_batch_and_the_others_exact(int4: Swift
 @pytest.mark.slow
 @needs_native
 @pytest.mark.parametrize("budget", [16, 0])
-def test_a_long_prompt_is_prefilled_between_the_batchs_passes_within_its_budget(
+def test_a_long_prompt_comes_in_blocks_within_the_budget_in_the_others_passes(
     int4: SwiftEngine, budget: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While calls decode in the batch, a joining prompt is prefilled ``prefill_budget`` tokens at a time
-    between their passes (0: whole), and every output is still bitwise the call's alone."""
-    import swift_engine.batching.batcher as batcher_module
-
+    """While calls decode in the batch, a joining prompt's blocks are rows of their passes, at most
+    ``prefill_budget`` tokens a pass (0: the whole prompt in one), and every output is still bitwise the
+    call's alone."""
     config = SwiftConfig(prefill_block=16, prefill_budget=budget, prefix_cache=False)  # no block comes cached
     engine = SwiftEngine(int4.model, int4.tokenizer, config)
     long_prompt = " ".join(PROMPTS * 6)  # ~250 tokens: ~16 blocks of 16
     jobs_kwargs = [(PROMPTS[3], 64), (long_prompt, 8), (PROMPTS[5], 64)]
     alone = [engine.generate(_messages(p), speculative=False, max_new_tokens=n) for p, n in jobs_kwargs]
-    # what the batch did, in order: ("block", rows decoding) for each of the long prompt's blocks, ("pass",)
-    events: list[tuple[Any, ...]] = []
-    real_pass, real_blocks = type(engine.batcher)._pass, batcher_module.prefill_blocks
+    # each pass: (generations decoding in it, the long prompt's tokens in it)
+    passes: list[tuple[int, int]] = []
+    real = type(engine.batcher)._prompt_chunks
 
-    def recorded_pass(batcher: Any) -> None:
-        events.append(("pass",))
-        real_pass(batcher)
+    def recorded(batcher: Any) -> Any:
+        chunks = real(batcher)
+        long = sum(end - begin for row, begin, end in chunks if len(row.request.prompt_ids) > 100)
+        passes.append((len(batcher.active), long))
+        return chunks
 
-    def recorded_blocks(runner: Any, cache: Any, prompt_ids: list[int], *args: Any, **kwargs: Any) -> Any:
-        blocks = real_blocks(runner, cache, prompt_ids, *args, **kwargs)
-        if len(prompt_ids) < 100:
-            return (yield from blocks)
-        while True:
-            try:
-                tokens = next(blocks)
-            except StopIteration as done:
-                return done.value
-            events.append(("block", len(engine.batcher.active)))
-            yield tokens
-
-    monkeypatch.setattr(type(engine.batcher), "_pass", recorded_pass)
-    monkeypatch.setattr(batcher_module, "prefill_blocks", recorded_blocks)
+    monkeypatch.setattr(type(engine.batcher), "_prompt_chunks", recorded)
     together: list[Any] = [None] * len(jobs_kwargs)
 
     def run(i: int) -> None:
@@ -259,16 +247,47 @@ def test_a_long_prompt_is_prefilled_between_the_batchs_passes_within_its_budget(
     finally:
         holder.close()
     for a, b in zip(alone, together, strict=True):
-        assert b.token_ids == a.token_ids
-    blocks = [i for i, e in enumerate(events) if e[0] == "block"]
-    assert len(blocks) >= 10, events
-    # consecutive blocks with a pass between them, where calls were decoding
-    spread = [("pass",) in events[i:j] for i, j in zip(blocks, blocks[1:]) if events[j][1] > 0]
-    if budget:  # one block of 16 tokens between two passes while anyone decodes
-        assert spread and all(spread), events
-    else:  # the whole prompt at once
-        assert ("pass",) not in events[blocks[0] : blocks[-1]], events
+        assert b.token_ids == a.token_ids and b.text == a.text
+    long_prompt_tokens = together[1].stats.prompt_tokens
+    carrying = [(decoding, tokens) for decoding, tokens in passes if tokens]
+    assert sum(tokens for _, tokens in carrying) == long_prompt_tokens, passes  # every block once
+    if budget:  # a block of 16 tokens in each pass while others decode, beside their rows
+        assert all(tokens <= 16 for decoding, tokens in carrying if decoding), passes
+        assert sum(1 for decoding, _ in carrying if decoding) >= 10, passes
+    else:  # the whole prompt in one pass
+        assert len(carrying) == 1, passes
     assert engine.batcher.rows == 0
+
+
+@pytest.mark.slow
+@needs_native
+def test_batched_prompts_share_the_prefix_cache_with_calls_alone(int4: SwiftEngine) -> None:
+    """A prompt in the batch starts from the blocks an earlier call cached, and the blocks its passes
+    compute are cached for later calls: the same entries as a call alone's, so the same tokens."""
+    block = 16
+    reference = SwiftEngine(int4.model, int4.tokenizer, SwiftConfig(prefill_block=block, prefix_cache=False))
+    engine = SwiftEngine(int4.model, int4.tokenizer, SwiftConfig(prefill_block=block))
+    seen, unseen = " ".join(PROMPTS * 3), " ".join(reversed(PROMPTS * 3))
+    expected = {p: reference.generate(_messages(p), speculative=False, max_new_tokens=24) for p in (seen, unseen)}
+    first = engine.generate(_messages(seen), max_new_tokens=24)  # alone: caches the prompt's whole blocks
+    assert first.token_ids == expected[seen].token_ids and first.stats.cached_prompt_tokens == 0
+    together = _together(engine, [lambda p=p: engine.generate(_messages(p), max_new_tokens=24) for p in (seen, unseen)])
+    for prompt, result in zip((seen, unseen), together, strict=True):
+        assert result.token_ids == expected[prompt].token_ids and result.stats.batched
+    prompt_tokens = together[0].stats.prompt_tokens
+    assert together[0].stats.cached_prompt_tokens == prompt_tokens // block * block  # every whole block
+    shared = together[1].stats.cached_prompt_tokens  # the chat template's opening blocks, cached by `seen`
+    assert shared < together[1].stats.prompt_tokens // block * block
+    again = engine.generate(_messages(unseen), max_new_tokens=24)  # alone, from the blocks the batch cached
+    assert again.token_ids == expected[unseen].token_ids
+    assert again.stats.cached_prompt_tokens == together[1].stats.prompt_tokens // block * block > shared
+    # a prompt of whole blocks, all cached: its first token from the last block's hidden states
+    ids = engine.encode_prompt(_messages(unseen))[: 3 * block]
+    whole = reference.generate(ids, speculative=False, max_new_tokens=12)
+    assert engine.generate(ids, max_new_tokens=12).token_ids == whole.token_ids
+    batched = _together(engine, [lambda: engine.generate(ids, max_new_tokens=12)])[0]
+    assert batched.token_ids == whole.token_ids and batched.stats.cached_prompt_tokens == 3 * block
+    assert batched.stats.batched
 
 
 @pytest.mark.slow
@@ -390,8 +409,10 @@ def test_constrained_calls_share_the_batch_each_within_its_own_grammar(int4: Swi
         ("What is the weather in Paris?", {"max_new_tokens": 48, "constraint": ToolCallConstraint(tools=(weather,))}),
         ("Describe a fictional person as JSON.", {"max_new_tokens": 6, "constraint": JsonSchemaConstraint(person)}),
         (PROMPTS[0], {"max_new_tokens": 24}),
-        ("Describe a fictional person as JSON.", {"max_new_tokens": 40, "temperature": 0.9, "seed": 5,
-                                                  "constraint": JsonSchemaConstraint(person)}),
+        (
+            "Describe a fictional person as JSON.",
+            {"max_new_tokens": 40, "temperature": 0.9, "seed": 5, "constraint": JsonSchemaConstraint(person)},
+        ),
     ]
     alone = [int4.generate(_messages(p), speculative=False, **kw) for p, kw in calls]
     assert alone[2].finish_reason == "length" and alone[2].stats.grammar_closing_tokens > 0  # closed as alone

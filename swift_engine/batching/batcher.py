@@ -3,15 +3,19 @@
 Why: decoding a small model on a CPU is bound by reading its weights, and on swift's int4/int8
 kernels a pass of 16 rows costs about 1.7 one-row steps (docs/bench/passes), so calls that take turns
 on the model's lock (what they did before) waste nearly all of each pass. Here a call that arrives
-while another runs joins the *batch*: its prompt is prefilled as a call alone would (same blocks, same
-prefix cache), then each pass takes one token of every generation in the batch: rows of all of them
-through the linears together, attention each over its own entries (:mod:`swift_engine.batching.arena`).
+while another runs joins the *batch*: each pass takes every generation's next token (and its free
+drafts, :mod:`~swift_engine.batching.row_drafts`) and the next blocks of the prompts being admitted --
+rows of all of them through the linears together, attention each over its own entries
+(:mod:`swift_engine.batching.arena`).
 
 Exact whatever the company: on swift's kernels a row's products, norms and attention never mix rows
 (row-invariant by construction: native/*.cpp), so each generation's tokens are bitwise those of its
 plain decoding alone -- which greedy SWIFT equals (``tests/test_batching.py`` compares them). A
-batched generation decodes plainly (no drafts, no search, its step's profile untouched): with other
-calls sharing the pass, rows spent on a draft tree would be taken from them.
+prompt's blocks are those a call alone prefills (``prefill_block`` tokens at fixed positions, the
+same prefix cache), each row attending over its own prompt's entries, so they are the same bits in a
+pass of their own or beside others. A batched generation decodes plainly with free drafts (no
+layer-skip drafts, no search, its step's profile untouched): with other calls sharing the pass, model
+passes spent on drafting would be taken from them.
 
 The lifecycle, for each call (:meth:`Batcher.stream`):
 
@@ -20,9 +24,10 @@ The lifecycle, for each call (:meth:`Batcher.stream`):
    token joins the same way, with its cache (:mod:`swift_engine.batching.handover`).
 2. **drive** -- the batch's driver thread (started by the first call to join, gone when the batch is
    empty) takes the model's lock (the engine's own, shared with the calls that decode alone) for each
-   :meth:`Batcher._drive`: drop closed calls, admit waiting ones up to ``batch_rows`` (their prompts
-   prefilled a few blocks between passes, then the first token; or a moved call's cache copied in),
-   run one pass over every admitted call, hand each its token.
+   :meth:`Batcher._drive`: drop closed calls, admit waiting ones up to ``batch_rows`` (a region each,
+   with the prefix cache's blocks of its prompt; or a moved call's cache copied in), run one pass over
+   every admitted call -- a token of each decoding one, the next blocks of the prompts within
+   ``prefill_budget`` -- and hand each its tokens (a prompt's first token after its last block).
 3. **leave** -- a generation that ends (EOS, stop string, ``max_new_tokens``, its caller closing the
    stream or timing out) gives its region back before the next pass.
 """
@@ -41,7 +46,7 @@ import torch
 from swift_engine.batching.arena import KVArena, Region
 from swift_engine.batching.handover import Handover
 from swift_engine.batching.row_drafts import RowDrafts
-from swift_engine.decoding.prefill import prefill_blocks
+from swift_engine.decoding.prefix_cache import CachedBlock
 from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
 from swift_engine.decoding.verification import accept, accept_constrained
@@ -50,7 +55,6 @@ from swift_engine.results import FinishReason, GenerationResult, GenerationStats
 
 if TYPE_CHECKING:
     from swift_engine.decode_loop import EngineParts
-    from swift_engine.model.kv_cache import SwiftKVCache
     from swift_engine.model_thread import ModelThread
 
 logger = logging.getLogger(__name__)
@@ -59,6 +63,9 @@ __all__ = ["Batcher"]
 
 #: how often a caller with nothing to read checks its deadline (s)
 _POLL_S = 0.05
+#: prompt tokens in one pass at most (whole blocks, at least one), whatever the budget: a pass's key index
+#: is [rows, longest row's keys] (a long prompt's last block of 512 rows over 32k keys: 64 MB of int32)
+MAX_PROMPT_ROWS = 512
 
 
 class _Row:
@@ -79,9 +86,11 @@ class _Row:
         self.drafts: RowDrafts | None = None
         self.chunks: deque[StreamChunk] = deque()
         self.region: Region | None = None
-        #: its prompt's prefill while it is admitted, a block at a time (decoding/prefill.py), and the cache it fills
-        self.prefilling: Generator[int, None, tuple[torch.Tensor, int]] | None = None
-        self.cache: SwiftKVCache | None = None
+        #: while admitted: prompt tokens in its region so far, the prefix cache's blocks it began with and
+        #: the whole blocks its passes computed (kept in the prefix cache when the prompt is in)
+        self.prompt_at = 0
+        self.chain: list[CachedBlock] = []
+        self.new_blocks: list[CachedBlock] = []
         self.last = 0  # the token fed next (at the position of the region's next entry)
         self.done = False
         self.closed = False  # the caller went away: leave at the next pass
@@ -259,7 +268,7 @@ class Batcher:
         try:
             self._leave()
             self._admit()
-            if self.active:
+            if self.active or self.admitting:
                 self._pass()
         except BaseException as exc:  # noqa: BLE001 - every caller of the batch hears of it, then it empties
             with self._state:
@@ -282,6 +291,11 @@ class Batcher:
             self._leave_locked(everyone)
 
     def _leave_locked(self, everyone: bool = False) -> None:
+        for row in [r for r in self.admitting if everyone or r.closed]:  # went away before its first token
+            self.admitting.remove(row)
+            if row.region is not None and self._arena is not None:
+                self._arena.close(row.region)
+                row.region = None
         gone = [r for r in self.active if everyone or r.done or r.closed]
         self.active = [r for r in self.active if r not in gone]
         for row in gone:
@@ -290,15 +304,8 @@ class Batcher:
                 row.region = None
 
     def _admit(self) -> None:
-        """Admit waiting calls up to the batch's rows, prefilling their prompts a few blocks per pass.
-
-        While calls decode in the batch, at most ``SwiftConfig.prefill_budget`` prompt tokens are
-        prefilled before the next pass (at least one block, so every prompt gets there): a long prompt
-        delays the others' next tokens by a block or two, not by its whole prefill (vLLM's chunked
-        prefill, in turns rather than in the same pass: on a CPU a prompt block is bound by its
-        products, and sharing a pass with it would save the decoding rows little). With nothing
-        decoding, prompts are prefilled whole. A call whose prefill fails (its timeout) ends alone.
-        """
+        """Admit waiting calls up to the batch's rows: a region each, with the prefix cache's blocks of its
+        prompt (the rest of the prompt comes in the passes: :meth:`_prompt_chunks`), or a moved call's cache."""
         cap = min(self.engine.config.batch_rows, self.engine.runner.max_rows or self.engine.config.batch_rows)
         while True:
             with self._state:
@@ -306,24 +313,10 @@ class Batcher:
                     break
                 row = self.waiting.popleft()
             self._start(row)
-        budget, spent = self.engine.config.prefill_budget, 0
-        for row in list(self.admitting):
-            # the budget holds once anyone decodes (a prompt admitted whole a moment ago included)
-            while row.prefilling is not None and not row.closed and (not (budget and self.active) or spent < budget):
-                try:
-                    spent += next(row.prefilling)
-                except StopIteration as finished:
-                    self._first_token(row, *finished.value)
-                except Exception as exc:  # noqa: BLE001 - its own error (a timeout): the others go on
-                    row.prefilling, row.error = None, exc
-            if row.prefilling is None or row.closed:
-                self._admitted(row)
-            if budget and self.active and spent >= budget:
-                return
 
     def _start(self, row: _Row) -> None:
-        """A region for the call, and its prompt's prefill begun (a moved call's cache is copied in as it
-        is: its prompt was prefilled and its first token picked alone)."""
+        """A region for the call, its prompt's cached blocks loaded there (a moved call's cache is copied in
+        as it is: its prompt was prefilled and its first token picked alone)."""
         engine, runner, request = self.engine, self.engine.runner, row.request
         if self._arena is None:
             assert runner.fast is not None and runner.fast.scripted is not None  # see accepts()
@@ -339,35 +332,79 @@ class Batcher:
             self._admitted(row)
             return
         row.started_prefill = time.perf_counter()
-        # into a cache of the size a call alone has (its attention reads the cache's buffers as they are
-        # laid out), then copied into the region
-        row.cache = runner.new_cache(capacity=len(prompt) + row.max_new_tokens + engine.config.tree.max_tree_tokens + 1)
-        row.prefilling = prefill_blocks(
-            runner,
-            row.cache,
-            prompt,
-            1,
-            block=engine.config.prefill_block,
-            prefix_cache=engine.prefix_cache,
-            check=lambda: request.check_deadline(0),
-        )
+        prefix = engine.prefix_cache
+        chain = prefix.lookup(prompt, runner.kernels) if prefix is not None else []
+        if chain:  # as prefill_blocks loads them: the same entries at the same positions
+            row.region.cache.load(
+                [
+                    (torch.cat([b.kv[i][0] for b in chain], -2), torch.cat([b.kv[i][1] for b in chain], -2))
+                    for i in range(len(chain[0].kv))
+                ]
+            )
+        row.chain, row.prompt_at = chain, len(chain) * engine.config.prefill_block
+        row.stats.cached_prompt_tokens = row.prompt_at
+        if row.prompt_at == len(prompt):  # all of it cached: the first token from the last block's hidden states
+            self._first_token(row, runner.logits(chain[-1].hidden[-1:])[0])
 
-    def _first_token(self, row: _Row, hidden: torch.Tensor, cached: int) -> None:
-        """The prompt is in the row's cache: copy it into the region, pick the first token."""
-        assert row.region is not None and row.cache is not None
-        row.prefilling, row.stats.cached_prompt_tokens = None, cached
-        row.region.cache.load([(k, v) for k, v in row.cache.entries(0, len(row.request.prompt_ids))])
-        row.cache = None
+    def _prompt_chunks(self) -> list[tuple[_Row, int, int]]:
+        """The prompt blocks this pass computes, ``(row, start, end)``: admitted prompts' next blocks (the
+        blocks a call alone prefills, ``prefill_block`` tokens at fixed positions), at most
+        ``SwiftConfig.prefill_budget`` tokens while calls decode (at least one block; 0: no budget),
+        so that a long prompt delays the others' next tokens by a block's rows, not by its whole prefill
+        (vLLM's chunked prefill); at most :data:`MAX_PROMPT_ROWS` in any case. A call whose deadline passed
+        on its way in ends alone."""
+        config = self.engine.config
+        budget = config.prefill_budget if self.active and config.prefill_budget else MAX_PROMPT_ROWS
+        chunks: list[tuple[_Row, int, int]] = []
+        spent = 0
+        for row in list(self.admitting):
+            if row.closed or row.done or row.region is None:
+                continue
+            try:
+                row.request.check_deadline(0)
+            except Exception as exc:  # noqa: BLE001 - its own error (a timeout): the others go on
+                row.error = exc
+                self._admitted(row)
+                continue
+            start, length = row.prompt_at, len(row.request.prompt_ids)
+            while start < length and (not chunks or spent + min(config.prefill_block, length - start) <= budget):
+                end = min(start + config.prefill_block, length)
+                chunks.append((row, start, end))
+                spent += end - start
+                start = end
+        return chunks
+
+    def _prompt_done(self, row: _Row, start: int, end: int, hidden: torch.Tensor, last: torch.Tensor | None) -> None:
+        """A prompt block's entries are in the row's region (``hidden``: its final hidden states ``[n, H]``;
+        ``last``: the logits after the prompt's last token, when this block ends it)."""
+        assert row.region is not None
+        row.region.cache.advance_layers(end - start, [True] * self.engine.runner.num_layers)
+        row.prompt_at = end
+        prompt, prefix = row.request.prompt_ids, self.engine.prefix_cache
+        if prefix is not None and end - start == self.engine.config.prefill_block:
+            row.new_blocks.append(
+                CachedBlock(tuple(prompt[start:end]), row.region.cache.entries(start, end), hidden.clone())
+            )
+        if last is not None:
+            if prefix is not None:
+                prefix.insert(row.chain, row.new_blocks, self.engine.runner.kernels)
+            row.chain, row.new_blocks = [], []
+            self._first_token(row, last)
+
+    def _first_token(self, row: _Row, logits: torch.Tensor) -> None:
+        """The prompt is in the row's region: pick the first token from ``logits`` ``[vocab]``; into the passes."""
         row.stats.prefill_time_s = time.perf_counter() - row.started_prefill
-        row.push(row.pick(self.engine.runner.logits(hidden[-1:])[0]), self.engine.eos_ids)
+        row.push(row.pick(logits), self.engine.eos_ids)
+        self._admitted(row)
 
     def _admitted(self, row: _Row) -> None:
-        """The row's prefill is over: into the passes, or (ended, closed, failed) out of the batch."""
-        row.prefilling, row.cache = None, None
+        """The row's prompt is in: into the passes, or (ended, closed, failed) out of the batch."""
+        row.chain, row.new_blocks = [], []
         if row.error is None and not row.done and not row.closed:
             row.drafts = self._drafts_for(row)
         with self._state:
-            self.admitting.remove(row)
+            if row in self.admitting:
+                self.admitting.remove(row)
             if row.error is None and not row.done and not row.closed:
                 self.active.append(row)
             elif row.region is not None and self._arena is not None:
@@ -415,7 +452,9 @@ class Batcher:
     @torch.inference_mode()
     def _pass(self) -> None:
         """The next token of every active generation, and its free drafts (:mod:`~swift_engine.batching.row_drafts`)
-        where rows are left, in one pass; each keeps its drafts while they are what plain decoding gives."""
+        where rows are left, and admitted prompts' next blocks (:meth:`_prompt_chunks`), in one pass; each
+        generation keeps its drafts while they are what plain decoding gives, and a prompt whose last
+        block this was gets its first token."""
         runner, arena = self.engine.runner, self._arena
         fast = runner.fast
         assert arena is not None and fast is not None and fast.scripted is not None
@@ -423,9 +462,13 @@ class Batcher:
         regions = [r.region for r in rows]
         assert all(reg is not None for reg in regions)
         chains = self._chains(rows)
+        prompts = self._prompt_chunks()
+        if not rows and not prompts:
+            return
         # pass row layout: per generation, its next token, then its draft chain; row (i, j) feeds token
         # j of that run at position L_i + j, writes slot start_i + L_i + j, and sees its generation's
-        # entries and its own run up to itself: index start_i + [0, L_i + j + 1)
+        # entries and its own run up to itself: index start_i + [0, L_i + j + 1). Then the prompt
+        # blocks: row p of a block starting at s feeds prompt token s + p at that position, the same way.
         seq_len = [reg.cache.get_seq_length() for reg in regions]  # type: ignore[union-attr]
         tokens: list[int] = []
         starts: list[int] = []
@@ -435,6 +478,11 @@ class Batcher:
                 tokens.append(tok)
                 starts.append(reg.start)  # type: ignore[union-attr]
                 positions.append(length + j)
+        decoding = len(tokens)
+        for row, begin, end in prompts:
+            tokens += row.request.prompt_ids[begin:end]
+            starts += [row.region.start] * (end - begin)  # type: ignore[union-attr]
+            positions += range(begin, end)
         start_t = torch.tensor(starts, dtype=torch.int32)
         position_t = torch.tensor(positions, dtype=torch.int32)
         lengths = position_t + 1  # [R]: entries each row sees
@@ -445,10 +493,20 @@ class Batcher:
         hidden = dec.embed_tokens.forward(ids)  # [R, H]
         cos, sin = dec.rotary_emb.forward(hidden, position_t.to(device=runner.device, dtype=torch.long)[None])
         out = fast.scripted.rows_of_sequences(hidden, cos, sin, arena.keys, arena.values, index, lengths, slots)
-        logits = runner.logits(dec.norm.forward(out))  # [R, vocab]
+        normed = dec.norm.forward(out)  # [R, H]
+        # the head over the rows that need it: every decoding row, and each prompt's last row
+        ends: list[int] = []  # pass row of each prompt block's last token
+        at = decoding
+        for _, begin, end in prompts:
+            at += end - begin
+            ends.append(at - 1)
+        finished = [i for i, (row, _, end) in enumerate(prompts) if end == len(row.request.prompt_ids)]
+        wanted = list(range(decoding)) + [ends[i] for i in finished]
+        logits = runner.logits(normed[torch.tensor(wanted)]) if wanted else None  # [decoding + finished, vocab]
         with self._state:
             first = 0
             for row, reg, (chain, remembered) in zip(rows, regions, chains, strict=True):
+                assert logits is not None
                 run = logits[first : first + 1 + len(chain)]
                 first += 1 + len(chain)
                 kept, new = 0, []
@@ -462,10 +520,15 @@ class Batcher:
                 # entries kept: the fed token's and the accepted drafts' (rejected slots are rewritten later)
                 reg.cache.advance_layers(1 + kept, [True] * runner.num_layers)  # type: ignore[union-attr]
                 row.stats.verify_steps += 1
-                row.stats.shared_passes += len(rows) > 1
+                row.stats.shared_passes += len(rows) + len(prompts) > 1
                 row.stats.accepted_drafted_tokens += kept
                 row.stats.kv_cache_bytes = arena.region_bytes(reg)  # type: ignore[arg-type]
                 for tok in new:
                     if row.closed or row.done:
                         break
                     row.push(tok, self.engine.eos_ids)
+            at = decoding
+            for i, (row, begin, end) in enumerate(prompts):
+                last = logits[decoding + finished.index(i)] if i in finished and logits is not None else None
+                self._prompt_done(row, begin, end, normed[at : at + end - begin], last)
+                at += end - begin

@@ -110,9 +110,11 @@ def run_passes(model: str | None, dtypes: Sequence[str], kernel_sets: Sequence[s
 
 def passes_markdown(result: dict[str, Any]) -> str:
     """The result as a markdown table (one row per precision and kernel set)."""
-    head = "| dtype | kernels | step ms | MB read / step | share of bandwidth ceiling | " + " | ".join(
-        f"k={k}" for k in ROWS
-    ) + f" | prompt ms/token ({PROMPT_ROWS}-token block)"
+    head = (
+        "| dtype | kernels | step ms | MB read / step | share of bandwidth ceiling | "
+        + " | ".join(f"k={k}" for k in ROWS)
+        + f" | prompt ms/token ({PROMPT_ROWS}-token block)"
+    )
     lines = [
         f"Read bandwidth: {result['read_bandwidth_gb_s']:.1f} GB/s ({result['meta']['threads']} threads); "
         f"passes after a {result['meta']['context']}-token context (half the model's window where that is "
