@@ -69,6 +69,25 @@ def test_the_choice_is_saved_and_reused_until_the_machine_changes(model, tmp_pat
         torch.set_num_threads(threads)
 
 
+def test_a_choice_saved_by_an_older_engine_is_measured_again(model, tmp_path, monkeypatch) -> None:
+    """An older version's file timed passes this engine no longer makes (its prompt blocks): measured again."""
+    first = _engine(model, tmp_path)
+    assert first.kernel_choice is not None  # measured and saved
+    path = kc.kernel_file(measurement_dir(), first.fingerprint, first.runner)
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "version": 1}))
+    measured: list[int] = []
+    real = kc.measure_kernels
+
+    def counted(runner, *args, **kwargs):  # type: ignore[no-untyped-def]
+        measured.append(1)
+        return real(runner, *args, **kwargs)
+
+    monkeypatch.setattr(kc, "measure_kernels", counted)
+    assert _engine(model, tmp_path).kernel_choice is not None and measured == [1]
+    assert json.loads(path.read_text())["version"] == kc._VERSION
+
+
 def test_a_bad_choice_file_is_measured_again(model, tmp_path, caplog) -> None:
     engine = _engine(model, tmp_path)
     path = kc.kernel_file(measurement_dir(), engine.fingerprint, engine.runner)
