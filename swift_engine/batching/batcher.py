@@ -502,7 +502,8 @@ class Batcher:
             ends.append(at - 1)
         finished = [i for i, (row, _, end) in enumerate(prompts) if end == len(row.request.prompt_ids)]
         wanted = list(range(decoding)) + [ends[i] for i in finished]
-        logits = runner.logits(normed[torch.tensor(wanted)]) if wanted else None  # [decoding + finished, vocab]
+        head_rows = normed if len(wanted) == len(tokens) else normed[torch.tensor(wanted, dtype=torch.long)]
+        logits = runner.logits(head_rows) if wanted else None  # [decoding + finished, vocab]
         with self._state:
             first = 0
             for row, reg, (chain, remembered) in zip(rows, regions, chains, strict=True):
