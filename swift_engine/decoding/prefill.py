@@ -16,6 +16,17 @@ from swift_engine.model.kv_cache import SwiftKVCache
 from swift_engine.model.runner import ModelRunner
 
 
+def load_blocks(cache: SwiftKVCache, chain: list[CachedBlock]) -> None:
+    """Start the empty ``cache`` from the prefix cache's ``chain`` (every layer's entries, block after block)."""
+    if chain:
+        cache.load(
+            [
+                (torch.cat([b.kv[i][0] for b in chain], -2), torch.cat([b.kv[i][1] for b in chain], -2))
+                for i in range(len(chain[0].kv))
+            ]
+        )
+
+
 def prefill(
     runner: ModelRunner,
     cache: SwiftKVCache,
@@ -61,13 +72,7 @@ def prefill_blocks(
     tag = runner.kernels
     chain = prefix_cache.lookup(prompt_ids, tag) if prefix_cache is not None else []
     hidden: list[torch.Tensor] = [b.hidden for b in chain]  # each [block, H]
-    if chain:
-        cache.load(
-            [
-                (torch.cat([b.kv[i][0] for b in chain], -2), torch.cat([b.kv[i][1] for b in chain], -2))
-                for i in range(len(chain[0].kv))
-            ]
-        )
+    load_blocks(cache, chain)
     start = cached = len(chain) * block
     new: list[CachedBlock] = []
     device = runner.device
