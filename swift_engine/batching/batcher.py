@@ -46,6 +46,7 @@ import torch
 from swift_engine.batching.arena import KVArena, Region
 from swift_engine.batching.handover import Handover
 from swift_engine.batching.row_drafts import RowDrafts
+from swift_engine.decoding.prefill import load_blocks
 from swift_engine.decoding.prefix_cache import CachedBlock
 from swift_engine.decoding.sampling import call_generator, pick
 from swift_engine.decoding.stopping import TextStream
@@ -334,13 +335,7 @@ class Batcher:
         row.started_prefill = time.perf_counter()
         prefix = engine.prefix_cache
         chain = prefix.lookup(prompt, runner.kernels) if prefix is not None else []
-        if chain:  # as prefill_blocks loads them: the same entries at the same positions
-            row.region.cache.load(
-                [
-                    (torch.cat([b.kv[i][0] for b in chain], -2), torch.cat([b.kv[i][1] for b in chain], -2))
-                    for i in range(len(chain[0].kv))
-                ]
-            )
+        load_blocks(row.region.cache, chain)  # as a call alone: the same entries at the same positions
         row.chain, row.prompt_at = chain, len(chain) * engine.config.prefill_block
         row.stats.cached_prompt_tokens = row.prompt_at
         if row.prompt_at == len(prompt):  # all of it cached: the first token from the last block's hidden states
@@ -494,14 +489,15 @@ class Batcher:
         cos, sin = dec.rotary_emb.forward(hidden, position_t.to(device=runner.device, dtype=torch.long)[None])
         out = fast.scripted.rows_of_sequences(hidden, cos, sin, arena.keys, arena.values, index, lengths, slots)
         normed = dec.norm.forward(out)  # [R, H]
-        # the head over the rows that need it: every decoding row, and each prompt's last row
-        ends: list[int] = []  # pass row of each prompt block's last token
+        # the head over the rows that need it: every decoding row, and the last row of each prompt that ends here
+        wanted = list(range(decoding))
+        last_logits: dict[int, int] = {}  # prompt block -> its row of the logits
         at = decoding
-        for _, begin, end in prompts:
+        for i, (row, begin, end) in enumerate(prompts):
             at += end - begin
-            ends.append(at - 1)
-        finished = [i for i, (row, _, end) in enumerate(prompts) if end == len(row.request.prompt_ids)]
-        wanted = list(range(decoding)) + [ends[i] for i in finished]
+            if end == len(row.request.prompt_ids):
+                last_logits[i] = len(wanted)
+                wanted.append(at - 1)
         head_rows = normed if len(wanted) == len(tokens) else normed[torch.tensor(wanted, dtype=torch.long)]
         logits = runner.logits(head_rows) if wanted else None  # [decoding + finished, vocab]
         with self._state:
@@ -530,6 +526,6 @@ class Batcher:
                     row.push(tok, self.engine.eos_ids)
             at = decoding
             for i, (row, begin, end) in enumerate(prompts):
-                last = logits[decoding + finished.index(i)] if i in finished and logits is not None else None
+                last = logits[last_logits[i]] if i in last_logits and logits is not None else None
                 self._prompt_done(row, begin, end, normed[at : at + end - begin], last)
                 at += end - begin
