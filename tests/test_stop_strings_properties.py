@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swift_engine.decoding.stopping import StopStrings, TextStream
+from swift_engine.decoding.stopping import StopStrings, TextStream, text_decoder
 
 from .chat_templates import family_tokenizer
 
@@ -88,3 +88,22 @@ def test_bad_stop_strings_are_one_clear_error() -> None:
     for bad in ([""], [None], ["ok", 3]):
         with pytest.raises(ValueError, match="stop strings must be non-empty strings"):
             StopStrings(bad)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_fast_decoder_is_decode(smol, byte_tok, data: st.DataObject) -> None:
+    """The backend shortcut gives ``decode``'s text for any ids, special tokens included."""
+    for tok in (smol.tokenizer, byte_tok):
+        ids = data.draw(st.lists(st.integers(0, len(tok) - 1), max_size=8))
+        assert text_decoder(tok)(ids) == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_the_fast_decoder_goes_around_transformers_only_where_that_is_exact(smol) -> None:
+    import copy
+
+    tok = smol.tokenizer
+    assert text_decoder(tok).func == tok.backend_tokenizer.decode  # type: ignore[attr-defined]
+    cleaning = copy.copy(tok)
+    cleaning.clean_up_tokenization_spaces = True  # transformers would post-process: keep its decode
+    assert not hasattr(text_decoder(cleaning), "func")

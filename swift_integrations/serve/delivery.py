@@ -1,7 +1,7 @@
 """How a generation call reaches the client: a whole reply, or an SSE stream, with the engine in a worker thread.
 
 The engine is synchronous, so its events come through
-:func:`~swift_integrations.async_bridge.aiter_in_thread`. A generation has a deadline (the call's
+:func:`~swift_integrations.async_bridge.abatches_in_thread`. A generation has a deadline (the call's
 ``timeout``) so a stuck client cannot hold the model; a client that goes away stops it: a
 non-streamed request is abandoned at the disconnect (:func:`generate_while_connected`), and a
 stream's task is cancelled, which closes the engine's stream, which stops it after its current
@@ -34,19 +34,18 @@ async def generate(call: "GenerationCall") -> "Final":
     import anyio
 
     from swift_integrations._generation import Final, generation_events
-    from swift_integrations.async_bridge import aiter_in_thread
+    from swift_integrations.async_bridge import abatches_in_thread
 
-    events = cast(AsyncGenerator[Any, None], aiter_in_thread(lambda: generation_events(call), name="swift-serve"))
+    batches = cast(AsyncGenerator[Any, None], abatches_in_thread(lambda: generation_events(call), name="swift-serve"))
     final = None
     try:
-        async for ev in events:
-            if isinstance(ev, Final):
-                final = ev
+        async for batch in batches:
+            final = next((ev for ev in batch if isinstance(ev, Final)), final)
     except Exception as exc:  # noqa: BLE001 - mapped to an HTTP error
         raise engine_error(exc) from None
     finally:
         with anyio.CancelScope(shield=True):
-            await events.aclose()  # cancelled too (the client left): the engine stops after this step
+            await batches.aclose()  # cancelled too (the client left): the engine stops after this step
     assert final is not None
     return final
 
@@ -98,67 +97,83 @@ async def streamed(
     chunk: Any,
     include_usage: bool,
 ) -> "StreamingResponse":
-    """An SSE response; the first event is computed before the headers go, so early errors get a status."""
+    """An SSE response; the first event is computed before the headers go, so early errors get a status.
+
+    What the engine released while the loop was busy goes out as one write: the content of
+    consecutive deltas as one chunk, and the final chunk, the usage and ``[DONE]`` together (see
+    :func:`~swift_integrations.async_bridge.abatches_in_thread`). A client sees the same text in
+    fewer chunks; on a loaded server each write is a system call the loop makes holding the GIL.
+    """
     import anyio
     from fastapi.responses import StreamingResponse
     from starlette.background import BackgroundTask
 
     from swift_integrations._generation import Delta, Final, generation_events
-    from swift_integrations.async_bridge import aiter_in_thread
+    from swift_integrations.async_bridge import abatches_in_thread
 
-    events = cast(
-        AsyncGenerator[Any, None], aiter_in_thread(lambda: generation_events(call), name="swift-serve-stream")
+    batches = cast(
+        AsyncGenerator[Any, None], abatches_in_thread(lambda: generation_events(call), name="swift-serve-stream")
     )
-
-    async def next_event() -> Any:
-        try:
-            return await events.__anext__()
-        except StopAsyncIteration:
-            return None
 
     async def first_events() -> list[Any]:
         got: list[Any] = []
-        while True:  # Start, then the first Delta or Final (the engine has begun or failed)
-            ev = await next_event()
-            if ev is None:
-                return got
-            got.append(ev)
-            if isinstance(ev, (Delta, Final)):
-                return got
+        async for batch in batches:  # Start, then the first Delta or Final (the engine has begun or failed)
+            got.extend(batch)
+            if any(isinstance(ev, (Delta, Final)) for ev in batch):
+                break
+        return got
 
     try:
         primed = await first_events()
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            await events.aclose()
+            await batches.aclose()
         slot.release()
         raise engine_error(exc) if isinstance(exc, Exception) else exc from None
 
     def sse(obj: Any) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+    def events_text(events: list[Any]) -> tuple[str, bool]:
+        """The SSE text of ``events`` (consecutive deltas merged), and whether the reply ended."""
+        out: list[str] = []
+        text: list[str] = []
+        for ev in events:
+            if isinstance(ev, Delta) and ev.text:
+                text.append(ev.text)
+            elif isinstance(ev, Final):
+                if text:
+                    out.append(sse(chunk(text="".join(text))))
+                    text = []
+                out.append(sse(chunk(text=ev.tail, final=ev)))
+                if include_usage:
+                    out.append(sse(chunk(usage_of=ev)))
+                out.append("data: [DONE]\n\n")
+                return "".join(out), True
+        if text:
+            out.append(sse(chunk(text="".join(text))))
+        return "".join(out), False
+
     async def body() -> AsyncIterator[str]:
         try:
-            yield sse(chunk(role=True))
-            pending = list(primed)
-            while True:
-                ev = pending.pop(0) if pending else await next_event()
-                if ev is None:
+            text, done = events_text(primed)
+            yield sse(chunk(role=True)) + text
+            while not done:
+                try:
+                    batch = await batches.__anext__()
+                except StopAsyncIteration:
+                    yield "data: [DONE]\n\n"
                     break
-                if isinstance(ev, Delta) and ev.text:
-                    yield sse(chunk(text=ev.text))
-                elif isinstance(ev, Final):
-                    yield sse(chunk(text=ev.tail, final=ev))
-                    if include_usage:
-                        yield sse(chunk(usage_of=ev))
-            yield "data: [DONE]\n\n"
+                text, done = events_text(batch)
+                if text:
+                    yield text
         except Exception as exc:  # noqa: BLE001 - headers are sent: the error becomes an event
             yield sse(engine_error(exc).body())
             yield "data: [DONE]\n\n"
         finally:
             # a client that left cancels this task: close the engine's stream all the same
             with anyio.CancelScope(shield=True):
-                await events.aclose()
+                await batches.aclose()
             slot.release()
 
     return StreamingResponse(
