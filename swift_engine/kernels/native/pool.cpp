@@ -1,4 +1,5 @@
-// The kernels' worker threads: spinning briefly between parallel loops, then sleeping.
+// The kernels' worker threads: spinning briefly between parallel loops, then sleeping; a loop's
+// pieces go to whichever thread claims them first.
 //
 // Why not at::parallel_for (OpenMP): libgomp gives every thread that runs a parallel region a team
 // of its own, and once more threads are managed than there are CPUs (a second Python thread using
@@ -40,6 +41,16 @@ constexpr auto SPIN = std::chrono::milliseconds(2);
 // a few microseconds, so its loops still find the worker spinning.
 constexpr auto YIELD_AFTER = std::chrono::microseconds(20);
 
+// a loop's pieces per thread: the calling thread and the workers claim pieces until none is left, so
+// when a worker is late (another thread of the process, or another process, has its CPU: a server's
+// event loop, its clients) the caller does the late worker's share instead of spinning for it. Why:
+// with one contiguous piece per thread, the caller of a server's pass under load spent about half its
+// CPU waiting for a descheduled worker (perf, 2-vCPU Zen 4, docs/bench/measurements.md#late-workers).
+constexpr int64_t PIECES_PER_THREAD = 4;
+
+// how long the caller spins for pieces still running on workers before it offers its CPU away
+constexpr auto CALLER_YIELD_AFTER = std::chrono::microseconds(50);
+
 thread_local bool in_worker = false;
 
 class Pool {
@@ -52,33 +63,65 @@ class Pool {
     }
     std::lock_guard<std::mutex> one_job(submit_);  // callers from several threads take turns
     start(threads - 1);
-    const int64_t chunk = (n + threads - 1) / threads;
+    const int64_t chunk = (n + threads * PIECES_PER_THREAD - 1) / (threads * PIECES_PER_THREAD);
+    const uint64_t pieces = static_cast<uint64_t>((n + chunk - 1) / chunk);
     fn_ = &fn;
     n_ = n;
     chunk_ = chunk;
     error_ = nullptr;
-    pending_.store(threads - 1, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t generation = (job_.load(std::memory_order_relaxed) >> 16) + 1;
+    // the claims' word: (generation << 32) | (pieces << 16) | next piece; a claim is a successful
+    // compare-exchange of it, so a worker that comes late to a job (or to a later one) can only claim
+    // a piece of the job still posted, whose fields above stay valid until all its pieces are done
+    claim_.store((generation & 0xFFFFFFFF) << 32 | pieces << 16, std::memory_order_release);
     // the job's generation and thread count in one word: a worker past the count (the pool may hold
-    // more workers than a job uses, after set_num_threads) learns it from that word alone and reads
-    // none of the fields above, which the next job may be writing already
-    job_.store(((job_.load(std::memory_order_relaxed) >> 16) + 1) << 16 | static_cast<uint64_t>(threads),
-               std::memory_order_release);
+    // more workers than a job uses, after set_num_threads) learns it from that word alone
+    job_.store(generation << 16 | static_cast<uint64_t>(threads), std::memory_order_release);
     if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> lock(sleep_);
       wake_.notify_all();
     }
-    std::exception_ptr own;
-    try {
-      fn(0, std::min(n, chunk));
-    } catch (...) {
-      own = std::current_exception();
+    const std::exception_ptr own = claim_pieces(generation);
+    if (done_.load(std::memory_order_acquire) < pieces) {
+      const auto waiting_since = std::chrono::steady_clock::now();
+      int spins = 0;
+      while (done_.load(std::memory_order_acquire) < pieces) {
+        _mm_pause();
+        if (++spins % 16 == 0 && std::chrono::steady_clock::now() - waiting_since > CALLER_YIELD_AFTER) sched_yield();
+      }
     }
-    while (pending_.load(std::memory_order_acquire) > 0) _mm_pause();
     if (own) std::rethrow_exception(own);
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
+  // run pieces of job `generation` until none is left to claim, from any thread; the first error is
+  // returned, and after it the pieces this thread claims are counted without running (the caller
+  // waits for every piece, and rethrows)
+  std::exception_ptr claim_pieces(uint64_t generation) {
+    std::exception_ptr error;
+    uint64_t word = claim_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((word >> 32) != (generation & 0xFFFFFFFF)) return error;  // a later job's word: this one is done
+      const uint64_t next = word & 0xFFFF, pieces = (word >> 16) & 0xFFFF;
+      if (next >= pieces) return error;
+      if (!claim_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        continue;  // another thread claimed first (word now holds what it wrote)
+      }
+      if (!error) {
+        const int64_t begin = static_cast<int64_t>(next) * chunk_, end = std::min(n_, begin + chunk_);
+        try {
+          (*fn_)(begin, end);
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      word = claim_.load(std::memory_order_acquire);
+    }
+  }
+
   void start(int workers) {
     if (pid_ != getpid()) {  // a forked child: the parent's threads are not here
       threads_alive_.clear();
@@ -118,23 +161,19 @@ class Pool {
       seen = job >> 16;
       wanted = index < static_cast<int>(job & 0xFFFF);
       if (!wanted) continue;  // not in this job (more workers than it uses): never spins against those that are
-      const int64_t begin = index * chunk_, end = std::min(n_, begin + chunk_);
-      if (begin < end) {
-        try {
-          (*fn_)(begin, end);
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(sleep_);
-          if (!error_) error_ = std::current_exception();
-        }
+      if (std::exception_ptr error = claim_pieces(seen)) {
+        std::lock_guard<std::mutex> lock(sleep_);
+        if (!error_) error_ = error;
       }
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
   std::mutex submit_, sleep_;
   std::condition_variable wake_;
-  std::atomic<uint64_t> job_{0};  // (generation << 16) | threads of the job posted last
-  std::atomic<int> pending_{0}, sleepers_{0};
+  std::atomic<uint64_t> job_{0};    // (generation << 16) | threads of the job posted last
+  std::atomic<uint64_t> claim_{0};  // (generation << 32) | (pieces << 16) | next piece to claim
+  std::atomic<uint64_t> done_{0};   // pieces of the posted job finished
+  std::atomic<int> sleepers_{0};
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunk_ = 0;
   std::exception_ptr error_;
