@@ -82,7 +82,7 @@ class Pool {
       std::lock_guard<std::mutex> lock(sleep_);
       wake_.notify_all();
     }
-    const std::exception_ptr own = claim_pieces(generation);
+    const std::exception_ptr own = claim_pieces(generation, true);
     if (done_.load(std::memory_order_acquire) < pieces) {
       const auto waiting_since = std::chrono::steady_clock::now();
       int spins = 0;
@@ -96,10 +96,11 @@ class Pool {
   }
 
  private:
-  // run pieces of job `generation` until none is left to claim, from any thread; the first error is
-  // returned, and after it the pieces this thread claims are counted without running (the caller
-  // waits for every piece, and rethrows)
-  std::exception_ptr claim_pieces(uint64_t generation) {
+  // run pieces of job `generation` until none is left to claim, from any thread. The first error of
+  // the calling thread is returned, a worker's is kept in error_ -- either before its piece is
+  // counted, so the caller, which waits for every piece, sees it; after an error the pieces this
+  // thread claims are counted without running.
+  std::exception_ptr claim_pieces(uint64_t generation, bool caller) {
     std::exception_ptr error;
     uint64_t word = claim_.load(std::memory_order_acquire);
     for (;;) {
@@ -115,6 +116,10 @@ class Pool {
           (*fn_)(begin, end);
         } catch (...) {
           error = std::current_exception();
+          if (!caller) {
+            std::lock_guard<std::mutex> lock(sleep_);
+            if (!error_) error_ = error;
+          }
         }
       }
       done_.fetch_add(1, std::memory_order_acq_rel);
@@ -161,10 +166,7 @@ class Pool {
       seen = job >> 16;
       wanted = index < static_cast<int>(job & 0xFFFF);
       if (!wanted) continue;  // not in this job (more workers than it uses): never spins against those that are
-      if (std::exception_ptr error = claim_pieces(seen)) {
-        std::lock_guard<std::mutex> lock(sleep_);
-        if (!error_) error_ = error;
-      }
+      claim_pieces(seen, false);
     }
   }
 
