@@ -88,7 +88,6 @@ class TextStream:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: StopStrings) -> None:
-        self.tokenizer = tokenizer
         self.stops = stops
         self.ids: list[int] = []
         self.text = ""
