@@ -159,9 +159,12 @@ def test_constrained_cases_and_the_reply_validator() -> None:
 @pytest.mark.slow
 def test_constrained_only_run_is_exact_and_always_valid(tmp_path) -> None:
     path = tmp_path / "constrained.json"
-    assert main(["--constrained-only", "--constrained-max-new-tokens", "16", "--no-progress", "--json", str(path)]) == 0
+    # --quick: the first case of each kind (the whole set's exactness, case by case: tests/test_constraints.py)
+    argv = ["--constrained-only", "--quick", "--constrained-max-new-tokens", "16", "--no-progress"]
+    assert main([*argv, "--json", str(path)]) == 0
     summary = json.loads(path.read_text())["constrained"]["summary"]
-    assert summary["all"]["cases"] == 8 and summary["all"]["exact"] is True
+    assert summary["all"]["cases"] == 2 and summary["all"]["exact"] is True
+    assert summary["json"]["cases"] == summary["tools"]["cases"] == 1
     assert summary["all"]["constrained_valid_rate"] == 1.0  # budget-cut replies are closed by the grammar
     assert summary["all"]["median_speedup_vs_hf"] > 0
 

@@ -246,7 +246,11 @@ def bench(
     ] = False,
     quick: Annotated[
         bool,
-        typer.Option("--quick", help=f"Smoke test: 1 prompt per class, {QUICK_MAX_NEW_TOKENS} tokens, 1 warm-up call."),
+        typer.Option(
+            "--quick",
+            help=f"Smoke test: 1 prompt per class, {QUICK_MAX_NEW_TOKENS} tokens, 1 warm-up call; "
+            "1 structured-output case per kind.",
+        ),
     ] = False,
     json_path: Annotated[
         Optional[str],
@@ -420,7 +424,7 @@ def bench(
             if llama is not None:
                 result["meta"]["llama_cpp"] = {"version": llama.version, "gguf": llama.gguf, "threads": llama.threads}
         if constrained or constrained_only:
-            result["constrained"] = run_constrained(engine, constrained_max_new_tokens, not no_progress)
+            result["constrained"] = run_constrained(engine, constrained_max_new_tokens, not no_progress, quick)
     result["meta"]["argv"] = list(ctx.meta.get(_ARGV_KEY, sys.argv[1:]))
     write_outputs(result, markdown, json_path)
     status = _exit_status(result)

@@ -180,13 +180,16 @@ def _warm_rounds(bench: Bench, prompts: Sequence[BenchPrompt], baselines: list[s
                 bar.update()
 
 
-def run_constrained(engine: Any, max_new_tokens: int, progress: bool) -> dict[str, Any]:
-    """``--constrained``: the structured-output cases (:mod:`swift_integrations.bench.constrained`)."""
+def run_constrained(engine: Any, max_new_tokens: int, progress: bool, quick: bool = False) -> dict[str, Any]:
+    """``--constrained``: the structured-output cases (:mod:`swift_integrations.bench.constrained`); with
+    ``quick``, the first case of each kind (a JSON reply, a forced tool call)."""
     from tqdm.auto import tqdm
 
     from swift_integrations.bench.constrained import load_cases, run_constrained_benchmark
 
     cases = load_cases()
+    if quick:
+        cases = [case for i, case in enumerate(cases) if case.kind not in {c.kind for c in cases[:i]}]
     with tqdm(total=2 * len(cases), desc="swift-bench constrained", unit="case", disable=not progress) as bar:
         return run_constrained_benchmark(Bench(engine, max_new_tokens), cases, max_new_tokens, progress=bar)
 
