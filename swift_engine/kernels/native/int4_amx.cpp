@@ -201,6 +201,7 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
     quantize_row(a + r * K, static_cast<int>(K), static_cast<int>(group), xq + r * K, dq + r * groups, qs + r * groups);
   parallel_for(blocks * panels, [&](int64_t begin, int64_t end) {
     int configured = -1;
+    __m512i* codes = vnni ? codes_buffer() : nullptr;  // (one look-up of a thread-local a piece, not a block)
     for (int64_t i = begin; i < end; ++i) {
       const int64_t nb = i % blocks, mp = i / blocks;
       const int n0 = static_cast<int>(nb * BLOCK_N), cols = static_cast<int>(std::min<int64_t>(BLOCK_N, N - n0));
@@ -212,7 +213,7 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
       const int ldsz = static_cast<int>(N * 2);
       const float* rs = sums + m0 * groups;
       if (vnni && cols == BLOCK_N) {
-        vnni_block(xq + m0 * K, K, rows, dq + m0 * groups, qs + m0 * groups, rs, bp, sp, ldsz, cp, N, K, group);
+        vnni_block(xq + m0 * K, K, rows, dq + m0 * groups, qs + m0 * groups, rs, bp, sp, ldsz, cp, N, K, group, codes);
         continue;
       }
       if (!amx) {  // (with vnni: a partial last block, 16..48 columns, for every row count)

@@ -49,7 +49,7 @@ inline void multiply(const bf16_t* a, int lda, int k, const __m512i* codes, __m5
     const __m512bh pair = reinterpret_cast<__m512bh>(
         _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(a + static_cast<int64_t>(r) * lda + k)));
     for (int c = 0; c < COLS; ++c)
-      part[r][c] = _mm512_dpbf16_ps(part[r][c], pair, reinterpret_cast<__m512bh>(codes[c]));
+      part[r][c] = dpbf16(part[r][c], pair, reinterpret_cast<__m512bh>(codes[c]));
   }
 }
 

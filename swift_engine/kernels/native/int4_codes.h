@@ -103,10 +103,12 @@ inline float row_sum(const bf16_t* a, int count) {
 void avx512_block(int cols, const bf16_t* a, int lda, int rows, const float* sums, const uint8_t* b, const bf16_t* sz,
                   int ldsz, bf16_t* out, int ldc, int K, int group);
 
-// The int8-activation path (int4_vnni.cpp): a row's inputs quantized per group, and one full block.
+// The int8-activation path (int4_vnni.cpp): a row's inputs quantized per group, and one full block
+// (`codes`: the calling thread's codes_buffer(), asked for once for all its blocks).
 void quantize_row(const bf16_t* x, int K, int group, int8_t* xq, float* scale, int32_t* qsum);
+__m512i* codes_buffer();
 void vnni_block(const int8_t* xq, int ldq, int rows, const float* d, const int32_t* qsum, const float* sums,
-                const uint8_t* b, const bf16_t* sz, int ldsz, bf16_t* out, int ldc, int K, int group);
+                const uint8_t* b, const bf16_t* sz, int ldsz, bf16_t* out, int ldc, int K, int group, __m512i* codes);
 
 }  // namespace int4
 

@@ -53,7 +53,7 @@ inline void quad_rows(const bf16_t* x, int K, const int8_t* w, const bf16_t* con
       else wv[o] = to_bf16_weights(w + static_cast<int64_t>(o) * K + k);
     for (int r = 0; r < ROWS; ++r) {
       const __m512bh xv = load_pairs(x + static_cast<int64_t>(r) * K + k);
-      for (int o = 0; o < QUAD; ++o) acc[r][o] = _mm512_dpbf16_ps(acc[r][o], xv, wv[o]);
+      for (int o = 0; o < QUAD; ++o) acc[r][o] = dpbf16(acc[r][o], xv, wv[o]);
     }
   }
   for (int r = 0; r < ROWS; ++r)

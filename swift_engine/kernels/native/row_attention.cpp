@@ -159,9 +159,10 @@ void vector_scores(const bf16_t* kh, int64_t ks1, int lo, int hi, int d, const u
     for (int w = 0; w < d / 2; ++w) {
       const __m512bh qv = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi32(lanes, qt32 + w * n));
       for (int u = 0; u < 4; ++u)
-        acc[u] = _mm512_dpbf16_ps(acc[u], reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(kw[u][w]))), qv);
+        acc[u] = dpbf16(acc[u], reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(kw[u][w]))), qv);
     }
-    for (int u = 0; u < keys; ++u) _mm512_mask_storeu_ps(scores + static_cast<size_t>(j0 - lo + u) * ld, lanes, acc[u]);
+    for (int u = 0; u < 4; ++u)  // (every u a constant: acc stays in registers, not on the stack)
+      if (u < keys) _mm512_mask_storeu_ps(scores + static_cast<size_t>(j0 - lo + u) * ld, lanes, acc[u]);
   }
 }
 
