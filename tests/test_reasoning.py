@@ -502,3 +502,35 @@ def test_llamaindex_history_goes_back_as_the_template_wants(thinker) -> None:
             {"role": "user", "content": "Again"},
         ],
     )
+
+
+# ====================================================================================== over HTTP
+
+
+def test_the_server_returns_the_reasoning_apart_whole_and_streamed(thinker) -> None:
+    """``/v1/chat/completions`` gives a reasoning model's thinking in ``reasoning_content`` (message and
+    deltas, as vLLM and DeepSeek's API do), never in ``content``: it used to be dropped altogether."""
+    import json
+
+    import httpx
+
+    from swift_integrations.serve import create_app
+
+    from .test_serve import running
+
+    body = {"model": "thinker", "messages": HI, "max_tokens": 64, "temperature": 0}
+    with running(create_app(thinker, model_name="thinker")) as url:
+        whole = httpx.post(url + "/v1/chat/completions", json=body, timeout=120).json()
+        message = whole["choices"][0]["message"]
+        assert message["content"] == ANSWER and message["reasoning_content"] == THOUGHT
+        deltas = []
+        with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    deltas += [c["delta"] for c in json.loads(line[6:])["choices"]]
+    thoughts = [d["reasoning_content"] for d in deltas if "reasoning_content" in d]
+    texts = [d["content"] for d in deltas if d.get("content")]
+    assert "".join(thoughts) == THOUGHT and "".join(texts) == ANSWER
+    first_text = next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert all("reasoning_content" not in d for d in deltas[first_text + 1 :])  # thinking comes first
+    assert not any("<think>" in t or "</think>" in t for t in texts)

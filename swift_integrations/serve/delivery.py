@@ -134,24 +134,31 @@ async def streamed(
     def sse(obj: Any) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+    def merged(text: list[str], reasoning: list[str]) -> str:
+        """One chunk of consecutive deltas (a reply's reasoning all comes before its content, so one
+        chunk may hold the end of one and the start of the other); nothing if they were empty."""
+        if not text and not reasoning:
+            return ""
+        thinking = {"reasoning": "".join(reasoning)} if reasoning else {}  # (only chat chunks have it)
+        return sse(chunk(text="".join(text), **thinking))
+
     def events_text(events: list[Any]) -> tuple[str, bool]:
         """The SSE text of ``events`` (consecutive deltas merged), and whether the reply ended."""
         out: list[str] = []
         text: list[str] = []
+        reasoning: list[str] = []
         for ev in events:
-            if isinstance(ev, Delta) and ev.text:
-                text.append(ev.text)
+            if isinstance(ev, Delta):
+                text += [ev.text] if ev.text else []
+                reasoning += [ev.reasoning] if ev.reasoning else []
             elif isinstance(ev, Final):
-                if text:
-                    out.append(sse(chunk(text="".join(text))))
-                    text = []
+                out.append(merged(text, reasoning))
                 out.append(sse(chunk(text=ev.tail, final=ev)))
                 if include_usage:
                     out.append(sse(chunk(usage_of=ev)))
                 out.append("data: [DONE]\n\n")
                 return "".join(out), True
-        if text:
-            out.append(sse(chunk(text="".join(text))))
+        out.append(merged(text, reasoning))
         return "".join(out), False
 
     async def body() -> AsyncIterator[str]:

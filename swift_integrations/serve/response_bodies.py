@@ -74,8 +74,11 @@ def finish_reason(final: "Final") -> str:
 
 
 def chat_completion(final: "Final", *, rid: str, created: int, model: str) -> dict[str, Any]:
-    """A whole ``chat.completion``: the reply's text, or its tool calls."""
+    """A whole ``chat.completion``: the reply's text, or its tool calls; a reasoning model's thinking in
+    ``reasoning_content`` (the field vLLM and DeepSeek's API use; clients that don't know it skip it)."""
     message: dict[str, Any] = {"role": "assistant", "content": final.content or None}
+    if final.reasoning:
+        message["reasoning_content"] = final.reasoning
     calls = openai_tool_calls(final)
     if calls:
         message["tool_calls"] = calls
@@ -95,6 +98,7 @@ def chat_completion(final: "Final", *, rid: str, created: int, model: str) -> di
 def chat_completion_chunk(
     text: str = "",
     *,
+    reasoning: str = "",
     role: bool = False,
     final: "Final | None" = None,
     usage_of: "Final | None" = None,
@@ -103,12 +107,15 @@ def chat_completion_chunk(
     model: str,
     include_usage: bool,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk``: the role (first), a text delta, the final one, or the usage one."""
+    """One ``chat.completion.chunk``: the role (first), a delta (a reasoning model's thinking in
+    ``reasoning_content``, which comes before any content), the final one, or the usage one."""
     out: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
     if usage_of is not None:
         out.update(choices=[], usage=usage(usage_of), swift=swift_stats(usage_of))
         return out
     delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+    if reasoning:
+        delta["reasoning_content"] = reasoning
     if text:
         delta["content"] = text
     finish = None
