@@ -220,9 +220,13 @@ class DecodeCall:
             )
             self.drafters += drafters_for_call(drafting)
         produced, past = 1, len(prompt_ids)
+        # the search's budget counts decoding from here: not the prefill, nor the per-call set-up above
+        # (the draft head and the context drafters read the whole prompt), nor the caller's time with the
+        # first token -- a long prompt must not buy a search that its short reply then pays for
+        search_clock = time.perf_counter()
         while produced < max_new_tokens:
             remaining = max_new_tokens - produced
-            session.maybe_search(runner, cache, past, decode_start, head)
+            session.maybe_search(runner, cache, past, search_clock, head)
             proposals = propose(self.drafters, root, past, remaining - 1) if remaining > 1 else []
             tree = build_tree(root, proposals, cfg.tree, budget=min(remaining, runner.max_rows or remaining))
             verdict = self._verify(cache, tree, past, timed=session.speculative)
