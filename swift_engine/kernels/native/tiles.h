@@ -20,8 +20,8 @@ inline __m512 load_bf16(const bf16_t* p) {
 // acc + the dot products of a's and b's bfloat16 pairs (VDPBF16PS) / u8's unsigned and s8's signed byte
 // quads (VPDPBUSD), written as the instructions themselves. Through the intrinsics GCC 12 moved every
 // accumulator of an unrolled loop to another register and back on each step, or kept them on the stack
-// (docs/bench/measurements.md#vnni-moves): SmolLM2's 210 int4 one-row products took 4.75 ms, 3.39 ms this
-// way. Same instructions, same operands: the same bits.
+// (docs/bench/measurements.md#vnni-moves): SmolLM2's 210 int4 one-row products took 4.7-5.1 ms, 3.3-4.1 ms
+// this way. Same instructions, same operands: the same bits.
 inline __m512 dpbf16(__m512 acc, __m512bh a, __m512bh b) {
   asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
   return acc;
