@@ -34,6 +34,12 @@ constexpr int QUAD = 4;        // weight rows multiplied together
 // the read bandwidth (SmolLM2's 28 MB head after a step: 1.70-1.85 ms -> 1.33-1.36 ms; Qwen2.5-Coder's
 // 8-row pass 37.0 -> 29.9 ms; docs/bench/measurements.md#head-prefetch).
 constexpr int PREFETCH_ROWS = 16;
+// Up to this many rows the weights stream in row by row (quad_rows_by_output), beyond it a group of four
+// rows at a time (quad_rows): the same bits either way. Row by row, one row of Qwen2.5-Coder's 136 MB head
+// took 0.50-0.54x the time (4.6-5.6 ms against 9.3-10.4 after flushing the caches), SmolLM2's 0.57-0.84x;
+// 4 rows 0.83-1.0x; from 8 rows on it was 1.3-2x slower, as each weight vector serves fewer rows at once
+// (docs/bench/measurements.md#head-by-row).
+constexpr int BY_OUTPUT_ROWS = 4;
 
 template <int ROWS>
 inline void quad_rows(const int8_t* xq, int K, const float* d, const float* correction, const int8_t* w,
@@ -65,6 +71,34 @@ inline void quad_rows(const int8_t* xq, int K, const float* d, const float* corr
     for (int o = 0; o < QUAD; ++o) sums[r * lds + o] = _mm512_reduce_add_ps(acc[r][o]) - correction[r];
 }
 
+// The same sums as quad_rows, weight row by weight row: each row's groups in order, then the next row
+// (quad_rows takes a group of all four rows, then the next group). Every output's float sequence is
+// quad_rows' own, so the bits are too; what changes is the order the weights stream in.
+template <int ROWS>
+inline void quad_rows_by_output(const int8_t* xq, int K, const float* d, const float* correction, const int8_t* w,
+                                float* sums, int lds) {
+  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int groups = K / VNNI_GROUP;
+  for (int o = 0; o < QUAD; ++o) {
+    const int8_t* wo = w + static_cast<int64_t>(o) * K;
+    __m512 acc[FUSED_ROWS];
+    for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
+    for (int g = 0; g < groups; ++g) {
+      _mm_prefetch(reinterpret_cast<const char*>(wo + static_cast<int64_t>(PREFETCH_ROWS) * K + g * VNNI_GROUP),
+                   _MM_HINT_T0);
+      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wo + g * VNNI_GROUP), sign);
+      for (int r = 0; r < ROWS; ++r) {
+        const __m512i xv = _mm512_loadu_si512(xq + static_cast<int64_t>(r) * K + g * VNNI_GROUP);
+        const float* dr = d + r * 2 * groups + 2 * g;
+        const __m512 dg = _mm512_insertf32x8(_mm512_set1_ps(dr[0]), _mm256_set1_ps(dr[1]), 1);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dg, acc[r]);
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) sums[r * lds + o] = _mm512_reduce_add_ps(acc[r]) - correction[r];
+  }
+}
+
 template <typename OUT>
 void block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
            const bf16_t* scales, OUT* out, int ldc, int outputs) {
@@ -77,6 +111,15 @@ void block(const int8_t* xq, int K, int rows, const float* d, const float* corre
       const int8_t* x = xq + static_cast<int64_t>(r0) * K;
       const float *dr = d + r0 * 2 * groups, *cr = correction + r0;
       float* s = sums + r0 * MAX_OUT + n;
+      if (rows <= BY_OUTPUT_ROWS) {
+        switch (std::min(FUSED_ROWS, rows - r0)) {
+          case 1: quad_rows_by_output<1>(x, K, dr, cr, wq, s, MAX_OUT); break;
+          case 2: quad_rows_by_output<2>(x, K, dr, cr, wq, s, MAX_OUT); break;
+          case 3: quad_rows_by_output<3>(x, K, dr, cr, wq, s, MAX_OUT); break;
+          default: quad_rows_by_output<4>(x, K, dr, cr, wq, s, MAX_OUT); break;
+        }
+        continue;
+      }
       switch (std::min(FUSED_ROWS, rows - r0)) {
         case 1: quad_rows<1>(x, K, dr, cr, wq, s, MAX_OUT); break;
         case 2: quad_rows<2>(x, K, dr, cr, wq, s, MAX_OUT); break;
