@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from swift_engine import SwiftConfig, SwiftEngine
+from swift_engine.kernels.int8_tiles import pack_tiles, tiles_wanted
 from swift_engine.kernels.native_build import (
     REQUIRED_FLAGS,
     build,
@@ -85,6 +86,31 @@ def test_a_row_gets_the_same_bits_in_a_pass_of_any_size_and_place(kind: str, n: 
         assert torch.equal(product(x[order].contiguous(), weight, scales), alone[order])
 
 
+needs_tiles = pytest.mark.skipif(
+    not tiles_wanted(),
+    reason="swift's int8 kernel reads tiles on the AVX-512 VNNI path only (not loaded, or AMX here)",
+)
+
+
+@needs_tiles
+@pytest.mark.parametrize("n,k", [(960, 576), (48, 64), (16, 32)])
+def test_int8_tiles_are_the_rows_in_the_vnni_layout_and_give_the_rows_bits_in_any_pass(n: int, k: int) -> None:
+    weight, scales = _weights("int8", n, k, seed=n * k)
+    tiles = pack_tiles(weight)
+    assert tiles.dtype == torch.uint8 and tiles.shape == (n // 16, k // 4, 16, 4)
+    # tile t, input quad q, output o, byte j: weight row 16 t + o, input 4 q + j, stored as w + 128
+    rows = (tiles.to(torch.int16) - 128).permute(0, 2, 1, 3).reshape(n, k)
+    assert torch.equal(rows, weight.to(torch.int16))
+    x = torch.randn(40, k, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    with native_products():
+        alone = torch.cat([int8_product(x[i : i + 1], weight, scales, tiles) for i in range(len(x))])
+        assert torch.equal(int8_product(x, weight, scales), alone)  # the rows, packed by the call itself
+        for count in range(2, len(x) + 1):
+            assert torch.equal(int8_product(x[:count].contiguous(), weight, scales, tiles), alone[:count]), count
+        float_head = torch.ops.swift_kernels.int8_mm_float(x, tiles, scales)
+        assert torch.equal(float_head, alone.float())
+
+
 @needs_native
 def test_an_int8_heads_float_logits_are_its_bfloat16_outputs_widened_in_one_pass() -> None:
     head = Int8Linear(nn.Linear(96, 208, bias=False))
@@ -143,6 +169,14 @@ def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_ke
         drafted += res.stats.accepted_drafted_tokens
     assert drafted > 0  # trees of several rows were verified on the native kernel
     assert engine.runner.max_rows == engine.config.tree.max_tree_tokens  # and it held at every size
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert int8  # an int4 model's output head is int8
+    if tiles_wanted():  # every int8 layer read as tiles; q/k/v stacked as one view
+        assert all(m.tiles is not None for m in int8)
+        fast = engine.runner.fast
+        assert fast is not None and (
+            precision == "int4" or all(p is not None and p.tiles is not None for p in fast._qkv)
+        )
     linear = next(m for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear)))
     x = torch.randn(3, linear.in_features).to(torch.bfloat16)
     outside = linear(x)  # other users of the model keep PyTorch's kernel

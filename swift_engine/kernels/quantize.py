@@ -148,10 +148,13 @@ def int8_native_fits(qweight: torch.Tensor) -> bool:
     return qweight.shape[0] % 16 == 0 and qweight.shape[1] % INT4_GROUP == 0
 
 
-def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The int8 product of a 2-D contiguous bfloat16 ``x``, on the kernel the calling context chose."""
+def int8_product(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tiles: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The int8 product of a 2-D contiguous bfloat16 ``x``, on the kernel the calling context chose
+    (swift's reads ``tiles``, the weights in its VNNI layout, where given: :attr:`Int8Linear.tiles`)."""
     if _NATIVE.get() and int8_native_fits(qweight):
-        return torch.ops.swift_kernels.int8_mm(x, qweight, scales)
+        return torch.ops.swift_kernels.int8_mm(x, qweight if tiles is None else tiles, scales)
     return torch.ops.aten._weight_int8pack_mm(x, qweight, scales)
 
 
@@ -160,12 +163,14 @@ def dequantizing() -> bool:
     return _DEQUANTIZED.get() is not None
 
 
-def kernel_operands(linear: object) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(weight, scales) of a bias-free weight-only linear as its kernel takes them; None for other layers."""
+def kernel_operands(linear: object, native: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight, scales) of a bias-free weight-only linear as its kernel takes them (``native``: swift's
+    kernel, which reads an int8 layer's :attr:`~Int8Linear.tiles` where it has them); None for other layers."""
     if type(linear) is Int4Linear and linear.bias is None:
         return linear.qweight, linear.scales_zeros
     if type(linear) is Int8Linear and linear.bias is None:
-        return linear.qweight, linear.scales
+        tiles = linear.tiles if native else None
+        return linear.qweight if tiles is None else tiles, linear.scales
     return None
 
 
@@ -181,7 +186,8 @@ def direct_product(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
         return None
     weight, scales = operands
     if type(linear) is Int8Linear:
-        return lambda x: int8_product(x, weight, scales)
+        tiles = linear.tiles
+        return lambda x: int8_product(x, weight, scales, tiles)
     return lambda x: int4_product(x, weight, scales)
 
 
@@ -199,6 +205,11 @@ def _shell(cls: type[nn.Module], linear: nn.Linear, names: tuple[str, ...], kept
 
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights and per-row scales; the same call signature and shapes."""
+
+    #: the weights in swift's VNNI kernel's layout (:func:`~swift_engine.kernels.int8_tiles.pack_int8_tiles`),
+    #: which its products read in place of ``qweight``; None: ``qweight`` (PyTorch's kernel, AMX, no VNNI).
+    #: Not a parameter: model fingerprints, state dicts and the quantized cache see ``qweight`` only.
+    tiles: torch.Tensor | None = None
 
     def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
@@ -226,7 +237,9 @@ class Int8Linear(nn.Module):
         work = _DEQUANTIZED.get()
         if work is not None:
             return nn.functional.linear(x.to(self.scales.dtype), self.dense_weight(work), p.get("bias"))
-        return int8_linear(x, cast(torch.Tensor, p["qweight"]), cast(torch.Tensor, p["scales"]), p.get("bias"))
+        return int8_linear(
+            x, cast(torch.Tensor, p["qweight"]), cast(torch.Tensor, p["scales"]), p.get("bias"), self.tiles
+        )
 
     def float_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """``self(x).float()``, with the same bits; in one pass on swift's kernel where it computes this layer.
@@ -238,8 +251,9 @@ class Int8Linear(nn.Module):
         qweight = cast(torch.Tensor, p["qweight"])
         if _NATIVE.get() and _DEQUANTIZED.get() is None and p.get("bias") is None and int8_native_fits(qweight):
             scales = cast(torch.Tensor, p["scales"])
+            weight = qweight if self.tiles is None else self.tiles
             return _weight_only(
-                x, scales.dtype, None, lambda x2: torch.ops.swift_kernels.int8_mm_float(x2, qweight, scales)
+                x, scales.dtype, None, lambda x2: torch.ops.swift_kernels.int8_mm_float(x2, weight, scales)
             )
         return self(x).float()
 
@@ -259,9 +273,13 @@ class Int8Linear(nn.Module):
 
 
 def int8_linear(
-    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    tiles: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return _weight_only(x, scales.dtype, bias, lambda x2: int8_product(x2, qweight, scales))
+    return _weight_only(x, scales.dtype, bias, lambda x2: int8_product(x2, qweight, scales, tiles))
 
 
 def _weight_only(
@@ -547,7 +565,7 @@ def _stack_siblings(parent: nn.Module) -> int:
     return 1
 
 
-def _spanning(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+def spanning_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """A view over ``tensors`` stacked on dim 0 where they lie that way in one buffer, else None."""
     first = tensors[0]
     base, offset = first.untyped_storage().data_ptr(), first.storage_offset()
@@ -587,11 +605,15 @@ class FusedProduct:
         self.sizes = [m.out_features for m in linears]
         #: what the kernel takes: the stacked weights (a view of the modules' own), their scales, the biases
         self.weight = weight
+        #: the stacked weights in swift's VNNI layout (a view of the modules' own tiles), where they have them
+        self.tiles: torch.Tensor | None = None
+        if isinstance(linears[0], Int8Linear) and all(cast(Int8Linear, m).tiles is not None for m in linears):
+            self.tiles = spanning_view([cast(torch.Tensor, cast(Int8Linear, m).tiles) for m in linears])
         biases = [m.bias for m in linears]
-        self.bias = None if biases[0] is None else _spanning(cast(list[torch.Tensor], biases))
+        self.bias = None if biases[0] is None else spanning_view(cast(list[torch.Tensor], biases))
         self.scales: torch.Tensor
         if isinstance(linears[0], Int8Linear):
-            self.scales = cast(torch.Tensor, _spanning([cast(Int8Linear, m).scales for m in linears]))
+            self.scales = cast(torch.Tensor, spanning_view([cast(Int8Linear, m).scales for m in linears]))
         else:
             self.scales = torch.cat([cast(Int4Linear, m).scales_zeros for m in linears], dim=1)
 
@@ -601,11 +623,11 @@ class FusedProduct:
         if not _stackable(linears):
             return None
         same = cast(list[Int8Linear | Int4Linear], linears)
-        weight = _spanning([m.qweight for m in same])
+        weight = spanning_view([m.qweight for m in same])
         int8 = isinstance(same[0], Int8Linear)
-        if weight is None or (int8 and _spanning([cast(Int8Linear, m).scales for m in same]) is None):
+        if weight is None or (int8 and spanning_view([cast(Int8Linear, m).scales for m in same]) is None):
             return None
-        if same[0].bias is not None and _spanning([cast(torch.Tensor, m.bias) for m in same]) is None:
+        if same[0].bias is not None and spanning_view([cast(torch.Tensor, m.bias) for m in same]) is None:
             return None
         return cls(same, weight)
 
@@ -616,7 +638,7 @@ class FusedProduct:
         if x.dtype != self.scales.dtype:
             x = x.to(self.scales.dtype)
         if isinstance(self.linears[0], Int8Linear):
-            y = int8_product(x, self.weight, self.scales)
+            y = int8_product(x, self.weight, self.scales, self.tiles)
         else:
             y = int4_product(x, self.weight, self.scales)
         return y if self.bias is None else y + self.bias

@@ -22,12 +22,14 @@ from swift_engine.attach import attached
 from swift_engine.kernels import row_attention
 from swift_engine.kernels.batch_invariance import kept_invariant_rows, largest_invariant_rows
 from swift_engine.kernels.cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
+from swift_engine.kernels.int8_tiles import pack_int8_tiles, pack_tiles, tiles_wanted
 from swift_engine.kernels.native_build import kernels_label, native_status
 from swift_engine.kernels.quantize import (
     Int8Linear,
     dequantize_available,
     dequantized,
     int8_linear,
+    int8_native_fits,
     native_products,
     quantized_precision,
 )
@@ -67,6 +69,9 @@ class ModelRunner:
         if lm_head is None:
             raise UnsupportedArchitectureError(f"{type(model).__name__} has no output embeddings (LM head)")
         self.lm_head: nn.Linear = lm_head
+        # swift's int8 kernel on VNNI reads its own layout: packed before the fast path binds the weights
+        if kernels != "torch" and quantized_precision(model) in ("int4", "int8") and tiles_wanted():
+            pack_int8_tiles(model)
         #: the decoder stack without the module plumbing, bitwise the same (None: the modules run;
         #: other architectures, or hooked modules; see fast_forward.py)
         self.fast: FastDecoder | None = FastDecoder.for_model(model, self.decoder, self.skipper)
@@ -330,7 +335,9 @@ class ModelRunner:
         head = self.lm_head
         if isinstance(head, Int8Linear):
             qweight, scales, qbias = head.rows(vocab)
-            return lambda h: int8_linear(h, qweight, scales, qbias)
+            # in swift's VNNI layout once here, not for every call (int8_tiles.py)
+            tiles = pack_tiles(qweight) if head.tiles is not None and int8_native_fits(qweight) else None
+            return lambda h: int8_linear(h, qweight, scales, qbias, tiles)
         w = head.weight.index_select(0, vocab)
         b = getattr(head, "bias", None)
         b = None if b is None else b.index_select(0, vocab)

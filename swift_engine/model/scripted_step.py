@@ -171,6 +171,7 @@ class ScriptedStep:
         weights: list[torch.Tensor],
         scales: list[torch.Tensor],
         int4: bool,
+        native_weights: list[torch.Tensor],
     ) -> None:
         attn = layers[0].self_attn
         self._norm_weights = [
@@ -182,6 +183,8 @@ class ScriptedStep:
             for n in (layer.input_layernorm, layer.post_attention_layernorm)
         ]
         self._weights, self._scales, self._int4 = weights, scales, int4
+        #: what swift's kernel reads: int8 layers' tiles where they have them (int8_tiles.py), else ``weights``
+        self._native_weights = native_weights
         self._no_index = torch.zeros(0, dtype=torch.int32)
         biases = [p.bias for p in qkv]
         self._qkv_bias = [b for b in biases if b is not None]
@@ -208,6 +211,7 @@ class ScriptedStep:
             return None
         int4 = kinds == {Int4Linear}
         weights: list[torch.Tensor] = []
+        native_weights: list[torch.Tensor] = []
         scales: list[torch.Tensor] = []
         for layer, fused in zip(layers, stacked, strict=True):
             if not all(type(n).__name__ in _RMS_NORMS for n in (layer.input_layernorm, layer.post_attention_layernorm)):
@@ -218,15 +222,17 @@ class ScriptedStep:
             if any(p is None for p in products) or any((type(m) is Int4Linear) != int4 for m in linears):
                 return None
             weights.append(fused.weight)
+            native_weights.append(fused.weight if fused.tiles is None else fused.tiles)
             scales.append(fused.scales)
-            for product in products:
+            for m, product in zip(linears, products, strict=True):
                 assert product is not None
                 weights.append(product[0])
+                native_weights.append(cast(tuple[torch.Tensor, torch.Tensor], kernel_operands(m, native=True))[0])
                 scales.append(product[1])
         if _scripted() is None:
             return None
         logger.info("decoder passes of this %s model run as one call", "int4" if int4 else "int8")
-        return cls(layers, stacked, weights, scales, int4)
+        return cls(layers, stacked, weights, scales, int4, native_weights)
 
     def _kinds(self) -> tuple[int, bool] | None:
         """This call's product kernel and whether attention is native (inside ``native_products``);
@@ -359,7 +365,7 @@ class ScriptedStep:
             sin,
             self._norm_weights,
             self._norm_eps,
-            self._weights,
+            self._native_weights if kind == INT8_NATIVE else self._weights,
             self._scales,
             self._qkv_bias,
             keys,

@@ -37,10 +37,11 @@ void avx512_block(const bf16_t* x, int K, int rows, const int8_t* w, const bf16_
                   int outputs);
 void avx512_block(const bf16_t* x, int K, int rows, const int8_t* w, const bf16_t* scales, float* out, int ldc,
                   int outputs);
-// int8_vnni.cpp: the product on inputs rounded to int8 per group of 64
-void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+// int8_vnni.cpp: the product on inputs rounded to int8 per group of 32, from the weights packed in tiles
+void pack_vnni(const int8_t* w, int64_t N, int K, uint8_t* packed);
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const int32_t* offsets, const uint8_t* w,
                 const bf16_t* scales, bf16_t* out, int ldc, int outputs);
-void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const int32_t* offsets, const uint8_t* w,
                 const bf16_t* scales, float* out, int ldc, int outputs);
 }  // namespace int8
 
@@ -141,49 +142,66 @@ void block(const bf16_t* packed, int rows, const int8_t* w, const bf16_t* scales
 
 namespace {
 
-// out [M, N] = x [M, K] times the int8 weight [N, K] (its rows scaled), in bfloat16, or widened to float32
+// Whether `weight` is int8_pack's layout ([N / 16, K / 4, 16, 4] bytes), and the product's N and K
+bool packed_shape(const at::Tensor& weight, int64_t& N, int64_t& K) {
+  const bool packed = weight.dim() == 4;
+  N = packed ? weight.size(0) * 16 : weight.size(0);
+  K = packed ? weight.size(1) * 4 : weight.size(1);
+  return packed;
+}
+
+// out [M, N] = x [M, K] times the int8 weight [N, K] (its rows scaled), in bfloat16, or widened to float32.
+// With AVX-512 VNNI and no AMX the weight may be int8_pack's copy of it (else it is packed for this call).
 template <typename OUT>
 at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const char* name) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(), name,
               ": x must be a contiguous 2-D bfloat16 CPU tensor");
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
-                  scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() && scales.numel() == weight.size(0),
-              name, ": weight must be contiguous [N, K] int8 with [N] bfloat16 scales");
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  TORCH_CHECK(weight.size(1) == K && K % TILE_K == 0 && N % 16 == 0, name,
+  int64_t N = 0, K = 0;
+  const bool packed_weight = packed_shape(weight, N, K);
+  TORCH_CHECK(((weight.dim() == 2 && weight.scalar_type() == at::kChar) ||
+               (packed_weight && weight.scalar_type() == at::kByte && weight.size(2) == 16 && weight.size(3) == 4)) &&
+                  weight.is_contiguous() && scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() &&
+                  scales.numel() == N,
+              name, ": weight must be contiguous [N, K] int8 (or int8_pack's copy) with [N] bfloat16 scales");
+  const int64_t M = x.size(0);
+  TORCH_CHECK(x.size(1) == K && K % TILE_K == 0 && N % 16 == 0, name,
               ": needs K % 32 == 0, N % 16 == 0 and x's K to match the weight's");
+  const bool amx = amx_granted();  // else the AVX-512 paths, which read the rows as they are
+  // without AMX, inputs rounded to int8 and the weights in tiles (int8_vnni.cpp), for every row count
+  const bool vnni = !amx && uses_vnni();
+  TORCH_CHECK(vnni || !packed_weight, name, ": int8_pack's layout is for the AVX-512 VNNI path (uses_vnni())");
   at::Tensor out = at::empty({M, N}, x.options().dtype(sizeof(OUT) == 2 ? at::kBFloat16 : at::kFloat));
   if (M == 0 || N == 0) return out;
   const auto* a = reinterpret_cast<const bf16_t*>(x.const_data_ptr());
-  const auto* w = weight.const_data_ptr<int8_t>();
+  const auto* w = reinterpret_cast<const int8_t*>(weight.const_data_ptr());
   const auto* s = reinterpret_cast<const bf16_t*>(scales.const_data_ptr());
   auto* c = reinterpret_cast<OUT*>(out.data_ptr());
-  const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
-  const bool amx = amx_granted();  // else the AVX-512 paths, which read the rows as they are
-  // without AMX, inputs rounded to int8 (int8_vnni.cpp) where K takes whole vectors of 64, for every row count
-  const bool vnni = !amx && uses_vnni() && K % VNNI_GROUP == 0;
-  const int64_t groups = K / 32;  // the inputs' groups (two per 64-input vector of int8_vnni.cpp)
+  const int64_t groups = K / 32;  // the inputs' groups of int8_vnni.cpp
   thread_local std::vector<int8_t> quantized;
-  thread_local std::vector<float> group_scales, corrections;
+  thread_local std::vector<float> group_scales;
   thread_local std::vector<int32_t> group_qsums;
+  at::Tensor tiles;  // a [N, K] weight packed for this call (int8_pack's layout; freed after it)
+  const uint8_t* wt = reinterpret_cast<const uint8_t*>(w);
   if (vnni) {
     quantized.resize(std::max<size_t>(quantized.size(), M * K));
     group_scales.resize(std::max<size_t>(group_scales.size(), M * groups));
     group_qsums.resize(std::max<size_t>(group_qsums.size(), M * groups));
-    corrections.resize(std::max<size_t>(corrections.size(), M));
     for (int64_t r = 0; r < M; ++r) {
-      float* d = group_scales.data() + r * groups;
-      const int32_t* q = group_qsums.data() + r * groups;
-      int4::quantize_row(a + r * K, static_cast<int>(K), 32, quantized.data() + r * K, d,
-                         group_qsums.data() + r * groups);
-      float correction = 0.0f;  // 128 * sum_g d_g * sum(xq in g), in group order
-      for (int64_t g = 0; g < groups; ++g) correction += d[g] * static_cast<float>(q[g]);
-      corrections[r] = 128.0f * correction;
+      int32_t* q = group_qsums.data() + r * groups;
+      int4::quantize_row(a + r * K, static_cast<int>(K), 32, quantized.data() + r * K, group_scales.data() + r * groups, q);
+      for (int64_t g = 0; g < groups; ++g) q[g] *= -128;  // each group's sum starts here (int8_vnni.cpp)
+    }
+    if (!packed_weight) {
+      tiles = at::empty({N * K}, weight.options().dtype(at::kByte));
+      int8::pack_vnni(w, N, static_cast<int>(K), tiles.data_ptr<uint8_t>());
+      wt = tiles.const_data_ptr<uint8_t>();
     }
   }
   // (the workers of the loop below see other threads' thread_locals: they get these pointers)
   const int8_t* xq = quantized.data();
-  const float *dq = group_scales.data(), *cq = corrections.data();
+  const float* dq = group_scales.data();
+  const int32_t* oq = group_qsums.data();
+  const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
   thread_local std::vector<bf16_t> packed;  // every panel's B tiles, each [K / 32][16][rows][2] (AMX)
   if (amx) packed.resize(std::max<size_t>(packed.size(), M * K));
   bf16_t* pk = packed.data();
@@ -205,7 +223,8 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
       const int k = static_cast<int>(K), ldc = static_cast<int>(N);
       if (vnni) {
         const int64_t r0 = p * AMX_ROWS;
-        int8::vnni_block(xq + r0 * K, k, rows, dq + r0 * groups, cq + r0, wp, s + n0, cp, ldc, 16 * tiles);
+        int8::vnni_block(xq + r0 * K, k, rows, dq + r0 * groups, oq + r0 * groups, wt + n0 * K, s + n0, cp, ldc,
+                         16 * tiles);
         continue;
       }
       if (!amx) {
@@ -235,6 +254,18 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
 // the second pass over [M, N] (an output head's logits: 16 x 49152 values are ~0.3 ms to widen)
 at::Tensor int8_mm_float(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
   return int8_product<float>(x, weight, scales, "swift_kernels::int8_mm_float");
+}
+
+// The int8 weight [N, K] in the VNNI path's layout ([N / 16, K / 4, 16, 4] unsigned bytes w + 128;
+// int8_vnni.cpp), which int8_mm takes in its place: a copy that int8_mm would otherwise make per call.
+at::Tensor int8_pack(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
+                  weight.size(0) % 16 == 0 && weight.size(1) % TILE_K == 0,
+              "swift_kernels::int8_pack: weight must be contiguous [N, K] int8 with N % 16 == 0, K % 32 == 0");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  at::Tensor packed = at::empty({N / 16, K / 4, 16, 4}, weight.options().dtype(at::kByte));
+  int8::pack_vnni(weight.const_data_ptr<int8_t>(), N, static_cast<int>(K), packed.data_ptr<uint8_t>());
+  return packed;
 }
 
 }  // namespace swift_kernels

@@ -6,18 +6,26 @@
 // output head (Qwen's is 136 MB, a third of its step) and int8 models' every layer were the slowest
 // part of a step on the Zen 4 VM (docs/bench/measurements.md#without-amx).
 //
-// How: each row's inputs are rounded to int8 per group of 32 (int4_vnni.cpp's quantize_row), and for a
-// weight row w (signed) the unsigned operand is w + 128 (one XOR of the sign bit):
-//   sum_k x[k] w[k] ~ sum_g d_g * (sum_{k in g} xq[k] (w[k] + 128)) - 128 * sum_g d_g * sum_{k in g} xq[k]
-// so per 64 weights and row: one VPDPBUSD into 16 int32 lanes (8 per group), converted and scaled by
-// their groups' d;
-// the lanes are summed once at the end and the row's correction (the second term) subtracted, then the
-// output's scale applied and the result rounded to bfloat16 (or widened from that, for the float head).
+// Layout: the weights [N, K] as tiles of 16 outputs, [N / 16][K / 4][16 outputs][4 inputs], each code
+// stored as the unsigned byte w + 128 (pack_vnni). One VPDPBUSD then multiplies 16 outputs by 4 inputs
+// of a row (broadcast from memory), so a group of 32 inputs adds up as integers in one register per
+// 16 outputs, with one conversion and one multiply-add per group -- where the rows' order [N][K] took
+// one conversion and multiply-add per VPDPBUSD, and passes of 8-16 rows were bound by those
+// instructions (the head of Qwen2.5-Coder at 16 rows: 0.58-0.62x the time in this layout;
+// docs/bench/kernels/int8-head-layout.md).
+//
+// How: each row's inputs are rounded to int8 per group of 32 (int4_vnni.cpp's quantize_row: scale d_g,
+// codes xq). A group's sum starts at -128 * sum(xq in g) and takes the VPDPBUSDs of (w + 128) and xq:
+//   S_g = sum_{k in g} xq[k] w[k]  -- an exact integer, however it is added up;
+// then, per output, in group order: acc = fma(float(S_g), d_g, acc), and the output is acc times the
+// weight row's scale, rounded to bfloat16 (or widened from that, for the float head).
 //
 // Bits: an output depends only on its input row and its weight row -- the row's own quantization,
-// exact integer group sums, one fixed float sequence -- whichever rows share the pass.
+// exact integer group sums, one fixed float sequence -- whichever rows share the pass and however the
+// pass is split into row and output blocks.
 
 #include "int4_codes.h"
+#include "pool.h"
 #include "tiles.h"
 
 #include <algorithm>
@@ -27,105 +35,84 @@ namespace swift_kernels {
 namespace int8 {
 namespace {
 
-constexpr int FUSED_ROWS = 4;  // rows per pass over four weight rows (16 accumulators)
-constexpr int QUAD = 4;        // weight rows multiplied together
-// Weight rows read ahead of the ones multiplied (software prefetch, one line per row and vector of 64):
-// a one-row head product is bound by memory, and the hardware's prefetchers alone reached about half
-// the read bandwidth (SmolLM2's 28 MB head after a step: 1.70-1.85 ms -> 1.33-1.36 ms; Qwen2.5-Coder's
-// 8-row pass 37.0 -> 29.9 ms; docs/bench/measurements.md#head-prefetch).
-constexpr int PREFETCH_ROWS = 16;
-// Up to this many rows the weights stream in row by row (quad_rows_by_output), beyond it a group of four
-// rows at a time (quad_rows): the same bits either way. Row by row, one row of Qwen2.5-Coder's 136 MB head
-// took 0.50-0.54x the time (4.6-5.6 ms against 9.3-10.4 after flushing the caches), SmolLM2's 0.57-0.84x;
-// 4 rows 0.83-1.0x; from 8 rows on it was 1.3-2x slower, as each weight vector serves fewer rows at once
-// (docs/bench/measurements.md#head-by-row).
-constexpr int BY_OUTPUT_ROWS = 4;
+constexpr int GROUP = 32;       // inputs per scale of the rounded rows
+constexpr int CHUNKS = GROUP / 4;  // VPDPBUSDs per group and 16 outputs
+constexpr int ROW_BLOCK = 8;    // rows whose sums stay in registers together
+// 64-byte lines read ahead in a tile's stream (software prefetch beside the hardware's; a one-row head
+// product is bound by memory)
+constexpr int PREFETCH_LINES = 16;
 
-template <int ROWS>
-inline void quad_rows(const int8_t* xq, int K, const float* d, const float* correction, const int8_t* w,
-                      float* sums, int lds) {
-  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
-  const int groups = K / VNNI_GROUP;
-  __m512 acc[FUSED_ROWS][QUAD];
-  for (int r = 0; r < ROWS; ++r)
-    for (int o = 0; o < QUAD; ++o) acc[r][o] = _mm512_setzero_ps();
-  for (int g = 0; g < groups; ++g) {
-    __m512i wv[QUAD];
-    for (int o = 0; o < QUAD; ++o)  // past the last row: a prefetch never faults
-      _mm_prefetch(reinterpret_cast<const char*>(w + static_cast<int64_t>(o + PREFETCH_ROWS) * K + g * VNNI_GROUP),
-                   _MM_HINT_T0);
-    for (int o = 0; o < QUAD; ++o)
-      wv[o] = _mm512_xor_si512(_mm512_loadu_si512(w + static_cast<int64_t>(o) * K + g * VNNI_GROUP), sign);
-    for (int r = 0; r < ROWS; ++r) {
-      const __m512i xv = _mm512_loadu_si512(xq + static_cast<int64_t>(r) * K + g * VNNI_GROUP);
-      // lanes 0-7 hold the first 32 inputs' sums, 8-15 the next 32's: each group of 32 its own scale
-      const float* dr = d + r * 2 * groups + 2 * g;
-      const __m512 dg = _mm512_insertf32x8(_mm512_set1_ps(dr[0]), _mm256_set1_ps(dr[1]), 1);
-      for (int o = 0; o < QUAD; ++o) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[o], xv);
-        acc[r][o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dg, acc[r][o]);
-      }
-    }
-  }
-  for (int r = 0; r < ROWS; ++r)
-    for (int o = 0; o < QUAD; ++o) sums[r * lds + o] = _mm512_reduce_add_ps(acc[r][o]) - correction[r];
+// acc + VPDPBUSD(u8, the four signed bytes at s8 broadcast to every lane), the broadcast folded into
+// the instruction (tiles.h says why the products are written as instructions)
+inline __m512i dpbusd_broadcast(__m512i acc, __m512i u8, const int8_t* s8) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*reinterpret_cast<const int32_t*>(s8)));
+  return acc;
 }
 
-// The same sums as quad_rows, weight row by weight row: each row's groups in order, then the next row
-// (quad_rows takes a group of all four rows, then the next group). Every output's float sequence is
-// quad_rows' own, so the bits are too; what changes is the order the weights stream in.
-template <int ROWS>
-inline void quad_rows_by_output(const int8_t* xq, int K, const float* d, const float* correction, const int8_t* w,
-                                float* sums, int lds) {
-  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
-  const int groups = K / VNNI_GROUP;
-  for (int o = 0; o < QUAD; ++o) {
-    const int8_t* wo = w + static_cast<int64_t>(o) * K;
-    __m512 acc[FUSED_ROWS];
-    for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
-    for (int g = 0; g < groups; ++g) {
-      _mm_prefetch(reinterpret_cast<const char*>(wo + static_cast<int64_t>(PREFETCH_ROWS) * K + g * VNNI_GROUP),
-                   _MM_HINT_T0);
-      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wo + g * VNNI_GROUP), sign);
+// sums[r][16 t + lane] for ROWS rows and TILES tiles of 16 outputs (w: the first tile, tile_bytes apart)
+template <int ROWS, int TILES>
+inline void tiles_rows(const int8_t* xq, int K, const float* d, const int32_t* offsets, const uint8_t* w,
+                       int64_t tile_bytes, float* sums, int lds) {
+  const int groups = K / GROUP;
+  __m512 acc[ROWS][TILES];
+  for (int r = 0; r < ROWS; ++r)
+    for (int t = 0; t < TILES; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    __m512i dot[ROWS][TILES];
+    for (int r = 0; r < ROWS; ++r)
+      for (int t = 0; t < TILES; ++t) dot[r][t] = _mm512_set1_epi32(offsets[r * groups + g]);
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int64_t line = static_cast<int64_t>(g * CHUNKS + c) * 64;
+      __m512i wv[TILES];
+      for (int t = 0; t < TILES; ++t) {  // past the last tile: a prefetch never faults
+        _mm_prefetch(reinterpret_cast<const char*>(w + t * tile_bytes + line + PREFETCH_LINES * 64), _MM_HINT_T0);
+        wv[t] = _mm512_loadu_si512(w + t * tile_bytes + line);
+      }
       for (int r = 0; r < ROWS; ++r) {
-        const __m512i xv = _mm512_loadu_si512(xq + static_cast<int64_t>(r) * K + g * VNNI_GROUP);
-        const float* dr = d + r * 2 * groups + 2 * g;
-        const __m512 dg = _mm512_insertf32x8(_mm512_set1_ps(dr[0]), _mm256_set1_ps(dr[1]), 1);
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dg, acc[r]);
+        const int8_t* x4 = xq + static_cast<int64_t>(r) * K + (g * CHUNKS + c) * 4;
+        for (int t = 0; t < TILES; ++t) dot[r][t] = dpbusd_broadcast(dot[r][t], wv[t], x4);
       }
     }
-    for (int r = 0; r < ROWS; ++r) sums[r * lds + o] = _mm512_reduce_add_ps(acc[r]) - correction[r];
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 dg = _mm512_set1_ps(d[r * groups + g]);
+      for (int t = 0; t < TILES; ++t) acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][t]), dg, acc[r][t]);
+    }
   }
+  for (int r = 0; r < ROWS; ++r)
+    for (int t = 0; t < TILES; ++t) _mm512_storeu_ps(sums + r * lds + 16 * t, acc[r][t]);
+}
+
+// ROWS rows over `tiles` tiles, TILES at a time (then one at a time)
+template <int ROWS, int TILES>
+inline void rows_over_tiles(const int8_t* xq, int K, const float* d, const int32_t* offsets, const uint8_t* w,
+                            int tiles, float* sums, int lds) {
+  const int64_t tile_bytes = static_cast<int64_t>(K) * 16;
+  int t = 0;
+  for (; t + TILES <= tiles; t += TILES) tiles_rows<ROWS, TILES>(xq, K, d, offsets, w + t * tile_bytes, tile_bytes, sums + 16 * t, lds);
+  for (; t < tiles; ++t) tiles_rows<ROWS, 1>(xq, K, d, offsets, w + t * tile_bytes, tile_bytes, sums + 16 * t, lds);
 }
 
 template <typename OUT>
-void block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+void block(const int8_t* xq, int K, int rows, const float* d, const int32_t* offsets, const uint8_t* w,
            const bf16_t* scales, OUT* out, int ldc, int outputs) {
   constexpr int MAX_OUT = 64;
   alignas(64) float sums[AMX_ROWS * MAX_OUT];  // [rows][outputs]
-  const int groups = K / VNNI_GROUP;
-  for (int n = 0; n < outputs; n += QUAD) {
-    const int8_t* wq = w + static_cast<int64_t>(n) * K;
-    for (int r0 = 0; r0 < rows; r0 += FUSED_ROWS) {
-      const int8_t* x = xq + static_cast<int64_t>(r0) * K;
-      const float *dr = d + r0 * 2 * groups, *cr = correction + r0;
-      float* s = sums + r0 * MAX_OUT + n;
-      if (rows <= BY_OUTPUT_ROWS) {
-        switch (std::min(FUSED_ROWS, rows - r0)) {
-          case 1: quad_rows_by_output<1>(x, K, dr, cr, wq, s, MAX_OUT); break;
-          case 2: quad_rows_by_output<2>(x, K, dr, cr, wq, s, MAX_OUT); break;
-          case 3: quad_rows_by_output<3>(x, K, dr, cr, wq, s, MAX_OUT); break;
-          default: quad_rows_by_output<4>(x, K, dr, cr, wq, s, MAX_OUT); break;
-        }
-        continue;
-      }
-      switch (std::min(FUSED_ROWS, rows - r0)) {
-        case 1: quad_rows<1>(x, K, dr, cr, wq, s, MAX_OUT); break;
-        case 2: quad_rows<2>(x, K, dr, cr, wq, s, MAX_OUT); break;
-        case 3: quad_rows<3>(x, K, dr, cr, wq, s, MAX_OUT); break;
-        default: quad_rows<4>(x, K, dr, cr, wq, s, MAX_OUT); break;
-      }
+  const int groups = K / GROUP, tiles = outputs / 16;
+  for (int r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+    const int8_t* x = xq + static_cast<int64_t>(r0) * K;
+    const float* dr = d + r0 * groups;
+    const int32_t* orow = offsets + r0 * groups;
+    float* s = sums + r0 * MAX_OUT;
+    // independent sums in flight: at least 4 (a VPDPBUSD's latency), at most what the registers hold
+    switch (std::min(ROW_BLOCK, rows - r0)) {
+      case 1: rows_over_tiles<1, 4>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
+      case 2: rows_over_tiles<2, 4>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
+      case 3: rows_over_tiles<3, 2>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
+      case 4: rows_over_tiles<4, 2>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
+      case 5: rows_over_tiles<5, 1>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
+      case 6: rows_over_tiles<6, 1>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
+      case 7: rows_over_tiles<7, 1>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
+      default: rows_over_tiles<8, 1>(x, K, dr, orow, w, tiles, s, MAX_OUT); break;
     }
   }
   store_scaled(sums, MAX_OUT, rows, outputs, scales, out, ldc);
@@ -133,14 +120,26 @@ void block(const int8_t* xq, int K, int rows, const float* d, const float* corre
 
 }  // namespace
 
-void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
-                const bf16_t* scales, bf16_t* out, int ldc, int outputs) {
-  block(xq, K, rows, d, correction, w, scales, out, ldc, outputs);
+void pack_vnni(const int8_t* w, int64_t N, int K, uint8_t* packed) {
+  const int quads = K / 4;
+  parallel_for(N / 16, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile)
+      for (int o = 0; o < 16; ++o) {
+        const auto* row = reinterpret_cast<const uint32_t*>(w + (tile * 16 + o) * K);
+        auto* dst = reinterpret_cast<uint32_t*>(packed + tile * 16 * K) + o;
+        for (int q = 0; q < quads; ++q) dst[q * 16] = row[q] ^ 0x80808080u;  // w + 128, byte by byte
+      }
+  });
 }
 
-void vnni_block(const int8_t* xq, int K, int rows, const float* d, const float* correction, const int8_t* w,
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const int32_t* offsets, const uint8_t* w,
+                const bf16_t* scales, bf16_t* out, int ldc, int outputs) {
+  block(xq, K, rows, d, offsets, w, scales, out, ldc, outputs);
+}
+
+void vnni_block(const int8_t* xq, int K, int rows, const float* d, const int32_t* offsets, const uint8_t* w,
                 const bf16_t* scales, float* out, int ldc, int outputs) {
-  block(xq, K, rows, d, correction, w, scales, out, ldc, outputs);
+  block(xq, K, rows, d, offsets, w, scales, out, ldc, outputs);
 }
 
 }  // namespace int8

@@ -17,6 +17,7 @@ namespace swift_kernels {
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scales_zeros);
 at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
 at::Tensor int8_mm_float(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales);
+at::Tensor int8_pack(const at::Tensor& weight);
 at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& index, const at::Tensor& lengths, double scale);
 at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
@@ -63,6 +64,7 @@ TORCH_LIBRARY(swift_kernels, m) {
   m.def("int4_mm(Tensor x, Tensor packed, int group, Tensor scales_zeros) -> Tensor");
   m.def("int8_mm(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("int8_mm_float(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("int8_pack(Tensor weight) -> Tensor");
   m.def("rows_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor lengths, float scale) -> Tensor");
   m.def(DECODER_LAYERS_SCHEMA);
   m.def("rms_norm(Tensor hidden, Tensor weight, float eps) -> Tensor");
@@ -83,6 +85,7 @@ TORCH_LIBRARY_IMPL(swift_kernels, CPU, m) {
   m.impl("int4_mm", &swift_kernels::int4_mm);
   m.impl("int8_mm", &swift_kernels::int8_mm);
   m.impl("int8_mm_float", &swift_kernels::int8_mm_float);
+  m.impl("int8_pack", &swift_kernels::int8_pack);
   m.impl("rows_attention", &swift_kernels::rows_attention);
   m.impl("decoder_layers", &swift_kernels::decoder_layers);
   m.impl("rms_norm", &swift_kernels::rms_norm_op);
