@@ -63,6 +63,22 @@ def step_bytes(model: Any) -> int:
     return total
 
 
+def _best_interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Seconds of each of ``fns``: the lower quartile of ``reps`` rounds, each round running every one once
+    (after two warm-up rounds). Round by round, so that a machine whose speed drifts over seconds (a
+    shared VM: 20-50% within minutes) slows every shape alike and their ratios hold."""
+    for _ in range(2):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(ts)[len(ts) // 4] for name, ts in times.items()}
+
+
 def measure_passes(engine: Any, reps: int = 15) -> dict[str, Any]:
     """The step and the k-row passes of ``engine`` (ms; ratios to the step) and the bytes its step reads."""
     from swift_engine.kernels.costs import synthetic_passes
@@ -70,12 +86,13 @@ def measure_passes(engine: Any, reps: int = 15) -> dict[str, Any]:
     runner = engine.runner
     context = min(CONTEXT, (runner.context_length or 4096) // 2)  # a small model's window may be short
     passes = synthetic_passes(runner, context, max(*ROWS, PROMPT_ROWS))
-    step = _best(passes(1), reps)
+    seconds = _best_interleaved({str(k): passes(k) for k in (1, *ROWS)}, reps)
+    step = seconds["1"]
     return {
         "precision": runner.precision,
         "kernels": runner.kernels,
         "step_ms": 1e3 * step,
-        "rows": {str(k): _best(passes(k), reps) / step for k in ROWS},
+        "rows": {str(k): seconds[str(k)] / step for k in ROWS},
         # a prompt block as prefill runs it (no tree, no head), per token
         "prompt_ms_per_token": 1e3 * _best(passes(PROMPT_ROWS, tree=False), max(3, reps // 3)) / PROMPT_ROWS,
         "step_bytes": step_bytes(engine.model),
