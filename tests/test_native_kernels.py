@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from swift_engine import SwiftConfig, SwiftEngine
-from swift_engine.kernels.int8_tiles import pack_tiles, tiles_wanted
+from swift_engine.kernels.int8_tiles import pack_tiles, tiles_bytes, tiles_wanted
 from swift_engine.kernels.native_build import (
     REQUIRED_FLAGS,
     build,
@@ -173,6 +173,7 @@ def test_engines_use_it_for_every_pass_and_stay_exact_where_cpu_kernels_torch_ke
     assert int8  # an int4 model's output head is int8
     if tiles_wanted():  # every int8 layer read as tiles; q/k/v stacked as one view
         assert all(m.tiles is not None for m in int8)
+        assert engine.runner.packed_bytes == tiles_bytes(model) >= sum(m.qweight.numel() for m in int8)
         fast = engine.runner.fast
         assert fast is not None and (
             precision == "int4" or all(p is not None and p.tiles is not None for p in fast._qkv)

@@ -28,7 +28,7 @@ from swift_engine.kernels.quantize import QKV, Int8Linear, int8_native_fits, spa
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["pack_int8_tiles", "pack_tiles", "tiles_wanted"]
+__all__ = ["pack_int8_tiles", "pack_tiles", "tiles_bytes", "tiles_wanted"]
 
 
 def tiles_wanted() -> bool:
@@ -82,3 +82,14 @@ def pack_int8_tiles(model: nn.Module) -> int:
     if added:
         logger.info("int8 weights packed for swift's VNNI kernel: %.0f MB", added / 1e6)
     return added
+
+
+def tiles_bytes(model: nn.Module) -> int:
+    """Memory of ``model``'s int8 tiles (each packed buffer once; 0: none)."""
+    storages: dict[int, int] = {}
+    for module in model.modules():
+        tiles = module.tiles if type(module) is Int8Linear else None
+        if tiles is not None:
+            storage = tiles.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())

@@ -22,7 +22,7 @@ from swift_engine.attach import attached
 from swift_engine.kernels import row_attention
 from swift_engine.kernels.batch_invariance import kept_invariant_rows, largest_invariant_rows
 from swift_engine.kernels.cpu_kernels import KernelMode, LinearKernels, onednn_linear, should_pack, use_onednn
-from swift_engine.kernels.int8_tiles import pack_int8_tiles, pack_tiles, tiles_wanted
+from swift_engine.kernels.int8_tiles import pack_int8_tiles, pack_tiles, tiles_bytes, tiles_wanted
 from swift_engine.kernels.native_build import kernels_label, native_status
 from swift_engine.kernels.quantize import (
     Int8Linear,
@@ -72,6 +72,8 @@ class ModelRunner:
         # swift's int8 kernel on VNNI reads its own layout: packed before the fast path binds the weights
         if kernels != "torch" and quantized_precision(model) in ("int4", "int8") and tiles_wanted():
             pack_int8_tiles(model)
+        #: memory of the int8 weights' second copy that swift's VNNI kernel reads (int8_tiles.py; 0: none)
+        self.tiles_bytes = tiles_bytes(model)
         #: the decoder stack without the module plumbing, bitwise the same (None: the modules run;
         #: other architectures, or hooked modules; see fast_forward.py)
         self.fast: FastDecoder | None = FastDecoder.for_model(model, self.decoder, self.skipper)
@@ -221,8 +223,9 @@ class ModelRunner:
 
     @property
     def packed_bytes(self) -> int:
-        """Memory of the packed weight copy this model holds now (shared by its engines; 0: none)."""
-        return self._kernels.packed_bytes if self._kernels is not None else 0
+        """Memory of the weight copies this model holds now for the kernels (shared by its engines; 0: none):
+        the dense layers' packed copy, or the int8 layers' tiles (int8_tiles.py)."""
+        return (self._kernels.packed_bytes if self._kernels is not None else 0) + self.tiles_bytes
 
     def release_packed(self) -> None:
         if self._kernels is not None:
