@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from swift_engine.decoding.tree import TokenTree
+from swift_engine.kernels.native_build import native_status
 from swift_engine.kernels.quantize import QKV, Int4Linear, Int8Linear, int4_available, quantize
 from swift_engine.model.fast_forward import FastDecoder
 from swift_engine.model.runner import ModelRunner
@@ -16,13 +17,13 @@ PRECISIONS = ["float32", "bfloat16", "int8"] + (["int4"] if int4_available() els
 PROMPT = torch.tensor([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3, 2, 7, 9, 5, 0, 2])
 
 
-def _runner(arch: str, precision: str, wide: bool = False) -> ModelRunner:
+def _runner(arch: str, precision: str, wide: bool = False, kernels: str = "torch") -> ModelRunner:
     model = wide_tiny_model(arch, seed=4) if wide else tiny_model(arch, seed=4)
     if precision != "float32":
         model = model.to(torch.bfloat16)
     if precision in ("int8", "int4"):
         quantize(model, precision)
-    return ModelRunner(model, "torch")
+    return ModelRunner(model, kernels)  # type: ignore[arg-type]
 
 
 def _passes(runner: ModelRunner) -> list[torch.Tensor]:
@@ -56,6 +57,21 @@ def test_every_pass_is_bitwise_the_modules(arch: str, precision: str, wide: bool
     # narrow models' 32-row k/v keep their own products); dense layers never
     stacked = {"float32": 0, "bfloat16": 0, "int8": 6, "int4": 6 if wide else 0}[precision]
     assert runner.fast.fused == stacked
+    fast = _passes(runner)
+    runner.fast = None
+    modules = _passes(runner)
+    for i, (a, b) in enumerate(zip(fast, modules, strict=True)):
+        assert torch.equal(a, b), f"{arch}/{precision}: pass {i} differs from the modules'"
+
+
+@pytest.mark.skipif(not native_status().loaded, reason="swift's kernels are not usable here")
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p in ("int8", "int4")])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_on_swifts_kernels_every_pass_is_bitwise_the_modules_on_them(arch: str, precision: str) -> None:
+    # the fused layers (decoder_layers.cpp), the int8 tiles and the final norm as one op, against the
+    # modules' own forward on the same kernels
+    runner = _runner(arch, precision, wide=True, kernels="auto")
+    assert runner.native_kernels and runner.fast is not None and runner.fast.scripted is not None
     fast = _passes(runner)
     runner.fast = None
     modules = _passes(runner)

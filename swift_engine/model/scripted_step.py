@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 #: norm classes whose forward is ``weight * (h * rsqrt(mean(h^2) + eps)).to(dtype)`` with ``h`` in float32
 #: (``RMSNorm``: model/llama_family.py's)
-_RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm", "RMSNorm"})
+RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm", "RMSNorm"})
 
 
 #: ``kind`` of :func:`_product`: which kernel a scripted step's products run on
@@ -214,7 +214,7 @@ class ScriptedStep:
         native_weights: list[torch.Tensor] = []
         scales: list[torch.Tensor] = []
         for layer, fused in zip(layers, stacked, strict=True):
-            if not all(type(n).__name__ in _RMS_NORMS for n in (layer.input_layernorm, layer.post_attention_layernorm)):
+            if not all(type(n).__name__ in RMS_NORMS for n in (layer.input_layernorm, layer.post_attention_layernorm)):
                 return None
             mlp = layer.mlp
             linears = [layer.self_attn.o_proj] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
