@@ -38,9 +38,13 @@ namespace {
 constexpr int GROUP = 32;       // inputs per scale of the rounded rows
 constexpr int CHUNKS = GROUP / 4;  // VPDPBUSDs per group and 16 outputs
 constexpr int ROW_BLOCK = 8;    // rows whose sums stay in registers together
-// 64-byte lines read ahead in a tile's stream (software prefetch beside the hardware's; a one-row head
-// product is bound by memory)
+// 64-byte lines read ahead in a tile's stream by software prefetch, for blocks of more than
+// PREFETCH_ABOVE_ROWS rows only: the tiles stream in order, which the hardware's prefetchers follow, and
+// an engine's one-token step was 0.92-0.95x the time without the instructions (int8 SmolLM2; int4
+// models' int8 heads 0.93-0.97x), while passes of 8-16 rows kept them within 0.97-1.03x
+// (docs/bench/measurements.md#int8-tiles)
 constexpr int PREFETCH_LINES = 16;
+constexpr int PREFETCH_ABOVE_ROWS = 4;
 
 // acc + VPDPBUSD(u8, the four signed bytes at s8 broadcast to every lane), the broadcast folded into
 // the instruction (tiles.h says why the products are written as instructions)
@@ -65,7 +69,8 @@ inline void tiles_rows(const int8_t* xq, int K, const float* d, const int32_t* o
       const int64_t line = static_cast<int64_t>(g * CHUNKS + c) * 64;
       __m512i wv[TILES];
       for (int t = 0; t < TILES; ++t) {  // past the last tile: a prefetch never faults
-        _mm_prefetch(reinterpret_cast<const char*>(w + t * tile_bytes + line + PREFETCH_LINES * 64), _MM_HINT_T0);
+        if constexpr (ROWS > PREFETCH_ABOVE_ROWS)
+          _mm_prefetch(reinterpret_cast<const char*>(w + t * tile_bytes + line + PREFETCH_LINES * 64), _MM_HINT_T0);
         wv[t] = _mm512_loadu_si512(w + t * tile_bytes + line);
       }
       for (int r = 0; r < ROWS; ++r) {
