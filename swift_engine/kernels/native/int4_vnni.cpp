@@ -150,7 +150,11 @@ void vnni_block(const int8_t* xq, int ldq, int rows, const float* d, const int32
   for (int g = 0; g < groups; ++g) {
     const int k0 = g * group;
     const uint8_t* gb = b + static_cast<int64_t>(k0) * row_bytes;
-    if (k0 + group < K)  // the next group's codes stream in while this one multiplies
+    // the next group's codes stream in while this one multiplies -- for passes of more than FUSED_ROWS
+    // rows: at fewer the hardware's prefetchers keep up with the codes (an engine's one-token step
+    // 0.97x the time without these on SmolLM2 and Qwen2.5-Coder, 8-16 rows 1.04-1.11x; measured
+    // interleaved in one process, docs/bench/measurements.md#int4-scale-prefetch)
+    if (buffered && k0 + group < K)
       for (int line = 0; line < group * row_bytes; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(gb + group * row_bytes + line), _MM_HINT_T0);
     // and the scales and zeros two groups on (4 lines, N x 4 bytes apart from group to group: a stride the
