@@ -219,15 +219,16 @@ class ScriptedStep:
             mlp = layer.mlp
             linears = [layer.self_attn.o_proj] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
             products = [kernel_operands(m) for m in linears]
+            natives = [kernel_operands(m, native=True) for m in linears]  # int8: their tiles, where packed
             if any(p is None for p in products) or any((type(m) is Int4Linear) != int4 for m in linears):
                 return None
             weights.append(fused.weight)
             native_weights.append(fused.weight if fused.tiles is None else fused.tiles)
             scales.append(fused.scales)
-            for m, product in zip(linears, products, strict=True):
-                assert product is not None
+            for product, native in zip(products, natives, strict=True):
+                assert product is not None and native is not None
                 weights.append(product[0])
-                native_weights.append(cast(tuple[torch.Tensor, torch.Tensor], kernel_operands(m, native=True))[0])
+                native_weights.append(native[0])
                 scales.append(product[1])
         if _scripted() is None:
             return None

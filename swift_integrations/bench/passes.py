@@ -27,15 +27,7 @@ CONTEXT = 128
 
 def _best(fn: Callable[[], object], reps: int) -> float:
     """Seconds of ``fn``: the lower quartile of ``reps`` runs after two warm-ups (robust to a busy machine)."""
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 4]
+    return _best_interleaved({"": fn}, reps)[""]
 
 
 def read_bandwidth(gib: float = 2.0, reps: int = 5) -> float:

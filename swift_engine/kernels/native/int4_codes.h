@@ -117,7 +117,4 @@ void vnni_block(const int8_t* xq, int ldq, int rows, const float* d, const int32
 // "0" (ops.cpp; asked once).
 bool uses_vnni();
 
-// The inputs an int8 product on int8 inputs takes per instruction (a 64-byte vector: two groups of 32)
-constexpr int VNNI_GROUP = 64;
-
 }  // namespace swift_kernels
