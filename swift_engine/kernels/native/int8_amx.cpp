@@ -179,17 +179,17 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   const int64_t groups = K / 32;  // the inputs' groups of int8_vnni.cpp
   thread_local std::vector<int8_t> quantized;
   thread_local std::vector<float> group_scales;
-  thread_local std::vector<int32_t> group_qsums;
+  thread_local std::vector<int32_t> group_offsets;  // -128 x each group's code sum
   at::Tensor tiles;  // a [N, K] weight packed for this call (int8_pack's layout; freed after it)
   const uint8_t* wt = reinterpret_cast<const uint8_t*>(w);
   if (vnni) {
     quantized.resize(std::max<size_t>(quantized.size(), M * K));
     group_scales.resize(std::max<size_t>(group_scales.size(), M * groups));
-    group_qsums.resize(std::max<size_t>(group_qsums.size(), M * groups));
+    group_offsets.resize(std::max<size_t>(group_offsets.size(), M * groups));
     for (int64_t r = 0; r < M; ++r) {
-      int32_t* q = group_qsums.data() + r * groups;
+      int32_t* q = group_offsets.data() + r * groups;
       int4::quantize_row(a + r * K, static_cast<int>(K), 32, quantized.data() + r * K, group_scales.data() + r * groups, q);
-      for (int64_t g = 0; g < groups; ++g) q[g] *= -128;  // each group's sum starts here (int8_vnni.cpp)
+      for (int64_t g = 0; g < groups; ++g) q[g] *= -128;  // where each group's sum starts (int8_vnni.cpp)
     }
     if (!packed_weight) {
       tiles = at::empty({N * K}, weight.options().dtype(at::kByte));
@@ -200,7 +200,7 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   // (the workers of the loop below see other threads' thread_locals: they get these pointers)
   const int8_t* xq = quantized.data();
   const float* dq = group_scales.data();
-  const int32_t* oq = group_qsums.data();
+  const int32_t* oq = group_offsets.data();
   const int64_t panels = (M + AMX_ROWS - 1) / AMX_ROWS;
   thread_local std::vector<bf16_t> packed;  // every panel's B tiles, each [K / 32][16][rows][2] (AMX)
   if (amx) packed.resize(std::max<size_t>(packed.size(), M * K));

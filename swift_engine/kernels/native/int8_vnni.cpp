@@ -24,7 +24,6 @@
 // exact integer group sums, one fixed float sequence -- whichever rows share the pass and however the
 // pass is split into row and output blocks.
 
-#include "int4_codes.h"
 #include "pool.h"
 #include "tiles.h"
 
@@ -45,13 +44,6 @@ constexpr int ROW_BLOCK = 8;    // rows whose sums stay in registers together
 // (docs/bench/measurements.md#int8-tiles)
 constexpr int PREFETCH_LINES = 16;
 constexpr int PREFETCH_ABOVE_ROWS = 4;
-
-// acc + VPDPBUSD(u8, the four signed bytes at s8 broadcast to every lane), the broadcast folded into
-// the instruction (tiles.h says why the products are written as instructions)
-inline __m512i dpbusd_broadcast(__m512i acc, __m512i u8, const int8_t* s8) {
-  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*reinterpret_cast<const int32_t*>(s8)));
-  return acc;
-}
 
 // sums[r][16 t + lane] for ROWS rows and TILES tiles of 16 outputs (w: the first tile, tile_bytes apart)
 template <int ROWS, int TILES>

@@ -32,6 +32,12 @@ inline __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
   return acc;
 }
 
+// the same with the four signed bytes at s8 broadcast to every lane, the broadcast folded into the instruction
+inline __m512i dpbusd_broadcast(__m512i acc, __m512i u8, const int8_t* s8) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*reinterpret_cast<const int32_t*>(s8)));
+  return acc;
+}
+
 // float32 -> bfloat16, round to nearest even, NaN -> 0xFFFF (PyTorch's vectorized conversion)
 inline __m256i to_bf16(__m512 v) {
   __m512i bits = _mm512_castps_si512(v);
