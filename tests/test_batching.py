@@ -13,6 +13,8 @@ import torch
 
 from swift_engine import SwiftConfig, SwiftEngine
 from swift_engine.batching.arena import KVArena
+from swift_engine.batching.row_drafts import RowChain, RowDrafts, share_rows
+from swift_engine.kernels.costs import CostModel
 from swift_engine.kernels.native_build import native_status
 from swift_engine.results import GenerationResult
 
@@ -323,6 +325,38 @@ def test_sampled_calls_in_the_batch_draw_as_they_do_alone(int4: SwiftEngine) -> 
     )
     for a, b in zip(alone, together, strict=True):
         assert b.token_ids == a.token_ids and b.stats.shared_passes > 0
+
+
+def _chain(*yields: float) -> RowChain:
+    return RowChain(list(range(len(yields))), order=2, yields=yields)
+
+
+def test_a_pass_takes_the_drafts_whose_odds_pay_for_their_rows() -> None:
+    """Rows nearly free (1 -> 16 rows: 1.5x a step): every draft but a hopeless one goes in; rows at their
+    share of a compute-bound pass (cost linear in rows): only near-certain drafts; and never past the spare
+    rows, the likeliest first, each chain in its order."""
+    flat = CostModel(verify_s={1: 1.0, 2: 1.03, 4: 1.1, 8: 1.25, 16: 1.5, 32: 2.5})
+    linear = CostModel(verify_s={1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0, 32: 32.0})
+    chains = [_chain(0.9, 0.6, 0.3), _chain(), _chain(0.02, 0.01), _chain(0.99, 0.98)]
+    assert share_rows(chains, 4, 12, flat) == [3, 0, 0, 2]
+    assert share_rows(chains, 4, 12, linear) == [0, 0, 0, 0]  # a row costs a token: no draft yields that much
+    assert share_rows(chains, 4, 3, flat) == [1, 0, 0, 2]  # the three likeliest: 0.99, 0.98, 0.9
+    # between: after 0.99, 0.98 and 0.9 the pass yields 6.87 for 2.2; an 8th row adds 0.2 (9%) for 0.6 more (8.7%)
+    mid = CostModel(verify_s={1: 1.0, 2: 1.2, 4: 1.6, 8: 2.4, 16: 4.0, 32: 8.0})
+    assert share_rows(chains, 4, 12, mid) == [1, 0, 0, 2]
+
+
+def test_a_rows_drafts_are_sized_by_what_its_copies_met() -> None:
+    """The chain's odds come from the step's statistics, then from what this generation's own drafts met."""
+    tokens = [5, 6, 7, 8, 9, 5, 6, 7]  # "5 6 7" seen before, followed by 8 9
+    drafts = RowDrafts(tokens, None, 100)
+    chain = drafts.propose(4)
+    assert chain.tokens == [8, 9, 5, 6] and not chain.remembered and chain.order == 3
+    assert list(chain.yields) == sorted(chain.yields, reverse=True) and 0 < chain.yields[0] < 1
+    for _ in range(30):
+        drafts.observe(chain, 4, 0)  # never kept
+    assert drafts.propose(4).yields[0] < chain.yields[0] / 4
+    assert RowDrafts(tokens, None, 100, copies=False).propose(4).tokens == []  # context_drafts off
 
 
 @pytest.mark.slow

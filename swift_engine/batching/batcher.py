@@ -45,7 +45,7 @@ import torch
 
 from swift_engine.batching.arena import KVArena, Region
 from swift_engine.batching.handover import Handover
-from swift_engine.batching.row_drafts import RowDrafts
+from swift_engine.batching.row_drafts import RowChain, RowDrafts, share_rows
 from swift_engine.decoding.prefill import load_blocks
 from swift_engine.decoding.prefix_cache import CachedBlock
 from swift_engine.decoding.sampling import call_generator, pick
@@ -417,31 +417,34 @@ class Batcher:
             or not (config.context_drafts or config.draft_memory)
         ):
             return None
-        memory = None
-        if config.draft_memory:
-            _, record = self.engine.profiles.checkout(request.step_key)
-            memory = record.extra.get("draft_memory")
-        return RowDrafts(list(request.prompt_ids) + row.out, memory, self.engine.runner.vocab_size)
+        _, record = self.engine.profiles.checkout(request.step_key)
+        # (the keys the drafters of a call alone keep their state under: MemoryDrafter's, ContextDrafter's)
+        memory = record.extra.get("draft_memory") if config.draft_memory else None
+        copy_rates = record.extra.get("context_acceptance")
+        tokens = list(request.prompt_ids) + row.out
+        return RowDrafts(tokens, memory, self.engine.runner.vocab_size, copy_rates, copies=config.context_drafts)
 
-    def _chains(self, rows: list[_Row]) -> list[tuple[list[int], bool]]:
-        """Each generation's draft tokens for this pass, within the rows a pass may hold (its next token
-        first: every generation gets its row, then drafts take the rows left, in batch order)."""
+    def _chains(self, rows: list[_Row], prompt_rows: int) -> list[RowChain]:
+        """Each generation's draft tokens for this pass (:func:`~swift_engine.batching.row_drafts.share_rows`:
+        within the rows a pass may hold, every generation's next token first, as many drafts as pay for
+        their rows beside ``prompt_rows`` rows of prompts)."""
         config, runner = self.engine.config, self.engine.runner
         spare = min(config.batch_rows, runner.max_rows or config.batch_rows) - len(rows)
-        chains: list[tuple[list[int], bool]] = []
+        offered: list[RowChain] = []
         for row in rows:
-            chain: list[int] = []
-            remembered = False
             room = min(spare, config.max_draft_len, row.max_new_tokens - len(row.out) - 1)
-            if row.drafts is not None and room > 0 and not row.closed:
-                chain, remembered = row.drafts.propose(room)
-                spare -= len(chain)
-                row.stats.drafted_tokens += len(chain)
-                if remembered:
-                    row.stats.memory_drafted_tokens += len(chain)
-                else:
-                    row.stats.context_drafted_tokens += len(chain)
-            chains.append((chain, remembered))
+            live = row.drafts is not None and room > 0 and not row.closed
+            offered.append(row.drafts.propose(room) if live and row.drafts is not None else RowChain([]))
+        taken = share_rows(offered, len(rows) + prompt_rows, spare, self.engine.costs) if spare > 0 else []
+        chains: list[RowChain] = []
+        for row, chain, length in zip(rows, offered, taken or [0] * len(rows), strict=True):
+            chain = RowChain(chain.tokens[:length], chain.remembered, chain.order, chain.yields[:length])
+            row.stats.drafted_tokens += length
+            if chain.remembered:
+                row.stats.memory_drafted_tokens += length
+            else:
+                row.stats.context_drafted_tokens += length
+            chains.append(chain)
         return chains
 
     @torch.inference_mode()
@@ -456,8 +459,8 @@ class Batcher:
         rows = list(self.active)
         regions = [r.region for r in rows]
         assert all(reg is not None for reg in regions)
-        chains = self._chains(rows)
         prompts = self._prompt_chunks()
+        chains = self._chains(rows, sum(end - begin for _, begin, end in prompts))
         if not rows and not prompts:
             return
         # pass row layout: per generation, its next token, then its draft chain; row (i, j) feeds token
@@ -468,8 +471,8 @@ class Batcher:
         tokens: list[int] = []
         starts: list[int] = []
         positions: list[int] = []
-        for row, reg, length, (chain, _) in zip(rows, regions, seq_len, chains, strict=True):
-            for j, tok in enumerate([row.last, *chain]):
+        for row, reg, length, chain in zip(rows, regions, seq_len, chains, strict=True):
+            for j, tok in enumerate([row.last, *chain.tokens]):
                 tokens.append(tok)
                 starts.append(reg.start)  # type: ignore[union-attr]
                 positions.append(length + j)
@@ -502,15 +505,18 @@ class Batcher:
         logits = runner.logits(head_rows) if wanted else None  # [decoding + finished, vocab]
         with self._state:
             first = 0
-            for row, reg, (chain, remembered) in zip(rows, regions, chains, strict=True):
+            for row, reg, chain in zip(rows, regions, chains, strict=True):
                 assert logits is not None
-                run = logits[first : first + 1 + len(chain)]
-                first += 1 + len(chain)
+                drafted = len(chain.tokens)
+                run = logits[first : first + 1 + drafted]
+                first += 1 + drafted
                 kept, new = 0, []
                 if not row.closed:  # drafts kept while they are what plain decoding picks (its own draws)
-                    kept, bonus = row.walk(chain, run)
-                    new = chain[:kept] + [bonus]
-                    if remembered:
+                    kept, bonus = row.walk(chain.tokens, run)
+                    new = chain.tokens[:kept] + [bonus]
+                    if row.drafts is not None:
+                        row.drafts.observe(chain, drafted, kept)
+                    if chain.remembered:
                         row.stats.memory_accepted_tokens += kept
                     else:
                         row.stats.context_accepted_tokens += kept

@@ -113,6 +113,11 @@ class ContextAcceptance:
             return
         hits = sum(1 for node in path[1:] if tree.sources[node] & source)
         miss = any(tree.sources[c] & source for c in tree.children()[path[-1]].values())
+        self.observe_run(order, hits, miss)
+
+    def observe_run(self, order: int, hits: int, miss: bool) -> None:
+        """Fold in one copy after an ``order``-token match: ``hits`` of its tokens kept, then a rejected one
+        (``miss``) or none (the copy ran out or was all kept)."""
         c = self.counts.setdefault(order, list(_CONTEXT_PRIOR.get(order, _CONTEXT_PRIOR[1])))
         c[0] += 1
         if hits:
