@@ -435,7 +435,8 @@ class Batcher:
             room = min(spare, config.max_draft_len, row.max_new_tokens - len(row.out) - 1)
             live = row.drafts is not None and room > 0 and not row.closed
             offered.append(row.drafts.propose(room) if live and row.drafts is not None else RowChain([]))
-        taken = share_rows(offered, len(rows) + prompt_rows, spare, self.engine.costs) if spare > 0 else []
+        offers = spare > 0 and any(chain.tokens for chain in offered)  # (the costs: measured once, if never before)
+        taken = share_rows(offered, len(rows) + prompt_rows, spare, self.engine.costs) if offers else []
         chains: list[RowChain] = []
         for row, chain, length in zip(rows, offered, taken or [0] * len(rows), strict=True):
             chain = RowChain(chain.tokens[:length], chain.remembered, chain.order, chain.yields[:length])
