@@ -182,8 +182,6 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
   thread_local std::vector<float> row_sums;
   row_sums.resize(std::max<size_t>(row_sums.size(), M * groups));
   float* sums = row_sums.data();
-  for (int64_t r = 0; r < M; ++r)
-    for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
   const bool amx = amx_granted(), vnni = uses_vnni();
   // the int8-activation path: every row's inputs quantized once, for every column block
   thread_local std::vector<int8_t> quantized;
@@ -197,8 +195,14 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
   int8_t* xq = quantized.data();
   float* dq = group_scales.data();
   int32_t* qs = group_qsums.data();
-  for (int64_t r = 0; vnni && r < M; ++r)
-    quantize_row(a + r * K, static_cast<int>(K), static_cast<int>(group), xq + r * K, dq + r * groups, qs + r * groups);
+  // each row's group sums (and int8 inputs): the same per row however the rows are shared out
+  over_rows_if_many(M, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t g = 0; g < groups; ++g) sums[r * groups + g] = row_sum(a + r * K + g * group, static_cast<int>(group));
+      if (vnni)
+        quantize_row(a + r * K, static_cast<int>(K), static_cast<int>(group), xq + r * K, dq + r * groups, qs + r * groups);
+    }
+  });
   parallel_for(blocks * panels, [&](int64_t begin, int64_t end) {
     int configured = -1;
     __m512i* codes = vnni ? codes_buffer() : nullptr;  // (one look-up of a thread-local a piece, not a block)

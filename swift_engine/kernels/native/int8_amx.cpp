@@ -186,11 +186,16 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
     quantized.resize(std::max<size_t>(quantized.size(), M * K));
     group_scales.resize(std::max<size_t>(group_scales.size(), M * groups));
     group_offsets.resize(std::max<size_t>(group_offsets.size(), M * groups));
-    for (int64_t r = 0; r < M; ++r) {
-      int32_t* q = group_offsets.data() + r * groups;
-      int4::quantize_row(a + r * K, static_cast<int>(K), 32, quantized.data() + r * K, group_scales.data() + r * groups, q);
-      for (int64_t g = 0; g < groups; ++g) q[g] *= -128;  // where each group's sum starts (int8_vnni.cpp)
-    }
+    int8_t* const xq = quantized.data();
+    float* const dq = group_scales.data();
+    int32_t* const offsets = group_offsets.data();
+    over_rows_if_many(M, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int32_t* q = offsets + r * groups;
+        int4::quantize_row(a + r * K, static_cast<int>(K), 32, xq + r * K, dq + r * groups, q);
+        for (int64_t g = 0; g < groups; ++g) q[g] *= -128;  // where each group's sum starts (int8_vnni.cpp)
+      }
+    });
     if (!packed_weight) {
       tiles = at::empty({N * K}, weight.options().dtype(at::kByte));
       int8::pack_vnni(w, N, static_cast<int>(K), tiles.data_ptr<uint8_t>());
