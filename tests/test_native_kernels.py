@@ -304,6 +304,22 @@ def test_attention_rows_are_their_one_token_steps_and_close_to_float(heads: int,
 
 
 @needs_native
+def test_attention_refuses_keys_outside_the_cache_and_reads_none_past_a_rows_length() -> None:
+    keys = torch.randn(3, 40, 64).to(torch.bfloat16)
+    query = torch.randn(2, 9, 64).to(torch.bfloat16)
+    lengths = torch.tensor([20, 18], dtype=torch.int32)
+    for bad in (-1, 40):  # the second row's 18th key, at the end of a 16-key vector's tail
+        index = torch.arange(20, dtype=torch.int32).repeat(2, 1).contiguous()
+        index[1, 17] = bad
+        with pytest.raises(RuntimeError, match="index out of range"):
+            torch.ops.swift_kernels.rows_attention(query, keys, keys, index, lengths, 0.125)
+    index[1, 17], index[1, 19] = 17, 99  # past the row's 18 keys: never read
+    out = torch.ops.swift_kernels.rows_attention(query, keys, keys, index, lengths, 0.125)
+    index[1, 19] = 19
+    assert torch.equal(out, torch.ops.swift_kernels.rows_attention(query, keys, keys, index, lengths, 0.125))
+
+
+@needs_native
 @pytest.mark.parametrize("width", [16, 64, 576, 896, 2048, 4096, 8192])
 def test_the_fused_layers_norm_is_bitwise_the_modules_rmsnorm(width: int) -> None:
     # decoder_layers.cpp writes ATen's float sum out (found by comparing with ATen at first use); a

@@ -242,13 +242,18 @@ at::Tensor rows_attention(const at::Tensor& query, const at::Tensor& key, const 
   // all do), rows of different sequences in one pass (each over its own region of the cache) apart:
   // a score is the same dot product whichever block computes it, so the grouping changes no bits
   std::vector<int> row_lo(R, T), row_hi(R, 0);
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < R; ++r) {  // (16 keys an instruction: a prompt block's rows see ~1k keys each)
     TORCH_CHECK(len[r] >= 1 && len[r] <= L, "swift_kernels::rows_attention: lengths out of range");
-    for (int j = 0; j < len[r]; ++j) {
-      TORCH_CHECK(idx[r * L + j] >= 0 && idx[r * L + j] < T, "swift_kernels::rows_attention: index out of range");
-      row_lo[r] = std::min(row_lo[r], idx[r * L + j]);
-      row_hi[r] = std::max(row_hi[r], idx[r * L + j] + 1);
+    const int32_t* keys = idx + static_cast<size_t>(r) * L;
+    __m512i lo16 = _mm512_set1_epi32(T), hi16 = _mm512_set1_epi32(-1);
+    for (int j = 0; j < len[r]; j += 16) {
+      const __mmask16 m = static_cast<__mmask16>(len[r] - j >= 16 ? 0xFFFF : (1u << (len[r] - j)) - 1);
+      lo16 = _mm512_mask_min_epi32(lo16, m, lo16, _mm512_maskz_loadu_epi32(m, keys + j));
+      hi16 = _mm512_mask_max_epi32(hi16, m, hi16, _mm512_maskz_loadu_epi32(m, keys + j));
     }
+    row_lo[r] = _mm512_reduce_min_epi32(lo16);
+    row_hi[r] = _mm512_reduce_max_epi32(hi16) + 1;
+    TORCH_CHECK(row_lo[r] >= 0 && row_hi[r] <= T, "swift_kernels::rows_attention: index out of range");
   }
   at::Tensor out = at::empty({R, H, dv}, query.options());
   const auto* q = reinterpret_cast<const bf16_t*>(query.const_data_ptr());
