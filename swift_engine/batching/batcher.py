@@ -433,8 +433,8 @@ class Batcher:
         offered: list[RowChain] = []
         for row in rows:
             room = min(spare, config.max_draft_len, row.max_new_tokens - len(row.out) - 1)
-            live = row.drafts is not None and room > 0 and not row.closed
-            offered.append(row.drafts.propose(room) if live and row.drafts is not None else RowChain([]))
+            drafts = row.drafts if room > 0 and not row.closed else None
+            offered.append(drafts.propose(room) if drafts is not None else RowChain([]))
         offers = spare > 0 and any(chain.tokens for chain in offered)  # (the costs: measured once, if never before)
         taken = share_rows(offered, len(rows) + prompt_rows, spare, self.engine.costs) if offers else []
         chains: list[RowChain] = []
