@@ -131,10 +131,12 @@ class FastDecoder:
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        mask: torch.Tensor | dict[str, torch.Tensor],
+        mask: Callable[[], torch.Tensor | dict[str, torch.Tensor]],
         cache: SwiftKVCache,
     ) -> torch.Tensor:
-        """Final hidden states ``[q, H]`` of ``input_ids`` at ``positions`` after the cache's entries."""
+        """Final hidden states ``[q, H]`` of ``input_ids`` at ``positions`` after the cache's entries
+        (``mask()``: the pass's attention mask, built only where a pass reads it -- not a one-token step's
+        script, which attends to its whole cache: ~30 us of tensor ops a step)."""
         dec: Any = self.decoder
         # hidden states as [q, H] (the modules keep [1, q, H]: the same numbers, fewer reshapes)
         hidden = dec.embed_tokens.forward(input_ids)
@@ -142,14 +144,15 @@ class FastDecoder:
         skipped_attention, skipped_mlp = self.skipper.active()
         q_rows = input_ids.numel()
         scripted = self.scripted
+        pass_mask = None if q_rows == 1 else mask()
         if (
             scripted is not None
             and row_attention.active()  # the row-by-row attention the script computes
             and not dequantizing()
-            and not isinstance(mask, dict)
+            and not isinstance(pass_mask, dict)
         ):
             # None: not for this pass (several rows on PyTorch's kernels, or with skips)
-            out = scripted(hidden, cos, sin, cache, mask, (skipped_attention, skipped_mlp))
+            out = scripted(hidden, cos, sin, cache, pass_mask, (skipped_attention, skipped_mlp))
             if out is not None:
                 norm = self._native_norm
                 if norm is not None and native_active() and out.dtype == torch.bfloat16 and _norm_fits(out):
@@ -161,8 +164,10 @@ class FastDecoder:
         attention: Callable[..., tuple[torch.Tensor, Any]] = row_attention.attention_function(
             self.config._attn_implementation, self._eager
         )
+        if pass_mask is None:
+            pass_mask = mask()
         for i, layer in enumerate(self.layers):
-            layer_mask = mask[self._layer_types[i]] if isinstance(mask, dict) else mask
+            layer_mask = pass_mask[self._layer_types[i]] if isinstance(pass_mask, dict) else pass_mask
             residual = hidden
             x = layer.input_layernorm.forward(hidden)
             attn = layer.self_attn

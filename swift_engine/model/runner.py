@@ -277,7 +277,10 @@ class ModelRunner:
     ) -> torch.Tensor:
         """Final hidden states ``[q, H]`` of ``input_ids`` appended after the cache's entries."""
         past = cache.get_seq_length()
-        mask = self.masks.build(past, positions, ancestors, past_visible)
+
+        def mask() -> torch.Tensor | dict[str, torch.Tensor]:
+            return self.masks.build(past, positions, ancestors, past_visible)
+
         # one-token steps and verification trees attend row by row when exactness needs it; the search's
         # re-fed windows are computed the same way in every mode anyway. Prompt blocks too where swift's
         # kernels take the whole pass (native/decoder_layers.cpp: a third less time than the Python
@@ -305,7 +308,7 @@ class ModelRunner:
             out = self.decoder(
                 input_ids=input_ids[None],
                 position_ids=positions[None],
-                attention_mask=mask,
+                attention_mask=mask(),
                 use_cache=True,
                 **{self._cache_kw: cache},
             )
