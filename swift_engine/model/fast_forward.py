@@ -136,7 +136,7 @@ class FastDecoder:
     ) -> torch.Tensor:
         """Final hidden states ``[q, H]`` of ``input_ids`` at ``positions`` after the cache's entries
         (``mask()``: the pass's attention mask, built only where a pass reads it -- not a one-token step's
-        script, which attends to its whole cache: ~30 us of tensor ops a step)."""
+        script, which attends to its whole cache: ~60 us a step on SmolLM2, docs/bench/measurements.md)."""
         dec: Any = self.decoder
         # hidden states as [q, H] (the modules keep [1, q, H]: the same numbers, fewer reshapes)
         hidden = dec.embed_tokens.forward(input_ids)

@@ -11,9 +11,9 @@
 // the keys the rows see are one tile product, keys as the A tiles straight from the cache (16 keys x
 // 32 dims; bfloat16 already) and the queries packed once as the B tile (without AMX, vector_scores:
 // one VDPBF16PS chain per key, stored query-major). Each score depends on its key and its query only.
-// Then, per query, in float32 and over the row's own keys in the row's own order (its cached prefix, then its ancestors): scale, max, exp, sum, and the
-// probability-weighted sum of the values -- the same sequence of operations for a row whether it is
-// alone or one of many, hence the same bits.
+// Then, per query, in float32 and over the row's own keys in the row's own order (its cached prefix,
+// then its ancestors): scale, max, exp, sum, and the probability-weighted sum of the values -- the same
+// sequence of operations for a row whether it is alone or one of many, hence the same bits.
 //
 // Operands: query [R, H, d] bfloat16; key and value: [KVH, T, d] / [KVH, T, dv] bfloat16 views of the
 // cache (last dim contiguous); index [R, L] int32: row r's keys are index[r, :lengths[r]] (positions
@@ -173,7 +173,8 @@ inline void transpose16(__m512 r[16]) {
     r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
     r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
   }
-  // r[4q + m] now holds, in each 128-bit lane l, words m of rows 4l'..: finish with the lanes
+  // now every 128-bit lane of r[4q..4q+3] holds one 4 x 4 block of rows 4q..4q+3, transposed: the
+  // lane exchanges put block (q, l) in rows 4l..4l+3, lane q
   for (int i = 0; i < 4; ++i) {
     t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
     t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
@@ -195,8 +196,8 @@ inline void transpose16(__m512 r[16]) {
 // registers: a row's softmax then reads its scores as they lie, where the tiles' key-major layout puts
 // each in a line of its own (a long prompt's block: ~1.2k lines per row and head, from L3; this kernel
 // 0.80x on a 128-row block over 1.2k keys, Zen 4).
-void vector_scores(const bf16_t* kh, int64_t ks1, int lo, int hi, int d, const uint32_t* qt32, int n,
-                            float* scores, int64_t ld) {
+void vector_scores(const bf16_t* kh, int64_t ks1, int lo, int hi, int d, const uint32_t* qt32, int n, float* scores,
+                   int64_t ld) {
   const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
   for (int b0 = lo; b0 < hi; b0 += 16) {
     const int block = std::min(16, hi - b0);
